@@ -1,0 +1,410 @@
+//! Authentication: EdDSA JWTs issued by identity, verified by a tower layer
+//! before a request is even decoded, against identity's JWKS (cached,
+//! refreshed when a token names an unknown key id).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use sharedcare_proto::{
+    common::v1::{Actor, PrincipalKind, Purpose},
+    identity::v1::{GetJwksRequest, Jwk, identity_service_client::IdentityServiceClient},
+};
+use tokio::sync::{Mutex, RwLock};
+use tonic::transport::Channel;
+
+use crate::Error;
+
+/// The claims of a sharedcare access token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+    /// "staff", "application", "service" or "admin".
+    pub kind: String,
+    /// ODS code of the organisation the principal acts for.
+    pub org: String,
+    /// Role code at that organisation.
+    pub role: String,
+    /// Space-separated scopes.
+    pub scope: String,
+    /// Purpose of use, e.g. "direct_care".
+    pub pou: String,
+}
+
+/// The verified caller of a request, placed in its extensions by the auth layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub id: String,
+    pub kind: PrincipalKind,
+    pub organisation: String,
+    pub role: String,
+    pub scopes: BTreeSet<String>,
+    pub purpose: Purpose,
+}
+
+impl Principal {
+    pub fn from_claims(claims: &Claims) -> Result<Self, Error> {
+        Ok(Principal {
+            id: claims.sub.clone(),
+            kind: kind_from_str(&claims.kind)
+                .ok_or_else(|| Error::unauthenticated("token names an unknown principal kind"))?,
+            organisation: claims.org.clone(),
+            role: claims.role.clone(),
+            scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
+            purpose: purpose_from_str(&claims.pou)
+                .ok_or_else(|| Error::unauthenticated("token names an unknown purpose of use"))?,
+        })
+    }
+
+    /// PERMISSION_DENIED naming the scope when the token lacks it.
+    pub fn require_scope(&self, scope: &str) -> Result<(), Error> {
+        if self.scopes.contains(scope) {
+            Ok(())
+        } else {
+            Err(
+                Error::permission_denied(format!("token lacks the scope `{scope}`"))
+                    .with_reason("MISSING_SCOPE"),
+            )
+        }
+    }
+
+    /// The actor to report to consent and audit.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            principal_id: self.id.clone(),
+            kind: self.kind as i32,
+            organisation_ods_code: self.organisation.clone(),
+            role: self.role.clone(),
+        }
+    }
+}
+
+/// The verified principal of a request that needs `scope`. UNAUTHENTICATED
+/// if the auth layer did not run (a wiring bug: fail closed).
+pub fn authorize<T>(request: &tonic::Request<T>, scope: &str) -> Result<Principal, Error> {
+    let principal = request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Error::unauthenticated("no verified token on this request"))?;
+    principal.require_scope(scope)?;
+    Ok(principal)
+}
+
+pub fn kind_to_str(kind: PrincipalKind) -> &'static str {
+    match kind {
+        PrincipalKind::Staff => "staff",
+        PrincipalKind::Application => "application",
+        PrincipalKind::Service => "service",
+        PrincipalKind::Admin => "admin",
+        PrincipalKind::Unspecified => "unspecified",
+    }
+}
+
+pub fn kind_from_str(s: &str) -> Option<PrincipalKind> {
+    Some(match s {
+        "staff" => PrincipalKind::Staff,
+        "application" => PrincipalKind::Application,
+        "service" => PrincipalKind::Service,
+        "admin" => PrincipalKind::Admin,
+        _ => return None,
+    })
+}
+
+pub fn purpose_to_str(purpose: Purpose) -> &'static str {
+    match purpose {
+        Purpose::DirectCare => "direct_care",
+        Purpose::Research => "research",
+        Purpose::Planning => "planning",
+        Purpose::PatientAccess => "patient_access",
+        Purpose::Unspecified => "unspecified",
+    }
+}
+
+pub fn purpose_from_str(s: &str) -> Option<Purpose> {
+    Some(match s {
+        "direct_care" => Purpose::DirectCare,
+        "research" => Purpose::Research,
+        "planning" => Purpose::Planning,
+        "patient_access" => Purpose::PatientAccess,
+        _ => return None,
+    })
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where verification keys come from.
+pub trait KeySource: Send + Sync + 'static {
+    fn fetch(&self) -> BoxFuture<'_, Result<Vec<Jwk>, Error>>;
+}
+
+/// identity's GetJwks over gRPC.
+pub struct GrpcKeySource {
+    client: IdentityServiceClient<Channel>,
+}
+
+impl GrpcKeySource {
+    pub fn new(channel: Channel) -> Self {
+        GrpcKeySource {
+            client: IdentityServiceClient::new(channel),
+        }
+    }
+}
+
+impl KeySource for GrpcKeySource {
+    fn fetch(&self) -> BoxFuture<'_, Result<Vec<Jwk>, Error>> {
+        let mut client = self.client.clone();
+        Box::pin(async move {
+            let mut request = tonic::Request::new(GetJwksRequest {});
+            request.set_timeout(Duration::from_secs(5));
+            let response = client
+                .get_jwks(request)
+                .await
+                .map_err(|s| Error::unavailable(s.message().to_owned()).context("fetching JWKS"))?;
+            Ok(response.into_inner().keys)
+        })
+    }
+}
+
+/// Verifies tokens with cached keys, refetching when a token names a key id
+/// it has not seen (rotation), at most once per `min_refresh`.
+pub struct Verifier {
+    source: Arc<dyn KeySource>,
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    last_fetch: Mutex<Option<Instant>>,
+    min_refresh: Duration,
+    validation: Validation,
+}
+
+impl Verifier {
+    pub fn new(
+        source: Arc<dyn KeySource>,
+        issuer: &str,
+        audience: &str,
+        min_refresh: Duration,
+    ) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 30;
+        Verifier {
+            source,
+            keys: RwLock::new(HashMap::new()),
+            last_fetch: Mutex::new(None),
+            min_refresh,
+            validation,
+        }
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Principal, Error> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Error::unauthenticated("bearer token is not a well-formed JWT"))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(Error::unauthenticated("token must be signed with EdDSA"));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| Error::unauthenticated("token has no key id"))?;
+        let key = self.key(&kid).await?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            Error::unauthenticated(match e.kind() {
+                ErrorKind::ExpiredSignature => "token has expired",
+                ErrorKind::InvalidSignature => "token signature does not verify",
+                ErrorKind::InvalidAudience => "token is for another audience",
+                ErrorKind::InvalidIssuer => "token is from another issuer",
+                _ => "token is invalid",
+            })
+        })?;
+        Principal::from_claims(&data.claims)
+    }
+
+    async fn key(&self, kid: &str) -> Result<DecodingKey, Error> {
+        if let Some(key) = self.keys.read().await.get(kid) {
+            return Ok(key.clone());
+        }
+        {
+            let mut last = self.last_fetch.lock().await;
+            let due = last.is_none_or(|t| t.elapsed() >= self.min_refresh);
+            // Another caller may have fetched while we waited for the lock.
+            if let Some(key) = self.keys.read().await.get(kid) {
+                return Ok(key.clone());
+            }
+            if due {
+                let fetched = self.source.fetch().await?;
+                *last = Some(Instant::now());
+                let mut keys = self.keys.write().await;
+                keys.clear();
+                for jwk in fetched {
+                    if jwk.kty == "OKP" && jwk.crv == "Ed25519" {
+                        if let Ok(key) = DecodingKey::from_ed_components(&jwk.x) {
+                            keys.insert(jwk.kid, key);
+                        }
+                    }
+                }
+            }
+        }
+        self.keys
+            .read()
+            .await
+            .get(kid)
+            .cloned()
+            .ok_or_else(|| Error::unauthenticated("token is signed by an unknown key"))
+    }
+}
+
+/// gRPC paths that need no token: health, reflection, token issuing, JWKS.
+pub const PUBLIC_PATH_PREFIXES: &[&str] = &[
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/sharedcare.identity.v1.IdentityService/IssueToken",
+    "/sharedcare.identity.v1.IdentityService/GetJwks",
+];
+
+/// The tower layer that demands a valid bearer token on every other path.
+#[derive(Clone)]
+pub struct AuthLayer {
+    verifier: Arc<Verifier>,
+}
+
+impl AuthLayer {
+    pub fn new(verifier: Arc<Verifier>) -> Self {
+        AuthLayer { verifier }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            verifier: self.verifier.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    verifier: Arc<Verifier>,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for AuthService<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        // Take the service that was polled ready; leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let verifier = self.verifier.clone();
+        Box::pin(async move {
+            let path = request.uri().path();
+            if PUBLIC_PATH_PREFIXES.iter().any(|p| path.starts_with(p)) {
+                return inner.call(request).await;
+            }
+            let token = match bearer_token(request.headers()) {
+                Ok(token) => token,
+                Err(err) => return Ok(tonic::Status::from(err).into_http()),
+            };
+            match verifier.verify(&token).await {
+                Ok(principal) => {
+                    request.extensions_mut().insert(principal);
+                    inner.call(request).await
+                }
+                Err(err) => Ok(tonic::Status::from(err).into_http()),
+            }
+        })
+    }
+}
+
+fn bearer_token(headers: &http::HeaderMap) -> Result<String, Error> {
+    let value = headers
+        .get(http::header::AUTHORIZATION)
+        .ok_or_else(|| Error::unauthenticated("missing bearer token (authorization metadata)"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| Error::unauthenticated("authorization metadata is not text"))?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim().to_owned())
+        }
+        _ => Err(Error::unauthenticated(
+            "authorization metadata must be `Bearer <token>`",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_token_is_read_case_insensitively() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("bearer abc.def.ghi"),
+        );
+        assert_eq!(bearer_token(&headers).expect("token"), "abc.def.ghi");
+    }
+
+    #[test]
+    fn other_schemes_are_refused() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("Basic dXNlcjpwYXNz"),
+        );
+        assert!(bearer_token(&headers).is_err());
+        assert!(bearer_token(&http::HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn scopes_are_checked_exactly() {
+        let principal = Principal {
+            id: "p".into(),
+            kind: PrincipalKind::Staff,
+            organisation: "A81001".into(),
+            role: "R8000".into(),
+            scopes: ["records.read".to_owned()].into(),
+            purpose: Purpose::DirectCare,
+        };
+        assert!(principal.require_scope("records.read").is_ok());
+        let err = principal
+            .require_scope("records.write")
+            .expect_err("denied");
+        assert!(err.message.contains("records.write"));
+    }
+}

@@ -1,0 +1,90 @@
+//! Calling another sharedcare service: lazy channels, this service's own
+//! token (client credentials, cached until shortly before it expires), and
+//! outgoing requests that carry it, the trace context and a deadline.
+
+use std::time::Duration;
+
+use sharedcare_proto::{
+    common::v1::Purpose,
+    identity::v1::{IssueTokenRequest, identity_service_client::IdentityServiceClient},
+};
+use tokio::sync::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{Error, config::Secret};
+
+/// A channel that connects on first use, so services start in any order.
+pub fn lazy_channel(url: &str) -> Result<Channel, Error> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(|_| Error::invalid("url", "not a valid URL"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// This service's access token, from identity with client credentials.
+pub struct TokenSource {
+    client: IdentityServiceClient<Channel>,
+    client_id: String,
+    client_secret: Secret,
+    cached: Mutex<Option<(String, chrono::DateTime<chrono::Utc>)>>,
+}
+
+impl TokenSource {
+    pub fn new(identity: Channel, client_id: String, client_secret: Secret) -> Self {
+        TokenSource {
+            client: IdentityServiceClient::new(identity),
+            client_id,
+            client_secret,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// A token valid for at least another minute.
+    pub async fn token(&self) -> Result<String, Error> {
+        let mut cached = self.cached.lock().await;
+        if let Some((token, expires)) = cached.as_ref()
+            && *expires - chrono::Duration::seconds(60) > chrono::Utc::now()
+        {
+            return Ok(token.clone());
+        }
+        let mut request = tonic::Request::new(IssueTokenRequest {
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.expose().to_owned(),
+            scopes: vec![],
+            purpose: Purpose::DirectCare as i32,
+        });
+        request.set_timeout(Duration::from_secs(5));
+        let response = self
+            .client
+            .clone()
+            .issue_token(request)
+            .await
+            .map_err(|s| Error::from(s).context("getting this service's token from identity"))?
+            .into_inner();
+        let expires = crate::proto_time::from_proto("expire_time", response.expire_time.as_ref())
+            .ok()
+            .flatten()
+            .unwrap_or_else(chrono::Utc::now);
+        *cached = Some((response.access_token.clone(), expires));
+        Ok(response.access_token)
+    }
+}
+
+/// An outgoing request carrying this service's token, the current trace
+/// context and a deadline.
+pub async fn request<T>(
+    message: T,
+    tokens: &TokenSource,
+    timeout: Duration,
+) -> Result<tonic::Request<T>, Error> {
+    let token = tokens.token().await?;
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| Error::internal("building the authorization header", "token is not ASCII"))?;
+    request.metadata_mut().insert("authorization", value);
+    crate::telemetry::inject_trace_context(request.metadata_mut());
+    Ok(request)
+}

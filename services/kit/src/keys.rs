@@ -1,0 +1,166 @@
+//! Ed25519 signing keys for access tokens: generated, stored as PKCS#8 PEM,
+//! published as JWKs. identity signs with them; tests mint with them.
+
+use std::{future::Future, pin::Pin};
+
+use base64::Engine;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::LineEnding};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use sharedcare_proto::identity::v1::Jwk;
+
+use crate::{
+    Error,
+    auth::{Claims, KeySource},
+};
+
+/// A private signing key with its key id.
+pub struct SigningKey {
+    kid: String,
+    key: ed25519_dalek::SigningKey,
+    encoding: EncodingKey,
+}
+
+impl SigningKey {
+    /// A new random key.
+    pub fn generate() -> Self {
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        Self::from_dalek(key)
+    }
+
+    /// Reads a PKCS#8 PEM private key.
+    pub fn from_pkcs8_pem(pem: &str) -> Result<Self, Error> {
+        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
+            .map_err(|_| Error::internal("reading the signing key", "not an Ed25519 PKCS#8 PEM"))?;
+        Ok(Self::from_dalek(key))
+    }
+
+    /// Writes the private key as PKCS#8 PEM, for the data dir or a Secret.
+    pub fn to_pkcs8_pem(&self) -> Result<String, Error> {
+        self.key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map(|pem| pem.to_string())
+            .map_err(|e| Error::internal("encoding the signing key", e))
+    }
+
+    fn from_dalek(key: ed25519_dalek::SigningKey) -> Self {
+        let kid = thumbprint(&key.verifying_key().to_bytes());
+        let der = key
+            .to_pkcs8_der()
+            .expect("an Ed25519 key always encodes as PKCS#8");
+        let encoding = EncodingKey::from_ed_der(der.as_bytes());
+        SigningKey { kid, key, encoding }
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public half as a JWK.
+    pub fn jwk(&self) -> Jwk {
+        Jwk {
+            kid: self.kid.clone(),
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            x: base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(self.key.verifying_key().to_bytes()),
+            alg: "EdDSA".into(),
+            r#use: "sig".into(),
+        }
+    }
+
+    /// Signs claims as a compact JWS.
+    pub fn sign(&self, claims: &Claims) -> Result<String, Error> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .map_err(|e| Error::internal("signing a token", e))
+    }
+}
+
+/// RFC 7638 JWK thumbprint: the key id is stable across restarts and
+/// different for every key.
+fn thumbprint(public: &[u8; 32]) -> String {
+    use sha2::Digest;
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public);
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(canonical))
+}
+
+/// A fixed set of public keys: identity verifying its own tokens, and tests.
+pub struct StaticKeySource(pub Vec<Jwk>);
+
+impl KeySource for StaticKeySource {
+    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<Vec<Jwk>, Error>> + Send + '_>> {
+        let keys = self.0.clone();
+        Box::pin(async move { Ok(keys) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use super::*;
+    use crate::auth::Verifier;
+
+    fn claims(exp_offset: i64) -> Claims {
+        let now = chrono::Utc::now().timestamp();
+        Claims {
+            iss: "sharedcare-identity".into(),
+            sub: "principal-1".into(),
+            aud: "sharedcare".into(),
+            exp: now + exp_offset,
+            iat: now,
+            jti: "t1".into(),
+            kind: "staff".into(),
+            org: "A81001".into(),
+            role: "R8000".into(),
+            scope: "records.read".into(),
+            pou: "direct_care".into(),
+        }
+    }
+
+    fn verifier(keys: Vec<Jwk>) -> Verifier {
+        Verifier::new(
+            Arc::new(StaticKeySource(keys)),
+            "sharedcare-identity",
+            "sharedcare",
+            Duration::ZERO,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_signed_token_verifies_and_a_foreign_one_does_not() {
+        let ours = SigningKey::generate();
+        let theirs = SigningKey::generate();
+        let v = verifier(vec![ours.jwk()]);
+        let p = v
+            .verify(&ours.sign(&claims(300)).expect("sign"))
+            .await
+            .expect("valid");
+        assert_eq!(p.organisation, "A81001");
+        let err = v
+            .verify(&theirs.sign(&claims(300)).expect("sign"))
+            .await
+            .expect_err("foreign key");
+        assert!(err.message.contains("unknown key"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn expired_tokens_are_refused() {
+        let key = SigningKey::generate();
+        let v = verifier(vec![key.jwk()]);
+        let err = v
+            .verify(&key.sign(&claims(-3600)).expect("sign"))
+            .await
+            .expect_err("expired");
+        assert!(err.message.contains("expired"));
+    }
+
+    #[test]
+    fn pem_round_trip_keeps_the_key_id() {
+        let key = SigningKey::generate();
+        let again = SigningKey::from_pkcs8_pem(&key.to_pkcs8_pem().expect("pem")).expect("read");
+        assert_eq!(key.kid(), again.kid());
+    }
+}

@@ -1,0 +1,16 @@
+//! The sharedcare service kit: what all four services share, so none of them
+//! copies it. Config, telemetry, the auth layer, server bootstrap, errors,
+//! outgoing clients, database connections and test spawning.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod keys;
+pub mod proto_time;
+pub mod server;
+pub mod telemetry;
+pub mod testing;
+
+pub use error::{Error, Result};

@@ -1,0 +1,177 @@
+//! Server bootstrap shared by every service: health and reflection, the
+//! auth layer, bounded concurrency (RESOURCE_EXHAUSTED beyond it), a
+//! per-request timeout, and graceful shutdown on SIGTERM that reports
+//! NOT_SERVING, waits for load balancers to notice, then drains.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tonic::{service::Routes, transport::Server};
+use tonic_health::ServingStatus;
+use tower::{BoxError, ServiceBuilder};
+
+use crate::{
+    Error,
+    auth::{AuthLayer, Verifier},
+    config::ServerConfig,
+};
+
+/// What a service contributes to its server.
+pub struct ServiceSpec {
+    /// Short name, e.g. "identity".
+    pub name: &'static str,
+    /// Fully qualified gRPC service names, reported by the health service.
+    pub grpc_services: Vec<&'static str>,
+    /// The service's gRPC servers, already bounded in message size.
+    pub routes: Routes,
+    /// How tokens are verified.
+    pub verifier: Arc<Verifier>,
+}
+
+/// Binds `cfg.listen` and serves until SIGTERM or Ctrl-C.
+pub async fn serve_until_signal(spec: ServiceSpec, cfg: &ServerConfig) -> Result<(), Error> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| Error::unavailable(format!("binding {}: {e}", cfg.listen)))?;
+    serve(spec, cfg, listener, shutdown_signal()).await
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains.
+pub async fn serve(
+    spec: ServiceSpec,
+    cfg: &ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let addr: SocketAddr = listener
+        .local_addr()
+        .map_err(|e| Error::internal("reading the listen address", e))?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in &spec.grpc_services {
+        reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    let routes = spec
+        .routes
+        .add_service(health)
+        .add_service(reflection_v1()?)
+        .add_service(reflection_v1alpha()?);
+
+    let layers = ServiceBuilder::new()
+        .map_result(overload_to_status)
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            cfg.concurrency_limit,
+        ))
+        .layer(AuthLayer::new(spec.verifier.clone()))
+        .into_inner();
+
+    let drain = Duration::from_millis(cfg.shutdown_drain_ms);
+    let services = spec.grpc_services.clone();
+    let name = spec.name;
+    let on_shutdown = async move {
+        shutdown.await;
+        tracing::info!(service = name, "shutting down: reporting NOT_SERVING");
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        for service in services {
+            reporter
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
+        tokio::time::sleep(drain).await;
+        tracing::info!(service = name, "draining in-flight requests");
+    };
+
+    tracing::info!(service = name, %addr, "serving gRPC");
+    Server::builder()
+        .timeout(Duration::from_millis(cfg.request_timeout_ms))
+        .trace_fn(crate::telemetry::request_span)
+        .layer(layers)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            on_shutdown,
+        )
+        .await
+        .map_err(|e| Error::internal("serving gRPC", e))
+}
+
+/// Limits on a service's generated server: every service applies these.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageLimits {
+    pub max_bytes: usize,
+}
+
+impl From<&ServerConfig> for MessageLimits {
+    fn from(cfg: &ServerConfig) -> Self {
+        MessageLimits {
+            max_bytes: cfg.max_message_bytes,
+        }
+    }
+}
+
+type HttpResponse = http::Response<tonic::body::Body>;
+
+/// The load shedder's refusal becomes RESOURCE_EXHAUSTED rather than UNKNOWN.
+fn overload_to_status(result: Result<HttpResponse, BoxError>) -> Result<HttpResponse, BoxError> {
+    match result {
+        Err(err) if err.is::<tower::load_shed::error::Overloaded>() => Ok(
+            tonic::Status::resource_exhausted("server is at its concurrency limit; retry later")
+                .into_http(),
+        ),
+        other => other,
+    }
+}
+
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sharedcare_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+fn reflection_v1() -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    Error,
+> {
+    reflection_builder()
+        .build_v1()
+        .map_err(|e| Error::internal("building reflection", e))
+}
+
+fn reflection_v1alpha() -> Result<
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+    Error,
+> {
+    reflection_builder()
+        .build_v1alpha()
+        .map_err(|e| Error::internal("building reflection", e))
+}
+
+/// Resolves on SIGTERM (Kubernetes) or Ctrl-C (a terminal).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

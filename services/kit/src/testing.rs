@@ -1,0 +1,265 @@
+//! Test spawning: start any service on `127.0.0.1:0`, wait until its health
+//! service says SERVING (polling, never a blind sleep), and hand back a
+//! connected channel. Also a token authority for tests that run a service
+//! without identity.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use sharedcare_proto::common::v1::{PrincipalKind, Purpose};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::{
+    Error,
+    auth::{Claims, Verifier, kind_to_str, purpose_to_str},
+    config::ServerConfig,
+    keys::{SigningKey, StaticKeySource},
+    server::{ServiceSpec, serve},
+};
+
+/// A service running on a loopback port for the length of a test.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<(), Error>>,
+}
+
+impl TestServer {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Asks the server to shut down and waits until it has drained.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.handle).await;
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts a service with loopback defaults.
+pub async fn spawn(spec: ServiceSpec) -> TestServer {
+    spawn_with(spec, ServerConfig::loopback()).await
+}
+
+/// Starts a service with the given server settings (its `listen` is ignored).
+pub async fn spawn_with(spec: ServiceSpec, cfg: ServerConfig) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        serve(spec, &cfg, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("loopback url")
+        .connect_lazy();
+    wait_until_serving(channel.clone())
+        .await
+        .expect("service became healthy");
+    TestServer {
+        addr,
+        channel,
+        stop: Some(stop),
+        handle,
+    }
+}
+
+/// Polls `grpc.health.v1` until the server reports SERVING (up to ~10 s).
+pub async fn wait_until_serving(channel: Channel) -> Result<(), Error> {
+    let mut client = HealthClient::new(channel);
+    let mut delay = Duration::from_millis(5);
+    for _ in 0..40 {
+        if let Ok(response) = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            && response.into_inner().status == ServingStatus::Serving as i32
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+    Err(Error::unavailable("service never reported SERVING"))
+}
+
+/// Mints tokens the way identity does, for tests of one service alone.
+pub struct TestAuthority {
+    key: SigningKey,
+    pub issuer: String,
+    pub audience: String,
+}
+
+impl Default for TestAuthority {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestAuthority {
+    pub fn new() -> Self {
+        TestAuthority {
+            key: SigningKey::generate(),
+            issuer: "sharedcare-identity".into(),
+            audience: "sharedcare".into(),
+        }
+    }
+
+    /// A verifier that trusts this authority's key only.
+    pub fn verifier(&self) -> Arc<Verifier> {
+        Arc::new(Verifier::new(
+            Arc::new(StaticKeySource(vec![self.key.jwk()])),
+            &self.issuer,
+            &self.audience,
+            Duration::ZERO,
+        ))
+    }
+
+    /// A token for a principal with these attributes and scopes.
+    pub fn token(&self, kind: PrincipalKind, org: &str, role: &str, scopes: &[&str]) -> String {
+        let now = chrono::Utc::now().timestamp();
+        self.key
+            .sign(&Claims {
+                iss: self.issuer.clone(),
+                sub: format!("test-{}", uuid::Uuid::new_v4()),
+                aud: self.audience.clone(),
+                exp: now + 600,
+                iat: now,
+                jti: uuid::Uuid::new_v4().to_string(),
+                kind: kind_to_str(kind).into(),
+                org: org.into(),
+                role: role.into(),
+                scope: scopes.join(" "),
+                pou: purpose_to_str(Purpose::DirectCare).into(),
+            })
+            .expect("sign test token")
+    }
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii token"),
+    );
+    request
+}
+
+/// Environment variable naming a PostgreSQL server for tests (CI sets it).
+pub const TEST_DATABASE_VAR: &str = "SHAREDCARE_TEST_DATABASE_URL";
+
+/// A database for one test: a SQLite file in a temp dir, or a fresh
+/// PostgreSQL database created on the server named by
+/// `SHAREDCARE_TEST_DATABASE_URL`.
+pub struct TestDatabase {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    postgres: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    /// A fresh SQLite file.
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = crate::db::sqlite_url(&dir.path().join("test.db"));
+        TestDatabase {
+            url,
+            _dir: Some(dir),
+            postgres: None,
+        }
+    }
+
+    /// A fresh PostgreSQL database, or `None` (saying so on stderr) when
+    /// `SHAREDCARE_TEST_DATABASE_URL` is not set.
+    pub async fn postgres(test: &str) -> Option<Self> {
+        use sea_orm::ConnectionTrait;
+        let Ok(admin_url) = std::env::var(TEST_DATABASE_VAR) else {
+            eprintln!("SKIPPED PostgreSQL for {test}: {TEST_DATABASE_VAR} is not set");
+            return None;
+        };
+        let name = format!("sc_{}", uuid::Uuid::new_v4().simple());
+        let admin = sea_orm::Database::connect(admin_url.as_str())
+            .await
+            .expect("connect to SHAREDCARE_TEST_DATABASE_URL");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        let url = with_database(&admin_url, &name);
+        Some(TestDatabase {
+            url,
+            _dir: None,
+            postgres: Some((admin_url, name)),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Drops a PostgreSQL database once every connection to it has closed.
+    pub async fn cleanup(self) {
+        use sea_orm::ConnectionTrait;
+        if let Some((admin_url, name)) = &self.postgres
+            && let Ok(admin) = sea_orm::Database::connect(admin_url.as_str()).await
+        {
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+            admin.close().await.ok();
+        }
+    }
+}
+
+/// The same server URL with another database name.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_name_is_replaced() {
+        assert_eq!(
+            super::with_database("postgres://postgres@127.0.0.1:5432/test", "sc_x"),
+            "postgres://postgres@127.0.0.1:5432/sc_x"
+        );
+        assert_eq!(
+            super::with_database("postgres://127.0.0.1?sslmode=disable", "sc_x"),
+            "postgres://127.0.0.1/sc_x?sslmode=disable"
+        );
+    }
+}
