@@ -1,1 +1,113 @@
-//! placeholder
+//! identity: who is who. The patient index (NHS number, demographics),
+//! organisations, staff/application/service principals, and the Ed25519 keys
+//! that sign their tokens.
+//!
+//! `spec` builds the service that `main.rs`, the all-in-one CLI and the
+//! tests all serve; `open` wires it to configuration.
+
+pub mod bootstrap;
+pub mod config;
+pub mod domain;
+mod grpc;
+pub mod store;
+pub mod tokens;
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use sharedcare_kit::{
+    Error,
+    auth::Verifier,
+    keys::{SigningKey, StaticKeySource},
+    server::{MessageLimits, ServiceSpec},
+};
+use sharedcare_proto::identity::v1::identity_service_server::IdentityServiceServer;
+
+pub use tokens::TokenIssuer;
+
+pub const SERVICE_NAME: &str = "identity";
+
+/// The identity service over a store, signing with `tokens`. identity
+/// verifies tokens with its own public key: no network hop.
+pub fn spec(
+    store: Arc<dyn store::IdentityStore>,
+    tokens: Arc<TokenIssuer>,
+    limits: MessageLimits,
+) -> ServiceSpec {
+    let verifier = Arc::new(Verifier::new(
+        Arc::new(StaticKeySource(tokens.jwks())),
+        tokens.issuer(),
+        tokens.audience(),
+        Duration::from_secs(60),
+    ));
+    let server = IdentityServiceServer::new(grpc::IdentityGrpc::new(store, tokens))
+        .max_decoding_message_size(limits.max_bytes)
+        .max_encoding_message_size(limits.max_bytes);
+    ServiceSpec {
+        name: SERVICE_NAME,
+        grpc_services: vec!["sharedcare.identity.v1.IdentityService"],
+        routes: tonic::service::Routes::new(server),
+        verifier,
+    }
+}
+
+/// Opens the configured store and signing key, applies the bootstrap file,
+/// and builds the service.
+pub async fn open(cfg: &config::IdentityConfig) -> Result<ServiceSpec, Error> {
+    let url = cfg
+        .database
+        .resolve_url(SERVICE_NAME)
+        .map_err(|e| Error::invalid("database.url", e.to_string()))?;
+    let store =
+        Arc::new(store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?);
+    if let Some(path) = &cfg.identity.bootstrap_file {
+        bootstrap::apply(store.as_ref(), bootstrap::BootstrapFile::read(path)?).await?;
+    }
+    let key = load_signing_key(cfg)?;
+    let tokens = Arc::new(TokenIssuer::new(
+        key,
+        &cfg.auth.issuer,
+        &cfg.auth.audience,
+        cfg.identity.token_ttl_secs,
+    ));
+    Ok(spec(store, tokens, MessageLimits::from(&cfg.server)))
+}
+
+/// The configured key, or the one kept in the data dir (generated on first
+/// start, readable by this user only).
+fn load_signing_key(cfg: &config::IdentityConfig) -> Result<SigningKey, Error> {
+    if let Some(pem) = cfg
+        .identity
+        .signing_key
+        .resolve("identity.signing_key")
+        .map_err(|e| Error::invalid("identity.signing_key", e.to_string()))?
+    {
+        return SigningKey::from_pkcs8_pem(pem.expose());
+    }
+    let path = cfg.database.data_dir.join("identity-signing-key.pem");
+    if path.exists() {
+        let pem = std::fs::read_to_string(&path)
+            .map_err(|e| Error::internal("reading the signing key in the data dir", e))?;
+        return SigningKey::from_pkcs8_pem(&pem);
+    }
+    let key = SigningKey::generate();
+    write_private(&path, &key.to_pkcs8_pem()?)?;
+    tracing::info!(kid = key.kid(), "generated a new token signing key");
+    Ok(key)
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::internal("creating the data dir", e))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .map_err(|e| Error::internal("writing the signing key", e))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|_| file.sync_all())
+        .map_err(|e| Error::internal("writing the signing key", e))
+}

@@ -175,3 +175,50 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
 }
+
+/// What `run` needs from a service's configuration.
+pub trait ServiceConfig {
+    fn server(&self) -> &ServerConfig;
+    fn telemetry(&self) -> &crate::config::TelemetryConfig;
+}
+
+/// The whole of a service's `main`: configuration, telemetry, open, serve
+/// until SIGTERM. Failures are printed with what went wrong and exit 1.
+pub async fn run<C, F, Fut>(
+    name: &str,
+    loaded: Result<C, crate::config::ConfigError>,
+    open: F,
+) -> std::process::ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = Result<ServiceSpec, Error>>,
+{
+    let cfg = match loaded {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("sharedcare-{name}: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let _telemetry = match crate::telemetry::init(name, cfg.telemetry()) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("sharedcare-{name}: starting telemetry: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let server = cfg.server().clone();
+    let result = match open(cfg).await {
+        Ok(spec) => serve_until_signal(spec, &server).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "stopped");
+            eprintln!("sharedcare-{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,221 @@
+use chrono::{DateTime, NaiveDate, Utc};
+use sharedcare_kit::Error;
+
+use super::NhsNumber;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gender {
+    Unspecified,
+    Male,
+    Female,
+    Other,
+    Unknown,
+}
+
+impl Gender {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gender::Unspecified => "unspecified",
+            Gender::Male => "male",
+            Gender::Female => "female",
+            Gender::Other => "other",
+            Gender::Unknown => "unknown",
+        }
+    }
+
+    pub fn from_stored(s: &str) -> Gender {
+        match s {
+            "male" => Gender::Male,
+            "female" => Gender::Female,
+            "other" => Gender::Other,
+            "unknown" => Gender::Unknown,
+            _ => Gender::Unspecified,
+        }
+    }
+}
+
+/// What a patient tells us about themselves, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Demographics {
+    pub given_names: Vec<String>,
+    pub family_name: String,
+    pub birth_date: NaiveDate,
+    pub gender: Gender,
+    pub postcode: Option<String>,
+}
+
+const MAX_NAME_CHARS: usize = 100;
+
+impl Demographics {
+    /// Validates raw fields; `prefix` is the request path ("demographics").
+    pub fn parse(
+        prefix: &str,
+        given_names: &[String],
+        family_name: &str,
+        birth_date: &str,
+        gender: Gender,
+        postcode: &str,
+        today: NaiveDate,
+    ) -> Result<Self, Error> {
+        let given_names: Vec<String> = given_names
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if given_names.is_empty() {
+            return Err(Error::invalid(
+                format!("{prefix}.given_names"),
+                "at least one given name is required",
+            ));
+        }
+        if given_names
+            .iter()
+            .any(|n| n.chars().count() > MAX_NAME_CHARS)
+        {
+            return Err(Error::invalid(
+                format!("{prefix}.given_names"),
+                format!("a name is at most {MAX_NAME_CHARS} characters"),
+            ));
+        }
+        let family_name = family_name.trim().to_owned();
+        if family_name.is_empty() {
+            return Err(Error::invalid(
+                format!("{prefix}.family_name"),
+                "is required",
+            ));
+        }
+        if family_name.chars().count() > MAX_NAME_CHARS {
+            return Err(Error::invalid(
+                format!("{prefix}.family_name"),
+                format!("is at most {MAX_NAME_CHARS} characters"),
+            ));
+        }
+        let birth_date =
+            NaiveDate::parse_from_str(birth_date.trim(), "%Y-%m-%d").map_err(|_| {
+                Error::invalid(
+                    format!("{prefix}.birth_date"),
+                    "must be a date as YYYY-MM-DD",
+                )
+            })?;
+        if birth_date > today {
+            return Err(Error::invalid(
+                format!("{prefix}.birth_date"),
+                "must not be in the future",
+            ));
+        }
+        let postcode = parse_postcode(&format!("{prefix}.postcode"), postcode)?;
+        Ok(Demographics {
+            given_names,
+            family_name,
+            birth_date,
+            gender,
+            postcode,
+        })
+    }
+}
+
+/// Normalises a UK postcode to upper case with one space before the inward
+/// code ("ls14ap" → "LS1 4AP"). Empty means none given.
+fn parse_postcode(field: &str, input: &str) -> Result<Option<String>, Error> {
+    let compact: String = input
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    if compact.is_empty() {
+        return Ok(None);
+    }
+    let valid_shape = (5..=7).contains(&compact.len())
+        && compact.bytes().all(|b| b.is_ascii_alphanumeric())
+        && compact.as_bytes()[0].is_ascii_alphabetic()
+        && {
+            let inward = &compact.as_bytes()[compact.len() - 3..];
+            inward[0].is_ascii_digit()
+                && inward[1].is_ascii_alphabetic()
+                && inward[2].is_ascii_alphabetic()
+        };
+    if !valid_shape {
+        return Err(Error::invalid(field, "is not a UK postcode"));
+    }
+    let split = compact.len() - 3;
+    Ok(Some(format!("{} {}", &compact[..split], &compact[split..])))
+}
+
+/// A patient in the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Patient {
+    pub id: String,
+    pub nhs_number: NhsNumber,
+    pub demographics: Demographics,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub superseded_by: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 24).expect("date")
+    }
+
+    fn parse(
+        given: &[&str],
+        family: &str,
+        dob: &str,
+        postcode: &str,
+    ) -> Result<Demographics, Error> {
+        let given: Vec<String> = given.iter().map(|s| s.to_string()).collect();
+        Demographics::parse(
+            "demographics",
+            &given,
+            family,
+            dob,
+            Gender::Female,
+            postcode,
+            today(),
+        )
+    }
+
+    #[test]
+    fn valid_demographics_are_normalised() {
+        let d = parse(&[" Jane ", ""], "Smith", "1980-02-29", "ls14ap").expect("valid");
+        assert_eq!(d.given_names, vec!["Jane"]);
+        assert_eq!(d.postcode.as_deref(), Some("LS1 4AP"));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (
+                parse(&[], "Smith", "1980-01-01", ""),
+                "demographics.given_names",
+            ),
+            (
+                parse(&["Jane"], " ", "1980-01-01", ""),
+                "demographics.family_name",
+            ),
+            (
+                parse(&["Jane"], "Smith", "01/01/1980", ""),
+                "demographics.birth_date",
+            ),
+            (
+                parse(&["Jane"], "Smith", "2030-01-01", ""),
+                "demographics.birth_date",
+            ),
+            (
+                parse(&["Jane"], "Smith", "1981-02-29", ""),
+                "demographics.birth_date",
+            ),
+            (
+                parse(&["Jane"], "Smith", "1980-01-01", "NOT A CODE"),
+                "demographics.postcode",
+            ),
+        ];
+        for (result, field) in cases {
+            let err = result.expect_err(field);
+            assert_eq!(err.field.as_deref(), Some(field));
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! sea-orm entities, shared by SQLite and PostgreSQL.
+
+pub mod patient {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "identity_patients")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub patient_id: String,
+        #[sea_orm(unique)]
+        pub nhs_number: String,
+        /// JSON array of given names.
+        pub given_names: String,
+        pub family_name: String,
+        pub birth_date: Date,
+        pub gender: String,
+        pub postcode: Option<String>,
+        pub superseded_by: Option<String>,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod organisation {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "identity_organisations")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub ods_code: String,
+        pub name: String,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod principal {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "identity_principals")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub principal_id: String,
+        #[sea_orm(unique)]
+        pub client_id: String,
+        pub kind: String,
+        pub display_name: String,
+        pub ods_code: String,
+        pub role: String,
+        /// Space-separated.
+        pub scopes: String,
+        pub secret_hash: Vec<u8>,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -1,0 +1,71 @@
+//! identity's schema, as migrations that run unchanged on SQLite and PostgreSQL.
+
+use sea_orm_migration::{prelude::*, schema::*};
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(M0001Initial)]
+    }
+
+    // Services may share one PostgreSQL database: each keeps its own ledger.
+    fn migration_table_name() -> DynIden {
+        "identity_migrations".into_iden()
+    }
+}
+
+#[derive(DeriveMigrationName)]
+struct M0001Initial;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for M0001Initial {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("identity_patients")
+                    .if_not_exists()
+                    .col(string("patient_id").primary_key())
+                    .col(string_uniq("nhs_number"))
+                    .col(text("given_names"))
+                    .col(string("family_name"))
+                    .col(date("birth_date"))
+                    .col(string("gender"))
+                    .col(string_null("postcode"))
+                    .col(string_null("superseded_by"))
+                    .col(timestamp_with_time_zone("created_at"))
+                    .col(timestamp_with_time_zone("updated_at"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("identity_organisations")
+                    .if_not_exists()
+                    .col(string("ods_code").primary_key())
+                    .col(string("name"))
+                    .col(timestamp_with_time_zone("created_at"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("identity_principals")
+                    .if_not_exists()
+                    .col(string("principal_id").primary_key())
+                    .col(string_uniq("client_id"))
+                    .col(string("kind"))
+                    .col(string("display_name"))
+                    .col(string("ods_code"))
+                    .col(string("role"))
+                    .col(text("scopes"))
+                    .col(blob("secret_hash"))
+                    .col(timestamp_with_time_zone("created_at"))
+                    .to_owned(),
+            )
+            .await
+    }
+}

@@ -1,0 +1,41 @@
+//! Where identity keeps patients, organisations and principals.
+
+mod entities;
+mod migration;
+mod sql;
+
+use std::{future::Future, pin::Pin};
+
+use sharedcare_kit::Error;
+
+pub use migration::Migrator;
+pub use sql::SqlStore;
+
+use crate::domain::{NhsNumber, OdsCode, Organisation, Patient, Principal};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+/// Outcome of registering a patient: details are given once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registered {
+    Created(Patient),
+    Existing(Patient),
+}
+
+pub trait IdentityStore: Send + Sync + 'static {
+    /// Inserts the patient unless one with the same NHS number exists, in
+    /// which case that one is returned.
+    fn register_patient(&self, patient: Patient) -> BoxFuture<'_, Registered>;
+    fn get_patient(&self, id: &str) -> BoxFuture<'_, Option<Patient>>;
+    fn find_patient_by_nhs_number(&self, nhs: &NhsNumber) -> BoxFuture<'_, Option<Patient>>;
+
+    /// ALREADY_EXISTS if the ODS code is taken.
+    fn create_organisation(&self, org: Organisation) -> BoxFuture<'_, Organisation>;
+    fn get_organisation(&self, code: &OdsCode) -> BoxFuture<'_, Option<Organisation>>;
+
+    /// ALREADY_EXISTS if the client id is taken.
+    fn create_principal(&self, principal: Principal) -> BoxFuture<'_, Principal>;
+    /// Inserts or replaces the principal with this client id (bootstrap).
+    fn upsert_principal(&self, principal: Principal) -> BoxFuture<'_, Principal>;
+    fn get_principal_by_client_id(&self, client_id: &str) -> BoxFuture<'_, Option<Principal>>;
+}

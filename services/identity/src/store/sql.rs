@@ -1,0 +1,233 @@
+//! The sea-orm store: SQLite (embedded default) or PostgreSQL.
+
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, SqlErr,
+    sea_query::OnConflict,
+};
+use sharedcare_kit::{Error, auth};
+
+use super::{BoxFuture, IdentityStore, Migrator, Registered, entities::*};
+use crate::domain::{Demographics, Gender, NhsNumber, OdsCode, Organisation, Patient, Principal};
+
+#[derive(Clone)]
+pub struct SqlStore {
+    db: DatabaseConnection,
+}
+
+impl SqlStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, Error> {
+        let db = sharedcare_kit::db::connect::<Migrator>(url, max_connections).await?;
+        Ok(SqlStore { db })
+    }
+}
+
+fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
+    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+fn patient_to_row(p: &Patient) -> patient::ActiveModel {
+    patient::ActiveModel {
+        patient_id: Set(p.id.clone()),
+        nhs_number: Set(p.nhs_number.as_str().to_owned()),
+        given_names: Set(serde_json::to_string(&p.demographics.given_names).unwrap_or_default()),
+        family_name: Set(p.demographics.family_name.clone()),
+        birth_date: Set(p.demographics.birth_date),
+        gender: Set(p.demographics.gender.as_str().to_owned()),
+        postcode: Set(p.demographics.postcode.clone()),
+        superseded_by: Set(p.superseded_by.clone()),
+        created_at: Set(p.created_at),
+        updated_at: Set(p.updated_at),
+    }
+}
+
+fn patient_from_row(row: patient::Model) -> Result<Patient, Error> {
+    Ok(Patient {
+        id: row.patient_id,
+        nhs_number: NhsNumber::parse("stored nhs_number", &row.nhs_number)
+            .map_err(|e| Error::internal("reading a patient", e))?,
+        demographics: Demographics {
+            given_names: serde_json::from_str(&row.given_names)
+                .map_err(|e| Error::internal("reading a patient", e))?,
+            family_name: row.family_name,
+            birth_date: row.birth_date,
+            gender: Gender::from_stored(&row.gender),
+            postcode: row.postcode,
+        },
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        superseded_by: row.superseded_by,
+    })
+}
+
+fn organisation_from_row(row: organisation::Model) -> Result<Organisation, Error> {
+    Ok(Organisation {
+        ods_code: OdsCode::parse("stored ods_code", &row.ods_code)
+            .map_err(|e| Error::internal("reading an organisation", e))?,
+        name: row.name,
+        created_at: row.created_at,
+    })
+}
+
+fn principal_to_row(p: &Principal) -> principal::ActiveModel {
+    principal::ActiveModel {
+        principal_id: Set(p.id.clone()),
+        client_id: Set(p.client_id.clone()),
+        kind: Set(auth::kind_to_str(p.kind).to_owned()),
+        display_name: Set(p.display_name.clone()),
+        ods_code: Set(p.organisation.as_str().to_owned()),
+        role: Set(p.role.clone()),
+        scopes: Set(p.scopes.join(" ")),
+        secret_hash: Set(p.secret_hash.clone()),
+        created_at: Set(p.created_at),
+    }
+}
+
+fn principal_from_row(row: principal::Model) -> Result<Principal, Error> {
+    Ok(Principal {
+        id: row.principal_id,
+        kind: auth::kind_from_str(&row.kind)
+            .ok_or_else(|| Error::internal("reading a principal", "unknown kind"))?,
+        display_name: row.display_name,
+        organisation: OdsCode::parse("stored ods_code", &row.ods_code)
+            .map_err(|e| Error::internal("reading a principal", e))?,
+        role: row.role,
+        scopes: row.scopes.split_whitespace().map(str::to_owned).collect(),
+        client_id: row.client_id,
+        secret_hash: row.secret_hash,
+        created_at: row.created_at,
+    })
+}
+
+impl IdentityStore for SqlStore {
+    fn register_patient(&self, p: Patient) -> BoxFuture<'_, Registered> {
+        Box::pin(async move {
+            if let Some(existing) = self.find_patient_by_nhs_number(&p.nhs_number).await? {
+                return Ok(Registered::Existing(existing));
+            }
+            match patient::Entity::insert(patient_to_row(&p))
+                .exec(&self.db)
+                .await
+            {
+                Ok(_) => Ok(Registered::Created(p)),
+                // Registered concurrently by someone else: theirs stands.
+                Err(e) if is_unique_violation(&e) => self
+                    .find_patient_by_nhs_number(&p.nhs_number)
+                    .await?
+                    .map(Registered::Existing)
+                    .ok_or_else(|| Error::internal("registering a patient", e)),
+                Err(e) => Err(Error::internal("registering a patient", e)),
+            }
+        })
+    }
+
+    fn get_patient(&self, id: &str) -> BoxFuture<'_, Option<Patient>> {
+        let id = id.to_owned();
+        Box::pin(async move {
+            patient::Entity::find_by_id(id)
+                .one(&self.db)
+                .await
+                .map_err(|e| Error::internal("reading a patient", e))?
+                .map(patient_from_row)
+                .transpose()
+        })
+    }
+
+    fn find_patient_by_nhs_number(&self, nhs: &NhsNumber) -> BoxFuture<'_, Option<Patient>> {
+        let nhs = nhs.as_str().to_owned();
+        Box::pin(async move {
+            patient::Entity::find()
+                .filter(patient::Column::NhsNumber.eq(nhs))
+                .one(&self.db)
+                .await
+                .map_err(|e| Error::internal("reading a patient", e))?
+                .map(patient_from_row)
+                .transpose()
+        })
+    }
+
+    fn create_organisation(&self, org: Organisation) -> BoxFuture<'_, Organisation> {
+        Box::pin(async move {
+            let row = organisation::ActiveModel {
+                ods_code: Set(org.ods_code.as_str().to_owned()),
+                name: Set(org.name.clone()),
+                created_at: Set(org.created_at),
+            };
+            match organisation::Entity::insert(row).exec(&self.db).await {
+                Ok(_) => Ok(org),
+                Err(e) if is_unique_violation(&e) => Err(Error::already_exists(format!(
+                    "organisation {} already exists",
+                    org.ods_code
+                ))),
+                Err(e) => Err(Error::internal("creating an organisation", e)),
+            }
+        })
+    }
+
+    fn get_organisation(&self, code: &OdsCode) -> BoxFuture<'_, Option<Organisation>> {
+        let code = code.as_str().to_owned();
+        Box::pin(async move {
+            organisation::Entity::find_by_id(code)
+                .one(&self.db)
+                .await
+                .map_err(|e| Error::internal("reading an organisation", e))?
+                .map(organisation_from_row)
+                .transpose()
+        })
+    }
+
+    fn create_principal(&self, p: Principal) -> BoxFuture<'_, Principal> {
+        Box::pin(async move {
+            match principal::Entity::insert(principal_to_row(&p))
+                .exec(&self.db)
+                .await
+            {
+                Ok(_) => Ok(p),
+                Err(e) if is_unique_violation(&e) => Err(Error::already_exists(
+                    "a principal with this client id exists",
+                )),
+                Err(e) => Err(Error::internal("creating a principal", e)),
+            }
+        })
+    }
+
+    fn upsert_principal(&self, p: Principal) -> BoxFuture<'_, Principal> {
+        Box::pin(async move {
+            let existing = self.get_principal_by_client_id(&p.client_id).await?;
+            // Keep the id its tokens already carry.
+            let p = Principal {
+                id: existing.map(|e| e.id).unwrap_or(p.id.clone()),
+                ..p
+            };
+            principal::Entity::insert(principal_to_row(&p))
+                .on_conflict(
+                    OnConflict::column(principal::Column::ClientId)
+                        .update_columns([
+                            principal::Column::Kind,
+                            principal::Column::DisplayName,
+                            principal::Column::OdsCode,
+                            principal::Column::Role,
+                            principal::Column::Scopes,
+                            principal::Column::SecretHash,
+                        ])
+                        .to_owned(),
+                )
+                .exec(&self.db)
+                .await
+                .map_err(|e| Error::internal("storing a bootstrap principal", e))?;
+            Ok(p)
+        })
+    }
+
+    fn get_principal_by_client_id(&self, client_id: &str) -> BoxFuture<'_, Option<Principal>> {
+        let client_id = client_id.to_owned();
+        Box::pin(async move {
+            principal::Entity::find()
+                .filter(principal::Column::ClientId.eq(client_id))
+                .one(&self.db)
+                .await
+                .map_err(|e| Error::internal("reading a principal", e))?
+                .map(principal_from_row)
+                .transpose()
+        })
+    }
+}
