@@ -1,1 +1,90 @@
-//! placeholder
+//! records: the shared care record. Versioned FHIR R4 resources per patient
+//! behind the `RecordStore` trait; every access asks consent first and lands
+//! in audit before it is answered (fail closed).
+//!
+//! Path of an RPC: `grpc.rs` (decode, scopes) → `service.rs` (consent,
+//! audit, store) → `store/` (sea-orm) and `access.rs` (consent and audit
+//! clients).
+
+pub mod access;
+pub mod config;
+pub mod domain;
+mod grpc;
+pub mod service;
+pub mod store;
+
+use std::{sync::Arc, time::Duration};
+
+use sharedcare_kit::{
+    Error,
+    auth::{GrpcKeySource, Verifier},
+    client::{TokenSource, lazy_channel},
+    config::Secret,
+    server::{MessageLimits, ServiceSpec},
+};
+use sharedcare_proto::records::v1::records_service_server::RecordsServiceServer;
+
+pub use service::Records;
+
+pub const SERVICE_NAME: &str = "records";
+
+/// The records service around a `Records`.
+pub fn spec(records: Arc<Records>, verifier: Arc<Verifier>, limits: MessageLimits) -> ServiceSpec {
+    let server = RecordsServiceServer::new(grpc::RecordsGrpc::new(records))
+        .max_decoding_message_size(limits.max_bytes)
+        .max_encoding_message_size(limits.max_bytes);
+    ServiceSpec {
+        name: SERVICE_NAME,
+        grpc_services: vec!["sharedcare.records.v1.RecordsService"],
+        routes: tonic::service::Routes::new(server),
+        verifier,
+    }
+}
+
+/// Opens the store, the clients of identity, consent and audit, starts the
+/// outbox relay, and builds the service.
+pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
+    let url = cfg
+        .database
+        .resolve_url(SERVICE_NAME)
+        .map_err(|e| Error::invalid("database.url", e.to_string()))?;
+    let store =
+        Arc::new(store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?);
+    let identity = lazy_channel(&cfg.auth.identity_url)?;
+    let secret = cfg
+        .auth
+        .client_secret
+        .resolve("auth.client_secret")
+        .map_err(|e| Error::invalid("auth.client_secret", e.to_string()))?
+        .unwrap_or_else(|| Secret::new(""));
+    let tokens = Arc::new(TokenSource::new(
+        identity.clone(),
+        cfg.auth.client_id.clone().unwrap_or_default(),
+        secret,
+    ));
+    let timeout = Duration::from_millis(cfg.records.call_timeout_ms);
+    let consent = Arc::new(access::GrpcConsent::new(
+        lazy_channel(&cfg.records.consent_url)?,
+        tokens.clone(),
+        timeout,
+    ));
+    let audit = Arc::new(access::GrpcAudit::new(
+        lazy_channel(&cfg.records.audit_url)?,
+        tokens,
+        timeout,
+    ));
+    let records = Arc::new(Records::new(
+        store,
+        consent,
+        audit,
+        cfg.records.max_resource_bytes,
+    ));
+    records.spawn_outbox_relay(Duration::from_millis(cfg.records.outbox_retry_ms));
+    let verifier = Arc::new(Verifier::new(
+        Arc::new(GrpcKeySource::new(identity)),
+        &cfg.auth.issuer,
+        &cfg.auth.audience,
+        Duration::from_millis(cfg.auth.jwks_min_refresh_ms),
+    ));
+    Ok(spec(records, verifier, MessageLimits::from(&cfg.server)))
+}

@@ -1,0 +1,148 @@
+//! records' configuration: the shared sections plus `[records]`.
+
+use serde::Deserialize;
+use sharedcare_kit::config::{
+    AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, ServerConfig,
+    TelemetryConfig, Validate,
+};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RecordsConfig {
+    pub server: ServerConfig,
+    pub telemetry: TelemetryConfig,
+    pub database: DatabaseConfig,
+    /// Needs `client_id` and `client_secret`: records calls consent and audit.
+    pub auth: AuthConfig,
+    pub records: RecordsSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RecordsSettings {
+    /// consent's gRPC URL.
+    pub consent_url: String,
+    /// audit's gRPC URL.
+    pub audit_url: String,
+    /// Largest FHIR resource accepted, in bytes.
+    pub max_resource_bytes: usize,
+    /// Deadline on each call to consent or audit.
+    pub call_timeout_ms: u64,
+    /// How often undelivered audit events are retried.
+    pub outbox_retry_ms: u64,
+}
+
+const OWN_DEFAULTS: &str = r#"
+[records]
+consent_url = "http://127.0.0.1:50052"
+audit_url = "http://127.0.0.1:50054"
+max_resource_bytes = 1048576
+call_timeout_ms = 5000
+outbox_retry_ms = 2000
+"#;
+
+impl RecordsConfig {
+    pub fn load(env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        let defaults = COMMON_DEFAULTS.replace("0.0.0.0:50051", "0.0.0.0:50053");
+        sharedcare_kit::config::load(&format!("{defaults}{OWN_DEFAULTS}"), env)
+    }
+}
+
+fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            "must be an http:// or https:// URL",
+        ))
+    }
+}
+
+impl Validate for RecordsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        self.telemetry.validate()?;
+        self.database.validate(crate::SERVICE_NAME)?;
+        self.auth.validate()?;
+        if self.auth.client_id.as_deref().unwrap_or("").is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.client_id",
+                "records calls consent and audit as itself: set its client id",
+            ));
+        }
+        if self
+            .auth
+            .client_secret
+            .resolve("auth.client_secret")?
+            .is_none()
+        {
+            return Err(ConfigError::invalid(
+                "auth.client_secret",
+                "set auth.client_secret.value or auth.client_secret.file",
+            ));
+        }
+        check_url("records.consent_url", &self.records.consent_url)?;
+        check_url("records.audit_url", &self.records.audit_url)?;
+        if self.records.max_resource_bytes == 0
+            || self.records.max_resource_bytes >= self.server.max_message_bytes
+        {
+            return Err(ConfigError::invalid(
+                "records.max_resource_bytes",
+                "must be above 0 and below server.max_message_bytes",
+            ));
+        }
+        if self.records.call_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "records.call_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.records.outbox_retry_ms < 100 {
+            return Err(ConfigError::invalid(
+                "records.outbox_retry_ms",
+                "must be at least 100",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl sharedcare_kit::server::ServiceConfig for RecordsConfig {
+    fn server(&self) -> &ServerConfig {
+        &self.server
+    }
+
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn client_credentials_are_required() {
+        let err = RecordsConfig::load(&HashMap::new()).expect_err("no client id");
+        assert!(err.to_string().contains("auth.client_id"), "{err}");
+    }
+
+    #[test]
+    fn defaults_load_with_credentials() {
+        let cfg = RecordsConfig::load(&env(&[
+            ("SHAREDCARE_AUTH__CLIENT_ID", "records"),
+            ("SHAREDCARE_AUTH__CLIENT_SECRET__VALUE", "s3cret"),
+        ]))
+        .expect("valid");
+        assert_eq!(cfg.server.listen.port(), 50053);
+        assert_eq!(cfg.records.max_resource_bytes, 1 << 20);
+    }
+}

@@ -1,0 +1,7 @@
+//! records' domain: plain Rust, no network, no database.
+
+mod fhir;
+mod record;
+
+pub use fhir::{SUPPORTED_RESOURCE_TYPES, ValidResource};
+pub use record::{Category, PatientId, Record, RecordId};

@@ -1,0 +1,148 @@
+//! The gRPC edge of records: decode → service → encode.
+
+use std::sync::Arc;
+
+use futures::Stream;
+use sharedcare_kit::{Error, auth::authorize, proto_time::to_proto};
+use sharedcare_proto::{
+    common::v1::{Purpose, RecordCategory},
+    records::v1::{self as pb, records_service_server::RecordsService},
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    Records,
+    access::category_to_pb,
+    domain::{Category, PatientId, Record, RecordId, ValidResource},
+};
+
+pub struct RecordsGrpc {
+    records: Arc<Records>,
+}
+
+impl RecordsGrpc {
+    pub fn new(records: Arc<Records>) -> Self {
+        RecordsGrpc { records }
+    }
+}
+
+fn category_from_pb(value: i32) -> Result<Category, Error> {
+    Ok(match RecordCategory::try_from(value) {
+        Ok(RecordCategory::Unspecified | RecordCategory::General) => Category::General,
+        Ok(RecordCategory::SexualHealth) => Category::SexualHealth,
+        Ok(RecordCategory::MentalHealth) => Category::MentalHealth,
+        Ok(RecordCategory::Safeguarding) => Category::Safeguarding,
+        Ok(RecordCategory::SocialCare) => Category::SocialCare,
+        Err(_) => return Err(Error::invalid("category", format!("unknown value {value}"))),
+    })
+}
+
+/// The request's purpose, or the token's purpose of use when unspecified.
+fn purpose_from_pb(value: i32, token_purpose: Purpose) -> Result<Purpose, Error> {
+    match Purpose::try_from(value) {
+        Ok(Purpose::Unspecified) => Ok(token_purpose),
+        Ok(p) => Ok(p),
+        Err(_) => Err(Error::invalid("purpose", format!("unknown value {value}"))),
+    }
+}
+
+fn record_to_pb(r: Record) -> pb::Record {
+    pb::Record {
+        record_id: r.id.as_str().to_owned(),
+        patient_id: r.patient_id.as_str().to_owned(),
+        resource_type: r.resource_type,
+        version: r.version,
+        last_updated: Some(to_proto(r.last_updated)),
+        category: category_to_pb(r.category) as i32,
+        resource_json: r.resource_json,
+    }
+}
+
+type ResponseStream<T> = std::pin::Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RecordsService for RecordsGrpc {
+    #[tracing::instrument(skip_all, fields(rpc = "CreateRecord"))]
+    async fn create_record(
+        &self,
+        request: Request<pb::CreateRecordRequest>,
+    ) -> Result<Response<pb::CreateRecordResponse>, Status> {
+        let principal = authorize(&request, "records.write")?;
+        let req = request.into_inner();
+        let patient = PatientId::parse("patient_id", &req.patient_id)?;
+        let category = category_from_pb(req.category)?;
+        let purpose = purpose_from_pb(req.purpose, principal.purpose)?;
+        let resource = ValidResource::parse(
+            &req.resource_json,
+            &patient,
+            self.records.max_resource_bytes,
+        )?;
+        let record = self
+            .records
+            .create(&principal, patient, resource, category, purpose)
+            .await?;
+        Ok(Response::new(pb::CreateRecordResponse {
+            record: Some(record_to_pb(record)),
+        }))
+    }
+
+    async fn update_record(
+        &self,
+        request: Request<pb::UpdateRecordRequest>,
+    ) -> Result<Response<pb::UpdateRecordResponse>, Status> {
+        authorize(&request, "records.write")?;
+        Err(Error::unimplemented("UpdateRecord", "the record versioning issue").into())
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "GetRecord"))]
+    async fn get_record(
+        &self,
+        request: Request<pb::GetRecordRequest>,
+    ) -> Result<Response<pb::GetRecordResponse>, Status> {
+        let principal = authorize(&request, "records.read")?;
+        let req = request.into_inner();
+        let patient = PatientId::parse("patient_id", &req.patient_id)?;
+        let id = RecordId::parse("record_id", &req.record_id)?;
+        let purpose = purpose_from_pb(req.purpose, principal.purpose)?;
+        let record = self.records.get(&principal, patient, id, purpose).await?;
+        Ok(Response::new(pb::GetRecordResponse {
+            record: Some(record_to_pb(record)),
+        }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        authorize(&request, "records.read")?;
+        Err(Error::unimplemented("History", "the record versioning issue").into())
+    }
+
+    async fn search(
+        &self,
+        request: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
+        authorize(&request, "records.read")?;
+        Err(Error::unimplemented("Search", "the record search issue").into())
+    }
+
+    type WatchRecordsStream = ResponseStream<pb::WatchRecordsResponse>;
+
+    async fn watch_records(
+        &self,
+        request: Request<pb::WatchRecordsRequest>,
+    ) -> Result<Response<Self::WatchRecordsStream>, Status> {
+        authorize(&request, "records.read")?;
+        Err(Error::unimplemented("WatchRecords", "the change-feed issue").into())
+    }
+
+    type ExportPatientStream = ResponseStream<pb::ExportPatientResponse>;
+
+    async fn export_patient(
+        &self,
+        request: Request<pb::ExportPatientRequest>,
+    ) -> Result<Response<Self::ExportPatientStream>, Status> {
+        authorize(&request, "records.read")?;
+        Err(Error::unimplemented("ExportPatient", "the bulk export issue").into())
+    }
+}

@@ -1,0 +1,74 @@
+//! records' schema, as migrations that run unchanged on SQLite and PostgreSQL.
+
+use sea_orm_migration::{prelude::*, schema::*};
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(M0001Initial)]
+    }
+
+    // Services may share one PostgreSQL database: each keeps its own ledger.
+    fn migration_table_name() -> DynIden {
+        "records_migrations".into_iden()
+    }
+}
+
+#[derive(DeriveMigrationName)]
+struct M0001Initial;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for M0001Initial {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("records_resource_versions")
+                    .if_not_exists()
+                    .col(string("record_id"))
+                    .col(big_integer("version"))
+                    .col(string("patient_id"))
+                    .col(string("resource_type"))
+                    .col(string("category"))
+                    .col(text("resource_json"))
+                    .col(timestamp_with_time_zone("last_updated"))
+                    .primary_key(Index::create().col("record_id").col("version"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("records_resource_versions_patient")
+                    .table("records_resource_versions")
+                    .col("patient_id")
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("records_audit_outbox")
+                    .if_not_exists()
+                    .col(big_integer("sequence").auto_increment().primary_key())
+                    .col(string_uniq("event_id"))
+                    .col(blob("payload"))
+                    .col(timestamp_with_time_zone("created_at"))
+                    .col(timestamp_with_time_zone_null("delivered_at"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("records_audit_outbox_pending")
+                    .table("records_audit_outbox")
+                    .col("delivered_at")
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}

@@ -1,0 +1,130 @@
+//! The sea-orm store: SQLite (embedded default) or PostgreSQL.
+
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
+use sharedcare_kit::Error;
+
+use super::{BoxFuture, Migrator, OutboxEntry, RecordStore, entities::*};
+use crate::domain::{Category, PatientId, Record, RecordId};
+
+#[derive(Clone)]
+pub struct SqlStore {
+    db: DatabaseConnection,
+}
+
+impl SqlStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, Error> {
+        let db = sharedcare_kit::db::connect::<Migrator>(url, max_connections).await?;
+        Ok(SqlStore { db })
+    }
+}
+
+fn record_from_row(row: version::Model) -> Result<Record, Error> {
+    Ok(Record {
+        id: RecordId::parse("stored record_id", &row.record_id)
+            .map_err(|e| Error::internal("reading a record", e))?,
+        patient_id: PatientId::parse("stored patient_id", &row.patient_id)
+            .map_err(|e| Error::internal("reading a record", e))?,
+        resource_type: row.resource_type,
+        version: row.version,
+        last_updated: row.last_updated,
+        category: Category::from_stored(&row.category)
+            .ok_or_else(|| Error::internal("reading a record", "unknown category"))?,
+        resource_json: row.resource_json,
+    })
+}
+
+impl RecordStore for SqlStore {
+    fn create(
+        &self,
+        record: Record,
+        audit_event_id: String,
+        audit_payload: Vec<u8>,
+    ) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let txn = self
+                .db
+                .begin()
+                .await
+                .map_err(|e| Error::internal("storing a record", e))?;
+            version::Entity::insert(version::ActiveModel {
+                record_id: Set(record.id.as_str().to_owned()),
+                version: Set(record.version),
+                patient_id: Set(record.patient_id.as_str().to_owned()),
+                resource_type: Set(record.resource_type.clone()),
+                category: Set(record.category.as_str().to_owned()),
+                resource_json: Set(record.resource_json.clone()),
+                last_updated: Set(record.last_updated),
+            })
+            .exec(&txn)
+            .await
+            .map_err(|e| Error::internal("storing a record", e))?;
+            outbox::Entity::insert(outbox::ActiveModel {
+                sequence: NotSet,
+                event_id: Set(audit_event_id),
+                payload: Set(audit_payload),
+                created_at: Set(record.last_updated),
+                delivered_at: Set(None),
+            })
+            .exec(&txn)
+            .await
+            .map_err(|e| Error::internal("storing a record's audit event", e))?;
+            txn.commit()
+                .await
+                .map_err(|e| Error::internal("storing a record", e))
+        })
+    }
+
+    fn current(&self, patient: &PatientId, id: &RecordId) -> BoxFuture<'_, Option<Record>> {
+        let patient = patient.as_str().to_owned();
+        let id = id.as_str().to_owned();
+        Box::pin(async move {
+            version::Entity::find()
+                .filter(version::Column::RecordId.eq(id))
+                .filter(version::Column::PatientId.eq(patient))
+                .order_by_desc(version::Column::Version)
+                .one(&self.db)
+                .await
+                .map_err(|e| Error::internal("reading a record", e))?
+                .map(record_from_row)
+                .transpose()
+        })
+    }
+
+    fn pending_outbox(&self, limit: u64) -> BoxFuture<'_, Vec<OutboxEntry>> {
+        Box::pin(async move {
+            Ok(outbox::Entity::find()
+                .filter(outbox::Column::DeliveredAt.is_null())
+                .order_by_asc(outbox::Column::Sequence)
+                .limit(limit)
+                .all(&self.db)
+                .await
+                .map_err(|e| Error::internal("reading the audit outbox", e))?
+                .into_iter()
+                .map(|row| OutboxEntry {
+                    sequence: row.sequence,
+                    event_id: row.event_id,
+                    payload: row.payload,
+                })
+                .collect())
+        })
+    }
+
+    fn mark_delivered(&self, sequence: i64) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            outbox::Entity::update_many()
+                .col_expr(
+                    outbox::Column::DeliveredAt,
+                    sea_orm::sea_query::Expr::value(chrono::Utc::now()),
+                )
+                .filter(outbox::Column::Sequence.eq(sequence))
+                .exec(&self.db)
+                .await
+                .map_err(|e| Error::internal("updating the audit outbox", e))?;
+            Ok(())
+        })
+    }
+}
