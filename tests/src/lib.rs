@@ -1,1 +1,194 @@
-//! Cross-service tests live in tests/tests/.
+//! The whole platform for cross-service tests: all four real services, each
+//! on its own loopback socket, configured the way `main.rs` configures them
+//! (from `SHAREDCARE_*` variables), on SQLite or PostgreSQL.
+
+use std::collections::HashMap;
+
+use sharedcare_kit::testing::{TestDatabase, TestServer, spawn};
+use sharedcare_proto::identity::v1::{
+    IssueTokenRequest, identity_service_client::IdentityServiceClient,
+};
+
+pub const ADMIN_CLIENT_ID: &str = "admin";
+pub const ADMIN_SECRET: &str = "e2e-admin-secret-0123456789abcdef0123456789abcdef";
+const RECORDS_SECRET: &str = "e2e-records-secret-0123456789abcdef0123456789abcd";
+
+/// Where the services keep their data for one test run.
+pub enum Backend {
+    Sqlite,
+    Postgres(TestDatabase),
+}
+
+pub struct Platform {
+    pub identity: TestServer,
+    pub consent: TestServer,
+    pub audit: TestServer,
+    pub records: TestServer,
+    /// The database URL records writes to, for checking what was stored.
+    pub records_db_url: String,
+    data_dir: tempfile::TempDir,
+    backend: Backend,
+}
+
+impl Platform {
+    /// Starts identity, consent, audit, then records (which needs the others' URLs).
+    pub async fn start(backend: Backend) -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let bootstrap = data_dir.path().join("bootstrap.toml");
+        std::fs::write(
+            &bootstrap,
+            format!(
+                r#"
+[[organisations]]
+ods_code = "X26"
+name = "sharedcare platform"
+
+[[principals]]
+client_id = "{ADMIN_CLIENT_ID}"
+client_secret = "{ADMIN_SECRET}"
+kind = "admin"
+display_name = "Platform administrator"
+organisation = "X26"
+role = "admin"
+
+[[principals]]
+client_id = "records"
+client_secret = "{RECORDS_SECRET}"
+kind = "service"
+display_name = "records service"
+organisation = "X26"
+role = "service"
+"#
+            ),
+        )
+        .expect("write bootstrap file");
+
+        let mut base: HashMap<String, String> = HashMap::from([
+            (
+                "SHAREDCARE_DATABASE__DATA_DIR".into(),
+                data_dir.path().display().to_string(),
+            ),
+            ("SHAREDCARE_SERVER__SHUTDOWN_DRAIN_MS".into(), "0".into()),
+            (
+                "SHAREDCARE_SERVER__MAX_MESSAGE_BYTES".into(),
+                "262144".into(),
+            ),
+            ("SHAREDCARE_TELEMETRY__LOG_LEVEL".into(), "warn".into()),
+        ]);
+        if let Backend::Postgres(db) = &backend {
+            // All four share one fresh database: their tables and migration
+            // ledgers are prefixed by service.
+            base.insert(
+                "SHAREDCARE_DATABASE__URL__VALUE".into(),
+                db.url().to_owned(),
+            );
+        }
+        let records_db_url = match &backend {
+            Backend::Postgres(db) => db.url().to_owned(),
+            Backend::Sqlite => sharedcare_kit::db::sqlite_url(&data_dir.path().join("records.db")),
+        };
+
+        let mut env = base.clone();
+        env.insert(
+            "SHAREDCARE_IDENTITY__BOOTSTRAP_FILE".into(),
+            bootstrap.display().to_string(),
+        );
+        let cfg = sharedcare_identity::config::IdentityConfig::load(&env).expect("identity config");
+        let identity = spawn(
+            sharedcare_identity::open(&cfg)
+                .await
+                .expect("identity opens"),
+        )
+        .await;
+
+        let mut env = base.clone();
+        env.insert("SHAREDCARE_AUTH__IDENTITY_URL".into(), identity.url());
+        let cfg = sharedcare_consent::config::ConsentConfig::load(&env).expect("consent config");
+        let consent = spawn(sharedcare_consent::open(&cfg).await.expect("consent opens")).await;
+        let cfg = sharedcare_audit::config::AuditConfig::load(&env).expect("audit config");
+        let audit = spawn(sharedcare_audit::open(&cfg).await.expect("audit opens")).await;
+
+        env.extend([
+            (
+                "SHAREDCARE_AUTH__CLIENT_ID".to_owned(),
+                "records".to_owned(),
+            ),
+            (
+                "SHAREDCARE_AUTH__CLIENT_SECRET__VALUE".to_owned(),
+                RECORDS_SECRET.to_owned(),
+            ),
+            ("SHAREDCARE_RECORDS__CONSENT_URL".to_owned(), consent.url()),
+            ("SHAREDCARE_RECORDS__AUDIT_URL".to_owned(), audit.url()),
+            (
+                "SHAREDCARE_RECORDS__MAX_RESOURCE_BYTES".to_owned(),
+                "131072".to_owned(),
+            ),
+            (
+                "SHAREDCARE_RECORDS__CALL_TIMEOUT_MS".to_owned(),
+                "3000".to_owned(),
+            ),
+        ]);
+        let cfg = sharedcare_records::config::RecordsConfig::load(&env).expect("records config");
+        let records = spawn(sharedcare_records::open(&cfg).await.expect("records opens")).await;
+
+        Platform {
+            identity,
+            consent,
+            audit,
+            records,
+            records_db_url,
+            data_dir,
+            backend,
+        }
+    }
+
+    /// A token for a client, from identity.
+    pub async fn token(&self, client_id: &str, secret: &str) -> String {
+        IdentityServiceClient::new(self.identity.channel.clone())
+            .issue_token(IssueTokenRequest {
+                client_id: client_id.into(),
+                client_secret: secret.into(),
+                scopes: vec![],
+                purpose: 0,
+            })
+            .await
+            .expect("token issued")
+            .into_inner()
+            .access_token
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.token(ADMIN_CLIENT_ID, ADMIN_SECRET).await
+    }
+
+    /// How many resource versions records has stored.
+    pub async fn stored_record_count(&self) -> i64 {
+        use sea_orm::{ConnectionTrait, Statement};
+        let db = sea_orm::Database::connect(self.records_db_url.as_str())
+            .await
+            .expect("connect to records' database");
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT COUNT(*) AS n FROM records_resource_versions",
+            ))
+            .await
+            .expect("count")
+            .expect("a row");
+        let n: i64 = row.try_get("", "n").expect("n");
+        db.close().await.ok();
+        n
+    }
+
+    /// Stops every service and drops a PostgreSQL database.
+    pub async fn stop(self) {
+        self.records.stop().await;
+        self.audit.stop().await;
+        self.consent.stop().await;
+        self.identity.stop().await;
+        drop(self.data_dir);
+        if let Backend::Postgres(db) = self.backend {
+            db.cleanup().await;
+        }
+    }
+}

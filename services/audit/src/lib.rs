@@ -1,1 +1,68 @@
-//! placeholder
+//! audit: a tamper-evident, append-only log of every access to and change of
+//! a patient's data.
+//!
+//! Services append events (idempotently, by the sender's event id); each is
+//! numbered from 1 and chained to its predecessor by SHA-256, so altering,
+//! removing or reordering a stored entry is found by [`store::AuditLogStore::verify_chain`].
+//! Patients' logs are read back with Query and, as "who accessed my record",
+//! with AccessReport. The signed Merkle tree head and its proofs come with a
+//! later issue; until then those RPCs answer UNIMPLEMENTED.
+//!
+//! Scopes: `audit.append` to append, `audit.read` to read.
+
+pub mod config;
+pub mod domain;
+mod grpc;
+pub mod store;
+
+use std::{sync::Arc, time::Duration};
+
+use sharedcare_kit::{
+    auth::{GrpcKeySource, Verifier},
+    server::{MessageLimits, ServiceSpec},
+};
+use sharedcare_proto::audit::v1::audit_service_server::AuditServiceServer;
+
+pub use grpc::{SCOPE_APPEND, SCOPE_READ};
+
+pub const SERVICE_NAME: &str = "audit";
+
+/// Builds the service for its server (main.rs, the all-in-one CLI and tests
+/// mount exactly this).
+pub fn spec(
+    store: Arc<dyn store::AuditLogStore>,
+    verifier: Arc<Verifier>,
+    limits: MessageLimits,
+) -> ServiceSpec {
+    let server = AuditServiceServer::new(grpc::AuditGrpc { store })
+        .max_decoding_message_size(limits.max_bytes)
+        .max_encoding_message_size(limits.max_bytes);
+    ServiceSpec {
+        name: SERVICE_NAME,
+        grpc_services: vec!["sharedcare.audit.v1.AuditService"],
+        routes: tonic::service::Routes::new(server),
+        verifier,
+    }
+}
+
+/// Opens the configured store and identity's key source: what main.rs runs.
+pub async fn open(cfg: &config::AuditConfig) -> Result<ServiceSpec, sharedcare_kit::Error> {
+    let url = cfg
+        .database
+        .resolve_url(SERVICE_NAME)
+        .map_err(|e| sharedcare_kit::Error::invalid("database.url", e.to_string()))?;
+    let store = store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?;
+    let verifier = Verifier::new(
+        Arc::new(GrpcKeySource::new(sharedcare_kit::client::lazy_channel(
+            &cfg.auth.identity_url,
+        )?)),
+        &cfg.auth.issuer,
+        &cfg.auth.audience,
+        Duration::from_millis(cfg.auth.jwks_min_refresh_ms),
+    );
+    Ok(spec(
+        Arc::new(store),
+        Arc::new(verifier),
+        MessageLimits::from(&cfg.server),
+    ))
+}

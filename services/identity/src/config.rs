@@ -67,6 +67,16 @@ impl Validate for IdentityConfig {
     }
 }
 
+impl sharedcare_kit::server::ServiceConfig for IdentityConfig {
+    fn server(&self) -> &ServerConfig {
+        &self.server
+    }
+
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -88,15 +98,5 @@ mod tests {
         )]);
         let err = IdentityConfig::load(&env).expect_err("too short");
         assert!(err.to_string().contains("identity.token_ttl_secs"));
-    }
-}
-
-impl sharedcare_kit::server::ServiceConfig for IdentityConfig {
-    fn server(&self) -> &ServerConfig {
-        &self.server
-    }
-
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
     }
 }

@@ -249,10 +249,11 @@ impl Verifier {
                 let mut keys = self.keys.write().await;
                 keys.clear();
                 for jwk in fetched {
-                    if jwk.kty == "OKP" && jwk.crv == "Ed25519" {
-                        if let Ok(key) = DecodingKey::from_ed_components(&jwk.x) {
-                            keys.insert(jwk.kid, key);
-                        }
+                    if jwk.kty == "OKP"
+                        && jwk.crv == "Ed25519"
+                        && let Ok(key) = DecodingKey::from_ed_components(&jwk.x)
+                    {
+                        keys.insert(jwk.kid, key);
                     }
                 }
             }

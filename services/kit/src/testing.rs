@@ -24,8 +24,8 @@ use crate::{
 pub struct TestServer {
     pub addr: SocketAddr,
     pub channel: Channel,
-    stop: Option<oneshot::Sender<()>>,
-    handle: JoinHandle<Result<(), Error>>,
+    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    handle: tokio::sync::Mutex<Option<JoinHandle<Result<(), Error>>>>,
 }
 
 impl TestServer {
@@ -34,19 +34,29 @@ impl TestServer {
     }
 
     /// Asks the server to shut down and waits until it has drained.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
+    pub async fn stop(self) {
+        self.shutdown().await;
+    }
+
+    /// Like `stop`, for a server still owned elsewhere (a fixture). Later
+    /// calls do nothing.
+    pub async fn shutdown(&self) {
+        self.signal_stop();
+        if let Some(handle) = self.handle.lock().await.take() {
+            let _ = handle.await;
+        }
+    }
+
+    fn signal_stop(&self) {
+        if let Some(stop) = self.stop.lock().ok().and_then(|mut s| s.take()) {
             let _ = stop.send(());
         }
-        let _ = (&mut self.handle).await;
     }
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.signal_stop();
     }
 }
 
@@ -77,8 +87,8 @@ pub async fn spawn_with(spec: ServiceSpec, cfg: ServerConfig) -> TestServer {
     TestServer {
         addr,
         channel,
-        stop: Some(stop),
-        handle,
+        stop: std::sync::Mutex::new(Some(stop)),
+        handle: tokio::sync::Mutex::new(Some(handle)),
     }
 }
 

@@ -15,8 +15,14 @@ impl MigratorTrait for Migrator {
     }
 }
 
-#[derive(DeriveMigrationName)]
 struct M0001Initial;
+
+// Named explicitly: the derive would name it after this file.
+impl MigrationName for M0001Initial {
+    fn name(&self) -> &str {
+        "m0001_initial"
+    }
+}
 
 #[sea_orm_migration::async_trait::async_trait]
 impl MigrationTrait for M0001Initial {

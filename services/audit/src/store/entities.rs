@@ -1,0 +1,30 @@
+//! sea-orm entities, shared by SQLite and PostgreSQL.
+
+pub mod entry {
+    use sea_orm::entity::prelude::*;
+
+    /// One row per log entry. The event is kept as its canonical protobuf
+    /// bytes (what is hashed); event and patient ids are copied out of it
+    /// into indexed columns (and bound to the hash as well).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_entries")]
+    pub struct Model {
+        /// Position in the log, from 1; the primary key, so two writers can
+        /// never both write entry n.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub sequence: i64,
+        #[sea_orm(unique)]
+        pub event_id: String,
+        pub patient_id: String,
+        /// Microseconds since the Unix epoch (exactly what is hashed).
+        pub record_time_us: i64,
+        pub previous_hash: Vec<u8>,
+        pub entry_hash: Vec<u8>,
+        pub event: Vec<u8>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -1,0 +1,356 @@
+//! The store conformance suite: every behaviour written once against
+//! `&dyn AuditLogStore`, run on SQLite and (when SHAREDCARE_TEST_DATABASE_URL
+//! is set) PostgreSQL.
+
+use std::sync::Arc;
+
+use sharedcare_audit::{
+    domain::{ChainHead, EncodedEvent, EventId, Hash, PageSize, PageToken, PatientId},
+    store::{AuditLogStore, SqlStore},
+};
+use sharedcare_kit::{error::Code, testing::TestDatabase};
+
+fn event(id: &str, patient: &str, bytes: &str) -> EncodedEvent {
+    EncodedEvent {
+        event_id: EventId::parse("event_id", id).expect("event id"),
+        patient_id: PatientId::parse("patient_id", patient).expect("patient id"),
+        bytes: bytes.as_bytes().to_vec(),
+    }
+}
+
+fn patient(id: &str) -> PatientId {
+    PatientId::parse("patient_id", id).expect("patient id")
+}
+
+fn size(n: i32) -> PageSize {
+    PageSize::parse("page_size", n).expect("page size")
+}
+
+async fn verified_size(store: &dyn AuditLogStore) -> u64 {
+    store
+        .verify_chain()
+        .await
+        .expect("read the log")
+        .expect("the chain verifies")
+        .size
+}
+
+async fn appends_number_and_chain_entries(store: &dyn AuditLogStore) {
+    assert_eq!(
+        store.verify_chain().await.expect("read"),
+        Ok(ChainHead::EMPTY)
+    );
+    let first = store
+        .append(event("e1", "p1", "one"))
+        .await
+        .expect("append");
+    assert!(!first.duplicate);
+    assert_eq!(first.entry.sequence, 1);
+    assert_eq!(first.entry.previous_hash, Hash::ZERO);
+    assert_eq!(first.entry.entry_hash, first.entry.computed_hash());
+    assert_eq!(first.entry.event, b"one");
+    let second = store
+        .append(event("e2", "p2", "two"))
+        .await
+        .expect("append");
+    assert_eq!(second.entry.sequence, 2);
+    assert_eq!(second.entry.previous_hash, first.entry.entry_hash);
+    let all = store.entries(0, 10).await.expect("entries");
+    assert_eq!(all, vec![first.entry.clone(), second.entry.clone()]);
+    assert_eq!(
+        store.entries(1, 10).await.expect("entries"),
+        vec![second.entry.clone()]
+    );
+    let head = store.verify_chain().await.expect("read").expect("verifies");
+    assert_eq!(head.size, 2);
+    assert_eq!(head.head_hash, second.entry.entry_hash);
+}
+
+async fn a_replay_returns_the_entry_already_written(store: &dyn AuditLogStore) {
+    let first = store
+        .append(event("e1", "p1", "one"))
+        .await
+        .expect("append");
+    store
+        .append(event("e2", "p1", "two"))
+        .await
+        .expect("append");
+    let again = store
+        .append(event("e1", "p1", "one"))
+        .await
+        .expect("replay");
+    assert!(again.duplicate);
+    assert_eq!(again.entry, first.entry);
+    assert_eq!(verified_size(store).await, 2);
+}
+
+async fn the_same_id_with_other_content_is_refused(store: &dyn AuditLogStore) {
+    store
+        .append(event("e1", "p1", "one"))
+        .await
+        .expect("append");
+    let err = store
+        .append(event("e1", "p1", "one, altered"))
+        .await
+        .expect_err("conflict");
+    assert_eq!(err.code, Code::AlreadyExists);
+    assert!(err.message.contains("event.event_id"), "{}", err.message);
+    // Another patient under the same id is a conflict too.
+    let err = store
+        .append(event("e1", "p2", "one"))
+        .await
+        .expect_err("conflict");
+    assert_eq!(err.code, Code::AlreadyExists);
+    assert_eq!(verified_size(store).await, 1);
+}
+
+async fn a_batch_is_appended_in_order(store: &dyn AuditLogStore) {
+    store
+        .append(event("e0", "p1", "zero"))
+        .await
+        .expect("append");
+    let appended = store
+        .append_batch(vec![
+            event("e1", "p1", "one"),
+            event("e0", "p1", "zero"),
+            event("e2", "p2", "two"),
+            event("e1", "p1", "one"),
+        ])
+        .await
+        .expect("batch");
+    let summary: Vec<(u64, bool)> = appended
+        .iter()
+        .map(|a| (a.entry.sequence, a.duplicate))
+        .collect();
+    assert_eq!(summary, vec![(2, false), (1, true), (3, false), (2, true)]);
+    assert_eq!(
+        appended[2].entry.previous_hash,
+        appended[0].entry.entry_hash
+    );
+    assert_eq!(verified_size(store).await, 3);
+    assert!(store.append_batch(vec![]).await.expect("empty").is_empty());
+}
+
+async fn a_batch_with_a_conflict_writes_nothing(store: &dyn AuditLogStore) {
+    store
+        .append(event("e0", "p1", "zero"))
+        .await
+        .expect("append");
+    let err = store
+        .append_batch(vec![
+            event("e1", "p1", "one"),
+            event("e2", "p1", "two"),
+            event("e0", "p1", "zero, altered"),
+        ])
+        .await
+        .expect_err("conflict");
+    assert_eq!(err.code, Code::AlreadyExists);
+    assert!(
+        err.message.contains("events[2].event_id"),
+        "{}",
+        err.message
+    );
+    // A conflict inside the batch itself.
+    let err = store
+        .append_batch(vec![
+            event("e3", "p1", "three"),
+            event("e3", "p1", "three?"),
+        ])
+        .await
+        .expect_err("conflict");
+    assert!(
+        err.message.contains("events[1].event_id"),
+        "{}",
+        err.message
+    );
+    assert_eq!(verified_size(store).await, 1);
+    // ...and the log goes on from where it was.
+    let next = store
+        .append(event("e1", "p1", "one"))
+        .await
+        .expect("append");
+    assert_eq!(next.entry.sequence, 2);
+}
+
+async fn a_patients_entries_come_in_pages(store: &dyn AuditLogStore) {
+    let mut mine = Vec::new();
+    for n in 0..7 {
+        let appended = store
+            .append(event(&format!("a{n}"), "p1", &format!("mine {n}")))
+            .await
+            .expect("append");
+        mine.push(appended.entry.sequence);
+        store
+            .append(event(&format!("b{n}"), "p2", &format!("theirs {n}")))
+            .await
+            .expect("append");
+    }
+    let mut seen = Vec::new();
+    let mut token: Option<PageToken> = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .patient_entries(patient("p1"), token, size(3))
+            .await
+            .expect("page");
+        pages += 1;
+        assert!(page.entries.len() <= 3);
+        assert!(page.entries.iter().all(|e| e.patient_id == patient("p1")));
+        seen.extend(page.entries.iter().map(|e| e.sequence));
+        match page.next {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, mine);
+    assert_eq!(pages, 3);
+    // A page that ends exactly at the last entry says there are no more.
+    let exact = store
+        .patient_entries(patient("p1"), None, size(7))
+        .await
+        .expect("page");
+    assert_eq!(exact.entries.len(), 7);
+    assert_eq!(exact.next, None);
+    let nobody = store
+        .patient_entries(patient("nobody"), None, size(0))
+        .await
+        .expect("page");
+    assert!(nobody.entries.is_empty());
+    assert_eq!(nobody.next, None);
+}
+
+/// Several tasks append at once: the log comes out numbered without gaps,
+/// every event exactly once, and the chain verifies.
+async fn concurrent_appends_never_fork_the_chain(store: Arc<dyn AuditLogStore>) {
+    const TASKS: usize = 8;
+    const EACH: usize = 10;
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sequences = Vec::new();
+            for n in 0..EACH {
+                let id = format!("t{t}-{n}");
+                let appended = if n % 3 == 2 {
+                    // Some as small batches, with a replay of the previous one.
+                    let prev = format!("t{t}-{}", n - 1);
+                    store
+                        .append_batch(vec![event(&id, "p1", &id), event(&prev, "p1", &prev)])
+                        .await
+                        .expect("batch")
+                        .remove(0)
+                } else {
+                    store.append(event(&id, "p1", &id)).await.expect("append")
+                };
+                assert!(!appended.duplicate);
+                sequences.push(appended.entry.sequence);
+            }
+            sequences
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("task"));
+    }
+    all.sort_unstable();
+    let expected: Vec<u64> = (1..=(TASKS * EACH) as u64).collect();
+    assert_eq!(all, expected);
+    assert_eq!(verified_size(store.as_ref()).await, (TASKS * EACH) as u64);
+}
+
+/// Two stores on one database stand for two replicas, whose appends the
+/// in-process lock cannot serialise: the unique sequence key must refuse
+/// the loser (UNAVAILABLE, safe to retry) rather than let the chain fork.
+async fn two_writers_on_one_database_never_fork(
+    a: Arc<dyn AuditLogStore>,
+    b: Arc<dyn AuditLogStore>,
+) {
+    const EACH: usize = 15;
+    let mut tasks = Vec::new();
+    for (name, store) in [("a", a.clone()), ("b", b), ("c", a.clone())] {
+        tasks.push(tokio::spawn(async move {
+            let mut retries = 0;
+            for n in 0..EACH {
+                let id = format!("{name}-{n}");
+                loop {
+                    match store.append(event(&id, "p1", &id)).await {
+                        Ok(_) => break,
+                        Err(err) if err.code == Code::Unavailable && retries < 1000 => {
+                            retries += 1;
+                            tokio::task::yield_now().await;
+                        }
+                        Err(err) => panic!("append {id}: {err}"),
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    assert_eq!(verified_size(a.as_ref()).await, (3 * EACH) as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_writers_on_one_database_never_fork_sqlite() {
+    let db = TestDatabase::sqlite();
+    let a = SqlStore::connect(db.url(), 4).await.expect("connect");
+    let b = SqlStore::connect(db.url(), 4).await.expect("connect");
+    two_writers_on_one_database_never_fork(Arc::new(a), Arc::new(b)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_writers_on_one_database_never_fork_postgres() {
+    let Some(db) = TestDatabase::postgres("two_writers_on_one_database_never_fork").await else {
+        return;
+    };
+    let a = SqlStore::connect(db.url(), 4).await.expect("connect");
+    let b = SqlStore::connect(db.url(), 4).await.expect("connect");
+    two_writers_on_one_database_never_fork(Arc::new(a), Arc::new(b)).await;
+    db.cleanup().await;
+}
+
+/// Runs each behaviour on a fresh SQLite file and a fresh PostgreSQL
+/// database. `borrowed` behaviours take `&dyn AuditLogStore`; `shared` ones take
+/// an `Arc` to hand to several tasks.
+macro_rules! conformance {
+    (@arg borrowed, $store:ident) => { $store.as_ref() };
+    (@arg shared, $store:ident) => { $store.clone() };
+    ($($mode:ident $behaviour:ident),* $(,)?) => {
+        $(
+            mod $behaviour {
+                use super::*;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn sqlite() {
+                    let db = TestDatabase::sqlite();
+                    let store: Arc<dyn AuditLogStore> =
+                        Arc::new(SqlStore::connect(db.url(), 4).await.expect("connect"));
+                    super::$behaviour(conformance!(@arg $mode, store)).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn postgres() {
+                    let Some(db) = TestDatabase::postgres(stringify!($behaviour)).await else {
+                        return;
+                    };
+                    let store: Arc<dyn AuditLogStore> =
+                        Arc::new(SqlStore::connect(db.url(), 4).await.expect("connect"));
+                    super::$behaviour(conformance!(@arg $mode, store)).await;
+                    drop(store);
+                    db.cleanup().await;
+                }
+            }
+        )*
+    };
+}
+
+conformance!(
+    borrowed appends_number_and_chain_entries,
+    borrowed a_replay_returns_the_entry_already_written,
+    borrowed the_same_id_with_other_content_is_refused,
+    borrowed a_batch_is_appended_in_order,
+    borrowed a_batch_with_a_conflict_writes_nothing,
+    borrowed a_patients_entries_come_in_pages,
+    shared concurrent_appends_never_fork_the_chain,
+);

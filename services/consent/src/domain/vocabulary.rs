@@ -1,0 +1,171 @@
+//! The closed vocabularies consent reasons with, and their stored names.
+
+/// Why data is being used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    DirectCare,
+    Research,
+    Planning,
+    PatientAccess,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::DirectCare => "direct_care",
+            Purpose::Research => "research",
+            Purpose::Planning => "planning",
+            Purpose::PatientAccess => "patient_access",
+        }
+    }
+
+    pub fn from_stored(s: &str) -> Option<Self> {
+        Some(match s {
+            "direct_care" => Purpose::DirectCare,
+            "research" => Purpose::Research,
+            "planning" => Purpose::Planning,
+            "patient_access" => Purpose::PatientAccess,
+            _ => return None,
+        })
+    }
+}
+
+/// A part of the record with its own sharing rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordCategory {
+    General,
+    SexualHealth,
+    MentalHealth,
+    Safeguarding,
+    SocialCare,
+}
+
+impl RecordCategory {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordCategory::General => "general",
+            RecordCategory::SexualHealth => "sexual_health",
+            RecordCategory::MentalHealth => "mental_health",
+            RecordCategory::Safeguarding => "safeguarding",
+            RecordCategory::SocialCare => "social_care",
+        }
+    }
+
+    pub fn from_stored(s: &str) -> Option<Self> {
+        Some(match s {
+            "general" => RecordCategory::General,
+            "sexual_health" => RecordCategory::SexualHealth,
+            "mental_health" => RecordCategory::MentalHealth,
+            "safeguarding" => RecordCategory::Safeguarding,
+            "social_care" => RecordCategory::SocialCare,
+            _ => return None,
+        })
+    }
+}
+
+/// What a directive asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Effect {
+    Permit,
+    Deny,
+}
+
+impl Effect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Permit => "permit",
+            Effect::Deny => "deny",
+        }
+    }
+
+    pub fn from_stored(s: &str) -> Option<Self> {
+        Some(match s {
+            "permit" => Effect::Permit,
+            "deny" => Effect::Deny,
+            _ => return None,
+        })
+    }
+}
+
+/// The legitimate relationship an organisation has with a patient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CareRelationshipKind {
+    RegisteredGp,
+    HospitalEpisode,
+    Referral,
+    CareHomePlacement,
+    CommunityCare,
+}
+
+impl CareRelationshipKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CareRelationshipKind::RegisteredGp => "registered_gp",
+            CareRelationshipKind::HospitalEpisode => "hospital_episode",
+            CareRelationshipKind::Referral => "referral",
+            CareRelationshipKind::CareHomePlacement => "care_home_placement",
+            CareRelationshipKind::CommunityCare => "community_care",
+        }
+    }
+
+    pub fn from_stored(s: &str) -> Option<Self> {
+        Some(match s {
+            "registered_gp" => CareRelationshipKind::RegisteredGp,
+            "hospital_episode" => CareRelationshipKind::HospitalEpisode,
+            "referral" => CareRelationshipKind::Referral,
+            "care_home_placement" => CareRelationshipKind::CareHomePlacement,
+            "community_care" => CareRelationshipKind::CommunityCare,
+            _ => return None,
+        })
+    }
+
+    /// How people say it, for decision messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            CareRelationshipKind::RegisteredGp => "registered GP",
+            CareRelationshipKind::HospitalEpisode => "hospital episode",
+            CareRelationshipKind::Referral => "referral",
+            CareRelationshipKind::CareHomePlacement => "care home placement",
+            CareRelationshipKind::CommunityCare => "community care",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_names_round_trip() {
+        for p in [
+            Purpose::DirectCare,
+            Purpose::Research,
+            Purpose::Planning,
+            Purpose::PatientAccess,
+        ] {
+            assert_eq!(Purpose::from_stored(p.as_str()), Some(p));
+        }
+        for c in [
+            RecordCategory::General,
+            RecordCategory::SexualHealth,
+            RecordCategory::MentalHealth,
+            RecordCategory::Safeguarding,
+            RecordCategory::SocialCare,
+        ] {
+            assert_eq!(RecordCategory::from_stored(c.as_str()), Some(c));
+        }
+        for e in [Effect::Permit, Effect::Deny] {
+            assert_eq!(Effect::from_stored(e.as_str()), Some(e));
+        }
+        for k in [
+            CareRelationshipKind::RegisteredGp,
+            CareRelationshipKind::HospitalEpisode,
+            CareRelationshipKind::Referral,
+            CareRelationshipKind::CareHomePlacement,
+            CareRelationshipKind::CommunityCare,
+        ] {
+            assert_eq!(CareRelationshipKind::from_stored(k.as_str()), Some(k));
+        }
+        assert_eq!(Purpose::from_stored("marketing"), None);
+    }
+}

@@ -1,0 +1,87 @@
+//! consent's schema, as migrations that run unchanged on SQLite and PostgreSQL.
+
+use sea_orm_migration::{prelude::*, schema::*};
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(M0001Initial)]
+    }
+
+    // Services may share one PostgreSQL database: each keeps its own ledger.
+    fn migration_table_name() -> DynIden {
+        "consent_migrations".into_iden()
+    }
+}
+
+struct M0001Initial;
+
+// Named explicitly: `DeriveMigrationName` names a migration after its file,
+// so every migration in this file would share one ledger entry.
+impl MigrationName for M0001Initial {
+    fn name(&self) -> &str {
+        "m0001_initial"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for M0001Initial {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("consent_care_relationships")
+                    .if_not_exists()
+                    .col(string("relationship_id").primary_key())
+                    .col(string("patient_id"))
+                    .col(string("organisation_ods_code"))
+                    .col(string("kind"))
+                    .col(timestamp_with_time_zone("start_time"))
+                    .col(timestamp_with_time_zone_null("end_time"))
+                    .col(string("recorded_by"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("consent_care_relationships_patient_id")
+                    .table("consent_care_relationships")
+                    .col("patient_id")
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("consent_directives")
+                    .if_not_exists()
+                    .col(string("directive_id").primary_key())
+                    .col(string("patient_id"))
+                    .col(string("effect"))
+                    .col(text("purposes"))
+                    .col(string_null("organisation_ods_code"))
+                    .col(string_null("staff_role"))
+                    .col(text("categories"))
+                    .col(timestamp_with_time_zone("start_time"))
+                    .col(timestamp_with_time_zone_null("end_time"))
+                    .col(text("note"))
+                    .col(timestamp_with_time_zone("created_at"))
+                    .col(timestamp_with_time_zone_null("revoked_at"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("consent_directives_patient_id")
+                    .table("consent_directives")
+                    .col("patient_id")
+                    .to_owned(),
+            )
+            .await
+    }
+}

@@ -1,0 +1,35 @@
+//! Where consent keeps care relationships and directives.
+
+mod entities;
+mod migration;
+mod sql;
+
+use std::{future::Future, pin::Pin};
+
+use chrono::{DateTime, Utc};
+use sharedcare_kit::Error;
+
+pub use migration::Migrator;
+pub use sql::SqlStore;
+
+use crate::domain::{CareRelationship, Directive, PatientId};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+pub trait ConsentStore: Send + Sync + 'static {
+    fn insert_relationship(
+        &self,
+        relationship: CareRelationship,
+    ) -> BoxFuture<'_, CareRelationship>;
+    /// The patient's relationships, newest (latest start) first.
+    fn list_relationships(&self, patient: &PatientId) -> BoxFuture<'_, Vec<CareRelationship>>;
+
+    fn insert_directive(&self, directive: Directive) -> BoxFuture<'_, Directive>;
+    fn get_directive(&self, id: &str) -> BoxFuture<'_, Option<Directive>>;
+    /// Marks the directive revoked at `at`. NOT_FOUND if unknown;
+    /// FAILED_PRECONDITION if it is already revoked.
+    fn revoke_directive(&self, id: &str, at: DateTime<Utc>) -> BoxFuture<'_, Directive>;
+    /// The patient's directives, revoked ones included, newest (latest
+    /// recorded) first.
+    fn list_directives(&self, patient: &PatientId) -> BoxFuture<'_, Vec<Directive>>;
+}

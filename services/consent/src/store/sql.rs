@@ -1,0 +1,212 @@
+//! The sea-orm store: SQLite (embedded default) or PostgreSQL.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    sea_query::Expr,
+};
+use sharedcare_kit::Error;
+
+use super::{BoxFuture, ConsentStore, Migrator, entities::*};
+use crate::domain::{
+    CareRelationship, CareRelationshipKind, Directive, Effect, OdsCode, PatientId, Period, Purpose,
+    RecordCategory,
+};
+
+#[derive(Clone)]
+pub struct SqlStore {
+    db: DatabaseConnection,
+}
+
+impl SqlStore {
+    /// Connects and brings the schema up to date.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, Error> {
+        let db = sharedcare_kit::db::connect::<Migrator>(url, max_connections).await?;
+        Ok(SqlStore { db })
+    }
+
+    /// Closes the pool (tests drop their database afterwards).
+    pub async fn close(self) {
+        let _ = self.db.close().await;
+    }
+}
+
+fn relationship_to_row(r: &CareRelationship) -> care_relationship::ActiveModel {
+    care_relationship::ActiveModel {
+        relationship_id: Set(r.id.clone()),
+        patient_id: Set(r.patient_id.as_str().to_owned()),
+        organisation_ods_code: Set(r.organisation.as_str().to_owned()),
+        kind: Set(r.kind.as_str().to_owned()),
+        start_time: Set(r.period.start),
+        end_time: Set(r.period.end),
+        recorded_by: Set(r.recorded_by.clone()),
+    }
+}
+
+fn relationship_from_row(row: care_relationship::Model) -> Result<CareRelationship, Error> {
+    const READING: &str = "reading a care relationship";
+    Ok(CareRelationship {
+        id: row.relationship_id,
+        patient_id: PatientId::parse("stored patient_id", &row.patient_id)
+            .map_err(|e| Error::internal(READING, e))?,
+        organisation: OdsCode::parse("stored organisation_ods_code", &row.organisation_ods_code)
+            .map_err(|e| Error::internal(READING, e))?,
+        kind: CareRelationshipKind::from_stored(&row.kind)
+            .ok_or_else(|| Error::internal(READING, "unknown kind"))?,
+        period: Period {
+            start: row.start_time,
+            end: row.end_time,
+        },
+        recorded_by: row.recorded_by,
+    })
+}
+
+/// Stored as a JSON array of names.
+fn names_to_json(names: impl Iterator<Item = &'static str>) -> Result<String, Error> {
+    serde_json::to_string(&names.collect::<Vec<_>>())
+        .map_err(|e| Error::internal("storing a directive", e))
+}
+
+fn names_from_json<T>(json: &str, parse: fn(&str) -> Option<T>) -> Result<Vec<T>, Error> {
+    const READING: &str = "reading a directive";
+    let names: Vec<String> = serde_json::from_str(json).map_err(|e| Error::internal(READING, e))?;
+    names
+        .iter()
+        .map(|n| parse(n).ok_or_else(|| Error::internal(READING, "unknown vocabulary name")))
+        .collect()
+}
+
+fn directive_to_row(d: &Directive) -> Result<directive::ActiveModel, Error> {
+    Ok(directive::ActiveModel {
+        directive_id: Set(d.id.clone()),
+        patient_id: Set(d.patient_id.as_str().to_owned()),
+        effect: Set(d.effect.as_str().to_owned()),
+        purposes: Set(names_to_json(d.purposes.iter().map(|p| p.as_str()))?),
+        organisation_ods_code: Set(d.organisation.as_ref().map(|o| o.as_str().to_owned())),
+        staff_role: Set(d.staff_role.clone()),
+        categories: Set(names_to_json(d.categories.iter().map(|c| c.as_str()))?),
+        start_time: Set(d.period.start),
+        end_time: Set(d.period.end),
+        note: Set(d.note.clone()),
+        created_at: Set(d.created_at),
+        revoked_at: Set(d.revoked_at),
+    })
+}
+
+fn directive_from_row(row: directive::Model) -> Result<Directive, Error> {
+    const READING: &str = "reading a directive";
+    Ok(Directive {
+        id: row.directive_id,
+        patient_id: PatientId::parse("stored patient_id", &row.patient_id)
+            .map_err(|e| Error::internal(READING, e))?,
+        effect: Effect::from_stored(&row.effect)
+            .ok_or_else(|| Error::internal(READING, "unknown effect"))?,
+        purposes: names_from_json(&row.purposes, Purpose::from_stored)?,
+        organisation: row
+            .organisation_ods_code
+            .as_deref()
+            .map(|o| OdsCode::parse("stored organisation_ods_code", o))
+            .transpose()
+            .map_err(|e| Error::internal(READING, e))?,
+        staff_role: row.staff_role,
+        categories: names_from_json(&row.categories, RecordCategory::from_stored)?,
+        period: Period {
+            start: row.start_time,
+            end: row.end_time,
+        },
+        note: row.note,
+        created_at: row.created_at,
+        revoked_at: row.revoked_at,
+    })
+}
+
+impl ConsentStore for SqlStore {
+    fn insert_relationship(&self, r: CareRelationship) -> BoxFuture<'_, CareRelationship> {
+        Box::pin(async move {
+            care_relationship::Entity::insert(relationship_to_row(&r))
+                .exec_without_returning(&self.db)
+                .await
+                .map_err(|e| Error::internal("storing a care relationship", e))?;
+            Ok(r)
+        })
+    }
+
+    fn list_relationships(&self, patient: &PatientId) -> BoxFuture<'_, Vec<CareRelationship>> {
+        let patient = patient.as_str().to_owned();
+        Box::pin(async move {
+            care_relationship::Entity::find()
+                .filter(care_relationship::Column::PatientId.eq(patient))
+                .order_by_desc(care_relationship::Column::StartTime)
+                .order_by_desc(care_relationship::Column::RelationshipId)
+                .all(&self.db)
+                .await
+                .map_err(|e| Error::internal("listing care relationships", e))?
+                .into_iter()
+                .map(relationship_from_row)
+                .collect()
+        })
+    }
+
+    fn insert_directive(&self, d: Directive) -> BoxFuture<'_, Directive> {
+        Box::pin(async move {
+            directive::Entity::insert(directive_to_row(&d)?)
+                .exec_without_returning(&self.db)
+                .await
+                .map_err(|e| Error::internal("storing a directive", e))?;
+            Ok(d)
+        })
+    }
+
+    fn get_directive(&self, id: &str) -> BoxFuture<'_, Option<Directive>> {
+        let id = id.to_owned();
+        Box::pin(async move {
+            directive::Entity::find_by_id(id)
+                .one(&self.db)
+                .await
+                .map_err(|e| Error::internal("reading a directive", e))?
+                .map(directive_from_row)
+                .transpose()
+        })
+    }
+
+    fn revoke_directive(&self, id: &str, at: DateTime<Utc>) -> BoxFuture<'_, Directive> {
+        let id = id.to_owned();
+        Box::pin(async move {
+            // One conditional update: of two concurrent revocations, exactly
+            // one succeeds.
+            let updated = directive::Entity::update_many()
+                .col_expr(directive::Column::RevokedAt, Expr::value(at))
+                .filter(directive::Column::DirectiveId.eq(id.as_str()))
+                .filter(directive::Column::RevokedAt.is_null())
+                .exec(&self.db)
+                .await
+                .map_err(|e| Error::internal("revoking a directive", e))?;
+            let directive = self
+                .get_directive(&id)
+                .await?
+                .ok_or_else(|| Error::not_found("no directive with this directive_id"))?;
+            if updated.rows_affected == 0 {
+                return Err(Error::failed_precondition(
+                    "the directive is already revoked",
+                ));
+            }
+            Ok(directive)
+        })
+    }
+
+    fn list_directives(&self, patient: &PatientId) -> BoxFuture<'_, Vec<Directive>> {
+        let patient = patient.as_str().to_owned();
+        Box::pin(async move {
+            directive::Entity::find()
+                .filter(directive::Column::PatientId.eq(patient))
+                .order_by_desc(directive::Column::CreatedAt)
+                .order_by_desc(directive::Column::DirectiveId)
+                .all(&self.db)
+                .await
+                .map_err(|e| Error::internal("listing directives", e))?
+                .into_iter()
+                .map(directive_from_row)
+                .collect()
+        })
+    }
+}

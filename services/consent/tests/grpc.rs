@@ -1,0 +1,589 @@
+//! consent over real gRPC sockets.
+
+use std::sync::Arc;
+
+use prost_types::Timestamp;
+use sharedcare_consent::{
+    domain::PatientId,
+    spec,
+    store::{ConsentStore, SqlStore},
+};
+use sharedcare_kit::{
+    server::MessageLimits,
+    testing::{TestAuthority, TestDatabase, TestServer, spawn, with_token},
+};
+use sharedcare_proto::{
+    common::v1::{Actor, PrincipalKind, Purpose, RecordCategory},
+    consent::v1::{self as pb, consent_service_client::ConsentServiceClient},
+};
+use tonic::{Code, transport::Channel};
+
+const PATIENT: &str = "0197a1c2-patient-under-test";
+
+struct Fixture {
+    server: TestServer,
+    store: Arc<SqlStore>,
+    authority: TestAuthority,
+    _db: TestDatabase,
+}
+
+impl Fixture {
+    async fn start() -> Self {
+        let db = TestDatabase::sqlite();
+        let store = Arc::new(SqlStore::connect(db.url(), 4).await.expect("store"));
+        let authority = TestAuthority::new();
+        let server = spawn(spec(
+            store.clone(),
+            authority.verifier(),
+            MessageLimits { max_bytes: 4 << 20 },
+        ))
+        .await;
+        Fixture {
+            server,
+            store,
+            authority,
+            _db: db,
+        }
+    }
+
+    fn client(&self) -> ConsentServiceClient<Channel> {
+        ConsentServiceClient::new(self.server.channel.clone())
+    }
+
+    fn token(&self, scopes: &[&str]) -> String {
+        self.authority
+            .token(PrincipalKind::Staff, "A81001", "R8000", scopes)
+    }
+
+    /// A registration clerk: records and reads.
+    fn writer(&self) -> String {
+        self.token(&["consent.write", "consent.read"])
+    }
+
+    /// A platform service asking for decisions.
+    fn evaluator(&self) -> String {
+        self.authority.token(
+            PrincipalKind::Service,
+            "X26",
+            "records",
+            &["consent.evaluate"],
+        )
+    }
+
+    async fn record_relationship(&self, org: &str) -> pb::CareRelationship {
+        self.client()
+            .record_care_relationship(with_token(relationship_request(org), &self.writer()))
+            .await
+            .expect("recorded")
+            .into_inner()
+            .relationship
+            .expect("relationship")
+    }
+
+    async fn record_directive(&self, directive: pb::Directive) -> pb::Directive {
+        self.client()
+            .record_directive(with_token(
+                pb::RecordDirectiveRequest {
+                    directive: Some(directive),
+                },
+                &self.writer(),
+            ))
+            .await
+            .expect("recorded")
+            .into_inner()
+            .directive
+            .expect("directive")
+    }
+
+    async fn revoke(&self, id: &str) -> Result<pb::Directive, tonic::Status> {
+        let response = self
+            .client()
+            .revoke_directive(with_token(
+                pb::RevokeDirectiveRequest {
+                    directive_id: id.into(),
+                },
+                &self.writer(),
+            ))
+            .await?;
+        Ok(response.into_inner().directive.expect("directive"))
+    }
+
+    async fn list_directives(&self) -> Vec<pb::Directive> {
+        self.client()
+            .list_directives(with_token(
+                pb::ListDirectivesRequest {
+                    patient_id: PATIENT.into(),
+                },
+                &self.writer(),
+            ))
+            .await
+            .expect("listed")
+            .into_inner()
+            .directives
+    }
+
+    async fn evaluate(&self, request: pb::EvaluateRequest) -> pb::EvaluateResponse {
+        self.client()
+            .evaluate(with_token(request, &self.evaluator()))
+            .await
+            .expect("a decision, even a denial, is an answer")
+            .into_inner()
+    }
+}
+
+fn seconds_from_now(s: i64) -> Timestamp {
+    Timestamp {
+        seconds: chrono::Utc::now().timestamp() + s,
+        nanos: 0,
+    }
+}
+
+fn relationship_request(org: &str) -> pb::RecordCareRelationshipRequest {
+    pb::RecordCareRelationshipRequest {
+        patient_id: PATIENT.into(),
+        organisation_ods_code: org.into(),
+        kind: pb::CareRelationshipKind::RegisteredGp as i32,
+        start_time: None,
+        end_time: None,
+    }
+}
+
+fn deny_all() -> pb::Directive {
+    pb::Directive {
+        patient_id: PATIENT.into(),
+        effect: pb::Effect::Deny as i32,
+        ..Default::default()
+    }
+}
+
+fn evaluate_request(org: &str, purpose: Purpose) -> pb::EvaluateRequest {
+    pb::EvaluateRequest {
+        patient_id: PATIENT.into(),
+        actor: Some(Actor {
+            principal_id: "staff-1".into(),
+            kind: PrincipalKind::Staff as i32,
+            organisation_ods_code: org.into(),
+            role: "R8000".into(),
+        }),
+        purpose: purpose as i32,
+        category: RecordCategory::Unspecified as i32,
+        break_glass: None,
+    }
+}
+
+/// A field a bad request names, and how to spoil a good one.
+type Case<T> = (&'static str, fn(&mut T));
+
+fn reason_codes(response: &pb::EvaluateResponse) -> Vec<&str> {
+    response.reasons.iter().map(|r| r.code.as_str()).collect()
+}
+
+#[tokio::test]
+async fn care_relationships_are_recorded_and_listed_newest_first() {
+    let f = Fixture::start().await;
+    let before = chrono::Utc::now().timestamp();
+    let current = f.record_relationship("a81001").await;
+    assert_eq!(current.organisation_ods_code, "A81001", "stored upper case");
+    assert_eq!(current.patient_id, PATIENT);
+    assert_eq!(current.kind, pb::CareRelationshipKind::RegisteredGp as i32);
+    assert!(current.start_time.expect("defaulted").seconds >= before);
+    assert_eq!(current.end_time, None);
+    assert!(current.recorded_by.starts_with("test-"), "the caller's id");
+
+    let mut past = relationship_request("RR8");
+    past.kind = pb::CareRelationshipKind::HospitalEpisode as i32;
+    past.start_time = Some(seconds_from_now(-86_400 * 10));
+    past.end_time = Some(seconds_from_now(-86_400 * 3));
+    let past = f
+        .client()
+        .record_care_relationship(with_token(past, &f.writer()))
+        .await
+        .expect("recorded")
+        .into_inner()
+        .relationship
+        .expect("relationship");
+
+    let listed = f
+        .client()
+        .list_care_relationships(with_token(
+            pb::ListCareRelationshipsRequest {
+                patient_id: PATIENT.into(),
+            },
+            &f.writer(),
+        ))
+        .await
+        .expect("listed")
+        .into_inner()
+        .relationships;
+    assert_eq!(listed, vec![current, past]);
+}
+
+#[tokio::test]
+async fn directives_are_recorded_listed_and_revoked_once() {
+    let f = Fixture::start().await;
+    let recorded = f
+        .record_directive(pb::Directive {
+            directive_id: "ignored".into(),
+            purposes: vec![Purpose::Research as i32, Purpose::Research as i32],
+            organisation_ods_code: "rr8".into(),
+            staff_role: "R8000".into(),
+            categories: vec![RecordCategory::MentalHealth as i32],
+            end_time: Some(seconds_from_now(3_600)),
+            note: "said so at clinic".into(),
+            revoke_time: Some(seconds_from_now(0)),
+            ..deny_all()
+        })
+        .await;
+    assert_ne!(recorded.directive_id, "ignored");
+    assert_eq!(
+        recorded.purposes,
+        vec![Purpose::Research as i32],
+        "once each"
+    );
+    assert_eq!(recorded.organisation_ods_code, "RR8");
+    assert!(recorded.create_time.is_some() && recorded.start_time.is_some());
+    assert_eq!(recorded.revoke_time, None, "revoke_time is ignored");
+
+    assert_eq!(f.list_directives().await, vec![recorded.clone()]);
+
+    let revoked = f.revoke(&recorded.directive_id).await.expect("revoked");
+    assert!(revoked.revoke_time.is_some());
+    assert_eq!(
+        f.list_directives().await,
+        vec![revoked],
+        "revoked ones are listed"
+    );
+
+    let again = f.revoke(&recorded.directive_id).await.expect_err("twice");
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    let unknown = f.revoke("no-such-directive").await.expect_err("unknown");
+    assert_eq!(unknown.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn direct_care_is_permitted_only_within_a_care_relationship() {
+    let f = Fixture::start().await;
+    let denied = f
+        .evaluate(evaluate_request("A81001", Purpose::DirectCare))
+        .await;
+    assert_eq!(denied.decision, pb::Decision::Deny as i32);
+    assert_eq!(reason_codes(&denied), ["NO_CARE_RELATIONSHIP"]);
+    assert!(denied.reasons[0].message.contains("A81001"));
+
+    let relationship = f.record_relationship("A81001").await;
+    let permitted = f
+        .evaluate(evaluate_request("a81001", Purpose::DirectCare))
+        .await;
+    assert_eq!(permitted.decision, pb::Decision::Permit as i32);
+    assert_eq!(reason_codes(&permitted), ["CARE_RELATIONSHIP"]);
+    assert_eq!(
+        permitted.reasons[0].evidence_id,
+        relationship.relationship_id
+    );
+    assert_eq!(permitted.obligations[0].code, "AUDIT");
+    assert!(permitted.evaluate_time.is_some());
+    assert_ne!(
+        permitted.decision_id, denied.decision_id,
+        "a fresh id each time"
+    );
+    uuid::Uuid::parse_str(&permitted.decision_id).expect("a uuid");
+
+    // The relationship is the organisation's, not everyone's.
+    let elsewhere = f
+        .evaluate(evaluate_request("RR8", Purpose::DirectCare))
+        .await;
+    assert_eq!(reason_codes(&elsewhere), ["NO_CARE_RELATIONSHIP"]);
+}
+
+#[tokio::test]
+async fn patient_directives_decide_objections_and_explicit_consent() {
+    let f = Fixture::start().await;
+    f.record_relationship("A81001").await;
+
+    // An objection to sexual-health sharing with A81001 wins over the
+    // relationship for that category only.
+    let objection = f
+        .record_directive(pb::Directive {
+            organisation_ods_code: "A81001".into(),
+            categories: vec![RecordCategory::SexualHealth as i32],
+            ..deny_all()
+        })
+        .await;
+    let mut sexual_health = evaluate_request("A81001", Purpose::DirectCare);
+    sexual_health.category = RecordCategory::SexualHealth as i32;
+    let denied = f.evaluate(sexual_health.clone()).await;
+    assert_eq!(denied.decision, pb::Decision::Deny as i32);
+    assert_eq!(reason_codes(&denied), ["PATIENT_DIRECTIVE_DENY"]);
+    assert_eq!(denied.reasons[0].evidence_id, objection.directive_id);
+    let general = f
+        .evaluate(evaluate_request("A81001", Purpose::DirectCare))
+        .await;
+    assert_eq!(general.decision, pb::Decision::Permit as i32);
+
+    // Break-glass is not honoured yet, and the denial says so.
+    sexual_health.break_glass = Some(pb::BreakGlass {
+        reason: "unconscious in A&E".into(),
+    });
+    let denied = f.evaluate(sexual_health.clone()).await;
+    assert_eq!(
+        reason_codes(&denied),
+        ["PATIENT_DIRECTIVE_DENY", "BREAK_GLASS_UNAVAILABLE"]
+    );
+
+    // Once withdrawn, the objection no longer applies.
+    f.revoke(&objection.directive_id).await.expect("revoked");
+    sexual_health.break_glass = None;
+    assert_eq!(
+        f.evaluate(sexual_health).await.decision,
+        pb::Decision::Permit as i32
+    );
+
+    // Research has no lawful basis until the patient consents to it.
+    let research = evaluate_request("RR8", Purpose::Research);
+    let denied = f.evaluate(research.clone()).await;
+    assert_eq!(reason_codes(&denied), ["NO_LAWFUL_BASIS"]);
+    assert!(denied.reasons[0].message.contains("research"));
+    let consent = f
+        .record_directive(pb::Directive {
+            effect: pb::Effect::Permit as i32,
+            purposes: vec![Purpose::Research as i32],
+            ..deny_all()
+        })
+        .await;
+    let permitted = f.evaluate(research).await;
+    assert_eq!(permitted.decision, pb::Decision::Permit as i32);
+    assert_eq!(reason_codes(&permitted), ["PATIENT_DIRECTIVE_PERMIT"]);
+    assert_eq!(permitted.reasons[0].evidence_id, consent.directive_id);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
+    let f = Fixture::start().await;
+    let writer = f.writer();
+    let expect_invalid = |status: tonic::Status, field: &str| {
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(
+            status.message().contains(field),
+            "{field}: {}",
+            status.message()
+        );
+    };
+
+    let relationship_cases: Vec<Case<pb::RecordCareRelationshipRequest>> = vec![
+        ("patient_id", |r| r.patient_id = " ".into()),
+        ("patient_id", |r| r.patient_id = "p".repeat(65)),
+        ("organisation_ods_code", |r| {
+            r.organisation_ods_code = "".into()
+        }),
+        ("organisation_ods_code", |r| {
+            r.organisation_ods_code = "A8-001".into()
+        }),
+        ("organisation_ods_code", |r| {
+            r.organisation_ods_code = "A810011".into()
+        }),
+        ("kind", |r| r.kind = 0),
+        ("kind", |r| r.kind = 99),
+        ("end_time", |r| {
+            r.start_time = Some(seconds_from_now(0));
+            r.end_time = Some(seconds_from_now(-1));
+        }),
+        ("start_time", |r| {
+            r.start_time = Some(Timestamp {
+                seconds: 0,
+                nanos: -1,
+            })
+        }),
+    ];
+    for (field, spoil) in relationship_cases {
+        let mut request = relationship_request("A81001");
+        spoil(&mut request);
+        let status = f
+            .client()
+            .record_care_relationship(with_token(request, &writer))
+            .await
+            .expect_err(field);
+        expect_invalid(status, field);
+    }
+
+    let directive_cases: Vec<Case<pb::Directive>> = vec![
+        ("directive.patient_id", |d| d.patient_id.clear()),
+        ("directive.effect", |d| d.effect = 0),
+        ("directive.purposes", |d| {
+            d.purposes = vec![Purpose::Research as i32, 0]
+        }),
+        ("directive.categories", |d| d.categories = vec![0]),
+        ("directive.categories", |d| d.categories = vec![42]),
+        ("directive.organisation_ods_code", |d| {
+            d.organisation_ods_code = "R8".into()
+        }),
+        ("directive.staff_role", |d| d.staff_role = "r".repeat(65)),
+        ("directive.end_time", |d| {
+            d.start_time = Some(seconds_from_now(100));
+            d.end_time = Some(seconds_from_now(100));
+        }),
+        ("directive.note", |d| d.note = "n".repeat(501)),
+    ];
+    for (field, spoil) in directive_cases {
+        let mut directive = deny_all();
+        spoil(&mut directive);
+        let status = f
+            .client()
+            .record_directive(with_token(
+                pb::RecordDirectiveRequest {
+                    directive: Some(directive),
+                },
+                &writer,
+            ))
+            .await
+            .expect_err(field);
+        expect_invalid(status, field);
+    }
+    let status = f
+        .client()
+        .record_directive(with_token(pb::RecordDirectiveRequest::default(), &writer))
+        .await
+        .expect_err("no directive");
+    expect_invalid(status, "directive");
+
+    let patient = PatientId::parse("patient_id", PATIENT).expect("valid");
+    assert!(
+        f.store
+            .list_relationships(&patient)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(
+        f.store
+            .list_directives(&patient)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+
+    let evaluate_cases: Vec<Case<pb::EvaluateRequest>> = vec![
+        ("patient_id", |r| r.patient_id.clear()),
+        ("actor", |r| r.actor = None),
+        ("actor.organisation_ods_code", |r| {
+            r.actor
+                .as_mut()
+                .expect("actor")
+                .organisation_ods_code
+                .clear()
+        }),
+        ("purpose", |r| r.purpose = Purpose::Unspecified as i32),
+        ("category", |r| r.category = 17),
+        ("break_glass.reason", |r| {
+            r.break_glass = Some(pb::BreakGlass { reason: " ".into() })
+        }),
+    ];
+    for (field, spoil) in evaluate_cases {
+        let mut request = evaluate_request("A81001", Purpose::DirectCare);
+        spoil(&mut request);
+        let status = f
+            .client()
+            .evaluate(with_token(request, &f.evaluator()))
+            .await
+            .expect_err(field);
+        expect_invalid(status, field);
+    }
+
+    for status in [
+        f.client()
+            .list_directives(with_token(pb::ListDirectivesRequest::default(), &writer))
+            .await
+            .expect_err("no patient"),
+        f.client()
+            .revoke_directive(with_token(pb::RevokeDirectiveRequest::default(), &writer))
+            .await
+            .expect_err("no id"),
+    ] {
+        assert_eq!(status.code(), Code::InvalidArgument);
+    }
+}
+
+#[tokio::test]
+async fn every_call_needs_a_token_with_its_scope() {
+    let f = Fixture::start().await;
+    let status = f
+        .client()
+        .evaluate(evaluate_request("A81001", Purpose::DirectCare))
+        .await
+        .expect_err("no token");
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    let forged = TestAuthority::new().token(
+        PrincipalKind::Service,
+        "X26",
+        "records",
+        &["consent.evaluate"],
+    );
+    let status = f
+        .client()
+        .evaluate(with_token(
+            evaluate_request("A81001", Purpose::DirectCare),
+            &forged,
+        ))
+        .await
+        .expect_err("signed by an unknown key");
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    let reader = f.token(&["consent.read"]);
+    let status = f
+        .client()
+        .record_care_relationship(with_token(relationship_request("A81001"), &reader))
+        .await
+        .expect_err("read-only");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains("consent.write"));
+
+    // Recording consent is not the same as asking for decisions.
+    let status = f
+        .client()
+        .evaluate(with_token(
+            evaluate_request("A81001", Purpose::DirectCare),
+            &f.writer(),
+        ))
+        .await
+        .expect_err("no evaluate scope");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains("consent.evaluate"));
+
+    let status = f
+        .client()
+        .list_care_relationships(with_token(
+            pb::ListCareRelationshipsRequest {
+                patient_id: PATIENT.into(),
+            },
+            &f.evaluator(),
+        ))
+        .await
+        .expect_err("no read scope");
+    assert_eq!(status.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn later_issues_say_they_are_not_implemented_yet() {
+    let f = Fixture::start().await;
+    let status = f
+        .client()
+        .set_national_opt_out(with_token(
+            pb::SetNationalOptOutRequest {
+                patient_id: PATIENT.into(),
+                opted_out: true,
+            },
+            &f.writer(),
+        ))
+        .await
+        .expect_err("later");
+    assert_eq!(status.code(), Code::Unimplemented);
+    assert!(status.message().contains("National Data Opt-out issue"));
+
+    let status = f
+        .client()
+        .watch_changes(with_token(pb::WatchChangesRequest::default(), &f.writer()))
+        .await
+        .expect_err("later");
+    assert_eq!(status.code(), Code::Unimplemented);
+    assert!(status.message().contains("change-feed issue"));
+}
