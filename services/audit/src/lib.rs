@@ -15,10 +15,10 @@ pub mod domain;
 mod grpc;
 pub mod store;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use sharedcare_kit::{
-    auth::{GrpcKeySource, Verifier},
+    auth::Verifier,
     server::{MessageLimits, ServiceSpec},
 };
 use sharedcare_proto::audit::v1::audit_service_server::AuditServiceServer;
@@ -52,17 +52,10 @@ pub async fn open(cfg: &config::AuditConfig) -> Result<ServiceSpec, sharedcare_k
         .resolve_url(SERVICE_NAME)
         .map_err(|e| sharedcare_kit::Error::invalid("database.url", e.to_string()))?;
     let store = store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?;
-    let verifier = Verifier::new(
-        Arc::new(GrpcKeySource::new(sharedcare_kit::client::lazy_channel(
-            &cfg.auth.identity_url,
-        )?)),
-        &cfg.auth.issuer,
-        &cfg.auth.audience,
-        Duration::from_millis(cfg.auth.jwks_min_refresh_ms),
-    );
+    let verifier = sharedcare_kit::auth::remote_verifier(&cfg.auth)?;
     Ok(spec(
         Arc::new(store),
-        Arc::new(verifier),
+        verifier,
         MessageLimits::from(&cfg.server),
     ))
 }

@@ -14,11 +14,11 @@ pub mod domain;
 mod grpc;
 pub mod store;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use sharedcare_kit::{
     Error,
-    auth::{GrpcKeySource, Verifier},
+    auth::Verifier,
     server::{MessageLimits, ServiceSpec},
 };
 use sharedcare_proto::consent::v1::consent_service_server::ConsentServiceServer;
@@ -51,13 +51,6 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
         .map_err(|e| Error::invalid("database.url", e.to_string()))?;
     let store =
         Arc::new(store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?);
-    let verifier = Arc::new(Verifier::new(
-        Arc::new(GrpcKeySource::new(sharedcare_kit::client::lazy_channel(
-            &cfg.auth.identity_url,
-        )?)),
-        &cfg.auth.issuer,
-        &cfg.auth.audience,
-        Duration::from_millis(cfg.auth.jwks_min_refresh_ms),
-    ));
+    let verifier = sharedcare_kit::auth::remote_verifier(&cfg.auth)?;
     Ok(spec(store, verifier, MessageLimits::from(&cfg.server)))
 }

@@ -267,6 +267,18 @@ impl Verifier {
     }
 }
 
+/// The verifier of every service but identity: identity's JWKS over gRPC,
+/// as configured.
+pub fn remote_verifier(cfg: &crate::config::AuthConfig) -> Result<Arc<Verifier>, Error> {
+    let identity = crate::client::lazy_channel(&cfg.identity_url)?;
+    Ok(Arc::new(Verifier::new(
+        Arc::new(GrpcKeySource::new(identity)),
+        &cfg.issuer,
+        &cfg.audience,
+        Duration::from_millis(cfg.jwks_min_refresh_ms),
+    )))
+}
+
 /// gRPC paths that need no token: health, reflection, token issuing, JWKS.
 pub const PUBLIC_PATH_PREFIXES: &[&str] = &[
     "/grpc.health.v1.Health/",

@@ -17,7 +17,7 @@ use std::{sync::Arc, time::Duration};
 
 use sharedcare_kit::{
     Error,
-    auth::{GrpcKeySource, Verifier},
+    auth::Verifier,
     client::{TokenSource, lazy_channel},
     config::Secret,
     server::{MessageLimits, ServiceSpec},
@@ -80,11 +80,6 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
         cfg.records.max_resource_bytes,
     ));
     records.spawn_outbox_relay(Duration::from_millis(cfg.records.outbox_retry_ms));
-    let verifier = Arc::new(Verifier::new(
-        Arc::new(GrpcKeySource::new(identity)),
-        &cfg.auth.issuer,
-        &cfg.auth.audience,
-        Duration::from_millis(cfg.auth.jwks_min_refresh_ms),
-    ));
+    let verifier = sharedcare_kit::auth::remote_verifier(&cfg.auth)?;
     Ok(spec(records, verifier, MessageLimits::from(&cfg.server)))
 }
