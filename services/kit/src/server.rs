@@ -184,6 +184,9 @@ pub trait ServiceConfig {
 
 /// The whole of a service's `main`: configuration, telemetry, open, serve
 /// until SIGTERM. Failures are printed with what went wrong and exit 1.
+///
+/// `<binary> migrate` opens the service (which brings its schema up to
+/// date) and exits without serving: the Helm pre-install/pre-upgrade Job.
 pub async fn run<C, F, Fut>(
     name: &str,
     loaded: Result<C, crate::config::ConfigError>,
@@ -209,7 +212,12 @@ where
         }
     };
     let server = cfg.server().clone();
+    let migrate_only = std::env::args().nth(1).as_deref() == Some("migrate");
     let result = match open(cfg).await {
+        Ok(_) if migrate_only => {
+            tracing::info!(service = name, "schema is up to date");
+            Ok(())
+        }
         Ok(spec) => serve_until_signal(spec, &server).await,
         Err(e) => Err(e),
     };
