@@ -12,7 +12,7 @@ mod grpc;
 pub mod store;
 pub mod tokens;
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use sharedcare_kit::{
     Error,
@@ -90,24 +90,7 @@ fn load_signing_key(cfg: &config::IdentityConfig) -> Result<SigningKey, Error> {
         return SigningKey::from_pkcs8_pem(&pem);
     }
     let key = SigningKey::generate();
-    write_private(&path, &key.to_pkcs8_pem()?)?;
+    sharedcare_kit::files::write_private(&path, &key.to_pkcs8_pem()?)?;
     tracing::info!(kid = key.kid(), "generated a new token signing key");
     Ok(key)
-}
-
-fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::internal("creating the data dir", e))?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(|e| Error::internal("writing the signing key", e))?;
-    file.write_all(contents.as_bytes())
-        .and_then(|_| file.sync_all())
-        .map_err(|e| Error::internal("writing the signing key", e))
 }

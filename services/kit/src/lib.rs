@@ -5,8 +5,10 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod files;
 pub mod keys;
 pub mod proto_time;
 pub mod server;

@@ -2,8 +2,8 @@
 
 use serde::Deserialize;
 use sharedcare_kit::config::{
-    AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, ServerConfig,
-    TelemetryConfig, Validate,
+    AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, SecretSource,
+    ServerConfig, TelemetryConfig, Validate,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +28,10 @@ pub struct RecordsSettings {
     pub call_timeout_ms: u64,
     /// How often undelivered audit events are retried.
     pub outbox_retry_ms: u64,
+    /// Base64 of the 32-byte AES-256 key-encryption key, inline or as a
+    /// file. Unset: generated on first start and kept in the data dir.
+    #[serde(default)]
+    pub key_encryption_key: SecretSource,
 }
 
 const OWN_DEFAULTS: &str = r#"
@@ -89,6 +93,18 @@ impl Validate for RecordsConfig {
                 "records.max_resource_bytes",
                 "must be above 0 and below server.max_message_bytes",
             ));
+        }
+        if let Some(kek) = self
+            .records
+            .key_encryption_key
+            .resolve("records.key_encryption_key")?
+        {
+            sharedcare_kit::crypto::Kek::from_base64(kek.expose()).map_err(|_| {
+                ConfigError::invalid(
+                    "records.key_encryption_key",
+                    "must be the base64 encoding of 32 bytes",
+                )
+            })?;
         }
         if self.records.call_timeout_ms == 0 {
             return Err(ConfigError::invalid(

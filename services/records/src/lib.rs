@@ -20,6 +20,7 @@ use sharedcare_kit::{
     auth::Verifier,
     client::{TokenSource, lazy_channel},
     config::Secret,
+    crypto::{Kek, Keyring},
     server::{MessageLimits, ServiceSpec},
 };
 use sharedcare_proto::records::v1::records_service_server::RecordsServiceServer;
@@ -41,6 +42,20 @@ pub fn spec(records: Arc<Records>, verifier: Arc<Verifier>, limits: MessageLimit
     }
 }
 
+/// The configured key-encryption key, or the one kept in the data dir.
+fn keyring(cfg: &config::RecordsConfig) -> Result<Keyring, Error> {
+    let kek = match cfg
+        .records
+        .key_encryption_key
+        .resolve("records.key_encryption_key")
+        .map_err(|e| Error::invalid("records.key_encryption_key", e.to_string()))?
+    {
+        Some(text) => Kek::from_base64(text.expose())?,
+        None => Kek::load_or_create(&cfg.database.data_dir.join("records-kek.b64"))?,
+    };
+    Ok(Keyring::new(kek, []))
+}
+
 /// Opens the store, the clients of identity, consent and audit, starts the
 /// outbox relay, and builds the service.
 pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
@@ -48,8 +63,9 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
         .database
         .resolve_url(SERVICE_NAME)
         .map_err(|e| Error::invalid("database.url", e.to_string()))?;
-    let store =
-        Arc::new(store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?);
+    let store = Arc::new(
+        store::SqlStore::connect(url.expose(), cfg.database.max_connections, keyring(cfg)?).await?,
+    );
     let identity = lazy_channel(&cfg.auth.identity_url)?;
     let secret = cfg
         .auth

@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Duration};
 use sharedcare_kit::{
     client::{TokenSource, lazy_channel},
     config::Secret,
+    crypto::{Kek, Keyring},
     server::MessageLimits,
     testing::{TestAuthority, TestDatabase, TestServer, spawn, with_token},
 };
@@ -42,7 +43,11 @@ impl Fixture {
     /// records with consent, audit and identity all unreachable.
     async fn isolated() -> Self {
         let db = TestDatabase::sqlite();
-        let store = Arc::new(SqlStore::connect(db.url(), 2).await.expect("store"));
+        let store = Arc::new(
+            SqlStore::connect(db.url(), 2, Keyring::new(Kek::generate(), []))
+                .await
+                .expect("store"),
+        );
         let nowhere = closed_url().await;
         let tokens = Arc::new(TokenSource::new(
             lazy_channel(&nowhere).expect("url"),

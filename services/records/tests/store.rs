@@ -1,6 +1,9 @@
 //! The RecordStore conformance suite, run unchanged against every backend.
 
-use sharedcare_kit::testing::TestDatabase;
+use sharedcare_kit::{
+    crypto::{Kek, Keyring},
+    testing::TestDatabase,
+};
 use sharedcare_records::{
     domain::{Category, PatientId, Record, RecordId},
     store::{RecordStore, SqlStore},
@@ -73,11 +76,33 @@ async fn conformance(store: &dyn RecordStore) {
     );
 }
 
+/// What lands in the database is ciphertext, never the resource.
+async fn assert_encrypted_at_rest(url: &str) {
+    use sea_orm::{ConnectionTrait, Statement};
+    let db = sea_orm::Database::connect(url).await.expect("connect");
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT resource_sealed FROM records_resource_versions",
+        ))
+        .await
+        .expect("rows");
+    assert!(!rows.is_empty());
+    for row in rows {
+        let sealed: Vec<u8> = row.try_get("", "resource_sealed").expect("blob");
+        assert!(!sealed.windows(11).any(|w| w == b"Observation"));
+    }
+    db.close().await.ok();
+}
+
 #[tokio::test]
 async fn sqlite_store_conforms() {
     let db = TestDatabase::sqlite();
-    let store = SqlStore::connect(db.url(), 2).await.expect("connect");
+    let store = SqlStore::connect(db.url(), 2, Keyring::new(Kek::generate(), []))
+        .await
+        .expect("connect");
     conformance(&store).await;
+    assert_encrypted_at_rest(db.url()).await;
 }
 
 #[tokio::test]
@@ -85,8 +110,11 @@ async fn postgres_store_conforms() {
     let Some(db) = TestDatabase::postgres("records postgres_store_conforms").await else {
         return;
     };
-    let store = SqlStore::connect(db.url(), 2).await.expect("connect");
+    let store = SqlStore::connect(db.url(), 2, Keyring::new(Kek::generate(), []))
+        .await
+        .expect("connect");
     conformance(&store).await;
+    assert_encrypted_at_rest(db.url()).await;
     drop(store);
     db.cleanup().await;
 }

@@ -14,7 +14,8 @@ pub mod version {
         pub patient_id: String,
         pub resource_type: String,
         pub category: String,
-        pub resource_json: String,
+        /// The resource, sealed with `kit::crypto` (AES-256-GCM envelope).
+        pub resource_sealed: Vec<u8>,
         pub last_updated: DateTimeUtc,
     }
 

@@ -37,7 +37,7 @@ impl MigrationTrait for M0001Initial {
                     .col(string("patient_id"))
                     .col(string("resource_type"))
                     .col(string("category"))
-                    .col(text("resource_json"))
+                    .col(blob("resource_sealed"))
                     .col(timestamp_with_time_zone("last_updated"))
                     .primary_key(Index::create().col("record_id").col("version"))
                     .to_owned(),

@@ -5,24 +5,42 @@ use sea_orm::{
     ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     TransactionTrait,
 };
-use sharedcare_kit::Error;
+use sharedcare_kit::{Error, crypto::Keyring};
 
 use super::{BoxFuture, Migrator, OutboxEntry, RecordStore, entities::*};
 use crate::domain::{Category, PatientId, Record, RecordId};
 
+/// Resources are encrypted at rest: sealed before they reach the database,
+/// bound to their record id, version and patient.
 #[derive(Clone)]
 pub struct SqlStore {
     db: DatabaseConnection,
+    keys: Keyring,
 }
 
 impl SqlStore {
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, Error> {
+    pub async fn connect(url: &str, max_connections: u32, keys: Keyring) -> Result<Self, Error> {
         let db = sharedcare_kit::db::connect::<Migrator>(url, max_connections).await?;
-        Ok(SqlStore { db })
+        Ok(SqlStore { db, keys })
+    }
+
+    fn record_from_row(&self, row: version::Model) -> Result<Record, Error> {
+        let aad = associated_data(&row.record_id, row.version, &row.patient_id);
+        let plaintext = self
+            .keys
+            .open(&row.resource_sealed, &aad)
+            .map_err(|e| e.context("reading a record"))?;
+        let resource_json =
+            String::from_utf8(plaintext).map_err(|e| Error::internal("reading a record", e))?;
+        record_from_row(row, resource_json)
     }
 }
 
-fn record_from_row(row: version::Model) -> Result<Record, Error> {
+fn associated_data(record_id: &str, version: i64, patient_id: &str) -> Vec<u8> {
+    format!("sharedcare.records/{record_id}/{version}/{patient_id}").into_bytes()
+}
+
+fn record_from_row(row: version::Model, resource_json: String) -> Result<Record, Error> {
     Ok(Record {
         id: RecordId::parse("stored record_id", &row.record_id)
             .map_err(|e| Error::internal("reading a record", e))?,
@@ -33,7 +51,7 @@ fn record_from_row(row: version::Model) -> Result<Record, Error> {
         last_updated: row.last_updated,
         category: Category::from_stored(&row.category)
             .ok_or_else(|| Error::internal("reading a record", "unknown category"))?,
-        resource_json: row.resource_json,
+        resource_json,
     })
 }
 
@@ -45,6 +63,14 @@ impl RecordStore for SqlStore {
         audit_payload: Vec<u8>,
     ) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            let sealed = self.keys.seal(
+                record.resource_json.as_bytes(),
+                &associated_data(
+                    record.id.as_str(),
+                    record.version,
+                    record.patient_id.as_str(),
+                ),
+            )?;
             let txn = self
                 .db
                 .begin()
@@ -56,7 +82,7 @@ impl RecordStore for SqlStore {
                 patient_id: Set(record.patient_id.as_str().to_owned()),
                 resource_type: Set(record.resource_type.clone()),
                 category: Set(record.category.as_str().to_owned()),
-                resource_json: Set(record.resource_json.clone()),
+                resource_sealed: Set(sealed),
                 last_updated: Set(record.last_updated),
             })
             .exec(&txn)
@@ -89,7 +115,7 @@ impl RecordStore for SqlStore {
                 .one(&self.db)
                 .await
                 .map_err(|e| Error::internal("reading a record", e))?
-                .map(record_from_row)
+                .map(|row| self.record_from_row(row))
                 .transpose()
         })
     }
