@@ -10,6 +10,9 @@ use sharedcare_proto::{
 };
 use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 use crate::{Error, config::Secret};
 
@@ -87,4 +90,25 @@ pub async fn request<T>(
     request.metadata_mut().insert("authorization", value);
     crate::telemetry::inject_trace_context(request.metadata_mut());
     Ok(request)
+}
+
+/// Polls `grpc.health.v1` until the server reports SERVING (up to ~10 s),
+/// backing off between tries: readiness without blind sleeps.
+pub async fn wait_until_serving(channel: Channel) -> Result<(), Error> {
+    let mut client = HealthClient::new(channel);
+    let mut delay = Duration::from_millis(5);
+    for _ in 0..40 {
+        if let Ok(response) = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            && response.into_inner().status == ServingStatus::Serving as i32
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+    Err(Error::unavailable("service never reported SERVING"))
 }

@@ -8,9 +8,6 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use sharedcare_proto::common::v1::{PrincipalKind, Purpose};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
 
 use crate::{
     Error,
@@ -81,7 +78,7 @@ pub async fn spawn_with(spec: ServiceSpec, cfg: ServerConfig) -> TestServer {
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .expect("loopback url")
         .connect_lazy();
-    wait_until_serving(channel.clone())
+    crate::client::wait_until_serving(channel.clone())
         .await
         .expect("service became healthy");
     TestServer {
@@ -90,26 +87,6 @@ pub async fn spawn_with(spec: ServiceSpec, cfg: ServerConfig) -> TestServer {
         stop: std::sync::Mutex::new(Some(stop)),
         handle: tokio::sync::Mutex::new(Some(handle)),
     }
-}
-
-/// Polls `grpc.health.v1` until the server reports SERVING (up to ~10 s).
-pub async fn wait_until_serving(channel: Channel) -> Result<(), Error> {
-    let mut client = HealthClient::new(channel);
-    let mut delay = Duration::from_millis(5);
-    for _ in 0..40 {
-        if let Ok(response) = client
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            && response.into_inner().status == ServingStatus::Serving as i32
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(500));
-    }
-    Err(Error::unavailable("service never reported SERVING"))
 }
 
 /// Mints tokens the way identity does, for tests of one service alone.

@@ -1,1 +1,59 @@
-fn main() {}
+//! `sharedcare`: run the platform on a laptop (`dev`) and call it from the
+//! shell (`token`, `patient`, `record`, `access-report`, `demo`, ...).
+
+mod bootstrap;
+mod cli;
+mod commands;
+mod connect;
+mod demo;
+mod dev;
+mod failure;
+mod labels;
+mod output;
+mod ports;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::{
+    cli::{Cli, Command},
+    connect::Services,
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let services = Services::from_args(&cli.global);
+    match run(cli, &services).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if failure::status_code(&e) == Some(tonic::Code::Unavailable) {
+                eprintln!(
+                    "hint: is `sharedcare dev` running? Calling identity {}, consent {}, records {}, \
+                     audit {} (see --base-port and the --*-url flags)",
+                    services.identity_url,
+                    services.consent_url,
+                    services.records_url,
+                    services.audit_url
+                );
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, services: &Services) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(args) => dev::run(args, cli.global.base_port).await,
+        Command::Token(args) => commands::token::run(services, args).await,
+        Command::Org(command) => commands::org::run(services, command).await,
+        Command::Principal(command) => commands::principal::run(services, command).await,
+        Command::Patient(command) => commands::patient::run(services, command).await,
+        Command::CareRelationship(args) => commands::care::run(services, args).await,
+        Command::Record(command) => commands::record::run(services, command).await,
+        Command::AccessReport(args) => commands::access_report::run(services, args).await,
+        Command::Demo(args) => demo::run(services, args, cli.global.base_port).await,
+    }
+}

@@ -1,0 +1,61 @@
+//! `sharedcare token`: client credentials in, access token out.
+
+use clap::Args;
+use sharedcare_proto::identity::v1::{IssueTokenRequest, IssueTokenResponse};
+
+use crate::output::out;
+use crate::{
+    connect::{Services, plain},
+    failure::GrpcResult,
+    labels::{PurposeArg, purpose_or_unspecified},
+};
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The principal's client id (e.g. `admin`).
+    #[arg(long)]
+    pub client_id: String,
+    /// The principal's client secret.
+    #[arg(long, env = "SHAREDCARE_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: String,
+    /// Ask for only these scopes (repeatable); none means all granted.
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// Purpose of use carried in the token [default: direct-care].
+    #[arg(long, value_enum)]
+    pub purpose: Option<PurposeArg>,
+}
+
+/// Calls IssueToken.
+pub async fn issue(
+    services: &Services,
+    client_id: &str,
+    client_secret: &str,
+    scopes: Vec<String>,
+    purpose: Option<PurposeArg>,
+) -> anyhow::Result<IssueTokenResponse> {
+    services
+        .identity()?
+        .issue_token(plain(IssueTokenRequest {
+            client_id: client_id.to_owned(),
+            client_secret: client_secret.to_owned(),
+            scopes,
+            purpose: purpose_or_unspecified(purpose),
+        }))
+        .await
+        .grpc()
+}
+
+/// Prints the token alone, so `$(sharedcare token ...)` captures it.
+pub async fn run(services: &Services, args: TokenArgs) -> anyhow::Result<()> {
+    let issued = issue(
+        services,
+        &args.client_id,
+        &args.client_secret,
+        args.scopes,
+        args.purpose,
+    )
+    .await?;
+    out!("{}", issued.access_token);
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! What `dev` tells the developer once all four services listen.
+
+use std::path::Path;
+
+use crate::{
+    bootstrap::{ADMIN_CLIENT_ID, PlatformCredentials},
+    ports::{DEFAULT_BASE_PORT, Ports},
+};
+
+/// Where each service listens, the data dir, the admin credentials and how
+/// to use them.
+pub fn render(ports: Ports, data_dir: &Path, credentials: &PlatformCredentials) -> String {
+    let port_flag = if ports.identity == DEFAULT_BASE_PORT {
+        String::new()
+    } else {
+        format!(" --base-port {}", ports.identity)
+    };
+    let secret = &credentials.admin_secret;
+    let token_command = format!(
+        "sharedcare{port_flag} token --client-id {ADMIN_CLIENT_ID} --client-secret {secret}"
+    );
+    let bootstrap_note = if credentials.created {
+        "written now with fresh secrets"
+    } else {
+        "reused from an earlier start"
+    };
+    let lines = [
+        String::new(),
+        "sharedcare dev: all four services are serving (Ctrl-C stops them all)".to_owned(),
+        String::new(),
+        format!("  identity   {}", Ports::url(ports.identity)),
+        format!("  consent    {}", Ports::url(ports.consent)),
+        format!("  records    {}", Ports::url(ports.records)),
+        format!("  audit      {}", Ports::url(ports.audit)),
+        String::new(),
+        format!(
+            "  data dir   {}  (one SQLite file per service)",
+            data_dir.display()
+        ),
+        format!(
+            "  bootstrap  {}  ({bootstrap_note})",
+            credentials.path.display()
+        ),
+        String::new(),
+        "Admin client:".to_owned(),
+        format!("  client id      {ADMIN_CLIENT_ID}"),
+        format!("  client secret  {secret}"),
+        String::new(),
+        "Get an admin token:".to_owned(),
+        format!("  {token_command}"),
+        "Make the other commands use it:".to_owned(),
+        format!("  export SHAREDCARE_TOKEN=$({token_command})"),
+        "Walk the whole chain (organisations, staff, a patient, consent, a record, the audit trail):"
+            .to_owned(),
+        format!(
+            "  sharedcare{port_flag} demo --data-dir {}",
+            data_dir.display()
+        ),
+        String::new(),
+    ];
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_banner_says_where_and_how() {
+        let credentials = PlatformCredentials {
+            path: "/tmp/d/bootstrap.toml".into(),
+            admin_secret: "ab".repeat(32),
+            records_secret: "cd".repeat(32),
+            created: true,
+        };
+        let text = render(Ports::from_base(41000), Path::new("/tmp/d"), &credentials);
+        assert!(
+            text.contains("  identity   http://127.0.0.1:41000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  audit      http://127.0.0.1:41003"),
+            "{text}"
+        );
+        assert!(text.contains(&"ab".repeat(32)));
+        assert!(
+            !text.contains(&"cd".repeat(32)),
+            "records' secret stays in the file"
+        );
+        assert!(text.contains(&format!(
+            "export SHAREDCARE_TOKEN=$(sharedcare --base-port 41000 token --client-id admin --client-secret {})",
+            "ab".repeat(32)
+        )));
+    }
+}

@@ -1,0 +1,188 @@
+//! Each service's configuration for `dev`, loaded and validated by that
+//! service's own `load` from an environment map: the very path its
+//! `main.rs` takes, with loopback ports, the data dir and dev's credentials.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use anyhow::anyhow;
+use sharedcare_audit::config::AuditConfig;
+use sharedcare_consent::config::ConsentConfig;
+use sharedcare_identity::config::IdentityConfig;
+use sharedcare_records::config::RecordsConfig;
+
+use crate::{bootstrap::RECORDS_CLIENT_ID, ports::Ports};
+
+/// What `dev` decides for every service.
+#[derive(Debug, Clone)]
+pub struct DevSettings {
+    pub ports: Ports,
+    /// Absolute; every service keeps its SQLite file here.
+    pub data_dir: PathBuf,
+    pub bootstrap_file: PathBuf,
+    pub records_secret: String,
+    /// An `EnvFilter` directive.
+    pub log_level: String,
+    /// "pretty" or "json".
+    pub log_format: &'static str,
+}
+
+/// The four configurations, validated.
+#[derive(Debug, Clone)]
+pub struct Configs {
+    pub identity: IdentityConfig,
+    pub consent: ConsentConfig,
+    pub records: RecordsConfig,
+    pub audit: AuditConfig,
+}
+
+type Env = HashMap<String, String>;
+
+impl DevSettings {
+    /// Loads all four, naming the service whose configuration is wrong.
+    pub fn load(&self) -> anyhow::Result<Configs> {
+        let named = |service: &str| {
+            let service = service.to_owned();
+            move |e| anyhow!("{service} configuration: {e}")
+        };
+        Ok(Configs {
+            identity: IdentityConfig::load(&self.identity_env()?).map_err(named("identity"))?,
+            consent: ConsentConfig::load(&self.consent_env()?).map_err(named("consent"))?,
+            records: RecordsConfig::load(&self.records_env()?).map_err(named("records"))?,
+            audit: AuditConfig::load(&self.audit_env()?).map_err(named("audit"))?,
+        })
+    }
+
+    pub fn identity_env(&self) -> anyhow::Result<Env> {
+        let mut env = self.common(self.ports.identity)?;
+        env.insert(
+            "SHAREDCARE_IDENTITY__BOOTSTRAP_FILE".into(),
+            utf8(&self.bootstrap_file)?,
+        );
+        Ok(env)
+    }
+
+    pub fn consent_env(&self) -> anyhow::Result<Env> {
+        self.common(self.ports.consent)
+    }
+
+    pub fn records_env(&self) -> anyhow::Result<Env> {
+        let mut env = self.common(self.ports.records)?;
+        env.extend([
+            (
+                "SHAREDCARE_AUTH__CLIENT_ID".into(),
+                RECORDS_CLIENT_ID.into(),
+            ),
+            (
+                "SHAREDCARE_AUTH__CLIENT_SECRET__VALUE".into(),
+                self.records_secret.clone(),
+            ),
+            (
+                "SHAREDCARE_RECORDS__CONSENT_URL".into(),
+                Ports::url(self.ports.consent),
+            ),
+            (
+                "SHAREDCARE_RECORDS__AUDIT_URL".into(),
+                Ports::url(self.ports.audit),
+            ),
+        ]);
+        Ok(env)
+    }
+
+    pub fn audit_env(&self) -> anyhow::Result<Env> {
+        self.common(self.ports.audit)
+    }
+
+    /// What every service gets: its loopback port, no shutdown drain (no
+    /// load balancer to wait for), the data dir, identity's URL, the logs.
+    fn common(&self, port: u16) -> anyhow::Result<Env> {
+        Ok(HashMap::from([
+            (
+                "SHAREDCARE_SERVER__LISTEN".into(),
+                format!("127.0.0.1:{port}"),
+            ),
+            ("SHAREDCARE_SERVER__SHUTDOWN_DRAIN_MS".into(), "0".into()),
+            (
+                "SHAREDCARE_DATABASE__DATA_DIR".into(),
+                utf8(&self.data_dir)?,
+            ),
+            (
+                "SHAREDCARE_AUTH__IDENTITY_URL".into(),
+                Ports::url(self.ports.identity),
+            ),
+            (
+                "SHAREDCARE_TELEMETRY__LOG_LEVEL".into(),
+                self.log_level.clone(),
+            ),
+            (
+                "SHAREDCARE_TELEMETRY__LOG_FORMAT".into(),
+                self.log_format.into(),
+            ),
+        ]))
+    }
+}
+
+fn utf8(path: &std::path::Path) -> anyhow::Result<String> {
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("{} is not UTF-8: choose another path", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &std::path::Path) -> DevSettings {
+        let credentials = crate::bootstrap::ensure(dir).expect("bootstrap file");
+        DevSettings {
+            ports: Ports::from_base(41000),
+            data_dir: dir.to_owned(),
+            bootstrap_file: credentials.path,
+            records_secret: credentials.records_secret,
+            log_level: "info".into(),
+            log_format: "pretty",
+        }
+    }
+
+    #[test]
+    fn every_service_loads_and_validates_its_dev_configuration() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let s = settings(dir.path());
+        let configs = s.load().expect("valid");
+        assert_eq!(
+            configs.identity.server.listen.to_string(),
+            "127.0.0.1:41000"
+        );
+        assert_eq!(configs.consent.server.listen.port(), 41001);
+        assert_eq!(configs.records.server.listen.port(), 41002);
+        assert_eq!(configs.audit.server.listen.port(), 41003);
+        assert_eq!(
+            configs.records.records.consent_url,
+            "http://127.0.0.1:41001"
+        );
+        assert_eq!(configs.records.records.audit_url, "http://127.0.0.1:41003");
+        assert_eq!(configs.records.auth.client_id.as_deref(), Some("records"));
+        assert_eq!(configs.audit.auth.identity_url, "http://127.0.0.1:41000");
+        assert_eq!(configs.identity.server.shutdown_drain_ms, 0);
+        assert_eq!(
+            configs.identity.identity.bootstrap_file.as_deref(),
+            Some(s.bootstrap_file.as_path())
+        );
+        let url = configs
+            .consent
+            .database
+            .resolve_url("consent")
+            .expect("url");
+        assert!(url.expose().contains(dir.path().to_str().expect("utf-8")));
+    }
+
+    #[test]
+    fn a_bad_log_level_names_the_service_and_key() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = settings(dir.path());
+        s.log_level = "[".into();
+        let err = s.load().expect_err("invalid filter");
+        let text = err.to_string();
+        assert!(text.contains("identity configuration"), "{text}");
+        assert!(text.contains("telemetry.log_level"), "{text}");
+    }
+}

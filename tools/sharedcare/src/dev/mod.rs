@@ -1,0 +1,176 @@
+//! `sharedcare dev`: identity, consent, records and audit in one process on
+//! consecutive loopback ports, each with a SQLite file under the data dir.
+//!
+//! Each service is configured through its own `load` (see [`config`]) and
+//! built by its own `open`, exactly what its `main.rs` runs; identity opens
+//! first. One Ctrl-C or SIGTERM stops all four; if any fails, the rest stop
+//! and the command exits non-zero naming it.
+
+mod banner;
+mod config;
+mod supervisor;
+
+use std::{io::ErrorKind, path::PathBuf};
+
+use anyhow::{Context, anyhow};
+use clap::{Args, ValueEnum};
+use tokio::net::TcpListener;
+
+use crate::output::out;
+use crate::{bootstrap, ports::Ports};
+use config::DevSettings;
+use supervisor::Supervisor;
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Directory for the SQLite files, the signing key and bootstrap.toml.
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Log filter, e.g. `info` or `info,sharedcare_records=debug`.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Pretty)]
+    pub log_format: LogFormatArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    Pretty,
+    Json,
+}
+
+impl LogFormatArg {
+    fn as_config(self) -> &'static str {
+        match self {
+            LogFormatArg::Pretty => "pretty",
+            LogFormatArg::Json => "json",
+        }
+    }
+}
+
+/// Runs until Ctrl-C or SIGTERM; an error when any service failed.
+pub async fn run(args: DevArgs, base_port: u16) -> anyhow::Result<()> {
+    let ports = Ports::from_base(base_port);
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating the data dir {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)
+        .with_context(|| format!("resolving the data dir {}", args.data_dir.display()))?;
+    let credentials = bootstrap::ensure(&data_dir)?;
+    let settings = DevSettings {
+        ports,
+        data_dir: data_dir.clone(),
+        bootstrap_file: credentials.path.clone(),
+        records_secret: credentials.records_secret.clone(),
+        log_level: args.log_level,
+        log_format: args.log_format.as_config(),
+    };
+    let configs = settings.load()?;
+    let _telemetry = sharedcare_kit::telemetry::init("dev", &configs.identity.telemetry)
+        .map_err(|e| anyhow!("starting telemetry: {e}"))?;
+
+    // Every port first, so a clash is reported before anything starts.
+    let identity_listener = bind("identity", ports.identity).await?;
+    let consent_listener = bind("consent", ports.consent).await?;
+    let records_listener = bind("records", ports.records).await?;
+    let audit_listener = bind("audit", ports.audit).await?;
+
+    let mut supervisor = Supervisor::new();
+    let opened = async {
+        let spec = sharedcare_identity::open(&configs.identity)
+            .await
+            .map_err(|e| (sharedcare_identity::SERVICE_NAME, e))?;
+        supervisor.serve(
+            sharedcare_identity::SERVICE_NAME,
+            spec,
+            configs.identity.server.clone(),
+            identity_listener,
+        );
+        let spec = sharedcare_consent::open(&configs.consent)
+            .await
+            .map_err(|e| (sharedcare_consent::SERVICE_NAME, e))?;
+        supervisor.serve(
+            sharedcare_consent::SERVICE_NAME,
+            spec,
+            configs.consent.server.clone(),
+            consent_listener,
+        );
+        let spec = sharedcare_records::open(&configs.records)
+            .await
+            .map_err(|e| (sharedcare_records::SERVICE_NAME, e))?;
+        supervisor.serve(
+            sharedcare_records::SERVICE_NAME,
+            spec,
+            configs.records.server.clone(),
+            records_listener,
+        );
+        let spec = sharedcare_audit::open(&configs.audit)
+            .await
+            .map_err(|e| (sharedcare_audit::SERVICE_NAME, e))?;
+        supervisor.serve(
+            sharedcare_audit::SERVICE_NAME,
+            spec,
+            configs.audit.server.clone(),
+            audit_listener,
+        );
+        Ok::<(), (&str, sharedcare_kit::Error)>(())
+    }
+    .await;
+
+    let mut failed = Vec::new();
+    match opened {
+        Ok(()) => tokio::select! {
+            ready = all_serving(ports) => match ready {
+                Ok(()) => out!("{}", banner::render(ports, &data_dir, &credentials)),
+                Err(name) => {
+                    eprintln!("sharedcare dev: {name} never reported SERVING");
+                    failed.push(name);
+                    supervisor.stop();
+                }
+            },
+            () = supervisor.stopped() => {}
+        },
+        Err((name, e)) => {
+            eprintln!("sharedcare dev: {name} failed to start: {e}");
+            failed.push(name);
+            supervisor.stop();
+        }
+    }
+    failed.extend(supervisor.wait().await);
+    if failed.is_empty() {
+        eprintln!("sharedcare dev: stopped");
+        Ok(())
+    } else {
+        Err(anyhow!("sharedcare dev: {} failed", failed.join(", ")))
+    }
+}
+
+/// Polls each service's `grpc.health.v1` until it says SERVING; the name
+/// of the first that does not.
+async fn all_serving(ports: Ports) -> Result<(), &'static str> {
+    for (name, port) in [
+        (sharedcare_identity::SERVICE_NAME, ports.identity),
+        (sharedcare_consent::SERVICE_NAME, ports.consent),
+        (sharedcare_records::SERVICE_NAME, ports.records),
+        (sharedcare_audit::SERVICE_NAME, ports.audit),
+    ] {
+        let channel = crate::connect::channel(&Ports::url(port)).map_err(|_| name)?;
+        sharedcare_kit::client::wait_until_serving(channel)
+            .await
+            .map_err(|_| name)?;
+    }
+    Ok(())
+}
+
+/// Binds `127.0.0.1:<port>`, explaining a port already in use.
+async fn bind(service: &str, port: u16) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| match e.kind() {
+            ErrorKind::AddrInUse => anyhow!(
+                "port {port} ({service}) is already in use: is another `sharedcare dev` \
+                 running? Stop it, or choose other ports with --base-port"
+            ),
+            _ => anyhow!("binding 127.0.0.1:{port} for {service}: {e}"),
+        })
+}

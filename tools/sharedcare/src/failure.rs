@@ -1,0 +1,83 @@
+//! How a failed call reads on the terminal: `error: <CODE>: <message>`,
+//! with the gRPC code spelled as in the spec (PERMISSION_DENIED).
+
+use std::fmt;
+
+/// A gRPC status kept whole, so the demo can check its code and `main` can
+/// print it as `<CODE>: <message>`.
+#[derive(Debug)]
+pub struct GrpcError(pub tonic::Status);
+
+impl GrpcError {
+    pub fn code(&self) -> tonic::Code {
+        self.0.code()
+    }
+}
+
+impl fmt::Display for GrpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", code_name(self.0.code()), self.0.message())
+    }
+}
+
+impl std::error::Error for GrpcError {}
+
+/// Turns a call's `Status` into an `anyhow::Error` that still holds it.
+pub trait GrpcResult<T> {
+    fn grpc(self) -> anyhow::Result<T>;
+}
+
+impl<T> GrpcResult<T> for Result<tonic::Response<T>, tonic::Status> {
+    fn grpc(self) -> anyhow::Result<T> {
+        self.map(tonic::Response::into_inner)
+            .map_err(|status| GrpcError(status).into())
+    }
+}
+
+/// The status code of a failed call, when it was a gRPC failure.
+pub fn status_code(err: &anyhow::Error) -> Option<tonic::Code> {
+    err.downcast_ref::<GrpcError>().map(GrpcError::code)
+}
+
+/// The canonical upper-case name of a gRPC code.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_reads_code_then_message() {
+        let err: anyhow::Error = GrpcError(tonic::Status::permission_denied(
+            "consent denied: NO_CARE_RELATIONSHIP",
+        ))
+        .into();
+        assert_eq!(
+            err.to_string(),
+            "PERMISSION_DENIED: consent denied: NO_CARE_RELATIONSHIP"
+        );
+        assert_eq!(status_code(&err), Some(tonic::Code::PermissionDenied));
+        assert_eq!(status_code(&anyhow::anyhow!("other")), None);
+    }
+}

@@ -1,0 +1,231 @@
+//! The real binary end to end: `sharedcare dev` on a temp data dir, then
+//! `sharedcare demo` against it, then SIGTERM. The only test that starts
+//! `dev`; it picks four consecutive free ports with `--base-port`, so a
+//! developer's own `sharedcare dev` on 50051–50054 is left alone.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use tonic::transport::Endpoint;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sharedcare");
+
+/// Variables a developer's shell may hold that would point the client
+/// commands somewhere else.
+const CLIENT_VARS: &[&str] = &[
+    "SHAREDCARE_BASE_PORT",
+    "SHAREDCARE_IDENTITY_URL",
+    "SHAREDCARE_CONSENT_URL",
+    "SHAREDCARE_RECORDS_URL",
+    "SHAREDCARE_AUDIT_URL",
+    "SHAREDCARE_TOKEN",
+];
+
+/// A base port with it and the three after it free on loopback right now.
+fn free_base_port() -> u16 {
+    for _ in 0..100 {
+        let first = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let base = first.local_addr().expect("local addr").port();
+        if base > u16::MAX - 3 {
+            continue;
+        }
+        let rest: Vec<TcpListener> = (1..4)
+            .filter_map(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if rest.len() == 3 {
+            return base;
+        }
+    }
+    panic!("could not find four consecutive free ports on 127.0.0.1");
+}
+
+/// `sharedcare dev` running as a child process; killed if the test fails.
+struct Dev {
+    child: Child,
+    logs: PathBuf,
+}
+
+impl Dev {
+    fn start(data_dir: &Path, logs: &Path, base_port: u16) -> Self {
+        let stdout = std::fs::File::create(logs.join("dev.stdout")).expect("stdout log");
+        let stderr = std::fs::File::create(logs.join("dev.stderr")).expect("stderr log");
+        let child = Command::new(BIN)
+            .args(["dev", "--data-dir"])
+            .arg(data_dir)
+            .args(["--base-port", &base_port.to_string()])
+            .args(["--log-level", "warn", "--log-format", "json"])
+            .env_remove("SHAREDCARE_CONFIG_FILE")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("start sharedcare dev");
+        Dev {
+            child,
+            logs: logs.to_owned(),
+        }
+    }
+
+    fn output(&self) -> String {
+        let read = |name: &str| std::fs::read_to_string(self.logs.join(name)).unwrap_or_default();
+        format!(
+            "--- dev stdout ---\n{}\n--- dev stderr ---\n{}",
+            read("dev.stdout"),
+            read("dev.stderr")
+        )
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("poll sharedcare dev")
+    }
+
+    /// Polls each service's health until SERVING, failing early (with dev's
+    /// output) if dev exits, e.g. because a port was taken meanwhile. Runs
+    /// on its own runtime, dropped on return so that no health connection
+    /// stays open to hold up dev's graceful shutdown later.
+    fn wait_until_serving(&mut self, base_port: u16) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(self.poll_health(base_port));
+    }
+
+    async fn poll_health(&mut self, base_port: u16) {
+        for (offset, name) in ["identity", "consent", "records", "audit"]
+            .into_iter()
+            .enumerate()
+        {
+            let port = base_port + offset as u16;
+            let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                .expect("loopback url")
+                .connect_lazy();
+            let mut serving = false;
+            for _ in 0..3 {
+                if let Some(status) = self.exited() {
+                    panic!(
+                        "sharedcare dev exited ({status}) before {name} on port {port} was \
+                         SERVING; if it says a port is in use, another process took it\n{}",
+                        self.output()
+                    );
+                }
+                if sharedcare_kit::client::wait_until_serving(channel.clone())
+                    .await
+                    .is_ok()
+                {
+                    serving = true;
+                    break;
+                }
+            }
+            assert!(
+                serving,
+                "{name} on port {port} never reported SERVING\n{}",
+                self.output()
+            );
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit.
+    fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sharedcare dev did not exit within 30 s of SIGTERM\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn dev_serves_the_demo_and_stops_on_sigterm() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let data_dir = temp.path().join("data");
+    let base_port = free_base_port();
+
+    let mut dev = Dev::start(&data_dir, temp.path(), base_port);
+    dev.wait_until_serving(base_port);
+
+    let bootstrap = data_dir.join("bootstrap.toml");
+    assert!(bootstrap.is_file(), "dev wrote {}", bootstrap.display());
+
+    let mut demo = Command::new(BIN);
+    demo.args(["--base-port", &base_port.to_string(), "demo", "--data-dir"])
+        .arg(&data_dir);
+    for var in CLIENT_VARS {
+        demo.env_remove(var);
+    }
+    let demo = demo.output().expect("run sharedcare demo");
+    let stdout = String::from_utf8_lossy(&demo.stdout);
+    let stderr = String::from_utf8_lossy(&demo.stderr);
+    assert!(
+        demo.status.success(),
+        "demo failed ({})\n--- demo stdout ---\n{stdout}\n--- demo stderr ---\n{stderr}\n{}",
+        demo.status,
+        dev.output()
+    );
+    assert!(
+        stdout.contains("PERMISSION_DENIED") && stdout.contains("NO_CARE_RELATIONSHIP"),
+        "the demo shows the denial and its reason:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("access report"),
+        "the demo shows the access report:\n{stdout}"
+    );
+    let report_rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("READ Observation"))
+        .collect();
+    assert!(
+        report_rows
+            .iter()
+            .any(|l| l.contains("A81001") && l.contains("SUCCESS")),
+        "the report has A81001's read:\n{stdout}"
+    );
+    assert!(
+        report_rows
+            .iter()
+            .any(|l| l.contains("B82002") && l.contains("DENIED")),
+        "the report has B82002's denial:\n{stdout}"
+    );
+
+    let banner = std::fs::read_to_string(temp.path().join("dev.stdout")).expect("dev stdout");
+    assert!(
+        banner.contains("all four services are serving")
+            && banner.contains(&format!("http://127.0.0.1:{}", base_port + 3))
+            && banner.contains("export SHAREDCARE_TOKEN=$("),
+        "dev says where it listens and how to get a token\n{}",
+        dev.output()
+    );
+
+    let status = dev.terminate();
+    assert!(
+        status.success(),
+        "dev stops cleanly on SIGTERM ({status})\n{}",
+        dev.output()
+    );
+}
