@@ -157,6 +157,48 @@ mod tests {
         assert!(err.message.contains("expired"));
     }
 
+    /// A key source whose keys can change, counting fetches.
+    struct Rotating {
+        keys: std::sync::Mutex<Vec<Jwk>>,
+        fetches: std::sync::atomic::AtomicUsize,
+    }
+
+    impl KeySource for Rotating {
+        fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<Vec<Jwk>, Error>> + Send + '_>> {
+            self.fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let keys = self.keys.lock().expect("lock").clone();
+            Box::pin(async move { Ok(keys) })
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_are_cached_and_refetched_for_an_unknown_key_id() {
+        let first = SigningKey::generate();
+        let source = Arc::new(Rotating {
+            keys: std::sync::Mutex::new(vec![first.jwk()]),
+            fetches: Default::default(),
+        });
+        let v = Verifier::new(
+            source.clone(),
+            "sharedcare-identity",
+            "sharedcare",
+            Duration::ZERO,
+        );
+        let fetches = || source.fetches.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..3 {
+            v.verify(&first.sign(&claims(300)).expect("sign")).await.expect("valid");
+        }
+        assert_eq!(fetches(), 1, "cached after the first fetch");
+
+        // identity rotates: a token with the new key id triggers one refetch.
+        let second = SigningKey::generate();
+        source.keys.lock().expect("lock").push(second.jwk());
+        v.verify(&second.sign(&claims(300)).expect("sign")).await.expect("valid");
+        assert_eq!(fetches(), 2);
+        v.verify(&first.sign(&claims(300)).expect("sign")).await.expect("still valid");
+        assert_eq!(fetches(), 2);
+    }
+
     #[test]
     fn pem_round_trip_keeps_the_key_id() {
         let key = SigningKey::generate();

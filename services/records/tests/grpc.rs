@@ -5,10 +5,10 @@ use std::{sync::Arc, time::Duration};
 
 use sharedcare_kit::{
     client::{TokenSource, lazy_channel},
-    config::Secret,
+    config::{Secret, ServerConfig},
     crypto::{Kek, Keyring},
     server::MessageLimits,
-    testing::{TestAuthority, TestDatabase, TestServer, spawn, with_token},
+    testing::{TestAuthority, TestDatabase, TestServer, spawn_with, with_token},
 };
 use sharedcare_proto::{
     common::v1::PrincipalKind,
@@ -42,13 +42,16 @@ struct Fixture {
 impl Fixture {
     /// records with consent, audit and identity all unreachable.
     async fn isolated() -> Self {
+        Self::with_peers(closed_url().await, ServerConfig::loopback()).await
+    }
+
+    async fn with_peers(nowhere: String, server_config: ServerConfig) -> Self {
         let db = TestDatabase::sqlite();
         let store = Arc::new(
             SqlStore::connect(db.url(), 2, Keyring::new(Kek::generate(), []))
                 .await
                 .expect("store"),
         );
-        let nowhere = closed_url().await;
         let tokens = Arc::new(TokenSource::new(
             lazy_channel(&nowhere).expect("url"),
             "records".into(),
@@ -70,13 +73,16 @@ impl Fixture {
             4096,
         ));
         let authority = TestAuthority::new();
-        let server = spawn(spec(
-            records,
-            authority.verifier(),
-            MessageLimits {
-                max_bytes: 64 * 1024,
-            },
-        ))
+        let server = spawn_with(
+            spec(
+                records,
+                authority.verifier(),
+                MessageLimits {
+                    max_bytes: 64 * 1024,
+                },
+            ),
+            server_config,
+        )
         .await;
         Fixture {
             server,
@@ -214,4 +220,69 @@ async fn tokens_and_scopes_are_checked_first() {
         .await
         .expect_err("later issue");
     assert_eq!(status.code(), Code::Unimplemented);
+}
+
+/// A peer that accepts connections and never answers.
+async fn black_hole_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn beyond_the_concurrency_limit_requests_are_shed_with_resource_exhausted() {
+    let f = Fixture::with_peers(
+        black_hole_url().await,
+        ServerConfig {
+            concurrency_limit: 1,
+            ..ServerConfig::loopback()
+        },
+    )
+    .await;
+    let token = f.clinician();
+    // The first request holds the only slot while it waits on a silent peer.
+    let mut first_client = f.client();
+    let first_token = token.clone();
+    let first = tokio::spawn(async move {
+        first_client
+            .create_record(with_token(create("p-1", OBSERVATION), &first_token))
+            .await
+    });
+    let mut shed = None;
+    for _ in 0..200 {
+        // Another client, on its own connection.
+        let mut second = RecordsServiceClient::new(
+            tonic::transport::Endpoint::from_shared(f.server.url())
+                .expect("url")
+                .connect_lazy(),
+        );
+        match second
+            .create_record(with_token(create("p-1", OBSERVATION), &token))
+            .await
+        {
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                shed = Some(status);
+                break;
+            }
+            _ if first.is_finished() => break,
+            _ => tokio::task::yield_now().await,
+        }
+    }
+    let status = shed.expect("a second request was shed while the first held the slot");
+    assert!(
+        status.message().contains("concurrency limit"),
+        "{}",
+        status.message()
+    );
+    // The first one fails closed in the end: its peers never answered.
+    let first = first.await.expect("join").expect_err("peers are silent");
+    assert_eq!(first.code(), Code::Unavailable);
 }
