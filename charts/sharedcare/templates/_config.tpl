@@ -1,0 +1,74 @@
+{{/*
+A service's TOML config file (SHAREDCARE_CONFIG_FILE). It holds no secret:
+secrets are files mounted from Secrets, and the config names their paths.
+The database URL file is passed by SHAREDCARE_DATABASE__URL__FILE instead.
+
+Call with (dict "root" $ "cfg" <serviceConfig map> "migrate" <bool>). With
+migrate true it is the migration hook Job's config: secret paths appear only
+when they come from an existing Secret (the only Secrets a pre-install hook
+can mount).
+*/}}
+{{- define "sharedcare.configToml" -}}
+{{- $root := .root -}}
+{{- $cfg := .cfg -}}
+{{- $svc := $cfg.name -}}
+{{- $authMounted := or (not .migrate) (ne $root.Values.auth.existingSecret "") -}}
+{{- $authDir := include "sharedcare.authDir" $root -}}
+# sharedcare-{{ $svc }} configuration, rendered by the sharedcare chart.
+[server]
+listen = {{ printf "0.0.0.0:%d" (int $cfg.port) | toJson }}
+max_message_bytes = {{ $cfg.server.maxMessageBytes | int64 }}
+concurrency_limit = {{ $cfg.server.concurrencyLimit | int64 }}
+request_timeout_ms = {{ $cfg.server.requestTimeoutMs | int64 }}
+shutdown_drain_ms = {{ $cfg.server.shutdownDrainMs | int64 }}
+
+[telemetry]
+log_level = {{ $cfg.telemetry.logLevel | toJson }}
+log_format = {{ $cfg.telemetry.logFormat | toJson }}
+{{- with $cfg.telemetry.otlpEndpoint }}
+otlp_endpoint = {{ . | toJson }}
+{{- end }}
+
+[database]
+data_dir = {{ $root.Values.storage.dataDir | toJson }}
+max_connections = {{ $cfg.database.maxConnections | int64 }}
+
+[auth]
+issuer = {{ $root.Values.auth.issuer | toJson }}
+audience = {{ $root.Values.auth.audience | toJson }}
+identity_url = {{ include "sharedcare.identityUrl" $root | toJson }}
+jwks_min_refresh_ms = {{ $root.Values.auth.jwksMinRefreshMs | int64 }}
+{{- if eq $svc "records" }}
+client_id = {{ $cfg.clientId | toJson }}
+{{- if $authMounted }}
+
+[auth.client_secret]
+file = {{ printf "%s/records-client-secret" $authDir | toJson }}
+{{- end }}
+{{- end }}
+{{- if eq $svc "identity" }}
+
+[identity]
+token_ttl_secs = {{ $cfg.tokenTtlSecs | int64 }}
+{{- if $authMounted }}
+bootstrap_file = {{ printf "%s/bootstrap.toml" $authDir | toJson }}
+
+[identity.signing_key]
+file = {{ printf "%s/signing-key.pem" $authDir | toJson }}
+{{- end }}
+{{- end }}
+{{- if eq $svc "records" }}
+
+[records]
+consent_url = {{ $cfg.consentUrl | default (include "sharedcare.serviceUrl" (dict "root" $root "svc" "consent")) | toJson }}
+audit_url = {{ $cfg.auditUrl | default (include "sharedcare.serviceUrl" (dict "root" $root "svc" "audit")) | toJson }}
+max_resource_bytes = {{ $cfg.maxResourceBytes | int64 }}
+call_timeout_ms = {{ $cfg.callTimeoutMs | int64 }}
+outbox_retry_ms = {{ $cfg.outboxRetryMs | int64 }}
+{{- if $authMounted }}
+
+[records.key_encryption_key]
+file = {{ printf "%s/key-encryption-key" $authDir | toJson }}
+{{- end }}
+{{- end }}
+{{ end -}}

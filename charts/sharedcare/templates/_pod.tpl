@@ -1,0 +1,120 @@
+{{/*
+Pieces of a service's pod shared by its Deployment and its migration Job.
+Each takes (dict "root" $ "cfg" <serviceConfig map> "migrate" <bool>).
+*/}}
+
+{{/* Whether the pod mounts the auth Secret (identity and records only). */}}
+{{- define "sharedcare.mountsAuth" -}}
+{{- if and (has .cfg.name (list "identity" "records")) (or (not .migrate) .root.Values.auth.existingSecret) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- define "sharedcare.podEnv" -}}
+{{- $root := .root -}}
+{{- $cfg := .cfg -}}
+- name: SHAREDCARE_CONFIG_FILE
+  value: {{ printf "%s/%s.toml" (include "sharedcare.configDir" $root) $cfg.name | quote }}
+{{- if eq $root.Values.storage.backend "postgres" }}
+# The database URL is a secret: a file mounted from storage.postgres.existingSecret.
+- name: SHAREDCARE_DATABASE__URL__FILE
+  value: {{ printf "%s/url" (include "sharedcare.databaseDir" $root) | quote }}
+{{- end }}
+{{- if and .migrate (eq $cfg.name "records") (not (include "sharedcare.mountsAuth" .)) }}
+# records' config demands a client secret, but `migrate` calls no other
+# service, and the generated auth Secret does not exist yet before install.
+- name: SHAREDCARE_AUTH__CLIENT_SECRET__VALUE
+  value: "unused: the migrate subcommand calls no other service"
+{{- end }}
+{{- with $cfg.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "sharedcare.podVolumeMounts" -}}
+- name: config
+  mountPath: {{ include "sharedcare.configDir" .root }}
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+- name: data
+  mountPath: {{ .root.Values.storage.dataDir }}
+{{- if eq .root.Values.storage.backend "postgres" }}
+- name: database
+  mountPath: {{ include "sharedcare.databaseDir" .root }}
+  readOnly: true
+{{- end }}
+{{- if include "sharedcare.mountsAuth" . }}
+- name: auth
+  mountPath: {{ include "sharedcare.authDir" .root }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "sharedcare.podVolumes" -}}
+{{- $root := .root -}}
+{{- $cfg := .cfg -}}
+- name: config
+  configMap:
+    name: {{ ternary (include "sharedcare.resourceName" (dict "root" $root "suffix" (printf "%s-migrate" $cfg.name))) $cfg.fullname .migrate }}
+- name: tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- if and (eq $root.Values.storage.backend "sqlite") $root.Values.storage.sqlite.persistence.enabled (not .migrate) }}
+- name: data
+  persistentVolumeClaim:
+    claimName: {{ include "sharedcare.resourceName" (dict "root" $root "suffix" (printf "%s-data" $cfg.name)) }}
+{{- else }}
+- name: data
+  emptyDir: {}
+{{- end }}
+{{- if eq $root.Values.storage.backend "postgres" }}
+- name: database
+  secret:
+    secretName: {{ $root.Values.storage.postgres.existingSecret }}
+    # 0440: readable by the pod's group (fsGroup) only.
+    defaultMode: 288
+    items:
+      - key: {{ $root.Values.storage.postgres.key }}
+        path: url
+{{- end }}
+{{- if include "sharedcare.mountsAuth" . }}
+- name: auth
+  secret:
+    secretName: {{ include "sharedcare.authSecretName" $root }}
+    # 0440: readable by the pod's group (fsGroup) only.
+    defaultMode: 288
+    # Only the keys this service needs.
+    items:
+      {{- range $key, $path := include "sharedcare.authItems" $cfg.name | fromYaml }}
+      - key: {{ $key }}
+        path: {{ $path }}
+      {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Scheduling and pod-level settings shared by Deployment and Job pods. */}}
+{{- define "sharedcare.podScheduling" -}}
+{{- $cfg := .cfg -}}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml $cfg.podSecurityContext | nindent 2 }}
+{{- with $cfg.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with $cfg.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $cfg.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $cfg.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}

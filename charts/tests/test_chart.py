@@ -1,0 +1,1013 @@
+"""Tests of the sharedcare Helm chart, rendered by the real Helm engine.
+
+helm-python-sdk binds Helm's Go SDK as a library (no helm binary, no
+cluster): `Chart.render` is `helm template`, `lint` is `helm lint`, and
+`validate_schema` checks values against values.schema.json. Every rendered
+manifest is validated against the Kubernetes OpenAPI schemas (strict) with
+kubernetes-validate, for Kubernetes 1.30 and for the newest version it ships.
+
+Run from the repository root:  .venv/bin/python -m pytest charts/tests -q
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import functools
+import hashlib
+import ipaddress
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import kubernetes_validate.utils as kv_utils
+import pytest
+import yaml
+
+CHART_DIR = Path(__file__).resolve().parents[1] / "sharedcare"
+REPO_DIR = CHART_DIR.parents[1]
+RELEASE = "care"
+NAMESPACE = "sharedcare"
+FULLNAME = f"{RELEASE}-sharedcare"
+SERVICES = ("identity", "consent", "records", "audit")
+PORTS = {"identity": 50051, "consent": 50052, "records": 50053, "audit": 50054}
+VALUE_FILES = {
+    "default": None,
+    # The values tools/kind.sh installs with: one file, tested here.
+    "kind": REPO_DIR / "k8s" / "kind-values.yaml",
+    "kind-observability": [
+        REPO_DIR / "k8s" / "kind-values.yaml",
+        REPO_DIR / "k8s" / "kind-observability-values.yaml",
+    ],
+    "production": CHART_DIR / "ci" / "production-values.yaml",
+}
+# Who calls whom, from the deploy contract.
+CALLS = {
+    "identity": set(),
+    "consent": {"identity"},
+    "audit": {"identity"},
+    "records": {"identity", "consent", "audit"},
+}
+OLDEST_KUBERNETES = "1.30"
+NEWEST_KUBERNETES = kubernetes_validate.utils.latest_version()
+
+# kubernetes-validate re-reads a 1.3 MB definitions file for every manifest;
+# the files never change, so read each once.
+kv_utils.schema_contents = functools.lru_cache(maxsize=None)(kv_utils.schema_contents)
+
+
+# --------------------------------------------------------------------------
+# Rendering helpers
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chart() -> helm.Chart:
+    with helm.Chart.load(CHART_DIR) as loaded:
+        yield loaded
+
+
+def values_of(name: str) -> dict[str, Any]:
+    """A value set's files merged in order, as `helm -f a -f b` would."""
+    paths = VALUE_FILES[name]
+    if paths is None:
+        return {}
+    if isinstance(paths, Path):
+        paths = [paths]
+    out: dict[str, Any] = {}
+    for path in paths:
+        out = merged(out, yaml.safe_load(path.read_text()) or {})
+    return out
+
+
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge like Helm's -f then --set: maps merge, the rest replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+class Rendered:
+    """A rendered release: its manifests as dicts, and NOTES.txt."""
+
+    def __init__(self, files: dict[str, str]):
+        self.notes = ""
+        self.objects: list[dict[str, Any]] = []
+        for path, text in sorted(files.items()):
+            if path.endswith("NOTES.txt"):
+                self.notes = text
+                continue
+            for doc in yaml.safe_load_all(text):
+                if doc:
+                    self.objects.append(doc)
+
+    def kind(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        found = [o for o in self.kind(kind) if o["metadata"]["name"] == name]
+        assert len(found) == 1, f"{kind}/{name}: found {len(found)}"
+        return found[0]
+
+    def maybe(self, kind: str, name: str) -> dict[str, Any] | None:
+        found = [o for o in self.kind(kind) if o["metadata"]["name"] == name]
+        return found[0] if found else None
+
+    def pod_specs(self) -> list[tuple[str, dict[str, Any]]]:
+        """(owner, pod spec) for every Deployment, Job and bare Pod."""
+        specs = []
+        for obj in self.objects:
+            owner = f"{obj['kind']}/{obj['metadata']['name']}"
+            if obj["kind"] in ("Deployment", "Job"):
+                specs.append((owner, obj["spec"]["template"]["spec"]))
+            elif obj["kind"] == "Pod":
+                specs.append((owner, obj["spec"]))
+        return specs
+
+
+def render_with(chart: helm.Chart, values: dict[str, Any] | None, **kwargs: Any) -> Rendered:
+    kwargs.setdefault("name", RELEASE)
+    kwargs.setdefault("namespace", NAMESPACE)
+    return Rendered(chart.render(values or None, **kwargs))
+
+
+@functools.lru_cache(maxsize=None)
+def _render_set(name: str) -> Rendered:
+    with helm.Chart.load(CHART_DIR) as loaded:
+        return render_with(loaded, values_of(name))
+
+
+@pytest.fixture(params=list(VALUE_FILES), scope="session")
+def value_set(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def rendered(value_set: str) -> Rendered:
+    return _render_set(value_set)
+
+
+def render_error(chart: helm.Chart, values: dict[str, Any]) -> str:
+    with pytest.raises(helm.HelmError) as caught:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    return str(caught.value)
+
+
+def name_of(svc: str) -> str:
+    return f"{FULLNAME}-{svc}"
+
+
+def health_name(svc: str) -> str:
+    return f"sharedcare.{svc}.v1.{svc.capitalize()}Service"
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def env_of(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def config_toml(r: Rendered, svc: str) -> dict[str, Any]:
+    return tomllib.loads(r.get("ConfigMap", name_of(svc))["data"][f"{svc}.toml"])
+
+
+# --------------------------------------------------------------------------
+# Lint and Kubernetes schemas
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kube_version", [None, f"v{OLDEST_KUBERNETES}.0"])
+def test_lint_is_clean(value_set: str, kube_version: str | None) -> None:
+    report = helm.lint(
+        CHART_DIR,
+        values_of(value_set) or None,
+        strict=True,
+        namespace=NAMESPACE,
+        kube_version=kube_version,
+    )
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not problems, problems
+    assert not report["errors"], report["errors"]
+    assert report["total_charts_linted"] == 1
+
+
+def test_newest_kubernetes_schemas_are_newer_than_the_oldest_supported() -> None:
+    assert tuple(map(int, NEWEST_KUBERNETES.split(".")[:2])) > (1, 30), NEWEST_KUBERNETES
+
+
+@pytest.mark.parametrize("kube_version", [OLDEST_KUBERNETES, NEWEST_KUBERNETES])
+def test_manifests_are_valid_kubernetes(rendered: Rendered, kube_version: str) -> None:
+    assert rendered.objects
+    for obj in rendered.objects:
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(obj, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{where} is not valid Kubernetes {kube_version}: {e.message} at {list(e.path)}")
+
+
+def test_the_kinds_each_value_set_renders() -> None:
+    kinds = {name: {o["kind"] for o in _render_set(name).objects} for name in VALUE_FILES}
+    assert kinds["default"] == {
+        "ServiceAccount", "ConfigMap", "Secret", "PersistentVolumeClaim", "Service",
+        "Deployment", "PodDisruptionBudget", "NetworkPolicy", "Pod",
+    }
+    assert "PodDisruptionBudget" not in kinds["kind"]
+    assert {"HorizontalPodAutoscaler", "Job"} <= kinds["production"]
+    assert not {"Secret", "PersistentVolumeClaim"} & kinds["production"]
+
+
+# --------------------------------------------------------------------------
+# Security settings
+# --------------------------------------------------------------------------
+
+
+def test_every_pod_and_container_is_locked_down(rendered: Rendered) -> None:
+    specs = rendered.pod_specs()
+    assert specs
+    for owner, spec in specs:
+        assert spec.get("automountServiceAccountToken") is False, owner
+        pod_sc = spec["securityContext"]
+        assert pod_sc["runAsNonRoot"] is True, owner
+        assert pod_sc["runAsUser"] != 0, owner
+        assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}, owner
+        assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), owner
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            where = f"{owner} container {c['name']}"
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True, where
+            assert sc.get("runAsUser", pod_sc["runAsUser"]) != 0, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc.get("privileged", False) is False, where
+            assert sc["capabilities"] == {"drop": ["ALL"]}, where
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
+
+
+def test_service_accounts_never_mount_tokens(rendered: Rendered) -> None:
+    accounts = rendered.kind("ServiceAccount")
+    assert {a["metadata"]["name"] for a in accounts} == {name_of(s) for s in SERVICES}
+    for account in accounts:
+        assert account["automountServiceAccountToken"] is False
+    for svc in SERVICES:
+        spec = rendered.get("Deployment", name_of(svc))["spec"]["template"]["spec"]
+        assert spec["serviceAccountName"] == name_of(svc)
+
+
+def test_writable_paths_are_only_volumes(rendered: Rendered) -> None:
+    for svc in SERVICES:
+        spec = rendered.get("Deployment", name_of(svc))["spec"]["template"]["spec"]
+        mounts = {m["mountPath"]: m for m in container(rendered.get("Deployment", name_of(svc)))["volumeMounts"]}
+        assert "/tmp" in mounts and "/var/lib/sharedcare" in mounts
+        for path, mount in mounts.items():
+            if path.startswith("/etc/sharedcare"):
+                assert mount["readOnly"] is True, path
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert "emptyDir" in volumes["tmp"]
+
+
+# --------------------------------------------------------------------------
+# Deployments, probes, Services, config
+# --------------------------------------------------------------------------
+
+
+def test_probes_are_native_grpc_on_the_service_port(rendered: Rendered) -> None:
+    for svc in SERVICES:
+        c = container(rendered.get("Deployment", name_of(svc)))
+        assert c["command"] == [f"/usr/local/bin/sharedcare-{svc}"]
+        assert c["ports"] == [{"name": "grpc", "containerPort": PORTS[svc], "protocol": "TCP"}]
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert set(c[probe]) - {"periodSeconds", "failureThreshold", "timeoutSeconds"} == {"grpc"}, probe
+            assert c[probe]["grpc"] == {"port": PORTS[svc], "service": health_name(svc)}, (svc, probe)
+
+
+def test_services_expose_grpc_with_h2c(rendered: Rendered) -> None:
+    for svc in SERVICES:
+        service = rendered.get("Service", name_of(svc))
+        [port] = service["spec"]["ports"]
+        assert port["port"] == PORTS[svc] and port["targetPort"] == "grpc"
+        assert port["appProtocol"] == "kubernetes.io/h2c"
+
+
+def test_kind_values_use_fixed_node_ports() -> None:
+    r = _render_set("kind")
+    for svc in SERVICES:
+        service = r.get("Service", name_of(svc))
+        assert service["spec"]["type"] == "NodePort"
+        assert service["spec"]["ports"][0]["nodePort"] == PORTS[svc] - 50051 + 30051
+
+
+def test_image_defaults_to_app_version_and_can_be_pinned(chart: helm.Chart) -> None:
+    app_version = chart.metadata["appVersion"]
+    r = _render_set("default")
+    image = container(r.get("Deployment", name_of("records")))["image"]
+    assert image == f"ghcr.io/sharedcare/sharedcare:{app_version}"
+    digest = "sha256:" + "a" * 64
+    pinned = render_with(chart, {"image": {"digest": digest}})
+    assert container(pinned.get("Deployment", name_of("records")))["image"] == f"ghcr.io/sharedcare/sharedcare@{digest}"
+
+
+def test_config_file_is_rendered_mounted_and_named(rendered: Rendered) -> None:
+    for svc in SERVICES:
+        deployment = rendered.get("Deployment", name_of(svc))
+        c = container(deployment)
+        config_file = env_of(c)["SHAREDCARE_CONFIG_FILE"]["value"]
+        mount = next(m for m in c["volumeMounts"] if m["name"] == "config")
+        assert config_file == f"{mount['mountPath']}/{svc}.toml"
+        volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "config")
+        assert volume["configMap"]["name"] == name_of(svc)
+        cfg = config_toml(rendered, svc)
+        assert cfg["server"]["listen"] == f"0.0.0.0:{PORTS[svc]}"
+        assert cfg["database"]["data_dir"] == "/var/lib/sharedcare"
+        assert cfg["auth"]["identity_url"] == f"http://{name_of('identity')}:{PORTS['identity']}"
+    records = config_toml(rendered, "records")
+    assert records["records"]["consent_url"] == f"http://{name_of('consent')}:{PORTS['consent']}"
+    assert records["records"]["audit_url"] == f"http://{name_of('audit')}:{PORTS['audit']}"
+    assert records["auth"]["client_id"] == "records"
+    assert records["auth"]["client_secret"] == {"file": "/etc/sharedcare/auth/records-client-secret"}
+    assert records["records"]["key_encryption_key"] == {"file": "/etc/sharedcare/auth/key-encryption-key"}
+    identity = config_toml(rendered, "identity")
+    assert identity["identity"]["signing_key"] == {"file": "/etc/sharedcare/auth/signing-key.pem"}
+    assert identity["identity"]["bootstrap_file"] == "/etc/sharedcare/auth/bootstrap.toml"
+
+
+def test_secret_files_are_mounted_only_where_needed(rendered: Rendered, value_set: str) -> None:
+    secret = "sharedcare-auth" if value_set == "production" else f"{FULLNAME}-auth"
+    wanted = {
+        "identity": {"signing-key.pem", "bootstrap.toml"},
+        "records": {"records-client-secret", "key-encryption-key"},
+    }
+    for svc in SERVICES:
+        spec = rendered.get("Deployment", name_of(svc))["spec"]["template"]["spec"]
+        auth = [v for v in spec["volumes"] if v["name"] == "auth"]
+        if svc not in wanted:
+            assert not auth, svc
+            continue
+        [volume] = auth
+        assert volume["secret"]["secretName"] == secret
+        assert {i["key"] for i in volume["secret"]["items"]} == wanted[svc]
+        # Files readable by the pod's group only.
+        assert volume["secret"]["defaultMode"] == 0o440
+
+
+def test_log_level_and_otlp_endpoint_are_global_with_per_service_overrides() -> None:
+    override = {"services": {"records": {"telemetry": {"logLevel": "debug,sqlx=warn,h2=info"}}}}
+    with helm.Chart.load(CHART_DIR) as loaded:
+        kind = render_with(loaded, merged(values_of("kind"), override))
+    assert config_toml(kind, "records")["telemetry"]["log_level"] == "debug,sqlx=warn,h2=info"
+    assert config_toml(kind, "audit")["telemetry"]["log_level"] == "info,sqlx=warn"
+    assert config_toml(kind, "audit")["telemetry"]["log_format"] == "pretty"
+    assert "otlp_endpoint" not in config_toml(kind, "audit")["telemetry"]
+    traced = _render_set("kind-observability")
+    for svc in SERVICES:
+        assert config_toml(traced, svc)["telemetry"]["otlp_endpoint"].startswith("http://")
+    production = _render_set("production")
+    for svc in SERVICES:
+        assert config_toml(production, svc)["telemetry"]["otlp_endpoint"] == "http://otel-collector.observability:4317"
+
+
+def test_config_checksum_rolls_only_the_changed_service(chart: helm.Chart) -> None:
+    def checksums(r: Rendered) -> dict[str, str]:
+        return {
+            svc: r.get("Deployment", name_of(svc))["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            for svc in SERVICES
+        }
+
+    before = _render_set("default")
+    for svc, checksum in checksums(before).items():
+        data = before.get("ConfigMap", name_of(svc))["data"][f"{svc}.toml"]
+        assert checksum == hashlib.sha256(data.encode()).hexdigest()
+    after = render_with(chart, {"services": {"consent": {"telemetry": {"logLevel": "debug"}}}})
+    changed = {svc for svc in SERVICES if checksums(before)[svc] != checksums(after)[svc]}
+    assert changed == {"consent"}
+
+
+def test_postgres_url_comes_from_the_existing_secret_as_a_file() -> None:
+    r = _render_set("production")
+    for svc in SERVICES:
+        deployment = r.get("Deployment", name_of(svc))
+        c = container(deployment)
+        url_file = env_of(c)["SHAREDCARE_DATABASE__URL__FILE"]["value"]
+        mount = next(m for m in c["volumeMounts"] if m["name"] == "database")
+        assert url_file == f"{mount['mountPath']}/url" and mount["readOnly"] is True
+        volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "database")
+        assert volume["secret"]["secretName"] == "sharedcare-database"
+        assert volume["secret"]["items"] == [{"key": "url", "path": "url"}]
+        data = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "data")
+        assert data == {"name": "data", "emptyDir": {}}
+        assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+
+
+def test_sqlite_gets_a_claim_per_service_and_recreate_rollouts(chart: helm.Chart) -> None:
+    r = _render_set("kind")
+    for svc in SERVICES:
+        claim = r.get("PersistentVolumeClaim", f"{name_of(svc)}-data")
+        assert claim["spec"]["resources"]["requests"]["storage"] == "256Mi"
+        assert "storageClassName" not in claim["spec"]
+        deployment = r.get("Deployment", name_of(svc))
+        volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "data")
+        assert volume["persistentVolumeClaim"]["claimName"] == f"{name_of(svc)}-data"
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+        assert "SHAREDCARE_DATABASE__URL__FILE" not in env_of(container(deployment))
+    classed = render_with(chart, {"storage": {"sqlite": {"persistence": {"storageClass": "fast", "size": "5Gi"}}}})
+    claim = classed.get("PersistentVolumeClaim", f"{name_of('audit')}-data")
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+
+
+# --------------------------------------------------------------------------
+# Labels and selectors
+# --------------------------------------------------------------------------
+
+
+def test_every_object_has_the_standard_labels(rendered: Rendered, chart: helm.Chart) -> None:
+    meta = chart.metadata
+    for obj in rendered.objects:
+        labels = obj["metadata"]["labels"]
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        assert labels["app.kubernetes.io/name"] == "sharedcare", where
+        assert labels["app.kubernetes.io/instance"] == RELEASE, where
+        assert labels["app.kubernetes.io/part-of"] == "sharedcare", where
+        assert labels["app.kubernetes.io/managed-by"] == "Helm", where
+        assert labels["helm.sh/chart"] == f"sharedcare-{meta['version']}", where
+        assert labels["app.kubernetes.io/version"], where
+        assert labels["app.kubernetes.io/component"], where
+        assert len(obj["metadata"]["name"]) <= 63, where
+
+
+def selectors(r: Rendered) -> dict[str, dict[str, str]]:
+    out = {}
+    for obj in r.objects:
+        key = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["kind"] == "Deployment":
+            out[key] = obj["spec"]["selector"]["matchLabels"]
+        elif obj["kind"] == "Service":
+            out[key] = obj["spec"]["selector"]
+        elif obj["kind"] == "PodDisruptionBudget":
+            out[key] = obj["spec"]["selector"]["matchLabels"]
+        elif obj["kind"] == "NetworkPolicy":
+            out[key] = obj["spec"]["podSelector"]["matchLabels"]
+    return out
+
+
+def test_selectors_are_name_instance_component_and_match_the_pods(rendered: Rendered) -> None:
+    found = selectors(rendered)
+    assert found
+    for key, selector in found.items():
+        assert set(selector) == {
+            "app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
+        }, key
+    for svc in SERVICES:
+        deployment = rendered.get("Deployment", name_of(svc))
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector["app.kubernetes.io/component"] == svc
+        assert selector.items() <= pod_labels.items()
+        assert rendered.get("Service", name_of(svc))["spec"]["selector"] == selector
+
+
+def test_selectors_do_not_change_between_releases(chart: helm.Chart) -> None:
+    before = selectors(_render_set("default"))
+    after = selectors(
+        render_with(
+            chart,
+            {"image": {"tag": "9.9.9"}, "commonLabels": {"team": "platform"}, "defaults": {"podLabels": {"x": "y"}}},
+        )
+    )
+    assert before == after
+    # User labels never replace the chart's own (or reach selectors).
+    relabelled = render_with(chart, {"commonLabels": {"app.kubernetes.io/component": "x"}, "defaults": {"podLabels": {"app.kubernetes.io/name": "x"}}})
+    assert selectors(relabelled) == before
+    template_labels = relabelled.get("Deployment", name_of("audit"))["spec"]["template"]["metadata"]["labels"]
+    assert template_labels["app.kubernetes.io/name"] == "sharedcare"
+    assert template_labels["app.kubernetes.io/component"] == "audit"
+    upgraded = render_with(chart, {"image": {"tag": "9.9.9"}})
+    labels = upgraded.get("Deployment", name_of("identity"))["metadata"]["labels"]
+    assert labels["app.kubernetes.io/version"] == "9.9.9"
+
+
+def test_migration_pods_are_not_selected_by_services() -> None:
+    r = _render_set("production")
+    for job in r.kind("Job"):
+        labels = job["spec"]["template"]["metadata"]["labels"]
+        for service in r.kind("Service"):
+            assert not service["spec"]["selector"].items() <= labels.items(), job["metadata"]["name"]
+
+
+def test_names_respect_the_63_character_limit_and_overrides(chart: helm.Chart) -> None:
+    long_release = "a-very-long-release-name-for-testing-the-limits-of-names-x"
+    r = render_with(chart, values_of("production"), name=long_release)
+    names = [(o["kind"], o["metadata"]["name"]) for o in r.objects]
+    assert all(len(n) <= 63 for _, n in names), names
+    assert len(set(names)) == len(names)
+    for svc in SERVICES:
+        assert any(n.endswith(f"-{svc}") and k == "Deployment" for k, n in names), svc
+    r = render_with(chart, {"fullnameOverride": "sc"})
+    assert r.get("Deployment", "sc-identity")
+    r = render_with(chart, {"nameOverride": "platform"})
+    deployment = r.get("Deployment", f"{RELEASE}-platform-identity")
+    assert deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "platform"
+
+
+# --------------------------------------------------------------------------
+# Replicas, autoscaling, disruption budgets, switching services off
+# --------------------------------------------------------------------------
+
+
+def test_default_and_kind_run_one_replica_without_autoscaling() -> None:
+    for name in ("default", "kind"):
+        r = _render_set(name)
+        assert not r.kind("HorizontalPodAutoscaler")
+        for svc in SERVICES:
+            assert r.get("Deployment", name_of(svc))["spec"]["replicas"] == 1
+    default = _render_set("default")
+    for svc in SERVICES:
+        assert default.get("PodDisruptionBudget", name_of(svc))["spec"]["maxUnavailable"] == 1
+
+
+def test_production_autoscales_with_budgets() -> None:
+    r = _render_set("production")
+    for svc in SERVICES:
+        assert "replicas" not in r.get("Deployment", name_of(svc))["spec"], "the HPA owns replicas"
+        hpa = r.get("HorizontalPodAutoscaler", name_of(svc))
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name_of(svc)}
+        assert hpa["spec"]["minReplicas"] == 3
+        assert hpa["spec"]["maxReplicas"] == (20 if svc == "records" else 12)
+        [metric] = hpa["spec"]["metrics"]
+        assert metric["resource"] == {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}
+        pdb = r.get("PodDisruptionBudget", name_of(svc))
+        assert pdb["spec"]["minAvailable"] == 2 and "maxUnavailable" not in pdb["spec"]
+
+
+def test_each_service_scales_on_its_own(chart: helm.Chart) -> None:
+    values = merged(
+        values_of("production"),
+        {
+            "defaults": {"autoscaling": {"enabled": False}},
+            "services": {"records": {"replicaCount": 5}, "audit": {"replicaCount": 0, "podDisruptionBudget": {"enabled": False}}},
+        },
+    )
+    r = render_with(chart, values)
+    replicas = {svc: r.get("Deployment", name_of(svc))["spec"]["replicas"] for svc in SERVICES}
+    assert replicas == {"identity": 3, "consent": 3, "records": 5, "audit": 0}
+    assert not r.kind("HorizontalPodAutoscaler")
+    assert r.maybe("PodDisruptionBudget", name_of("audit")) is None
+    assert r.maybe("PodDisruptionBudget", name_of("records")) is not None
+    # A false under a service beats a true in defaults.
+    only_records_fixed = merged(values_of("production"), {"services": {"records": {"autoscaling": {"enabled": False}}}})
+    r = render_with(chart, only_records_fixed)
+    assert {h["metadata"]["name"] for h in r.kind("HorizontalPodAutoscaler")} == {
+        name_of(s) for s in SERVICES if s != "records"
+    }
+    assert r.get("Deployment", name_of("records"))["spec"]["replicas"] == 3
+
+
+def test_each_service_can_be_switched_off(chart: helm.Chart) -> None:
+    r = render_with(
+        chart,
+        {"services": {"consent": {"enabled": False}, "records": {"consentUrl": "http://consent.elsewhere:50052"}}},
+    )
+    assert not [o for o in r.objects if o["metadata"]["labels"]["app.kubernetes.io/component"] == "consent"]
+    assert config_toml(r, "records")["records"]["consent_url"] == "http://consent.elsewhere:50052"
+    test_pod = r.kind("Pod")[0]
+    assert [c["name"] for c in test_pod["spec"]["containers"]] == ["identity", "records", "audit"]
+    message = render_error(chart, {"services": {"consent": {"enabled": False}}})
+    assert "records is enabled but consent is not" in message
+    r = render_with(chart, {"services": {s: {"enabled": False} for s in SERVICES}})
+    assert {o["kind"] for o in r.objects} <= {"Secret"}
+
+
+def test_sqlite_refuses_more_than_one_replica_or_autoscaling(chart: helm.Chart) -> None:
+    message = render_error(chart, {"services": {"records": {"replicaCount": 2}}})
+    assert "services.records: replicaCount=2 with storage.backend=sqlite" in message
+    message = render_error(chart, {"defaults": {"autoscaling": {"enabled": True}}})
+    assert "autoscaling.enabled with storage.backend=sqlite" in message
+
+
+# --------------------------------------------------------------------------
+# NetworkPolicies
+# --------------------------------------------------------------------------
+
+
+def pod_labels(component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "sharedcare",
+        "app.kubernetes.io/instance": RELEASE,
+        "app.kubernetes.io/component": component,
+    }
+
+
+def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, "the evaluator knows matchLabels only"
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def peer_matches(peer: dict[str, Any], who: dict[str, Any]) -> bool:
+    """Whether a NetworkPolicyPeer matches `who` (namespace labels, pod labels, ip)."""
+    if "ipBlock" in peer:
+        return who.get("ip") is not None and ipaddress.ip_address(who["ip"]) in ipaddress.ip_network(peer["ipBlock"]["cidr"])
+    if "namespaceSelector" in peer:
+        if not selector_matches(peer["namespaceSelector"], who["namespace_labels"]):
+            return False
+    elif who["namespace"] != NAMESPACE:
+        return False
+    return selector_matches(peer.get("podSelector", {}), who.get("labels", {}))
+
+
+def rules_allow(rules: list[dict[str, Any]], peer_key: str, who: dict[str, Any], port: int, protocol: str = "TCP") -> bool:
+    for rule in rules or []:
+        ports = rule.get("ports")
+        if ports and not any(p["port"] == port and p.get("protocol", "TCP") == protocol for p in ports):
+            continue
+        peers = rule.get(peer_key)
+        if not peers or any(peer_matches(p, who) for p in peers):
+            return True
+    return False
+
+
+def in_release(component: str) -> dict[str, Any]:
+    return {
+        "namespace": NAMESPACE,
+        "namespace_labels": {"kubernetes.io/metadata.name": NAMESPACE},
+        "labels": pod_labels(component),
+    }
+
+
+def policy_for(r: Rendered, component: str) -> dict[str, Any]:
+    [policy] = [p for p in r.kind("NetworkPolicy") if p["spec"]["podSelector"]["matchLabels"] == pod_labels(component)]
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    return policy["spec"]
+
+
+def can_call(r: Rendered, caller: str, callee: str) -> bool:
+    """Both the caller's egress and the callee's ingress must allow it."""
+    egress = policy_for(r, caller)["egress"]
+    ingress = policy_for(r, callee)["ingress"]
+    port = PORTS[callee]
+    return rules_allow(egress, "to", in_release(callee), port) and rules_allow(ingress, "from", in_release(caller), port)
+
+
+def test_network_policies_follow_who_calls_whom(rendered: Rendered) -> None:
+    for caller in SERVICES:
+        for callee in SERVICES:
+            if caller != callee:
+                assert can_call(rendered, caller, callee) == (callee in CALLS[caller]), f"{caller} -> {callee}"
+    assert can_call(rendered, "records", "consent") and can_call(rendered, "records", "audit")
+    assert not can_call(rendered, "consent", "records")
+    assert all(can_call(rendered, s, "identity") for s in SERVICES if s != "identity")
+
+
+def test_network_policies_allow_dns_and_the_test_pod(rendered: Rendered) -> None:
+    dns = {
+        "namespace": "kube-system",
+        "namespace_labels": {"kubernetes.io/metadata.name": "kube-system"},
+        "labels": {"k8s-app": "kube-dns"},
+    }
+    for svc in SERVICES:
+        policy = policy_for(rendered, svc)
+        assert rules_allow(policy["egress"], "to", dns, 53, "UDP"), svc
+        assert rules_allow(policy["egress"], "to", dns, 53, "TCP"), svc
+        assert rules_allow(policy["ingress"], "from", in_release("test"), PORTS[svc]), svc
+        assert not rules_allow(policy["ingress"], "from", in_release(svc), PORTS[svc] + 100), svc
+
+
+def test_outside_callers_get_in_only_where_configured() -> None:
+    stranger = {
+        "namespace": "elsewhere",
+        "namespace_labels": {"kubernetes.io/metadata.name": "elsewhere"},
+        "labels": {"app": "anything"},
+    }
+    client_ns = {
+        "namespace": "gp-system",
+        "namespace_labels": {"kubernetes.io/metadata.name": "gp-system", "sharedcare.io/client": "true"},
+        "labels": {"app": "gp"},
+    }
+    epr = {
+        "namespace": "epr",
+        "namespace_labels": {"kubernetes.io/metadata.name": "epr"},
+        "labels": {"app": "epr"},
+    }
+    default, kind, production = (_render_set(n) for n in ("default", "kind", "production"))
+    for svc in SERVICES:
+        assert not rules_allow(policy_for(default, svc)["ingress"], "from", stranger, PORTS[svc]), svc
+        assert rules_allow(policy_for(kind, svc)["ingress"], "from", stranger, PORTS[svc]), svc
+        assert not rules_allow(policy_for(production, svc)["ingress"], "from", stranger, PORTS[svc]), svc
+        assert rules_allow(policy_for(production, svc)["ingress"], "from", client_ns, PORTS[svc]), svc
+        assert rules_allow(policy_for(production, svc)["ingress"], "from", epr, PORTS[svc]) == (svc == "records"), svc
+
+
+def test_egress_to_postgres_and_otlp_only_where_configured() -> None:
+    database = {"namespace": "-", "namespace_labels": {}, "ip": "10.20.3.4"}
+    elsewhere = {"namespace": "-", "namespace_labels": {}, "ip": "192.0.2.10"}
+    collector = {
+        "namespace": "observability",
+        "namespace_labels": {"kubernetes.io/metadata.name": "observability"},
+        "labels": {"app": "otel-collector"},
+    }
+    default, production = _render_set("default"), _render_set("production")
+    for svc in SERVICES:
+        egress = policy_for(production, svc)["egress"]
+        assert rules_allow(egress, "to", database, 5432), svc
+        assert not rules_allow(egress, "to", elsewhere, 5432), svc
+        assert rules_allow(egress, "to", collector, 4317), svc
+        assert not rules_allow(egress, "to", elsewhere, 443), svc
+        egress = policy_for(default, svc)["egress"]
+        assert not rules_allow(egress, "to", database, 5432), svc
+        assert not rules_allow(egress, "to", collector, 4317), svc
+
+
+def test_migration_jobs_have_their_own_narrow_policy() -> None:
+    r = _render_set("production")
+    for svc in SERVICES:
+        policy = policy_for(r, f"{svc}-migrate")
+        assert policy["ingress"] == []
+        assert rules_allow(policy["egress"], "to", {"namespace": "-", "namespace_labels": {}, "ip": "10.20.0.9"}, 5432)
+        assert not rules_allow(policy["egress"], "to", in_release("identity"), PORTS["identity"])
+
+
+# --------------------------------------------------------------------------
+# Migration hook Jobs
+# --------------------------------------------------------------------------
+
+
+def test_migration_jobs_only_for_postgres() -> None:
+    assert not _render_set("default").kind("Job")
+    assert not _render_set("kind").kind("Job")
+    jobs = _render_set("production").kind("Job")
+    assert {j["metadata"]["name"] for j in jobs} == {f"{name_of(s)}-migrate" for s in SERVICES}
+
+
+def test_migration_jobs_use_only_what_exists_before_install() -> None:
+    r = _render_set("production")
+    release_made = {(o["kind"], o["metadata"]["name"]) for o in r.objects if "helm.sh/hook" not in o["metadata"].get("annotations", {})}
+    for svc in SERVICES:
+        job = r.get("Job", f"{name_of(svc)}-migrate")
+        annotations = job["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+        assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+        spec = job["spec"]["template"]["spec"]
+        assert spec["restartPolicy"] == "Never"
+        [c] = spec["containers"]
+        assert c["command"] == [f"/usr/local/bin/sharedcare-{svc}"] and c["args"] == ["migrate"]
+        assert ("ServiceAccount", spec.get("serviceAccountName", "default")) not in release_made
+        for volume in spec["volumes"]:
+            if "configMap" in volume:
+                hook_cm = r.get("ConfigMap", volume["configMap"]["name"])
+                hook_annotations = hook_cm["metadata"]["annotations"]
+                assert hook_annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+                assert int(hook_annotations["helm.sh/hook-weight"]) < int(annotations["helm.sh/hook-weight"])
+                # The same config as the service.
+                assert hook_cm["data"] == r.get("ConfigMap", name_of(svc))["data"]
+            elif "secret" in volume:
+                assert volume["secret"]["secretName"] in {"sharedcare-database", "sharedcare-auth"}
+                assert ("Secret", volume["secret"]["secretName"]) not in release_made
+            else:
+                assert set(volume) == {"name", "emptyDir"}, volume
+        deployment = container(r.get("Deployment", name_of(svc)))
+        assert env_of(c) == env_of(deployment)
+
+
+def test_migration_jobs_with_generated_dev_secrets_do_not_mount_them(chart: helm.Chart) -> None:
+    values = merged(
+        values_of("production"),
+        {"auth": {"existingSecret": "", "generateDevSecrets": True, "allowDevSecretsWithPostgres": True}},
+    )
+    r = render_with(chart, values)
+    generated = r.get("Secret", f"{FULLNAME}-auth")["metadata"]["name"]
+    for svc in SERVICES:
+        job = r.get("Job", f"{name_of(svc)}-migrate")
+        spec = job["spec"]["template"]["spec"]
+        assert generated not in {v.get("secret", {}).get("secretName") for v in spec["volumes"]}
+        config = tomllib.loads(r.get("ConfigMap", f"{name_of(svc)}-migrate")["data"][f"{svc}.toml"])
+        assert "client_secret" not in config["auth"]
+        assert "signing_key" not in config.get("identity", {})
+    records_env = env_of(r.get("Job", f"{name_of('records')}-migrate")["spec"]["template"]["spec"]["containers"][0])
+    assert records_env["SHAREDCARE_AUTH__CLIENT_SECRET__VALUE"]["value"].startswith("unused")
+    # The Deployments still mount the generated Secret.
+    assert any(v.get("secret", {}).get("secretName") == generated
+               for v in r.get("Deployment", name_of("records"))["spec"]["template"]["spec"]["volumes"])
+
+
+# --------------------------------------------------------------------------
+# Secrets
+# --------------------------------------------------------------------------
+
+
+def generated_secrets(r: Rendered) -> dict[str, str]:
+    [secret] = r.kind("Secret")
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def test_dev_secrets_are_usable_by_the_services() -> None:
+    secrets = generated_secrets(_render_set("default"))
+    assert set(secrets) == {
+        "signing-key.pem", "bootstrap.toml", "records-client-secret", "key-encryption-key", "admin-client-secret",
+    }
+    pem = secrets["signing-key.pem"]
+    assert pem.startswith("-----BEGIN PRIVATE KEY-----\n") and pem.strip().endswith("-----END PRIVATE KEY-----")
+    der = base64.b64decode("".join(pem.strip().splitlines()[1:-1]))
+    # PKCS#8 PrivateKeyInfo, algorithm 1.3.101.112 (Ed25519), 32-byte seed.
+    assert der[:16] == bytes.fromhex("302e020100300506032b657004220420") and len(der) == 48
+    assert len(base64.b64decode(secrets["key-encryption-key"], validate=True)) == 32
+    bootstrap = tomllib.loads(secrets["bootstrap.toml"])
+    assert bootstrap["organisations"] == [{"ods_code": "X26", "name": "sharedcare platform"}]
+    principals = {p["client_id"]: p for p in bootstrap["principals"]}
+    assert principals["admin"]["kind"] == "admin"
+    assert principals["admin"]["client_secret"] == secrets["admin-client-secret"]
+    assert principals["records"]["kind"] == "service"
+    assert principals["records"]["client_secret"] == secrets["records-client-secret"]
+    for p in principals.values():
+        assert len(p["client_secret"]) >= 32 and p["organisation"] == "X26"
+
+
+def all_env_values(r: Rendered) -> list[tuple[str, str, str]]:
+    out = []
+    for owner, spec in r.pod_specs():
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            for e in c.get("env", []):
+                if "value" in e:
+                    out.append((owner, e["name"], e["value"]))
+    return out
+
+
+def test_no_secret_material_in_config_maps_or_env(rendered: Rendered) -> None:
+    secrets = generated_secrets(rendered) if rendered.kind("Secret") else {}
+    needles = [v.strip() for v in secrets.values()]
+    patterns = re.compile(r"BEGIN [A-Z ]*PRIVATE KEY|postgres(ql)?://|client_secret\s*=\s*\"|password", re.I)
+    for cm in rendered.kind("ConfigMap"):
+        for key, text in cm["data"].items():
+            assert not patterns.search(text), (cm["metadata"]["name"], key)
+            for needle in needles:
+                assert needle not in text, (cm["metadata"]["name"], key)
+    for owner, name, value in all_env_values(rendered):
+        assert not re.search(r"SECRET|PASSWORD|TOKEN", name) or name.endswith("__FILE"), (owner, name)
+        assert not patterns.search(value), (owner, name)
+        for needle in needles:
+            assert needle not in value, (owner, name)
+
+
+def test_generated_secrets_are_looked_up_to_stay_stable() -> None:
+    template = next(t for t in helm.Chart.load(CHART_DIR).templates if t["name"].endswith("secret-auth.yaml"))
+    assert 'lookup "v1" "Secret"' in template["data"]
+    assert 'genPrivateKey "ed25519"' in template["data"]
+
+
+@pytest.mark.parametrize(
+    ("values", "path"),
+    [
+        ({"storage": {"postgres": {"url": "postgres://app:hunter2@db:5432/care"}}}, "storage.postgres.url"),
+        ({"storage": {"postgres": {"password": "hunter2"}}}, "storage.postgres.password"),
+        ({"auth": {"signingKey": "-----BEGIN PRIVATE KEY-----"}}, "auth.signingKey"),
+        ({"auth": {"keyEncryptionKey": "AAAA"}}, "auth.keyEncryptionKey"),
+        ({"auth": {"adminClientSecret": "x" * 40}}, "auth.adminClientSecret"),
+        ({"services": {"records": {"clientSecret": "x" * 40}}}, "services.records.clientSecret"),
+        ({"defaults": {"podAnnotations": {"dbPassword": "hunter2"}}}, "defaults.podAnnotations.dbPassword"),
+    ],
+)
+def test_plain_text_secrets_in_values_fail_the_render(chart: helm.Chart, values: dict[str, Any], path: str) -> None:
+    message = render_error(chart, values)
+    assert "plain-text secret in values" in message and path in message
+    assert "existingSecret" in message
+
+
+def test_secret_literals_in_extra_env_fail(chart: helm.Chart) -> None:
+    message = render_error(chart, {"defaults": {"extraEnv": [{"name": "SHAREDCARE_AUTH__CLIENT_SECRET__VALUE", "value": "x"}]}})
+    assert "literal value" in message and "secretKeyRef" in message
+    r = render_with(chart, {"defaults": {"extraEnv": [
+        {"name": "SHAREDCARE_SERVER__CONCURRENCY_LIMIT", "value": "64"},
+        {"name": "EXTRA_TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+    ]}})
+    assert env_of(container(r.get("Deployment", name_of("audit"))))["SHAREDCARE_SERVER__CONCURRENCY_LIMIT"]["value"] == "64"
+
+
+def test_production_refuses_generated_secrets_unless_allowed(chart: helm.Chart) -> None:
+    values = merged(values_of("production"), {"auth": {"existingSecret": "", "generateDevSecrets": True}})
+    message = render_error(chart, values)
+    assert "auth.generateDevSecrets=true with storage.backend=postgres" in message
+    message = render_error(chart, merged(values_of("production"), {"auth": {"generateDevSecrets": True}}))
+    assert "auth.existingSecret and auth.generateDevSecrets are both set" in message
+    message = render_error(chart, merged(values_of("production"), {"storage": {"postgres": {"existingSecret": ""}}}))
+    assert "storage.postgres.existingSecret" in message
+    message = render_error(chart, {"auth": {"generateDevSecrets": False}})
+    assert "no auth secrets" in message
+
+
+# --------------------------------------------------------------------------
+# values.schema.json
+# --------------------------------------------------------------------------
+
+
+def test_schema_accepts_the_shipped_values(chart: helm.Chart, value_set: str) -> None:
+    chart.validate_schema(chart.merge_values(values_of(value_set)))
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"defaults": {"replicaCount": "3"}}, "/defaults/replicaCount"),
+        ({"services": {"records": {"replicaCount": "3"}}}, "/services/records/replicaCount"),
+        ({"defaults": {"replicaCount": -1}}, "/defaults/replicaCount"),
+        ({"storage": {"backend": "mysql"}}, "/storage/backend"),
+        ({"services": {"records": {"port": 70000}}}, "/services/records/port"),
+        ({"services": {"billing": {"enabled": True}}}, "billing"),
+        ({"defaults": {"telemetry": {"logFormat": "xml"}}}, "/defaults/telemetry/logFormat"),
+        ({"replicaCount": 2}, "replicaCount"),
+    ],
+)
+def test_schema_rejects_bad_values(chart: helm.Chart, values: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(helm.HelmValuesError) as caught:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    assert complaint in str(caught.value)
+
+
+def schema_node(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        node = schema["definitions"][node["$ref"].split("/")[-1]]
+    return node
+
+
+def test_every_service_accepts_every_default_setting(chart: helm.Chart) -> None:
+    schema = chart.schema
+    defaults = set(schema["properties"]["defaults"]["properties"])
+    for svc in SERVICES:
+        assert defaults <= set(schema["properties"]["services"]["properties"][svc]["properties"]), svc
+    assert defaults == set(chart.values["defaults"])
+
+
+def test_every_value_is_documented_where_declared(chart: helm.Chart) -> None:
+    """Each key the schema declares has a comment right above it in values.yaml."""
+    schema = chart.schema
+    lines = (CHART_DIR / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, str]] = []
+    undocumented = []
+    for n, line in enumerate(lines):
+        m = re.match(r"^(\s*)([A-Za-z][\w.-]*):", line)
+        if not m or line.lstrip().startswith("#"):
+            continue
+        indent, key = len(m.group(1)), m.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = [k for _, k in stack] + [key]
+        stack.append((indent, key))
+        node: dict[str, Any] | None = schema
+        for part in path:
+            props = schema_node(schema, node).get("properties", {}) if node else {}
+            node = props.get(part)
+        if node is None:
+            continue  # free-form content of a documented value (e.g. resources.requests)
+        previous = lines[n - 1].strip() if n else ""
+        if not previous.startswith("#"):
+            undocumented.append(".".join(path))
+    assert not undocumented, ", ".join(undocumented)
+
+
+# --------------------------------------------------------------------------
+# helm test pod and NOTES
+# --------------------------------------------------------------------------
+
+
+def test_helm_test_pod_probes_every_enabled_service(rendered: Rendered) -> None:
+    [pod] = rendered.kind("Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    containers = {c["name"]: c for c in pod["spec"]["containers"]}
+    assert list(containers) == list(SERVICES)
+    for svc, c in containers.items():
+        assert c["image"].startswith("ghcr.io/grpc-ecosystem/grpc-health-probe:")
+        assert f"-addr={name_of(svc)}:{PORTS[svc]}" in c["args"]
+        assert f"-service={health_name(svc)}" in c["args"]
+
+
+def test_helm_test_image_is_configurable(chart: helm.Chart) -> None:
+    r = render_with(chart, {"tests": {"image": {"repository": "registry.local/probe", "tag": "v1"}, "command": ["/bin/grpc_health_probe"]}})
+    for c in r.kind("Pod")[0]["spec"]["containers"]:
+        assert c["image"] == "registry.local/probe:v1" and c["command"] == ["/bin/grpc_health_probe"]
+    r = render_with(chart, {"tests": {"enabled": False}})
+    assert not r.kind("Pod")
+    ingress = policy_for(r, "records")["ingress"]
+    assert not rules_allow(ingress, "from", in_release("test"), PORTS["records"])
+
+
+def test_notes_tell_how_to_reach_the_services(rendered: Rendered, value_set: str) -> None:
+    notes = rendered.notes
+    for svc in SERVICES:
+        assert f"kubectl -n {NAMESPACE} port-forward svc/{name_of(svc)} {PORTS[svc]}:{PORTS[svc]}" in notes
+    assert "sharedcare token --client-id admin" in notes
+    assert "grpcurl -plaintext" in notes
+    assert f"helm test {RELEASE}" in notes
+    if value_set == "production":
+        assert "get secret sharedcare-auth" in notes
+    else:
+        assert f"get secret {FULLNAME}-auth -o jsonpath='{{.data.admin-client-secret}}'" in notes
+        assert "WARNING" in notes
