@@ -165,7 +165,8 @@ mod tests {
 
     impl KeySource for Rotating {
         fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<Vec<Jwk>, Error>> + Send + '_>> {
-            self.fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.fetches
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let keys = self.keys.lock().expect("lock").clone();
             Box::pin(async move { Ok(keys) })
         }
@@ -186,16 +187,22 @@ mod tests {
         );
         let fetches = || source.fetches.load(std::sync::atomic::Ordering::SeqCst);
         for _ in 0..3 {
-            v.verify(&first.sign(&claims(300)).expect("sign")).await.expect("valid");
+            v.verify(&first.sign(&claims(300)).expect("sign"))
+                .await
+                .expect("valid");
         }
         assert_eq!(fetches(), 1, "cached after the first fetch");
 
         // identity rotates: a token with the new key id triggers one refetch.
         let second = SigningKey::generate();
         source.keys.lock().expect("lock").push(second.jwk());
-        v.verify(&second.sign(&claims(300)).expect("sign")).await.expect("valid");
+        v.verify(&second.sign(&claims(300)).expect("sign"))
+            .await
+            .expect("valid");
         assert_eq!(fetches(), 2);
-        v.verify(&first.sign(&claims(300)).expect("sign")).await.expect("still valid");
+        v.verify(&first.sign(&claims(300)).expect("sign"))
+            .await
+            .expect("still valid");
         assert_eq!(fetches(), 2);
     }
 
