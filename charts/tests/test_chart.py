@@ -340,12 +340,14 @@ def test_config_file_is_rendered_mounted_and_named(rendered: Rendered) -> None:
     identity = config_toml(rendered, "identity")
     assert identity["identity"]["signing_key"] == {"file": "/etc/sharedcare/auth/signing-key.pem"}
     assert identity["identity"]["bootstrap_file"] == "/etc/sharedcare/auth/bootstrap.toml"
+    assert identity["identity"]["key_encryption_key"] == {"file": "/etc/sharedcare/auth/key-encryption-key"}
+    assert identity["identity"]["nhs_index_key"] == {"file": "/etc/sharedcare/auth/nhs-index-key"}
 
 
 def test_secret_files_are_mounted_only_where_needed(rendered: Rendered, value_set: str) -> None:
     secret = "sharedcare-auth" if value_set == "production" else f"{FULLNAME}-auth"
     wanted = {
-        "identity": {"signing-key.pem", "bootstrap.toml"},
+        "identity": {"signing-key.pem", "bootstrap.toml", "key-encryption-key", "nhs-index-key"},
         "records": {"records-client-secret", "key-encryption-key"},
     }
     for svc in SERVICES:
@@ -812,7 +814,8 @@ def generated_secrets(r: Rendered) -> dict[str, str]:
 def test_dev_secrets_are_usable_by_the_services() -> None:
     secrets = generated_secrets(_render_set("default"))
     assert set(secrets) == {
-        "signing-key.pem", "bootstrap.toml", "records-client-secret", "key-encryption-key", "admin-client-secret",
+        "signing-key.pem", "bootstrap.toml", "records-client-secret", "key-encryption-key", "nhs-index-key",
+        "admin-client-secret",
     }
     pem = secrets["signing-key.pem"]
     assert pem.startswith("-----BEGIN PRIVATE KEY-----\n") and pem.strip().endswith("-----END PRIVATE KEY-----")
@@ -820,6 +823,7 @@ def test_dev_secrets_are_usable_by_the_services() -> None:
     # PKCS#8 PrivateKeyInfo, algorithm 1.3.101.112 (Ed25519), 32-byte seed.
     assert der[:16] == bytes.fromhex("302e020100300506032b657004220420") and len(der) == 48
     assert len(base64.b64decode(secrets["key-encryption-key"], validate=True)) == 32
+    assert len(base64.b64decode(secrets["nhs-index-key"], validate=True)) == 32
     bootstrap = tomllib.loads(secrets["bootstrap.toml"])
     assert bootstrap["organisations"] == [{"ods_code": "X26", "name": "sharedcare platform"}]
     principals = {p["client_id"]: p for p in bootstrap["principals"]}

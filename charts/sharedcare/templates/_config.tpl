@@ -55,6 +55,12 @@ bootstrap_file = {{ printf "%s/bootstrap.toml" $authDir | toJson }}
 
 [identity.signing_key]
 file = {{ printf "%s/signing-key.pem" $authDir | toJson }}
+
+[identity.key_encryption_key]
+file = {{ printf "%s/key-encryption-key" $authDir | toJson }}
+
+[identity.nhs_index_key]
+file = {{ printf "%s/nhs-index-key" $authDir | toJson }}
 {{- end }}
 {{- end }}
 {{- if eq $svc "records" }}

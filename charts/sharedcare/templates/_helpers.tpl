@@ -176,6 +176,8 @@ The Secret keys each service mounts from the auth Secret (dict key -> file).
 {{- if eq . "identity" -}}
 signing-key.pem: signing-key.pem
 bootstrap.toml: bootstrap.toml
+key-encryption-key: key-encryption-key
+nhs-index-key: nhs-index-key
 {{- else if eq . "records" -}}
 records-client-secret: records-client-secret
 key-encryption-key: key-encryption-key

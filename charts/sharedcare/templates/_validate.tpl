@@ -40,7 +40,7 @@ Call with (dict "path" "" "value" .Values).
 {{- fail "auth.existingSecret and auth.generateDevSecrets are both set: with an existing Secret set auth.generateDevSecrets=false" -}}
 {{- end -}}
 {{- if not (or $values.auth.existingSecret $values.auth.generateDevSecrets) -}}
-{{- fail "no auth secrets: set auth.existingSecret (a Secret with signing-key.pem, bootstrap.toml, records-client-secret, key-encryption-key) or, for development only, auth.generateDevSecrets=true" -}}
+{{- fail "no auth secrets: set auth.existingSecret (a Secret with signing-key.pem, bootstrap.toml, records-client-secret, key-encryption-key, nhs-index-key) or, for development only, auth.generateDevSecrets=true" -}}
 {{- end -}}
 
 {{- $enabled := splitList " " (include "sharedcare.enabledServices" .) | compact -}}

@@ -7,6 +7,7 @@ use sharedcare_kit::config::{
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, SecretSource,
     ServerConfig, TelemetryConfig, Validate,
 };
+use sharedcare_kit::crypto::BlindIndex;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct IdentityConfig {
@@ -25,6 +26,14 @@ pub struct IdentitySettings {
     /// generated on first start and kept in the data dir.
     #[serde(default)]
     pub signing_key: SecretSource,
+    /// Base64 of the 32-byte AES-256 key-encryption key sealing patient
+    /// demographics. Unset: generated on first start and kept in the data dir.
+    #[serde(default)]
+    pub key_encryption_key: SecretSource,
+    /// Base64 of the 32-byte key of the NHS number's blind index. Unset:
+    /// generated on first start and kept in the data dir.
+    #[serde(default)]
+    pub nhs_index_key: SecretSource,
     /// TOML file of organisations and principals to ensure at start
     /// (the platform's admin client and service clients).
     #[serde(default)]
@@ -55,6 +64,22 @@ impl Validate for IdentityConfig {
             ));
         }
         self.identity.signing_key.resolve("identity.signing_key")?;
+        for (key, source) in [
+            (
+                "identity.key_encryption_key",
+                &self.identity.key_encryption_key,
+            ),
+            ("identity.nhs_index_key", &self.identity.nhs_index_key),
+        ] {
+            if let Some(text) = source.resolve(key)?
+                && BlindIndex::from_base64(text.expose()).is_err()
+            {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be the base64 encoding of 32 bytes",
+                ));
+            }
+        }
         if let Some(path) = &self.identity.bootstrap_file
             && !path.is_file()
         {

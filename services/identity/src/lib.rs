@@ -17,6 +17,7 @@ use std::{sync::Arc, time::Duration};
 use sharedcare_kit::{
     Error,
     auth::Verifier,
+    crypto::{BlindIndex, Kek, Keyring},
     keys::{SigningKey, StaticKeySource},
     server::{MessageLimits, ServiceSpec},
 };
@@ -57,8 +58,10 @@ pub async fn open(cfg: &config::IdentityConfig) -> Result<ServiceSpec, Error> {
         .database
         .resolve_url(SERVICE_NAME)
         .map_err(|e| Error::invalid("database.url", e.to_string()))?;
-    let store =
-        Arc::new(store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?);
+    let (keys, index) = patient_keys(cfg)?;
+    let store = Arc::new(
+        store::SqlStore::connect(url.expose(), cfg.database.max_connections, keys, index).await?,
+    );
     if let Some(path) = &cfg.identity.bootstrap_file {
         bootstrap::apply(store.as_ref(), bootstrap::BootstrapFile::read(path)?).await?;
     }
@@ -70,6 +73,28 @@ pub async fn open(cfg: &config::IdentityConfig) -> Result<ServiceSpec, Error> {
         cfg.identity.token_ttl_secs,
     ));
     Ok(spec(store, tokens, MessageLimits::from(&cfg.server)))
+}
+
+/// The keys that protect patients at rest: configured, or kept in the data dir.
+fn patient_keys(cfg: &config::IdentityConfig) -> Result<(Keyring, BlindIndex), Error> {
+    let resolve = |key: &str, source: &sharedcare_kit::config::SecretSource| {
+        source
+            .resolve(key)
+            .map_err(|e| Error::invalid(key, e.to_string()))
+    };
+    let dir = &cfg.database.data_dir;
+    let kek = match resolve(
+        "identity.key_encryption_key",
+        &cfg.identity.key_encryption_key,
+    )? {
+        Some(text) => Kek::from_base64(text.expose())?,
+        None => Kek::load_or_create(&dir.join("identity-kek.b64"))?,
+    };
+    let index = match resolve("identity.nhs_index_key", &cfg.identity.nhs_index_key)? {
+        Some(text) => BlindIndex::from_base64(text.expose())?,
+        None => BlindIndex::load_or_create(&dir.join("identity-nhs-index-key.b64"))?,
+    };
+    Ok((Keyring::new(kek, []), index))
 }
 
 /// The configured key, or the one kept in the data dir (generated on first

@@ -10,6 +10,7 @@ use sharedcare_identity::{
     store::{IdentityStore, SqlStore},
 };
 use sharedcare_kit::{
+    crypto::{BlindIndex, Kek, Keyring},
     keys::SigningKey,
     server::MessageLimits,
     testing::{TestAuthority, TestDatabase, TestServer, spawn, with_token},
@@ -25,13 +26,22 @@ const ADMIN_SECRET: &str = "admin-secret-for-tests-0123456789abcdef";
 struct Fixture {
     server: TestServer,
     store: Arc<SqlStore>,
-    _db: TestDatabase,
+    db: TestDatabase,
 }
 
 impl Fixture {
     async fn start() -> Self {
         let db = TestDatabase::sqlite();
-        let store = Arc::new(SqlStore::connect(db.url(), 4).await.expect("store"));
+        let store = Arc::new(
+            SqlStore::connect(
+                db.url(),
+                4,
+                Keyring::new(Kek::generate(), []),
+                BlindIndex::generate(),
+            )
+            .await
+            .expect("store"),
+        );
         bootstrap::apply(
             store.as_ref(),
             BootstrapFile {
@@ -66,11 +76,7 @@ impl Fixture {
             },
         ))
         .await;
-        Fixture {
-            server,
-            store,
-            _db: db,
-        }
+        Fixture { server, store, db }
     }
 
     fn client(&self) -> IdentityServiceClient<Channel> {
@@ -185,6 +191,7 @@ async fn invalid_nhs_numbers_are_refused_and_nothing_is_stored() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("demographics.birth_date"));
     let nhs = NhsNumber::parse("n", "9434765919").expect("valid");
+    assert_plaintext_absent(&f, &[]).await;
     assert!(
         f.store
             .find_patient_by_nhs_number(&nhs)
@@ -382,4 +389,43 @@ async fn oversize_and_unimplemented_calls_fail_cleanly_and_the_server_keeps_serv
         .register_patient(with_token(jane("9434765919"), &admin))
         .await
         .expect("still serving");
+}
+
+/// Reads the patients table raw: none of `needles` (nor the test patient's
+/// NHS number) may appear in it.
+async fn assert_plaintext_absent(f: &Fixture, needles: &[&str]) {
+    use sea_orm::{ConnectionTrait, Statement};
+    let db = sea_orm::Database::connect(f.db.url())
+        .await
+        .expect("connect");
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT * FROM identity_patients",
+        ))
+        .await
+        .expect("rows");
+    for row in rows {
+        let index: String = row.try_get("", "nhs_index").expect("index");
+        let sealed: Vec<u8> = row.try_get("", "sealed").expect("sealed");
+        for needle in needles.iter().chain(&["9434765919"]) {
+            assert!(!index.contains(needle), "{needle} in the index");
+            assert!(
+                !sealed.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle} at rest"
+            );
+        }
+    }
+    db.close().await.ok();
+}
+
+#[tokio::test]
+async fn patients_are_encrypted_at_rest() {
+    let f = Fixture::start().await;
+    let token = f.admin().await;
+    f.client()
+        .register_patient(with_token(jane("943 476 5919"), &token))
+        .await
+        .expect("registered");
+    assert_plaintext_absent(&f, &["Smith", "Jane", "1980-02-29", "LS1 4AP"]).await;
 }

@@ -67,14 +67,76 @@ impl Kek {
 
     /// The key kept at `path`, created (readable by this user only) if absent.
     pub fn load_or_create(path: &Path) -> Result<Self, Error> {
-        if path.exists() {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::internal("reading the key-encryption key", e))?;
-            return Self::from_base64(&text);
-        }
-        let kek = Self::generate();
-        crate::files::write_private(path, &kek.to_base64())?;
-        Ok(kek)
+        load_or_create_key(path).map(Self::from_bytes)
+    }
+}
+
+/// A 32-byte key kept base64-encoded at `path`, generated if absent.
+fn load_or_create_key(path: &Path) -> Result<[u8; KEY_LEN], Error> {
+    if path.exists() {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::internal("reading a key in the data dir", e))?;
+        return decode_key(&text);
+    }
+    let mut key = [0u8; KEY_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    crate::files::write_private(path, &base64::engine::general_purpose::STANDARD.encode(key))?;
+    Ok(key)
+}
+
+fn decode_key(text: &str) -> Result<[u8; KEY_LEN], Error> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| Error::internal("reading a key", "not base64"))?;
+    bytes
+        .try_into()
+        .map_err(|_| Error::internal("reading a key", "must be 32 bytes"))
+}
+
+/// A keyed hash (HMAC-SHA-256) for finding encrypted values by equality
+/// (a "blind index"): the same input always gives the same index, and
+/// without the key the index reveals nothing. Its key is not a KEK and does
+/// not rotate with one: changing it means re-indexing.
+#[derive(Clone)]
+pub struct BlindIndex {
+    key: [u8; KEY_LEN],
+}
+
+impl fmt::Debug for BlindIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BlindIndex([redacted])")
+    }
+}
+
+impl BlindIndex {
+    pub fn from_base64(text: &str) -> Result<Self, Error> {
+        decode_key(text).map(|key| BlindIndex { key })
+    }
+
+    pub fn generate() -> Self {
+        let mut key = [0u8; KEY_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        BlindIndex { key }
+    }
+
+    pub fn load_or_create(path: &Path) -> Result<Self, Error> {
+        load_or_create_key(path).map(|key| BlindIndex { key })
+    }
+
+    /// The index of `value` within `domain` (so equal values in different
+    /// fields do not share an index), as hex.
+    pub fn index(&self, domain: &str, value: &[u8]) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .expect("HMAC takes a key of any length");
+        mac.update(domain.as_bytes());
+        mac.update(&[0]);
+        mac.update(value);
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 
@@ -220,6 +282,16 @@ mod tests {
             ring.open(&sealed, b"record-2/1").is_err(),
             "rows cannot be swapped"
         );
+    }
+
+    #[test]
+    fn blind_indexes_are_stable_keyed_and_domain_separated() {
+        let index = BlindIndex::generate();
+        let a = index.index("nhs_number", b"9434765919");
+        assert_eq!(a, index.index("nhs_number", b"9434765919"));
+        assert_ne!(a, index.index("other", b"9434765919"));
+        assert_ne!(a, BlindIndex::generate().index("nhs_number", b"9434765919"));
+        assert!(!a.contains("9434765919"));
     }
 
     #[test]

@@ -8,14 +8,12 @@ pub mod patient {
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub patient_id: String,
+        /// Blind index (keyed hash) of the NHS number: found by equality,
+        /// unreadable without the key.
         #[sea_orm(unique)]
-        pub nhs_number: String,
-        /// JSON array of given names.
-        pub given_names: String,
-        pub family_name: String,
-        pub birth_date: Date,
-        pub gender: String,
-        pub postcode: Option<String>,
+        pub nhs_index: String,
+        /// NHS number and demographics, sealed with `kit::crypto`.
+        pub sealed: Vec<u8>,
         pub superseded_by: Option<String>,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,

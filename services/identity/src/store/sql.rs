@@ -4,59 +4,104 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, SqlErr,
     sea_query::OnConflict,
 };
-use sharedcare_kit::{Error, auth};
+use serde::{Deserialize, Serialize};
+use sharedcare_kit::{
+    Error, auth,
+    crypto::{BlindIndex, Keyring},
+};
 
 use super::{BoxFuture, IdentityStore, Migrator, Registered, entities::*};
 use crate::domain::{Demographics, Gender, NhsNumber, OdsCode, Organisation, Patient, Principal};
 
+/// Patients are encrypted at rest: NHS number and demographics sealed in one
+/// value bound to the patient id, found by a blind index of the NHS number.
 #[derive(Clone)]
 pub struct SqlStore {
     db: DatabaseConnection,
+    keys: Keyring,
+    index: BlindIndex,
+}
+
+/// The sealed part of a patient row.
+#[derive(Serialize, Deserialize)]
+struct SealedPatient {
+    nhs_number: String,
+    given_names: Vec<String>,
+    family_name: String,
+    birth_date: chrono::NaiveDate,
+    gender: String,
+    postcode: Option<String>,
+}
+
+const NHS_INDEX_DOMAIN: &str = "sharedcare.identity/nhs_number";
+
+fn patient_aad(patient_id: &str) -> Vec<u8> {
+    format!("sharedcare.identity/patient/{patient_id}").into_bytes()
 }
 
 impl SqlStore {
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, Error> {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        keys: Keyring,
+        index: BlindIndex,
+    ) -> Result<Self, Error> {
         let db = sharedcare_kit::db::connect::<Migrator>(url, max_connections).await?;
-        Ok(SqlStore { db })
+        Ok(SqlStore { db, keys, index })
+    }
+
+    fn nhs_index(&self, nhs: &NhsNumber) -> String {
+        self.index.index(NHS_INDEX_DOMAIN, nhs.as_str().as_bytes())
+    }
+
+    fn patient_to_row(&self, p: &Patient) -> Result<patient::ActiveModel, Error> {
+        let sealed = SealedPatient {
+            nhs_number: p.nhs_number.as_str().to_owned(),
+            given_names: p.demographics.given_names.clone(),
+            family_name: p.demographics.family_name.clone(),
+            birth_date: p.demographics.birth_date,
+            gender: p.demographics.gender.as_str().to_owned(),
+            postcode: p.demographics.postcode.clone(),
+        };
+        let plaintext =
+            serde_json::to_vec(&sealed).map_err(|e| Error::internal("storing a patient", e))?;
+        Ok(patient::ActiveModel {
+            patient_id: Set(p.id.clone()),
+            nhs_index: Set(self.nhs_index(&p.nhs_number)),
+            sealed: Set(self.keys.seal(&plaintext, &patient_aad(&p.id))?),
+            superseded_by: Set(p.superseded_by.clone()),
+            created_at: Set(p.created_at),
+            updated_at: Set(p.updated_at),
+        })
+    }
+
+    fn patient_from_row(&self, row: patient::Model) -> Result<Patient, Error> {
+        let plaintext = self
+            .keys
+            .open(&row.sealed, &patient_aad(&row.patient_id))
+            .map_err(|e| e.context("reading a patient"))?;
+        let sealed: SealedPatient = serde_json::from_slice(&plaintext)
+            .map_err(|e| Error::internal("reading a patient", e))?;
+        Ok(Patient {
+            id: row.patient_id,
+            nhs_number: NhsNumber::parse("stored nhs_number", &sealed.nhs_number)
+                .map_err(|e| Error::internal("reading a patient", e))?,
+            demographics: Demographics {
+                given_names: sealed.given_names,
+                family_name: sealed.family_name,
+                birth_date: sealed.birth_date,
+                gender: Gender::from_stored(&sealed.gender),
+                postcode: sealed.postcode,
+            },
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            superseded_by: row.superseded_by,
+        })
     }
 }
 
 fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
     matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
-}
-
-fn patient_to_row(p: &Patient) -> patient::ActiveModel {
-    patient::ActiveModel {
-        patient_id: Set(p.id.clone()),
-        nhs_number: Set(p.nhs_number.as_str().to_owned()),
-        given_names: Set(serde_json::to_string(&p.demographics.given_names).unwrap_or_default()),
-        family_name: Set(p.demographics.family_name.clone()),
-        birth_date: Set(p.demographics.birth_date),
-        gender: Set(p.demographics.gender.as_str().to_owned()),
-        postcode: Set(p.demographics.postcode.clone()),
-        superseded_by: Set(p.superseded_by.clone()),
-        created_at: Set(p.created_at),
-        updated_at: Set(p.updated_at),
-    }
-}
-
-fn patient_from_row(row: patient::Model) -> Result<Patient, Error> {
-    Ok(Patient {
-        id: row.patient_id,
-        nhs_number: NhsNumber::parse("stored nhs_number", &row.nhs_number)
-            .map_err(|e| Error::internal("reading a patient", e))?,
-        demographics: Demographics {
-            given_names: serde_json::from_str(&row.given_names)
-                .map_err(|e| Error::internal("reading a patient", e))?,
-            family_name: row.family_name,
-            birth_date: row.birth_date,
-            gender: Gender::from_stored(&row.gender),
-            postcode: row.postcode,
-        },
-        created_at: row.created_at,
-        updated_at: row.updated_at,
-        superseded_by: row.superseded_by,
-    })
 }
 
 fn organisation_from_row(row: organisation::Model) -> Result<Organisation, Error> {
@@ -104,7 +149,7 @@ impl IdentityStore for SqlStore {
             if let Some(existing) = self.find_patient_by_nhs_number(&p.nhs_number).await? {
                 return Ok(Registered::Existing(existing));
             }
-            match patient::Entity::insert(patient_to_row(&p))
+            match patient::Entity::insert(self.patient_to_row(&p)?)
                 .exec(&self.db)
                 .await
             {
@@ -127,20 +172,20 @@ impl IdentityStore for SqlStore {
                 .one(&self.db)
                 .await
                 .map_err(|e| Error::internal("reading a patient", e))?
-                .map(patient_from_row)
+                .map(|row| self.patient_from_row(row))
                 .transpose()
         })
     }
 
     fn find_patient_by_nhs_number(&self, nhs: &NhsNumber) -> BoxFuture<'_, Option<Patient>> {
-        let nhs = nhs.as_str().to_owned();
+        let nhs_index = self.nhs_index(nhs);
         Box::pin(async move {
             patient::Entity::find()
-                .filter(patient::Column::NhsNumber.eq(nhs))
+                .filter(patient::Column::NhsIndex.eq(nhs_index))
                 .one(&self.db)
                 .await
                 .map_err(|e| Error::internal("reading a patient", e))?
-                .map(patient_from_row)
+                .map(|row| self.patient_from_row(row))
                 .transpose()
         })
     }
