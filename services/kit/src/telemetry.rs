@@ -132,3 +132,50 @@ pub fn current_trace_id() -> String {
         String::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    #[test]
+    fn trace_context_crosses_a_hop() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            // The caller: a span whose context goes out as `traceparent`.
+            let outgoing = tracing::info_span!("caller");
+            let _entered = outgoing.enter();
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            inject_trace_context(&mut metadata);
+            let traceparent = metadata
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .expect("traceparent sent")
+                .to_owned();
+            let caller_trace = tracing::Span::current()
+                .context()
+                .span()
+                .span_context()
+                .trace_id();
+            assert!(traceparent.contains(&caller_trace.to_string()));
+            assert_eq!(current_trace_id(), caller_trace.to_string());
+
+            // The callee: its request span continues the caller's trace.
+            let request = http::Request::builder()
+                .uri("/sharedcare.records.v1.RecordsService/GetRecord")
+                .header("traceparent", traceparent)
+                .body(())
+                .expect("request");
+            let span = request_span(&request);
+            assert_eq!(
+                span.context().span().span_context().trace_id(),
+                caller_trace
+            );
+        });
+    }
+}
