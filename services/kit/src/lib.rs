@@ -9,6 +9,7 @@ pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod files;
+pub mod ids;
 pub mod keys;
 pub mod proto_time;
 pub mod server;

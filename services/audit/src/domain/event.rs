@@ -47,19 +47,7 @@ impl EventId {
     }
 }
 
-/// Whose data an event is about: identity's patient id, opaque here.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PatientId(String);
-
-impl PatientId {
-    pub fn parse(field: &str, value: &str) -> Result<Self, Error> {
-        required_text(field, value, MAX_ID_CHARS).map(PatientId)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+pub use sharedcare_kit::ids::PatientId;
 
 /// What was done to the data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,4 +4,5 @@ mod fhir;
 mod record;
 
 pub use fhir::{SUPPORTED_RESOURCE_TYPES, ValidResource};
-pub use record::{Category, PatientId, Record, RecordId};
+pub use record::{Category, Record, RecordId};
+pub use sharedcare_kit::ids::PatientId;

@@ -1,5 +1,5 @@
 use chrono::{DateTime, Utc};
-use sharedcare_kit::Error;
+use sharedcare_kit::{Error, ids::PatientId};
 
 const MAX_ID_CHARS: usize = 64;
 
@@ -18,20 +18,6 @@ fn parse_id(field: &str, input: &str) -> Result<String, Error> {
         ));
     }
     Ok(input.to_owned())
-}
-
-/// A patient id as issued by identity (a FHIR id: `[A-Za-z0-9\-\.]{1,64}`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PatientId(String);
-
-impl PatientId {
-    pub fn parse(field: &str, input: &str) -> Result<Self, Error> {
-        parse_id(field, input).map(PatientId)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 /// A record's logical id, assigned by the server.
@@ -110,10 +96,9 @@ mod tests {
 
     #[test]
     fn ids_are_fhir_ids() {
-        assert!(PatientId::parse("patient_id", "0192f1c2-aaaa-7bbb-8ccc-0123456789ab").is_ok());
-        let err = PatientId::parse("patient_id", "a/b").expect_err("slash");
-        assert_eq!(err.field.as_deref(), Some("patient_id"));
-        assert!(PatientId::parse("patient_id", "").is_err());
+        assert!(RecordId::parse("record_id", "0192f1c2-aaaa-7bbb-8ccc-0123456789ab").is_ok());
+        let err = RecordId::parse("record_id", "a/b").expect_err("slash");
+        assert_eq!(err.field.as_deref(), Some("record_id"));
         assert!(RecordId::parse("record_id", &"a".repeat(65)).is_err());
     }
 }
