@@ -59,7 +59,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha()?);
 
     let layers = ServiceBuilder::new()
-        .map_result(overload_to_status)
+        .map_result(normalise_status)
         .load_shed()
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             cfg.concurrency_limit,
@@ -115,15 +115,35 @@ impl From<&ServerConfig> for MessageLimits {
 
 type HttpResponse = http::Response<tonic::body::Body>;
 
-/// The load shedder's refusal becomes RESOURCE_EXHAUSTED rather than UNKNOWN.
-fn overload_to_status(result: Result<HttpResponse, BoxError>) -> Result<HttpResponse, BoxError> {
+/// tonic's words for a request larger than the decoding limit, as they
+/// appear in `grpc-message` (percent-encoded: spaces are `%20`).
+const OVERSIZE_MESSAGE: &str = "Error,%20decoded%20message%20length%20too%20large";
+
+/// Answers with the codes gRPC's status-code guide gives: the load shedder's
+/// refusal is RESOURCE_EXHAUSTED (not UNKNOWN), and so is a message larger
+/// than the limit (tonic says OUT_OF_RANGE). Its message is kept.
+fn normalise_status(result: Result<HttpResponse, BoxError>) -> Result<HttpResponse, BoxError> {
     match result {
         Err(err) if err.is::<tower::load_shed::error::Overloaded>() => Ok(
             tonic::Status::resource_exhausted("server is at its concurrency limit; retry later")
                 .into_http(),
         ),
+        Ok(mut response) if is_oversize_refusal(response.headers()) => {
+            response.headers_mut().insert(
+                "grpc-status",
+                http::HeaderValue::from(tonic::Code::ResourceExhausted as i32),
+            );
+            Ok(response)
+        }
         other => other,
     }
+}
+
+/// A trailers-only OUT_OF_RANGE answer from tonic's size check.
+fn is_oversize_refusal(headers: &http::HeaderMap) -> bool {
+    let code = headers.get("grpc-status").and_then(|v| v.to_str().ok());
+    let message = headers.get("grpc-message").and_then(|v| v.to_str().ok());
+    code == Some("11") && message.is_some_and(|m| m.starts_with(OVERSIZE_MESSAGE))
 }
 
 fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
