@@ -44,10 +44,10 @@ impl SigningKey {
 
     fn from_dalek(key: ed25519_dalek::SigningKey) -> Self {
         let kid = thumbprint(&key.verifying_key().to_bytes());
-        let der = key
-            .to_pkcs8_der()
-            .expect("an Ed25519 key always encodes as PKCS#8");
-        let encoding = EncodingKey::from_ed_der(der.as_bytes());
+        // RFC 8410: an Ed25519 PKCS#8 key is this fixed prefix and the seed.
+        let mut der = PKCS8_ED25519_PREFIX.to_vec();
+        der.extend_from_slice(&key.to_bytes());
+        let encoding = EncodingKey::from_ed_der(&der);
         SigningKey { kid, key, encoding }
     }
 
@@ -76,6 +76,11 @@ impl SigningKey {
             .map_err(|e| Error::internal("signing a token", e))
     }
 }
+
+/// PrivateKeyInfo { version 0, algorithm 1.3.101.112, OCTET STRING { 32 bytes } }.
+const PKCS8_ED25519_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
 
 /// RFC 7638 JWK thumbprint: the key id is stable across restarts and
 /// different for every key.
@@ -204,6 +209,15 @@ mod tests {
             .await
             .expect("still valid");
         assert_eq!(fetches(), 2);
+    }
+
+    #[test]
+    fn the_pkcs8_der_we_build_is_the_same_key() {
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let mut der = PKCS8_ED25519_PREFIX.to_vec();
+        der.extend_from_slice(&key.to_bytes());
+        let read = ed25519_dalek::SigningKey::from_pkcs8_der(&der).expect("a PKCS#8 v1 key");
+        assert_eq!(read.to_bytes(), key.to_bytes());
     }
 
     #[test]

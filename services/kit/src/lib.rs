@@ -14,6 +14,7 @@ pub mod keys;
 pub mod proto_time;
 pub mod server;
 pub mod telemetry;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use error::{Error, Result};

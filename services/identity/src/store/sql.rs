@@ -50,7 +50,7 @@ impl SqlStore {
         Ok(SqlStore { db, keys, index })
     }
 
-    fn nhs_index(&self, nhs: &NhsNumber) -> String {
+    fn nhs_index(&self, nhs: &NhsNumber) -> Result<String, Error> {
         self.index.index(NHS_INDEX_DOMAIN, nhs.as_str().as_bytes())
     }
 
@@ -67,7 +67,7 @@ impl SqlStore {
             serde_json::to_vec(&sealed).map_err(|e| Error::internal("storing a patient", e))?;
         Ok(patient::ActiveModel {
             patient_id: Set(p.id.clone()),
-            nhs_index: Set(self.nhs_index(&p.nhs_number)),
+            nhs_index: Set(self.nhs_index(&p.nhs_number)?),
             sealed: Set(self.keys.seal(&plaintext, &patient_aad(&p.id))?),
             superseded_by: Set(p.superseded_by.clone()),
             created_at: Set(p.created_at),
@@ -180,6 +180,7 @@ impl IdentityStore for SqlStore {
     fn find_patient_by_nhs_number(&self, nhs: &NhsNumber) -> BoxFuture<'_, Option<Patient>> {
         let nhs_index = self.nhs_index(nhs);
         Box::pin(async move {
+            let nhs_index = nhs_index?;
             patient::Entity::find()
                 .filter(patient::Column::NhsIndex.eq(nhs_index))
                 .one(&self.db)
