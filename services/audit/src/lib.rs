@@ -37,12 +37,7 @@ pub fn spec(
     let server = AuditServiceServer::new(grpc::AuditGrpc { store })
         .max_decoding_message_size(limits.max_bytes)
         .max_encoding_message_size(limits.max_bytes);
-    ServiceSpec {
-        name: SERVICE_NAME,
-        grpc_services: vec!["sharedcare.audit.v1.AuditService"],
-        routes: tonic::service::Routes::new(server),
-        verifier,
-    }
+    ServiceSpec::new(SERVICE_NAME, server, verifier)
 }
 
 /// Opens the configured store and identity's key source: what main.rs runs.

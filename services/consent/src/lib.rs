@@ -35,12 +35,7 @@ pub fn spec(
     let server = ConsentServiceServer::new(grpc::ConsentGrpc { store })
         .max_decoding_message_size(limits.max_bytes)
         .max_encoding_message_size(limits.max_bytes);
-    ServiceSpec {
-        name: SERVICE_NAME,
-        grpc_services: vec!["sharedcare.consent.v1.ConsentService"],
-        routes: tonic::service::Routes::new(server),
-        verifier,
-    }
+    ServiceSpec::new(SERVICE_NAME, server, verifier)
 }
 
 /// Opens the configured store and identity's key source: what main.rs runs.

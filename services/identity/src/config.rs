@@ -7,7 +7,7 @@ use sharedcare_kit::config::{
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, SecretSource,
     ServerConfig, TelemetryConfig, Validate,
 };
-use sharedcare_kit::crypto::BlindIndex;
+use sharedcare_kit::crypto::decode_key;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct IdentityConfig {
@@ -72,7 +72,7 @@ impl Validate for IdentityConfig {
             ("identity.nhs_index_key", &self.identity.nhs_index_key),
         ] {
             if let Some(text) = source.resolve(key)?
-                && BlindIndex::from_base64(text.expose()).is_err()
+                && decode_key(text.expose()).is_err()
             {
                 return Err(ConfigError::invalid(
                     key,

@@ -43,12 +43,7 @@ pub fn spec(
     let server = IdentityServiceServer::new(grpc::IdentityGrpc::new(store, tokens))
         .max_decoding_message_size(limits.max_bytes)
         .max_encoding_message_size(limits.max_bytes);
-    ServiceSpec {
-        name: SERVICE_NAME,
-        grpc_services: vec!["sharedcare.identity.v1.IdentityService"],
-        routes: tonic::service::Routes::new(server),
-        verifier,
-    }
+    ServiceSpec::new(SERVICE_NAME, server, verifier)
 }
 
 /// Opens the configured store and signing key, applies the bootstrap file,

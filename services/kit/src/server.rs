@@ -28,6 +28,31 @@ pub struct ServiceSpec {
     pub verifier: Arc<Verifier>,
 }
 
+impl ServiceSpec {
+    /// A service from its generated server; health reports it under the
+    /// gRPC name the server itself declares.
+    pub fn new<S>(name: &'static str, server: S, verifier: Arc<Verifier>) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        ServiceSpec {
+            name,
+            grpc_services: vec![S::NAME],
+            routes: Routes::new(server),
+            verifier,
+        }
+    }
+}
+
 /// Binds `cfg.listen` and serves until SIGTERM or Ctrl-C.
 pub async fn serve_until_signal(spec: ServiceSpec, cfg: &ServerConfig) -> Result<(), Error> {
     let listener = TcpListener::bind(cfg.listen)

@@ -99,7 +99,7 @@ impl Validate for RecordsConfig {
             .key_encryption_key
             .resolve("records.key_encryption_key")?
         {
-            sharedcare_kit::crypto::Kek::from_base64(kek.expose()).map_err(|_| {
+            sharedcare_kit::crypto::decode_key(kek.expose()).map_err(|_| {
                 ConfigError::invalid(
                     "records.key_encryption_key",
                     "must be the base64 encoding of 32 bytes",

@@ -34,12 +34,7 @@ pub fn spec(records: Arc<Records>, verifier: Arc<Verifier>, limits: MessageLimit
     let server = RecordsServiceServer::new(grpc::RecordsGrpc::new(records))
         .max_decoding_message_size(limits.max_bytes)
         .max_encoding_message_size(limits.max_bytes);
-    ServiceSpec {
-        name: SERVICE_NAME,
-        grpc_services: vec!["sharedcare.records.v1.RecordsService"],
-        routes: tonic::service::Routes::new(server),
-        verifier,
-    }
+    ServiceSpec::new(SERVICE_NAME, server, verifier)
 }
 
 /// The configured key-encryption key, or the one kept in the data dir.
