@@ -431,3 +431,94 @@ async fn patients_are_encrypted_at_rest() {
         .expect("registered");
     assert_plaintext_absent(&f, &["Smith", "Jane", "1980-02-29", "LS1 4AP"]).await;
 }
+
+#[tokio::test]
+async fn nonsense_is_refused_naming_the_field_and_nothing_is_stored() {
+    let f = Fixture::start().await;
+    let admin = f.admin().await;
+    let mut client = f.client();
+    let expect_invalid = |status: tonic::Status, field: &str| {
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(
+            status.message().starts_with(field),
+            "{field}: {}",
+            status.message()
+        );
+    };
+
+    for (ods_code, name) in [("A8-001", "Surgery"), ("", "Surgery"), ("A81001", " ")] {
+        let status = client
+            .create_organisation(with_token(
+                pb::CreateOrganisationRequest {
+                    ods_code: ods_code.into(),
+                    name: name.into(),
+                },
+                &admin,
+            ))
+            .await
+            .expect_err("bad organisation");
+        expect_invalid(
+            status,
+            if ods_code == "A81001" {
+                "name"
+            } else {
+                "ods_code"
+            },
+        );
+    }
+    let status = client
+        .get_organisation(with_token(
+            pb::GetOrganisationRequest {
+                ods_code: "A81001".into(),
+            },
+            &admin,
+        ))
+        .await
+        .expect_err("nothing was stored");
+    assert_eq!(status.code(), Code::NotFound);
+
+    let principal = |kind: PrincipalKind, role: &str, scopes: &[&str]| pb::CreatePrincipalRequest {
+        kind: kind as i32,
+        display_name: "Someone".into(),
+        organisation_ods_code: "X26".into(),
+        role: role.into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+    };
+    for (request, field) in [
+        (principal(PrincipalKind::Admin, "admin", &[]), "kind"),
+        (principal(PrincipalKind::Unspecified, "", &[]), "kind"),
+        (principal(PrincipalKind::Staff, "", &[]), "role"),
+        (
+            principal(PrincipalKind::Staff, "R8000", &["root"]),
+            "scopes",
+        ),
+        (principal(PrincipalKind::Service, "", &["admin"]), "scopes"),
+    ] {
+        let status = client
+            .create_principal(with_token(request, &admin))
+            .await
+            .expect_err(field);
+        expect_invalid(status, field);
+    }
+
+    let status = client
+        .issue_token(pb::IssueTokenRequest {
+            client_id: String::new(),
+            client_secret: "x".into(),
+            scopes: vec![],
+            purpose: 0,
+        })
+        .await
+        .expect_err("no client id");
+    expect_invalid(status, "client_id");
+    let status = client
+        .get_patient(with_token(
+            pb::GetPatientRequest {
+                patient_id: String::new(),
+            },
+            &admin,
+        ))
+        .await
+        .expect_err("no id");
+    expect_invalid(status, "patient_id");
+}
