@@ -13,6 +13,7 @@
 pub mod config;
 pub mod domain;
 mod grpc;
+pub mod policy;
 pub mod store;
 
 use std::sync::Arc;
@@ -37,7 +38,7 @@ pub fn spec(
     let server = AuditServiceServer::new(grpc::AuditGrpc { store })
         .max_decoding_message_size(limits.max_bytes)
         .max_encoding_message_size(limits.max_bytes);
-    ServiceSpec::new(SERVICE_NAME, server, verifier)
+    ServiceSpec::new(SERVICE_NAME, server, verifier, &policy::ACCESS)
 }
 
 /// Opens the configured store and identity's key source: what main.rs runs.

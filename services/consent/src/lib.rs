@@ -12,6 +12,7 @@
 pub mod config;
 pub mod domain;
 mod grpc;
+pub mod policy;
 pub mod store;
 
 use std::sync::Arc;
@@ -35,7 +36,7 @@ pub fn spec(
     let server = ConsentServiceServer::new(grpc::ConsentGrpc { store })
         .max_decoding_message_size(limits.max_bytes)
         .max_encoding_message_size(limits.max_bytes);
-    ServiceSpec::new(SERVICE_NAME, server, verifier)
+    ServiceSpec::new(SERVICE_NAME, server, verifier, &policy::ACCESS)
 }
 
 /// Opens the configured store and identity's key source: what main.rs runs.

@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod domain;
 mod grpc;
+pub mod policy;
 pub mod store;
 pub mod tokens;
 
@@ -43,7 +44,7 @@ pub fn spec(
     let server = IdentityServiceServer::new(grpc::IdentityGrpc::new(store, tokens))
         .max_decoding_message_size(limits.max_bytes)
         .max_encoding_message_size(limits.max_bytes);
-    ServiceSpec::new(SERVICE_NAME, server, verifier)
+    ServiceSpec::new(SERVICE_NAME, server, verifier, &policy::ACCESS)
 }
 
 /// Opens the configured store and signing key, applies the bootstrap file,

@@ -20,7 +20,10 @@ use sharedcare_proto::{
 use tokio::sync::{Mutex, RwLock};
 use tonic::transport::Channel;
 
-use crate::Error;
+use crate::{
+    Error,
+    access::{AccessTable, Capability},
+};
 
 /// The claims of a sharedcare access token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -39,8 +42,18 @@ pub struct Claims {
     pub role: String,
     /// Space-separated scopes.
     pub scope: String,
-    /// Purpose of use, e.g. "direct_care".
+    /// Default purpose of use, e.g. "direct_care"; empty for principals
+    /// with no purposes (services, admin).
     pub pou: String,
+    /// Every purpose the principal may name.
+    #[serde(default)]
+    pub pous: Vec<String>,
+    /// What the principal's role allows (see `access::Capability`).
+    #[serde(default)]
+    pub caps: Vec<String>,
+    /// For a patient principal: the patient the token is bound to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pat: String,
 }
 
 /// The verified caller of a request, placed in its extensions by the auth layer.
@@ -48,24 +61,97 @@ pub struct Claims {
 pub struct Principal {
     pub id: String,
     pub kind: PrincipalKind,
+    /// Empty for patients.
     pub organisation: String,
     pub role: String,
     pub scopes: BTreeSet<String>,
-    pub purpose: Purpose,
+    /// The token's default purpose of use, if it has any purpose.
+    pub purpose: Option<Purpose>,
+    /// Every purpose the principal may name.
+    pub purposes: BTreeSet<Purpose>,
+    pub capabilities: BTreeSet<Capability>,
+    /// For a patient principal: the patient the token is bound to.
+    pub patient: Option<String>,
 }
 
 impl Principal {
     pub fn from_claims(claims: &Claims) -> Result<Self, Error> {
+        let unknown_purpose = || Error::unauthenticated("token names an unknown purpose of use");
+        let purposes = claims
+            .pous
+            .iter()
+            .map(|p| purpose_from_str(p).ok_or_else(unknown_purpose))
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        let purpose = match claims.pou.as_str() {
+            "" => None,
+            p => Some(purpose_from_str(p).ok_or_else(unknown_purpose)?),
+        };
+        if purpose.is_some_and(|p| !purposes.contains(&p)) {
+            return Err(Error::unauthenticated(
+                "token's purpose of use is not among its permitted purposes",
+            ));
+        }
+        let kind = kind_from_str(&claims.kind)
+            .ok_or_else(|| Error::unauthenticated("token names an unknown principal kind"))?;
+        let patient = (!claims.pat.is_empty()).then(|| claims.pat.clone());
+        if (kind == PrincipalKind::Patient) != patient.is_some() {
+            return Err(Error::unauthenticated(
+                "a patient token must be bound to one patient, and only a patient token",
+            ));
+        }
         Ok(Principal {
             id: claims.sub.clone(),
-            kind: kind_from_str(&claims.kind)
-                .ok_or_else(|| Error::unauthenticated("token names an unknown principal kind"))?,
+            kind,
             organisation: claims.org.clone(),
             role: claims.role.clone(),
             scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
-            purpose: purpose_from_str(&claims.pou)
-                .ok_or_else(|| Error::unauthenticated("token names an unknown purpose of use"))?,
+            purpose,
+            purposes,
+            capabilities: claims
+                .caps
+                .iter()
+                .map(|c| {
+                    Capability::parse(c)
+                        .ok_or_else(|| Error::unauthenticated("token names an unknown capability"))
+                })
+                .collect::<Result<_, _>>()?,
+            patient,
         })
+    }
+
+    /// The purpose a request acts for: the one it names, or the token's
+    /// default when it names none. PERMISSION_DENIED naming the purpose when
+    /// the principal may not use it; INVALID_ARGUMENT for an unknown value.
+    pub fn purpose_for(&self, field: &str, requested: i32) -> Result<Purpose, Error> {
+        let purpose = match Purpose::try_from(requested) {
+            Ok(Purpose::Unspecified) => self.purpose.ok_or_else(|| {
+                Error::invalid(field, "is required: this token has no purpose of use")
+            })?,
+            Ok(p) => p,
+            Err(_) => return Err(Error::invalid(field, format!("unknown value {requested}"))),
+        };
+        if self.purposes.contains(&purpose) {
+            Ok(purpose)
+        } else {
+            Err(Error::permission_denied(format!(
+                "purpose `{}` is not permitted to this principal (permitted: {})",
+                purpose_to_str(purpose),
+                if self.purposes.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.purposes
+                        .iter()
+                        .map(|p| purpose_to_str(*p))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ))
+            .with_reason("PURPOSE_NOT_PERMITTED"))
+        }
+    }
+
+    pub fn has(&self, capability: Capability) -> bool {
+        self.capabilities.contains(&capability)
     }
 
     /// PERMISSION_DENIED naming the scope when the token lacks it.
@@ -87,20 +173,9 @@ impl Principal {
             kind: self.kind as i32,
             organisation_ods_code: self.organisation.clone(),
             role: self.role.clone(),
+            patient_id: self.patient.clone().unwrap_or_default(),
         }
     }
-}
-
-/// The verified principal of a request that needs `scope`. UNAUTHENTICATED
-/// if the auth layer did not run (a wiring bug: fail closed).
-pub fn authorize<T>(request: &tonic::Request<T>, scope: &str) -> Result<Principal, Error> {
-    let principal = request
-        .extensions()
-        .get::<Principal>()
-        .cloned()
-        .ok_or_else(|| Error::unauthenticated("no verified token on this request"))?;
-    principal.require_scope(scope)?;
-    Ok(principal)
 }
 
 pub fn kind_to_str(kind: PrincipalKind) -> &'static str {
@@ -109,6 +184,7 @@ pub fn kind_to_str(kind: PrincipalKind) -> &'static str {
         PrincipalKind::Application => "application",
         PrincipalKind::Service => "service",
         PrincipalKind::Admin => "admin",
+        PrincipalKind::Patient => "patient",
         PrincipalKind::Unspecified => "unspecified",
     }
 }
@@ -119,6 +195,7 @@ pub fn kind_from_str(s: &str) -> Option<PrincipalKind> {
         "application" => PrincipalKind::Application,
         "service" => PrincipalKind::Service,
         "admin" => PrincipalKind::Admin,
+        "patient" => PrincipalKind::Patient,
         _ => return None,
     })
 }
@@ -279,24 +356,25 @@ pub fn remote_verifier(cfg: &crate::config::AuthConfig) -> Result<Arc<Verifier>,
     )))
 }
 
-/// gRPC paths that need no token: health, reflection, token issuing, JWKS.
+/// gRPC paths that need no token besides a service's public RPCs (token
+/// issuing, JWKS): health and reflection.
 pub const PUBLIC_PATH_PREFIXES: &[&str] = &[
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1.ServerReflection/",
     "/grpc.reflection.v1alpha.ServerReflection/",
-    "/sharedcare.identity.v1.IdentityService/IssueToken",
-    "/sharedcare.identity.v1.IdentityService/GetJwks",
 ];
 
-/// The tower layer that demands a valid bearer token on every other path.
+/// The tower layer that demands a valid bearer token on every other path and
+/// admits it by the service's access table, before the request is decoded.
 #[derive(Clone)]
 pub struct AuthLayer {
     verifier: Arc<Verifier>,
+    table: &'static AccessTable,
 }
 
 impl AuthLayer {
-    pub fn new(verifier: Arc<Verifier>) -> Self {
-        AuthLayer { verifier }
+    pub fn new(verifier: Arc<Verifier>, table: &'static AccessTable) -> Self {
+        AuthLayer { verifier, table }
     }
 }
 
@@ -307,6 +385,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         AuthService {
             inner,
             verifier: self.verifier.clone(),
+            table: self.table,
         }
     }
 }
@@ -315,6 +394,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     verifier: Arc<Verifier>,
+    table: &'static AccessTable,
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for AuthService<S>
@@ -340,22 +420,37 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let verifier = self.verifier.clone();
+        let table = self.table;
         Box::pin(async move {
-            let path = request.uri().path();
-            if PUBLIC_PATH_PREFIXES.iter().any(|p| path.starts_with(p)) {
+            let path = request.uri().path().to_owned();
+            if PUBLIC_PATH_PREFIXES.iter().any(|p| path.starts_with(p)) || table.is_public(&path)
+            {
                 return inner.call(request).await;
             }
             let token = match bearer_token(request.headers()) {
                 Ok(token) => token,
                 Err(err) => return Ok(tonic::Status::from(err).into_http()),
             };
-            match verifier.verify(&token).await {
-                Ok(principal) => {
-                    request.extensions_mut().insert(principal);
-                    inner.call(request).await
+            let principal = match verifier.verify(&token).await {
+                Ok(principal) => principal,
+                Err(err) => return Ok(tonic::Status::from(err).into_http()),
+            };
+            // A path of this service is admitted by its row of the table
+            // (none: refused); any other path meets tonic's UNIMPLEMENTED.
+            if let Some(method) = path
+                .strip_prefix('/')
+                .and_then(|p| p.strip_prefix(table.service))
+                .and_then(|p| p.strip_prefix('/'))
+            {
+                match table.admit(method, &principal) {
+                    Ok(grant) => {
+                        request.extensions_mut().insert(grant);
+                    }
+                    Err(err) => return Ok(tonic::Status::from(err).into_http()),
                 }
-                Err(err) => Ok(tonic::Status::from(err).into_http()),
             }
+            request.extensions_mut().insert(principal);
+            inner.call(request).await
         })
     }
 }
@@ -404,20 +499,68 @@ mod tests {
         assert!(bearer_token(&http::HeaderMap::new()).is_err());
     }
 
-    #[test]
-    fn scopes_are_checked_exactly() {
-        let principal = Principal {
+    fn staff() -> Principal {
+        Principal {
             id: "p".into(),
             kind: PrincipalKind::Staff,
             organisation: "A81001".into(),
             role: "R8000".into(),
             scopes: ["records.read".to_owned()].into(),
-            purpose: Purpose::DirectCare,
-        };
+            purpose: Some(Purpose::DirectCare),
+            purposes: [Purpose::DirectCare].into(),
+            capabilities: BTreeSet::new(),
+            patient: None,
+        }
+    }
+
+    #[test]
+    fn scopes_are_checked_exactly() {
+        let principal = staff();
         assert!(principal.require_scope("records.read").is_ok());
         let err = principal
             .require_scope("records.write")
             .expect_err("denied");
         assert!(err.message.contains("records.write"));
+    }
+
+    #[test]
+    fn a_request_names_only_a_permitted_purpose() {
+        let principal = staff();
+        assert_eq!(
+            principal
+                .purpose_for("purpose", Purpose::Unspecified as i32)
+                .expect("default"),
+            Purpose::DirectCare
+        );
+        let err = principal
+            .purpose_for("purpose", Purpose::Research as i32)
+            .expect_err("not permitted");
+        assert_eq!(err.code, crate::error::Code::PermissionDenied);
+        assert!(err.message.contains("research"), "{}", err.message);
+        let err = principal.purpose_for("purpose", 99).expect_err("unknown");
+        assert_eq!(err.code, crate::error::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn a_patient_token_must_name_its_patient() {
+        let claims = |kind: &str, pat: &str| Claims {
+            iss: "i".into(),
+            sub: "s".into(),
+            aud: "a".into(),
+            exp: 0,
+            iat: 0,
+            jti: "j".into(),
+            kind: kind.into(),
+            org: String::new(),
+            role: String::new(),
+            scope: String::new(),
+            pou: "patient_access".into(),
+            pous: vec!["patient_access".into()],
+            caps: vec![],
+            pat: pat.into(),
+        };
+        assert!(Principal::from_claims(&claims("patient", "p1")).is_ok());
+        assert!(Principal::from_claims(&claims("patient", "")).is_err());
+        assert!(Principal::from_claims(&claims("staff", "p1")).is_err());
     }
 }

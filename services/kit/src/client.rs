@@ -25,6 +25,17 @@ pub fn lazy_channel(url: &str) -> Result<Channel, Error> {
         .connect_lazy())
 }
 
+/// Where a service gets the token it calls other services with.
+pub trait ServiceTokens: Send + Sync + 'static {
+    fn token(&self) -> crate::peers::BoxFuture<'_, String>;
+}
+
+impl ServiceTokens for TokenSource {
+    fn token(&self) -> crate::peers::BoxFuture<'_, String> {
+        Box::pin(TokenSource::token(self))
+    }
+}
+
 /// This service's access token, from identity with client credentials.
 pub struct TokenSource {
     client: IdentityServiceClient<Channel>,
@@ -55,7 +66,9 @@ impl TokenSource {
             client_id: self.client_id.clone(),
             client_secret: self.client_secret.expose().to_owned(),
             scopes: vec![],
-            purpose: Purpose::DirectCare as i32,
+            // A service acts for no purpose of its own: its calls carry the
+            // end user's.
+            purpose: Purpose::Unspecified as i32,
         });
         request.set_timeout(Duration::from_secs(5));
         let response = self
@@ -78,7 +91,7 @@ impl TokenSource {
 /// context and a deadline.
 pub async fn request<T>(
     message: T,
-    tokens: &TokenSource,
+    tokens: &dyn ServiceTokens,
     timeout: Duration,
 ) -> Result<tonic::Request<T>, Error> {
     let token = tokens.token().await?;

@@ -122,6 +122,9 @@ mod tests {
             role: "R8000".into(),
             scope: "records.read".into(),
             pou: "direct_care".into(),
+            pous: vec!["direct_care".into()],
+            caps: vec![],
+            pat: String::new(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! copies it. Config, telemetry, the auth layer, server bootstrap, errors,
 //! outgoing clients, database connections and test spawning.
 
+pub mod access;
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod files;
 pub mod ids;
 pub mod keys;
+pub mod peers;
 pub mod proto_time;
 pub mod server;
 pub mod telemetry;

@@ -12,6 +12,7 @@ use tower::{BoxError, ServiceBuilder};
 
 use crate::{
     Error,
+    access::AccessTable,
     auth::{AuthLayer, Verifier},
     config::ServerConfig,
 };
@@ -26,12 +27,19 @@ pub struct ServiceSpec {
     pub routes: Routes,
     /// How tokens are verified.
     pub verifier: Arc<Verifier>,
+    /// Who may call each RPC.
+    pub access: &'static AccessTable,
 }
 
 impl ServiceSpec {
     /// A service from its generated server; health reports it under the
     /// gRPC name the server itself declares.
-    pub fn new<S>(name: &'static str, server: S, verifier: Arc<Verifier>) -> Self
+    pub fn new<S>(
+        name: &'static str,
+        server: S,
+        verifier: Arc<Verifier>,
+        access: &'static AccessTable,
+    ) -> Self
     where
         S: tower::Service<
                 http::Request<tonic::body::Body>,
@@ -49,6 +57,7 @@ impl ServiceSpec {
             grpc_services: vec![S::NAME],
             routes: Routes::new(server),
             verifier,
+            access,
         }
     }
 }
@@ -89,7 +98,7 @@ pub async fn serve(
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             cfg.concurrency_limit,
         ))
-        .layer(AuthLayer::new(spec.verifier.clone()))
+        .layer(AuthLayer::new(spec.verifier.clone(), spec.access))
         .into_inner();
 
     let drain = Duration::from_millis(cfg.shutdown_drain_ms);

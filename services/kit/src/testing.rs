@@ -121,8 +121,26 @@ impl TestAuthority {
         ))
     }
 
-    /// A token for a principal with these attributes and scopes.
+    /// A token for a principal with these attributes and scopes, permitted
+    /// direct care (none for services and admin).
     pub fn token(&self, kind: PrincipalKind, org: &str, role: &str, scopes: &[&str]) -> String {
+        let purposes: &[Purpose] = match kind {
+            PrincipalKind::Service | PrincipalKind::Admin => &[],
+            _ => &[Purpose::DirectCare],
+        };
+        self.sign(TestToken {
+            kind,
+            org,
+            role,
+            scopes,
+            purposes,
+            capabilities: &[],
+            patient: "",
+        })
+    }
+
+    /// A token with every claim chosen by the test.
+    pub fn sign(&self, t: TestToken<'_>) -> String {
         let now = chrono::Utc::now().timestamp();
         self.key
             .sign(&Claims {
@@ -132,14 +150,42 @@ impl TestAuthority {
                 exp: now + 600,
                 iat: now,
                 jti: uuid::Uuid::new_v4().to_string(),
-                kind: kind_to_str(kind).into(),
-                org: org.into(),
-                role: role.into(),
-                scope: scopes.join(" "),
-                pou: purpose_to_str(Purpose::DirectCare).into(),
+                kind: kind_to_str(t.kind).into(),
+                org: t.org.into(),
+                role: t.role.into(),
+                scope: t.scopes.join(" "),
+                pou: t
+                    .purposes
+                    .first()
+                    .map(|p| purpose_to_str(*p).to_owned())
+                    .unwrap_or_default(),
+                pous: t
+                    .purposes
+                    .iter()
+                    .map(|p| purpose_to_str(*p).to_owned())
+                    .collect(),
+                caps: t
+                    .capabilities
+                    .iter()
+                    .map(|c| c.as_str().to_owned())
+                    .collect(),
+                pat: t.patient.into(),
             })
             .expect("sign test token")
     }
+}
+
+/// The claims of a test token.
+pub struct TestToken<'a> {
+    pub kind: PrincipalKind,
+    pub org: &'a str,
+    pub role: &'a str,
+    pub scopes: &'a [&'a str],
+    /// The first is the token's default purpose.
+    pub purposes: &'a [Purpose],
+    pub capabilities: &'a [crate::access::Capability],
+    /// For a patient token.
+    pub patient: &'a str,
 }
 
 /// A request carrying `authorization: Bearer <token>`.

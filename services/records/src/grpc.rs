@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use futures::Stream;
-use sharedcare_kit::{Error, auth::authorize, proto_time::to_proto};
+use sharedcare_kit::{Error, access::grant, proto_time::to_proto};
 use sharedcare_proto::{
-    common::v1::{Purpose, RecordCategory},
+    common::v1::RecordCategory,
     records::v1::{self as pb, records_service_server::RecordsService},
 };
 use tonic::{Request, Response, Status};
@@ -37,15 +37,6 @@ fn category_from_pb(value: i32) -> Result<Category, Error> {
     })
 }
 
-/// The request's purpose, or the token's purpose of use when unspecified.
-fn purpose_from_pb(value: i32, token_purpose: Purpose) -> Result<Purpose, Error> {
-    match Purpose::try_from(value) {
-        Ok(Purpose::Unspecified) => Ok(token_purpose),
-        Ok(p) => Ok(p),
-        Err(_) => Err(Error::invalid("purpose", format!("unknown value {value}"))),
-    }
-}
-
 fn record_to_pb(r: Record) -> pb::Record {
     pb::Record {
         record_id: r.id.as_str().to_owned(),
@@ -67,11 +58,13 @@ impl RecordsService for RecordsGrpc {
         &self,
         request: Request<pb::CreateRecordRequest>,
     ) -> Result<Response<pb::CreateRecordResponse>, Status> {
-        let principal = authorize(&request, "records.write")?;
+        let grant = grant(&request)?;
         let req = request.into_inner();
         let patient = PatientId::parse("patient_id", &req.patient_id)?;
+        grant.check_own(patient.as_str())?;
+        let principal = grant.principal;
         let category = category_from_pb(req.category)?;
-        let purpose = purpose_from_pb(req.purpose, principal.purpose)?;
+        let purpose = principal.purpose_for("purpose", req.purpose)?;
         let resource = ValidResource::parse(
             &req.resource_json,
             &patient,
@@ -90,7 +83,7 @@ impl RecordsService for RecordsGrpc {
         &self,
         request: Request<pb::UpdateRecordRequest>,
     ) -> Result<Response<pb::UpdateRecordResponse>, Status> {
-        authorize(&request, "records.write")?;
+        grant(&request)?;
         Err(Error::unimplemented("UpdateRecord", "the record versioning issue").into())
     }
 
@@ -99,11 +92,13 @@ impl RecordsService for RecordsGrpc {
         &self,
         request: Request<pb::GetRecordRequest>,
     ) -> Result<Response<pb::GetRecordResponse>, Status> {
-        let principal = authorize(&request, "records.read")?;
+        let grant = grant(&request)?;
         let req = request.into_inner();
         let patient = PatientId::parse("patient_id", &req.patient_id)?;
+        grant.check_own(patient.as_str())?;
+        let principal = grant.principal;
         let id = RecordId::parse("record_id", &req.record_id)?;
-        let purpose = purpose_from_pb(req.purpose, principal.purpose)?;
+        let purpose = principal.purpose_for("purpose", req.purpose)?;
         let record = self.records.get(&principal, patient, id, purpose).await?;
         Ok(Response::new(pb::GetRecordResponse {
             record: Some(record_to_pb(record)),
@@ -114,7 +109,7 @@ impl RecordsService for RecordsGrpc {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        authorize(&request, "records.read")?;
+        grant(&request)?;
         Err(Error::unimplemented("History", "the record versioning issue").into())
     }
 
@@ -122,7 +117,7 @@ impl RecordsService for RecordsGrpc {
         &self,
         request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
-        authorize(&request, "records.read")?;
+        grant(&request)?;
         Err(Error::unimplemented("Search", "the record search issue").into())
     }
 
@@ -132,7 +127,7 @@ impl RecordsService for RecordsGrpc {
         &self,
         request: Request<pb::WatchRecordsRequest>,
     ) -> Result<Response<Self::WatchRecordsStream>, Status> {
-        authorize(&request, "records.read")?;
+        grant(&request)?;
         Err(Error::unimplemented("WatchRecords", "the change-feed issue").into())
     }
 
@@ -142,7 +137,7 @@ impl RecordsService for RecordsGrpc {
         &self,
         request: Request<pb::ExportPatientRequest>,
     ) -> Result<Response<Self::ExportPatientStream>, Status> {
-        authorize(&request, "records.read")?;
+        grant(&request)?;
         Err(Error::unimplemented("ExportPatient", "the bulk export issue").into())
     }
 }

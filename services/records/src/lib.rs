@@ -10,6 +10,7 @@ pub mod access;
 pub mod config;
 pub mod domain;
 mod grpc;
+pub mod policy;
 pub mod service;
 pub mod store;
 
@@ -34,7 +35,7 @@ pub fn spec(records: Arc<Records>, verifier: Arc<Verifier>, limits: MessageLimit
     let server = RecordsServiceServer::new(grpc::RecordsGrpc::new(records))
         .max_decoding_message_size(limits.max_bytes)
         .max_encoding_message_size(limits.max_bytes);
-    ServiceSpec::new(SERVICE_NAME, server, verifier)
+    ServiceSpec::new(SERVICE_NAME, server, verifier, &policy::ACCESS)
 }
 
 /// The configured key-encryption key, or the one kept in the data dir.

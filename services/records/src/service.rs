@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use prost::Message;
-use sharedcare_kit::{Error, auth::Principal, proto_time::to_proto, telemetry::current_trace_id};
+use sharedcare_kit::{Error, auth::Principal};
 use sharedcare_proto::{
     audit::v1::{Action, AuditEvent, Outcome},
     common::v1::Purpose,
@@ -11,7 +11,7 @@ use sharedcare_proto::{
 use tokio::sync::Mutex;
 
 use crate::{
-    access::{AuditSink, ConsentGate, Decision},
+    access::{AccessEvent, AuditSink, ConsentGate, Decision, category_to_pb},
     domain::{Category, PatientId, Record, RecordId, ValidResource},
     store::RecordStore,
 };
@@ -23,37 +23,6 @@ pub struct Records {
     /// One relay at a time drains the outbox, so events reach audit in order.
     relay: Mutex<()>,
     pub max_resource_bytes: usize,
-}
-
-/// What an audit event says about one access.
-struct Access<'a> {
-    principal: &'a Principal,
-    patient: &'a PatientId,
-    action: Action,
-    purpose: Purpose,
-    resource_type: &'a str,
-    record_id: &'a str,
-}
-
-impl Access<'_> {
-    fn event(&self, outcome: Outcome, reason: &str, decision_id: &str) -> AuditEvent {
-        AuditEvent {
-            event_id: uuid::Uuid::now_v7().to_string(),
-            occur_time: Some(to_proto(chrono::Utc::now())),
-            actor: Some(self.principal.actor()),
-            patient_id: self.patient.as_str().to_owned(),
-            action: self.action as i32,
-            resource_type: self.resource_type.to_owned(),
-            record_id: self.record_id.to_owned(),
-            purpose: self.purpose as i32,
-            outcome: outcome as i32,
-            outcome_reason: reason.to_owned(),
-            break_glass: false,
-            source_service: crate::SERVICE_NAME.to_owned(),
-            decision_id: decision_id.to_owned(),
-            trace_id: current_trace_id(),
-        }
-    }
 }
 
 impl Records {
@@ -74,14 +43,18 @@ impl Records {
 
     /// Asks consent; a denial is audited (best effort: the answer is no
     /// either way) and returned as PERMISSION_DENIED with the reason.
-    async fn decide(&self, access: &Access<'_>, category: Category) -> Result<Decision, Error> {
+    async fn decide(
+        &self,
+        access: &AccessEvent<'_>,
+        category: Category,
+    ) -> Result<Decision, Error> {
         let decision = self
             .consent
             .evaluate(
-                access.patient,
+                access.patient_id,
                 access.principal.actor(),
                 access.purpose,
-                category,
+                category_to_pb(category),
             )
             .await?;
         if decision.permitted {
@@ -95,10 +68,7 @@ impl Records {
         if let Err(e) = self.audit.append(event).await {
             tracing::warn!(error = %e.message, "a denial could not be audited");
         }
-        Err(
-            Error::permission_denied(format!("consent denied: {}", decision.explain()))
-                .with_reason(decision.reason_code()),
-        )
+        Err(decision.denial())
     }
 
     /// Stores a new resource as version 1. The audit event is written in the
@@ -113,13 +83,14 @@ impl Records {
     ) -> Result<Record, Error> {
         let id = RecordId::new();
         let resource_type = resource.resource_type().to_owned();
-        let access = Access {
+        let access = AccessEvent {
             principal,
-            patient: &patient,
+            patient_id: patient.as_str(),
             action: Action::Create,
             purpose,
             resource_type: &resource_type,
             record_id: id.as_str(),
+            source_service: crate::SERVICE_NAME,
         };
         let decision = self.decide(&access, category).await?;
         let event = access.event(
@@ -165,13 +136,14 @@ impl Records {
             Some(r) => (r.category, r.resource_type.clone()),
             None => (Category::General, String::new()),
         };
-        let access = Access {
+        let access = AccessEvent {
             principal,
-            patient: &patient,
+            patient_id: patient.as_str(),
             action: Action::Read,
             purpose,
             resource_type: &resource_type,
             record_id: id.as_str(),
+            source_service: crate::SERVICE_NAME,
         };
         // Consent before NOT_FOUND: whether a record exists is itself data.
         let decision = self.decide(&access, category).await?;

@@ -1,0 +1,85 @@
+//! identity's rows of the access model (docs/access-model.md).
+
+use sharedcare_kit::access::{AccessTable, Capability, Patients, Rule, caller, staff_with};
+use sharedcare_proto::common::v1::PrincipalKind::{Admin, Application, Patient, Service, Staff};
+
+pub static ACCESS: AccessTable = AccessTable {
+    service: "sharedcare.identity.v1.IdentityService",
+    rules: &[
+        Rule {
+            method: "RegisterPatient",
+            callers: &[
+                caller(Staff, "patients.write", Patients::Any),
+                caller(Application, "patients.write", Patients::Any),
+            ],
+            purposes: "—",
+            audit: "a registration (CREATE Patient), or the match it returned (READ Patient)",
+        },
+        Rule {
+            method: "GetPatient",
+            callers: &[
+                caller(Patient, "patients.read", Patients::Own),
+                caller(Staff, "patients.read", Patients::Related),
+                caller(Application, "patients.read", Patients::Related),
+            ],
+            purposes: "one of the token's permitted purposes; consent decides as for a record",
+            audit: "every read and every denial (READ Patient)",
+        },
+        Rule {
+            method: "TracePatient",
+            callers: &[staff_with(
+                "patients.read",
+                Capability::TracePatients,
+                Patients::Any,
+            )],
+            purposes: "direct care",
+            audit: "every trace (UNIMPLEMENTED until the tracing issue)",
+        },
+        Rule {
+            method: "MergePatients",
+            callers: &[staff_with(
+                "patients.write",
+                Capability::TracePatients,
+                Patients::Any,
+            )],
+            purposes: "—",
+            audit: "every merge (UNIMPLEMENTED until the merge issue)",
+        },
+        Rule {
+            method: "CreateOrganisation",
+            callers: &[caller(Admin, "admin", Patients::None)],
+            purposes: "—",
+            audit: "—",
+        },
+        Rule {
+            method: "GetOrganisation",
+            callers: &[
+                caller(Admin, "admin", Patients::None),
+                caller(Staff, "patients.read", Patients::None),
+                caller(Application, "patients.read", Patients::None),
+                caller(Service, "patients.read", Patients::None),
+                caller(Patient, "patients.read", Patients::None),
+            ],
+            purposes: "—",
+            audit: "— (no personal data)",
+        },
+        Rule {
+            method: "CreatePrincipal",
+            callers: &[caller(Admin, "admin", Patients::None)],
+            purposes: "—",
+            audit: "—",
+        },
+        Rule {
+            method: "IssueToken",
+            callers: &[],
+            purposes: "the principal's permitted purposes only",
+            audit: "—",
+        },
+        Rule {
+            method: "GetJwks",
+            callers: &[],
+            purposes: "—",
+            audit: "—",
+        },
+    ],
+};

@@ -1,0 +1,214 @@
+//! The two platform services every access to a patient's data passes
+//! through: consent (may this actor do this?) and audit (it happened).
+//! Traits here, gRPC clients below; a failure of either is UNAVAILABLE and
+//! the access does not happen (fail closed).
+
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use sharedcare_proto::{
+    audit::v1::{AppendRequest, AuditEvent, audit_service_client::AuditServiceClient},
+    common::v1::{Actor, Purpose, RecordCategory},
+    consent::v1::{
+        Decision as PbDecision, EvaluateRequest, consent_service_client::ConsentServiceClient,
+    },
+};
+use tonic::transport::Channel;
+
+use crate::{Error, client::ServiceTokens};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+/// consent's answer, reduced to what a service acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub permitted: bool,
+    pub decision_id: String,
+    /// (code, message) pairs, most important first.
+    pub reasons: Vec<(String, String)>,
+}
+
+impl Decision {
+    /// The first reason's code, for the audit trail and ErrorInfo.
+    pub fn reason_code(&self) -> String {
+        self.reasons
+            .first()
+            .map(|(code, _)| code.clone())
+            .unwrap_or_else(|| "NO_REASON_GIVEN".into())
+    }
+
+    /// "CODE: message; CODE: message", for a PERMISSION_DENIED message.
+    pub fn explain(&self) -> String {
+        self.reasons
+            .iter()
+            .map(|(code, message)| format!("{code}: {message}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// PERMISSION_DENIED carrying the consent reason.
+    pub fn denial(&self) -> Error {
+        Error::permission_denied(format!("consent denied: {}", self.explain()))
+            .with_reason(self.reason_code())
+    }
+}
+
+pub trait ConsentGate: Send + Sync + 'static {
+    fn evaluate(
+        &self,
+        patient_id: &str,
+        actor: Actor,
+        purpose: Purpose,
+        category: RecordCategory,
+    ) -> BoxFuture<'_, Decision>;
+}
+
+pub trait AuditSink: Send + Sync + 'static {
+    fn append(&self, event: AuditEvent) -> BoxFuture<'_, ()>;
+}
+
+/// consent over gRPC, as this service, on the user's behalf.
+pub struct GrpcConsent {
+    client: ConsentServiceClient<Channel>,
+    tokens: Arc<dyn ServiceTokens>,
+    timeout: Duration,
+}
+
+impl GrpcConsent {
+    pub fn new(channel: Channel, tokens: Arc<dyn ServiceTokens>, timeout: Duration) -> Self {
+        GrpcConsent {
+            client: ConsentServiceClient::new(channel),
+            tokens,
+            timeout,
+        }
+    }
+}
+
+impl ConsentGate for GrpcConsent {
+    fn evaluate(
+        &self,
+        patient_id: &str,
+        actor: Actor,
+        purpose: Purpose,
+        category: RecordCategory,
+    ) -> BoxFuture<'_, Decision> {
+        let message = EvaluateRequest {
+            patient_id: patient_id.to_owned(),
+            actor: Some(actor),
+            purpose: purpose as i32,
+            category: category as i32,
+            break_glass: None,
+        };
+        Box::pin(async move {
+            let fail_closed = |e: Error| {
+                Error::unavailable(format!(
+                    "consent could not be asked, so access is refused ({})",
+                    e.message
+                ))
+            };
+            let request = crate::client::request(message, self.tokens.as_ref(), self.timeout)
+                .await
+                .map_err(fail_closed)?;
+            let response = self
+                .client
+                .clone()
+                .evaluate(request)
+                .await
+                .map_err(|s| fail_closed(Error::from(s)))?
+                .into_inner();
+            Ok(Decision {
+                // Anything but an explicit permit is a denial.
+                permitted: response.decision == PbDecision::Permit as i32,
+                decision_id: response.decision_id,
+                reasons: response
+                    .reasons
+                    .into_iter()
+                    .map(|r| (r.code, r.message))
+                    .collect(),
+            })
+        })
+    }
+}
+
+/// audit over gRPC, as this service.
+pub struct GrpcAudit {
+    client: AuditServiceClient<Channel>,
+    tokens: Arc<dyn ServiceTokens>,
+    timeout: Duration,
+}
+
+impl GrpcAudit {
+    pub fn new(channel: Channel, tokens: Arc<dyn ServiceTokens>, timeout: Duration) -> Self {
+        GrpcAudit {
+            client: AuditServiceClient::new(channel),
+            tokens,
+            timeout,
+        }
+    }
+}
+
+impl AuditSink for GrpcAudit {
+    fn append(&self, event: AuditEvent) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let fail_closed = |e: Error| {
+                Error::unavailable(format!(
+                    "the access could not be audited, so it is refused ({})",
+                    e.message
+                ))
+            };
+            let request = crate::client::request(
+                AppendRequest { event: Some(event) },
+                self.tokens.as_ref(),
+                self.timeout,
+            )
+            .await
+            .map_err(fail_closed)?;
+            self.client
+                .clone()
+                .append(request)
+                .await
+                .map_err(|s| fail_closed(Error::from(s)))?;
+            Ok(())
+        })
+    }
+}
+
+/// What an audit event says about one access by a verified principal.
+pub struct AccessEvent<'a> {
+    pub principal: &'a crate::auth::Principal,
+    pub patient_id: &'a str,
+    pub action: sharedcare_proto::audit::v1::Action,
+    pub purpose: Purpose,
+    /// e.g. "Observation", "Patient", "Directive".
+    pub resource_type: &'a str,
+    /// The record, directive or relationship concerned; may be empty.
+    pub record_id: &'a str,
+    /// The service reporting it, e.g. "records".
+    pub source_service: &'static str,
+}
+
+impl AccessEvent<'_> {
+    pub fn event(
+        &self,
+        outcome: sharedcare_proto::audit::v1::Outcome,
+        reason: &str,
+        decision_id: &str,
+    ) -> AuditEvent {
+        AuditEvent {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            occur_time: Some(crate::proto_time::to_proto(chrono::Utc::now())),
+            actor: Some(self.principal.actor()),
+            patient_id: self.patient_id.to_owned(),
+            action: self.action as i32,
+            resource_type: self.resource_type.to_owned(),
+            record_id: self.record_id.to_owned(),
+            purpose: self.purpose as i32,
+            outcome: outcome as i32,
+            outcome_reason: reason.to_owned(),
+            break_glass: false,
+            source_service: self.source_service.to_owned(),
+            decision_id: decision_id.to_owned(),
+            trace_id: crate::telemetry::current_trace_id(),
+            appended_by: String::new(),
+        }
+    }
+}
