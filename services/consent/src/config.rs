@@ -11,12 +11,31 @@ pub struct ConsentConfig {
     pub server: ServerConfig,
     pub telemetry: TelemetryConfig,
     pub database: DatabaseConfig,
+    /// Needs `client_id` and `client_secret`: consent audits its changes and
+    /// asks identity about organisations as itself.
     pub auth: AuthConfig,
+    pub consent: ConsentSettings,
 }
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConsentSettings {
+    /// audit's gRPC URL.
+    pub audit_url: String,
+    /// Deadline on each call to audit or identity.
+    pub call_timeout_ms: u64,
+}
+
+const OWN_DEFAULTS: &str = r#"
+[consent]
+audit_url = "http://127.0.0.1:50054"
+call_timeout_ms = 5000
+"#;
 
 /// The shared defaults with consent's own port.
 fn defaults() -> String {
-    COMMON_DEFAULTS.replace(r#"listen = "0.0.0.0:50051""#, r#"listen = "0.0.0.0:50052""#)
+    let common =
+        COMMON_DEFAULTS.replace(r#"listen = "0.0.0.0:50051""#, r#"listen = "0.0.0.0:50052""#);
+    format!("{common}{OWN_DEFAULTS}")
 }
 
 impl ConsentConfig {
@@ -30,7 +49,39 @@ impl Validate for ConsentConfig {
         self.server.validate()?;
         self.telemetry.validate()?;
         self.database.validate(crate::SERVICE_NAME)?;
-        self.auth.validate()
+        self.auth.validate()?;
+        if !(self.consent.audit_url.starts_with("http://")
+            || self.consent.audit_url.starts_with("https://"))
+        {
+            return Err(ConfigError::invalid(
+                "consent.audit_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if self.consent.call_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "consent.call_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        if self.auth.client_id.as_deref().unwrap_or("").is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.client_id",
+                "consent audits its changes as itself: set its client id",
+            ));
+        }
+        if self
+            .auth
+            .client_secret
+            .resolve("auth.client_secret")?
+            .is_none()
+        {
+            return Err(ConfigError::invalid(
+                "auth.client_secret",
+                "consent audits its changes as itself: set its client secret",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -52,7 +103,16 @@ mod tests {
 
     #[test]
     fn defaults_load_and_validate_on_consents_port() {
-        let cfg = ConsentConfig::load(&HashMap::new()).expect("defaults are valid");
+        let err = ConsentConfig::load(&HashMap::new()).expect_err("no client id");
+        assert!(err.to_string().contains("auth.client_id"), "{err}");
+        let env = HashMap::from([
+            ("SHAREDCARE_AUTH__CLIENT_ID".to_owned(), "consent".to_owned()),
+            (
+                "SHAREDCARE_AUTH__CLIENT_SECRET__VALUE".to_owned(),
+                "s3cret".to_owned(),
+            ),
+        ]);
+        let cfg = ConsentConfig::load(&env).expect("defaults are valid");
         assert_eq!(cfg.server.listen.port(), 50052);
         assert_eq!(cfg.auth.identity_url, "http://127.0.0.1:50051");
     }

@@ -6,30 +6,62 @@ use std::sync::Arc;
 use chrono::Utc;
 use sharedcare_kit::{
     Error,
-    auth::authorize,
+    access::{Grant, Patients, grant},
+    peers::{AccessEvent, AuditSink},
     proto_time::{from_proto, to_proto},
 };
 use sharedcare_proto::{
-    common::v1 as common,
+    audit::v1::{Action, Outcome as AuditOutcome},
+    common::v1::{self as common, PrincipalKind},
     consent::v1::{self as pb, consent_service_server::ConsentService},
 };
 use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{
-        Actor, BreakGlass, CareRelationship, CareRelationshipKind, Decision, Directive, Effect,
-        EvaluationRequest, MAX_ID_CHARS, MAX_NOTE_CHARS, OdsCode, Outcome, PatientId, Period,
-        Purpose, RecordCategory, evaluate, optional_text, required_id, to_micros,
+        Actor, BreakGlass, CareRelationship, CareRelationshipKind, Decision, Directive,
+        DirectiveSource, Effect, EvaluationRequest, MAX_ID_CHARS, MAX_NOTE_CHARS, OdsCode, Outcome,
+        PatientId, Period, Provenance, Purpose, RecordCategory, evaluate, optional_text,
+        required_id, to_micros,
     },
     store::ConsentStore,
 };
 
-const SCOPE_READ: &str = "consent.read";
-const SCOPE_WRITE: &str = "consent.write";
-const SCOPE_EVALUATE: &str = "consent.evaluate";
-
 pub struct ConsentGrpc {
     pub store: Arc<dyn ConsentStore>,
+    pub audit: Arc<dyn AuditSink>,
+    pub organisations: Arc<dyn crate::Organisations>,
+}
+
+/// What a consent change or read says in the audit trail.
+struct Change<'a> {
+    grant: &'a Grant,
+    patient: &'a PatientId,
+    action: Action,
+    resource_type: &'static str,
+    id: &'a str,
+    reason: &'a str,
+}
+
+impl Change<'_> {
+    fn event(&self, outcome: AuditOutcome) -> sharedcare_proto::audit::v1::AuditEvent {
+        AccessEvent {
+            principal: &self.grant.principal,
+            patient_id: self.patient.as_str(),
+            action: self.action,
+            // Consent changes are made for the patient's care, or by the
+            // patient for themselves.
+            purpose: if self.grant.principal.kind == PrincipalKind::Patient {
+                common::Purpose::PatientAccess
+            } else {
+                common::Purpose::DirectCare
+            },
+            resource_type: self.resource_type,
+            record_id: self.id,
+            source_service: crate::SERVICE_NAME,
+        }
+        .event(outcome, self.reason, "")
+    }
 }
 
 fn new_id() -> String {
@@ -142,6 +174,8 @@ fn relationship_to_pb(r: CareRelationship) -> pb::CareRelationship {
         start_time: Some(to_proto(r.period.start)),
         end_time: r.period.end.map(to_proto),
         recorded_by: r.recorded_by,
+        recorded_by_ods_code: r.recorded_by_organisation.as_str().to_owned(),
+        ended_by: r.ended_by.unwrap_or_default(),
     }
 }
 
@@ -170,10 +204,25 @@ fn directive_to_pb(d: Directive) -> pb::Directive {
         note: d.note,
         create_time: Some(to_proto(d.created_at)),
         revoke_time: d.revoked_at.map(to_proto),
+        recorded_by: d.provenance.recorded_by,
+        recorded_by_ods_code: d
+            .provenance
+            .organisation
+            .map(|o| o.as_str().to_owned())
+            .unwrap_or_default(),
+        source: match d.provenance.source {
+            DirectiveSource::Patient => pb::DirectiveSource::Patient,
+            DirectiveSource::Clinician => pb::DirectiveSource::Clinician,
+        } as i32,
+        revoked_by: d.revoked_by.unwrap_or_default(),
     }
 }
 
-fn directive_from_pb(d: pb::Directive, now: chrono::DateTime<Utc>) -> Result<Directive, Error> {
+fn directive_from_pb(
+    d: pb::Directive,
+    provenance: Provenance,
+    now: chrono::DateTime<Utc>,
+) -> Result<Directive, Error> {
     let patient_id = PatientId::parse("directive.patient_id", &d.patient_id)?;
     let effect = effect_from_pb("directive.effect", d.effect)?;
     let purposes = d
@@ -223,6 +272,8 @@ fn directive_from_pb(d: pb::Directive, now: chrono::DateTime<Utc>) -> Result<Dir
         note,
         created_at: to_micros(now),
         revoked_at: None,
+        provenance,
+        revoked_by: None,
     })
 }
 
@@ -231,11 +282,25 @@ fn evaluation_from_pb(req: pb::EvaluateRequest) -> Result<EvaluationRequest, Err
     let actor = req
         .actor
         .ok_or_else(|| Error::invalid("actor", "is required"))?;
+    let is_patient = actor.kind == PrincipalKind::Patient as i32;
     let actor = Actor {
         principal_id: optional_text("actor.principal_id", &actor.principal_id, MAX_ID_CHARS)?
             .unwrap_or_default(),
-        organisation: OdsCode::parse("actor.organisation_ods_code", &actor.organisation_ods_code)?,
+        // A patient acts for no organisation; everyone else for exactly one.
+        organisation: if is_patient {
+            OdsCode::parse_optional("actor.organisation_ods_code", &actor.organisation_ods_code)?
+        } else {
+            Some(OdsCode::parse(
+                "actor.organisation_ods_code",
+                &actor.organisation_ods_code,
+            )?)
+        },
         role: optional_text("actor.role", &actor.role, MAX_ID_CHARS)?.unwrap_or_default(),
+        patient: if is_patient {
+            Some(PatientId::parse("actor.patient_id", &actor.patient_id)?)
+        } else {
+            None
+        },
     };
     let purpose = purpose_from_pb("purpose", req.purpose, "is required")?;
     let category = category_from_pb("category", req.category)?.unwrap_or(RecordCategory::General);
@@ -284,6 +349,117 @@ fn decision_to_pb(
     }
 }
 
+impl ConsentGrpc {
+    /// Whether `organisation` has a current care relationship with the
+    /// patient at `now`.
+    async fn is_related(
+        &self,
+        patient: &PatientId,
+        organisation: &OdsCode,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        Ok(self
+            .store
+            .list_relationships(patient)
+            .await?
+            .iter()
+            .any(|r| &r.organisation == organisation && r.is_current(now)))
+    }
+
+    /// The patient column of the access table: a patient names only their
+    /// own patient; a `Related` caller's organisation must have a current
+    /// care relationship with the patient. A refusal is audited (best
+    /// effort: the answer is no either way).
+    async fn check_patient(
+        &self,
+        grant: &Grant,
+        patient: &PatientId,
+        resource_type: &'static str,
+        action: Action,
+    ) -> Result<(), Error> {
+        let refusal = match grant.patients {
+            Patients::Own => grant.check_own(patient.as_str()).err(),
+            Patients::Related => {
+                let organisation = caller_organisation(grant)?;
+                if self.is_related(patient, &organisation, Utc::now()).await? {
+                    None
+                } else {
+                    Some(
+                        Error::permission_denied(format!(
+                            "{}: organisation {organisation} has no current care relationship \
+                             with this patient",
+                            grant.method
+                        ))
+                        .with_reason("NO_CARE_RELATIONSHIP"),
+                    )
+                }
+            }
+            Patients::Any | Patients::None | Patients::OwnOrganisationAccesses => None,
+        };
+        match refusal {
+            None => Ok(()),
+            Some(err) => {
+                let reason = err.reason.clone().unwrap_or_default();
+                self.audit_refusal(Change {
+                    grant,
+                    patient,
+                    action,
+                    resource_type,
+                    id: "",
+                    reason: &reason,
+                })
+                .await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn audit_refusal(&self, change: Change<'_>) {
+        if let Err(e) = self.audit.append(change.event(AuditOutcome::Denied)).await {
+            tracing::warn!(error = %e.message, "a refusal could not be audited");
+        }
+    }
+
+    /// Audits a change before it is made: if audit cannot be reached the
+    /// change is refused (fail closed). A change that then fails to store
+    /// is audited again as FAILED, best effort.
+    async fn audited<T>(
+        &self,
+        change: Change<'_>,
+        apply: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        self.audit.append(change.event(AuditOutcome::Success)).await?;
+        match apply.await {
+            Ok(done) => Ok(done),
+            Err(err) => {
+                let failed = Change {
+                    reason: "NOT_APPLIED",
+                    ..change
+                };
+                if let Err(e) = self.audit.append(failed.event(AuditOutcome::Failed)).await {
+                    tracing::warn!(error = %e.message, "a failed change could not be audited");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Audits a read before its answer is sent (fail closed).
+    async fn audit_read(&self, change: Change<'_>) -> Result<(), Error> {
+        self.audit.append(change.event(AuditOutcome::Success)).await
+    }
+}
+
+/// The caller's organisation, required for the rows that act for one.
+fn caller_organisation(grant: &Grant) -> Result<OdsCode, Error> {
+    OdsCode::parse("token organisation", &grant.principal.organisation).map_err(|_| {
+        Error::permission_denied(format!(
+            "{}: the caller acts for no organisation",
+            grant.method
+        ))
+    })
+}
+
 #[tonic::async_trait]
 impl ConsentService for ConsentGrpc {
     #[tracing::instrument(skip_all, fields(rpc = "RecordCareRelationship"))]
@@ -291,25 +467,183 @@ impl ConsentService for ConsentGrpc {
         &self,
         request: Request<pb::RecordCareRelationshipRequest>,
     ) -> Result<Response<pb::RecordCareRelationshipResponse>, Status> {
-        let principal = authorize(&request, SCOPE_WRITE)?;
+        let grant = grant(&request)?;
         let req = request.into_inner();
+        let patient_id = PatientId::parse("patient_id", &req.patient_id)?;
+        let organisation = OdsCode::parse("organisation_ods_code", &req.organisation_ods_code)?;
+        let kind = kind_from_pb("kind", req.kind)?;
+        if kind == CareRelationshipKind::Referral {
+            return Err(Error::invalid(
+                "kind",
+                "a referral is made with ReferPatient, by an organisation caring for the patient",
+            )
+            .into());
+        }
+        let period = Period::parse(
+            "start_time",
+            "end_time",
+            from_proto("start_time", req.start_time.as_ref())?,
+            from_proto("end_time", req.end_time.as_ref())?,
+            Utc::now(),
+        )?;
+        let own = caller_organisation(&grant)?;
+        if organisation != own {
+            let err = Error::permission_denied(format!(
+                "RecordCareRelationship: an organisation asserts care relationships only for \
+                 itself ({own}), not for {organisation}; a referral brings in another organisation"
+            ))
+            .with_reason("NOT_OWN_ORGANISATION");
+            self.audit_refusal(Change {
+                grant: &grant,
+                patient: &patient_id,
+                action: Action::Create,
+                resource_type: "CareRelationship",
+                id: "",
+                reason: "NOT_OWN_ORGANISATION",
+            })
+            .await;
+            return Err(err.into());
+        }
         let relationship = CareRelationship {
             id: new_id(),
-            patient_id: PatientId::parse("patient_id", &req.patient_id)?,
-            organisation: OdsCode::parse("organisation_ods_code", &req.organisation_ods_code)?,
-            kind: kind_from_pb("kind", req.kind)?,
-            period: Period::parse(
-                "start_time",
-                "end_time",
-                from_proto("start_time", req.start_time.as_ref())?,
-                from_proto("end_time", req.end_time.as_ref())?,
-                Utc::now(),
-            )?,
-            recorded_by: principal.id,
+            patient_id,
+            organisation: organisation.clone(),
+            kind,
+            period,
+            recorded_by: grant.principal.id.clone(),
+            recorded_by_organisation: organisation,
+            ended_by: None,
         };
-        let relationship = self.store.insert_relationship(relationship).await?;
+        let change = Change {
+            grant: &grant,
+            patient: &relationship.patient_id,
+            action: Action::Create,
+            resource_type: "CareRelationship",
+            id: &relationship.id,
+            reason: "ASSERTED",
+        };
+        let stored = self
+            .audited(
+                change,
+                self.store.insert_relationship(relationship.clone()),
+            )
+            .await?;
         Ok(Response::new(pb::RecordCareRelationshipResponse {
-            relationship: Some(relationship_to_pb(relationship)),
+            relationship: Some(relationship_to_pb(stored)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ReferPatient"))]
+    async fn refer_patient(
+        &self,
+        request: Request<pb::ReferPatientRequest>,
+    ) -> Result<Response<pb::ReferPatientResponse>, Status> {
+        let grant = grant(&request)?;
+        let req = request.into_inner();
+        let patient_id = PatientId::parse("patient_id", &req.patient_id)?;
+        let organisation = OdsCode::parse("organisation_ods_code", &req.organisation_ods_code)?;
+        let period = Period::parse(
+            "start_time",
+            "end_time",
+            from_proto("start_time", req.start_time.as_ref())?,
+            from_proto("end_time", req.end_time.as_ref())?,
+            Utc::now(),
+        )?;
+        let referrer = caller_organisation(&grant)?;
+        if organisation == referrer {
+            return Err(Error::invalid(
+                "organisation_ods_code",
+                "is the referring organisation itself; refer to another organisation",
+            )
+            .into());
+        }
+        self.check_patient(&grant, &patient_id, "CareRelationship", Action::Create)
+            .await?;
+        if !self.organisations.exists(&organisation).await? {
+            return Err(Error::not_found(format!(
+                "organisation_ods_code: no organisation {organisation}"
+            ))
+            .into());
+        }
+        let relationship = CareRelationship {
+            id: new_id(),
+            patient_id,
+            organisation,
+            kind: CareRelationshipKind::Referral,
+            period,
+            recorded_by: grant.principal.id.clone(),
+            recorded_by_organisation: referrer,
+            ended_by: None,
+        };
+        let change = Change {
+            grant: &grant,
+            patient: &relationship.patient_id,
+            action: Action::Create,
+            resource_type: "CareRelationship",
+            id: &relationship.id,
+            reason: "REFERRAL",
+        };
+        let stored = self
+            .audited(
+                change,
+                self.store.insert_relationship(relationship.clone()),
+            )
+            .await?;
+        Ok(Response::new(pb::ReferPatientResponse {
+            relationship: Some(relationship_to_pb(stored)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "EndCareRelationship"))]
+    async fn end_care_relationship(
+        &self,
+        request: Request<pb::EndCareRelationshipRequest>,
+    ) -> Result<Response<pb::EndCareRelationshipResponse>, Status> {
+        let grant = grant(&request)?;
+        let req = request.into_inner();
+        let patient_id = PatientId::parse("patient_id", &req.patient_id)?;
+        let id = required_id("relationship_id", &req.relationship_id)?;
+        let now = Utc::now();
+        let end = from_proto("end_time", req.end_time.as_ref())?.unwrap_or(now);
+        if end > now {
+            return Err(Error::invalid("end_time", "must not be in the future").into());
+        }
+        let end = to_micros(end);
+        self.check_patient(&grant, &patient_id, "CareRelationship", Action::Update)
+            .await?;
+        let own = caller_organisation(&grant)?;
+        // Another organisation's relationship (or another patient's) is not
+        // there as far as this caller is concerned.
+        let found = self
+            .store
+            .get_relationship(&id)
+            .await?
+            .filter(|r| r.patient_id == patient_id && r.organisation == own)
+            .ok_or_else(|| {
+                Error::not_found(
+                    "no care relationship with this relationship_id for this patient and \
+                     organisation",
+                )
+            })?;
+        if end < found.period.start {
+            return Err(Error::invalid("end_time", "must not be before the start time").into());
+        }
+        let change = Change {
+            grant: &grant,
+            patient: &patient_id,
+            action: Action::Update,
+            resource_type: "CareRelationship",
+            id: &id,
+            reason: "ENDED",
+        };
+        let ended = self
+            .audited(
+                change,
+                self.store.end_relationship(&id, end, &grant.principal.id),
+            )
+            .await?;
+        Ok(Response::new(pb::EndCareRelationshipResponse {
+            relationship: Some(relationship_to_pb(ended)),
         }))
     }
 
@@ -318,9 +652,20 @@ impl ConsentService for ConsentGrpc {
         &self,
         request: Request<pb::ListCareRelationshipsRequest>,
     ) -> Result<Response<pb::ListCareRelationshipsResponse>, Status> {
-        authorize(&request, SCOPE_READ)?;
+        let grant = grant(&request)?;
         let patient = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
+        self.check_patient(&grant, &patient, "CareRelationship", Action::Read)
+            .await?;
         let relationships = self.store.list_relationships(&patient).await?;
+        self.audit_read(Change {
+            grant: &grant,
+            patient: &patient,
+            action: Action::Read,
+            resource_type: "CareRelationship",
+            id: "",
+            reason: "LISTED",
+        })
+        .await?;
         Ok(Response::new(pb::ListCareRelationshipsResponse {
             relationships: relationships.into_iter().map(relationship_to_pb).collect(),
         }))
@@ -331,15 +676,40 @@ impl ConsentService for ConsentGrpc {
         &self,
         request: Request<pb::RecordDirectiveRequest>,
     ) -> Result<Response<pb::RecordDirectiveResponse>, Status> {
-        authorize(&request, SCOPE_WRITE)?;
+        let grant = grant(&request)?;
         let directive = request
             .into_inner()
             .directive
             .ok_or_else(|| Error::invalid("directive", "is required"))?;
-        let directive = directive_from_pb(directive, Utc::now())?;
-        let directive = self.store.insert_directive(directive).await?;
+        let provenance = if grant.principal.kind == PrincipalKind::Patient {
+            Provenance {
+                recorded_by: grant.principal.id.clone(),
+                organisation: None,
+                source: DirectiveSource::Patient,
+            }
+        } else {
+            Provenance {
+                recorded_by: grant.principal.id.clone(),
+                organisation: Some(caller_organisation(&grant)?),
+                source: DirectiveSource::Clinician,
+            }
+        };
+        let directive = directive_from_pb(directive, provenance, Utc::now())?;
+        self.check_patient(&grant, &directive.patient_id, "Directive", Action::Create)
+            .await?;
+        let change = Change {
+            grant: &grant,
+            patient: &directive.patient_id,
+            action: Action::Create,
+            resource_type: "Directive",
+            id: &directive.id,
+            reason: directive.provenance.source.as_str(),
+        };
+        let stored = self
+            .audited(change, self.store.insert_directive(directive.clone()))
+            .await?;
         Ok(Response::new(pb::RecordDirectiveResponse {
-            directive: Some(directive_to_pb(directive)),
+            directive: Some(directive_to_pb(stored)),
         }))
     }
 
@@ -348,11 +718,31 @@ impl ConsentService for ConsentGrpc {
         &self,
         request: Request<pb::RevokeDirectiveRequest>,
     ) -> Result<Response<pb::RevokeDirectiveResponse>, Status> {
-        authorize(&request, SCOPE_WRITE)?;
+        let grant = grant(&request)?;
         let id = required_id("directive_id", &request.get_ref().directive_id)?;
+        let patient = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
+        self.check_patient(&grant, &patient, "Directive", Action::Delete)
+            .await?;
+        // Another patient's directive is not there for this request.
+        self.store
+            .get_directive(&id)
+            .await?
+            .filter(|d| d.patient_id == patient)
+            .ok_or_else(|| Error::not_found("no directive with this directive_id for this patient"))?;
+        let change = Change {
+            grant: &grant,
+            patient: &patient,
+            action: Action::Delete,
+            resource_type: "Directive",
+            id: &id,
+            reason: "REVOKED",
+        };
         let directive = self
-            .store
-            .revoke_directive(&id, to_micros(Utc::now()))
+            .audited(
+                change,
+                self.store
+                    .revoke_directive(&id, to_micros(Utc::now()), &grant.principal.id),
+            )
             .await?;
         Ok(Response::new(pb::RevokeDirectiveResponse {
             directive: Some(directive_to_pb(directive)),
@@ -364,9 +754,20 @@ impl ConsentService for ConsentGrpc {
         &self,
         request: Request<pb::ListDirectivesRequest>,
     ) -> Result<Response<pb::ListDirectivesResponse>, Status> {
-        authorize(&request, SCOPE_READ)?;
+        let grant = grant(&request)?;
         let patient = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
+        self.check_patient(&grant, &patient, "Directive", Action::Read)
+            .await?;
         let directives = self.store.list_directives(&patient).await?;
+        self.audit_read(Change {
+            grant: &grant,
+            patient: &patient,
+            action: Action::Read,
+            resource_type: "Directive",
+            id: "",
+            reason: "LISTED",
+        })
+        .await?;
         Ok(Response::new(pb::ListDirectivesResponse {
             directives: directives.into_iter().map(directive_to_pb).collect(),
         }))
@@ -377,7 +778,10 @@ impl ConsentService for ConsentGrpc {
         &self,
         request: Request<pb::SetNationalOptOutRequest>,
     ) -> Result<Response<pb::SetNationalOptOutResponse>, Status> {
-        authorize(&request, SCOPE_WRITE)?;
+        let grant = grant(&request)?;
+        let patient = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
+        self.check_patient(&grant, &patient, "Directive", Action::Update)
+            .await?;
         Err(Error::unimplemented("SetNationalOptOut", "the National Data Opt-out issue").into())
     }
 
@@ -386,7 +790,7 @@ impl ConsentService for ConsentGrpc {
         &self,
         request: Request<pb::EvaluateRequest>,
     ) -> Result<Response<pb::EvaluateResponse>, Status> {
-        authorize(&request, SCOPE_EVALUATE)?;
+        grant(&request)?;
         let asked = evaluation_from_pb(request.into_inner())?;
         let (relationships, directives) = tokio::try_join!(
             self.store.list_relationships(&asked.patient_id),
@@ -412,7 +816,7 @@ impl ConsentService for ConsentGrpc {
         &self,
         request: Request<pb::WatchChangesRequest>,
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
-        authorize(&request, SCOPE_READ)?;
+        grant(&request)?;
         Err(Error::unimplemented("WatchChanges", "the change-feed issue").into())
     }
 }

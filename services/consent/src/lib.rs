@@ -15,25 +15,83 @@ mod grpc;
 pub mod policy;
 pub mod store;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use sharedcare_kit::{
     Error,
     auth::Verifier,
+    client::{ServiceTokens, TokenSource, lazy_channel},
+    config::Secret,
+    peers::{AuditSink, BoxFuture, GrpcAudit},
     server::{MessageLimits, ServiceSpec},
 };
-use sharedcare_proto::consent::v1::consent_service_server::ConsentServiceServer;
+use sharedcare_proto::{
+    consent::v1::consent_service_server::ConsentServiceServer,
+    identity::v1::{GetOrganisationRequest, identity_service_client::IdentityServiceClient},
+};
+use tonic::transport::Channel;
+
+use crate::domain::OdsCode;
 
 pub const SERVICE_NAME: &str = "consent";
+
+/// Which organisations exist (identity knows): a referral must name one.
+pub trait Organisations: Send + Sync + 'static {
+    fn exists(&self, code: &OdsCode) -> BoxFuture<'_, bool>;
+}
+
+/// identity's GetOrganisation, as this service.
+pub struct IdentityOrganisations {
+    client: IdentityServiceClient<Channel>,
+    tokens: Arc<dyn ServiceTokens>,
+    timeout: Duration,
+}
+
+impl IdentityOrganisations {
+    pub fn new(channel: Channel, tokens: Arc<dyn ServiceTokens>, timeout: Duration) -> Self {
+        IdentityOrganisations {
+            client: IdentityServiceClient::new(channel),
+            tokens,
+            timeout,
+        }
+    }
+}
+
+impl Organisations for IdentityOrganisations {
+    fn exists(&self, code: &OdsCode) -> BoxFuture<'_, bool> {
+        let message = GetOrganisationRequest {
+            ods_code: code.as_str().to_owned(),
+        };
+        Box::pin(async move {
+            let request =
+                sharedcare_kit::client::request(message, self.tokens.as_ref(), self.timeout)
+                    .await?;
+            match self.client.clone().get_organisation(request).await {
+                Ok(_) => Ok(true),
+                Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+                Err(s) => Err(Error::unavailable(format!(
+                    "identity could not be asked whether the organisation exists ({})",
+                    s.message()
+                ))),
+            }
+        })
+    }
+}
 
 /// Builds the service for its server (main.rs, the all-in-one CLI and tests
 /// mount exactly this).
 pub fn spec(
     store: Arc<dyn store::ConsentStore>,
+    audit: Arc<dyn AuditSink>,
+    organisations: Arc<dyn Organisations>,
     verifier: Arc<Verifier>,
     limits: MessageLimits,
 ) -> ServiceSpec {
-    let server = ConsentServiceServer::new(grpc::ConsentGrpc { store })
+    let server = ConsentServiceServer::new(grpc::ConsentGrpc {
+        store,
+        audit,
+        organisations,
+    })
         .max_decoding_message_size(limits.max_bytes)
         .max_encoding_message_size(limits.max_bytes);
     ServiceSpec::new(SERVICE_NAME, server, verifier, &policy::ACCESS)
@@ -47,6 +105,31 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
         .map_err(|e| Error::invalid("database.url", e.to_string()))?;
     let store =
         Arc::new(store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?);
+    let identity = lazy_channel(&cfg.auth.identity_url)?;
+    let secret = cfg
+        .auth
+        .client_secret
+        .resolve("auth.client_secret")
+        .map_err(|e| Error::invalid("auth.client_secret", e.to_string()))?
+        .unwrap_or_else(|| Secret::new(""));
+    let tokens: Arc<dyn ServiceTokens> = Arc::new(TokenSource::new(
+        identity.clone(),
+        cfg.auth.client_id.clone().unwrap_or_default(),
+        secret,
+    ));
+    let timeout = Duration::from_millis(cfg.consent.call_timeout_ms);
+    let audit = Arc::new(GrpcAudit::new(
+        lazy_channel(&cfg.consent.audit_url)?,
+        tokens.clone(),
+        timeout,
+    ));
+    let organisations = Arc::new(IdentityOrganisations::new(identity, tokens, timeout));
     let verifier = sharedcare_kit::auth::remote_verifier(&cfg.auth)?;
-    Ok(spec(store, verifier, MessageLimits::from(&cfg.server)))
+    Ok(spec(
+        store,
+        audit,
+        organisations,
+        verifier,
+        MessageLimits::from(&cfg.server),
+    ))
 }

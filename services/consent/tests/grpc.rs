@@ -1,28 +1,67 @@
 //! consent over real gRPC sockets.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, Ordering},
+};
 
 use prost_types::Timestamp;
 use sharedcare_consent::{
-    domain::PatientId,
+    Organisations,
+    domain::{OdsCode, PatientId},
     spec,
     store::{ConsentStore, SqlStore},
 };
 use sharedcare_kit::{
+    Error,
+    access::Capability,
+    peers::{AuditSink, BoxFuture},
     server::MessageLimits,
-    testing::{TestAuthority, TestDatabase, TestServer, spawn, with_token},
+    testing::{TestAuthority, TestDatabase, TestServer, TestToken, spawn, with_token},
 };
 use sharedcare_proto::{
+    audit::v1::{Action, AuditEvent, Outcome},
     common::v1::{Actor, PrincipalKind, Purpose, RecordCategory},
     consent::v1::{self as pb, consent_service_client::ConsentServiceClient},
 };
 use tonic::{Code, transport::Channel};
 
 const PATIENT: &str = "0197a1c2-patient-under-test";
+const OTHER_PATIENT: &str = "0197a1c2-another-patient";
+
+/// audit, in memory: what consent appended, and a switch to take it down.
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<AuditEvent>>,
+    down: AtomicBool,
+}
+
+impl AuditSink for Recorder {
+    fn append(&self, event: AuditEvent) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(Error::unavailable("audit is down"));
+            }
+            self.events.lock().expect("lock").push(event);
+            Ok(())
+        })
+    }
+}
+
+/// identity's organisations: these exist.
+struct Known(&'static [&'static str]);
+
+impl Organisations for Known {
+    fn exists(&self, code: &OdsCode) -> BoxFuture<'_, bool> {
+        let found = self.0.contains(&code.as_str());
+        Box::pin(async move { Ok(found) })
+    }
+}
 
 struct Fixture {
     server: TestServer,
     store: Arc<SqlStore>,
+    audit: Arc<Recorder>,
     authority: TestAuthority,
     _db: TestDatabase,
 }
@@ -31,9 +70,12 @@ impl Fixture {
     async fn start() -> Self {
         let db = TestDatabase::sqlite();
         let store = Arc::new(SqlStore::connect(db.url(), 4).await.expect("store"));
+        let audit = Arc::new(Recorder::default());
         let authority = TestAuthority::new();
         let server = spawn(spec(
             store.clone(),
+            audit.clone(),
+            Arc::new(Known(&["A81001", "RR8", "B82002"])),
             authority.verifier(),
             MessageLimits { max_bytes: 4 << 20 },
         ))
@@ -41,6 +83,7 @@ impl Fixture {
         Fixture {
             server,
             store,
+            audit,
             authority,
             _db: db,
         }
@@ -50,14 +93,64 @@ impl Fixture {
         ConsentServiceClient::new(self.server.channel.clone())
     }
 
-    fn token(&self, scopes: &[&str]) -> String {
-        self.authority
-            .token(PrincipalKind::Staff, "A81001", "R8000", scopes)
+    fn staff(&self, org: &str, scopes: &[&str], capabilities: &[Capability]) -> String {
+        self.authority.sign(TestToken {
+            kind: PrincipalKind::Staff,
+            org,
+            role: "R8000",
+            scopes,
+            purposes: &[Purpose::DirectCare],
+            capabilities,
+            patient: "",
+        })
     }
 
-    /// A registration clerk: records and reads.
+    /// Staff at A81001 with every scope of consent but no capability.
+    fn token(&self, scopes: &[&str]) -> String {
+        self.staff("A81001", scopes, &[])
+    }
+
+    /// The organisation's patient administration system: asserts its own
+    /// care relationships.
+    fn pas(&self, org: &str) -> String {
+        self.authority.token(
+            PrincipalKind::Application,
+            org,
+            "",
+            &["consent.write", "consent.read"],
+        )
+    }
+
+    /// A clinician at `org` who records directives on patients' behalf and
+    /// refers.
+    fn clinician(&self, org: &str) -> String {
+        self.staff(
+            org,
+            &["consent.write", "consent.read"],
+            &[Capability::RecordDirectives, Capability::Refer],
+        )
+    }
+
+    /// The patient themselves (or another one).
+    fn patient(&self, patient: &str) -> String {
+        self.authority.sign(TestToken {
+            kind: PrincipalKind::Patient,
+            org: "",
+            role: "",
+            scopes: &["consent.write", "consent.read"],
+            purposes: &[Purpose::PatientAccess],
+            capabilities: &[],
+            patient,
+        })
+    }
+
+    /// Records and reads directives: the patient.
     fn writer(&self) -> String {
-        self.token(&["consent.write", "consent.read"])
+        self.patient(PATIENT)
+    }
+
+    fn audited(&self) -> Vec<AuditEvent> {
+        self.audit.events.lock().expect("lock").clone()
     }
 
     /// A platform service asking for decisions.
@@ -72,7 +165,7 @@ impl Fixture {
 
     async fn record_relationship(&self, org: &str) -> pb::CareRelationship {
         self.client()
-            .record_care_relationship(with_token(relationship_request(org), &self.writer()))
+            .record_care_relationship(with_token(relationship_request(org), &self.pas(org)))
             .await
             .expect("recorded")
             .into_inner()
@@ -101,6 +194,7 @@ impl Fixture {
             .revoke_directive(with_token(
                 pb::RevokeDirectiveRequest {
                     directive_id: id.into(),
+                    patient_id: PATIENT.into(),
                 },
                 &self.writer(),
             ))
@@ -164,6 +258,7 @@ fn evaluate_request(org: &str, purpose: Purpose) -> pb::EvaluateRequest {
             kind: PrincipalKind::Staff as i32,
             organisation_ods_code: org.into(),
             role: "R8000".into(),
+            patient_id: String::new(),
         }),
         purpose: purpose as i32,
         category: RecordCategory::Unspecified as i32,
@@ -189,6 +284,7 @@ async fn care_relationships_are_recorded_and_listed_newest_first() {
     assert!(current.start_time.expect("defaulted").seconds >= before);
     assert_eq!(current.end_time, None);
     assert!(current.recorded_by.starts_with("test-"), "the caller's id");
+    assert_eq!(current.recorded_by_ods_code, "A81001");
 
     let mut past = relationship_request("RR8");
     past.kind = pb::CareRelationshipKind::HospitalEpisode as i32;
@@ -196,7 +292,7 @@ async fn care_relationships_are_recorded_and_listed_newest_first() {
     past.end_time = Some(seconds_from_now(-86_400 * 3));
     let past = f
         .client()
-        .record_care_relationship(with_token(past, &f.writer()))
+        .record_care_relationship(with_token(past, &f.pas("RR8")))
         .await
         .expect("recorded")
         .into_inner()
@@ -215,7 +311,28 @@ async fn care_relationships_are_recorded_and_listed_newest_first() {
         .expect("listed")
         .into_inner()
         .relationships;
-    assert_eq!(listed, vec![current, past]);
+    assert_eq!(listed, vec![current.clone(), past]);
+
+    // Each assertion and the read are in the audit trail, naming who.
+    let audited = f.audited();
+    let summary: Vec<_> = audited
+        .iter()
+        .map(|e| (e.action, e.resource_type.as_str(), e.outcome_reason.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Action::Create as i32, "CareRelationship", "ASSERTED"),
+            (Action::Create as i32, "CareRelationship", "ASSERTED"),
+            (Action::Read as i32, "CareRelationship", "LISTED"),
+        ]
+    );
+    assert_eq!(audited[0].record_id, current.relationship_id);
+    assert_eq!(
+        audited[0].actor.as_ref().expect("actor").principal_id,
+        current.recorded_by
+    );
+    assert!(audited.iter().all(|e| e.patient_id == PATIENT));
 }
 
 #[tokio::test]
@@ -235,6 +352,9 @@ async fn directives_are_recorded_listed_and_revoked_once() {
         })
         .await;
     assert_ne!(recorded.directive_id, "ignored");
+    assert_eq!(recorded.source, pb::DirectiveSource::Patient as i32);
+    assert!(recorded.recorded_by.starts_with("test-"));
+    assert_eq!(recorded.recorded_by_ods_code, "");
     assert_eq!(
         recorded.purposes,
         vec![Purpose::Research as i32],
@@ -248,6 +368,7 @@ async fn directives_are_recorded_listed_and_revoked_once() {
 
     let revoked = f.revoke(&recorded.directive_id).await.expect("revoked");
     assert!(revoked.revoke_time.is_some());
+    assert!(revoked.revoked_by.starts_with("test-"));
     assert_eq!(
         f.list_directives().await,
         vec![revoked],
@@ -360,6 +481,7 @@ async fn patient_directives_decide_objections_and_explicit_consent() {
 async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
     let f = Fixture::start().await;
     let writer = f.writer();
+    let pas = f.pas("A81001");
     let expect_invalid = |status: tonic::Status, field: &str| {
         assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
         assert!(
@@ -399,7 +521,7 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
         spoil(&mut request);
         let status = f
             .client()
-            .record_care_relationship(with_token(request, &writer))
+            .record_care_relationship(with_token(request, &pas))
             .await
             .expect_err(field);
         expect_invalid(status, field);
@@ -528,7 +650,12 @@ async fn every_call_needs_a_token_with_its_scope() {
         .expect_err("signed by an unknown key");
     assert_eq!(status.code(), Code::Unauthenticated);
 
-    let reader = f.token(&["consent.read"]);
+    let reader = f.authority.token(
+        PrincipalKind::Application,
+        "A81001",
+        "",
+        &["consent.read"],
+    );
     let status = f
         .client()
         .record_care_relationship(with_token(relationship_request("A81001"), &reader))
@@ -542,7 +669,7 @@ async fn every_call_needs_a_token_with_its_scope() {
         .client()
         .evaluate(with_token(
             evaluate_request("A81001", Purpose::DirectCare),
-            &f.writer(),
+            &f.pas("A81001"),
         ))
         .await
         .expect_err("no evaluate scope");
@@ -581,9 +708,385 @@ async fn later_issues_say_they_are_not_implemented_yet() {
 
     let status = f
         .client()
-        .watch_changes(with_token(pb::WatchChangesRequest::default(), &f.writer()))
+        .watch_changes(with_token(pb::WatchChangesRequest::default(), &f.evaluator()))
         .await
         .expect_err("later");
     assert_eq!(status.code(), Code::Unimplemented);
     assert!(status.message().contains("change-feed issue"));
+}
+
+/// The attacks of the trust-model issue, each refused, with nothing stored.
+#[tokio::test]
+async fn nobody_grants_themselves_a_relationship_or_overrides_a_patient() {
+    let f = Fixture::start().await;
+    let patient = PatientId::parse("patient_id", PATIENT).expect("valid");
+
+    // An ordinary clinician cannot assert a relationship, even for their own
+    // organisation: that is the organisation's system's (or a clerk's) job.
+    let status = f
+        .client()
+        .record_care_relationship(with_token(
+            relationship_request("A81001"),
+            &f.token(&["consent.write", "consent.read"]),
+        ))
+        .await
+        .expect_err("no capability");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status.message().contains("assert_relationships"),
+        "{}",
+        status.message()
+    );
+
+    // An organisation's system asserts relationships for itself only.
+    let status = f
+        .client()
+        .record_care_relationship(with_token(relationship_request("RR8"), &f.pas("A81001")))
+        .await
+        .expect_err("another organisation");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains("only for itself"), "{}", status.message());
+    assert!(
+        f.store
+            .list_relationships(&patient)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    // The attempt is on the patient's record.
+    let refused = f.audited();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].outcome, Outcome::Denied as i32);
+    assert_eq!(refused[0].outcome_reason, "NOT_OWN_ORGANISATION");
+
+    // The patient objects to sharing with everyone.
+    let objection = f.record_directive(deny_all()).await;
+
+    // A clinician at an organisation with no relationship can neither
+    // revoke it, nor read the patient's directives, nor record one.
+    let stranger = f.clinician("RR8");
+    let status = f
+        .client()
+        .revoke_directive(with_token(
+            pb::RevokeDirectiveRequest {
+                directive_id: objection.directive_id.clone(),
+                patient_id: PATIENT.into(),
+            },
+            &stranger,
+        ))
+        .await
+        .expect_err("no relationship");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains("no current care relationship"));
+    let status = f
+        .client()
+        .list_directives(with_token(
+            pb::ListDirectivesRequest {
+                patient_id: PATIENT.into(),
+            },
+            &stranger,
+        ))
+        .await
+        .expect_err("no relationship");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = f
+        .client()
+        .record_directive(with_token(
+            pb::RecordDirectiveRequest {
+                directive: Some(pb::Directive {
+                    effect: pb::Effect::Permit as i32,
+                    ..deny_all()
+                }),
+            },
+            &stranger,
+        ))
+        .await
+        .expect_err("no relationship");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let directives = f.store.list_directives(&patient).await.expect("list");
+    assert_eq!(directives.len(), 1);
+    assert_eq!(directives[0].revoked_at, None, "the objection stands");
+
+    // Another patient can neither read nor revoke this patient's directives.
+    let status = f
+        .client()
+        .revoke_directive(with_token(
+            pb::RevokeDirectiveRequest {
+                directive_id: objection.directive_id.clone(),
+                patient_id: PATIENT.into(),
+            },
+            &f.patient(OTHER_PATIENT),
+        ))
+        .await
+        .expect_err("not their own");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // Naming their own patient id does not reach another's directive.
+    let status = f
+        .client()
+        .revoke_directive(with_token(
+            pb::RevokeDirectiveRequest {
+                directive_id: objection.directive_id.clone(),
+                patient_id: OTHER_PATIENT.into(),
+            },
+            &f.patient(OTHER_PATIENT),
+        ))
+        .await
+        .expect_err("not theirs");
+    assert_eq!(status.code(), Code::NotFound);
+
+    // Admin and services have no business here at all.
+    let admin = f
+        .authority
+        .token(PrincipalKind::Admin, "X26", "admin", &["admin", "consent.write"]);
+    let status = f
+        .client()
+        .list_directives(with_token(
+            pb::ListDirectivesRequest {
+                patient_id: PATIENT.into(),
+            },
+            &admin,
+        ))
+        .await
+        .expect_err("admin");
+    assert_eq!(status.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn staff_caring_for_the_patient_record_directives_on_their_behalf() {
+    let f = Fixture::start().await;
+    f.record_relationship("A81001").await;
+    let clinician = f.clinician("A81001");
+    let recorded = f
+        .client()
+        .record_directive(with_token(
+            pb::RecordDirectiveRequest {
+                directive: Some(pb::Directive {
+                    categories: vec![RecordCategory::MentalHealth as i32],
+                    note: "asked at the surgery".into(),
+                    ..deny_all()
+                }),
+            },
+            &clinician,
+        ))
+        .await
+        .expect("recorded on the patient's behalf")
+        .into_inner()
+        .directive
+        .expect("directive");
+    assert_eq!(recorded.source, pb::DirectiveSource::Clinician as i32);
+    assert_eq!(recorded.recorded_by_ods_code, "A81001");
+
+    // The patient sees it, with its provenance.
+    let listed = f.list_directives().await;
+    assert_eq!(listed, vec![recorded.clone()]);
+
+    let revoked = f
+        .client()
+        .revoke_directive(with_token(
+            pb::RevokeDirectiveRequest {
+                directive_id: recorded.directive_id.clone(),
+                patient_id: PATIENT.into(),
+            },
+            &clinician,
+        ))
+        .await
+        .expect("revoked on the patient's behalf")
+        .into_inner()
+        .directive
+        .expect("directive");
+    assert!(revoked.revoke_time.is_some());
+    let actions: Vec<_> = f
+        .audited()
+        .iter()
+        .filter(|e| e.resource_type == "Directive")
+        .map(|e| (e.action, e.outcome_reason.clone()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            (Action::Create as i32, "clinician".to_owned()),
+            (Action::Read as i32, "LISTED".to_owned()),
+            (Action::Delete as i32, "REVOKED".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_referral_brings_in_another_organisation() {
+    let f = Fixture::start().await;
+    let refer = |to: &str| pb::ReferPatientRequest {
+        patient_id: PATIENT.into(),
+        organisation_ods_code: to.into(),
+        start_time: None,
+        end_time: None,
+    };
+
+    // Only an organisation caring for the patient may refer.
+    let status = f
+        .client()
+        .refer_patient(with_token(refer("RR8"), &f.clinician("B82002")))
+        .await
+        .expect_err("not caring");
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    f.record_relationship("A81001").await;
+    let status = f
+        .client()
+        .refer_patient(with_token(refer("ZZ999"), &f.clinician("A81001")))
+        .await
+        .expect_err("unknown organisation");
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("ZZ999"));
+    let status = f
+        .client()
+        .refer_patient(with_token(refer("A81001"), &f.clinician("A81001")))
+        .await
+        .expect_err("to itself");
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    let referral = f
+        .client()
+        .refer_patient(with_token(refer("rr8"), &f.clinician("A81001")))
+        .await
+        .expect("referred")
+        .into_inner()
+        .relationship
+        .expect("relationship");
+    assert_eq!(referral.organisation_ods_code, "RR8");
+    assert_eq!(referral.kind, pb::CareRelationshipKind::Referral as i32);
+    assert_eq!(referral.recorded_by_ods_code, "A81001");
+    let permitted = f
+        .evaluate(evaluate_request("RR8", Purpose::DirectCare))
+        .await;
+    assert_eq!(permitted.decision, pb::Decision::Permit as i32);
+    assert!(
+        f.audited()
+            .iter()
+            .any(|e| e.outcome_reason == "REFERRAL" && e.record_id == referral.relationship_id)
+    );
+
+    // A referral is never asserted directly.
+    let mut direct = relationship_request("A81001");
+    direct.kind = pb::CareRelationshipKind::Referral as i32;
+    let status = f
+        .client()
+        .record_care_relationship(with_token(direct, &f.pas("A81001")))
+        .await
+        .expect_err("use ReferPatient");
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn an_organisation_ends_its_own_relationships_only() {
+    let f = Fixture::start().await;
+    let ours = f.record_relationship("A81001").await;
+    let theirs = f.record_relationship("RR8").await;
+    let end = |id: &str| pb::EndCareRelationshipRequest {
+        patient_id: PATIENT.into(),
+        relationship_id: id.into(),
+        end_time: None,
+    };
+    let status = f
+        .client()
+        .end_care_relationship(with_token(end(&theirs.relationship_id), &f.pas("A81001")))
+        .await
+        .expect_err("not ours");
+    assert_eq!(status.code(), Code::NotFound);
+    let ended = f
+        .client()
+        .end_care_relationship(with_token(end(&ours.relationship_id), &f.pas("A81001")))
+        .await
+        .expect("ended")
+        .into_inner()
+        .relationship
+        .expect("relationship");
+    assert!(ended.end_time.is_some());
+    assert!(ended.ended_by.starts_with("test-"));
+    let denied = f
+        .evaluate(evaluate_request("A81001", Purpose::DirectCare))
+        .await;
+    assert_eq!(denied.decision, pb::Decision::Deny as i32);
+    // Once ended, A81001 is no longer related, so it cannot end it again.
+    let status = f
+        .client()
+        .end_care_relationship(with_token(end(&ours.relationship_id), &f.pas("A81001")))
+        .await
+        .expect_err("ended already");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let mut future = end(&theirs.relationship_id);
+    future.end_time = Some(seconds_from_now(3_600));
+    let status = f
+        .client()
+        .end_care_relationship(with_token(future, &f.pas("RR8")))
+        .await
+        .expect_err("in the future");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("end_time"));
+}
+
+#[tokio::test]
+async fn a_patient_sees_their_own_relationships_and_no_one_elses() {
+    let f = Fixture::start().await;
+    f.record_relationship("A81001").await;
+    let list = |patient: &str, token: &str| {
+        with_token(
+            pb::ListCareRelationshipsRequest {
+                patient_id: patient.into(),
+            },
+            token,
+        )
+    };
+    let own = f
+        .client()
+        .list_care_relationships(list(PATIENT, &f.patient(PATIENT)))
+        .await
+        .expect("own")
+        .into_inner()
+        .relationships;
+    assert_eq!(own.len(), 1);
+    let status = f
+        .client()
+        .list_care_relationships(list(PATIENT, &f.patient(OTHER_PATIENT)))
+        .await
+        .expect_err("another patient's");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains("own patient_id"));
+}
+
+#[tokio::test]
+async fn no_audit_no_change() {
+    let f = Fixture::start().await;
+    f.audit.down.store(true, Ordering::SeqCst);
+    let status = f
+        .client()
+        .record_care_relationship(with_token(relationship_request("A81001"), &f.pas("A81001")))
+        .await
+        .expect_err("audit down");
+    assert_eq!(status.code(), Code::Unavailable);
+    let status = f
+        .client()
+        .record_directive(with_token(
+            pb::RecordDirectiveRequest {
+                directive: Some(deny_all()),
+            },
+            &f.writer(),
+        ))
+        .await
+        .expect_err("audit down");
+    assert_eq!(status.code(), Code::Unavailable);
+    let patient = PatientId::parse("patient_id", PATIENT).expect("valid");
+    assert!(
+        f.store
+            .list_relationships(&patient)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(
+        f.store
+            .list_directives(&patient)
+            .await
+            .expect("list")
+            .is_empty()
+    );
 }

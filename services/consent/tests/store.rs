@@ -5,8 +5,8 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use sharedcare_consent::{
     domain::{
-        CareRelationship, CareRelationshipKind, Directive, Effect, OdsCode, PatientId, Period,
-        Purpose, RecordCategory,
+        CareRelationship, CareRelationshipKind, Directive, DirectiveSource, Effect, OdsCode,
+        PatientId, Period, Provenance, Purpose, RecordCategory,
     },
     store::{ConsentStore, SqlStore},
 };
@@ -38,6 +38,8 @@ fn relationship(
         kind: CareRelationshipKind::HospitalEpisode,
         period: Period { start, end },
         recorded_by: "principal-1".into(),
+        recorded_by_organisation: ods("RR8"),
+        ended_by: None,
     }
 }
 
@@ -57,6 +59,12 @@ fn directive(patient_id: &str, created_at: DateTime<Utc>) -> Directive {
         note: String::new(),
         created_at,
         revoked_at: None,
+        provenance: Provenance {
+            recorded_by: "staff-1".into(),
+            organisation: Some(ods("A81001")),
+            source: DirectiveSource::Clinician,
+        },
+        revoked_by: None,
     }
 }
 
@@ -132,12 +140,16 @@ async fn a_directive_is_revoked_once(store: &dyn ConsentStore) {
     let d = directive("p-1", t0());
     store.insert_directive(d.clone()).await.expect("insert");
     let at = t0() + Duration::hours(2);
-    let revoked = store.revoke_directive(&d.id, at).await.expect("revoke");
+    let revoked = store
+        .revoke_directive(&d.id, at, "patient-1")
+        .await
+        .expect("revoke");
     assert_eq!(revoked.revoked_at, Some(at));
     assert_eq!(
         revoked,
         Directive {
             revoked_at: Some(at),
+            revoked_by: Some("patient-1".into()),
             ..d.clone()
         }
     );
@@ -147,7 +159,7 @@ async fn a_directive_is_revoked_once(store: &dyn ConsentStore) {
     );
 
     let again = store
-        .revoke_directive(&d.id, at + Duration::hours(1))
+        .revoke_directive(&d.id, at + Duration::hours(1), "someone-else")
         .await
         .expect_err("already revoked");
     assert_eq!(again.code, Code::FailedPrecondition);
@@ -162,7 +174,7 @@ async fn a_directive_is_revoked_once(store: &dyn ConsentStore) {
     );
 
     let unknown = store
-        .revoke_directive("no-such-id", at)
+        .revoke_directive("no-such-id", at, "patient-1")
         .await
         .expect_err("unknown");
     assert_eq!(unknown.code, Code::NotFound);
@@ -171,6 +183,36 @@ async fn a_directive_is_revoked_once(store: &dyn ConsentStore) {
     assert_eq!(
         store.list_directives(&patient("p-1")).await.expect("list"),
         vec![revoked]
+    );
+}
+
+async fn a_relationship_ends_once(store: &dyn ConsentStore) {
+    let r = relationship("p-1", t0(), None);
+    store.insert_relationship(r.clone()).await.expect("insert");
+    assert_eq!(
+        store.get_relationship(&r.id).await.expect("get"),
+        Some(r.clone())
+    );
+    let at = t0() + Duration::hours(2);
+    let ended = store
+        .end_relationship(&r.id, at, "pas-1")
+        .await
+        .expect("end");
+    assert_eq!(ended.period.end, Some(at));
+    assert_eq!(ended.ended_by.as_deref(), Some("pas-1"));
+    let again = store
+        .end_relationship(&r.id, at + Duration::hours(1), "pas-2")
+        .await
+        .expect_err("already ended");
+    assert_eq!(again.code, Code::FailedPrecondition);
+    let unknown = store
+        .end_relationship("no-such-id", at, "pas-1")
+        .await
+        .expect_err("unknown");
+    assert_eq!(unknown.code, Code::NotFound);
+    assert_eq!(
+        store.list_relationships(&patient("p-1")).await.expect("list"),
+        vec![ended]
     );
 }
 
@@ -211,6 +253,7 @@ conformance!(
     relationships_read_back_newest_first_and_per_patient,
     directives_keep_every_field,
     a_directive_is_revoked_once,
+    a_relationship_ends_once,
 );
 
 /// Reopening a database runs the migrations again (a no-op) and finds what

@@ -1,6 +1,10 @@
 //! The consent decision. Deny unless a rule permits; every decision says why.
 //!
 //! Rules, in order:
+//! 0. Patient access: a patient reading their own record → PERMIT
+//!    (`PATIENT_OWN_RECORD`); anyone else asking for patient access, or a
+//!    patient asking for anything else or for another patient → DENY
+//!    (`NOT_THE_PATIENT`).
 //! 1. An active DENY directive of the patient that applies → DENY
 //!    (`PATIENT_DIRECTIVE_DENY`). Patient objections win over everything.
 //! 2. Direct care: a current care relationship between the actor's
@@ -26,9 +30,12 @@ use super::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
     pub principal_id: String,
-    pub organisation: OdsCode,
+    /// None for a patient acting for themselves.
+    pub organisation: Option<OdsCode>,
     /// Role at that organisation; empty when the principal has none.
     pub role: String,
+    /// Set when the actor is a patient: the patient their token is bound to.
+    pub patient: Option<PatientId>,
 }
 
 /// A request for emergency access without a care relationship.
@@ -65,6 +72,8 @@ pub enum Outcome {
 /// Stable reason codes; messages are for people.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReasonCode {
+    PatientOwnRecord,
+    NotThePatient,
     PatientDirectiveDeny,
     CareRelationship,
     NoCareRelationship,
@@ -76,6 +85,8 @@ pub enum ReasonCode {
 impl ReasonCode {
     pub fn as_str(self) -> &'static str {
         match self {
+            ReasonCode::PatientOwnRecord => "PATIENT_OWN_RECORD",
+            ReasonCode::NotThePatient => "NOT_THE_PATIENT",
             ReasonCode::PatientDirectiveDeny => "PATIENT_DIRECTIVE_DENY",
             ReasonCode::CareRelationship => "CARE_RELATIONSHIP",
             ReasonCode::NoCareRelationship => "NO_CARE_RELATIONSHIP",
@@ -168,6 +179,26 @@ fn decide(
     directives: &[Directive],
     now: DateTime<Utc>,
 ) -> Decision {
+    // 0. Patient access is the patient's own, and only theirs.
+    let is_the_patient = request.actor.patient.as_ref() == Some(&request.patient_id);
+    if request.purpose == Purpose::PatientAccess || request.actor.patient.is_some() {
+        return if is_the_patient && request.purpose == Purpose::PatientAccess {
+            Decision::permit(Reason {
+                code: ReasonCode::PatientOwnRecord,
+                message: "the patient is reading their own record".into(),
+                evidence_id: None,
+            })
+        } else {
+            Decision::deny(vec![Reason {
+                code: ReasonCode::NotThePatient,
+                message: "patient access is only for the patient themselves, and a patient \
+                          acts only for patient access to their own record"
+                    .into(),
+                evidence_id: None,
+            }])
+        };
+    }
+
     let applicable = |effect: Effect| {
         directives.iter().filter(move |d| {
             d.effect == effect
@@ -175,7 +206,7 @@ fn decide(
                 && d.is_active(now)
                 && d.applies_to(
                     request.purpose,
-                    &request.actor.organisation,
+                    request.actor.organisation.as_ref(),
                     &request.actor.role,
                     request.category,
                 )
@@ -194,7 +225,13 @@ fn decide(
         return Decision::deny(denials);
     }
 
-    let organisation = &request.actor.organisation;
+    let Some(organisation) = &request.actor.organisation else {
+        return Decision::deny(vec![Reason {
+            code: ReasonCode::NoCareRelationship,
+            message: "the actor acts for no organisation".into(),
+            evidence_id: None,
+        }]);
+    };
     if request.purpose == Purpose::DirectCare {
         // 2. Direct care rests on a legitimate relationship. When several
         // hold, cite the one that began most recently.
@@ -251,7 +288,7 @@ mod tests {
     use chrono::{Duration, TimeZone};
 
     use super::*;
-    use crate::domain::{CareRelationshipKind, Period};
+    use crate::domain::{CareRelationshipKind, DirectiveSource, Period, Provenance};
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0)
@@ -272,8 +309,9 @@ mod tests {
             patient_id: patient(),
             actor: Actor {
                 principal_id: "staff-1".into(),
-                organisation: ods("A81001"),
+                organisation: Some(ods("A81001")),
                 role: "R8000".into(),
+                patient: None,
             },
             purpose,
             category: RecordCategory::General,
@@ -296,6 +334,8 @@ mod tests {
             kind: CareRelationshipKind::RegisteredGp,
             period,
             recorded_by: "admin".into(),
+            recorded_by_organisation: ods(org),
+            ended_by: None,
         }
     }
 
@@ -313,7 +353,45 @@ mod tests {
             note: String::new(),
             created_at: now() - Duration::days(1),
             revoked_at: None,
+            provenance: Provenance {
+                recorded_by: "patient-principal".into(),
+                organisation: None,
+                source: DirectiveSource::Patient,
+            },
+            revoked_by: None,
         }
+    }
+
+    #[test]
+    fn a_patient_reads_their_own_record_and_nothing_else() {
+        let mut asked = request(Purpose::PatientAccess);
+        asked.actor = Actor {
+            principal_id: "pp-1".into(),
+            organisation: None,
+            role: String::new(),
+            patient: Some(patient()),
+        };
+        // Their own objections do not stop the patient reading their record.
+        let denial = directive("d1", Effect::Deny);
+        let decision = evaluate(&asked, &[], &[denial], now());
+        assert_eq!(decision.outcome, Outcome::Permit);
+        assert_eq!(codes(&decision), ["PATIENT_OWN_RECORD"]);
+
+        let mut other = asked.clone();
+        other.actor.patient = Some(PatientId::parse("p", "patient-2").expect("valid"));
+        let decision = evaluate(&other, &[], &[], now());
+        assert_eq!(codes(&decision), ["NOT_THE_PATIENT"]);
+
+        let mut direct = asked.clone();
+        direct.purpose = Purpose::DirectCare;
+        assert_eq!(evaluate(&direct, &[], &[], now()).outcome, Outcome::Deny);
+    }
+
+    #[test]
+    fn staff_never_get_patient_access() {
+        let open = relationship("r1", "A81001", open_since(3));
+        let decision = evaluate(&request(Purpose::PatientAccess), &[open], &[], now());
+        assert_eq!(codes(&decision), ["NOT_THE_PATIENT"]);
     }
 
     /// A named change to a directive.
@@ -527,7 +605,7 @@ mod tests {
 
     #[test]
     fn purposes_beyond_direct_care_need_explicit_consent() {
-        for purpose in [Purpose::Research, Purpose::Planning, Purpose::PatientAccess] {
+        for purpose in [Purpose::Research, Purpose::Planning] {
             // A care relationship is no basis for research or planning.
             let d = evaluate(
                 &request(purpose),

@@ -10,7 +10,7 @@ mod relationship;
 mod values;
 mod vocabulary;
 
-pub use directive::{Directive, MAX_NOTE_CHARS};
+pub use directive::{Directive, DirectiveSource, MAX_NOTE_CHARS, Provenance};
 pub use evaluate::{
     Actor, BreakGlass, Decision, EvaluationRequest, Obligation, ObligationCode, Outcome, Reason,
     ReasonCode, evaluate,

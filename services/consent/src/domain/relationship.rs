@@ -14,6 +14,11 @@ pub struct CareRelationship {
     pub period: Period,
     /// The principal that recorded it.
     pub recorded_by: String,
+    /// The organisation that recorded it: the caring organisation itself,
+    /// or the referring one for a referral.
+    pub recorded_by_organisation: OdsCode,
+    /// The principal that ended it early, once it has.
+    pub ended_by: Option<String>,
 }
 
 impl CareRelationship {

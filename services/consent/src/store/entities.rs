@@ -14,6 +14,8 @@ pub mod care_relationship {
         pub start_time: DateTimeUtc,
         pub end_time: Option<DateTimeUtc>,
         pub recorded_by: String,
+        pub recorded_by_ods_code: String,
+        pub ended_by: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -43,6 +45,11 @@ pub mod directive {
         pub note: String,
         pub created_at: DateTimeUtc,
         pub revoked_at: Option<DateTimeUtc>,
+        pub recorded_by: String,
+        pub recorded_by_ods_code: Option<String>,
+        /// "patient" or "clinician".
+        pub source: String,
+        pub revoked_by: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

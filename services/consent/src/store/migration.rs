@@ -6,7 +6,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(M0001Initial)]
+        vec![Box::new(M0001Initial), Box::new(M0002Provenance)]
     }
 
     // Services may share one PostgreSQL database: each keeps its own ledger.
@@ -83,5 +83,49 @@ impl MigrationTrait for M0001Initial {
                     .to_owned(),
             )
             .await
+    }
+}
+
+/// Who recorded, referred, ended and revoked: provenance for the trust model.
+struct M0002Provenance;
+
+impl MigrationName for M0002Provenance {
+    fn name(&self) -> &str {
+        "m0002_provenance"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for M0002Provenance {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // One column per ALTER: SQLite adds columns one at a time.
+        let columns = [
+            (
+                "consent_care_relationships",
+                string("recorded_by_ods_code").default("").to_owned(),
+            ),
+            ("consent_care_relationships", string_null("ended_by")),
+            (
+                "consent_directives",
+                string("recorded_by").default("").to_owned(),
+            ),
+            ("consent_directives", string_null("recorded_by_ods_code")),
+            (
+                "consent_directives",
+                string("source").default("patient").to_owned(),
+            ),
+            ("consent_directives", string_null("revoked_by")),
+        ];
+        for (table, mut column) in columns {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(table)
+                        .add_column(&mut column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 }

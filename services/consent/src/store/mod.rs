@@ -21,14 +21,24 @@ pub trait ConsentStore: Send + Sync + 'static {
         &self,
         relationship: CareRelationship,
     ) -> BoxFuture<'_, CareRelationship>;
+    fn get_relationship(&self, id: &str) -> BoxFuture<'_, Option<CareRelationship>>;
+    /// Ends the relationship at `at`, by principal `by`. NOT_FOUND if
+    /// unknown; FAILED_PRECONDITION if it has already ended by then.
+    fn end_relationship(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        by: &str,
+    ) -> BoxFuture<'_, CareRelationship>;
     /// The patient's relationships, newest (latest start) first.
     fn list_relationships(&self, patient: &PatientId) -> BoxFuture<'_, Vec<CareRelationship>>;
 
     fn insert_directive(&self, directive: Directive) -> BoxFuture<'_, Directive>;
     fn get_directive(&self, id: &str) -> BoxFuture<'_, Option<Directive>>;
-    /// Marks the directive revoked at `at`. NOT_FOUND if unknown;
-    /// FAILED_PRECONDITION if it is already revoked.
-    fn revoke_directive(&self, id: &str, at: DateTime<Utc>) -> BoxFuture<'_, Directive>;
+    /// Marks the directive revoked at `at` by principal `by`. NOT_FOUND if
+    /// unknown; FAILED_PRECONDITION if it is already revoked.
+    fn revoke_directive(&self, id: &str, at: DateTime<Utc>, by: &str)
+    -> BoxFuture<'_, Directive>;
     /// The patient's directives, revoked ones included, newest (latest
     /// recorded) first.
     fn list_directives(&self, patient: &PatientId) -> BoxFuture<'_, Vec<Directive>>;

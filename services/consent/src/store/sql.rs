@@ -3,14 +3,14 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    sea_query::Expr,
+    sea_query::{Expr, ExprTrait},
 };
 use sharedcare_kit::Error;
 
 use super::{BoxFuture, ConsentStore, Migrator, entities::*};
 use crate::domain::{
-    CareRelationship, CareRelationshipKind, Directive, Effect, OdsCode, PatientId, Period, Purpose,
-    RecordCategory,
+    CareRelationship, CareRelationshipKind, Directive, DirectiveSource, Effect, OdsCode,
+    PatientId, Period, Provenance, Purpose, RecordCategory,
 };
 
 #[derive(Clone)]
@@ -40,11 +40,23 @@ fn relationship_to_row(r: &CareRelationship) -> care_relationship::ActiveModel {
         start_time: Set(r.period.start),
         end_time: Set(r.period.end),
         recorded_by: Set(r.recorded_by.clone()),
+        recorded_by_ods_code: Set(r.recorded_by_organisation.as_str().to_owned()),
+        ended_by: Set(r.ended_by.clone()),
     }
 }
 
 fn relationship_from_row(row: care_relationship::Model) -> Result<CareRelationship, Error> {
     const READING: &str = "reading a care relationship";
+    // Rows from before provenance was kept were recorded by the caring
+    // organisation's own principals.
+    let recorded_by_organisation = if row.recorded_by_ods_code.is_empty() {
+        &row.organisation_ods_code
+    } else {
+        &row.recorded_by_ods_code
+    };
+    let recorded_by_organisation =
+        OdsCode::parse("stored recorded_by_ods_code", recorded_by_organisation)
+            .map_err(|e| Error::internal(READING, e))?;
     Ok(CareRelationship {
         id: row.relationship_id,
         patient_id: PatientId::parse("stored patient_id", &row.patient_id)
@@ -58,6 +70,8 @@ fn relationship_from_row(row: care_relationship::Model) -> Result<CareRelationsh
             end: row.end_time,
         },
         recorded_by: row.recorded_by,
+        recorded_by_organisation,
+        ended_by: row.ended_by,
     })
 }
 
@@ -90,6 +104,14 @@ fn directive_to_row(d: &Directive) -> Result<directive::ActiveModel, Error> {
         note: Set(d.note.clone()),
         created_at: Set(d.created_at),
         revoked_at: Set(d.revoked_at),
+        recorded_by: Set(d.provenance.recorded_by.clone()),
+        recorded_by_ods_code: Set(d
+            .provenance
+            .organisation
+            .as_ref()
+            .map(|o| o.as_str().to_owned())),
+        source: Set(d.provenance.source.as_str().to_owned()),
+        revoked_by: Set(d.revoked_by.clone()),
     })
 }
 
@@ -117,6 +139,18 @@ fn directive_from_row(row: directive::Model) -> Result<Directive, Error> {
         note: row.note,
         created_at: row.created_at,
         revoked_at: row.revoked_at,
+        provenance: Provenance {
+            recorded_by: row.recorded_by,
+            organisation: row
+                .recorded_by_ods_code
+                .as_deref()
+                .map(|o| OdsCode::parse("stored recorded_by_ods_code", o))
+                .transpose()
+                .map_err(|e| Error::internal(READING, e))?,
+            source: DirectiveSource::from_stored(&row.source)
+                .ok_or_else(|| Error::internal(READING, "unknown source"))?,
+        },
+        revoked_by: row.revoked_by,
     })
 }
 
@@ -147,6 +181,54 @@ impl ConsentStore for SqlStore {
         })
     }
 
+    fn get_relationship(&self, id: &str) -> BoxFuture<'_, Option<CareRelationship>> {
+        let id = id.to_owned();
+        Box::pin(async move {
+            care_relationship::Entity::find_by_id(id)
+                .one(&self.db)
+                .await
+                .map_err(|e| Error::internal("reading a care relationship", e))?
+                .map(relationship_from_row)
+                .transpose()
+        })
+    }
+
+    fn end_relationship(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        by: &str,
+    ) -> BoxFuture<'_, CareRelationship> {
+        let id = id.to_owned();
+        let by = by.to_owned();
+        Box::pin(async move {
+            // One conditional update: only a relationship still open at `at`
+            // ends, so of two concurrent ends exactly one succeeds.
+            let updated = care_relationship::Entity::update_many()
+                .col_expr(care_relationship::Column::EndTime, Expr::value(at))
+                .col_expr(care_relationship::Column::EndedBy, Expr::value(by))
+                .filter(care_relationship::Column::RelationshipId.eq(id.as_str()))
+                .filter(
+                    care_relationship::Column::EndTime
+                        .is_null()
+                        .or(care_relationship::Column::EndTime.gt(at)),
+                )
+                .exec(&self.db)
+                .await
+                .map_err(|e| Error::internal("ending a care relationship", e))?;
+            let relationship = self
+                .get_relationship(&id)
+                .await?
+                .ok_or_else(|| Error::not_found("no care relationship with this relationship_id"))?;
+            if updated.rows_affected == 0 {
+                return Err(Error::failed_precondition(
+                    "the care relationship has already ended",
+                ));
+            }
+            Ok(relationship)
+        })
+    }
+
     fn insert_directive(&self, d: Directive) -> BoxFuture<'_, Directive> {
         Box::pin(async move {
             directive::Entity::insert(directive_to_row(&d)?)
@@ -169,13 +251,20 @@ impl ConsentStore for SqlStore {
         })
     }
 
-    fn revoke_directive(&self, id: &str, at: DateTime<Utc>) -> BoxFuture<'_, Directive> {
+    fn revoke_directive(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        by: &str,
+    ) -> BoxFuture<'_, Directive> {
         let id = id.to_owned();
+        let by = by.to_owned();
         Box::pin(async move {
             // One conditional update: of two concurrent revocations, exactly
             // one succeeds.
             let updated = directive::Entity::update_many()
                 .col_expr(directive::Column::RevokedAt, Expr::value(at))
+                .col_expr(directive::Column::RevokedBy, Expr::value(by))
                 .filter(directive::Column::DirectiveId.eq(id.as_str()))
                 .filter(directive::Column::RevokedAt.is_null())
                 .exec(&self.db)
