@@ -4,14 +4,23 @@
 
 use std::collections::HashMap;
 
-use sharedcare_kit::testing::{TestDatabase, TestServer, spawn};
-use sharedcare_proto::identity::v1::{
-    IssueTokenRequest, identity_service_client::IdentityServiceClient,
+use sharedcare_kit::{
+    config::ServerConfig,
+    testing::{TestDatabase, TestServer, reserve_port, spawn_on},
+};
+use sharedcare_kit::testing::with_token;
+use sharedcare_proto::{
+    common::v1::{PrincipalKind, Purpose},
+    identity::v1::{
+        CreateOrganisationRequest, CreatePrincipalRequest, IssueTokenRequest,
+        identity_service_client::IdentityServiceClient,
+    },
 };
 
 pub const ADMIN_CLIENT_ID: &str = "admin";
 pub const ADMIN_SECRET: &str = "e2e-admin-secret-0123456789abcdef0123456789abcdef";
-const RECORDS_SECRET: &str = "e2e-records-secret-0123456789abcdef0123456789abcd";
+pub const RECORDS_SECRET: &str = "e2e-records-secret-0123456789abcdef0123456789abcd";
+const CONSENT_SECRET: &str = "e2e-consent-secret-0123456789abcdef0123456789abcd";
 
 /// Where the services keep their data for one test run.
 pub enum Backend {
@@ -31,7 +40,8 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Starts identity, consent, audit, then records (which needs the others' URLs).
+    /// Starts identity, audit, consent, then records, each on a port reserved
+    /// up front so each knows the others' URLs.
     pub async fn start(backend: Backend) -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let bootstrap = data_dir.path().join("bootstrap.toml");
@@ -56,6 +66,14 @@ client_id = "records"
 client_secret = "{RECORDS_SECRET}"
 kind = "service"
 display_name = "records service"
+organisation = "X26"
+role = "service"
+
+[[principals]]
+client_id = "consent"
+client_secret = "{CONSENT_SECRET}"
+kind = "service"
+display_name = "consent service"
 organisation = "X26"
 role = "service"
 "#
@@ -88,25 +106,66 @@ role = "service"
             Backend::Sqlite => sharedcare_kit::db::sqlite_url(&data_dir.path().join("records.db")),
         };
 
+        // Every port first: the services call each other.
+        let listeners = [
+            reserve_port().await,
+            reserve_port().await,
+            reserve_port().await,
+            reserve_port().await,
+        ];
+        let [identity_url, consent_url, audit_url] = [&listeners[0], &listeners[1], &listeners[2]]
+            .map(|l| format!("http://{}", l.local_addr().expect("local addr")));
+        let [identity_port, consent_port, audit_port, records_port] = listeners;
+        let server = ServerConfig::loopback;
+
         let mut env = base.clone();
-        env.insert(
-            "SHAREDCARE_IDENTITY__BOOTSTRAP_FILE".into(),
-            bootstrap.display().to_string(),
-        );
+        env.extend([
+            (
+                "SHAREDCARE_IDENTITY__BOOTSTRAP_FILE".to_owned(),
+                bootstrap.display().to_string(),
+            ),
+            (
+                "SHAREDCARE_IDENTITY__CONSENT_URL".to_owned(),
+                consent_url.clone(),
+            ),
+            ("SHAREDCARE_IDENTITY__AUDIT_URL".to_owned(), audit_url.clone()),
+        ]);
         let cfg = sharedcare_identity::config::IdentityConfig::load(&env).expect("identity config");
-        let identity = spawn(
+        let identity = spawn_on(
             sharedcare_identity::open(&cfg)
                 .await
                 .expect("identity opens"),
+            server(),
+            identity_port,
         )
         .await;
 
         let mut env = base.clone();
-        env.insert("SHAREDCARE_AUTH__IDENTITY_URL".into(), identity.url());
-        let cfg = sharedcare_consent::config::ConsentConfig::load(&env).expect("consent config");
-        let consent = spawn(sharedcare_consent::open(&cfg).await.expect("consent opens")).await;
+        env.insert("SHAREDCARE_AUTH__IDENTITY_URL".into(), identity_url);
         let cfg = sharedcare_audit::config::AuditConfig::load(&env).expect("audit config");
-        let audit = spawn(sharedcare_audit::open(&cfg).await.expect("audit opens")).await;
+        let audit = spawn_on(
+            sharedcare_audit::open(&cfg).await.expect("audit opens"),
+            server(),
+            audit_port,
+        )
+        .await;
+        let mut consent_env = env.clone();
+        consent_env.extend([
+            ("SHAREDCARE_AUTH__CLIENT_ID".to_owned(), "consent".to_owned()),
+            (
+                "SHAREDCARE_AUTH__CLIENT_SECRET__VALUE".to_owned(),
+                CONSENT_SECRET.to_owned(),
+            ),
+            ("SHAREDCARE_CONSENT__AUDIT_URL".to_owned(), audit_url.clone()),
+        ]);
+        let cfg =
+            sharedcare_consent::config::ConsentConfig::load(&consent_env).expect("consent config");
+        let consent = spawn_on(
+            sharedcare_consent::open(&cfg).await.expect("consent opens"),
+            server(),
+            consent_port,
+        )
+        .await;
 
         env.extend([
             (
@@ -117,8 +176,8 @@ role = "service"
                 "SHAREDCARE_AUTH__CLIENT_SECRET__VALUE".to_owned(),
                 RECORDS_SECRET.to_owned(),
             ),
-            ("SHAREDCARE_RECORDS__CONSENT_URL".to_owned(), consent.url()),
-            ("SHAREDCARE_RECORDS__AUDIT_URL".to_owned(), audit.url()),
+            ("SHAREDCARE_RECORDS__CONSENT_URL".to_owned(), consent_url),
+            ("SHAREDCARE_RECORDS__AUDIT_URL".to_owned(), audit_url),
             (
                 "SHAREDCARE_RECORDS__MAX_RESOURCE_BYTES".to_owned(),
                 "131072".to_owned(),
@@ -129,7 +188,12 @@ role = "service"
             ),
         ]);
         let cfg = sharedcare_records::config::RecordsConfig::load(&env).expect("records config");
-        let records = spawn(sharedcare_records::open(&cfg).await.expect("records opens")).await;
+        let records = spawn_on(
+            sharedcare_records::open(&cfg).await.expect("records opens"),
+            server(),
+            records_port,
+        )
+        .await;
 
         Platform {
             identity,
@@ -159,6 +223,107 @@ role = "service"
 
     pub async fn admin_token(&self) -> String {
         self.token(ADMIN_CLIENT_ID, ADMIN_SECRET).await
+    }
+
+    /// Adds an organisation (as admin).
+    pub async fn organisation(&self, admin: &str, ods: &str) {
+        IdentityServiceClient::new(self.identity.channel.clone())
+            .create_organisation(with_token(
+                CreateOrganisationRequest {
+                    ods_code: ods.into(),
+                    name: format!("Organisation {ods}"),
+                },
+                admin,
+            ))
+            .await
+            .expect("organisation created");
+    }
+
+    /// Creates a principal (as admin) and returns a token for it.
+    pub async fn principal(&self, admin: &str, request: CreatePrincipalRequest) -> String {
+        self.principal_with_purpose(admin, request, Purpose::Unspecified)
+            .await
+    }
+
+    /// Creates a principal and returns a token for `purpose`.
+    pub async fn principal_with_purpose(
+        &self,
+        admin: &str,
+        request: CreatePrincipalRequest,
+        purpose: Purpose,
+    ) -> String {
+        let created = IdentityServiceClient::new(self.identity.channel.clone())
+            .create_principal(with_token(request, admin))
+            .await
+            .expect("principal created")
+            .into_inner();
+        let client_id = created.principal.expect("principal").client_id;
+        IdentityServiceClient::new(self.identity.channel.clone())
+            .issue_token(IssueTokenRequest {
+                client_id,
+                client_secret: created.client_secret,
+                scopes: vec![],
+                purpose: purpose as i32,
+            })
+            .await
+            .expect("token issued")
+            .into_inner()
+            .access_token
+    }
+
+    /// A member of staff at `ods` in `role` (default scopes; capabilities
+    /// from identity's role map).
+    pub async fn staff(&self, admin: &str, ods: &str, role: &str) -> String {
+        self.principal(
+            admin,
+            CreatePrincipalRequest {
+                kind: PrincipalKind::Staff as i32,
+                display_name: format!("{role} at {ods}"),
+                organisation_ods_code: ods.into(),
+                role: role.into(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// The organisation's patient administration system: an application
+    /// that registers patients and asserts its organisation's relationships.
+    pub async fn pas(&self, admin: &str, ods: &str) -> String {
+        self.principal(
+            admin,
+            CreatePrincipalRequest {
+                kind: PrincipalKind::Application as i32,
+                display_name: format!("PAS at {ods}"),
+                organisation_ods_code: ods.into(),
+                scopes: [
+                    "patients.read",
+                    "patients.write",
+                    "records.read",
+                    "records.write",
+                    "consent.read",
+                    "consent.write",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// The patient, signed in for themselves.
+    pub async fn patient(&self, admin: &str, patient_id: &str) -> String {
+        self.principal(
+            admin,
+            CreatePrincipalRequest {
+                kind: PrincipalKind::Patient as i32,
+                display_name: "the patient".into(),
+                patient_id: patient_id.into(),
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     /// How many resource versions records has stored.

@@ -21,39 +21,18 @@ use tonic::Code;
 /// A test-range NHS number with a valid check digit.
 const NHS_NUMBER: &str = "999 000 0018";
 
-struct Clinician {
-    token: String,
+/// A clinician (national RBAC R8000) at a new organisation, and that
+/// organisation's patient administration system.
+struct Practice {
+    clinician: String,
+    pas: String,
 }
 
-async fn clinician(p: &Platform, admin: &str, ods: &str) -> Clinician {
-    let mut identity = IdentityServiceClient::new(p.identity.channel.clone());
-    identity
-        .create_organisation(with_token(
-            identity::CreateOrganisationRequest {
-                ods_code: ods.into(),
-                name: format!("Practice {ods}"),
-            },
-            admin,
-        ))
-        .await
-        .expect("organisation created");
-    let created = identity
-        .create_principal(with_token(
-            identity::CreatePrincipalRequest {
-                kind: PrincipalKind::Staff as i32,
-                display_name: format!("GP at {ods}"),
-                organisation_ods_code: ods.into(),
-                role: "R8000".into(),
-                scopes: vec![],
-            },
-            admin,
-        ))
-        .await
-        .expect("staff principal created")
-        .into_inner();
-    let client_id = created.principal.expect("principal").client_id;
-    Clinician {
-        token: p.token(&client_id, &created.client_secret).await,
+async fn practice(p: &Platform, admin: &str, ods: &str) -> Practice {
+    p.organisation(admin, ods).await;
+    Practice {
+        clinician: p.staff(admin, ods, "R8000").await,
+        pas: p.pas(admin, ods).await,
     }
 }
 
@@ -76,9 +55,9 @@ async fn the_chain(backend: Backend) {
     let mut records_client = RecordsServiceClient::new(p.records.channel.clone());
     let mut audit_client = AuditServiceClient::new(p.audit.channel.clone());
 
-    // Two practices, a clinician at each.
-    let ours = clinician(&p, &admin, "A81001").await;
-    let theirs = clinician(&p, &admin, "B82002").await;
+    // Two practices, a clinician and the practice's system at each.
+    let ours = practice(&p, &admin, "A81001").await;
+    let theirs = practice(&p, &admin, "B82002").await;
 
     // A patient is registered once.
     let register = || identity::RegisterPatientRequest {
@@ -92,25 +71,35 @@ async fn the_chain(backend: Backend) {
         }),
     };
     let registered = identity
-        .register_patient(with_token(register(), &ours.token))
+        .register_patient(with_token(register(), &ours.clinician))
         .await
         .expect("registered")
         .into_inner();
     assert!(registered.created);
     let patient_id = registered.patient.expect("patient").patient_id;
     let again = identity
-        .register_patient(with_token(register(), &theirs.token))
+        .register_patient(with_token(register(), &theirs.clinician))
         .await
         .expect("registered again")
         .into_inner();
     assert!(!again.created, "details are given once");
     assert_eq!(again.patient.expect("patient").patient_id, patient_id);
 
+    // The NHS number with someone else's details reveals nothing.
+    let mut guess = register();
+    guess.demographics.as_mut().expect("demographics").family_name = "Jones".into();
+    let status = identity
+        .register_patient(with_token(guess, &theirs.clinician))
+        .await
+        .expect_err("other details");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(!status.message().contains("Smith") && !status.message().contains("1980"));
+
     // An invalid NHS number is refused, naming the field.
     let mut bad = register();
     bad.nhs_number = "999 000 0019".into();
     let status = identity
-        .register_patient(with_token(bad, &ours.token))
+        .register_patient(with_token(bad, &ours.clinician))
         .await
         .expect_err("check digit");
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -120,18 +109,24 @@ async fn the_chain(backend: Backend) {
         status.message()
     );
 
-    // Our practice is the patient's registered GP.
+    // Our practice is the patient's registered GP: its own system says so.
+    // A clinician cannot assert it, nor can the other practice's system.
+    let relationship = |ods: &str| consent::RecordCareRelationshipRequest {
+        patient_id: patient_id.clone(),
+        organisation_ods_code: ods.into(),
+        kind: CareRelationshipKind::RegisteredGp as i32,
+        start_time: None,
+        end_time: None,
+    };
+    for (token, ods) in [(&ours.clinician, "A81001"), (&theirs.pas, "A81001")] {
+        let status = consent_client
+            .record_care_relationship(with_token(relationship(ods), token))
+            .await
+            .expect_err("not theirs to assert");
+        assert_eq!(status.code(), Code::PermissionDenied);
+    }
     consent_client
-        .record_care_relationship(with_token(
-            consent::RecordCareRelationshipRequest {
-                patient_id: patient_id.clone(),
-                organisation_ods_code: "A81001".into(),
-                kind: CareRelationshipKind::RegisteredGp as i32,
-                start_time: None,
-                end_time: None,
-            },
-            &ours.token,
-        ))
+        .record_care_relationship(with_token(relationship("A81001"), &ours.pas))
         .await
         .expect("care relationship recorded");
 
@@ -144,7 +139,7 @@ async fn the_chain(backend: Backend) {
                 category: 0,
                 purpose: 0,
             },
-            &ours.token,
+            &ours.clinician,
         ))
         .await
         .expect("record created")
@@ -181,7 +176,7 @@ async fn the_chain(backend: Backend) {
                     category: 0,
                     purpose: 0,
                 },
-                &ours.token,
+                &ours.clinician,
             ))
             .await
             .expect_err(field);
@@ -197,7 +192,7 @@ async fn the_chain(backend: Backend) {
         purpose: 0,
     };
     let read = records_client
-        .get_record(with_token(get(&created.record_id), &ours.token))
+        .get_record(with_token(get(&created.record_id), &ours.clinician))
         .await
         .expect("permitted read")
         .into_inner()
@@ -207,7 +202,7 @@ async fn the_chain(backend: Backend) {
 
     // The other practice has no relationship: denied, with the reason.
     let status = records_client
-        .get_record(with_token(get(&created.record_id), &theirs.token))
+        .get_record(with_token(get(&created.record_id), &theirs.clinician))
         .await
         .expect_err("no care relationship");
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -219,7 +214,7 @@ async fn the_chain(backend: Backend) {
 
     // An unknown record: NOT_FOUND for those who may look.
     let status = records_client
-        .get_record(with_token(get("no-such-record"), &ours.token))
+        .get_record(with_token(get("no-such-record"), &ours.clinician))
         .await
         .expect_err("unknown");
     assert_eq!(status.code(), Code::NotFound);
@@ -238,19 +233,38 @@ async fn the_chain(backend: Backend) {
         .expect_err("forged");
     assert_eq!(status.code(), Code::Unauthenticated);
 
-    // The patient's access report shows the write, the read and the denial.
+    // The patient's access report — read by the patient — shows the
+    // relationship, the write, the read and the denial. Admin cannot read it.
+    let report_request = || audit::AccessReportRequest {
+        patient_id: patient_id.clone(),
+        page_size: 0,
+        page_token: String::new(),
+    };
+    let status = audit_client
+        .access_report(with_token(report_request(), &admin))
+        .await
+        .expect_err("admin sees no clinical data");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let the_patient = p.patient(&admin, &patient_id).await;
     let report = audit_client
-        .access_report(with_token(
-            audit::AccessReportRequest {
-                patient_id: patient_id.clone(),
-                page_size: 0,
-                page_token: String::new(),
-            },
-            &admin,
-        ))
+        .access_report(with_token(report_request(), &the_patient))
         .await
         .expect("access report")
         .into_inner();
+    assert!(
+        report
+            .lines
+            .iter()
+            .any(|l| l.resource_type == "CareRelationship" && l.action == Action::Create as i32),
+        "the relationship's assertion is on the report"
+    );
+    assert!(
+        report
+            .lines
+            .iter()
+            .any(|l| l.resource_type == "Patient" && l.action == Action::Read as i32),
+        "demographic reads are on the report"
+    );
     let lines: Vec<(i32, i32, String, String)> = report
         .lines
         .iter()
@@ -294,14 +308,14 @@ async fn the_chain(backend: Backend) {
     // Fail closed: with audit down a read is not served...
     p.audit.shutdown().await;
     let status = records_client
-        .get_record(with_token(get(&created.record_id), &ours.token))
+        .get_record(with_token(get(&created.record_id), &ours.clinician))
         .await
         .expect_err("audit down");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     // ...and with consent down neither.
     p.consent.shutdown().await;
     let status = records_client
-        .get_record(with_token(get(&created.record_id), &ours.token))
+        .get_record(with_token(get(&created.record_id), &ours.clinician))
         .await
         .expect_err("consent down");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");

@@ -4,7 +4,7 @@
 use sharedcare_kit::testing::{TestServer, with_token};
 use sharedcare_proto::{
     audit::v1::{QueryRequest, audit_service_client::AuditServiceClient},
-    identity::v1::{GetPatientRequest, identity_service_client::IdentityServiceClient},
+    identity::v1::{GetOrganisationRequest, identity_service_client::IdentityServiceClient},
 };
 use sharedcare_tests::{Backend, Platform};
 use tokio_stream::StreamExt;
@@ -101,13 +101,14 @@ async fn every_service_reports_serving_and_lists_itself_by_reflection() {
 async fn garbage_gets_the_right_status_and_the_service_keeps_serving() {
     let p = Platform::start(Backend::Sqlite).await;
     let admin = p.admin_token().await;
+    let auditor = p.staff(&admin, "X26", "platform-auditor").await;
     let mut identity = IdentityServiceClient::new(p.identity.channel.clone());
 
     // Unknown id.
     let status = identity
-        .get_patient(with_token(
-            GetPatientRequest {
-                patient_id: "no-such-patient".into(),
+        .get_organisation(with_token(
+            GetOrganisationRequest {
+                ods_code: "Z9Z9".into(),
             },
             &admin,
         ))
@@ -117,9 +118,9 @@ async fn garbage_gets_the_right_status_and_the_service_keeps_serving() {
 
     // Oversize message: refused by the server's limit (256 KiB here).
     let status = identity
-        .get_patient(with_token(
-            GetPatientRequest {
-                patient_id: "x".repeat(300 * 1024),
+        .get_organisation(with_token(
+            GetOrganisationRequest {
+                ods_code: "x".repeat(300 * 1024),
             },
             &admin,
         ))
@@ -140,7 +141,7 @@ async fn garbage_gets_the_right_status_and_the_service_keeps_serving() {
                 page_size: 10,
                 page_token: "%%%not-a-token%%%".into(),
             },
-            &admin,
+            &auditor,
         ))
         .await
         .expect_err("bad page token");
@@ -153,9 +154,9 @@ async fn garbage_gets_the_right_status_and_the_service_keeps_serving() {
 
     // Still serving.
     let status = identity
-        .get_patient(with_token(
-            GetPatientRequest {
-                patient_id: "still-here".into(),
+        .get_organisation(with_token(
+            GetOrganisationRequest {
+                ods_code: "Z8Z8".into(),
             },
             &admin,
         ))

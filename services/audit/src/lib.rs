@@ -8,7 +8,11 @@
 //! with AccessReport. The signed Merkle tree head and its proofs come with a
 //! later issue; until then those RPCs answer UNIMPLEMENTED.
 //!
-//! Scopes: `audit.append` to append, `audit.read` to read.
+//! Who may do what is [`policy::ACCESS`]: platform services append (and the
+//! appending principal is recorded from their token, not from the event);
+//! a patient reads their own access report, an organisation's privacy
+//! officer the entries about accesses made by that organisation, and a
+//! platform auditor everything.
 
 pub mod config;
 pub mod domain;

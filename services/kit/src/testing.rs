@@ -64,9 +64,20 @@ pub async fn spawn(spec: ServiceSpec) -> TestServer {
 
 /// Starts a service with the given server settings (its `listen` is ignored).
 pub async fn spawn_with(spec: ServiceSpec, cfg: ServerConfig) -> TestServer {
-    let listener = TcpListener::bind("127.0.0.1:0")
+    spawn_on(spec, cfg, reserve_port().await).await
+}
+
+/// A bound loopback listener: its address is known before the service that
+/// will serve it is built (services that call each other need each other's
+/// URLs at start).
+pub async fn reserve_port() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
         .await
-        .expect("bind 127.0.0.1:0");
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Starts a service on a listener from [`reserve_port`].
+pub async fn spawn_on(spec: ServiceSpec, cfg: ServerConfig, listener: TcpListener) -> TestServer {
     let addr = listener.local_addr().expect("local addr");
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {

@@ -1,10 +1,14 @@
 //! records' configuration: the shared sections plus `[records]`.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 use sharedcare_kit::config::{
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, SecretSource,
     ServerConfig, TelemetryConfig, Validate,
 };
+
+use crate::domain::{ClassificationMap, MapError};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RecordsConfig {
@@ -32,6 +36,21 @@ pub struct RecordsSettings {
     /// file. Unset: generated on first start and kept in the data dir.
     #[serde(default)]
     pub key_encryption_key: SecretSource,
+    /// A classification map (TOML) that replaces the built-in one, which is
+    /// `services/records/classification.toml`. Unset: the built-in map.
+    #[serde(default)]
+    pub classification_map: Option<PathBuf>,
+}
+
+impl RecordsSettings {
+    /// The classification map: the file named by `classification_map`, or
+    /// the built-in one. Errors name the file and the line.
+    pub fn classification_map(&self) -> Result<ClassificationMap, MapError> {
+        match &self.classification_map {
+            Some(path) => ClassificationMap::load(path),
+            None => ClassificationMap::builtin(),
+        }
+    }
 }
 
 const OWN_DEFAULTS: &str = r#"
@@ -118,6 +137,10 @@ impl Validate for RecordsConfig {
                 "must be at least 100",
             ));
         }
+        // A map that does not load stops the service here, before it starts.
+        self.records
+            .classification_map()
+            .map_err(|e| ConfigError::invalid("records.classification_map", e.to_string()))?;
         Ok(())
     }
 }
@@ -160,5 +183,45 @@ mod tests {
         .expect("valid");
         assert_eq!(cfg.server.listen.port(), 50053);
         assert_eq!(cfg.records.max_resource_bytes, 1 << 20);
+        assert_eq!(cfg.records.classification_map, None);
+        let map = cfg.records.classification_map().expect("built-in map");
+        assert_eq!(map.name(), crate::domain::DEFAULT_MAP_NAME);
+    }
+
+    #[test]
+    fn a_classification_map_that_does_not_load_is_refused_naming_the_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("classification.toml");
+        std::fs::write(
+            &path,
+            "# local map\n\n[[rule]]\ncategory = \"sexual_health\"\nlabel = \"HIV\"\n\
+             system = \"http://snomed.info/sct\"\ncodes = [\"86406 008\"]\n",
+        )
+        .expect("write");
+        let path_text = path.display().to_string();
+        let vars = [
+            ("SHAREDCARE_AUTH__CLIENT_ID", "records"),
+            ("SHAREDCARE_AUTH__CLIENT_SECRET__VALUE", "s3cret"),
+            ("SHAREDCARE_RECORDS__CLASSIFICATION_MAP", path_text.as_str()),
+        ];
+        let err = RecordsConfig::load(&env(&vars)).expect_err("bad map");
+        let message = err.to_string();
+        assert!(message.contains("records.classification_map"), "{message}");
+        assert!(
+            message.contains(&format!("{path_text}, line 3: rule 1")),
+            "{message}"
+        );
+        assert!(message.contains("`86406 008` contains spaces"), "{message}");
+
+        std::fs::write(
+            &path,
+            "[[rule]]\ncategory = \"sexual_health\"\nlabel = \"HIV\"\n\
+             system = \"http://snomed.info/sct\"\ncodes = [\"86406008\"]\n",
+        )
+        .expect("write");
+        let cfg = RecordsConfig::load(&env(&vars)).expect("good map");
+        let map = cfg.records.classification_map().expect("loads");
+        assert_eq!(map.name(), path_text);
+        assert_eq!(map.rule_count(), 1);
     }
 }

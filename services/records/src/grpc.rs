@@ -13,16 +13,20 @@ use tonic::{Request, Response, Status};
 use crate::{
     Records,
     access::category_to_pb,
-    domain::{Category, PatientId, Record, RecordId, ValidResource},
+    domain::{Category, ClassificationMap, PatientId, Record, RecordId, ValidResource},
 };
 
 pub struct RecordsGrpc {
     records: Arc<Records>,
+    classification: Arc<ClassificationMap>,
 }
 
 impl RecordsGrpc {
-    pub fn new(records: Arc<Records>) -> Self {
-        RecordsGrpc { records }
+    pub fn new(records: Arc<Records>, classification: Arc<ClassificationMap>) -> Self {
+        RecordsGrpc {
+            records,
+            classification,
+        }
     }
 }
 
@@ -63,13 +67,16 @@ impl RecordsService for RecordsGrpc {
         let patient = PatientId::parse("patient_id", &req.patient_id)?;
         grant.check_own(patient.as_str())?;
         let principal = grant.principal;
-        let category = category_from_pb(req.category)?;
+        let label = category_from_pb(req.category)?;
         let purpose = principal.purpose_for("purpose", req.purpose)?;
         let resource = ValidResource::parse(
             &req.resource_json,
             &patient,
             self.records.max_resource_bytes,
         )?;
+        // What the codes say, raised (never lowered) by the writer's label:
+        // this is what consent is asked about, stored and returned.
+        let category = self.classification.decide(&resource, label);
         let record = self
             .records
             .create(&principal, patient, resource, category, purpose)

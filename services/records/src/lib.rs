@@ -26,13 +26,21 @@ use sharedcare_kit::{
 };
 use sharedcare_proto::records::v1::records_service_server::RecordsServiceServer;
 
+use crate::domain::ClassificationMap;
+
 pub use service::Records;
 
 pub const SERVICE_NAME: &str = "records";
 
-/// The records service around a `Records`.
-pub fn spec(records: Arc<Records>, verifier: Arc<Verifier>, limits: MessageLimits) -> ServiceSpec {
-    let server = RecordsServiceServer::new(grpc::RecordsGrpc::new(records))
+/// The records service around a `Records`, classifying what is written
+/// with `classification`.
+pub fn spec(
+    records: Arc<Records>,
+    classification: Arc<ClassificationMap>,
+    verifier: Arc<Verifier>,
+    limits: MessageLimits,
+) -> ServiceSpec {
+    let server = RecordsServiceServer::new(grpc::RecordsGrpc::new(records, classification))
         .max_decoding_message_size(limits.max_bytes)
         .max_encoding_message_size(limits.max_bytes);
     ServiceSpec::new(SERVICE_NAME, server, verifier, &policy::ACCESS)
@@ -55,6 +63,16 @@ fn keyring(cfg: &config::RecordsConfig) -> Result<Keyring, Error> {
 /// Opens the store, the clients of identity, consent and audit, starts the
 /// outbox relay, and builds the service.
 pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
+    let classification = Arc::new(
+        cfg.records
+            .classification_map()
+            .map_err(|e| Error::invalid("records.classification_map", e.to_string()))?,
+    );
+    tracing::info!(
+        map = classification.name(),
+        rules = classification.rule_count(),
+        "classification map loaded"
+    );
     let url = cfg
         .database
         .resolve_url(SERVICE_NAME)
@@ -93,5 +111,10 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
     ));
     records.spawn_outbox_relay(Duration::from_millis(cfg.records.outbox_retry_ms));
     let verifier = sharedcare_kit::auth::remote_verifier(&cfg.auth)?;
-    Ok(spec(records, verifier, MessageLimits::from(&cfg.server)))
+    Ok(spec(
+        records,
+        classification,
+        verifier,
+        MessageLimits::from(&cfg.server),
+    ))
 }

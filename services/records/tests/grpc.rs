@@ -1,7 +1,11 @@
-//! records over real gRPC sockets, on its own: input checks come first, and
-//! when consent and audit cannot be reached nothing is stored or served.
+//! records over real gRPC sockets, on its own: input checks come first,
+//! when consent and audit cannot be reached nothing is stored or served, and
+//! what is written is classified by its codes before consent is asked.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use sharedcare_kit::{
     client::{TokenSource, lazy_channel},
@@ -11,12 +15,14 @@ use sharedcare_kit::{
     testing::{TestAuthority, TestDatabase, TestServer, spawn_with, with_token},
 };
 use sharedcare_proto::{
-    common::v1::PrincipalKind,
+    audit::v1::AuditEvent,
+    common::v1::{Actor, PrincipalKind, Purpose, RecordCategory},
     records::v1::{self as pb, records_service_client::RecordsServiceClient},
 };
 use sharedcare_records::{
     Records,
-    access::{GrpcAudit, GrpcConsent},
+    access::{AuditSink, BoxFuture, ConsentGate, Decision, GrpcAudit, GrpcConsent},
+    domain::{Category, ClassificationMap, PatientId, RecordId},
     spec,
     store::{RecordStore, SqlStore},
 };
@@ -46,20 +52,13 @@ impl Fixture {
     }
 
     async fn with_peers(nowhere: String, server_config: ServerConfig) -> Self {
-        let db = TestDatabase::sqlite();
-        let store = Arc::new(
-            SqlStore::connect(db.url(), 2, Keyring::new(Kek::generate(), []))
-                .await
-                .expect("store"),
-        );
         let tokens = Arc::new(TokenSource::new(
             lazy_channel(&nowhere).expect("url"),
             "records".into(),
             Secret::new("unused"),
         ));
         let timeout = Duration::from_secs(2);
-        let records = Arc::new(Records::new(
-            store.clone(),
+        Self::with_gates(
             Arc::new(GrpcConsent::new(
                 lazy_channel(&nowhere).expect("url"),
                 tokens.clone(),
@@ -70,12 +69,31 @@ impl Fixture {
                 tokens,
                 timeout,
             )),
-            4096,
-        ));
+            server_config,
+        )
+        .await
+    }
+
+    /// records with the built-in classification map and these consent and
+    /// audit services.
+    async fn with_gates(
+        consent: Arc<dyn ConsentGate>,
+        audit: Arc<dyn AuditSink>,
+        server_config: ServerConfig,
+    ) -> Self {
+        let db = TestDatabase::sqlite();
+        let store = Arc::new(
+            SqlStore::connect(db.url(), 2, Keyring::new(Kek::generate(), []))
+                .await
+                .expect("store"),
+        );
+        let records = Arc::new(Records::new(store.clone(), consent, audit, 4096));
+        let classification = Arc::new(ClassificationMap::builtin().expect("built-in map"));
         let authority = TestAuthority::new();
         let server = spawn_with(
             spec(
                 records,
+                classification,
                 authority.verifier(),
                 MessageLimits {
                     max_bytes: 64 * 1024,
@@ -285,4 +303,137 @@ async fn beyond_the_concurrency_limit_requests_are_shed_with_resource_exhausted(
     // The first one fails closed in the end: its peers never answered.
     let first = first.await.expect("join").expect_err("peers are silent");
     assert_eq!(first.code(), Code::Unavailable);
+}
+
+/// consent that permits everything and remembers which categories it was
+/// asked about.
+#[derive(Default)]
+struct PermitAll {
+    asked: Mutex<Vec<RecordCategory>>,
+}
+
+impl PermitAll {
+    fn asked(&self) -> Vec<RecordCategory> {
+        std::mem::take(&mut *self.asked.lock().expect("lock"))
+    }
+}
+
+impl ConsentGate for PermitAll {
+    fn evaluate(
+        &self,
+        _patient_id: &str,
+        _actor: Actor,
+        _purpose: Purpose,
+        category: RecordCategory,
+    ) -> BoxFuture<'_, Decision> {
+        self.asked.lock().expect("lock").push(category);
+        Box::pin(async {
+            Ok(Decision {
+                permitted: true,
+                decision_id: "decision-1".into(),
+                reasons: vec![("CARE_RELATIONSHIP".into(), "a test permit".into())],
+            })
+        })
+    }
+}
+
+/// audit that takes every event.
+struct AcceptAll;
+
+impl AuditSink for AcceptAll {
+    fn append(&self, _event: AuditEvent) -> BoxFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+const HIV_CONDITION: &str = r#"{"resourceType":"Condition","subject":{"reference":"Patient/p-1"},
+    "code":{"coding":[{"system":"http://snomed.info/sct","code":"86406008",
+                       "display":"Human immunodeficiency virus infection"}]}}"#;
+
+const HEART_RATE: &str = r#"{"resourceType":"Observation","status":"final",
+    "subject":{"reference":"Patient/p-1"},
+    "code":{"coding":[{"system":"http://loinc.org","code":"8867-4","display":"Heart rate"}]},
+    "valueQuantity":{"value":72,"unit":"/min"}}"#;
+
+#[tokio::test]
+async fn a_record_is_classified_by_its_codes_and_a_writers_label_only_raises_it() {
+    let consent = Arc::new(PermitAll::default());
+    let f = Fixture::with_gates(
+        consent.clone(),
+        Arc::new(AcceptAll),
+        ServerConfig::loopback(),
+    )
+    .await;
+    let token = f.clinician();
+    let patient = PatientId::parse("p", "p-1").expect("id");
+    let cases = [
+        // An HIV diagnosis labelled general is sexual health.
+        (
+            HIV_CONDITION,
+            RecordCategory::General,
+            RecordCategory::SexualHealth,
+            Category::SexualHealth,
+        ),
+        // A label can raise a record's sensitivity...
+        (
+            HEART_RATE,
+            RecordCategory::MentalHealth,
+            RecordCategory::MentalHealth,
+            Category::MentalHealth,
+        ),
+        // ...and without a label or a sensitive code it stays general.
+        (
+            HEART_RATE,
+            RecordCategory::Unspecified,
+            RecordCategory::General,
+            Category::General,
+        ),
+    ];
+    for (json, label, expected, stored) in cases {
+        let request = pb::CreateRecordRequest {
+            category: label as i32,
+            ..create("p-1", json)
+        };
+        let created = f
+            .client()
+            .create_record(with_token(request, &token))
+            .await
+            .expect("created")
+            .into_inner()
+            .record
+            .expect("record");
+        assert_eq!(created.category, expected as i32, "{label:?}: returned");
+        assert_eq!(consent.asked(), [expected], "{label:?}: consent asked");
+        let id = RecordId::parse("record_id", &created.record_id).expect("id");
+        let record = f
+            .store
+            .current(&patient, &id)
+            .await
+            .expect("read")
+            .expect("stored");
+        assert_eq!(record.category, stored, "{label:?}: stored");
+
+        // A read is decided on the stored category, and returns it.
+        let read = f
+            .client()
+            .get_record(with_token(
+                pb::GetRecordRequest {
+                    patient_id: "p-1".into(),
+                    record_id: created.record_id.clone(),
+                    purpose: 0,
+                },
+                &token,
+            ))
+            .await
+            .expect("read")
+            .into_inner()
+            .record
+            .expect("record");
+        assert_eq!(read.category, expected as i32, "{label:?}: read");
+        assert_eq!(
+            consent.asked(),
+            [expected],
+            "{label:?}: consent asked on read"
+        );
+    }
 }

@@ -89,6 +89,9 @@ pub enum PrincipalKind {
     Application,
     Service,
     Admin,
+    /// A patient acting for themselves (their own access, or their own
+    /// directives).
+    Patient,
 }
 
 /// Who acted, at which organisation, in which role.
@@ -97,10 +100,14 @@ pub struct Actor {
     /// Required.
     pub principal_id: String,
     pub kind: PrincipalKind,
-    /// Required.
+    /// Required for every kind but a patient (patients have no
+    /// organisation; empty when absent).
     pub organisation_ods_code: String,
     /// Optional (empty when absent).
     pub role: String,
+    /// The patient a patient actor's token is bound to: present exactly
+    /// when `kind` is [`PrincipalKind::Patient`].
+    pub patient_id: Option<PatientId>,
 }
 
 /// One access, validated. Optional text fields are empty when absent.
@@ -121,6 +128,10 @@ pub struct AuditEvent {
     pub source_service: String,
     pub decision_id: String,
     pub trace_id: String,
+    /// The principal whose token appended the event: taken by audit from
+    /// the token, never from what the sender claims. Part of the hashed
+    /// bytes, so the log says which service vouched for each entry.
+    pub appended_by: String,
 }
 
 /// An event ready to be logged: its canonical bytes (what is stored and

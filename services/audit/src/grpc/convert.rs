@@ -17,25 +17,24 @@ use crate::domain::{
 };
 
 /// Validates `event`, naming fields below `prefix` (`event` or `events[2]`).
-pub fn decode_event(prefix: &str, event: Option<pb::AuditEvent>) -> Result<AuditEvent, Error> {
+/// `appended_by` is the principal whose token carried the event: it replaces
+/// whatever the sender put in the event's own `appended_by`.
+pub fn decode_event(
+    prefix: &str,
+    event: Option<pb::AuditEvent>,
+    appended_by: &str,
+) -> Result<AuditEvent, Error> {
     let event = event.ok_or_else(|| Error::invalid(prefix, "is required"))?;
     let f = |name: &str| format!("{prefix}.{name}");
     let event_id = EventId::parse(&f("event_id"), &event.event_id)?;
     let occur_time = proto_time::from_proto(&f("occur_time"), event.occur_time.as_ref())?
         .ok_or_else(|| Error::invalid(f("occur_time"), "is required"))?;
-    let actor = event
-        .actor
-        .ok_or_else(|| Error::invalid(f("actor"), "is required"))?;
-    let actor = Actor {
-        principal_id: required_text(&f("actor.principal_id"), &actor.principal_id, MAX_ID_CHARS)?,
-        kind: decode_kind(&f("actor.kind"), actor.kind)?,
-        organisation_ods_code: required_text(
-            &f("actor.organisation_ods_code"),
-            &actor.organisation_ods_code,
-            MAX_ID_CHARS,
-        )?,
-        role: optional_text(&f("actor.role"), &actor.role, MAX_ID_CHARS)?,
-    };
+    let actor = decode_actor(
+        &f("actor"),
+        event
+            .actor
+            .ok_or_else(|| Error::invalid(f("actor"), "is required"))?,
+    )?;
     Ok(AuditEvent {
         event_id,
         occur_time,
@@ -51,6 +50,40 @@ pub fn decode_event(prefix: &str, event: Option<pb::AuditEvent>) -> Result<Audit
         source_service: required_text(&f("source_service"), &event.source_service, MAX_ID_CHARS)?,
         decision_id: optional_text(&f("decision_id"), &event.decision_id, MAX_ID_CHARS)?,
         trace_id: optional_text(&f("trace_id"), &event.trace_id, MAX_ID_CHARS)?,
+        appended_by: appended_by.to_owned(),
+    })
+}
+
+/// An actor: a patient names the patient their token is bound to and has no
+/// organisation to require; every other kind acts for an organisation and
+/// names no patient.
+fn decode_actor(prefix: &str, actor: common::Actor) -> Result<Actor, Error> {
+    let f = |name: &str| format!("{prefix}.{name}");
+    let kind = decode_kind(&f("kind"), actor.kind)?;
+    let organisation = &actor.organisation_ods_code;
+    let (organisation_ods_code, patient_id) = if kind == PrincipalKind::Patient {
+        (
+            optional_text(&f("organisation_ods_code"), organisation, MAX_ID_CHARS)?,
+            Some(PatientId::parse(&f("patient_id"), &actor.patient_id)?),
+        )
+    } else {
+        if !actor.patient_id.is_empty() {
+            return Err(Error::invalid(
+                f("patient_id"),
+                "must be empty unless the actor is a patient",
+            ));
+        }
+        (
+            required_text(&f("organisation_ods_code"), organisation, MAX_ID_CHARS)?,
+            None,
+        )
+    };
+    Ok(Actor {
+        principal_id: required_text(&f("principal_id"), &actor.principal_id, MAX_ID_CHARS)?,
+        kind,
+        organisation_ods_code,
+        role: optional_text(&f("role"), &actor.role, MAX_ID_CHARS)?,
+        patient_id,
     })
 }
 
@@ -68,6 +101,12 @@ pub fn encode_event(e: &AuditEvent) -> pb::AuditEvent {
             kind: encode_kind(e.actor.kind) as i32,
             organisation_ods_code: e.actor.organisation_ods_code.clone(),
             role: e.actor.role.clone(),
+            patient_id: e
+                .actor
+                .patient_id
+                .as_ref()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default(),
         }),
         patient_id: e.patient_id.as_str().to_owned(),
         action: encode_action(e.action) as i32,
@@ -80,6 +119,7 @@ pub fn encode_event(e: &AuditEvent) -> pb::AuditEvent {
         source_service: e.source_service.clone(),
         decision_id: e.decision_id.clone(),
         trace_id: e.trace_id.clone(),
+        appended_by: e.appended_by.clone(),
     }
 }
 
@@ -109,6 +149,14 @@ pub fn encode_report_line(entry: &Entry) -> Result<pb::AccessReportLine, Error> 
         outcome_reason: event.outcome_reason,
         break_glass: event.break_glass,
     })
+}
+
+/// The organisation of the actor of a stored entry ("" for a patient).
+pub fn actor_organisation(entry: &Entry) -> Result<String, Error> {
+    Ok(stored_event(entry)?
+        .actor
+        .map(|a| a.organisation_ods_code)
+        .unwrap_or_default())
 }
 
 fn stored_event(entry: &Entry) -> Result<pb::AuditEvent, Error> {
@@ -193,6 +241,7 @@ fn decode_kind(field: &str, value: i32) -> Result<PrincipalKind, Error> {
         Ok(common::PrincipalKind::Application) => Ok(PrincipalKind::Application),
         Ok(common::PrincipalKind::Service) => Ok(PrincipalKind::Service),
         Ok(common::PrincipalKind::Admin) => Ok(PrincipalKind::Admin),
+        Ok(common::PrincipalKind::Patient) => Ok(PrincipalKind::Patient),
         Err(_) => Err(Error::invalid(field, "is not a known principal kind")),
     }
 }
@@ -204,6 +253,7 @@ fn encode_kind(kind: PrincipalKind) -> common::PrincipalKind {
         PrincipalKind::Application => common::PrincipalKind::Application,
         PrincipalKind::Service => common::PrincipalKind::Service,
         PrincipalKind::Admin => common::PrincipalKind::Admin,
+        PrincipalKind::Patient => common::PrincipalKind::Patient,
     }
 }
 
@@ -223,6 +273,7 @@ mod tests {
                 kind: common::PrincipalKind::Staff as i32,
                 organisation_ods_code: "A81001".into(),
                 role: "R8000".into(),
+                patient_id: String::new(),
             }),
             patient_id: "patient-1".into(),
             action: pb::Action::Read as i32,
@@ -235,14 +286,74 @@ mod tests {
             source_service: "records".into(),
             decision_id: "dec-1".into(),
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            appended_by: "svc-records".into(),
         }
+    }
+
+    fn decode(prefix: &str, e: pb::AuditEvent) -> Result<AuditEvent, Error> {
+        decode_event(prefix, Some(e), "svc-records")
     }
 
     #[test]
     fn a_valid_event_round_trips_exactly() {
         let wire = full_event();
-        let event = decode_event("event", Some(wire.clone())).expect("valid");
+        let event = decode("event", wire.clone()).expect("valid");
         assert_eq!(encode_event(&event), wire);
+    }
+
+    #[test]
+    fn appended_by_comes_from_the_token_not_the_event() {
+        let mut claimed = full_event();
+        claimed.appended_by = "svc-someone-else".into();
+        let event = decode("event", claimed).expect("valid");
+        assert_eq!(event.appended_by, "svc-records");
+        let other = decode_event("event", Some(full_event()), "svc-consent").expect("valid");
+        // Part of the hashed bytes: another appender is another event.
+        assert_ne!(encode_for_log(&event).bytes, encode_for_log(&other).bytes);
+    }
+
+    fn patient_actor(e: &mut pb::AuditEvent) -> &mut common::Actor {
+        let actor = e.actor.as_mut().expect("actor");
+        actor.kind = common::PrincipalKind::Patient as i32;
+        actor.organisation_ods_code.clear();
+        actor.role.clear();
+        actor.patient_id = "patient-1".into();
+        actor
+    }
+
+    #[test]
+    fn a_patient_actor_names_their_patient_and_no_organisation() {
+        let mut wire = full_event();
+        patient_actor(&mut wire);
+        let event = decode("event", wire.clone()).expect("valid");
+        assert_eq!(event.actor.kind, PrincipalKind::Patient);
+        assert_eq!(
+            event.actor.patient_id.as_ref().map(PatientId::as_str),
+            Some("patient-1")
+        );
+        assert_eq!(encode_event(&event), wire);
+
+        let mut e = full_event();
+        patient_actor(&mut e).patient_id.clear();
+        let err = decode("event", e).expect_err("no patient");
+        assert_eq!(err.field.as_deref(), Some("event.actor.patient_id"));
+
+        // Every other kind acts for an organisation and names no patient.
+        let mut e = full_event();
+        e.actor.as_mut().expect("actor").patient_id = "patient-1".into();
+        let err = decode("events[3]", e).expect_err("staff naming a patient");
+        assert_eq!(err.field.as_deref(), Some("events[3].actor.patient_id"));
+        let mut e = full_event();
+        e.actor
+            .as_mut()
+            .expect("actor")
+            .organisation_ods_code
+            .clear();
+        let err = decode("event", e).expect_err("staff without organisation");
+        assert_eq!(
+            err.field.as_deref(),
+            Some("event.actor.organisation_ods_code")
+        );
     }
 
     #[test]
@@ -251,8 +362,8 @@ mod tests {
         // Field 99, varint 1: a field from some future version of the API.
         bytes.extend_from_slice(&[0x98, 0x06, 0x01]);
         let received = pb::AuditEvent::decode(bytes.as_slice()).expect("decodes");
-        let a = encode_for_log(&decode_event("event", Some(received)).expect("valid"));
-        let b = encode_for_log(&decode_event("event", Some(full_event())).expect("valid"));
+        let a = encode_for_log(&decode("event", received).expect("valid"));
+        let b = encode_for_log(&decode("event", full_event()).expect("valid"));
         assert_eq!(a, b);
         assert_eq!(a.bytes, full_event().encode_to_vec());
     }
@@ -261,11 +372,11 @@ mod tests {
     fn unknown_enum_values_are_refused() {
         let mut e = full_event();
         e.action = 42;
-        let err = decode_event("event", Some(e)).expect_err("refused");
+        let err = decode("event", e).expect_err("refused");
         assert_eq!(err.field.as_deref(), Some("event.action"));
         let mut e = full_event();
         e.purpose = 42;
-        let err = decode_event("events[1]", Some(e)).expect_err("refused");
+        let err = decode("events[1]", e).expect_err("refused");
         assert_eq!(err.field.as_deref(), Some("events[1].purpose"));
     }
 }

@@ -1,11 +1,16 @@
-//! The gRPC face of the audit log: authorise, decode into the domain, call
-//! the store, encode. The only module that knows `tonic::Status`.
+//! The gRPC face of the audit log: take the grant the auth layer admitted
+//! the call with (audit's table is [`crate::policy::ACCESS`]), decode into
+//! the domain, call the store, encode. The only module that knows
+//! `tonic::Status`.
 
 mod convert;
 
 use std::sync::Arc;
 
-use sharedcare_kit::{Error, auth::authorize};
+use sharedcare_kit::{
+    Error,
+    access::{Grant, Patients, grant},
+};
 use sharedcare_proto::audit::v1::{
     AccessReportRequest, AccessReportResponse, AppendBatchRequest, AppendBatchResponse,
     AppendRequest, AppendResponse, ConsistencyProofRequest, ConsistencyProofResponse,
@@ -15,33 +20,133 @@ use sharedcare_proto::audit::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::{MAX_BATCH, PageSize, PageToken, PatientId},
+    domain::{Entry, MAX_BATCH, PageSize, PageToken, PatientId},
     store::{AuditLogStore, Page},
 };
 
-/// Scope to append events.
+/// Scope to append events (platform services only).
 pub const SCOPE_APPEND: &str = "audit.append";
-/// Scope to read a patient's log and access report.
+/// Scope to read a patient's log and access report (with a patient token,
+/// or a staff role that is a privacy officer or a platform auditor).
 pub const SCOPE_READ: &str = "audit.read";
 /// Where the Merkle RPCs come from.
 const MERKLE_ISSUE: &str = "the Merkle log issue";
+/// Most store pages one read scans for a privacy officer's entries, so a
+/// patient with a long log and few of them cannot make one call read it all.
+const MAX_SCANS_PER_PAGE: usize = 8;
 
 pub struct AuditGrpc {
     pub store: Arc<dyn AuditLogStore>,
 }
 
+/// Which of a patient's entries a read may return.
+enum Visible {
+    /// Every entry: the patient themselves, or a platform auditor.
+    All,
+    /// Entries about accesses made by this organisation (a privacy officer).
+    AccessesBy(String),
+}
+
+impl Visible {
+    /// What `grant` may read of `patient`'s log: PERMISSION_DENIED for a
+    /// patient naming another patient.
+    fn of(grant: &Grant, patient: &PatientId) -> Result<Self, Error> {
+        match grant.patients {
+            Patients::Own => {
+                grant.check_own(patient.as_str())?;
+                Ok(Visible::All)
+            }
+            Patients::Any => Ok(Visible::All),
+            Patients::OwnOrganisationAccesses => {
+                let organisation = &grant.principal.organisation;
+                if organisation.trim().is_empty() {
+                    // Empty would match every patient's own accesses.
+                    return Err(Error::permission_denied(format!(
+                        "{}: a privacy officer's token must name their organisation",
+                        grant.method
+                    ))
+                    .with_reason("NO_ORGANISATION"));
+                }
+                Ok(Visible::AccessesBy(organisation.clone()))
+            }
+            // Not in audit's table: fail closed.
+            Patients::Related | Patients::None => Err(Error::permission_denied(format!(
+                "{}: this grant does not allow reading the audit log",
+                grant.method
+            ))
+            .with_reason("ACCESS_RULE")),
+        }
+    }
+
+    fn shows(&self, entry: &Entry) -> Result<bool, Error> {
+        match self {
+            Visible::All => Ok(true),
+            Visible::AccessesBy(organisation) => {
+                Ok(convert::actor_organisation(entry)? == organisation.as_str())
+            }
+        }
+    }
+}
+
 impl AuditGrpc {
-    /// A page of one patient's entries, decoded from the request's fields.
+    /// A page of the entries of one patient that `grant` may read, decoded
+    /// from the request's fields.
+    ///
+    /// For a privacy officer the store's pages are filtered to the
+    /// organisation's own accesses, scanning at most
+    /// [`MAX_SCANS_PER_PAGE`] store pages: a page may then hold fewer
+    /// entries than asked (even none) while `next` is still set, and a
+    /// full page may be followed by an empty one. `next` continues after
+    /// the last entry returned when the page is full, and after the last
+    /// entry scanned otherwise, so paging on reaches every visible entry
+    /// exactly once.
     async fn page(
         &self,
+        grant: &Grant,
         patient_id: &str,
         page_size: i32,
         page_token: &str,
     ) -> Result<Page, Error> {
         let patient = PatientId::parse("patient_id", patient_id)?;
+        let visible = Visible::of(grant, &patient)?;
         let size = PageSize::parse("page_size", page_size)?;
-        let after = PageToken::parse("page_token", page_token)?;
-        self.store.patient_entries(patient, after, size).await
+        let mut after = PageToken::parse("page_token", page_token)?;
+        if matches!(visible, Visible::All) {
+            return self.store.patient_entries(patient, after, size).await;
+        }
+        let wanted = usize::try_from(size.get()).unwrap_or(usize::MAX);
+        let mut entries = Vec::new();
+        for _ in 0..MAX_SCANS_PER_PAGE {
+            let page = self
+                .store
+                .patient_entries(patient.clone(), after, size)
+                .await?;
+            for entry in page.entries {
+                if entries.len() == wanted {
+                    // Full: the next page starts after the last one kept.
+                    let next = entries
+                        .last()
+                        .map(|last: &Entry| PageToken::after_sequence(last.sequence));
+                    return Ok(Page { entries, next });
+                }
+                if visible.shows(&entry)? {
+                    entries.push(entry);
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => {
+                    return Ok(Page {
+                        entries,
+                        next: None,
+                    });
+                }
+            }
+        }
+        Ok(Page {
+            entries,
+            next: after,
+        })
     }
 }
 
@@ -56,8 +161,9 @@ impl AuditService for AuditGrpc {
         &self,
         request: Request<AppendRequest>,
     ) -> Result<Response<AppendResponse>, Status> {
-        authorize(&request, SCOPE_APPEND)?;
-        let event = convert::decode_event("event", request.into_inner().event)?;
+        let grant = grant(&request)?;
+        let event =
+            convert::decode_event("event", request.into_inner().event, &grant.principal.id)?;
         let appended = self.store.append(convert::encode_for_log(&event)).await?;
         tracing::debug!(
             sequence = appended.entry.sequence,
@@ -75,7 +181,7 @@ impl AuditService for AuditGrpc {
         &self,
         request: Request<AppendBatchRequest>,
     ) -> Result<Response<AppendBatchResponse>, Status> {
-        authorize(&request, SCOPE_APPEND)?;
+        let grant = grant(&request)?;
         let events = request.into_inner().events;
         tracing::Span::current().record("events", events.len());
         if events.is_empty() {
@@ -91,7 +197,7 @@ impl AuditService for AuditGrpc {
             .into_iter()
             .enumerate()
             .map(|(i, e)| {
-                convert::decode_event(&format!("events[{i}]"), Some(e))
+                convert::decode_event(&format!("events[{i}]"), Some(e), &grant.principal.id)
                     .map(|event| convert::encode_for_log(&event))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -108,10 +214,10 @@ impl AuditService for AuditGrpc {
         &self,
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
-        authorize(&request, SCOPE_READ)?;
+        let grant = grant(&request)?;
         let req = request.into_inner();
         let page = self
-            .page(&req.patient_id, req.page_size, &req.page_token)
+            .page(&grant, &req.patient_id, req.page_size, &req.page_token)
             .await?;
         let entries = page
             .entries
@@ -129,10 +235,10 @@ impl AuditService for AuditGrpc {
         &self,
         request: Request<AccessReportRequest>,
     ) -> Result<Response<AccessReportResponse>, Status> {
-        authorize(&request, SCOPE_READ)?;
+        let grant = grant(&request)?;
         let req = request.into_inner();
         let page = self
-            .page(&req.patient_id, req.page_size, &req.page_token)
+            .page(&grant, &req.patient_id, req.page_size, &req.page_token)
             .await?;
         let lines = page
             .entries
@@ -150,8 +256,7 @@ impl AuditService for AuditGrpc {
         &self,
         _request: Request<SignedTreeHeadRequest>,
     ) -> Result<Response<SignedTreeHeadResponse>, Status> {
-        // Any verified caller learns that it is not there yet; its scope is
-        // for the Merkle issue to decide.
+        // Auditors (the table) learn that it is not there yet.
         Err(Error::unimplemented("SignedTreeHead", MERKLE_ISSUE).into())
     }
 
@@ -160,8 +265,7 @@ impl AuditService for AuditGrpc {
         &self,
         _request: Request<InclusionProofRequest>,
     ) -> Result<Response<InclusionProofResponse>, Status> {
-        // Any verified caller learns that it is not there yet; its scope is
-        // for the Merkle issue to decide.
+        // Auditors (the table) learn that it is not there yet.
         Err(Error::unimplemented("InclusionProof", MERKLE_ISSUE).into())
     }
 
@@ -170,8 +274,7 @@ impl AuditService for AuditGrpc {
         &self,
         _request: Request<ConsistencyProofRequest>,
     ) -> Result<Response<ConsistencyProofResponse>, Status> {
-        // Any verified caller learns that it is not there yet; its scope is
-        // for the Merkle issue to decide.
+        // Auditors (the table) learn that it is not there yet.
         Err(Error::unimplemented("ConsistencyProof", MERKLE_ISSUE).into())
     }
 }

@@ -90,6 +90,11 @@ impl ValidResource {
         &self.resource_type
     }
 
+    /// The resource as received (what the classification map reads).
+    pub fn as_json(&self) -> &Map<String, Value> {
+        &self.object
+    }
+
     /// The resource as stored: `id`, `meta.versionId` and `meta.lastUpdated`
     /// set by the server, the rest of `meta` kept.
     pub fn stamp(mut self, id: &RecordId, version: i64, at: DateTime<Utc>) -> String {
