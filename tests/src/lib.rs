@@ -35,6 +35,8 @@ pub struct Platform {
     pub records: TestServer,
     /// The database URL records writes to, for checking what was stored.
     pub records_db_url: String,
+    /// consent's database URL, likewise.
+    pub consent_db_url: String,
     data_dir: tempfile::TempDir,
     backend: Backend,
 }
@@ -101,10 +103,13 @@ role = "service"
                 db.url().to_owned(),
             );
         }
-        let records_db_url = match &backend {
+        let db_url = |service: &str| match &backend {
             Backend::Postgres(db) => db.url().to_owned(),
-            Backend::Sqlite => sharedcare_kit::db::sqlite_url(&data_dir.path().join("records.db")),
+            Backend::Sqlite => {
+                sharedcare_kit::db::sqlite_url(&data_dir.path().join(format!("{service}.db")))
+            }
         };
+        let (records_db_url, consent_db_url) = (db_url("records"), db_url("consent"));
 
         // Every port first: the services call each other.
         let listeners = [
@@ -201,6 +206,7 @@ role = "service"
             audit,
             records,
             records_db_url,
+            consent_db_url,
             data_dir,
             backend,
         }

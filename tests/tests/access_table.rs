@@ -65,42 +65,57 @@ fn expected(table: &AccessTable, method: &str, member: &Member, target: &Target)
     }
 }
 
-/// What the patient's record holds, as the patient sees it: a refusal must
-/// not change it.
-async fn snapshot(p: &Platform, patient_token: &str, target: &Target) -> String {
-    let mut consent_client = ConsentServiceClient::new(p.consent.channel.clone());
-    let relationships = consent_client
-        .list_care_relationships(with_token(
-            consent::ListCareRelationshipsRequest {
-                patient_id: target.patient_id.clone(),
-            },
-            patient_token,
-        ))
-        .await
-        .expect("the patient lists their relationships")
-        .into_inner()
-        .relationships
-        .into_iter()
-        .map(|r| (r.relationship_id, r.end_time.is_some()))
-        .collect::<Vec<_>>();
-    let directives = consent_client
-        .list_directives(with_token(
-            consent::ListDirectivesRequest {
-                patient_id: target.patient_id.clone(),
-            },
-            patient_token,
-        ))
-        .await
-        .expect("the patient lists their directives")
-        .into_inner()
-        .directives
-        .into_iter()
-        .map(|d| (d.directive_id, d.revoke_time.is_some()))
-        .collect::<Vec<_>>();
-    format!(
-        "{relationships:?} {directives:?} records={}",
-        p.stored_record_count().await
-    )
+/// What is stored about the patient — relationships (and which have
+/// ended), directives (and which are revoked), records — read straight from
+/// the databases: a refusal must not change it.
+struct Stored {
+    consent: sea_orm::DatabaseConnection,
+    records: sea_orm::DatabaseConnection,
+}
+
+impl Stored {
+    async fn open(p: &Platform) -> Self {
+        Stored {
+            consent: sea_orm::Database::connect(p.consent_db_url.as_str())
+                .await
+                .expect("consent's database"),
+            records: sea_orm::Database::connect(p.records_db_url.as_str())
+                .await
+                .expect("records' database"),
+        }
+    }
+
+    async fn snapshot(&self) -> Vec<i64> {
+        use sea_orm::{ConnectionTrait, Statement};
+        let mut counts = Vec::new();
+        for (db, sql) in [
+            (
+                &self.consent,
+                "SELECT COUNT(*) AS n FROM consent_care_relationships",
+            ),
+            (
+                &self.consent,
+                "SELECT COUNT(end_time) AS n FROM consent_care_relationships",
+            ),
+            (&self.consent, "SELECT COUNT(*) AS n FROM consent_directives"),
+            (
+                &self.consent,
+                "SELECT COUNT(revoked_at) AS n FROM consent_directives",
+            ),
+            (
+                &self.records,
+                "SELECT COUNT(*) AS n FROM records_resource_versions",
+            ),
+        ] {
+            let row = db
+                .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+                .await
+                .expect("count")
+                .expect("a row");
+            counts.push(row.try_get::<i64>("", "n").expect("n"));
+        }
+        counts
+    }
 }
 
 /// Calls `service`/`method` as `token` about the target. Every row of every
@@ -261,7 +276,9 @@ async fn call(
         ("consent", "RevokeDirective") => consent_client
             .revoke_directive(with_token(
                 consent::RevokeDirectiveRequest {
-                    directive_id: "no-such-directive".into(),
+                    // The patient's real objection: a refused cell must not
+                    // touch it (the snapshot would show it revoked).
+                    directive_id: t.directive_id.clone(),
                     patient_id,
                 },
                 token,
@@ -643,6 +660,7 @@ async fn walk_the_table(backend: Backend) {
         ("records", &sharedcare_records::policy::ACCESS),
         ("audit", &sharedcare_audit::policy::ACCESS),
     ];
+    let stored = Stored::open(&p).await;
     let (mut allowed, mut refused) = (0, 0);
     for (service, table) in tables {
         for rule in table.rules {
@@ -653,9 +671,9 @@ async fn walk_the_table(backend: Backend) {
                 let cell = format!("{service}/{} as {}", rule.method, member.name);
                 let allow = expected(table, rule.method, member, &target);
                 let before = if allow {
-                    String::new()
+                    vec![]
                 } else {
-                    snapshot(&p, &patient_token, &target).await
+                    stored.snapshot().await
                 };
                 let result = call(&p, service, rule.method, &member.token, &target).await;
                 if allow {
@@ -666,6 +684,16 @@ async fn walk_the_table(backend: Backend) {
                             "{cell} should pass the access check: {status:?}"
                         );
                     }
+                } else if result
+                    .as_ref()
+                    .is_err_and(|s| s.code() == Code::Unimplemented)
+                {
+                    // An RPC of a later issue checks only the caller columns
+                    // for now; its patient check lands with it.
+                    assert!(
+                        table.admit(rule.method, &member.principal).is_ok(),
+                        "{cell}: refused callers never reach UNIMPLEMENTED"
+                    );
                 } else {
                     refused += 1;
                     let status = result.expect_err(&cell);
@@ -680,7 +708,7 @@ async fn walk_the_table(backend: Backend) {
                         "{cell}: a refusal reveals nothing: {message}"
                     );
                     assert_eq!(
-                        snapshot(&p, &patient_token, &target).await,
+                        stored.snapshot().await,
                         before,
                         "{cell}: a refusal stores nothing"
                     );
@@ -688,7 +716,10 @@ async fn walk_the_table(backend: Backend) {
             }
         }
     }
-    assert!(allowed > 40 && refused > 150, "{allowed} allowed, {refused} refused");
+    assert!(
+        allowed > 40 && refused > 150,
+        "{allowed} allowed, {refused} refused"
+    );
 
     // The public rows need no token.
     IdentityServiceClient::new(p.identity.channel.clone())

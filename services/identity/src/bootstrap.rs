@@ -8,7 +8,10 @@ use sharedcare_kit::{Error, auth::kind_from_str};
 use sharedcare_proto::common::v1::PrincipalKind;
 
 use crate::{
-    domain::{ClientSecret, OdsCode, Organisation, Principal, default_scopes, validate_scopes},
+    domain::{
+        ClientSecret, OdsCode, Organisation, Principal, purposes_for_kind, purposes_from_names,
+        scopes_for_kind,
+    },
     store::IdentityStore,
 };
 
@@ -30,13 +33,18 @@ pub struct BootstrapOrganisation {
 pub struct BootstrapPrincipal {
     pub client_id: String,
     pub client_secret: String,
-    /// "admin", "service", "staff" or "application".
+    /// "admin", "service", "staff" or "application" (patient principals are
+    /// created with CreatePrincipal, bound to a registered patient).
     pub kind: String,
     pub display_name: String,
     pub organisation: String,
     pub role: String,
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Purpose names (`direct_care`, `research`, `planning`); empty: the
+    /// kind's default.
+    #[serde(default)]
+    pub purposes: Vec<String>,
 }
 
 impl BootstrapFile {
@@ -66,8 +74,13 @@ pub async fn apply(store: &dyn IdentityStore, file: BootstrapFile) -> Result<(),
     }
     for p in file.principals {
         let kind = kind_from_str(&p.kind)
-            .filter(|k| *k != PrincipalKind::Unspecified)
-            .ok_or_else(|| Error::invalid("principals.kind", "unknown principal kind"))?;
+            .filter(|k| !matches!(k, PrincipalKind::Unspecified | PrincipalKind::Patient))
+            .ok_or_else(|| {
+                Error::invalid(
+                    "principals.kind",
+                    "must be admin, service, staff or application",
+                )
+            })?;
         let organisation = OdsCode::parse("principals.organisation", &p.organisation)?;
         if store.get_organisation(&organisation).await?.is_none() {
             return Err(Error::invalid(
@@ -81,19 +94,22 @@ pub async fn apply(store: &dyn IdentityStore, file: BootstrapFile) -> Result<(),
                 "must be at least 32 characters",
             ));
         }
-        let scopes = if p.scopes.is_empty() {
-            default_scopes(kind)
-        } else {
-            validate_scopes("principals.scopes", &p.scopes)?
-        };
+        let scopes = scopes_for_kind("principals.scopes", kind, &p.scopes, true)?;
+        let purposes = purposes_for_kind(
+            "principals.purposes",
+            kind,
+            &purposes_from_names("principals.purposes", &p.purposes)?,
+        )?;
         store
             .upsert_principal(Principal {
                 id: uuid::Uuid::now_v7().to_string(),
                 kind,
                 display_name: p.display_name,
-                organisation,
+                organisation: Some(organisation),
                 role: p.role,
                 scopes,
+                purposes,
+                patient_id: None,
                 client_id: p.client_id,
                 secret_hash: ClientSecret::from_string(p.client_secret).hash(),
                 created_at: now,

@@ -1,6 +1,6 @@
 //! identity's configuration: the shared sections plus `[identity]`.
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::Deserialize;
 use sharedcare_kit::config::{
@@ -8,6 +8,19 @@ use sharedcare_kit::config::{
     ServerConfig, TelemetryConfig, Validate,
 };
 use sharedcare_kit::crypto::decode_key;
+
+use crate::domain::RoleMap;
+
+fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            "must be an http:// or https:// URL",
+        ))
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct IdentityConfig {
@@ -38,11 +51,44 @@ pub struct IdentitySettings {
     /// (the platform's admin client and service clients).
     #[serde(default)]
     pub bootstrap_file: Option<PathBuf>,
+    /// consent's gRPC URL: demographic reads are decided like record reads.
+    pub consent_url: String,
+    /// audit's gRPC URL: demographic reads and registrations are audited.
+    pub audit_url: String,
+    /// Deadline on each call to consent or audit.
+    pub call_timeout_ms: u64,
+    /// Staff role code → capability names (`kit::access::Capability`).
+    /// Compared without regard to case. A file's table is merged over the
+    /// defaults: give a default role `[]` to take its capabilities away.
+    #[serde(default)]
+    pub roles: BTreeMap<String, Vec<String>>,
 }
 
+impl IdentitySettings {
+    /// The role map, as validated at start.
+    pub fn role_map(&self) -> Result<RoleMap, ConfigError> {
+        RoleMap::parse("identity.roles", &self.roles)
+            .map_err(|(key, message)| ConfigError::invalid(key, message))
+    }
+}
+
+// The role map's defaults are a starting point to be reviewed with the
+// information governance lead of each deployment, not a national standard:
+// R8000 Clinical Practitioner Access Role, R8001 Nurse Access Role, R8008
+// Admin/Clinical Support Access Role (national RBAC), and two platform roles.
 const OWN_DEFAULTS: &str = r#"
 [identity]
 token_ttl_secs = 900
+consent_url = "http://127.0.0.1:50052"
+audit_url = "http://127.0.0.1:50054"
+call_timeout_ms = 5000
+
+[identity.roles]
+R8000 = ["record_directives", "refer", "break_glass"]
+R8001 = ["record_directives", "refer"]
+R8008 = ["assert_relationships"]
+privacy-officer = ["privacy_officer"]
+platform-auditor = ["platform_auditor"]
 "#;
 
 impl IdentityConfig {
@@ -80,6 +126,15 @@ impl Validate for IdentityConfig {
                 ));
             }
         }
+        check_url("identity.consent_url", &self.identity.consent_url)?;
+        check_url("identity.audit_url", &self.identity.audit_url)?;
+        if self.identity.call_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "identity.call_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        self.identity.role_map()?;
         if let Some(path) = &self.identity.bootstrap_file
             && !path.is_file()
         {
@@ -113,6 +168,62 @@ mod tests {
         let cfg = IdentityConfig::load(&HashMap::new()).expect("defaults are valid");
         assert_eq!(cfg.server.listen.port(), 50051);
         assert_eq!(cfg.identity.token_ttl_secs, 900);
+    }
+
+    #[test]
+    fn the_default_role_map_gives_clinicians_and_officers_their_capabilities() {
+        use sharedcare_kit::access::Capability;
+        let cfg = IdentityConfig::load(&HashMap::new()).expect("defaults are valid");
+        let roles = cfg.identity.role_map().expect("valid");
+        assert!(roles.capabilities("R8000").contains(&Capability::Refer));
+        assert!(
+            roles
+                .capabilities("R8008")
+                .contains(&Capability::AssertRelationships)
+        );
+        assert!(
+            roles
+                .capabilities("privacy-officer")
+                .contains(&Capability::PrivacyOfficer)
+        );
+        assert!(roles.capabilities("R9999").is_empty());
+        assert_eq!(cfg.identity.consent_url, "http://127.0.0.1:50052");
+    }
+
+    #[test]
+    fn a_role_map_file_is_merged_and_an_unknown_capability_is_named() {
+        use sharedcare_kit::access::Capability;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("identity.toml");
+        std::fs::write(
+            &path,
+            "[identity.roles]\nR8000 = []\nR0001 = [\"trace_patients\"]\n",
+        )
+        .expect("write");
+        let env = HashMap::from([(
+            "SHAREDCARE_CONFIG_FILE".to_owned(),
+            path.display().to_string(),
+        )]);
+        let roles = IdentityConfig::load(&env)
+            .expect("valid")
+            .identity
+            .role_map()
+            .expect("valid");
+        assert!(roles.capabilities("R8000").is_empty());
+        assert!(
+            roles
+                .capabilities("R0001")
+                .contains(&Capability::TracePatients)
+        );
+        assert!(roles.capabilities("R8001").contains(&Capability::Refer));
+
+        std::fs::write(&path, "[identity.roles]\nR8000 = [\"root\"]\n").expect("write");
+        let err = IdentityConfig::load(&env).expect_err("unknown capability");
+        let message = err.to_string();
+        assert!(
+            message.to_lowercase().contains("identity.roles.r8000") && message.contains("root"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -3,18 +3,27 @@
 
 use std::sync::Arc;
 
-use sharedcare_kit::{Error, auth::authorize, proto_time::to_proto};
+use std::collections::BTreeSet;
+
+use sharedcare_kit::{
+    Error,
+    access::{Grant, Patients, grant},
+    auth::{Principal as Caller, purpose_to_str},
+    peers::AccessEvent,
+    proto_time::to_proto,
+};
 use sharedcare_proto::{
-    common::v1::{PrincipalKind, Purpose},
+    audit::v1::{Action, Outcome},
+    common::v1::{PrincipalKind, Purpose, RecordCategory},
     identity::v1::{self as pb, identity_service_server::IdentityService},
 };
 use tonic::{Request, Response, Status};
 
 use crate::{
-    TokenIssuer,
+    Peers, TokenIssuer,
     domain::{
         ClientSecret, Demographics, Gender, NhsNumber, OdsCode, Organisation, Patient, Principal,
-        default_scopes, validate_scopes,
+        RoleMap, parse_role, purposes_for_kind, purposes_from_pb, scopes_for_kind, validate_scopes,
     },
     store::{IdentityStore, Registered},
 };
@@ -22,11 +31,124 @@ use crate::{
 pub struct IdentityGrpc {
     store: Arc<dyn IdentityStore>,
     tokens: Arc<TokenIssuer>,
+    roles: RoleMap,
+    peers: Peers,
 }
 
 impl IdentityGrpc {
-    pub fn new(store: Arc<dyn IdentityStore>, tokens: Arc<TokenIssuer>) -> Self {
-        IdentityGrpc { store, tokens }
+    pub fn new(
+        store: Arc<dyn IdentityStore>,
+        tokens: Arc<TokenIssuer>,
+        roles: RoleMap,
+        peers: Peers,
+    ) -> Self {
+        IdentityGrpc {
+            store,
+            tokens,
+            roles,
+            peers,
+        }
+    }
+
+    /// Appends the audit event of one demographic access. A failure is
+    /// UNAVAILABLE and the access is not answered (fail closed).
+    async fn audit(
+        &self,
+        access: &AccessEvent<'_>,
+        outcome: Outcome,
+        reason: &str,
+        decision_id: &str,
+    ) -> Result<(), Error> {
+        self.peers
+            .audit
+            .append(access.event(outcome, reason, decision_id))
+            .await
+    }
+
+    /// Audits a refusal (best effort: the answer is no either way) and
+    /// returns it.
+    async fn refuse(
+        &self,
+        access: &AccessEvent<'_>,
+        error: Error,
+        reason: &str,
+        decision_id: &str,
+    ) -> Error {
+        if let Err(e) = self
+            .audit(access, Outcome::Denied, reason, decision_id)
+            .await
+        {
+            tracing::warn!(error = %e.message, "a denial could not be audited");
+        }
+        error
+    }
+
+    /// Who may read this patient's demographics, as the grant says: the
+    /// patient themselves, or consent's decision for staff and applications
+    /// (as for a general record). The decision id, if consent was asked.
+    async fn decide_read(&self, grant: &Grant, access: &AccessEvent<'_>) -> Result<String, Error> {
+        match grant.patients {
+            Patients::Own => match grant.check_own(access.patient_id) {
+                Ok(()) => Ok(String::new()),
+                Err(e) => Err(self.refuse(access, e, "NOT_OWN_PATIENT", "").await),
+            },
+            Patients::Related => {
+                let decision = self
+                    .peers
+                    .consent
+                    .evaluate(
+                        access.patient_id,
+                        grant.principal.actor(),
+                        access.purpose,
+                        RecordCategory::General,
+                    )
+                    .await?;
+                if decision.permitted {
+                    Ok(decision.decision_id)
+                } else {
+                    Err(self
+                        .refuse(
+                            access,
+                            decision.denial(),
+                            &decision.reason_code(),
+                            &decision.decision_id,
+                        )
+                        .await)
+                }
+            }
+            Patients::Any => Ok(String::new()),
+            Patients::None | Patients::OwnOrganisationAccesses => Err(Error::permission_denied(
+                format!("{} names a patient this grant does not cover", grant.method),
+            )
+            .with_reason("ACCESS_RULE")),
+        }
+    }
+
+    /// The capabilities a principal's tokens carry: its role's, for staff.
+    fn capabilities(&self, principal: &Principal) -> BTreeSet<sharedcare_kit::access::Capability> {
+        if principal.kind == PrincipalKind::Staff {
+            self.roles.capabilities(&principal.role)
+        } else {
+            BTreeSet::new()
+        }
+    }
+}
+
+/// What a demographic access by `principal` says in audit.
+fn patient_access<'a>(
+    principal: &'a Caller,
+    patient_id: &'a str,
+    action: Action,
+    purpose: Purpose,
+) -> AccessEvent<'a> {
+    AccessEvent {
+        principal,
+        patient_id,
+        action,
+        purpose,
+        resource_type: "Patient",
+        record_id: patient_id,
+        source_service: crate::SERVICE_NAME,
     }
 }
 
@@ -112,11 +234,16 @@ fn principal_to_pb(p: Principal) -> pb::Principal {
         principal_id: p.id,
         kind: p.kind as i32,
         display_name: p.display_name,
-        organisation_ods_code: p.organisation.as_str().to_owned(),
+        organisation_ods_code: p
+            .organisation
+            .map(|o| o.as_str().to_owned())
+            .unwrap_or_default(),
         role: p.role,
         scopes: p.scopes,
         client_id: p.client_id,
         create_time: Some(to_proto(p.created_at)),
+        patient_id: p.patient_id.unwrap_or_default(),
+        purposes: p.purposes.into_iter().map(|p| p as i32).collect(),
     }
 }
 
@@ -127,7 +254,7 @@ impl IdentityService for IdentityGrpc {
         &self,
         request: Request<pb::RegisterPatientRequest>,
     ) -> Result<Response<pb::RegisterPatientResponse>, Status> {
-        authorize(&request, "patients.write")?;
+        let grant = grant(&request)?;
         let req = request.into_inner();
         let nhs_number = NhsNumber::parse("nhs_number", &req.nhs_number)?;
         let d = req
@@ -143,6 +270,7 @@ impl IdentityService for IdentityGrpc {
             &d.postcode,
             now.date_naive(),
         )?;
+        let given = demographics.clone();
         let registered = self
             .store
             .register_patient(Patient {
@@ -154,9 +282,37 @@ impl IdentityService for IdentityGrpc {
                 superseded_by: None,
             })
             .await?;
+        let purpose = grant.principal.purpose.unwrap_or(Purpose::Unspecified);
         let (patient, created) = match registered {
-            Registered::Created(p) => (p, true),
-            Registered::Existing(p) => (p, false),
+            Registered::Created(p) => {
+                // Stored, then audited: if audit is down the caller gets
+                // UNAVAILABLE, and registering again returns the patient
+                // (audited as a read).
+                let access = patient_access(&grant.principal, &p.id, Action::Create, purpose);
+                self.audit(&access, Outcome::Success, "", "").await?;
+                (p, true)
+            }
+            Registered::Existing(p) => {
+                let access = patient_access(&grant.principal, &p.id, Action::Read, purpose);
+                if !p.demographics.matches(&given) {
+                    // Nothing stored is revealed; the attempt is on the
+                    // patient's access report.
+                    return Err(self
+                        .refuse(
+                            &access,
+                            Error::failed_precondition(
+                                "this NHS number is registered with other details",
+                            )
+                            .with_reason("DETAILS_DO_NOT_MATCH"),
+                            "DETAILS_DO_NOT_MATCH",
+                            "",
+                        )
+                        .await
+                        .into());
+                }
+                self.audit(&access, Outcome::Success, "", "").await?;
+                (p, false)
+            }
         };
         Ok(Response::new(pb::RegisterPatientResponse {
             patient: Some(patient_to_pb(patient)),
@@ -169,13 +325,22 @@ impl IdentityService for IdentityGrpc {
         &self,
         request: Request<pb::GetPatientRequest>,
     ) -> Result<Response<pb::GetPatientResponse>, Status> {
-        authorize(&request, "patients.read")?;
+        let grant = grant(&request)?;
         let id = required_id("patient_id", &request.get_ref().patient_id)?;
-        let patient = self
-            .store
-            .get_patient(&id)
-            .await?
-            .ok_or_else(|| Error::not_found("no patient with this patient_id"))?;
+        // GetPatientRequest names no purpose: the token's default.
+        let purpose = grant
+            .principal
+            .purpose_for("purpose", Purpose::Unspecified as i32)?;
+        let access = patient_access(&grant.principal, &id, Action::Read, purpose);
+        // Consent before NOT_FOUND: whether a patient exists is data too.
+        let decision_id = self.decide_read(&grant, &access).await?;
+        let Some(patient) = self.store.get_patient(&id).await? else {
+            self.audit(&access, Outcome::Failed, "NOT_FOUND", &decision_id)
+                .await?;
+            return Err(Error::not_found("no patient with this patient_id").into());
+        };
+        self.audit(&access, Outcome::Success, "", &decision_id)
+            .await?;
         Ok(Response::new(pb::GetPatientResponse {
             patient: Some(patient_to_pb(patient)),
         }))
@@ -185,7 +350,7 @@ impl IdentityService for IdentityGrpc {
         &self,
         request: Request<pb::TracePatientRequest>,
     ) -> Result<Response<pb::TracePatientResponse>, Status> {
-        authorize(&request, "patients.read")?;
+        grant(&request)?;
         Err(Error::unimplemented("TracePatient", "the patient tracing issue").into())
     }
 
@@ -193,7 +358,7 @@ impl IdentityService for IdentityGrpc {
         &self,
         request: Request<pb::MergePatientsRequest>,
     ) -> Result<Response<pb::MergePatientsResponse>, Status> {
-        authorize(&request, "patients.write")?;
+        grant(&request)?;
         Err(Error::unimplemented("MergePatients", "the patient merge issue").into())
     }
 
@@ -202,7 +367,7 @@ impl IdentityService for IdentityGrpc {
         &self,
         request: Request<pb::CreateOrganisationRequest>,
     ) -> Result<Response<pb::CreateOrganisationResponse>, Status> {
-        authorize(&request, "admin")?;
+        grant(&request)?;
         let req = request.into_inner();
         let org = Organisation {
             ods_code: OdsCode::parse("ods_code", &req.ods_code)?,
@@ -220,7 +385,7 @@ impl IdentityService for IdentityGrpc {
         &self,
         request: Request<pb::GetOrganisationRequest>,
     ) -> Result<Response<pb::GetOrganisationResponse>, Status> {
-        authorize(&request, "patients.read")?;
+        grant(&request)?;
         let code = OdsCode::parse("ods_code", &request.get_ref().ods_code)?;
         let org = self
             .store
@@ -237,39 +402,76 @@ impl IdentityService for IdentityGrpc {
         &self,
         request: Request<pb::CreatePrincipalRequest>,
     ) -> Result<Response<pb::CreatePrincipalResponse>, Status> {
-        authorize(&request, "admin")?;
+        grant(&request)?;
         let req = request.into_inner();
         let kind = match PrincipalKind::try_from(req.kind) {
             Ok(
-                k @ (PrincipalKind::Staff | PrincipalKind::Application | PrincipalKind::Service),
+                k @ (PrincipalKind::Staff
+                | PrincipalKind::Application
+                | PrincipalKind::Service
+                | PrincipalKind::Patient),
             ) => k,
             _ => {
                 return Err(Error::invalid(
                     "kind",
-                    "must be STAFF, APPLICATION or SERVICE (admin principals come from bootstrap)",
+                    "must be STAFF, APPLICATION, SERVICE or PATIENT (admin principals come from \
+                     bootstrap)",
                 )
                 .into());
             }
         };
         let display_name = required_text("display_name", &req.display_name)?;
-        let organisation = OdsCode::parse("organisation_ods_code", &req.organisation_ods_code)?;
-        let role = if kind == PrincipalKind::Staff {
-            required_id("role", &req.role)?
+        let is_patient = kind == PrincipalKind::Patient;
+        let organisation = if is_patient {
+            if !req.organisation_ods_code.trim().is_empty() {
+                return Err(Error::invalid(
+                    "organisation_ods_code",
+                    "must be empty for a patient principal",
+                )
+                .into());
+            }
+            None
         } else {
-            req.role.trim().to_owned()
+            Some(OdsCode::parse(
+                "organisation_ods_code",
+                &req.organisation_ods_code,
+            )?)
         };
-        let scopes = if req.scopes.is_empty() {
-            default_scopes(kind)
+        let role = match kind {
+            PrincipalKind::Staff => parse_role("role", &req.role)?,
+            PrincipalKind::Patient if !req.role.trim().is_empty() => {
+                return Err(Error::invalid("role", "must be empty for a patient principal").into());
+            }
+            _ if req.role.trim().is_empty() => String::new(),
+            _ => parse_role("role", &req.role)?,
+        };
+        let scopes = scopes_for_kind("scopes", kind, &req.scopes, false)?;
+        let purposes = purposes_for_kind(
+            "purposes",
+            kind,
+            &purposes_from_pb("purposes", &req.purposes)?,
+        )?;
+        let patient_id = if is_patient {
+            Some(required_id("patient_id", &req.patient_id)?)
+        } else if !req.patient_id.trim().is_empty() {
+            return Err(Error::invalid("patient_id", "is only for a patient principal").into());
         } else {
-            validate_scopes("scopes", &req.scopes)?
+            None
         };
-        if scopes.iter().any(|s| s == "admin") {
-            return Err(Error::invalid("scopes", "`admin` is granted only by bootstrap").into());
-        }
-        if self.store.get_organisation(&organisation).await?.is_none() {
+        if let Some(organisation) = &organisation
+            && self.store.get_organisation(organisation).await?.is_none()
+        {
             return Err(Error::failed_precondition(format!(
                 "organisation {organisation} does not exist; create it first"
             ))
+            .into());
+        }
+        if let Some(patient_id) = &patient_id
+            && self.store.get_patient(patient_id).await?.is_none()
+        {
+            return Err(Error::failed_precondition(
+                "no patient with this patient_id; register the patient first",
+            )
             .into());
         }
         let secret = ClientSecret::generate();
@@ -282,6 +484,8 @@ impl IdentityService for IdentityGrpc {
                 organisation,
                 role,
                 scopes,
+                purposes,
+                patient_id,
                 client_id: format!("sc-{}", uuid::Uuid::new_v4().simple()),
                 secret_hash: secret.hash(),
                 created_at: chrono::Utc::now(),
@@ -325,11 +529,28 @@ impl IdentityService for IdentityGrpc {
             asked
         };
         let purpose = match Purpose::try_from(req.purpose) {
-            Ok(Purpose::Unspecified) => Purpose::DirectCare,
-            Ok(p) => p,
-            Err(_) => return Err(Error::invalid("purpose", "unknown purpose").into()),
+            Err(_) => {
+                return Err(
+                    Error::invalid("purpose", format!("unknown purpose {}", req.purpose)).into(),
+                );
+            }
+            // Unspecified: the first permitted, or none for a principal
+            // without purposes (services, admin).
+            Ok(Purpose::Unspecified) => principal.purposes.first().copied(),
+            Ok(p) if principal.purposes.contains(&p) => Some(p),
+            Ok(p) => {
+                return Err(Error::permission_denied(format!(
+                    "purpose `{}` is not permitted to this client",
+                    purpose_to_str(p)
+                ))
+                .with_reason("PURPOSE_NOT_PERMITTED")
+                .into());
+            }
         };
-        let issued = self.tokens.issue(&principal, &scopes, purpose)?;
+        let capabilities = self.capabilities(&principal);
+        let issued = self
+            .tokens
+            .issue(&principal, &scopes, purpose, &capabilities)?;
         Ok(Response::new(pb::IssueTokenResponse {
             access_token: issued.token,
             token_type: "Bearer".into(),

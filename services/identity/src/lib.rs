@@ -1,6 +1,8 @@
 //! identity: who is who. The patient index (NHS number, demographics),
-//! organisations, staff/application/service principals, and the Ed25519 keys
-//! that sign their tokens.
+//! organisations, staff/application/service/patient principals with their
+//! permitted purposes, the role → capabilities map, and the Ed25519 keys
+//! that sign their tokens. Demographic reads are decided by consent and
+//! audited, like record reads.
 //!
 //! `spec` builds the service that `main.rs`, the all-in-one CLI and the
 //! tests all serve; `open` wires it to configuration.
@@ -18,21 +20,60 @@ use std::{sync::Arc, time::Duration};
 use sharedcare_kit::{
     Error,
     auth::Verifier,
+    client::lazy_channel,
     crypto::{BlindIndex, Kek, Keyring},
     keys::{SigningKey, StaticKeySource},
+    peers::{AuditSink, ConsentGate, GrpcAudit, GrpcConsent},
     server::{MessageLimits, ServiceSpec},
 };
 use sharedcare_proto::identity::v1::identity_service_server::IdentityServiceServer;
 
-pub use tokens::TokenIssuer;
+pub use domain::RoleMap;
+pub use tokens::{SelfTokens, TokenIssuer};
 
 pub const SERVICE_NAME: &str = "identity";
 
-/// The identity service over a store, signing with `tokens`. identity
+/// The services identity asks before it answers a demographic read:
+/// consent (may this actor see this patient?) and audit (it happened).
+#[derive(Clone)]
+pub struct Peers {
+    pub consent: Arc<dyn ConsentGate>,
+    pub audit: Arc<dyn AuditSink>,
+}
+
+impl Peers {
+    /// consent and audit over gRPC, calling as identity with a token it
+    /// signs itself.
+    pub fn grpc(
+        consent_url: &str,
+        audit_url: &str,
+        tokens: Arc<TokenIssuer>,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
+        let own = Arc::new(SelfTokens::new(tokens));
+        Ok(Peers {
+            consent: Arc::new(GrpcConsent::new(
+                lazy_channel(consent_url).map_err(|e| e.context("identity.consent_url"))?,
+                own.clone(),
+                timeout,
+            )),
+            audit: Arc::new(GrpcAudit::new(
+                lazy_channel(audit_url).map_err(|e| e.context("identity.audit_url"))?,
+                own,
+                timeout,
+            )),
+        })
+    }
+}
+
+/// The identity service over a store, signing with `tokens`, giving staff
+/// the capabilities of their role in `roles`, asking `peers`. identity
 /// verifies tokens with its own public key: no network hop.
 pub fn spec(
     store: Arc<dyn store::IdentityStore>,
     tokens: Arc<TokenIssuer>,
+    roles: RoleMap,
+    peers: Peers,
     limits: MessageLimits,
 ) -> ServiceSpec {
     let verifier = Arc::new(Verifier::new(
@@ -41,14 +82,14 @@ pub fn spec(
         tokens.audience(),
         Duration::from_secs(60),
     ));
-    let server = IdentityServiceServer::new(grpc::IdentityGrpc::new(store, tokens))
+    let server = IdentityServiceServer::new(grpc::IdentityGrpc::new(store, tokens, roles, peers))
         .max_decoding_message_size(limits.max_bytes)
         .max_encoding_message_size(limits.max_bytes);
     ServiceSpec::new(SERVICE_NAME, server, verifier, &policy::ACCESS)
 }
 
 /// Opens the configured store and signing key, applies the bootstrap file,
-/// and builds the service.
+/// connects (lazily) to consent and audit, and builds the service.
 pub async fn open(cfg: &config::IdentityConfig) -> Result<ServiceSpec, Error> {
     let url = cfg
         .database
@@ -68,7 +109,23 @@ pub async fn open(cfg: &config::IdentityConfig) -> Result<ServiceSpec, Error> {
         &cfg.auth.audience,
         cfg.identity.token_ttl_secs,
     ));
-    Ok(spec(store, tokens, MessageLimits::from(&cfg.server)))
+    let roles = cfg
+        .identity
+        .role_map()
+        .map_err(|e| Error::invalid("identity.roles", e.to_string()))?;
+    let peers = Peers::grpc(
+        &cfg.identity.consent_url,
+        &cfg.identity.audit_url,
+        tokens.clone(),
+        Duration::from_millis(cfg.identity.call_timeout_ms),
+    )?;
+    Ok(spec(
+        store,
+        tokens,
+        roles,
+        peers,
+        MessageLimits::from(&cfg.server),
+    ))
 }
 
 /// The keys that protect patients at rest: configured, or kept in the data dir.

@@ -1,12 +1,22 @@
 //! Issuing access tokens: EdDSA JWTs with key id, subject, organisation,
-//! role, scopes, purpose of use, audience and expiry.
+//! role, scopes, purposes of use, capabilities, the bound patient, audience
+//! and expiry. Also identity's own service token, for calling consent and
+//! audit.
+
+use std::{collections::BTreeSet, sync::Arc};
 
 use sharedcare_kit::{
     Error,
+    access::Capability,
     auth::{Claims, kind_to_str, purpose_to_str},
+    client::ServiceTokens,
     keys::SigningKey,
 };
-use sharedcare_proto::{common::v1::Purpose, identity::v1::Jwk};
+use sharedcare_proto::{
+    common::v1::{PrincipalKind, Purpose},
+    identity::v1::Jwk,
+};
+use tokio::sync::Mutex;
 
 use crate::domain::Principal;
 
@@ -46,11 +56,15 @@ impl TokenIssuer {
         vec![self.key.jwk()]
     }
 
+    /// A token for `principal` with these scopes, default purpose (`None`:
+    /// the principal has none) and capabilities. It carries all the
+    /// principal's permitted purposes, and its patient for a patient.
     pub fn issue(
         &self,
         principal: &Principal,
         scopes: &[String],
-        purpose: Purpose,
+        purpose: Option<Purpose>,
+        capabilities: &BTreeSet<Capability>,
     ) -> Result<IssuedToken, Error> {
         let now = chrono::Utc::now();
         let expires_at = now + chrono::Duration::seconds(self.ttl_secs);
@@ -62,14 +76,86 @@ impl TokenIssuer {
             iat: now.timestamp(),
             jti: uuid::Uuid::new_v4().to_string(),
             kind: kind_to_str(principal.kind).to_owned(),
-            org: principal.organisation.as_str().to_owned(),
+            org: principal
+                .organisation
+                .as_ref()
+                .map(|o| o.as_str().to_owned())
+                .unwrap_or_default(),
             role: principal.role.clone(),
             scope: scopes.join(" "),
-            pou: purpose_to_str(purpose).to_owned(),
+            pou: purpose.map(purpose_to_str).unwrap_or_default().to_owned(),
+            pous: principal
+                .purposes
+                .iter()
+                .map(|p| purpose_to_str(*p).to_owned())
+                .collect(),
+            caps: capabilities.iter().map(|c| c.as_str().to_owned()).collect(),
+            pat: principal.patient_id.clone().unwrap_or_default(),
         };
         Ok(IssuedToken {
             token: self.key.sign(&claims)?,
             expires_at,
         })
+    }
+}
+
+/// The scopes identity's own token carries: asking consent, writing audit.
+const SELF_SCOPES: &[&str] = &["consent.evaluate", "audit.append"];
+
+/// identity's own service token, signed by itself (identity has no client
+/// credentials to exchange): subject "identity", no organisation, no
+/// purposes (it states its end user's purpose in each call). Cached until a
+/// minute before it expires.
+pub struct SelfTokens {
+    issuer: Arc<TokenIssuer>,
+    principal: Principal,
+    cached: Mutex<Option<IssuedToken>>,
+}
+
+impl SelfTokens {
+    pub fn new(issuer: Arc<TokenIssuer>) -> Self {
+        let principal = Principal {
+            id: crate::SERVICE_NAME.to_owned(),
+            kind: PrincipalKind::Service,
+            display_name: "identity".to_owned(),
+            organisation: None,
+            role: String::new(),
+            scopes: SELF_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+            purposes: vec![],
+            patient_id: None,
+            client_id: String::new(),
+            secret_hash: vec![],
+            created_at: chrono::Utc::now(),
+        };
+        SelfTokens {
+            issuer,
+            principal,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// A token valid for at least another minute.
+    pub async fn token(&self) -> Result<String, Error> {
+        let mut cached = self.cached.lock().await;
+        if let Some(issued) = cached.as_ref()
+            && issued.expires_at - chrono::Duration::seconds(60) > chrono::Utc::now()
+        {
+            return Ok(issued.token.clone());
+        }
+        let issued = self.issuer.issue(
+            &self.principal,
+            &self.principal.scopes,
+            None,
+            &BTreeSet::new(),
+        )?;
+        let token = issued.token.clone();
+        *cached = Some(issued);
+        Ok(token)
+    }
+}
+
+impl ServiceTokens for SelfTokens {
+    fn token(&self) -> sharedcare_kit::peers::BoxFuture<'_, String> {
+        Box::pin(SelfTokens::token(self))
     }
 }

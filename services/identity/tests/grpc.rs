@@ -1,32 +1,137 @@
-//! identity over real gRPC sockets.
+//! identity over real gRPC sockets, with in-process fakes of consent and
+//! audit (the real ones are the cross-service tests' in `tests/`).
 
-use std::sync::Arc;
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use sharedcare_identity::{
-    TokenIssuer,
+    Peers, RoleMap, SelfTokens, TokenIssuer,
     bootstrap::{self, BootstrapFile, BootstrapOrganisation, BootstrapPrincipal},
     domain::NhsNumber,
     spec,
     store::{IdentityStore, SqlStore},
 };
 use sharedcare_kit::{
+    Error,
+    access::Capability,
+    auth::{Principal as Verified, Verifier},
     crypto::{BlindIndex, Kek, Keyring},
-    keys::SigningKey,
+    keys::{SigningKey, StaticKeySource},
+    peers::{AuditSink, BoxFuture, ConsentGate, Decision},
     server::MessageLimits,
     testing::{TestAuthority, TestDatabase, TestServer, spawn, with_token},
 };
 use sharedcare_proto::{
-    common::v1::PrincipalKind,
+    audit::v1::{Action, AuditEvent, Outcome},
+    common::v1::{Actor, PrincipalKind, Purpose, RecordCategory},
     identity::v1::{self as pb, identity_service_client::IdentityServiceClient},
 };
 use tonic::{Code, transport::Channel};
 
 const ADMIN_SECRET: &str = "admin-secret-for-tests-0123456789abcdef";
 
+/// What the fake consent answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Permit,
+    Deny,
+    Down,
+}
+
+/// consent, as identity sees it: a decision per call, every call kept.
+struct FakeConsent {
+    answer: Mutex<Answer>,
+    asked: Mutex<Vec<(String, Actor, Purpose, RecordCategory)>>,
+}
+
+impl ConsentGate for FakeConsent {
+    fn evaluate(
+        &self,
+        patient_id: &str,
+        actor: Actor,
+        purpose: Purpose,
+        category: RecordCategory,
+    ) -> BoxFuture<'_, Decision> {
+        let patient_id = patient_id.to_owned();
+        Box::pin(async move {
+            self.asked
+                .lock()
+                .expect("lock")
+                .push((patient_id, actor, purpose, category));
+            match *self.answer.lock().expect("lock") {
+                Answer::Permit => Ok(Decision {
+                    permitted: true,
+                    decision_id: "decision-permit".into(),
+                    reasons: vec![("CARE_RELATIONSHIP".into(), "registered GP".into())],
+                }),
+                Answer::Deny => Ok(Decision {
+                    permitted: false,
+                    decision_id: "decision-deny".into(),
+                    reasons: vec![(
+                        "NO_CARE_RELATIONSHIP".into(),
+                        "no current care relationship".into(),
+                    )],
+                }),
+                Answer::Down => Err(Error::unavailable(
+                    "consent could not be asked, so access is refused (test)",
+                )),
+            }
+        })
+    }
+}
+
+/// audit, as identity sees it: events kept in order, or down.
+#[derive(Default)]
+struct FakeAudit {
+    events: Mutex<Vec<AuditEvent>>,
+    down: AtomicBool,
+}
+
+impl AuditSink for FakeAudit {
+    fn append(&self, event: AuditEvent) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(Error::unavailable(
+                    "the access could not be audited, so it is refused (test)",
+                ));
+            }
+            self.events.lock().expect("lock").push(event);
+            Ok(())
+        })
+    }
+}
+
 struct Fixture {
     server: TestServer,
     store: Arc<SqlStore>,
     db: TestDatabase,
+    tokens: Arc<TokenIssuer>,
+    consent: Arc<FakeConsent>,
+    audit: Arc<FakeAudit>,
+}
+
+/// The role map of these tests: a clinician, a clerk and a tracer.
+fn roles() -> RoleMap {
+    let map: BTreeMap<String, Vec<String>> = [
+        ("R8000", vec!["record_directives", "refer"]),
+        ("R8008", vec!["assert_relationships"]),
+        ("tracer", vec!["trace_patients"]),
+    ]
+    .into_iter()
+    .map(|(role, caps)| {
+        (
+            role.to_owned(),
+            caps.into_iter().map(str::to_owned).collect(),
+        )
+    })
+    .collect();
+    RoleMap::parse("identity.roles", &map).expect("valid role map")
 }
 
 impl Fixture {
@@ -57,6 +162,7 @@ impl Fixture {
                     organisation: "X26".into(),
                     role: "admin".into(),
                     scopes: vec![],
+                    purposes: vec![],
                 }],
             },
         )
@@ -68,37 +174,197 @@ impl Fixture {
             "sharedcare",
             900,
         ));
+        let consent = Arc::new(FakeConsent {
+            answer: Mutex::new(Answer::Permit),
+            asked: Mutex::new(vec![]),
+        });
+        let audit = Arc::new(FakeAudit::default());
         let server = spawn(spec(
             store.clone(),
-            tokens,
+            tokens.clone(),
+            roles(),
+            Peers {
+                consent: consent.clone(),
+                audit: audit.clone(),
+            },
             MessageLimits {
                 max_bytes: 64 * 1024,
             },
         ))
         .await;
-        Fixture { server, store, db }
+        Fixture {
+            server,
+            store,
+            db,
+            tokens,
+            consent,
+            audit,
+        }
     }
 
     fn client(&self) -> IdentityServiceClient<Channel> {
         IdentityServiceClient::new(self.server.channel.clone())
     }
 
-    async fn token(&self, client_id: &str, secret: &str) -> String {
-        self.client()
+    async fn issue(
+        &self,
+        client_id: &str,
+        secret: &str,
+        purpose: Purpose,
+    ) -> Result<String, tonic::Status> {
+        Ok(self
+            .client()
             .issue_token(pb::IssueTokenRequest {
                 client_id: client_id.into(),
                 client_secret: secret.into(),
                 scopes: vec![],
-                purpose: 0,
+                purpose: purpose as i32,
             })
+            .await?
+            .into_inner()
+            .access_token)
+    }
+
+    async fn token(&self, client_id: &str, secret: &str) -> String {
+        self.issue(client_id, secret, Purpose::Unspecified)
             .await
             .expect("token issued")
-            .into_inner()
-            .access_token
     }
 
     async fn admin(&self) -> String {
         self.token("admin", ADMIN_SECRET).await
+    }
+
+    /// What a token says, as every service's auth layer reads it.
+    async fn verify(&self, token: &str) -> Verified {
+        Verifier::new(
+            Arc::new(StaticKeySource(self.tokens.jwks())),
+            self.tokens.issuer(),
+            self.tokens.audience(),
+            Duration::ZERO,
+        )
+        .verify(token)
+        .await
+        .expect("a valid token")
+    }
+
+    async fn organisation(&self, ods_code: &str) {
+        self.client()
+            .create_organisation(with_token(
+                pb::CreateOrganisationRequest {
+                    ods_code: ods_code.into(),
+                    name: format!("Organisation {ods_code}"),
+                },
+                &self.admin().await,
+            ))
+            .await
+            .expect("organisation");
+    }
+
+    /// Creates a principal as admin: (principal, client secret).
+    async fn create(
+        &self,
+        request: pb::CreatePrincipalRequest,
+    ) -> Result<(pb::Principal, String), tonic::Status> {
+        let created = self
+            .client()
+            .create_principal(with_token(request, &self.admin().await))
+            .await?
+            .into_inner();
+        Ok((created.principal.expect("principal"), created.client_secret))
+    }
+
+    /// A staff member at `ods_code` (created on first use) in `role`, and
+    /// their token.
+    async fn staff(&self, ods_code: &str, role: &str) -> String {
+        if self
+            .store
+            .get_organisation(&sharedcare_kit::ids::OdsCode::parse("o", ods_code).expect("ods"))
+            .await
+            .expect("read")
+            .is_none()
+        {
+            self.organisation(ods_code).await;
+        }
+        let (principal, secret) = self
+            .create(staff_request(ods_code, role))
+            .await
+            .expect("staff");
+        self.token(&principal.client_id, &secret).await
+    }
+
+    async fn register(&self, request: pb::RegisterPatientRequest, token: &str) -> pb::Patient {
+        self.client()
+            .register_patient(with_token(request, token))
+            .await
+            .expect("registered")
+            .into_inner()
+            .patient
+            .expect("patient")
+    }
+
+    fn events(&self) -> Vec<AuditEvent> {
+        self.audit.events.lock().expect("lock").clone()
+    }
+
+    fn answer(&self, answer: Answer) {
+        *self.consent.answer.lock().expect("lock") = answer;
+    }
+
+    async fn principal_rows(&self) -> i64 {
+        use sea_orm::{ConnectionTrait, Statement};
+        let db = sea_orm::Database::connect(self.db.url())
+            .await
+            .expect("connect");
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT COUNT(*) AS n FROM identity_principals",
+            ))
+            .await
+            .expect("count")
+            .expect("a row");
+        let n: i64 = row.try_get("", "n").expect("n");
+        db.close().await.ok();
+        n
+    }
+}
+
+fn staff_request(ods_code: &str, role: &str) -> pb::CreatePrincipalRequest {
+    pb::CreatePrincipalRequest {
+        kind: PrincipalKind::Staff as i32,
+        display_name: "Dr Who".into(),
+        organisation_ods_code: ods_code.into(),
+        role: role.into(),
+        ..Default::default()
+    }
+}
+
+fn patient_request(patient_id: &str) -> pb::CreatePrincipalRequest {
+    pb::CreatePrincipalRequest {
+        kind: PrincipalKind::Patient as i32,
+        display_name: "Jane Smith".into(),
+        patient_id: patient_id.into(),
+        ..Default::default()
+    }
+}
+
+fn get(patient_id: &str) -> pb::GetPatientRequest {
+    pb::GetPatientRequest {
+        patient_id: patient_id.into(),
+    }
+}
+
+fn person(nhs: &str, given: &str, family: &str, birth_date: &str) -> pb::RegisterPatientRequest {
+    pb::RegisterPatientRequest {
+        nhs_number: nhs.into(),
+        demographics: Some(pb::Demographics {
+            given_names: vec![given.into()],
+            family_name: family.into(),
+            birth_date: birth_date.into(),
+            gender: pb::Gender::Unspecified as i32,
+            postcode: String::new(),
+        }),
     }
 }
 
@@ -118,7 +384,7 @@ fn jane(nhs: &str) -> pb::RegisterPatientRequest {
 #[tokio::test]
 async fn a_patient_is_registered_once_and_read_back() {
     let f = Fixture::start().await;
-    let token = f.admin().await;
+    let token = f.staff("A81001", "R8000").await;
     let mut client = f.client();
     let first = client
         .register_patient(with_token(jane("943 476 5919"), &token))
@@ -162,12 +428,34 @@ async fn a_patient_is_registered_once_and_read_back() {
         read.patient.expect("patient").patient_id,
         patient.patient_id
     );
+
+    // Registration, the match returned and the read are each audited.
+    let events = f.events();
+    let seen: Vec<(i32, i32)> = events.iter().map(|e| (e.action, e.outcome)).collect();
+    assert_eq!(
+        seen,
+        vec![
+            (Action::Create as i32, Outcome::Success as i32),
+            (Action::Read as i32, Outcome::Success as i32),
+            (Action::Read as i32, Outcome::Success as i32),
+        ]
+    );
+    for event in &events {
+        assert_eq!(event.patient_id, patient.patient_id);
+        assert_eq!(event.resource_type, "Patient");
+        assert_eq!(event.source_service, "identity");
+        assert_eq!(event.purpose, Purpose::DirectCare as i32);
+        let actor = event.actor.as_ref().expect("actor");
+        assert_eq!(actor.organisation_ods_code, "A81001");
+        assert_eq!(actor.role, "R8000");
+    }
+    assert_eq!(events[2].decision_id, "decision-permit");
 }
 
 #[tokio::test]
 async fn invalid_nhs_numbers_are_refused_and_nothing_is_stored() {
     let f = Fixture::start().await;
-    let token = f.admin().await;
+    let token = f.staff("A81001", "R8000").await;
     for bad in ["9434765918", "1111111111", "94347659", "abcdefghij", ""] {
         let status = f
             .client()
@@ -296,6 +584,7 @@ async fn staff_principals_act_for_an_existing_organisation() {
                 organisation_ods_code: "A81001".into(),
                 role: "R8000".into(),
                 scopes: vec![],
+                ..Default::default()
             },
             &admin,
         ))
@@ -333,6 +622,7 @@ async fn staff_principals_act_for_an_existing_organisation() {
                 organisation_ods_code: "A81001".into(),
                 role: "R8000".into(),
                 scopes: vec![],
+                ..Default::default()
             },
             &admin,
         ))
@@ -364,12 +654,13 @@ async fn staff_principals_act_for_an_existing_organisation() {
 #[tokio::test]
 async fn oversize_and_unimplemented_calls_fail_cleanly_and_the_server_keeps_serving() {
     let f = Fixture::start().await;
-    let admin = f.admin().await;
+    let staff = f.staff("A81001", "R8000").await;
+    let tracer = f.staff("A81001", "tracer").await;
     let mut huge = jane("9434765919");
     huge.demographics.as_mut().expect("d").family_name = "x".repeat(100 * 1024);
     let status = f
         .client()
-        .register_patient(with_token(huge, &admin))
+        .register_patient(with_token(huge, &staff))
         .await
         .expect_err("oversize");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
@@ -381,14 +672,14 @@ async fn oversize_and_unimplemented_calls_fail_cleanly_and_the_server_keeps_serv
 
     let status = f
         .client()
-        .trace_patient(with_token(pb::TracePatientRequest::default(), &admin))
+        .trace_patient(with_token(pb::TracePatientRequest::default(), &tracer))
         .await
         .expect_err("later issue");
     assert_eq!(status.code(), Code::Unimplemented);
     assert!(status.message().contains("TracePatient"));
 
     f.client()
-        .register_patient(with_token(jane("9434765919"), &admin))
+        .register_patient(with_token(jane("9434765919"), &staff))
         .await
         .expect("still serving");
 }
@@ -424,7 +715,7 @@ async fn assert_plaintext_absent(f: &Fixture, needles: &[&str]) {
 #[tokio::test]
 async fn patients_are_encrypted_at_rest() {
     let f = Fixture::start().await;
-    let token = f.admin().await;
+    let token = f.staff("A81001", "R8000").await;
     f.client()
         .register_patient(with_token(jane("943 476 5919"), &token))
         .await
@@ -483,16 +774,54 @@ async fn nonsense_is_refused_naming_the_field_and_nothing_is_stored() {
         organisation_ods_code: "X26".into(),
         role: role.into(),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
     };
+    let with_purposes = |kind: PrincipalKind, purposes: &[i32]| pb::CreatePrincipalRequest {
+        purposes: purposes.to_vec(),
+        ..principal(kind, "R8000", &[])
+    };
+    let mut bad_kind = principal(PrincipalKind::Staff, "R8000", &[]);
+    bad_kind.kind = 42;
+    let mut patient_at_org = patient_request("some-patient");
+    patient_at_org.organisation_ods_code = "X26".into();
+    let mut patient_with_role = patient_request("some-patient");
+    patient_with_role.role = "R8000".into();
+    let mut staff_for_patient = principal(PrincipalKind::Staff, "R8000", &[]);
+    staff_for_patient.patient_id = "some-patient".into();
+    let mut patient_writer = patient_request("some-patient");
+    patient_writer.scopes = vec!["records.write".into()];
     for (request, field) in [
         (principal(PrincipalKind::Admin, "admin", &[]), "kind"),
         (principal(PrincipalKind::Unspecified, "", &[]), "kind"),
+        (bad_kind, "kind"),
         (principal(PrincipalKind::Staff, "", &[]), "role"),
+        (principal(PrincipalKind::Staff, "R8000 OR 1=1", &[]), "role"),
         (
             principal(PrincipalKind::Staff, "R8000", &["root"]),
             "scopes",
         ),
         (principal(PrincipalKind::Service, "", &["admin"]), "scopes"),
+        (with_purposes(PrincipalKind::Staff, &[99]), "purposes"),
+        (
+            with_purposes(PrincipalKind::Staff, &[Purpose::PatientAccess as i32]),
+            "purposes",
+        ),
+        (
+            with_purposes(PrincipalKind::Service, &[Purpose::DirectCare as i32]),
+            "purposes",
+        ),
+        (patient_at_org, "organisation_ods_code"),
+        (patient_with_role, "role"),
+        (patient_writer, "scopes"),
+        (
+            pb::CreatePrincipalRequest {
+                purposes: vec![Purpose::DirectCare as i32],
+                ..patient_request("some-patient")
+            },
+            "purposes",
+        ),
+        (patient_request(""), "patient_id"),
+        (staff_for_patient, "patient_id"),
     ] {
         let status = client
             .create_principal(with_token(request, &admin))
@@ -500,6 +829,7 @@ async fn nonsense_is_refused_naming_the_field_and_nothing_is_stored() {
             .expect_err(field);
         expect_invalid(status, field);
     }
+    assert_eq!(f.principal_rows().await, 1, "only the bootstrap admin");
 
     let status = client
         .issue_token(pb::IssueTokenRequest {
@@ -511,14 +841,426 @@ async fn nonsense_is_refused_naming_the_field_and_nothing_is_stored() {
         .await
         .expect_err("no client id");
     expect_invalid(status, "client_id");
+    let staff = f.staff("A81001", "R8000").await;
     let status = client
         .get_patient(with_token(
             pb::GetPatientRequest {
                 patient_id: String::new(),
             },
-            &admin,
+            &staff,
         ))
         .await
         .expect_err("no id");
     expect_invalid(status, "patient_id");
+    assert!(f.events().is_empty(), "nothing was read");
+}
+
+#[tokio::test]
+async fn a_patient_principal_is_bound_to_its_patient() {
+    let f = Fixture::start().await;
+    let staff = f.staff("A81001", "R8000").await;
+    let jane = f.register(jane("9434765919"), &staff).await;
+    let bob = f
+        .register(person("9990000018", "Bob", "Jones", "1950-01-01"), &staff)
+        .await;
+
+    let status = f
+        .create(patient_request("no-such-patient"))
+        .await
+        .expect_err("unknown patient");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+
+    let (principal, secret) = f
+        .create(patient_request(&jane.patient_id))
+        .await
+        .expect("patient principal");
+    assert_eq!(principal.kind, PrincipalKind::Patient as i32);
+    assert_eq!(principal.patient_id, jane.patient_id);
+    assert_eq!(principal.organisation_ods_code, "");
+    assert_eq!(principal.purposes, vec![Purpose::PatientAccess as i32]);
+
+    let token = f.token(&principal.client_id, &secret).await;
+    let claims = f.verify(&token).await;
+    assert_eq!(claims.kind, PrincipalKind::Patient);
+    assert_eq!(claims.patient.as_deref(), Some(jane.patient_id.as_str()));
+    assert_eq!(claims.purpose, Some(Purpose::PatientAccess));
+    assert_eq!(claims.purposes, [Purpose::PatientAccess].into());
+    assert!(claims.capabilities.is_empty());
+    assert!(claims.organisation.is_empty());
+    assert!(!claims.scopes.contains("records.write"));
+    let status = f
+        .issue(&principal.client_id, &secret, Purpose::DirectCare)
+        .await
+        .expect_err("a patient acts for patient access only");
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    // Their own demographics, without asking consent; nobody else's.
+    let own = f
+        .client()
+        .get_patient(with_token(get(&jane.patient_id), &token))
+        .await
+        .expect("own")
+        .into_inner()
+        .patient
+        .expect("patient");
+    assert_eq!(own.patient_id, jane.patient_id);
+    let before = f.events().len();
+    let status = f
+        .client()
+        .get_patient(with_token(get(&bob.patient_id), &token))
+        .await
+        .expect_err("another patient");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(!status.message().contains("Bob"), "{}", status.message());
+    assert!(f.consent.asked.lock().expect("lock").is_empty());
+
+    // Both audited, as the patient.
+    let events = f.events();
+    let read = &events[before - 1];
+    assert_eq!(
+        (read.patient_id.as_str(), read.outcome),
+        (jane.patient_id.as_str(), Outcome::Success as i32)
+    );
+    assert_eq!(read.purpose, Purpose::PatientAccess as i32);
+    let actor = read.actor.as_ref().expect("actor");
+    assert_eq!(actor.kind, PrincipalKind::Patient as i32);
+    assert_eq!(actor.patient_id, jane.patient_id);
+    let denied = events.last().expect("denial");
+    assert_eq!(
+        (denied.patient_id.as_str(), denied.outcome),
+        (bob.patient_id.as_str(), Outcome::Denied as i32)
+    );
+
+    // A patient may not register anyone.
+    let status = f
+        .client()
+        .register_patient(with_token(
+            person("9990000026", "Eve", "Smith", "1990-01-01"),
+            &token,
+        ))
+        .await
+        .expect_err("patients do not register patients");
+    assert_eq!(status.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn a_token_names_only_a_permitted_purpose() {
+    let f = Fixture::start().await;
+    f.organisation("A81001").await;
+    let (staff, staff_secret) = f
+        .create(staff_request("A81001", "R8000"))
+        .await
+        .expect("staff");
+    assert_eq!(staff.purposes, vec![Purpose::DirectCare as i32]);
+    let status = f
+        .issue(&staff.client_id, &staff_secret, Purpose::Research)
+        .await
+        .expect_err("research is not permitted");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status
+            .message()
+            .contains("purpose `research` is not permitted to this client"),
+        "{}",
+        status.message()
+    );
+    let status = f
+        .client()
+        .issue_token(pb::IssueTokenRequest {
+            client_id: staff.client_id.clone(),
+            client_secret: staff_secret.clone(),
+            scopes: vec![],
+            purpose: 42,
+        })
+        .await
+        .expect_err("no such purpose");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("purpose"));
+
+    // A research body: research only, its tokens say so.
+    f.organisation("RB1").await;
+    let (research, secret) = f
+        .create(pb::CreatePrincipalRequest {
+            kind: PrincipalKind::Application as i32,
+            display_name: "Research body".into(),
+            organisation_ods_code: "RB1".into(),
+            purposes: vec![Purpose::Research as i32],
+            ..Default::default()
+        })
+        .await
+        .expect("application");
+    assert_eq!(research.purposes, vec![Purpose::Research as i32]);
+    let claims = f.verify(&f.token(&research.client_id, &secret).await).await;
+    assert_eq!(claims.purpose, Some(Purpose::Research));
+    assert_eq!(claims.purposes, [Purpose::Research].into());
+    let status = f
+        .issue(&research.client_id, &secret, Purpose::DirectCare)
+        .await
+        .expect_err("direct care is not permitted");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains("direct_care"));
+
+    // A service has no purpose of its own; asking for one is refused.
+    let (service, secret) = f
+        .create(pb::CreatePrincipalRequest {
+            kind: PrincipalKind::Service as i32,
+            display_name: "records".into(),
+            organisation_ods_code: "X26".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("service");
+    assert!(service.purposes.is_empty());
+    let claims = f.verify(&f.token(&service.client_id, &secret).await).await;
+    assert_eq!(claims.purpose, None);
+    assert!(claims.purposes.is_empty());
+    assert!(
+        f.issue(&service.client_id, &secret, Purpose::DirectCare)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn capabilities_come_from_the_role_map_for_staff_only() {
+    let f = Fixture::start().await;
+    let clinician = f.verify(&f.staff("A81001", "R8000").await).await;
+    assert_eq!(
+        clinician.capabilities,
+        [Capability::RecordDirectives, Capability::Refer].into()
+    );
+    let clerk = f.verify(&f.staff("A81001", "r8008").await).await;
+    assert_eq!(clerk.capabilities, [Capability::AssertRelationships].into());
+    let unknown = f.verify(&f.staff("A81001", "R9999").await).await;
+    assert!(unknown.capabilities.is_empty());
+
+    let (app, secret) = f
+        .create(pb::CreatePrincipalRequest {
+            kind: PrincipalKind::Application as i32,
+            display_name: "PAS".into(),
+            organisation_ods_code: "A81001".into(),
+            role: "R8000".into(),
+            scopes: vec![
+                "patients.read".into(),
+                "patients.write".into(),
+                "consent.write".into(),
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect("application");
+    let claims = f.verify(&f.token(&app.client_id, &secret).await).await;
+    assert!(
+        claims.capabilities.is_empty(),
+        "a role gives capabilities to staff only"
+    );
+    assert!(claims.scopes.contains("consent.write"));
+}
+
+#[tokio::test]
+async fn admin_administers_but_reads_no_patient() {
+    let f = Fixture::start().await;
+    let admin = f.admin().await;
+    let claims = f.verify(&admin).await;
+    assert_eq!(claims.scopes, ["admin".to_owned()].into());
+    assert_eq!(claims.purpose, None);
+
+    let staff = f.staff("A81001", "R8000").await;
+    let jane = f.register(jane("9434765919"), &staff).await;
+    let status = f
+        .client()
+        .register_patient(with_token(
+            person("9990000018", "Bob", "Jones", "1950-01-01"),
+            &admin,
+        ))
+        .await
+        .expect_err("admin registers nobody");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = f
+        .client()
+        .get_patient(with_token(get(&jane.patient_id), &admin))
+        .await
+        .expect_err("admin reads nobody");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status.message().contains("GetPatient"),
+        "{}",
+        status.message()
+    );
+    assert!(f.consent.asked.lock().expect("lock").is_empty());
+}
+
+#[tokio::test]
+async fn registering_again_returns_the_patient_only_for_matching_details() {
+    let f = Fixture::start().await;
+    let staff = f.staff("A81001", "R8000").await;
+    let sian = f
+        .register(person("9434765919", "Siân", "Llŷr", "1980-02-29"), &staff)
+        .await;
+
+    // Case, spacing and accents do not matter.
+    let again = f
+        .client()
+        .register_patient(with_token(
+            person("943 476 5919", "SIAN", "  LLYR ", "1980-02-29"),
+            &staff,
+        ))
+        .await
+        .expect("matching details")
+        .into_inner();
+    assert!(!again.created);
+    assert_eq!(again.patient.expect("patient").patient_id, sian.patient_id);
+
+    // Anything else is refused, revealing nothing stored.
+    let before = f.events().len();
+    for (family, birth_date) in [("Smith", "1980-02-29"), ("Llyr", "1980-03-01")] {
+        let status = f
+            .client()
+            .register_patient(with_token(
+                person("9434765919", "Siân", family, birth_date),
+                &staff,
+            ))
+            .await
+            .expect_err("other details");
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(
+            status.message(),
+            "this NHS number is registered with other details"
+        );
+        for stored in ["Siân", "Sian", "Llŷr", "1980", &sian.patient_id] {
+            assert!(!status.message().contains(stored), "{stored} revealed");
+        }
+    }
+    // The attempts are on the patient's access report.
+    let events = f.events();
+    assert_eq!(events.len(), before + 2);
+    for event in &events[before..] {
+        assert_eq!(event.patient_id, sian.patient_id);
+        assert_eq!(event.outcome, Outcome::Denied as i32);
+        assert_eq!(event.outcome_reason, "DETAILS_DO_NOT_MATCH");
+    }
+}
+
+#[tokio::test]
+async fn staff_reads_are_decided_by_consent_and_audited_or_refused() {
+    let f = Fixture::start().await;
+    let staff = f.staff("A81001", "R8000").await;
+    let jane = f.register(jane("9434765919"), &staff).await;
+    let reads = |events: &[AuditEvent]| {
+        events
+            .iter()
+            .filter(|e| e.action == Action::Read as i32)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+
+    // Permitted: the data, with the decision in audit.
+    let read = f
+        .client()
+        .get_patient(with_token(get(&jane.patient_id), &staff))
+        .await
+        .expect("permitted")
+        .into_inner();
+    assert_eq!(read.patient.expect("patient").patient_id, jane.patient_id);
+    {
+        let asked = f.consent.asked.lock().expect("lock");
+        let (patient, actor, purpose, category) = asked.last().expect("consent asked");
+        assert_eq!(patient, &jane.patient_id);
+        assert_eq!(actor.organisation_ods_code, "A81001");
+        assert_eq!(*purpose, Purpose::DirectCare);
+        assert_eq!(*category, RecordCategory::General);
+    }
+    let events = reads(&f.events());
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].outcome, Outcome::Success as i32);
+    assert_eq!(events[0].decision_id, "decision-permit");
+
+    // Denied: PERMISSION_DENIED with consent's reason, and audited.
+    f.answer(Answer::Deny);
+    let status = f
+        .client()
+        .get_patient(with_token(get(&jane.patient_id), &staff))
+        .await
+        .expect_err("denied");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status.message().contains("NO_CARE_RELATIONSHIP"),
+        "{}",
+        status.message()
+    );
+    assert!(!status.message().contains("Smith"));
+    let events = reads(&f.events());
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].outcome, Outcome::Denied as i32);
+    assert_eq!(events[1].outcome_reason, "NO_CARE_RELATIONSHIP");
+    assert_eq!(events[1].decision_id, "decision-deny");
+
+    // Consent comes before NOT_FOUND: existence is data too.
+    let status = f
+        .client()
+        .get_patient(with_token(get("no-such-patient"), &staff))
+        .await
+        .expect_err("denied");
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    // consent down: UNAVAILABLE, no data.
+    f.answer(Answer::Down);
+    let status = f
+        .client()
+        .get_patient(with_token(get(&jane.patient_id), &staff))
+        .await
+        .expect_err("consent down");
+    assert_eq!(status.code(), Code::Unavailable);
+
+    // audit down: UNAVAILABLE, no data (fail closed), for reads and
+    // registrations alike.
+    f.answer(Answer::Permit);
+    f.audit.down.store(true, Ordering::SeqCst);
+    let status = f
+        .client()
+        .get_patient(with_token(get(&jane.patient_id), &staff))
+        .await
+        .expect_err("audit down");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(!status.message().contains("Smith"));
+    let status = f
+        .client()
+        .register_patient(with_token(self::jane("9434765919"), &staff))
+        .await
+        .expect_err("audit down");
+    assert_eq!(status.code(), Code::Unavailable);
+    f.audit.down.store(false, Ordering::SeqCst);
+
+    // An application of a related organisation reads the same way.
+    let (app, secret) = f
+        .create(pb::CreatePrincipalRequest {
+            kind: PrincipalKind::Application as i32,
+            display_name: "PAS".into(),
+            organisation_ods_code: "A81001".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("application");
+    let app = f.token(&app.client_id, &secret).await;
+    f.client()
+        .get_patient(with_token(get(&jane.patient_id), &app))
+        .await
+        .expect("permitted application");
+}
+
+#[tokio::test]
+async fn identity_calls_consent_and_audit_with_a_service_token_it_signs_itself() {
+    let f = Fixture::start().await;
+    let own = SelfTokens::new(f.tokens.clone());
+    let token = own.token().await.expect("token");
+    assert_eq!(own.token().await.expect("cached"), token, "cached");
+    let claims = f.verify(&token).await;
+    assert_eq!(claims.id, "identity");
+    assert_eq!(claims.kind, PrincipalKind::Service);
+    assert_eq!(
+        claims.scopes,
+        ["consent.evaluate".to_owned(), "audit.append".to_owned()].into()
+    );
+    assert!(claims.purposes.is_empty());
+    assert!(claims.capabilities.is_empty());
 }

@@ -3,10 +3,14 @@
 mod nhs_number;
 mod patient;
 mod principal;
+mod roles;
 
 pub use nhs_number::NhsNumber;
-pub use patient::{Demographics, Gender, Patient};
+pub use patient::{Demographics, Gender, Patient, fold_name};
 pub use principal::{
-    ClientSecret, KNOWN_SCOPES, Organisation, Principal, default_scopes, validate_scopes,
+    ClientSecret, KNOWN_SCOPES, Organisation, Principal, default_purposes, default_scopes,
+    parse_role, purposes_for_kind, purposes_from_names, purposes_from_pb, scopes_for_kind,
+    validate_scopes,
 };
+pub use roles::RoleMap;
 pub use sharedcare_kit::ids::OdsCode;

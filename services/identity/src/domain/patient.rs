@@ -114,6 +114,32 @@ impl Demographics {
     }
 }
 
+impl Demographics {
+    /// Whether details given again for a registered NHS number are this
+    /// patient's: the same date of birth and family name, the name compared
+    /// without regard to case, spacing or accents ("Siân" is "SIAN"). What
+    /// registering again may return, and nothing else.
+    pub fn matches(&self, given: &Demographics) -> bool {
+        self.birth_date == given.birth_date
+            && fold_name(&self.family_name) == fold_name(&given.family_name)
+    }
+}
+
+/// A name reduced for comparison: compatibility-decomposed (NFKD) with the
+/// combining marks dropped, lower case, no whitespace, typographic
+/// apostrophes made plain.
+pub fn fold_name(name: &str) -> String {
+    use unicode_normalization::{UnicodeNormalization, char::is_combining_mark};
+    name.nfkd()
+        .filter(|c| !is_combining_mark(*c) && !c.is_whitespace())
+        .map(|c| match c {
+            '\u{2018}' | '\u{2019}' | '\u{02BC}' => '\'',
+            c => c,
+        })
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
 /// Normalises a UK postcode to upper case with one space before the inward
 /// code ("ls14ap" → "LS1 4AP"). Empty means none given.
 fn parse_postcode(field: &str, input: &str) -> Result<Option<String>, Error> {
@@ -183,6 +209,33 @@ mod tests {
         let d = parse(&[" Jane ", ""], "Smith", "1980-02-29", "ls14ap").expect("valid");
         assert_eq!(d.given_names, vec!["Jane"]);
         assert_eq!(d.postcode.as_deref(), Some("LS1 4AP"));
+    }
+
+    #[test]
+    fn registered_details_match_whatever_the_case_spacing_or_accents() {
+        let stored = parse(&["Jane"], "Siân", "1980-02-29", "").expect("valid");
+        for family in ["SIAN", "sian", " Si an ", "SIÂN"] {
+            let given = parse(&["J"], family, "1980-02-29", "").expect("valid");
+            assert!(stored.matches(&given), "{family}");
+        }
+        let obrien = parse(&["Pat"], "O'Brien", "1970-01-01", "").expect("valid");
+        for family in ["o'brien", "O\u{2019}BRIEN"] {
+            let given = parse(&["Pat"], family, "1970-01-01", "").expect("valid");
+            assert!(obrien.matches(&given), "{family}");
+        }
+        let smith = parse(&["Jane"], " Smith ", "1980-02-29", "").expect("valid");
+        let given = parse(&["Jane"], "smith", "1980-02-29", "LS1 4AP").expect("valid");
+        assert!(smith.matches(&given));
+    }
+
+    #[test]
+    fn other_details_do_not_match() {
+        let stored = parse(&["Jane"], "Smith", "1980-02-29", "").expect("valid");
+        let other_dob = parse(&["Jane"], "Smith", "1980-03-01", "").expect("valid");
+        assert!(!stored.matches(&other_dob));
+        let other_name = parse(&["Jane"], "Smyth", "1980-02-29", "").expect("valid");
+        assert!(!stored.matches(&other_name));
+        assert_eq!(fold_name("Ｓｍｉｔｈ"), "smith");
     }
 
     #[test]

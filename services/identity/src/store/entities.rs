@@ -61,6 +61,11 @@ pub mod principal {
         pub scopes: String,
         pub secret_hash: Vec<u8>,
         pub created_at: DateTimeUtc,
+        /// For a patient principal (M0002).
+        pub patient_id: Option<String>,
+        /// Space-separated purpose names (M0002); NULL for rows from before
+        /// purposes existed: the kind's default.
+        pub purposes: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

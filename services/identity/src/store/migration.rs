@@ -6,7 +6,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(M0001Initial)]
+        vec![Box::new(M0001Initial), Box::new(M0002PatientPrincipals)]
     }
 
     // Services may share one PostgreSQL database: each keeps its own ledger.
@@ -66,6 +66,38 @@ impl MigrationTrait for M0001Initial {
                     .col(text("scopes"))
                     .col(blob("secret_hash"))
                     .col(timestamp_with_time_zone("created_at"))
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// Patient principals and permitted purposes. One ALTER per column: SQLite
+/// adds one column at a time.
+struct M0002PatientPrincipals;
+
+impl MigrationName for M0002PatientPrincipals {
+    fn name(&self) -> &str {
+        "m0002_patient_principals"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for M0002PatientPrincipals {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table("identity_principals")
+                    .add_column(string_null("patient_id"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table("identity_principals")
+                    .add_column(text_null("purposes"))
                     .to_owned(),
             )
             .await

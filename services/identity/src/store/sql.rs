@@ -11,7 +11,9 @@ use sharedcare_kit::{
 };
 
 use super::{BoxFuture, IdentityStore, Migrator, Registered, entities::*};
-use crate::domain::{Demographics, Gender, NhsNumber, OdsCode, Organisation, Patient, Principal};
+use crate::domain::{
+    Demographics, Gender, NhsNumber, OdsCode, Organisation, Patient, Principal, default_purposes,
+};
 
 /// Patients are encrypted at rest: NHS number and demographics sealed in one
 /// value bound to the patient id, found by a blind index of the NHS number.
@@ -119,24 +121,50 @@ fn principal_to_row(p: &Principal) -> principal::ActiveModel {
         client_id: Set(p.client_id.clone()),
         kind: Set(auth::kind_to_str(p.kind).to_owned()),
         display_name: Set(p.display_name.clone()),
-        ods_code: Set(p.organisation.as_str().to_owned()),
+        // Patients act for no organisation: stored as "".
+        ods_code: Set(p
+            .organisation
+            .as_ref()
+            .map(|o| o.as_str().to_owned())
+            .unwrap_or_default()),
         role: Set(p.role.clone()),
         scopes: Set(p.scopes.join(" ")),
         secret_hash: Set(p.secret_hash.clone()),
         created_at: Set(p.created_at),
+        patient_id: Set(p.patient_id.clone()),
+        purposes: Set(Some(
+            p.purposes
+                .iter()
+                .map(|p| auth::purpose_to_str(*p))
+                .collect::<Vec<_>>()
+                .join(" "),
+        )),
     }
 }
 
 fn principal_from_row(row: principal::Model) -> Result<Principal, Error> {
+    let kind = auth::kind_from_str(&row.kind)
+        .ok_or_else(|| Error::internal("reading a principal", "unknown kind"))?;
+    let purposes = match &row.purposes {
+        Some(names) => names
+            .split_whitespace()
+            .map(|n| {
+                auth::purpose_from_str(n)
+                    .ok_or_else(|| Error::internal("reading a principal", "unknown purpose"))
+            })
+            .collect::<Result<_, _>>()?,
+        None => default_purposes(kind),
+    };
     Ok(Principal {
         id: row.principal_id,
-        kind: auth::kind_from_str(&row.kind)
-            .ok_or_else(|| Error::internal("reading a principal", "unknown kind"))?,
+        kind,
         display_name: row.display_name,
-        organisation: OdsCode::parse("stored ods_code", &row.ods_code)
+        organisation: OdsCode::parse_optional("stored ods_code", &row.ods_code)
             .map_err(|e| Error::internal("reading a principal", e))?,
         role: row.role,
         scopes: row.scopes.split_whitespace().map(str::to_owned).collect(),
+        purposes,
+        patient_id: row.patient_id.filter(|p| !p.is_empty()),
         client_id: row.client_id,
         secret_hash: row.secret_hash,
         created_at: row.created_at,
@@ -254,6 +282,8 @@ impl IdentityStore for SqlStore {
                             principal::Column::Role,
                             principal::Column::Scopes,
                             principal::Column::SecretHash,
+                            principal::Column::PatientId,
+                            principal::Column::Purposes,
                         ])
                         .to_owned(),
                 )
