@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 
-use sharedcare_kit::testing::{TestDatabase, TestServer, spawn};
+use sharedcare_kit::{
+    testing::{TestDatabase, TestServer, spawn},
+    tls::test_pki::TestPki,
+};
 use sharedcare_proto::identity::v1::{
     IssueTokenRequest, identity_service_client::IdentityServiceClient,
 };
@@ -26,6 +29,8 @@ pub struct Platform {
     pub records: TestServer,
     /// The database URL records writes to, for checking what was stored.
     pub records_db_url: String,
+    /// The CA and the services' certificates when started with TLS.
+    pub pki: Option<TestPki>,
     data_dir: tempfile::TempDir,
     backend: Backend,
 }
@@ -33,6 +38,19 @@ pub struct Platform {
 impl Platform {
     /// Starts identity, consent, audit, then records (which needs the others' URLs).
     pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, None).await
+    }
+
+    /// The same over mutual TLS: a fresh CA, a certificate per service
+    /// (`<service>.crt`/`.key` in `pki.dir()`, checked for a change every
+    /// 100 ms), https:// URLs between them. Each `TestServer.channel`
+    /// presents that service's certificate.
+    pub async fn start_tls(backend: Backend) -> Self {
+        Self::start_with(backend, Some(TestPki::new())).await
+    }
+
+    async fn start_with(backend: Backend, pki: Option<TestPki>) -> Self {
+        let tls_env = |service: &str| pki.as_ref().map(|p| p.env(service)).unwrap_or_default();
         let data_dir = tempfile::tempdir().expect("temp dir");
         let bootstrap = data_dir.path().join("bootstrap.toml");
         std::fs::write(
@@ -89,6 +107,7 @@ role = "service"
         };
 
         let mut env = base.clone();
+        env.extend(tls_env("identity"));
         env.insert(
             "SHAREDCARE_IDENTITY__BOOTSTRAP_FILE".into(),
             bootstrap.display().to_string(),
@@ -101,13 +120,19 @@ role = "service"
         )
         .await;
 
+        let mut base = base.clone();
+        base.insert("SHAREDCARE_AUTH__IDENTITY_URL".into(), identity.url());
         let mut env = base.clone();
-        env.insert("SHAREDCARE_AUTH__IDENTITY_URL".into(), identity.url());
+        env.extend(tls_env("consent"));
         let cfg = sharedcare_consent::config::ConsentConfig::load(&env).expect("consent config");
         let consent = spawn(sharedcare_consent::open(&cfg).await.expect("consent opens")).await;
+        let mut env = base.clone();
+        env.extend(tls_env("audit"));
         let cfg = sharedcare_audit::config::AuditConfig::load(&env).expect("audit config");
         let audit = spawn(sharedcare_audit::open(&cfg).await.expect("audit opens")).await;
 
+        let mut env = base;
+        env.extend(tls_env("records"));
         env.extend([
             (
                 "SHAREDCARE_AUTH__CLIENT_ID".to_owned(),
@@ -137,6 +162,7 @@ role = "service"
             audit,
             records,
             records_db_url,
+            pki,
             data_dir,
             backend,
         }

@@ -5,6 +5,7 @@ use sharedcare_kit::config::{
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, ServerConfig,
     TelemetryConfig, Validate,
 };
+use sharedcare_kit::tls::TlsConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ConsentConfig {
@@ -12,6 +13,10 @@ pub struct ConsentConfig {
     pub telemetry: TelemetryConfig,
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
+    /// TLS on this service's port and its outgoing calls (`kit::tls`);
+    /// off unless `tls.enabled`.
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 /// The shared defaults with consent's own port.
@@ -30,7 +35,10 @@ impl Validate for ConsentConfig {
         self.server.validate()?;
         self.telemetry.validate()?;
         self.database.validate(crate::SERVICE_NAME)?;
-        self.auth.validate()
+        self.auth.validate()?;
+        self.tls.validate()?;
+        self.tls
+            .check_url("auth.identity_url", &self.auth.identity_url)
     }
 }
 

@@ -46,6 +46,7 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
         .map_err(|e| Error::invalid("database.url", e.to_string()))?;
     let store =
         Arc::new(store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?);
-    let verifier = sharedcare_kit::auth::remote_verifier(&cfg.auth)?;
-    Ok(spec(store, verifier, MessageLimits::from(&cfg.server)))
+    let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
+    let verifier = sharedcare_kit::tls::remote_verifier(&cfg.auth, tls.as_ref())?;
+    Ok(spec(store, verifier, MessageLimits::from(&cfg.server)).with_tls(tls))
 }

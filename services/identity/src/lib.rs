@@ -67,7 +67,8 @@ pub async fn open(cfg: &config::IdentityConfig) -> Result<ServiceSpec, Error> {
         &cfg.auth.audience,
         cfg.identity.token_ttl_secs,
     ));
-    Ok(spec(store, tokens, MessageLimits::from(&cfg.server)))
+    let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
+    Ok(spec(store, tokens, MessageLimits::from(&cfg.server)).with_tls(tls))
 }
 
 /// The keys that protect patients at rest: configured, or kept in the data dir.

@@ -5,6 +5,7 @@ use sharedcare_kit::config::{
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, SecretSource,
     ServerConfig, TelemetryConfig, Validate,
 };
+use sharedcare_kit::tls::TlsConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RecordsConfig {
@@ -14,6 +15,10 @@ pub struct RecordsConfig {
     /// Needs `client_id` and `client_secret`: records calls consent and audit.
     pub auth: AuthConfig,
     pub records: RecordsSettings,
+    /// TLS on this service's port and its outgoing calls (`kit::tls`);
+    /// off unless `tls.enabled`.
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,6 +91,14 @@ impl Validate for RecordsConfig {
         }
         check_url("records.consent_url", &self.records.consent_url)?;
         check_url("records.audit_url", &self.records.audit_url)?;
+        self.tls.validate()?;
+        for (key, url) in [
+            ("auth.identity_url", &self.auth.identity_url),
+            ("records.consent_url", &self.records.consent_url),
+            ("records.audit_url", &self.records.audit_url),
+        ] {
+            self.tls.check_url(key, url)?;
+        }
         if self.records.max_resource_bytes == 0
             || self.records.max_resource_bytes >= self.server.max_message_bytes
         {
