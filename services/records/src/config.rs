@@ -165,6 +165,38 @@ mod tests {
     }
 
     #[test]
+    fn tls_keys_are_checked_by_name() {
+        let creds = [
+            ("SHAREDCARE_AUTH__CLIENT_ID", "records"),
+            ("SHAREDCARE_AUTH__CLIENT_SECRET__VALUE", "s3cret"),
+        ];
+        let mut pairs = creds.to_vec();
+        pairs.push(("SHAREDCARE_TLS__ENABLED", "true"));
+        let err = RecordsConfig::load(&env(&pairs)).expect_err("no certificate");
+        assert!(err.to_string().contains("tls.cert_file"), "{err}");
+
+        // The files are good but the URLs are still http://.
+        let dir = tempfile::tempdir().expect("dir");
+        let pki = sharedcare_kit::tls::test_pki::TestPki::new();
+        let tls = pki.env("records");
+        let mut pairs = creds.to_vec();
+        pairs.extend(tls.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let data_dir = dir.path().display().to_string();
+        pairs.push(("SHAREDCARE_DATABASE__DATA_DIR", &data_dir));
+        let err = RecordsConfig::load(&env(&pairs)).expect_err("plaintext URL");
+        assert!(err.to_string().contains("auth.identity_url"), "{err}");
+        pairs.extend([
+            ("SHAREDCARE_AUTH__IDENTITY_URL", "https://identity:50051"),
+            ("SHAREDCARE_RECORDS__CONSENT_URL", "https://consent:50052"),
+        ]);
+        let err = RecordsConfig::load(&env(&pairs)).expect_err("plaintext audit URL");
+        assert!(err.to_string().contains("records.audit_url"), "{err}");
+        pairs.push(("SHAREDCARE_RECORDS__AUDIT_URL", "https://audit:50054"));
+        let cfg = RecordsConfig::load(&env(&pairs)).expect("valid over TLS");
+        assert!(cfg.tls.enabled);
+    }
+
+    #[test]
     fn defaults_load_with_credentials() {
         let cfg = RecordsConfig::load(&env(&[
             ("SHAREDCARE_AUTH__CLIENT_ID", "records"),
