@@ -1,7 +1,6 @@
 //! Each service's configuration for `dev`, loaded and validated by that
 //! service's own `load` from an environment map: the very path its
 //! `main.rs` takes, with loopback ports, the data dir and dev's credentials.
-//! No TLS: dev serves plaintext on loopback only (`tls.enabled` stays off).
 
 use std::{collections::HashMap, path::PathBuf};
 
@@ -164,9 +163,6 @@ mod tests {
         assert_eq!(configs.records.auth.client_id.as_deref(), Some("records"));
         assert_eq!(configs.audit.auth.identity_url, "http://127.0.0.1:41000");
         assert_eq!(configs.identity.server.shutdown_drain_ms, 0);
-        // dev is plaintext on loopback: no TLS anywhere.
-        assert!(!configs.identity.tls.enabled && !configs.consent.tls.enabled);
-        assert!(!configs.records.tls.enabled && !configs.audit.tls.enabled);
         assert_eq!(
             configs.identity.identity.bootstrap_file.as_deref(),
             Some(s.bootstrap_file.as_path())
