@@ -182,6 +182,14 @@ def config_toml(r: Rendered, svc: str) -> dict[str, Any]:
     return tomllib.loads(r.get("ConfigMap", name_of(svc))["data"][f"{svc}.toml"])
 
 
+# Value sets that turn TLS on (production does).
+TLS_SETS = {"production"}
+
+
+def scheme_of(value_set: str) -> str:
+    return "https" if value_set in TLS_SETS else "http"
+
+
 # --------------------------------------------------------------------------
 # Lint and Kubernetes schemas
 # --------------------------------------------------------------------------
@@ -282,22 +290,28 @@ def test_writable_paths_are_only_volumes(rendered: Rendered) -> None:
 # --------------------------------------------------------------------------
 
 
-def test_probes_are_native_grpc_on_the_service_port(rendered: Rendered) -> None:
+def test_probes_are_native_grpc_on_the_service_port(rendered: Rendered, value_set: str) -> None:
     for svc in SERVICES:
         c = container(rendered.get("Deployment", name_of(svc)))
         assert c["command"] == [f"/usr/local/bin/sharedcare-{svc}"]
         assert c["ports"] == [{"name": "grpc", "containerPort": PORTS[svc], "protocol": "TCP"}]
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert set(c[probe]) - {"periodSeconds", "failureThreshold", "timeoutSeconds"} == {"grpc"}, probe
-            assert c[probe]["grpc"] == {"port": PORTS[svc], "service": health_name(svc)}, (svc, probe)
+            action = set(c[probe]) - {"periodSeconds", "failureThreshold", "timeoutSeconds"}
+            if value_set in TLS_SETS:
+                # The kubelet's gRPC probe cannot do TLS: a TCP probe instead.
+                assert action == {"tcpSocket"}, probe
+                assert c[probe]["tcpSocket"] == {"port": PORTS[svc]}, (svc, probe)
+            else:
+                assert action == {"grpc"}, probe
+                assert c[probe]["grpc"] == {"port": PORTS[svc], "service": health_name(svc)}, (svc, probe)
 
 
-def test_services_expose_grpc_with_h2c(rendered: Rendered) -> None:
+def test_services_expose_grpc_with_h2c(rendered: Rendered, value_set: str) -> None:
     for svc in SERVICES:
         service = rendered.get("Service", name_of(svc))
         [port] = service["spec"]["ports"]
         assert port["port"] == PORTS[svc] and port["targetPort"] == "grpc"
-        assert port["appProtocol"] == "kubernetes.io/h2c"
+        assert port["appProtocol"] == ("https" if value_set in TLS_SETS else "kubernetes.io/h2c")
 
 
 def test_kind_values_use_fixed_node_ports() -> None:
@@ -318,7 +332,8 @@ def test_image_defaults_to_app_version_and_can_be_pinned(chart: helm.Chart) -> N
     assert container(pinned.get("Deployment", name_of("records")))["image"] == f"ghcr.io/sharedcare/sharedcare@{digest}"
 
 
-def test_config_file_is_rendered_mounted_and_named(rendered: Rendered) -> None:
+def test_config_file_is_rendered_mounted_and_named(rendered: Rendered, value_set: str) -> None:
+    scheme = scheme_of(value_set)
     for svc in SERVICES:
         deployment = rendered.get("Deployment", name_of(svc))
         c = container(deployment)
@@ -330,10 +345,10 @@ def test_config_file_is_rendered_mounted_and_named(rendered: Rendered) -> None:
         cfg = config_toml(rendered, svc)
         assert cfg["server"]["listen"] == f"0.0.0.0:{PORTS[svc]}"
         assert cfg["database"]["data_dir"] == "/var/lib/sharedcare"
-        assert cfg["auth"]["identity_url"] == f"http://{name_of('identity')}:{PORTS['identity']}"
+        assert cfg["auth"]["identity_url"] == f"{scheme}://{name_of('identity')}:{PORTS['identity']}"
     records = config_toml(rendered, "records")
-    assert records["records"]["consent_url"] == f"http://{name_of('consent')}:{PORTS['consent']}"
-    assert records["records"]["audit_url"] == f"http://{name_of('audit')}:{PORTS['audit']}"
+    assert records["records"]["consent_url"] == f"{scheme}://{name_of('consent')}:{PORTS['consent']}"
+    assert records["records"]["audit_url"] == f"{scheme}://{name_of('audit')}:{PORTS['audit']}"
     assert records["auth"]["client_id"] == "records"
     assert records["auth"]["client_secret"] == {"file": "/etc/sharedcare/auth/records-client-secret"}
     assert records["records"]["key_encryption_key"] == {"file": "/etc/sharedcare/auth/key-encryption-key"}
@@ -772,7 +787,8 @@ def test_migration_jobs_use_only_what_exists_before_install() -> None:
                 # The same config as the service.
                 assert hook_cm["data"] == r.get("ConfigMap", name_of(svc))["data"]
             elif "secret" in volume:
-                assert volume["secret"]["secretName"] in {"sharedcare-database", "sharedcare-auth"}
+                # Existing Secrets only: the database, auth and TLS ones.
+                assert volume["secret"]["secretName"] in {"sharedcare-database", "sharedcare-auth", f"sharedcare-{svc}-tls"}
                 assert ("Secret", volume["secret"]["secretName"]) not in release_made
             else:
                 assert set(volume) == {"name", "emptyDir"}, volume
@@ -1015,3 +1031,81 @@ def test_notes_tell_how_to_reach_the_services(rendered: Rendered, value_set: str
     else:
         assert f"get secret {FULLNAME}-auth -o jsonpath='{{.data.admin-client-secret}}'" in notes
         assert "WARNING" in notes
+
+
+# --------------------------------------------------------------------------
+# TLS
+# --------------------------------------------------------------------------
+
+TLS_ON = {"tls": {"enabled": True}}
+TLS_DIR = "/etc/sharedcare/tls"
+
+
+def test_tls_is_off_by_default_and_on_in_production() -> None:
+    for svc in SERVICES:
+        assert "tls" not in config_toml(_render_set("default"), svc)
+        assert config_toml(_render_set("production"), svc)["tls"]["enabled"] is True
+
+
+def test_tls_sets_the_config_keys_and_mounts_each_services_secret(chart: helm.Chart) -> None:
+    r = render_with(chart, TLS_ON)
+    for svc in SERVICES:
+        assert config_toml(r, svc)["tls"] == {
+            "enabled": True,
+            "cert_file": f"{TLS_DIR}/tls.crt",
+            "key_file": f"{TLS_DIR}/tls.key",
+            "ca_file": f"{TLS_DIR}/ca.crt",
+            "client_auth": "required",
+            "reload_interval_ms": 10000,
+        }
+        spec = r.get("Deployment", name_of(svc))["spec"]["template"]["spec"]
+        [volume] = [v for v in spec["volumes"] if v["name"] == "tls"]
+        # cert-manager's kubernetes.io/tls layout, readable by the group only.
+        assert volume["secret"]["secretName"] == f"{FULLNAME}-{svc}-tls"
+        assert {i["key"] for i in volume["secret"]["items"]} == {"tls.crt", "tls.key", "ca.crt"}
+        assert volume["secret"]["defaultMode"] == 0o440
+        [mount] = [m for m in container(r.get("Deployment", name_of(svc)))["volumeMounts"] if m["name"] == "tls"]
+        # No subPath: a renewed Secret reaches the running pod.
+        assert mount == {"name": "tls", "mountPath": TLS_DIR, "readOnly": True}
+
+
+def test_tls_switches_every_service_url_to_https(chart: helm.Chart) -> None:
+    r = render_with(chart, TLS_ON)
+    for svc in SERVICES:
+        assert config_toml(r, svc)["auth"]["identity_url"] == f"https://{name_of('identity')}:{PORTS['identity']}"
+    records = config_toml(r, "records")
+    assert records["records"]["consent_url"] == f"https://{name_of('consent')}:{PORTS['consent']}"
+    assert records["records"]["audit_url"] == f"https://{name_of('audit')}:{PORTS['audit']}"
+
+
+def test_production_takes_tls_from_named_secrets() -> None:
+    r = _render_set("production")
+    for svc in SERVICES:
+        spec = r.get("Deployment", name_of(svc))["spec"]["template"]["spec"]
+        [volume] = [v for v in spec["volumes"] if v["name"] == "tls"]
+        assert volume["secret"]["secretName"] == f"sharedcare-{svc}-tls"
+    # The migration Jobs validate the same config, so they mount it too.
+    for job in r.kind("Job"):
+        assert any(v["name"] == "tls" for v in job["spec"]["template"]["spec"]["volumes"]), job["metadata"]["name"]
+
+
+def test_helm_test_checks_health_over_mutual_tls(chart: helm.Chart) -> None:
+    r = render_with(chart, merged(TLS_ON, {"tls": {"testSecret": "probe-tls", "clientAuth": "optional"}}))
+    [pod] = r.kind("Pod")
+    assert pod["spec"]["securityContext"]["fsGroup"] == 65532
+    [volume] = pod["spec"]["volumes"]
+    assert volume["secret"]["secretName"] == "probe-tls"
+    for c in pod["spec"]["containers"]:
+        svc = c["name"]
+        assert "-tls" in c["args"]
+        assert f"-tls-ca-cert={TLS_DIR}/ca.crt" in c["args"]
+        assert f"-tls-client-cert={TLS_DIR}/tls.crt" in c["args"]
+        assert f"-tls-client-key={TLS_DIR}/tls.key" in c["args"]
+        assert f"-tls-server-name={name_of(svc)}" in c["args"]
+        assert c["volumeMounts"] == [{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}]
+    assert config_toml(r, "records")["tls"]["client_auth"] == "optional"
+
+
+def test_tls_values_are_checked_by_the_schema(chart: helm.Chart) -> None:
+    assert "clientAuth" in render_error(chart, {"tls": {"enabled": True, "clientAuth": "sometimes"}})
+    assert "reloadIntervalMs" in render_error(chart, {"tls": {"reloadIntervalMs": 5}})

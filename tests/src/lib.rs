@@ -6,9 +6,9 @@ use std::collections::HashMap;
 
 use sharedcare_kit::{
     config::ServerConfig,
-    testing::{TestDatabase, TestServer, reserve_port, spawn_on},
+    testing::{TestDatabase, TestServer, reserve_port, spawn_on, with_token},
+    tls::test_pki::TestPki,
 };
-use sharedcare_kit::testing::with_token;
 use sharedcare_proto::{
     common::v1::{PrincipalKind, Purpose},
     identity::v1::{
@@ -37,6 +37,8 @@ pub struct Platform {
     pub records_db_url: String,
     /// consent's database URL, likewise.
     pub consent_db_url: String,
+    /// The CA and the services' certificates when started with TLS.
+    pub pki: Option<TestPki>,
     data_dir: tempfile::TempDir,
     backend: Backend,
 }
@@ -45,6 +47,19 @@ impl Platform {
     /// Starts identity, audit, consent, then records, each on a port reserved
     /// up front so each knows the others' URLs.
     pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, None).await
+    }
+
+    /// The same over mutual TLS: a fresh CA, a certificate per service
+    /// (`<service>.crt`/`.key` in `pki.dir()`, checked for a change every
+    /// 100 ms), https:// URLs between them. Each `TestServer.channel`
+    /// presents that service's certificate.
+    pub async fn start_tls(backend: Backend) -> Self {
+        Self::start_with(backend, Some(TestPki::new())).await
+    }
+
+    async fn start_with(backend: Backend, pki: Option<TestPki>) -> Self {
+        let tls_env = |service: &str| pki.as_ref().map(|p| p.env(service)).unwrap_or_default();
         let data_dir = tempfile::tempdir().expect("temp dir");
         let bootstrap = data_dir.path().join("bootstrap.toml");
         std::fs::write(
@@ -118,12 +133,14 @@ role = "service"
             reserve_port().await,
             reserve_port().await,
         ];
+        let scheme = if pki.is_some() { "https" } else { "http" };
         let [identity_url, consent_url, audit_url] = [&listeners[0], &listeners[1], &listeners[2]]
-            .map(|l| format!("http://{}", l.local_addr().expect("local addr")));
+            .map(|l| format!("{scheme}://{}", l.local_addr().expect("local addr")));
         let [identity_port, consent_port, audit_port, records_port] = listeners;
         let server = ServerConfig::loopback;
 
         let mut env = base.clone();
+        env.extend(tls_env("identity"));
         env.extend([
             (
                 "SHAREDCARE_IDENTITY__BOOTSTRAP_FILE".to_owned(),
@@ -145,8 +162,10 @@ role = "service"
         )
         .await;
 
+        let mut base = base.clone();
+        base.insert("SHAREDCARE_AUTH__IDENTITY_URL".into(), identity_url);
         let mut env = base.clone();
-        env.insert("SHAREDCARE_AUTH__IDENTITY_URL".into(), identity_url);
+        env.extend(tls_env("audit"));
         let cfg = sharedcare_audit::config::AuditConfig::load(&env).expect("audit config");
         let audit = spawn_on(
             sharedcare_audit::open(&cfg).await.expect("audit opens"),
@@ -154,8 +173,10 @@ role = "service"
             audit_port,
         )
         .await;
-        let mut consent_env = env.clone();
-        consent_env.extend([
+
+        let mut env = base.clone();
+        env.extend(tls_env("consent"));
+        env.extend([
             ("SHAREDCARE_AUTH__CLIENT_ID".to_owned(), "consent".to_owned()),
             (
                 "SHAREDCARE_AUTH__CLIENT_SECRET__VALUE".to_owned(),
@@ -163,8 +184,7 @@ role = "service"
             ),
             ("SHAREDCARE_CONSENT__AUDIT_URL".to_owned(), audit_url.clone()),
         ]);
-        let cfg =
-            sharedcare_consent::config::ConsentConfig::load(&consent_env).expect("consent config");
+        let cfg = sharedcare_consent::config::ConsentConfig::load(&env).expect("consent config");
         let consent = spawn_on(
             sharedcare_consent::open(&cfg).await.expect("consent opens"),
             server(),
@@ -172,6 +192,8 @@ role = "service"
         )
         .await;
 
+        let mut env = base;
+        env.extend(tls_env("records"));
         env.extend([
             (
                 "SHAREDCARE_AUTH__CLIENT_ID".to_owned(),
@@ -207,6 +229,7 @@ role = "service"
             records,
             records_db_url,
             consent_db_url,
+            pki,
             data_dir,
             backend,
         }

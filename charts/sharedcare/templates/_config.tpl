@@ -77,4 +77,16 @@ outbox_retry_ms = {{ $cfg.outboxRetryMs | int64 }}
 file = {{ printf "%s/key-encryption-key" $authDir | toJson }}
 {{- end }}
 {{- end }}
+{{- if $root.Values.tls.enabled }}
+
+# Mutual TLS: the files are the service's TLS Secret, checked for a change
+# every reload_interval_ms (cert-manager renewals need no restart).
+[tls]
+enabled = true
+cert_file = {{ printf "%s/tls.crt" $root.Values.tls.mountPath | toJson }}
+key_file = {{ printf "%s/tls.key" $root.Values.tls.mountPath | toJson }}
+ca_file = {{ printf "%s/ca.crt" $root.Values.tls.mountPath | toJson }}
+client_auth = {{ $root.Values.tls.clientAuth | toJson }}
+reload_interval_ms = {{ $root.Values.tls.reloadIntervalMs | int64 }}
+{{- end }}
 {{ end -}}

@@ -135,10 +135,14 @@ Call with (dict "root" $ "svc" "identity") and read with fromYaml.
 {{- printf "sharedcare.%s.v1.%sService" . (title .) -}}
 {{- end -}}
 
-{{/* A service's in-cluster URL. Call with (dict "root" $ "svc" "identity"). */}}
+{{/*
+A service's in-cluster URL: https:// with tls.enabled, else http://.
+Call with (dict "root" $ "svc" "identity").
+*/}}
 {{- define "sharedcare.serviceUrl" -}}
 {{- $port := get (get .root.Values.services .svc) "port" | int -}}
-{{- printf "http://%s:%d" (include "sharedcare.componentName" .) $port -}}
+{{- $scheme := ternary "https" "http" (.root.Values.tls.enabled | default false) -}}
+{{- printf "%s://%s:%d" $scheme (include "sharedcare.componentName" .) $port -}}
 {{- end -}}
 
 {{/* identity's URL as the other services see it. */}}
@@ -168,6 +172,15 @@ Call with (dict "root" $ "svc" "identity") and read with fromYaml.
 {{- define "sharedcare.configDir" -}}/etc/sharedcare/config{{- end -}}
 {{- define "sharedcare.authDir" -}}/etc/sharedcare/auth{{- end -}}
 {{- define "sharedcare.databaseDir" -}}/etc/sharedcare/database{{- end -}}
+
+{{/*
+The Secret holding a service's certificate, key and CA (kubernetes.io/tls
+layout: tls.crt, tls.key, ca.crt). Call with (dict "root" $ "svc" "identity").
+*/}}
+{{- define "sharedcare.tlsSecretName" -}}
+{{- $given := get (.root.Values.tls.existingSecrets | default dict) .svc | default "" -}}
+{{- $given | default (include "sharedcare.resourceName" (dict "root" .root "suffix" (printf "%s-tls" .svc))) -}}
+{{- end -}}
 
 {{/*
 The Secret keys each service mounts from the auth Secret (dict key -> file).

@@ -49,6 +49,11 @@ true
   mountPath: {{ include "sharedcare.authDir" .root }}
   readOnly: true
 {{- end }}
+{{- if .root.Values.tls.enabled }}
+- name: tls
+  mountPath: {{ .root.Values.tls.mountPath }}
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{- define "sharedcare.podVolumes" -}}
@@ -91,6 +96,43 @@ true
         path: {{ $path }}
       {{- end }}
 {{- end }}
+{{- if $root.Values.tls.enabled }}
+# The service's certificate, key and CA: an existing Secret in the
+# kubernetes.io/tls layout (e.g. a cert-manager Certificate's secretName).
+# Mounted without subPath so that a renewal reaches the running pod.
+- name: tls
+  secret:
+    secretName: {{ include "sharedcare.tlsSecretName" (dict "root" $root "svc" $cfg.name) }}
+    # 0440: readable by the pod's group (fsGroup) only.
+    defaultMode: 288
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- end -}}
+
+{{/*
+What a probe does. Plaintext: the kubelet's native gRPC probe asks the
+service's health name. With TLS the kubelet cannot (its gRPC probe speaks no
+TLS, let alone presents a client certificate), so the probe is a TCP
+connect to the gRPC port: it shows the server is up and accepting, not that
+it reports SERVING. A terminating pod leaves the Service's endpoints
+anyway, so the drain still works; `helm test` checks health over mTLS.
+Call with (dict "root" $ "port" <int> "health" <health name>).
+*/}}
+{{- define "sharedcare.probeAction" -}}
+{{- if .root.Values.tls.enabled -}}
+tcpSocket:
+  port: {{ .port }}
+{{- else -}}
+grpc:
+  port: {{ .port }}
+  service: {{ .health }}
+{{- end -}}
 {{- end -}}
 
 {{/* Scheduling and pod-level settings shared by Deployment and Job pods. */}}

@@ -5,6 +5,7 @@ use sharedcare_kit::config::{
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, ServerConfig,
     TelemetryConfig, Validate,
 };
+use sharedcare_kit::tls::TlsConfig;
 
 use crate::SERVICE_NAME;
 
@@ -17,6 +18,10 @@ pub struct AuditConfig {
     pub telemetry: TelemetryConfig,
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
+    /// TLS on this service's port and its outgoing calls (`kit::tls`);
+    /// off unless `tls.enabled`.
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 impl Validate for AuditConfig {
@@ -24,7 +29,10 @@ impl Validate for AuditConfig {
         self.server.validate()?;
         self.telemetry.validate()?;
         self.database.validate(SERVICE_NAME)?;
-        self.auth.validate()
+        self.auth.validate()?;
+        self.tls.validate()?;
+        self.tls
+            .check_url("auth.identity_url", &self.auth.identity_url)
     }
 }
 

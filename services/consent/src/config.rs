@@ -5,6 +5,7 @@ use sharedcare_kit::config::{
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, ServerConfig,
     TelemetryConfig, Validate,
 };
+use sharedcare_kit::tls::TlsConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ConsentConfig {
@@ -15,6 +16,10 @@ pub struct ConsentConfig {
     /// asks identity about organisations as itself.
     pub auth: AuthConfig,
     pub consent: ConsentSettings,
+    /// TLS on this service's port and its outgoing calls (`kit::tls`);
+    /// off unless `tls.enabled`.
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,7 +86,10 @@ impl Validate for ConsentConfig {
                 "consent audits its changes as itself: set its client secret",
             ));
         }
-        Ok(())
+        self.tls.validate()?;
+        self.tls
+            .check_url("auth.identity_url", &self.auth.identity_url)?;
+        self.tls.check_url("consent.audit_url", &self.consent.audit_url)
     }
 }
 

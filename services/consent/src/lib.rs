@@ -20,7 +20,7 @@ use std::{sync::Arc, time::Duration};
 use sharedcare_kit::{
     Error,
     auth::Verifier,
-    client::{ServiceTokens, TokenSource, lazy_channel},
+    client::{ServiceTokens, TokenSource},
     config::Secret,
     peers::{AuditSink, BoxFuture, GrpcAudit},
     server::{MessageLimits, ServiceSpec},
@@ -105,7 +105,9 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
         .map_err(|e| Error::invalid("database.url", e.to_string()))?;
     let store =
         Arc::new(store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?);
-    let identity = lazy_channel(&cfg.auth.identity_url)?;
+    let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
+    let channel = |url: &str| sharedcare_kit::tls::channel(url, tls.as_ref());
+    let identity = channel(&cfg.auth.identity_url)?;
     let secret = cfg
         .auth
         .client_secret
@@ -119,17 +121,18 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
     ));
     let timeout = Duration::from_millis(cfg.consent.call_timeout_ms);
     let audit = Arc::new(GrpcAudit::new(
-        lazy_channel(&cfg.consent.audit_url)?,
+        channel(&cfg.consent.audit_url)?,
         tokens.clone(),
         timeout,
     ));
     let organisations = Arc::new(IdentityOrganisations::new(identity, tokens, timeout));
-    let verifier = sharedcare_kit::auth::remote_verifier(&cfg.auth)?;
+    let verifier = sharedcare_kit::tls::remote_verifier(&cfg.auth, tls.as_ref())?;
     Ok(spec(
         store,
         audit,
         organisations,
         verifier,
         MessageLimits::from(&cfg.server),
-    ))
+    )
+    .with_tls(tls))
 }

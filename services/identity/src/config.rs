@@ -8,6 +8,7 @@ use sharedcare_kit::config::{
     ServerConfig, TelemetryConfig, Validate,
 };
 use sharedcare_kit::crypto::decode_key;
+use sharedcare_kit::tls::TlsConfig;
 
 use crate::domain::RoleMap;
 
@@ -29,6 +30,10 @@ pub struct IdentityConfig {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub identity: IdentitySettings,
+    /// TLS on this service's port and its outgoing calls (`kit::tls`);
+    /// off unless `tls.enabled`.
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,6 +108,7 @@ impl Validate for IdentityConfig {
         self.telemetry.validate()?;
         self.database.validate(crate::SERVICE_NAME)?;
         self.auth.validate()?;
+        self.tls.validate()?;
         if !(60..=86_400).contains(&self.identity.token_ttl_secs) {
             return Err(ConfigError::invalid(
                 "identity.token_ttl_secs",

@@ -20,7 +20,6 @@ use std::{sync::Arc, time::Duration};
 use sharedcare_kit::{
     Error,
     auth::Verifier,
-    client::lazy_channel,
     crypto::{BlindIndex, Kek, Keyring},
     keys::{SigningKey, StaticKeySource},
     peers::{AuditSink, ConsentGate, GrpcAudit, GrpcConsent},
@@ -48,9 +47,11 @@ impl Peers {
         consent_url: &str,
         audit_url: &str,
         tokens: Arc<TokenIssuer>,
+        tls: Option<&sharedcare_kit::tls::Tls>,
         timeout: Duration,
     ) -> Result<Self, Error> {
         let own = Arc::new(SelfTokens::new(tokens));
+        let lazy_channel = |url: &str| sharedcare_kit::tls::channel(url, tls);
         Ok(Peers {
             consent: Arc::new(GrpcConsent::new(
                 lazy_channel(consent_url).map_err(|e| e.context("identity.consent_url"))?,
@@ -109,6 +110,7 @@ pub async fn open(cfg: &config::IdentityConfig) -> Result<ServiceSpec, Error> {
         &cfg.auth.audience,
         cfg.identity.token_ttl_secs,
     ));
+    let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
     let roles = cfg
         .identity
         .role_map()
@@ -117,6 +119,7 @@ pub async fn open(cfg: &config::IdentityConfig) -> Result<ServiceSpec, Error> {
         &cfg.identity.consent_url,
         &cfg.identity.audit_url,
         tokens.clone(),
+        tls.as_ref(),
         Duration::from_millis(cfg.identity.call_timeout_ms),
     )?;
     Ok(spec(
@@ -125,7 +128,8 @@ pub async fn open(cfg: &config::IdentityConfig) -> Result<ServiceSpec, Error> {
         roles,
         peers,
         MessageLimits::from(&cfg.server),
-    ))
+    )
+    .with_tls(tls))
 }
 
 /// The keys that protect patients at rest: configured, or kept in the data dir.

@@ -1,6 +1,6 @@
 //! The sharedcare service kit: what all four services share, so none of them
 //! copies it. Config, telemetry, the auth layer, server bootstrap, errors,
-//! outgoing clients, database connections and test spawning.
+//! outgoing clients, TLS, database connections and test spawning.
 
 pub mod access;
 pub mod auth;
@@ -18,5 +18,6 @@ pub mod server;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 
 pub use error::{Error, Result};

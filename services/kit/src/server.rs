@@ -29,6 +29,8 @@ pub struct ServiceSpec {
     pub verifier: Arc<Verifier>,
     /// Who may call each RPC.
     pub access: &'static AccessTable,
+    /// Serve TLS only (mutual, see `kit::tls`); `None` is plaintext.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl ServiceSpec {
@@ -58,7 +60,14 @@ impl ServiceSpec {
             routes: Routes::new(server),
             verifier,
             access,
+            tls: None,
         }
+    }
+
+    /// Serves over `tls` when given (from `Tls::from_config`).
+    pub fn with_tls(mut self, tls: Option<crate::tls::Tls>) -> Self {
+        self.tls = tls;
+        self
     }
 }
 
@@ -119,18 +128,28 @@ pub async fn serve(
         tracing::info!(service = name, "draining in-flight requests");
     };
 
-    tracing::info!(service = name, %addr, "serving gRPC");
-    Server::builder()
+    tracing::info!(service = name, %addr, tls = spec.tls.is_some(), "serving gRPC");
+    let router = Server::builder()
         .timeout(Duration::from_millis(cfg.request_timeout_ms))
         .trace_fn(crate::telemetry::request_span)
         .layer(layers)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            on_shutdown,
-        )
-        .await
-        .map_err(|e| Error::internal("serving gRPC", e))
+        .add_routes(routes);
+    match &spec.tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(tls.incoming(listener), on_shutdown)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    on_shutdown,
+                )
+                .await
+        }
+    }
+    .map_err(|e| Error::internal("serving gRPC", e))
 }
 
 /// Limits on a service's generated server: every service applies these.

@@ -1,6 +1,7 @@
 //! Test spawning: start any service on `127.0.0.1:0`, wait until its health
 //! service says SERVING (polling, never a blind sleep), and hand back a
-//! connected channel. Also a token authority for tests that run a service
+//! connected channel (over mutual TLS, presenting the service's own
+//! certificate, when the service serves TLS). Also a token authority for tests that run a service
 //! without identity.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -21,13 +22,16 @@ use crate::{
 pub struct TestServer {
     pub addr: SocketAddr,
     pub channel: Channel,
+    /// Whether it serves TLS (its URL is then https://).
+    pub tls: bool,
     stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
     handle: tokio::sync::Mutex<Option<JoinHandle<Result<(), Error>>>>,
 }
 
 impl TestServer {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Asks the server to shut down and waits until it has drained.
@@ -80,21 +84,28 @@ pub async fn reserve_port() -> TcpListener {
 pub async fn spawn_on(spec: ServiceSpec, cfg: ServerConfig, listener: TcpListener) -> TestServer {
     let addr = listener.local_addr().expect("local addr");
     let (stop, stopped) = oneshot::channel::<()>();
+    let client = spec.tls.clone();
     let handle = tokio::spawn(async move {
         serve(spec, &cfg, listener, async {
             let _ = stopped.await;
         })
         .await
     });
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("loopback url")
-        .connect_lazy();
+    let channel = match &client {
+        Some(tls) => tls
+            .channel(&format!("https://{addr}"))
+            .expect("loopback url"),
+        None => Endpoint::from_shared(format!("http://{addr}"))
+            .expect("loopback url")
+            .connect_lazy(),
+    };
     crate::client::wait_until_serving(channel.clone())
         .await
         .expect("service became healthy");
     TestServer {
         addr,
         channel,
+        tls: client.is_some(),
         stop: std::sync::Mutex::new(Some(stop)),
         handle: tokio::sync::Mutex::new(Some(handle)),
     }

@@ -7,6 +7,7 @@ use sharedcare_kit::config::{
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, SecretSource,
     ServerConfig, TelemetryConfig, Validate,
 };
+use sharedcare_kit::tls::TlsConfig;
 
 use crate::domain::{ClassificationMap, MapError};
 
@@ -18,6 +19,10 @@ pub struct RecordsConfig {
     /// Needs `client_id` and `client_secret`: records calls consent and audit.
     pub auth: AuthConfig,
     pub records: RecordsSettings,
+    /// TLS on this service's port and its outgoing calls (`kit::tls`);
+    /// off unless `tls.enabled`.
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,6 +110,14 @@ impl Validate for RecordsConfig {
         }
         check_url("records.consent_url", &self.records.consent_url)?;
         check_url("records.audit_url", &self.records.audit_url)?;
+        self.tls.validate()?;
+        for (key, url) in [
+            ("auth.identity_url", &self.auth.identity_url),
+            ("records.consent_url", &self.records.consent_url),
+            ("records.audit_url", &self.records.audit_url),
+        ] {
+            self.tls.check_url(key, url)?;
+        }
         if self.records.max_resource_bytes == 0
             || self.records.max_resource_bytes >= self.server.max_message_bytes
         {
@@ -172,6 +185,38 @@ mod tests {
     fn client_credentials_are_required() {
         let err = RecordsConfig::load(&HashMap::new()).expect_err("no client id");
         assert!(err.to_string().contains("auth.client_id"), "{err}");
+    }
+
+    #[test]
+    fn tls_keys_are_checked_by_name() {
+        let creds = [
+            ("SHAREDCARE_AUTH__CLIENT_ID", "records"),
+            ("SHAREDCARE_AUTH__CLIENT_SECRET__VALUE", "s3cret"),
+        ];
+        let mut pairs = creds.to_vec();
+        pairs.push(("SHAREDCARE_TLS__ENABLED", "true"));
+        let err = RecordsConfig::load(&env(&pairs)).expect_err("no certificate");
+        assert!(err.to_string().contains("tls.cert_file"), "{err}");
+
+        // The files are good but the URLs are still http://.
+        let dir = tempfile::tempdir().expect("dir");
+        let pki = sharedcare_kit::tls::test_pki::TestPki::new();
+        let tls = pki.env("records");
+        let mut pairs = creds.to_vec();
+        pairs.extend(tls.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let data_dir = dir.path().display().to_string();
+        pairs.push(("SHAREDCARE_DATABASE__DATA_DIR", &data_dir));
+        let err = RecordsConfig::load(&env(&pairs)).expect_err("plaintext URL");
+        assert!(err.to_string().contains("auth.identity_url"), "{err}");
+        pairs.extend([
+            ("SHAREDCARE_AUTH__IDENTITY_URL", "https://identity:50051"),
+            ("SHAREDCARE_RECORDS__CONSENT_URL", "https://consent:50052"),
+        ]);
+        let err = RecordsConfig::load(&env(&pairs)).expect_err("plaintext audit URL");
+        assert!(err.to_string().contains("records.audit_url"), "{err}");
+        pairs.push(("SHAREDCARE_RECORDS__AUDIT_URL", "https://audit:50054"));
+        let cfg = RecordsConfig::load(&env(&pairs)).expect("valid over TLS");
+        assert!(cfg.tls.enabled);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::{sync::Arc, time::Duration};
 use sharedcare_kit::{
     Error,
     auth::Verifier,
-    client::{TokenSource, lazy_channel},
+    client::TokenSource,
     config::Secret,
     crypto::{Kek, Keyring},
     server::{MessageLimits, ServiceSpec},
@@ -80,7 +80,9 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
     let store = Arc::new(
         store::SqlStore::connect(url.expose(), cfg.database.max_connections, keyring(cfg)?).await?,
     );
-    let identity = lazy_channel(&cfg.auth.identity_url)?;
+    let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
+    let channel = |url: &str| sharedcare_kit::tls::channel(url, tls.as_ref());
+    let identity = channel(&cfg.auth.identity_url)?;
     let secret = cfg
         .auth
         .client_secret
@@ -94,12 +96,12 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
     ));
     let timeout = Duration::from_millis(cfg.records.call_timeout_ms);
     let consent = Arc::new(access::GrpcConsent::new(
-        lazy_channel(&cfg.records.consent_url)?,
+        channel(&cfg.records.consent_url)?,
         tokens.clone(),
         timeout,
     ));
     let audit = Arc::new(access::GrpcAudit::new(
-        lazy_channel(&cfg.records.audit_url)?,
+        channel(&cfg.records.audit_url)?,
         tokens,
         timeout,
     ));
@@ -110,11 +112,12 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
         cfg.records.max_resource_bytes,
     ));
     records.spawn_outbox_relay(Duration::from_millis(cfg.records.outbox_retry_ms));
-    let verifier = sharedcare_kit::auth::remote_verifier(&cfg.auth)?;
+    let verifier = sharedcare_kit::tls::remote_verifier(&cfg.auth, tls.as_ref())?;
     Ok(spec(
         records,
         classification,
         verifier,
         MessageLimits::from(&cfg.server),
-    ))
+    )
+    .with_tls(tls))
 }
