@@ -152,6 +152,13 @@ async fn call(
             .get_patient(with_token(identity::GetPatientRequest { patient_id }, token))
             .await
             .map(drop),
+        ("identity", "ResolvePatient") => identity_client
+            .resolve_patient(with_token(
+                identity::ResolvePatientRequest { patient_id },
+                token,
+            ))
+            .await
+            .map(drop),
         ("identity", "TracePatient") => identity_client
             .trace_patient(with_token(
                 identity::TracePatientRequest {

@@ -8,7 +8,7 @@
 use sharedcare_kit::testing::{TestAuthority, TestDatabase, with_token};
 use sharedcare_proto::{
     audit::v1::{self as audit, Action, Outcome, audit_service_client::AuditServiceClient},
-    common::v1::PrincipalKind,
+    common::v1::{PrincipalKind, RecordCategory},
     consent::v1::{
         self as consent, CareRelationshipKind, consent_service_client::ConsentServiceClient,
     },
@@ -304,6 +304,72 @@ async fn the_chain(backend: Backend) {
         )),
         "{lines:?}"
     );
+
+    // The patient reads their own record, and no one else's.
+    let own = records_client
+        .get_record(with_token(get(&created.record_id), &the_patient))
+        .await
+        .expect("the patient reads their own record")
+        .into_inner()
+        .record
+        .expect("record");
+    assert_eq!(own.resource_json, created.resource_json);
+
+    // The category comes from the content: an HIV diagnosis sent as
+    // "general" is stored as sexual health...
+    let hiv = serde_json::json!({
+        "resourceType": "Condition",
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "86406008", "display": "Human immunodeficiency virus infection"}]},
+        "subject": {"reference": format!("Patient/{patient_id}")}
+    });
+    let condition = records_client
+        .create_record(with_token(
+            records::CreateRecordRequest {
+                patient_id: patient_id.clone(),
+                resource_json: hiv.to_string(),
+                category: RecordCategory::General as i32,
+                purpose: 0,
+            },
+            &ours.clinician,
+        ))
+        .await
+        .expect("condition created")
+        .into_inner()
+        .record
+        .expect("record");
+    assert_eq!(condition.category, RecordCategory::SexualHealth as i32);
+    // ...so the patient's objection to sharing sexual health with our
+    // practice applies to it, and not to the heart rate.
+    consent_client
+        .record_directive(with_token(
+            consent::RecordDirectiveRequest {
+                directive: Some(consent::Directive {
+                    patient_id: patient_id.clone(),
+                    effect: consent::Effect::Deny as i32,
+                    organisation_ods_code: "A81001".into(),
+                    categories: vec![RecordCategory::SexualHealth as i32],
+                    ..Default::default()
+                }),
+            },
+            &the_patient,
+        ))
+        .await
+        .expect("the patient objects");
+    let status = records_client
+        .get_record(with_token(get(&condition.record_id), &ours.clinician))
+        .await
+        .expect_err("the patient objected");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status.message().contains("PATIENT_DIRECTIVE_DENY"),
+        "{}",
+        status.message()
+    );
+    records_client
+        .get_record(with_token(get(&created.record_id), &ours.clinician))
+        .await
+        .expect("the heart rate is still shared");
 
     // Fail closed: with audit down a read is not served...
     p.audit.shutdown().await;

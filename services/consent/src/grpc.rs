@@ -30,7 +30,7 @@ use crate::{
 pub struct ConsentGrpc {
     pub store: Arc<dyn ConsentStore>,
     pub audit: Arc<dyn AuditSink>,
-    pub organisations: Arc<dyn crate::Organisations>,
+    pub directory: Arc<dyn crate::Directory>,
 }
 
 /// What a consent change or read says in the audit trail.
@@ -504,6 +504,9 @@ impl ConsentService for ConsentGrpc {
             .await;
             return Err(err.into());
         }
+        if !self.directory.patient_exists(&patient_id).await? {
+            return Err(Error::not_found("patient_id: no patient with this id").into());
+        }
         let relationship = CareRelationship {
             id: new_id(),
             patient_id,
@@ -559,7 +562,7 @@ impl ConsentService for ConsentGrpc {
         }
         self.check_patient(&grant, &patient_id, "CareRelationship", Action::Create)
             .await?;
-        if !self.organisations.exists(&organisation).await? {
+        if !self.directory.organisation_exists(&organisation).await? {
             return Err(Error::not_found(format!(
                 "organisation_ods_code: no organisation {organisation}"
             ))

@@ -27,38 +27,55 @@ use sharedcare_kit::{
 };
 use sharedcare_proto::{
     consent::v1::consent_service_server::ConsentServiceServer,
-    identity::v1::{GetOrganisationRequest, identity_service_client::IdentityServiceClient},
+    identity::v1::{
+        GetOrganisationRequest, ResolvePatientRequest, identity_service_client::IdentityServiceClient,
+    },
 };
 use tonic::transport::Channel;
 
-use crate::domain::OdsCode;
+use crate::domain::{OdsCode, PatientId};
 
 pub const SERVICE_NAME: &str = "consent";
 
-/// Which organisations exist (identity knows): a referral must name one.
-pub trait Organisations: Send + Sync + 'static {
-    fn exists(&self, code: &OdsCode) -> BoxFuture<'_, bool>;
+/// What identity knows that consent must check: a relationship is recorded
+/// only for a patient in the index, a referral only to an organisation that
+/// exists.
+pub trait Directory: Send + Sync + 'static {
+    fn organisation_exists(&self, code: &OdsCode) -> BoxFuture<'_, bool>;
+    fn patient_exists(&self, patient: &PatientId) -> BoxFuture<'_, bool>;
 }
 
-/// identity's GetOrganisation, as this service.
-pub struct IdentityOrganisations {
+/// identity over gRPC, as this service.
+pub struct IdentityDirectory {
     client: IdentityServiceClient<Channel>,
     tokens: Arc<dyn ServiceTokens>,
     timeout: Duration,
 }
 
-impl IdentityOrganisations {
+impl IdentityDirectory {
     pub fn new(channel: Channel, tokens: Arc<dyn ServiceTokens>, timeout: Duration) -> Self {
-        IdentityOrganisations {
+        IdentityDirectory {
             client: IdentityServiceClient::new(channel),
             tokens,
             timeout,
         }
     }
+
+    /// NOT_FOUND is a "no"; anything else means identity could not answer.
+    fn found<T>(result: Result<T, tonic::Status>, what: &str) -> Result<bool, Error> {
+        match result {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+            Err(s) => Err(Error::unavailable(format!(
+                "identity could not be asked whether the {what} exists ({})",
+                s.message()
+            ))),
+        }
+    }
 }
 
-impl Organisations for IdentityOrganisations {
-    fn exists(&self, code: &OdsCode) -> BoxFuture<'_, bool> {
+impl Directory for IdentityDirectory {
+    fn organisation_exists(&self, code: &OdsCode) -> BoxFuture<'_, bool> {
         let message = GetOrganisationRequest {
             ods_code: code.as_str().to_owned(),
         };
@@ -66,14 +83,25 @@ impl Organisations for IdentityOrganisations {
             let request =
                 sharedcare_kit::client::request(message, self.tokens.as_ref(), self.timeout)
                     .await?;
-            match self.client.clone().get_organisation(request).await {
-                Ok(_) => Ok(true),
-                Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
-                Err(s) => Err(Error::unavailable(format!(
-                    "identity could not be asked whether the organisation exists ({})",
-                    s.message()
-                ))),
-            }
+            Self::found(
+                self.client.clone().get_organisation(request).await,
+                "organisation",
+            )
+        })
+    }
+
+    fn patient_exists(&self, patient: &PatientId) -> BoxFuture<'_, bool> {
+        let message = ResolvePatientRequest {
+            patient_id: patient.as_str().to_owned(),
+        };
+        Box::pin(async move {
+            let request =
+                sharedcare_kit::client::request(message, self.tokens.as_ref(), self.timeout)
+                    .await?;
+            Self::found(
+                self.client.clone().resolve_patient(request).await,
+                "patient",
+            )
         })
     }
 }
@@ -83,14 +111,14 @@ impl Organisations for IdentityOrganisations {
 pub fn spec(
     store: Arc<dyn store::ConsentStore>,
     audit: Arc<dyn AuditSink>,
-    organisations: Arc<dyn Organisations>,
+    directory: Arc<dyn Directory>,
     verifier: Arc<Verifier>,
     limits: MessageLimits,
 ) -> ServiceSpec {
     let server = ConsentServiceServer::new(grpc::ConsentGrpc {
         store,
         audit,
-        organisations,
+        directory,
     })
         .max_decoding_message_size(limits.max_bytes)
         .max_encoding_message_size(limits.max_bytes);
@@ -125,12 +153,12 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
         tokens.clone(),
         timeout,
     ));
-    let organisations = Arc::new(IdentityOrganisations::new(identity, tokens, timeout));
+    let directory = Arc::new(IdentityDirectory::new(identity, tokens, timeout));
     let verifier = sharedcare_kit::tls::remote_verifier(&cfg.auth, tls.as_ref())?;
     Ok(spec(
         store,
         audit,
-        organisations,
+        directory,
         verifier,
         MessageLimits::from(&cfg.server),
     )

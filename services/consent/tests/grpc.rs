@@ -7,7 +7,7 @@ use std::sync::{
 
 use prost_types::Timestamp;
 use sharedcare_consent::{
-    Organisations,
+    Directory,
     domain::{OdsCode, PatientId},
     spec,
     store::{ConsentStore, SqlStore},
@@ -48,12 +48,20 @@ impl AuditSink for Recorder {
     }
 }
 
-/// identity's organisations: these exist.
+/// identity, as far as consent asks: these organisations exist, and every
+/// patient but `UNKNOWN_PATIENT`.
 struct Known(&'static [&'static str]);
 
-impl Organisations for Known {
-    fn exists(&self, code: &OdsCode) -> BoxFuture<'_, bool> {
+const UNKNOWN_PATIENT: &str = "0197a1c2-never-registered";
+
+impl Directory for Known {
+    fn organisation_exists(&self, code: &OdsCode) -> BoxFuture<'_, bool> {
         let found = self.0.contains(&code.as_str());
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn patient_exists(&self, patient: &PatientId) -> BoxFuture<'_, bool> {
+        let found = patient.as_str() != UNKNOWN_PATIENT;
         Box::pin(async move { Ok(found) })
     }
 }
@@ -1051,6 +1059,28 @@ async fn a_patient_sees_their_own_relationships_and_no_one_elses() {
         .expect_err("another patient's");
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(status.message().contains("own patient_id"));
+}
+
+#[tokio::test]
+async fn a_relationship_needs_a_patient_identity_knows() {
+    let f = Fixture::start().await;
+    let mut request = relationship_request("A81001");
+    request.patient_id = UNKNOWN_PATIENT.into();
+    let status = f
+        .client()
+        .record_care_relationship(with_token(request, &f.pas("A81001")))
+        .await
+        .expect_err("unknown patient");
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("patient_id"), "{}", status.message());
+    let unknown = PatientId::parse("patient_id", UNKNOWN_PATIENT).expect("valid");
+    assert!(
+        f.store
+            .list_relationships(&unknown)
+            .await
+            .expect("list")
+            .is_empty()
+    );
 }
 
 #[tokio::test]

@@ -346,6 +346,24 @@ impl IdentityService for IdentityGrpc {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(rpc = "ResolvePatient"))]
+    async fn resolve_patient(
+        &self,
+        request: Request<pb::ResolvePatientRequest>,
+    ) -> Result<Response<pb::ResolvePatientResponse>, Status> {
+        grant(&request)?;
+        let id = required_id("patient_id", &request.get_ref().patient_id)?;
+        let patient = self
+            .store
+            .get_patient(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("patient_id: no patient with this id"))?;
+        Ok(Response::new(pb::ResolvePatientResponse {
+            patient_id: patient.id,
+            superseded_by: patient.superseded_by.unwrap_or_default(),
+        }))
+    }
+
     async fn trace_patient(
         &self,
         request: Request<pb::TracePatientRequest>,

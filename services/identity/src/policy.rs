@@ -26,6 +26,12 @@ pub static ACCESS: AccessTable = AccessTable {
             audit: "every read and every denial (READ Patient)",
         },
         Rule {
+            method: "ResolvePatient",
+            callers: &[caller(Service, "patients.read", Patients::Any)],
+            purposes: "—",
+            audit: "— (existence only, to platform services; no personal data)",
+        },
+        Rule {
             method: "TracePatient",
             callers: &[staff_with(
                 "patients.read",
