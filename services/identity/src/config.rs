@@ -77,10 +77,13 @@ impl IdentitySettings {
     }
 }
 
-// The role map's defaults are a starting point to be reviewed with the
-// information governance lead of each deployment, not a national standard:
-// R8000 Clinical Practitioner Access Role, R8001 Nurse Access Role, R8008
-// Admin/Clinical Support Access Role (national RBAC), and two platform roles.
+// The role map names every role staff may hold (a role it does not name is
+// refused at CreatePrincipal) and what each allows. Its defaults are a
+// starting point to be reviewed with the information governance lead of each
+// deployment, not a national standard: R8000 Clinical Practitioner Access
+// Role, R8001 Nurse Access Role, R8003 Health Professional Access Role, R8004
+// Healthcare Student Access Role, R8008 Admin/Clinical Support Access Role
+// (national RBAC), and two platform roles.
 const OWN_DEFAULTS: &str = r#"
 [identity]
 token_ttl_secs = 900
@@ -91,6 +94,8 @@ call_timeout_ms = 5000
 [identity.roles]
 R8000 = ["record_directives", "refer", "break_glass"]
 R8001 = ["record_directives", "refer"]
+R8003 = ["refer"]
+R8004 = []
 R8008 = ["assert_relationships"]
 privacy-officer = ["privacy_officer"]
 platform-auditor = ["platform_auditor"]

@@ -456,7 +456,20 @@ impl IdentityService for IdentityGrpc {
             )?)
         };
         let role = match kind {
-            PrincipalKind::Staff => parse_role("role", &req.role)?,
+            PrincipalKind::Staff => {
+                let role = parse_role("role", &req.role)?;
+                if !self.roles.knows(&role) {
+                    return Err(Error::invalid(
+                        "role",
+                        format!(
+                            "unknown staff role `{role}`: staff may hold only the roles named \
+                             in identity.roles"
+                        ),
+                    )
+                    .into());
+                }
+                role
+            }
             PrincipalKind::Patient if !req.role.trim().is_empty() => {
                 return Err(Error::invalid("role", "must be empty for a patient principal").into());
             }

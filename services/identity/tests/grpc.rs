@@ -121,6 +121,7 @@ fn roles() -> RoleMap {
     let map: BTreeMap<String, Vec<String>> = [
         ("R8000", vec!["record_directives", "refer"]),
         ("R8008", vec!["assert_relationships"]),
+        ("R8004", vec![]),
         ("tracer", vec!["trace_patients"]),
     ]
     .into_iter()
@@ -1031,8 +1032,19 @@ async fn capabilities_come_from_the_role_map_for_staff_only() {
     );
     let clerk = f.verify(&f.staff("A81001", "r8008").await).await;
     assert_eq!(clerk.capabilities, [Capability::AssertRelationships].into());
-    let unknown = f.verify(&f.staff("A81001", "R9999").await).await;
-    assert!(unknown.capabilities.is_empty());
+    let student = f.verify(&f.staff("A81001", "R8004").await).await;
+    assert!(student.capabilities.is_empty(), "a role with no capabilities");
+    // A role the map does not name is not one staff may hold.
+    let status = f
+        .client()
+        .create_principal(with_token(
+            staff_request("A81001", "R9999"),
+            &f.admin().await,
+        ))
+        .await
+        .expect_err("unknown role");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("R9999"), "{}", status.message());
 
     let (app, secret) = f
         .create(pb::CreatePrincipalRequest {

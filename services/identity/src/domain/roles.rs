@@ -46,6 +46,11 @@ impl RoleMap {
         Ok(RoleMap { roles })
     }
 
+    /// Whether the map names `role` (staff may hold only roles it names).
+    pub fn knows(&self, role: &str) -> bool {
+        self.roles.contains_key(&role.trim().to_lowercase())
+    }
+
     /// The capabilities of `role`; none for a role the map does not name.
     pub fn capabilities(&self, role: &str) -> BTreeSet<Capability> {
         self.roles
