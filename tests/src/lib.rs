@@ -150,7 +150,10 @@ role = "service"
                 "SHAREDCARE_IDENTITY__CONSENT_URL".to_owned(),
                 consent_url.clone(),
             ),
-            ("SHAREDCARE_IDENTITY__AUDIT_URL".to_owned(), audit_url.clone()),
+            (
+                "SHAREDCARE_IDENTITY__AUDIT_URL".to_owned(),
+                audit_url.clone(),
+            ),
         ]);
         let cfg = sharedcare_identity::config::IdentityConfig::load(&env).expect("identity config");
         let identity = spawn_on(
@@ -177,12 +180,18 @@ role = "service"
         let mut env = base.clone();
         env.extend(tls_env("consent"));
         env.extend([
-            ("SHAREDCARE_AUTH__CLIENT_ID".to_owned(), "consent".to_owned()),
+            (
+                "SHAREDCARE_AUTH__CLIENT_ID".to_owned(),
+                "consent".to_owned(),
+            ),
             (
                 "SHAREDCARE_AUTH__CLIENT_SECRET__VALUE".to_owned(),
                 CONSENT_SECRET.to_owned(),
             ),
-            ("SHAREDCARE_CONSENT__AUDIT_URL".to_owned(), audit_url.clone()),
+            (
+                "SHAREDCARE_CONSENT__AUDIT_URL".to_owned(),
+                audit_url.clone(),
+            ),
         ]);
         let cfg = sharedcare_consent::config::ConsentConfig::load(&env).expect("consent config");
         let consent = spawn_on(

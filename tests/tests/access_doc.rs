@@ -18,7 +18,10 @@ fn render(doc: &str) -> String {
     let mut out = doc.to_owned();
     for (name, table) in tables() {
         let open = format!("<!-- table:{name} -->\n");
-        let start = out.find(&open).unwrap_or_else(|| panic!("no {open:?} marker")) + open.len();
+        let start = out
+            .find(&open)
+            .unwrap_or_else(|| panic!("no {open:?} marker"))
+            + open.len();
         let end = start
             + out[start..]
                 .find("<!-- /table -->")

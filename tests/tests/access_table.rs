@@ -97,7 +97,10 @@ impl Stored {
                 &self.consent,
                 "SELECT COUNT(end_time) AS n FROM consent_care_relationships",
             ),
-            (&self.consent, "SELECT COUNT(*) AS n FROM consent_directives"),
+            (
+                &self.consent,
+                "SELECT COUNT(*) AS n FROM consent_directives",
+            ),
             (
                 &self.consent,
                 "SELECT COUNT(revoked_at) AS n FROM consent_directives",
@@ -149,7 +152,10 @@ async fn call(
             .await
             .map(drop),
         ("identity", "GetPatient") => identity_client
-            .get_patient(with_token(identity::GetPatientRequest { patient_id }, token))
+            .get_patient(with_token(
+                identity::GetPatientRequest { patient_id },
+                token,
+            ))
             .await
             .map(drop),
         ("identity", "ResolvePatient") => identity_client
@@ -626,7 +632,10 @@ async fn walk_the_table(backend: Backend) {
             p.patient(&admin, &other_patient_id).await,
         ),
         ("clinician (caring)", p.staff(&admin, CARING, "R8000").await),
-        ("clinician (not caring)", p.staff(&admin, "B82002", "R8000").await),
+        (
+            "clinician (not caring)",
+            p.staff(&admin, "B82002", "R8000").await,
+        ),
         ("clerk (caring)", p.staff(&admin, CARING, "R8008").await),
         ("PAS (caring)", pas.clone()),
         ("PAS (not caring)", p.pas(&admin, "B82002").await),
@@ -687,7 +696,10 @@ async fn walk_the_table(backend: Backend) {
                     allowed += 1;
                     if let Err(status) = &result {
                         assert!(
-                            !matches!(status.code(), Code::PermissionDenied | Code::Unauthenticated),
+                            !matches!(
+                                status.code(),
+                                Code::PermissionDenied | Code::Unauthenticated
+                            ),
                             "{cell} should pass the access check: {status:?}"
                         );
                     }

@@ -87,7 +87,11 @@ async fn the_chain(backend: Backend) {
 
     // The NHS number with someone else's details reveals nothing.
     let mut guess = register();
-    guess.demographics.as_mut().expect("demographics").family_name = "Jones".into();
+    guess
+        .demographics
+        .as_mut()
+        .expect("demographics")
+        .family_name = "Jones".into();
     let status = identity
         .register_patient(with_token(guess, &theirs.clinician))
         .await

@@ -89,7 +89,8 @@ impl Validate for ConsentConfig {
         self.tls.validate()?;
         self.tls
             .check_url("auth.identity_url", &self.auth.identity_url)?;
-        self.tls.check_url("consent.audit_url", &self.consent.audit_url)
+        self.tls
+            .check_url("consent.audit_url", &self.consent.audit_url)
     }
 }
 
@@ -114,7 +115,10 @@ mod tests {
         let err = ConsentConfig::load(&HashMap::new()).expect_err("no client id");
         assert!(err.to_string().contains("auth.client_id"), "{err}");
         let env = HashMap::from([
-            ("SHAREDCARE_AUTH__CLIENT_ID".to_owned(), "consent".to_owned()),
+            (
+                "SHAREDCARE_AUTH__CLIENT_ID".to_owned(),
+                "consent".to_owned(),
+            ),
             (
                 "SHAREDCARE_AUTH__CLIENT_SECRET__VALUE".to_owned(),
                 "s3cret".to_owned(),

@@ -428,7 +428,9 @@ impl ConsentGrpc {
         change: Change<'_>,
         apply: impl std::future::Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
-        self.audit.append(change.event(AuditOutcome::Success)).await?;
+        self.audit
+            .append(change.event(AuditOutcome::Success))
+            .await?;
         match apply.await {
             Ok(done) => Ok(done),
             Err(err) => {
@@ -526,10 +528,7 @@ impl ConsentService for ConsentGrpc {
             reason: "ASSERTED",
         };
         let stored = self
-            .audited(
-                change,
-                self.store.insert_relationship(relationship.clone()),
-            )
+            .audited(change, self.store.insert_relationship(relationship.clone()))
             .await?;
         Ok(Response::new(pb::RecordCareRelationshipResponse {
             relationship: Some(relationship_to_pb(stored)),
@@ -587,10 +586,7 @@ impl ConsentService for ConsentGrpc {
             reason: "REFERRAL",
         };
         let stored = self
-            .audited(
-                change,
-                self.store.insert_relationship(relationship.clone()),
-            )
+            .audited(change, self.store.insert_relationship(relationship.clone()))
             .await?;
         Ok(Response::new(pb::ReferPatientResponse {
             relationship: Some(relationship_to_pb(stored)),
@@ -731,7 +727,9 @@ impl ConsentService for ConsentGrpc {
             .get_directive(&id)
             .await?
             .filter(|d| d.patient_id == patient)
-            .ok_or_else(|| Error::not_found("no directive with this directive_id for this patient"))?;
+            .ok_or_else(|| {
+                Error::not_found("no directive with this directive_id for this patient")
+            })?;
         let change = Change {
             grant: &grant,
             patient: &patient,

@@ -28,7 +28,8 @@ use sharedcare_kit::{
 use sharedcare_proto::{
     consent::v1::consent_service_server::ConsentServiceServer,
     identity::v1::{
-        GetOrganisationRequest, ResolvePatientRequest, identity_service_client::IdentityServiceClient,
+        GetOrganisationRequest, ResolvePatientRequest,
+        identity_service_client::IdentityServiceClient,
     },
 };
 use tonic::transport::Channel;
@@ -120,8 +121,8 @@ pub fn spec(
         audit,
         directory,
     })
-        .max_decoding_message_size(limits.max_bytes)
-        .max_encoding_message_size(limits.max_bytes);
+    .max_decoding_message_size(limits.max_bytes)
+    .max_encoding_message_size(limits.max_bytes);
     ServiceSpec::new(SERVICE_NAME, server, verifier, &policy::ACCESS)
 }
 

@@ -1,8 +1,6 @@
 //! consent's rows of the access model (docs/access-model.md).
 
-use sharedcare_kit::access::{
-    AccessTable, Capability, Patients, Rule, caller, staff_with,
-};
+use sharedcare_kit::access::{AccessTable, Capability, Patients, Rule, caller, staff_with};
 use sharedcare_proto::common::v1::PrincipalKind::{Application, Patient, Service};
 
 pub static ACCESS: AccessTable = AccessTable {
@@ -12,7 +10,11 @@ pub static ACCESS: AccessTable = AccessTable {
             method: "RecordCareRelationship",
             callers: &[
                 caller(Application, "consent.write", Patients::Any),
-                staff_with("consent.write", Capability::AssertRelationships, Patients::Any),
+                staff_with(
+                    "consent.write",
+                    Capability::AssertRelationships,
+                    Patients::Any,
+                ),
             ],
             purposes: "—",
             audit: "the assertion (CREATE CareRelationship), naming who asserted it",
@@ -30,7 +32,11 @@ pub static ACCESS: AccessTable = AccessTable {
             method: "EndCareRelationship",
             callers: &[
                 caller(Application, "consent.write", Patients::Related),
-                staff_with("consent.write", Capability::AssertRelationships, Patients::Related),
+                staff_with(
+                    "consent.write",
+                    Capability::AssertRelationships,
+                    Patients::Related,
+                ),
             ],
             purposes: "—",
             audit: "the end (UPDATE CareRelationship)",
@@ -40,8 +46,16 @@ pub static ACCESS: AccessTable = AccessTable {
             callers: &[
                 caller(Patient, "consent.read", Patients::Own),
                 caller(Application, "consent.read", Patients::Related),
-                staff_with("consent.read", Capability::AssertRelationships, Patients::Related),
-                staff_with("consent.read", Capability::RecordDirectives, Patients::Related),
+                staff_with(
+                    "consent.read",
+                    Capability::AssertRelationships,
+                    Patients::Related,
+                ),
+                staff_with(
+                    "consent.read",
+                    Capability::RecordDirectives,
+                    Patients::Related,
+                ),
             ],
             purposes: "—",
             audit: "the read (READ CareRelationship)",
@@ -50,7 +64,11 @@ pub static ACCESS: AccessTable = AccessTable {
             method: "RecordDirective",
             callers: &[
                 caller(Patient, "consent.write", Patients::Own),
-                staff_with("consent.write", Capability::RecordDirectives, Patients::Related),
+                staff_with(
+                    "consent.write",
+                    Capability::RecordDirectives,
+                    Patients::Related,
+                ),
             ],
             purposes: "—",
             audit: "the directive (CREATE Directive), with its provenance",
@@ -59,7 +77,11 @@ pub static ACCESS: AccessTable = AccessTable {
             method: "RevokeDirective",
             callers: &[
                 caller(Patient, "consent.write", Patients::Own),
-                staff_with("consent.write", Capability::RecordDirectives, Patients::Related),
+                staff_with(
+                    "consent.write",
+                    Capability::RecordDirectives,
+                    Patients::Related,
+                ),
             ],
             purposes: "—",
             audit: "the revocation (DELETE Directive)",
@@ -68,7 +90,11 @@ pub static ACCESS: AccessTable = AccessTable {
             method: "ListDirectives",
             callers: &[
                 caller(Patient, "consent.read", Patients::Own),
-                staff_with("consent.read", Capability::RecordDirectives, Patients::Related),
+                staff_with(
+                    "consent.read",
+                    Capability::RecordDirectives,
+                    Patients::Related,
+                ),
             ],
             purposes: "—",
             audit: "the read (READ Directive)",
@@ -77,7 +103,11 @@ pub static ACCESS: AccessTable = AccessTable {
             method: "SetNationalOptOut",
             callers: &[
                 caller(Patient, "consent.write", Patients::Own),
-                staff_with("consent.write", Capability::RecordDirectives, Patients::Related),
+                staff_with(
+                    "consent.write",
+                    Capability::RecordDirectives,
+                    Patients::Related,
+                ),
             ],
             purposes: "—",
             audit: "the change (UNIMPLEMENTED until the opt-out issue)",

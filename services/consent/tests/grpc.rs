@@ -325,7 +325,13 @@ async fn care_relationships_are_recorded_and_listed_newest_first() {
     let audited = f.audited();
     let summary: Vec<_> = audited
         .iter()
-        .map(|e| (e.action, e.resource_type.as_str(), e.outcome_reason.as_str()))
+        .map(|e| {
+            (
+                e.action,
+                e.resource_type.as_str(),
+                e.outcome_reason.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         summary,
@@ -658,12 +664,9 @@ async fn every_call_needs_a_token_with_its_scope() {
         .expect_err("signed by an unknown key");
     assert_eq!(status.code(), Code::Unauthenticated);
 
-    let reader = f.authority.token(
-        PrincipalKind::Application,
-        "A81001",
-        "",
-        &["consent.read"],
-    );
+    let reader = f
+        .authority
+        .token(PrincipalKind::Application, "A81001", "", &["consent.read"]);
     let status = f
         .client()
         .record_care_relationship(with_token(relationship_request("A81001"), &reader))
@@ -716,7 +719,10 @@ async fn later_issues_say_they_are_not_implemented_yet() {
 
     let status = f
         .client()
-        .watch_changes(with_token(pb::WatchChangesRequest::default(), &f.evaluator()))
+        .watch_changes(with_token(
+            pb::WatchChangesRequest::default(),
+            &f.evaluator(),
+        ))
         .await
         .expect_err("later");
     assert_eq!(status.code(), Code::Unimplemented);
@@ -753,7 +759,11 @@ async fn nobody_grants_themselves_a_relationship_or_overrides_a_patient() {
         .await
         .expect_err("another organisation");
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(status.message().contains("only for itself"), "{}", status.message());
+    assert!(
+        status.message().contains("only for itself"),
+        "{}",
+        status.message()
+    );
     assert!(
         f.store
             .list_relationships(&patient)
@@ -843,9 +853,12 @@ async fn nobody_grants_themselves_a_relationship_or_overrides_a_patient() {
     assert_eq!(status.code(), Code::NotFound);
 
     // Admin and services have no business here at all.
-    let admin = f
-        .authority
-        .token(PrincipalKind::Admin, "X26", "admin", &["admin", "consent.write"]);
+    let admin = f.authority.token(
+        PrincipalKind::Admin,
+        "X26",
+        "admin",
+        &["admin", "consent.write"],
+    );
     let status = f
         .client()
         .list_directives(with_token(
@@ -1072,7 +1085,11 @@ async fn a_relationship_needs_a_patient_identity_knows() {
         .await
         .expect_err("unknown patient");
     assert_eq!(status.code(), Code::NotFound);
-    assert!(status.message().contains("patient_id"), "{}", status.message());
+    assert!(
+        status.message().contains("patient_id"),
+        "{}",
+        status.message()
+    );
     let unknown = PatientId::parse("patient_id", UNKNOWN_PATIENT).expect("valid");
     assert!(
         f.store

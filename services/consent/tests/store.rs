@@ -211,7 +211,10 @@ async fn a_relationship_ends_once(store: &dyn ConsentStore) {
         .expect_err("unknown");
     assert_eq!(unknown.code, Code::NotFound);
     assert_eq!(
-        store.list_relationships(&patient("p-1")).await.expect("list"),
+        store
+            .list_relationships(&patient("p-1"))
+            .await
+            .expect("list"),
         vec![ended]
     );
 }

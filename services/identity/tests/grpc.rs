@@ -1033,7 +1033,10 @@ async fn capabilities_come_from_the_role_map_for_staff_only() {
     let clerk = f.verify(&f.staff("A81001", "r8008").await).await;
     assert_eq!(clerk.capabilities, [Capability::AssertRelationships].into());
     let student = f.verify(&f.staff("A81001", "R8004").await).await;
-    assert!(student.capabilities.is_empty(), "a role with no capabilities");
+    assert!(
+        student.capabilities.is_empty(),
+        "a role with no capabilities"
+    );
     // A role the map does not name is not one staff may hold.
     let status = f
         .client()

@@ -107,11 +107,7 @@ pub const fn caller(kind: PrincipalKind, scope: &'static str, patients: Patients
 }
 
 /// A staff caller holding `scope` whose role gives `capability`.
-pub const fn staff_with(
-    scope: &'static str,
-    capability: Capability,
-    patients: Patients,
-) -> Caller {
+pub const fn staff_with(scope: &'static str, capability: Capability, patients: Patients) -> Caller {
     Caller {
         kind: PrincipalKind::Staff,
         scope,
@@ -336,7 +332,11 @@ mod tests {
     fn a_capability_is_needed_when_the_rule_names_one() {
         let staff = principal(PrincipalKind::Staff, &["consent.write"], &[]);
         let err = TABLE.admit("Assert", &staff).expect_err("no capability");
-        assert!(err.message.contains("assert_relationships"), "{}", err.message);
+        assert!(
+            err.message.contains("assert_relationships"),
+            "{}",
+            err.message
+        );
         let clerk = principal(
             PrincipalKind::Staff,
             &["consent.write"],

@@ -423,8 +423,7 @@ where
         let table = self.table;
         Box::pin(async move {
             let path = request.uri().path().to_owned();
-            if PUBLIC_PATH_PREFIXES.iter().any(|p| path.starts_with(p)) || table.is_public(&path)
-            {
+            if PUBLIC_PATH_PREFIXES.iter().any(|p| path.starts_with(p)) || table.is_public(&path) {
                 return inner.call(request).await;
             }
             let token = match bearer_token(request.headers()) {

@@ -37,8 +37,7 @@ pub trait ConsentStore: Send + Sync + 'static {
     fn get_directive(&self, id: &str) -> BoxFuture<'_, Option<Directive>>;
     /// Marks the directive revoked at `at` by principal `by`. NOT_FOUND if
     /// unknown; FAILED_PRECONDITION if it is already revoked.
-    fn revoke_directive(&self, id: &str, at: DateTime<Utc>, by: &str)
-    -> BoxFuture<'_, Directive>;
+    fn revoke_directive(&self, id: &str, at: DateTime<Utc>, by: &str) -> BoxFuture<'_, Directive>;
     /// The patient's directives, revoked ones included, newest (latest
     /// recorded) first.
     fn list_directives(&self, patient: &PatientId) -> BoxFuture<'_, Vec<Directive>>;

@@ -2,15 +2,16 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    ActiveValue::Set,
+    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
     sea_query::{Expr, ExprTrait},
 };
 use sharedcare_kit::Error;
 
 use super::{BoxFuture, ConsentStore, Migrator, entities::*};
 use crate::domain::{
-    CareRelationship, CareRelationshipKind, Directive, DirectiveSource, Effect, OdsCode,
-    PatientId, Period, Provenance, Purpose, RecordCategory,
+    CareRelationship, CareRelationshipKind, Directive, DirectiveSource, Effect, OdsCode, PatientId,
+    Period, Provenance, Purpose, RecordCategory,
 };
 
 #[derive(Clone)]
@@ -216,10 +217,9 @@ impl ConsentStore for SqlStore {
                 .exec(&self.db)
                 .await
                 .map_err(|e| Error::internal("ending a care relationship", e))?;
-            let relationship = self
-                .get_relationship(&id)
-                .await?
-                .ok_or_else(|| Error::not_found("no care relationship with this relationship_id"))?;
+            let relationship = self.get_relationship(&id).await?.ok_or_else(|| {
+                Error::not_found("no care relationship with this relationship_id")
+            })?;
             if updated.rows_affected == 0 {
                 return Err(Error::failed_precondition(
                     "the care relationship has already ended",
@@ -251,12 +251,7 @@ impl ConsentStore for SqlStore {
         })
     }
 
-    fn revoke_directive(
-        &self,
-        id: &str,
-        at: DateTime<Utc>,
-        by: &str,
-    ) -> BoxFuture<'_, Directive> {
+    fn revoke_directive(&self, id: &str, at: DateTime<Utc>, by: &str) -> BoxFuture<'_, Directive> {
         let id = id.to_owned();
         let by = by.to_owned();
         Box::pin(async move {
