@@ -44,13 +44,23 @@ VALUE_FILES = {
     ],
     "production": CHART_DIR / "ci" / "production-values.yaml",
 }
-# Who calls whom, from the deploy contract.
+# Who calls whom, from the deploy contract: identity asks consent before it
+# serves demographics and audits the read; consent checks organisations with
+# identity and audits its changes; audit fetches identity's keys; records
+# calls all three.
 CALLS = {
-    "identity": set(),
-    "consent": {"identity"},
+    "identity": {"consent", "audit"},
+    "consent": {"identity", "audit"},
     "audit": {"identity"},
     "records": {"identity", "consent", "audit"},
 }
+CAPABILITIES = (
+    "assert_relationships", "refer", "record_directives", "privacy_officer",
+    "platform_auditor", "trace_patients", "break_glass",
+)
+CLASSIFICATION_DIR = "/etc/sharedcare/classification"
+REPO_CLASSIFICATION = REPO_DIR / "services" / "records" / "classification.toml"
+CHART_CLASSIFICATION = CHART_DIR / "files" / "classification.toml"
 OLDEST_KUBERNETES = "1.30"
 NEWEST_KUBERNETES = kubernetes_validate.utils.latest_version()
 
@@ -180,6 +190,10 @@ def env_of(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def config_toml(r: Rendered, svc: str) -> dict[str, Any]:
     return tomllib.loads(r.get("ConfigMap", name_of(svc))["data"][f"{svc}.toml"])
+
+
+def url_of(scheme: str, svc: str) -> str:
+    return f"{scheme}://{name_of(svc)}:{PORTS[svc]}"
 
 
 # Value sets that turn TLS on (production does).
@@ -347,22 +361,37 @@ def test_config_file_is_rendered_mounted_and_named(rendered: Rendered, value_set
         assert cfg["database"]["data_dir"] == "/var/lib/sharedcare"
         assert cfg["auth"]["identity_url"] == f"{scheme}://{name_of('identity')}:{PORTS['identity']}"
     records = config_toml(rendered, "records")
-    assert records["records"]["consent_url"] == f"{scheme}://{name_of('consent')}:{PORTS['consent']}"
-    assert records["records"]["audit_url"] == f"{scheme}://{name_of('audit')}:{PORTS['audit']}"
+    assert records["records"]["consent_url"] == url_of(scheme, "consent")
+    assert records["records"]["audit_url"] == url_of(scheme, "audit")
     assert records["auth"]["client_id"] == "records"
     assert records["auth"]["client_secret"] == {"file": "/etc/sharedcare/auth/records-client-secret"}
     assert records["records"]["key_encryption_key"] == {"file": "/etc/sharedcare/auth/key-encryption-key"}
+    assert records["records"]["classification_map"] == f"{CLASSIFICATION_DIR}/classification.toml"
     identity = config_toml(rendered, "identity")
     assert identity["identity"]["signing_key"] == {"file": "/etc/sharedcare/auth/signing-key.pem"}
     assert identity["identity"]["bootstrap_file"] == "/etc/sharedcare/auth/bootstrap.toml"
     assert identity["identity"]["key_encryption_key"] == {"file": "/etc/sharedcare/auth/key-encryption-key"}
     assert identity["identity"]["nhs_index_key"] == {"file": "/etc/sharedcare/auth/nhs-index-key"}
+    # identity asks consent before serving demographics, and audits the read.
+    assert identity["identity"]["consent_url"] == url_of(scheme, "consent")
+    assert identity["identity"]["audit_url"] == url_of(scheme, "audit")
+    assert identity["identity"]["call_timeout_ms"] == 5000
+    # No roles in values: identity's built-in role map applies untouched.
+    assert "roles" not in identity["identity"]
+    # consent audits its changes and asks identity as its own principal.
+    consent = config_toml(rendered, "consent")
+    assert consent["auth"]["client_id"] == "consent"
+    assert consent["auth"]["client_secret"] == {"file": "/etc/sharedcare/auth/consent-client-secret"}
+    assert consent["consent"] == {"audit_url": url_of(scheme, "audit"), "call_timeout_ms": 5000}
+    for svc in ("identity", "audit"):
+        assert "client_id" not in config_toml(rendered, svc)["auth"], svc
 
 
 def test_secret_files_are_mounted_only_where_needed(rendered: Rendered, value_set: str) -> None:
     secret = "sharedcare-auth" if value_set == "production" else f"{FULLNAME}-auth"
     wanted = {
         "identity": {"signing-key.pem", "bootstrap.toml", "key-encryption-key", "nhs-index-key"},
+        "consent": {"consent-client-secret"},
         "records": {"records-client-secret", "key-encryption-key"},
     }
     for svc in SERVICES:
@@ -591,16 +620,28 @@ def test_each_service_scales_on_its_own(chart: helm.Chart) -> None:
 
 
 def test_each_service_can_be_switched_off(chart: helm.Chart) -> None:
+    elsewhere = "http://consent.elsewhere:50052"
     r = render_with(
         chart,
-        {"services": {"consent": {"enabled": False}, "records": {"consentUrl": "http://consent.elsewhere:50052"}}},
+        {"services": {"consent": {"enabled": False}, "records": {"consentUrl": elsewhere}, "identity": {"consentUrl": elsewhere}}},
     )
     assert not [o for o in r.objects if o["metadata"]["labels"]["app.kubernetes.io/component"] == "consent"]
-    assert config_toml(r, "records")["records"]["consent_url"] == "http://consent.elsewhere:50052"
+    assert config_toml(r, "records")["records"]["consent_url"] == elsewhere
+    assert config_toml(r, "identity")["identity"]["consent_url"] == elsewhere
     test_pod = r.kind("Pod")[0]
     assert [c["name"] for c in test_pod["spec"]["containers"]] == ["identity", "records", "audit"]
-    message = render_error(chart, {"services": {"consent": {"enabled": False}}})
+    message = render_error(chart, {"services": {"consent": {"enabled": False}, "identity": {"consentUrl": elsewhere}}})
     assert "records is enabled but consent is not" in message
+    message = render_error(chart, {"services": {"consent": {"enabled": False}, "records": {"consentUrl": elsewhere}}})
+    assert "identity is enabled but consent is not" in message and "services.identity.consentUrl" in message
+    audit_elsewhere = "http://audit.elsewhere:50054"
+    message = render_error(chart, {"services": {"audit": {"enabled": False}, "records": {"auditUrl": audit_elsewhere}, "identity": {"auditUrl": audit_elsewhere}}})
+    assert "consent is enabled but audit is not" in message and "services.consent.auditUrl" in message
+    message = render_error(chart, {"services": {"audit": {"enabled": False}, "records": {"auditUrl": audit_elsewhere}, "consent": {"auditUrl": audit_elsewhere}}})
+    assert "identity is enabled but audit is not" in message
+    r = render_with(chart, {"services": {s: {"auditUrl": audit_elsewhere} for s in ("identity", "consent", "records")} | {"audit": {"enabled": False}}})
+    assert config_toml(r, "consent")["consent"]["audit_url"] == audit_elsewhere
+    assert config_toml(r, "identity")["identity"]["audit_url"] == audit_elsewhere
     r = render_with(chart, {"services": {s: {"enabled": False} for s in SERVICES}})
     assert {o["kind"] for o in r.objects} <= {"Secret"}
 
@@ -681,8 +722,21 @@ def test_network_policies_follow_who_calls_whom(rendered: Rendered) -> None:
             if caller != callee:
                 assert can_call(rendered, caller, callee) == (callee in CALLS[caller]), f"{caller} -> {callee}"
     assert can_call(rendered, "records", "consent") and can_call(rendered, "records", "audit")
-    assert not can_call(rendered, "consent", "records")
+    # identity asks consent and audits demographic reads; consent audits its
+    # changes and asks identity about organisations.
+    assert can_call(rendered, "identity", "consent") and can_call(rendered, "identity", "audit")
+    assert can_call(rendered, "consent", "audit") and can_call(rendered, "consent", "identity")
+    assert not can_call(rendered, "consent", "records") and not can_call(rendered, "identity", "records")
+    assert not can_call(rendered, "audit", "consent")
     assert all(can_call(rendered, s, "identity") for s in SERVICES if s != "identity")
+
+
+def test_a_disabled_callee_leaves_no_rule_behind(chart: helm.Chart) -> None:
+    elsewhere = "http://consent.elsewhere:50052"
+    r = render_with(chart, {"services": {"consent": {"enabled": False}, "records": {"consentUrl": elsewhere}, "identity": {"consentUrl": elsewhere}}})
+    for svc in ("identity", "records"):
+        assert not rules_allow(policy_for(r, svc)["egress"], "to", in_release("consent"), PORTS["consent"]), svc
+    assert can_call(r, "identity", "audit")
 
 
 def test_network_policies_allow_dns_and_the_test_pod(rendered: Rendered) -> None:
@@ -784,8 +838,9 @@ def test_migration_jobs_use_only_what_exists_before_install() -> None:
                 hook_annotations = hook_cm["metadata"]["annotations"]
                 assert hook_annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
                 assert int(hook_annotations["helm.sh/hook-weight"]) < int(annotations["helm.sh/hook-weight"])
-                # The same config as the service.
-                assert hook_cm["data"] == r.get("ConfigMap", name_of(svc))["data"]
+                # The same config as the service (and the same classification map).
+                release_cm = name_of(svc) if volume["name"] == "config" else f"{name_of(svc)}-classification"
+                assert hook_cm["data"] == r.get("ConfigMap", release_cm)["data"], volume["name"]
             elif "secret" in volume:
                 # Existing Secrets only: the database, auth and TLS ones.
                 assert volume["secret"]["secretName"] in {"sharedcare-database", "sharedcare-auth", f"sharedcare-{svc}-tls"}
@@ -794,6 +849,7 @@ def test_migration_jobs_use_only_what_exists_before_install() -> None:
                 assert set(volume) == {"name", "emptyDir"}, volume
         deployment = container(r.get("Deployment", name_of(svc)))
         assert env_of(c) == env_of(deployment)
+        assert c["volumeMounts"] == deployment["volumeMounts"]
 
 
 def test_migration_jobs_with_generated_dev_secrets_do_not_mount_them(chart: helm.Chart) -> None:
@@ -810,8 +866,12 @@ def test_migration_jobs_with_generated_dev_secrets_do_not_mount_them(chart: helm
         config = tomllib.loads(r.get("ConfigMap", f"{name_of(svc)}-migrate")["data"][f"{svc}.toml"])
         assert "client_secret" not in config["auth"]
         assert "signing_key" not in config.get("identity", {})
-    records_env = env_of(r.get("Job", f"{name_of('records')}-migrate")["spec"]["template"]["spec"]["containers"][0])
-    assert records_env["SHAREDCARE_AUTH__CLIENT_SECRET__VALUE"]["value"].startswith("unused")
+    for svc in ("consent", "records"):
+        env = env_of(r.get("Job", f"{name_of(svc)}-migrate")["spec"]["template"]["spec"]["containers"][0])
+        assert env["SHAREDCARE_AUTH__CLIENT_SECRET__VALUE"]["value"].startswith("unused"), svc
+    for svc in ("identity", "audit"):
+        env = env_of(r.get("Job", f"{name_of(svc)}-migrate")["spec"]["template"]["spec"]["containers"][0])
+        assert "SHAREDCARE_AUTH__CLIENT_SECRET__VALUE" not in env, svc
     # The Deployments still mount the generated Secret.
     assert any(v.get("secret", {}).get("secretName") == generated
                for v in r.get("Deployment", name_of("records"))["spec"]["template"]["spec"]["volumes"])
@@ -830,8 +890,8 @@ def generated_secrets(r: Rendered) -> dict[str, str]:
 def test_dev_secrets_are_usable_by_the_services() -> None:
     secrets = generated_secrets(_render_set("default"))
     assert set(secrets) == {
-        "signing-key.pem", "bootstrap.toml", "records-client-secret", "key-encryption-key", "nhs-index-key",
-        "admin-client-secret",
+        "signing-key.pem", "bootstrap.toml", "records-client-secret", "consent-client-secret",
+        "key-encryption-key", "nhs-index-key", "admin-client-secret",
     }
     pem = secrets["signing-key.pem"]
     assert pem.startswith("-----BEGIN PRIVATE KEY-----\n") and pem.strip().endswith("-----END PRIVATE KEY-----")
@@ -847,8 +907,23 @@ def test_dev_secrets_are_usable_by_the_services() -> None:
     assert principals["admin"]["client_secret"] == secrets["admin-client-secret"]
     assert principals["records"]["kind"] == "service"
     assert principals["records"]["client_secret"] == secrets["records-client-secret"]
+    assert principals["consent"]["kind"] == "service"
+    assert principals["consent"]["client_secret"] == secrets["consent-client-secret"]
+    assert secrets["consent-client-secret"] != secrets["records-client-secret"]
+    assert set(principals) == {"admin", "records", "consent"}
     for p in principals.values():
         assert len(p["client_secret"]) >= 32 and p["organisation"] == "X26"
+
+
+def test_dev_bootstrap_names_each_service_by_its_client_id(chart: helm.Chart) -> None:
+    r = render_with(chart, {"services": {"consent": {"clientId": "consent-svc"}, "records": {"clientId": "records-svc"}}})
+    secrets = generated_secrets(r)
+    principals = {p["client_id"]: p for p in tomllib.loads(secrets["bootstrap.toml"])["principals"]}
+    assert principals["consent-svc"]["client_secret"] == secrets["consent-client-secret"]
+    assert principals["records-svc"]["client_secret"] == secrets["records-client-secret"]
+    assert config_toml(r, "consent")["auth"]["client_id"] == "consent-svc"
+    message = render_error(chart, {"services": {"consent": {"clientId": "records"}}})
+    assert "services.consent.clientId and services.records.clientId" in message
 
 
 def all_env_values(r: Rendered) -> list[tuple[str, str, str]]:
@@ -881,6 +956,29 @@ def test_generated_secrets_are_looked_up_to_stay_stable() -> None:
     template = next(t for t in helm.Chart.load(CHART_DIR).templates if t["name"].endswith("secret-auth.yaml"))
     assert 'lookup "v1" "Secret"' in template["data"]
     assert 'genPrivateKey "ed25519"' in template["data"]
+    # Every generated key is among those looked up, so none changes on upgrade
+    # (bootstrap.toml is made from them).
+    [looked_up] = re.findall(r'range \$key := list ([^}]*)\}\}', template["data"])
+    generated = set(generated_secrets(_render_set("default"))) - {"bootstrap.toml"}
+    assert set(re.findall(r'"([^"]+)"', looked_up)) == generated
+
+
+def test_existing_secret_keys_are_documented() -> None:
+    """Every key a pod mounts from auth.existingSecret is in the docs that tell operators what to put there."""
+    r = _render_set("production")
+    mounted = set()
+    for _, spec in r.pod_specs():
+        for volume in spec.get("volumes", []):
+            if volume.get("secret", {}).get("secretName") == "sharedcare-auth":
+                mounted |= {i["key"] for i in volume["secret"]["items"]}
+    assert "consent-client-secret" in mounted
+    readme = (CHART_DIR / "README.md").read_text()
+    values = (CHART_DIR / "values.yaml").read_text()
+    production = (CHART_DIR / "ci" / "production-values.yaml").read_text()
+    for key in mounted:
+        assert f"| `{key}` |" in readme, key
+        assert f"#   {key}" in values, key
+        assert f"--from-file={key}" in production, key
 
 
 @pytest.mark.parametrize(
@@ -892,6 +990,8 @@ def test_generated_secrets_are_looked_up_to_stay_stable() -> None:
         ({"auth": {"keyEncryptionKey": "AAAA"}}, "auth.keyEncryptionKey"),
         ({"auth": {"adminClientSecret": "x" * 40}}, "auth.adminClientSecret"),
         ({"services": {"records": {"clientSecret": "x" * 40}}}, "services.records.clientSecret"),
+        ({"services": {"consent": {"clientSecret": "x" * 40}}}, "services.consent.clientSecret"),
+        ({"auth": {"consentClientSecret": "x" * 40}}, "auth.consentClientSecret"),
         ({"defaults": {"podAnnotations": {"dbPassword": "hunter2"}}}, "defaults.podAnnotations.dbPassword"),
     ],
 )
@@ -943,6 +1043,13 @@ def test_schema_accepts_the_shipped_values(chart: helm.Chart, value_set: str) ->
         ({"services": {"billing": {"enabled": True}}}, "billing"),
         ({"defaults": {"telemetry": {"logFormat": "xml"}}}, "/defaults/telemetry/logFormat"),
         ({"replicaCount": 2}, "replicaCount"),
+        ({"services": {"identity": {"roles": {"R8000": ["refer", "root"]}}}}, "/services/identity/roles/R8000/1"),
+        ({"services": {"identity": {"roles": {"R8000": "refer"}}}}, "/services/identity/roles/R8000"),
+        ({"services": {"identity": {"consentUrl": "consent:50052"}}}, "/services/identity/consentUrl"),
+        ({"services": {"consent": {"auditUrl": "audit:50054"}}}, "/services/consent/auditUrl"),
+        ({"services": {"consent": {"callTimeoutMs": 0}}}, "/services/consent/callTimeoutMs"),
+        ({"services": {"consent": {"clientId": ""}}}, "/services/consent/clientId"),
+        ({"services": {"records": {"classificationMap": ["not", "text"]}}}, "/services/records/classificationMap"),
     ],
 )
 def test_schema_rejects_bad_values(chart: helm.Chart, values: dict[str, Any], complaint: str) -> None:
@@ -1072,10 +1179,14 @@ def test_tls_sets_the_config_keys_and_mounts_each_services_secret(chart: helm.Ch
 def test_tls_switches_every_service_url_to_https(chart: helm.Chart) -> None:
     r = render_with(chart, TLS_ON)
     for svc in SERVICES:
-        assert config_toml(r, svc)["auth"]["identity_url"] == f"https://{name_of('identity')}:{PORTS['identity']}"
+        assert config_toml(r, svc)["auth"]["identity_url"] == url_of("https", "identity")
     records = config_toml(r, "records")
-    assert records["records"]["consent_url"] == f"https://{name_of('consent')}:{PORTS['consent']}"
-    assert records["records"]["audit_url"] == f"https://{name_of('audit')}:{PORTS['audit']}"
+    assert records["records"]["consent_url"] == url_of("https", "consent")
+    assert records["records"]["audit_url"] == url_of("https", "audit")
+    identity = config_toml(r, "identity")
+    assert identity["identity"]["consent_url"] == url_of("https", "consent")
+    assert identity["identity"]["audit_url"] == url_of("https", "audit")
+    assert config_toml(r, "consent")["consent"]["audit_url"] == url_of("https", "audit")
 
 
 def test_production_takes_tls_from_named_secrets() -> None:
@@ -1109,3 +1220,116 @@ def test_helm_test_checks_health_over_mutual_tls(chart: helm.Chart) -> None:
 def test_tls_values_are_checked_by_the_schema(chart: helm.Chart) -> None:
     assert "clientAuth" in render_error(chart, {"tls": {"enabled": True, "clientAuth": "sometimes"}})
     assert "reloadIntervalMs" in render_error(chart, {"tls": {"reloadIntervalMs": 5}})
+
+
+# --------------------------------------------------------------------------
+# The trust model: identity's role map, records' classification map
+# --------------------------------------------------------------------------
+
+
+def test_identity_roles_are_rendered_from_values(chart: helm.Chart) -> None:
+    roles = {
+        "R8000": ["record_directives", "refer"],
+        "R0001": ["trace_patients"],
+        "privacy-officer": [],
+        "local.role": list(CAPABILITIES),
+    }
+    r = render_with(chart, {"services": {"identity": {"roles": roles, "callTimeoutMs": 1500}}})
+    identity = config_toml(r, "identity")["identity"]
+    assert identity["roles"] == roles
+    assert identity["call_timeout_ms"] == 1500
+    # Only identity gets a role map; the change rolls identity alone.
+    for svc in ("consent", "records", "audit"):
+        assert "roles" not in config_toml(r, svc).get(svc, {}), svc
+    before = _render_set("default")
+    changed = {
+        svc for svc in SERVICES
+        if before.get("Deployment", name_of(svc))["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        != r.get("Deployment", name_of(svc))["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    }
+    assert changed == {"identity"}
+
+
+def test_identity_roles_schema_names_the_capabilities(chart: helm.Chart) -> None:
+    roles = chart.schema["properties"]["services"]["properties"]["identity"]["properties"]["roles"]
+    items = schema_node(chart.schema, roles["additionalProperties"]["items"])
+    assert tuple(items["enum"]) == CAPABILITIES
+    message = render_error(chart, {"services": {"identity": {"roles": {"R8001": ["break-glass"]}}}})
+    assert "/services/identity/roles/R8001/0" in message
+
+
+def test_identity_and_consent_call_timeouts_reach_their_config(chart: helm.Chart) -> None:
+    r = render_with(chart, {"services": {"consent": {"callTimeoutMs": 2500, "clientId": "consent-svc"}}})
+    consent = config_toml(r, "consent")
+    assert consent["consent"]["call_timeout_ms"] == 2500
+    assert consent["auth"]["client_id"] == "consent-svc"
+
+
+def classification_volume(spec: dict[str, Any]) -> dict[str, Any]:
+    [volume] = [v for v in spec["volumes"] if v["name"] == "classification"]
+    return volume
+
+
+def test_the_charts_classification_map_is_the_repository_default() -> None:
+    # Byte for byte: records compiles services/records/classification.toml in,
+    # and the chart ships the same map so a deployment starts where a binary does.
+    assert CHART_CLASSIFICATION.read_bytes() == REPO_CLASSIFICATION.read_bytes()
+
+
+def test_classification_map_is_rendered_mounted_and_named(rendered: Rendered) -> None:
+    cm = rendered.get("ConfigMap", f"{name_of('records')}-classification")
+    assert cm["metadata"]["labels"]["app.kubernetes.io/component"] == "records"
+    assert cm["data"] == {"classification.toml": REPO_CLASSIFICATION.read_text()}
+    tomllib.loads(cm["data"]["classification.toml"])
+    deployment = rendered.get("Deployment", name_of("records"))
+    spec = deployment["spec"]["template"]["spec"]
+    assert classification_volume(spec)["configMap"] == {"name": cm["metadata"]["name"]}
+    [mount] = [m for m in container(deployment)["volumeMounts"] if m["name"] == "classification"]
+    assert mount == {"name": "classification", "mountPath": CLASSIFICATION_DIR, "readOnly": True}
+    path = config_toml(rendered, "records")["records"]["classification_map"]
+    assert path == f"{mount['mountPath']}/classification.toml"
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["checksum/classification"] == hashlib.sha256(cm["data"]["classification.toml"].encode()).hexdigest()
+    # Nobody else mounts it or names it.
+    for svc in ("identity", "consent", "audit"):
+        other = rendered.get("Deployment", name_of(svc))
+        assert not [v for v in other["spec"]["template"]["spec"]["volumes"] if v["name"] == "classification"], svc
+        assert "checksum/classification" not in other["spec"]["template"]["metadata"]["annotations"], svc
+        assert "classification_map" not in config_toml(rendered, svc).get(svc, {}), svc
+
+
+def test_a_classification_map_from_values_replaces_the_default_and_rolls_records(chart: helm.Chart) -> None:
+    local = (
+        "# A local map.\n\n[[rule]]\ncategory = \"sexual_health\"\nlabel = \"HIV\"\n"
+        "system = \"http://snomed.info/sct\"\ncodes = [\"86406008\"]\n"
+    )
+    before = _render_set("default")
+    r = render_with(chart, {"services": {"records": {"classificationMap": local}}})
+    assert r.get("ConfigMap", f"{name_of('records')}-classification")["data"] == {"classification.toml": local}
+
+    def annotations(x: Rendered, svc: str) -> dict[str, str]:
+        return x.get("Deployment", name_of(svc))["spec"]["template"]["metadata"]["annotations"]
+
+    assert annotations(r, "records")["checksum/classification"] != annotations(before, "records")["checksum/classification"]
+    for svc in SERVICES:
+        # The config file is the same (it names the path, not the content).
+        assert annotations(r, svc)["checksum/config"] == annotations(before, svc)["checksum/config"], svc
+    # Text that is awkward in YAML reaches the file unchanged.
+    awkward = "  # indented first line\n\n\ttab: \"quotes\" & <angles>\n\n\n"
+    r = render_with(chart, {"services": {"records": {"classificationMap": awkward}}})
+    assert r.get("ConfigMap", f"{name_of('records')}-classification")["data"]["classification.toml"] == awkward
+
+
+def test_migration_job_validates_records_with_the_same_classification_map(chart: helm.Chart) -> None:
+    r = _render_set("production")
+    job = r.get("Job", f"{name_of('records')}-migrate")
+    spec = job["spec"]["template"]["spec"]
+    hook_cm = r.get("ConfigMap", classification_volume(spec)["configMap"]["name"])
+    assert hook_cm["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert hook_cm["data"] == r.get("ConfigMap", f"{name_of('records')}-classification")["data"]
+    [mount] = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "classification"]
+    migrate_config = tomllib.loads(r.get("ConfigMap", f"{name_of('records')}-migrate")["data"]["records.toml"])
+    assert migrate_config["records"]["classification_map"] == f"{mount['mountPath']}/classification.toml"
+    for svc in ("identity", "consent", "audit"):
+        other = r.get("Job", f"{name_of(svc)}-migrate")["spec"]["template"]["spec"]
+        assert not [v for v in other["volumes"] if v["name"] == "classification"], svc

@@ -12,6 +12,10 @@ can mount).
 {{- $root := .root -}}
 {{- $cfg := .cfg -}}
 {{- $svc := $cfg.name -}}
+{{- $url := dict -}}
+{{- range $callee := list "consent" "audit" -}}
+{{- $_ := set $url $callee (include "sharedcare.serviceUrl" (dict "root" $root "svc" $callee)) -}}
+{{- end -}}
 {{- $authMounted := or (not .migrate) (ne $root.Values.auth.existingSecret "") -}}
 {{- $authDir := include "sharedcare.authDir" $root -}}
 # sharedcare-{{ $svc }} configuration, rendered by the sharedcare chart.
@@ -38,18 +42,22 @@ issuer = {{ $root.Values.auth.issuer | toJson }}
 audience = {{ $root.Values.auth.audience | toJson }}
 identity_url = {{ include "sharedcare.identityUrl" $root | toJson }}
 jwks_min_refresh_ms = {{ $root.Values.auth.jwksMinRefreshMs | int64 }}
-{{- if eq $svc "records" }}
+{{- if has $svc (splitList " " (include "sharedcare.clientServices" $root)) }}
+# {{ $svc }} calls the other services as this `service` principal.
 client_id = {{ $cfg.clientId | toJson }}
 {{- if $authMounted }}
 
 [auth.client_secret]
-file = {{ printf "%s/records-client-secret" $authDir | toJson }}
+file = {{ printf "%s/%s-client-secret" $authDir $svc | toJson }}
 {{- end }}
 {{- end }}
 {{- if eq $svc "identity" }}
 
 [identity]
 token_ttl_secs = {{ $cfg.tokenTtlSecs | int64 }}
+consent_url = {{ $cfg.consentUrl | default $url.consent | toJson }}
+audit_url = {{ $cfg.auditUrl | default $url.audit | toJson }}
+call_timeout_ms = {{ $cfg.callTimeoutMs | int64 }}
 {{- if $authMounted }}
 bootstrap_file = {{ printf "%s/bootstrap.toml" $authDir | toJson }}
 
@@ -62,15 +70,33 @@ file = {{ printf "%s/key-encryption-key" $authDir | toJson }}
 [identity.nhs_index_key]
 file = {{ printf "%s/nhs-index-key" $authDir | toJson }}
 {{- end }}
+{{- with $cfg.roles }}
+
+# Staff role -> capabilities (services.identity.roles), merged over identity's
+# built-in role map role by role.
+[identity.roles]
+{{- range $role, $capabilities := . }}
+{{ $role | toJson }} = {{ $capabilities | default list | toJson }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if eq $svc "consent" }}
+
+[consent]
+audit_url = {{ $cfg.auditUrl | default $url.audit | toJson }}
+call_timeout_ms = {{ $cfg.callTimeoutMs | int64 }}
 {{- end }}
 {{- if eq $svc "records" }}
 
 [records]
-consent_url = {{ $cfg.consentUrl | default (include "sharedcare.serviceUrl" (dict "root" $root "svc" "consent")) | toJson }}
-audit_url = {{ $cfg.auditUrl | default (include "sharedcare.serviceUrl" (dict "root" $root "svc" "audit")) | toJson }}
+consent_url = {{ $cfg.consentUrl | default $url.consent | toJson }}
+audit_url = {{ $cfg.auditUrl | default $url.audit | toJson }}
 max_resource_bytes = {{ $cfg.maxResourceBytes | int64 }}
 call_timeout_ms = {{ $cfg.callTimeoutMs | int64 }}
 outbox_retry_ms = {{ $cfg.outboxRetryMs | int64 }}
+# Mounted from a ConfigMap: services.records.classificationMap, or the
+# default compiled into records.
+classification_map = {{ printf "%s/classification.toml" (include "sharedcare.classificationDir" $root) | toJson }}
 {{- if $authMounted }}
 
 [records.key_encryption_key]

@@ -159,7 +159,7 @@ Call with (dict "root" $ "svc" "identity").
 {{- end -}}
 {{- end -}}
 
-{{/* Name of the Secret holding identity's and records' secrets. */}}
+{{/* Name of the Secret holding identity's, consent's and records' secrets. */}}
 {{- define "sharedcare.authSecretName" -}}
 {{- if .Values.auth.existingSecret -}}
 {{- .Values.auth.existingSecret -}}
@@ -168,8 +168,9 @@ Call with (dict "root" $ "svc" "identity").
 {{- end -}}
 {{- end -}}
 
-{{/* Where secret files and the config file are mounted. */}}
+{{/* Where secret files, the config file and records' classification map are mounted. */}}
 {{- define "sharedcare.configDir" -}}/etc/sharedcare/config{{- end -}}
+{{- define "sharedcare.classificationDir" -}}/etc/sharedcare/classification{{- end -}}
 {{- define "sharedcare.authDir" -}}/etc/sharedcare/auth{{- end -}}
 {{- define "sharedcare.databaseDir" -}}/etc/sharedcare/database{{- end -}}
 
@@ -191,10 +192,31 @@ signing-key.pem: signing-key.pem
 bootstrap.toml: bootstrap.toml
 key-encryption-key: key-encryption-key
 nhs-index-key: nhs-index-key
+{{- else if eq . "consent" -}}
+consent-client-secret: consent-client-secret
 {{- else if eq . "records" -}}
 records-client-secret: records-client-secret
 key-encryption-key: key-encryption-key
 {{- end -}}
+{{- end -}}
+
+{{/*
+The services that call others as themselves: each has an [auth] client_id
+(services.<svc>.clientId, a `service` principal in the bootstrap file) and
+its secret in the auth Secret as "<svc>-client-secret".
+*/}}
+{{- define "sharedcare.clientServices" -}}
+consent records
+{{- end -}}
+
+{{/*
+records' classification map (TOML): services.records.classificationMap, or
+the chart's copy of the default compiled into records
+(files/classification.toml, kept equal to services/records/classification.toml
+by the chart tests). Takes the root context.
+*/}}
+{{- define "sharedcare.classificationMap" -}}
+{{- .Values.services.records.classificationMap | default (.Files.Get "files/classification.toml") -}}
 {{- end -}}
 
 {{/* The services that are switched on, space separated. */}}

@@ -3,9 +3,9 @@ Pieces of a service's pod shared by its Deployment and its migration Job.
 Each takes (dict "root" $ "cfg" <serviceConfig map> "migrate" <bool>).
 */}}
 
-{{/* Whether the pod mounts the auth Secret (identity and records only). */}}
+{{/* Whether the pod mounts the auth Secret (identity, consent and records only). */}}
 {{- define "sharedcare.mountsAuth" -}}
-{{- if and (has .cfg.name (list "identity" "records")) (or (not .migrate) .root.Values.auth.existingSecret) -}}
+{{- if and (has .cfg.name (list "identity" "consent" "records")) (or (not .migrate) .root.Values.auth.existingSecret) -}}
 true
 {{- end -}}
 {{- end -}}
@@ -20,8 +20,8 @@ true
 - name: SHAREDCARE_DATABASE__URL__FILE
   value: {{ printf "%s/url" (include "sharedcare.databaseDir" $root) | quote }}
 {{- end }}
-{{- if and .migrate (eq $cfg.name "records") (not (include "sharedcare.mountsAuth" .)) }}
-# records' config demands a client secret, but `migrate` calls no other
+{{- if and .migrate (has $cfg.name (splitList " " (include "sharedcare.clientServices" $root))) (not (include "sharedcare.mountsAuth" .)) }}
+# {{ $cfg.name }}'s config demands a client secret, but `migrate` calls no other
 # service, and the generated auth Secret does not exist yet before install.
 - name: SHAREDCARE_AUTH__CLIENT_SECRET__VALUE
   value: "unused: the migrate subcommand calls no other service"
@@ -49,6 +49,11 @@ true
   mountPath: {{ include "sharedcare.authDir" .root }}
   readOnly: true
 {{- end }}
+{{- if eq .cfg.name "records" }}
+- name: classification
+  mountPath: {{ include "sharedcare.classificationDir" .root }}
+  readOnly: true
+{{- end }}
 {{- if .root.Values.tls.enabled }}
 - name: tls
   mountPath: {{ .root.Values.tls.mountPath }}
@@ -62,6 +67,12 @@ true
 - name: config
   configMap:
     name: {{ ternary (include "sharedcare.resourceName" (dict "root" $root "suffix" (printf "%s-migrate" $cfg.name))) $cfg.fullname .migrate }}
+{{- if eq $cfg.name "records" }}
+# records' classification map (records.classification_map names the file).
+- name: classification
+  configMap:
+    name: {{ include "sharedcare.resourceName" (dict "root" $root "suffix" (ternary "records-migrate-classification" "records-classification" .migrate)) }}
+{{- end }}
 - name: tmp
   emptyDir:
     sizeLimit: 64Mi

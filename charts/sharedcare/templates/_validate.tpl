@@ -40,7 +40,7 @@ Call with (dict "path" "" "value" .Values).
 {{- fail "auth.existingSecret and auth.generateDevSecrets are both set: with an existing Secret set auth.generateDevSecrets=false" -}}
 {{- end -}}
 {{- if not (or $values.auth.existingSecret $values.auth.generateDevSecrets) -}}
-{{- fail "no auth secrets: set auth.existingSecret (a Secret with signing-key.pem, bootstrap.toml, records-client-secret, key-encryption-key, nhs-index-key) or, for development only, auth.generateDevSecrets=true" -}}
+{{- fail "no auth secrets: set auth.existingSecret (a Secret with signing-key.pem, bootstrap.toml, records-client-secret, consent-client-secret, key-encryption-key, nhs-index-key) or, for development only, auth.generateDevSecrets=true" -}}
 {{- end -}}
 
 {{- $enabled := splitList " " (include "sharedcare.enabledServices" .) | compact -}}
@@ -72,6 +72,15 @@ Call with (dict "path" "" "value" .Values).
 {{- if and (has "records" $enabled) (not $values.services.audit.enabled) (not $values.services.records.auditUrl) -}}
 {{- fail "records is enabled but audit is not: enable services.audit or set services.records.auditUrl" -}}
 {{- end -}}
+{{- if and (has "identity" $enabled) (not $values.services.consent.enabled) (not $values.services.identity.consentUrl) -}}
+{{- fail "identity is enabled but consent is not: enable services.consent or set services.identity.consentUrl" -}}
+{{- end -}}
+{{- if and (has "identity" $enabled) (not $values.services.audit.enabled) (not $values.services.identity.auditUrl) -}}
+{{- fail "identity is enabled but audit is not: enable services.audit or set services.identity.auditUrl" -}}
+{{- end -}}
+{{- if and (has "consent" $enabled) (not $values.services.audit.enabled) (not $values.services.consent.auditUrl) -}}
+{{- fail "consent is enabled but audit is not: enable services.audit or set services.consent.auditUrl" -}}
+{{- end -}}
 {{- if and (not $values.services.identity.enabled) (not $values.auth.identityUrl) -}}
 {{- range $svc := $enabled -}}
 {{- fail (printf "%s is enabled but identity is not: enable services.identity or set auth.identityUrl" $svc) -}}
@@ -94,6 +103,9 @@ Call with (dict "path" "" "value" .Values).
 {{- fail (printf "services.%s: autoscaling needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" $svc) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{- if eq $values.services.consent.clientId $values.services.records.clientId -}}
+{{- fail (printf "services.consent.clientId and services.records.clientId are both %q: each service calls the others as its own principal" $values.services.records.clientId) -}}
 {{- end -}}
 {{- if and (has "records" $enabled) -}}
 {{- $cfg := include "sharedcare.serviceConfig" (dict "root" $ "svc" "records") | fromYaml -}}

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use sharedcare_kit::config::{
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, ServerConfig,
-    TelemetryConfig, Validate,
+    TelemetryConfig, Validate, check_url,
 };
 use sharedcare_kit::tls::TlsConfig;
 
@@ -55,37 +55,15 @@ impl Validate for ConsentConfig {
         self.telemetry.validate()?;
         self.database.validate(crate::SERVICE_NAME)?;
         self.auth.validate()?;
-        if !(self.consent.audit_url.starts_with("http://")
-            || self.consent.audit_url.starts_with("https://"))
-        {
-            return Err(ConfigError::invalid(
-                "consent.audit_url",
-                "must be an http:// or https:// URL",
-            ));
-        }
+        check_url("consent.audit_url", &self.consent.audit_url)?;
         if self.consent.call_timeout_ms == 0 {
             return Err(ConfigError::invalid(
                 "consent.call_timeout_ms",
                 "must be greater than 0",
             ));
         }
-        if self.auth.client_id.as_deref().unwrap_or("").is_empty() {
-            return Err(ConfigError::invalid(
-                "auth.client_id",
-                "consent audits its changes as itself: set its client id",
-            ));
-        }
-        if self
-            .auth
-            .client_secret
-            .resolve("auth.client_secret")?
-            .is_none()
-        {
-            return Err(ConfigError::invalid(
-                "auth.client_secret",
-                "consent audits its changes as itself: set its client secret",
-            ));
-        }
+        self.auth
+            .require_client_credentials("consent audits its changes as itself")?;
         self.tls.validate()?;
         self.tls
             .check_url("auth.identity_url", &self.auth.identity_url)?;

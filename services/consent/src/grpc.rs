@@ -446,6 +446,40 @@ impl ConsentGrpc {
         }
     }
 
+    /// Stores a new relationship recorded by `grant`'s principal at its
+    /// organisation, audited (as `reason`) before it is stored.
+    async fn create_relationship(
+        &self,
+        grant: &Grant,
+        patient_id: PatientId,
+        organisation: OdsCode,
+        kind: CareRelationshipKind,
+        period: Period,
+        reason: &str,
+    ) -> Result<CareRelationship, Error> {
+        let recorded_by = caller_organisation(grant)?;
+        let relationship = CareRelationship {
+            id: new_id(),
+            patient_id,
+            organisation,
+            kind,
+            period,
+            recorded_by: grant.principal.id.clone(),
+            recorded_by_organisation: recorded_by,
+            ended_by: None,
+        };
+        let change = Change {
+            grant,
+            patient: &relationship.patient_id,
+            action: Action::Create,
+            resource_type: "CareRelationship",
+            id: &relationship.id,
+            reason,
+        };
+        self.audited(change, self.store.insert_relationship(relationship.clone()))
+            .await
+    }
+
     /// Audits a read before its answer is sent (fail closed).
     async fn audit_read(&self, change: Change<'_>) -> Result<(), Error> {
         self.audit.append(change.event(AuditOutcome::Success)).await
@@ -509,26 +543,8 @@ impl ConsentService for ConsentGrpc {
         if !self.directory.patient_exists(&patient_id).await? {
             return Err(Error::not_found("patient_id: no patient with this id").into());
         }
-        let relationship = CareRelationship {
-            id: new_id(),
-            patient_id,
-            organisation: organisation.clone(),
-            kind,
-            period,
-            recorded_by: grant.principal.id.clone(),
-            recorded_by_organisation: organisation,
-            ended_by: None,
-        };
-        let change = Change {
-            grant: &grant,
-            patient: &relationship.patient_id,
-            action: Action::Create,
-            resource_type: "CareRelationship",
-            id: &relationship.id,
-            reason: "ASSERTED",
-        };
         let stored = self
-            .audited(change, self.store.insert_relationship(relationship.clone()))
+            .create_relationship(&grant, patient_id, organisation, kind, period, "ASSERTED")
             .await?;
         Ok(Response::new(pb::RecordCareRelationshipResponse {
             relationship: Some(relationship_to_pb(stored)),
@@ -567,26 +583,15 @@ impl ConsentService for ConsentGrpc {
             ))
             .into());
         }
-        let relationship = CareRelationship {
-            id: new_id(),
-            patient_id,
-            organisation,
-            kind: CareRelationshipKind::Referral,
-            period,
-            recorded_by: grant.principal.id.clone(),
-            recorded_by_organisation: referrer,
-            ended_by: None,
-        };
-        let change = Change {
-            grant: &grant,
-            patient: &relationship.patient_id,
-            action: Action::Create,
-            resource_type: "CareRelationship",
-            id: &relationship.id,
-            reason: "REFERRAL",
-        };
         let stored = self
-            .audited(change, self.store.insert_relationship(relationship.clone()))
+            .create_relationship(
+                &grant,
+                patient_id,
+                organisation,
+                CareRelationshipKind::Referral,
+                period,
+                "REFERRAL",
+            )
             .await?;
         Ok(Response::new(pb::ReferPatientResponse {
             relationship: Some(relationship_to_pb(stored)),

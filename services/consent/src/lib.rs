@@ -21,7 +21,6 @@ use sharedcare_kit::{
     Error,
     auth::Verifier,
     client::{ServiceTokens, TokenSource},
-    config::Secret,
     peers::{AuditSink, BoxFuture, GrpcAudit},
     server::{MessageLimits, ServiceSpec},
 };
@@ -137,17 +136,8 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
     let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
     let channel = |url: &str| sharedcare_kit::tls::channel(url, tls.as_ref());
     let identity = channel(&cfg.auth.identity_url)?;
-    let secret = cfg
-        .auth
-        .client_secret
-        .resolve("auth.client_secret")
-        .map_err(|e| Error::invalid("auth.client_secret", e.to_string()))?
-        .unwrap_or_else(|| Secret::new(""));
-    let tokens: Arc<dyn ServiceTokens> = Arc::new(TokenSource::new(
-        identity.clone(),
-        cfg.auth.client_id.clone().unwrap_or_default(),
-        secret,
-    ));
+    let tokens: Arc<dyn ServiceTokens> =
+        Arc::new(TokenSource::from_config(identity.clone(), &cfg.auth)?);
     let timeout = Duration::from_millis(cfg.consent.call_timeout_ms);
     let audit = Arc::new(GrpcAudit::new(
         channel(&cfg.consent.audit_url)?,

@@ -5,23 +5,12 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde::Deserialize;
 use sharedcare_kit::config::{
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, SecretSource,
-    ServerConfig, TelemetryConfig, Validate,
+    ServerConfig, TelemetryConfig, Validate, check_url,
 };
 use sharedcare_kit::crypto::decode_key;
 use sharedcare_kit::tls::TlsConfig;
 
 use crate::domain::RoleMap;
-
-fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        Ok(())
-    } else {
-        Err(ConfigError::invalid(
-            key,
-            "must be an http:// or https:// URL",
-        ))
-    }
-}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct IdentityConfig {
@@ -137,8 +126,14 @@ impl Validate for IdentityConfig {
                 ));
             }
         }
-        check_url("identity.consent_url", &self.identity.consent_url)?;
-        check_url("identity.audit_url", &self.identity.audit_url)?;
+        for (key, url) in [
+            ("identity.consent_url", &self.identity.consent_url),
+            ("identity.audit_url", &self.identity.audit_url),
+        ] {
+            check_url(key, url)?;
+            // https:// with TLS on, http:// with it off.
+            self.tls.check_url(key, url)?;
+        }
         if self.identity.call_timeout_ms == 0 {
             return Err(ConfigError::invalid(
                 "identity.call_timeout_ms",

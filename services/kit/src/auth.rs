@@ -34,7 +34,7 @@ pub struct Claims {
     pub exp: i64,
     pub iat: i64,
     pub jti: String,
-    /// "staff", "application", "service" or "admin".
+    /// "staff", "application", "service", "admin" or "patient".
     pub kind: String,
     /// ODS code of the organisation the principal acts for.
     pub org: String,

@@ -45,6 +45,20 @@ pub struct TokenSource {
 }
 
 impl TokenSource {
+    /// This service's credentials from its `auth` configuration.
+    pub fn from_config(identity: Channel, cfg: &crate::config::AuthConfig) -> Result<Self, Error> {
+        let secret = cfg
+            .client_secret
+            .resolve("auth.client_secret")
+            .map_err(|e| Error::invalid("auth.client_secret", e.to_string()))?
+            .unwrap_or_else(|| Secret::new(""));
+        Ok(TokenSource::new(
+            identity,
+            cfg.client_id.clone().unwrap_or_default(),
+            secret,
+        ))
+    }
+
     pub fn new(identity: Channel, client_id: String, client_secret: Secret) -> Self {
         TokenSource {
             client: IdentityServiceClient::new(identity),

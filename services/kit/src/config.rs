@@ -302,15 +302,39 @@ impl AuthConfig {
         if self.audience.is_empty() {
             return Err(ConfigError::invalid("auth.audience", "must not be empty"));
         }
-        if !(self.identity_url.starts_with("http://") || self.identity_url.starts_with("https://"))
-        {
-            return Err(ConfigError::invalid(
-                "auth.identity_url",
-                "must be an http:// or https:// URL",
-            ));
-        }
+        check_url("auth.identity_url", &self.identity_url)?;
         self.client_secret.resolve("auth.client_secret")?;
         Ok(())
+    }
+
+    /// For a service that calls others as itself: its client id and secret
+    /// must be set. `why` says what it calls, for the error.
+    pub fn require_client_credentials(&self, why: &str) -> Result<(), ConfigError> {
+        if self.client_id.as_deref().unwrap_or("").is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.client_id",
+                format!("{why}: set its client id"),
+            ));
+        }
+        if self.client_secret.resolve("auth.client_secret")?.is_none() {
+            return Err(ConfigError::invalid(
+                "auth.client_secret",
+                format!("{why}: set auth.client_secret.value or auth.client_secret.file"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `url` must be http:// or https://; the error names `key`.
+pub fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            "must be an http:// or https:// URL",
+        ))
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use sharedcare_kit::config::{
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, SecretSource,
-    ServerConfig, TelemetryConfig, Validate,
+    ServerConfig, TelemetryConfig, Validate, check_url,
 };
 use sharedcare_kit::tls::TlsConfig;
 
@@ -74,40 +74,14 @@ impl RecordsConfig {
     }
 }
 
-fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        Ok(())
-    } else {
-        Err(ConfigError::invalid(
-            key,
-            "must be an http:// or https:// URL",
-        ))
-    }
-}
-
 impl Validate for RecordsConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
         self.telemetry.validate()?;
         self.database.validate(crate::SERVICE_NAME)?;
         self.auth.validate()?;
-        if self.auth.client_id.as_deref().unwrap_or("").is_empty() {
-            return Err(ConfigError::invalid(
-                "auth.client_id",
-                "records calls consent and audit as itself: set its client id",
-            ));
-        }
-        if self
-            .auth
-            .client_secret
-            .resolve("auth.client_secret")?
-            .is_none()
-        {
-            return Err(ConfigError::invalid(
-                "auth.client_secret",
-                "set auth.client_secret.value or auth.client_secret.file",
-            ));
-        }
+        self.auth
+            .require_client_credentials("records calls consent and audit as itself")?;
         check_url("records.consent_url", &self.records.consent_url)?;
         check_url("records.audit_url", &self.records.audit_url)?;
         self.tls.validate()?;

@@ -20,7 +20,6 @@ use sharedcare_kit::{
     Error,
     auth::Verifier,
     client::TokenSource,
-    config::Secret,
     crypto::{Kek, Keyring},
     server::{MessageLimits, ServiceSpec},
 };
@@ -83,17 +82,7 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
     let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
     let channel = |url: &str| sharedcare_kit::tls::channel(url, tls.as_ref());
     let identity = channel(&cfg.auth.identity_url)?;
-    let secret = cfg
-        .auth
-        .client_secret
-        .resolve("auth.client_secret")
-        .map_err(|e| Error::invalid("auth.client_secret", e.to_string()))?
-        .unwrap_or_else(|| Secret::new(""));
-    let tokens = Arc::new(TokenSource::new(
-        identity.clone(),
-        cfg.auth.client_id.clone().unwrap_or_default(),
-        secret,
-    ));
+    let tokens = Arc::new(TokenSource::from_config(identity.clone(), &cfg.auth)?);
     let timeout = Duration::from_millis(cfg.records.call_timeout_ms);
     let consent = Arc::new(access::GrpcConsent::new(
         channel(&cfg.records.consent_url)?,

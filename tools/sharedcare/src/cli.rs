@@ -67,18 +67,28 @@ pub enum Command {
     /// Organisations, known by ODS code (identity).
     #[command(subcommand)]
     Org(commands::org::OrgCommand),
-    /// Staff, application and service principals (identity).
+    /// Staff, application, service and patient principals (identity).
     #[command(subcommand)]
     Principal(commands::principal::PrincipalCommand),
     /// The patient index (identity).
     #[command(subcommand)]
     Patient(commands::patient::PatientCommand),
-    /// Record that an organisation is caring for a patient (consent).
+    /// Record that the caller's own organisation is caring for a patient
+    /// (consent; its PAS, or staff whose role may assert relationships).
     CareRelationship(commands::care::CareRelationshipArgs),
+    /// Refer a patient the caller's organisation cares for to another
+    /// organisation (consent).
+    Refer(commands::care::ReferArgs),
+    /// End one of the caller's organisation's care relationships (consent).
+    EndRelationship(commands::care::EndArgs),
+    /// A patient's directives: by the patient, or on their behalf (consent).
+    #[command(subcommand)]
+    Directive(commands::directive::DirectiveCommand),
     /// FHIR R4 resources in a patient's shared record (records).
     #[command(subcommand)]
     Record(commands::record::RecordCommand),
-    /// Who accessed a patient's record, when, why and with what outcome (audit).
+    /// Who accessed a patient's record, when, why and with what outcome
+    /// (audit; the patient, a privacy officer or a platform auditor).
     AccessReport(commands::access_report::AccessReportArgs),
     /// Walk the whole chain against a running `sharedcare dev`.
     Demo(DemoArgs),

@@ -4,8 +4,8 @@
 use clap::ValueEnum;
 use sharedcare_proto::{
     audit::v1::{Action, Outcome},
-    common::v1::{Purpose, RecordCategory},
-    consent::v1::CareRelationshipKind,
+    common::v1::{PrincipalKind, Purpose, RecordCategory},
+    consent::v1::{CareRelationshipKind, DirectiveSource, Effect},
     identity::v1::Gender,
 };
 
@@ -59,6 +59,55 @@ pub fn relationship_kind(value: i32) -> String {
         "CARE_RELATIONSHIP_KIND_",
         value,
     )
+}
+
+pub fn principal_kind(value: i32) -> String {
+    short(
+        PrincipalKind::try_from(value).ok().map(|k| k.as_str_name()),
+        "PRINCIPAL_KIND_",
+        value,
+    )
+}
+
+/// Who recorded a directive: `PATIENT` or `CLINICIAN` (on the patient's
+/// behalf).
+pub fn directive_source(value: i32) -> String {
+    short(
+        DirectiveSource::try_from(value)
+            .ok()
+            .map(|s| s.as_str_name()),
+        "DIRECTIVE_SOURCE_",
+        value,
+    )
+}
+
+pub fn effect(value: i32) -> String {
+    short(
+        Effect::try_from(value).ok().map(|e| e.as_str_name()),
+        "EFFECT_",
+        value,
+    )
+}
+
+/// A list of purposes, comma-separated; `any` when empty.
+pub fn purposes(values: &[i32]) -> String {
+    list(values, purpose)
+}
+
+/// A list of record categories, comma-separated; `any` when empty.
+pub fn categories(values: &[i32]) -> String {
+    list(values, category)
+}
+
+fn list(values: &[i32], label: fn(i32) -> String) -> String {
+    if values.is_empty() {
+        return "any".to_owned();
+    }
+    values
+        .iter()
+        .map(|v| label(*v))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn gender(value: i32) -> String {
@@ -143,6 +192,17 @@ mod tests {
             relationship_kind(CareRelationshipKind::RegisteredGp as i32),
             "REGISTERED_GP"
         );
+        assert_eq!(principal_kind(PrincipalKind::Patient as i32), "PATIENT");
+        assert_eq!(
+            directive_source(DirectiveSource::Clinician as i32),
+            "CLINICIAN"
+        );
+        assert_eq!(effect(Effect::Deny as i32), "DENY");
+        assert_eq!(
+            categories(&[RecordCategory::SexualHealth as i32]),
+            "SEXUAL_HEALTH"
+        );
+        assert_eq!(purposes(&[]), "any");
         assert_eq!(action(99), "99");
     }
 

@@ -1,7 +1,9 @@
 //! The real binary end to end: `sharedcare dev` on a temp data dir, then
-//! `sharedcare demo` against it, then SIGTERM. The only test that starts
-//! `dev`; it picks four consecutive free ports with `--base-port`, so a
-//! developer's own `sharedcare dev` on 50051–50054 is left alone.
+//! `sharedcare demo` against it, then SIGTERM; then the same data dir as an
+//! older version left it (a bootstrap file without the consent service's
+//! client) started again, and the demo run once more. The only test that
+//! starts `dev`; it picks four consecutive free ports with `--base-port`, so
+//! a developer's own `sharedcare dev` on 50051–50054 is left alone.
 
 use std::{
     net::TcpListener,
@@ -161,6 +163,115 @@ impl Drop for Dev {
     }
 }
 
+/// Runs `sharedcare demo` against dev; its standard output, after checking
+/// that it succeeded.
+fn run_demo(dev: &Dev, data_dir: &Path, base_port: u16) -> String {
+    let mut demo = Command::new(BIN);
+    demo.args(["--base-port", &base_port.to_string(), "demo", "--data-dir"])
+        .arg(data_dir);
+    for var in CLIENT_VARS {
+        demo.env_remove(var);
+    }
+    let demo = demo.output().expect("run sharedcare demo");
+    let stdout = String::from_utf8_lossy(&demo.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&demo.stderr);
+    assert!(
+        demo.status.success(),
+        "demo failed ({})\n--- demo stdout ---\n{stdout}\n--- demo stderr ---\n{stderr}\n{}",
+        demo.status,
+        dev.output()
+    );
+    stdout
+}
+
+/// What the demo shows: the trust model at work, and the patient's own
+/// access report recording it.
+fn assert_demo_shows_the_trust_model(stdout: &str) {
+    let refusals: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("PERMISSION_DENIED"))
+        .collect();
+    for (what, reason) in [
+        (
+            "a clinician without assert_relationships asserting a relationship",
+            "assert_relationships",
+        ),
+        (
+            "another practice's system asserting one for A81001",
+            "NOT_OWN_ORGANISATION",
+        ),
+        (
+            "B82002 reading without a relationship",
+            "NO_CARE_RELATIONSHIP",
+        ),
+        (
+            "the read against the patient's directive",
+            "PATIENT_DIRECTIVE_DENY",
+        ),
+    ] {
+        assert!(
+            refusals.iter().any(|l| l.contains(reason)),
+            "the demo shows {what} refused ({reason}):\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("as SEXUAL_HEALTH"),
+        "the HIV Condition labelled general is stored as sexual health:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("the patient reads their own access report"),
+        "the patient reads the access report:\n{stdout}"
+    );
+    let report_rows = |what: &str| -> Vec<&str> {
+        stdout
+            .lines()
+            .filter(|l| l.contains(what) && l.starts_with("20"))
+            .collect()
+    };
+    let reads = report_rows("READ Observation");
+    assert!(
+        reads
+            .iter()
+            .any(|l| l.contains("A81001") && l.contains("SUCCESS")),
+        "the report has A81001's read:\n{stdout}"
+    );
+    assert!(
+        reads
+            .iter()
+            .any(|l| l.contains("B82002") && l.contains("DENIED")),
+        "the report has B82002's denial:\n{stdout}"
+    );
+    assert!(
+        report_rows("READ Condition")
+            .iter()
+            .any(|l| l.contains("DENIED") && l.contains("PATIENT_DIRECTIVE_DENY")),
+        "the report has the denial the directive caused:\n{stdout}"
+    );
+    assert!(
+        report_rows("CREATE CareRelationship")
+            .iter()
+            .any(|l| l.contains("A81001") && l.contains("SUCCESS")),
+        "the report names who asserted the relationship:\n{stdout}"
+    );
+    assert!(
+        report_rows("CREATE Directive")
+            .iter()
+            .any(|l| l.contains("patient") && l.contains("SUCCESS")),
+        "the report has the patient's directive:\n{stdout}"
+    );
+}
+
+/// Rewrites the bootstrap file as an older `sharedcare dev` wrote it:
+/// without the consent service's client. Returns its text.
+fn make_bootstrap_file_older(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).expect("read bootstrap file");
+    let consent = text
+        .find("[[principals]]\nclient_id = \"consent\"")
+        .expect("a consent principal");
+    std::fs::write(path, &text[..consent]).expect("write bootstrap file");
+    text[..consent].to_owned()
+}
+
 #[test]
 fn dev_serves_the_demo_and_stops_on_sigterm() {
     let temp = tempfile::tempdir().expect("temp dir");
@@ -172,46 +283,16 @@ fn dev_serves_the_demo_and_stops_on_sigterm() {
 
     let bootstrap = data_dir.join("bootstrap.toml");
     assert!(bootstrap.is_file(), "dev wrote {}", bootstrap.display());
-
-    let mut demo = Command::new(BIN);
-    demo.args(["--base-port", &base_port.to_string(), "demo", "--data-dir"])
-        .arg(&data_dir);
-    for var in CLIENT_VARS {
-        demo.env_remove(var);
+    let written = std::fs::read_to_string(&bootstrap).expect("bootstrap file");
+    for client_id in ["admin", "records", "consent"] {
+        assert!(
+            written.contains(&format!("client_id = \"{client_id}\"")),
+            "the bootstrap file has the {client_id} client:\n{written}"
+        );
     }
-    let demo = demo.output().expect("run sharedcare demo");
-    let stdout = String::from_utf8_lossy(&demo.stdout);
-    let stderr = String::from_utf8_lossy(&demo.stderr);
-    assert!(
-        demo.status.success(),
-        "demo failed ({})\n--- demo stdout ---\n{stdout}\n--- demo stderr ---\n{stderr}\n{}",
-        demo.status,
-        dev.output()
-    );
-    assert!(
-        stdout.contains("PERMISSION_DENIED") && stdout.contains("NO_CARE_RELATIONSHIP"),
-        "the demo shows the denial and its reason:\n{stdout}"
-    );
-    assert!(
-        stdout.contains("access report"),
-        "the demo shows the access report:\n{stdout}"
-    );
-    let report_rows: Vec<&str> = stdout
-        .lines()
-        .filter(|l| l.contains("READ Observation"))
-        .collect();
-    assert!(
-        report_rows
-            .iter()
-            .any(|l| l.contains("A81001") && l.contains("SUCCESS")),
-        "the report has A81001's read:\n{stdout}"
-    );
-    assert!(
-        report_rows
-            .iter()
-            .any(|l| l.contains("B82002") && l.contains("DENIED")),
-        "the report has B82002's denial:\n{stdout}"
-    );
+
+    let stdout = run_demo(&dev, &data_dir, base_port);
+    assert_demo_shows_the_trust_model(&stdout);
 
     let banner = std::fs::read_to_string(temp.path().join("dev.stdout")).expect("dev stdout");
     assert!(
@@ -222,6 +303,36 @@ fn dev_serves_the_demo_and_stops_on_sigterm() {
         dev.output()
     );
 
+    let status = dev.terminate();
+    assert!(
+        status.success(),
+        "dev stops cleanly on SIGTERM ({status})\n{}",
+        dev.output()
+    );
+
+    // The data dir as an older version left it: dev completes the
+    // bootstrap file, starts, and the demo runs again (its organisations
+    // now exist already).
+    let older = make_bootstrap_file_older(&bootstrap);
+    let mut dev = Dev::start(&data_dir, temp.path(), base_port);
+    dev.wait_until_serving(base_port);
+    let completed = std::fs::read_to_string(&bootstrap).expect("bootstrap file");
+    assert!(
+        completed.contains("client_id = \"consent\"") && completed.starts_with(&older),
+        "the consent client is appended to the older file:\n{completed}"
+    );
+    let stdout = run_demo(&dev, &data_dir, base_port);
+    assert!(
+        stdout.contains("already exists (an earlier run)"),
+        "{stdout}"
+    );
+    assert_demo_shows_the_trust_model(&stdout);
+    let banner = std::fs::read_to_string(temp.path().join("dev.stdout")).expect("dev stdout");
+    assert!(
+        banner.contains("added the consent client(s) it lacked"),
+        "dev says it completed the bootstrap file\n{}",
+        dev.output()
+    );
     let status = dev.terminate();
     assert!(
         status.success(),

@@ -1,5 +1,7 @@
 //! `sharedcare access-report`: who accessed a patient's record, when, why
-//! and with what outcome, one line per access.
+//! and with what outcome, one line per access. Read by the patient
+//! themselves (a patient token), a privacy officer (their organisation's
+//! accesses) or a platform auditor.
 
 use clap::Args;
 use sharedcare_proto::audit::v1::{AccessReportLine, AccessReportRequest};
@@ -60,7 +62,7 @@ pub fn print(lines: &[AccessReportLine]) {
         return;
     }
     out!(
-        "{:<20}  {:<36}  {:<6}  {:<8}  {:<22}  {:<14}  {:<7}  REASON",
+        "{:<20}  {:<36}  {:<6}  {:<11}  {:<24}  {:<14}  {:<7}  REASON",
         "TIME",
         "ACTOR",
         "ORG",
@@ -74,9 +76,21 @@ pub fn print(lines: &[AccessReportLine]) {
     }
 }
 
-/// time, actor principal, organisation, role, action, purpose, outcome, reason.
+/// time, actor principal, organisation, role, action, purpose, outcome,
+/// reason. An actor without an organisation or role (the patient) shows `-`
+/// and its kind.
 pub fn format_line(line: &AccessReportLine) -> String {
     let actor = line.actor.clone().unwrap_or_default();
+    let organisation = if actor.organisation_ods_code.is_empty() {
+        "-".to_owned()
+    } else {
+        actor.organisation_ods_code
+    };
+    let role = if actor.role.is_empty() {
+        labels::principal_kind(actor.kind).to_lowercase()
+    } else {
+        actor.role
+    };
     let mut action = labels::action(line.action);
     if !line.resource_type.is_empty() {
         action = format!("{action} {}", line.resource_type);
@@ -86,14 +100,48 @@ pub fn format_line(line: &AccessReportLine) -> String {
         reason = format!("{reason} [BREAK-GLASS]");
     }
     format!(
-        "{:<20}  {:<36}  {:<6}  {:<8}  {:<22}  {:<14}  {:<7}  {}",
+        "{:<20}  {:<36}  {:<6}  {:<11}  {:<24}  {:<14}  {:<7}  {}",
         labels::time(line.occur_time.as_ref()),
         actor.principal_id,
-        actor.organisation_ods_code,
-        actor.role,
+        organisation,
+        role,
         action,
         labels::purpose(line.purpose),
         labels::outcome(line.outcome),
         reason,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use sharedcare_proto::{
+        audit::v1::{Action, Outcome},
+        common::v1::{Actor, PrincipalKind, Purpose},
+    };
+
+    use super::*;
+
+    #[test]
+    fn a_patients_own_access_shows_its_kind_and_no_organisation() {
+        let line = AccessReportLine {
+            actor: Some(Actor {
+                principal_id: "p-1".into(),
+                kind: PrincipalKind::Patient as i32,
+                patient_id: "pat".into(),
+                ..Actor::default()
+            }),
+            action: Action::Create as i32,
+            resource_type: "Directive".into(),
+            purpose: Purpose::PatientAccess as i32,
+            outcome: Outcome::Success as i32,
+            outcome_reason: "PATIENT".into(),
+            ..AccessReportLine::default()
+        };
+        let text = format_line(&line);
+        assert!(
+            text.contains("  -       patient      CREATE Directive"),
+            "{text}"
+        );
+        assert!(text.contains("PATIENT_ACCESS  SUCCESS  PATIENT"), "{text}");
+    }
 }

@@ -1,9 +1,13 @@
-//! `sharedcare care-relationship`: an organisation caring for a patient,
-//! the legitimate relationship consent permits direct care on.
+//! `sharedcare care-relationship`, `refer` and `end-relationship`: an
+//! organisation caring for a patient, the legitimate relationship consent
+//! permits direct care on. An organisation asserts relationships only for
+//! itself (its PAS, or staff whose role may assert them); a referral is how
+//! it brings in another organisation; it ends only its own.
 
 use clap::{Args, ValueEnum};
 use sharedcare_proto::consent::v1::{
-    CareRelationship, CareRelationshipKind, RecordCareRelationshipRequest,
+    CareRelationship, CareRelationshipKind, EndCareRelationshipRequest,
+    RecordCareRelationshipRequest, ReferPatientRequest,
 };
 
 use crate::output::out;
@@ -18,10 +22,10 @@ pub struct CareRelationshipArgs {
     /// Patient id.
     #[arg(long)]
     pub patient: String,
-    /// ODS code of the caring organisation.
+    /// ODS code of the caring organisation: the caller's own.
     #[arg(long)]
     pub ods: String,
-    /// What kind of care.
+    /// What kind of care (a referral is made with `sharedcare refer`).
     #[arg(long, value_enum, default_value_t = KindArg::RegisteredGp)]
     pub kind: KindArg,
 }
@@ -30,7 +34,6 @@ pub struct CareRelationshipArgs {
 pub enum KindArg {
     RegisteredGp,
     HospitalEpisode,
-    Referral,
     CareHomePlacement,
     CommunityCare,
 }
@@ -40,11 +43,31 @@ impl KindArg {
         match self {
             KindArg::RegisteredGp => CareRelationshipKind::RegisteredGp,
             KindArg::HospitalEpisode => CareRelationshipKind::HospitalEpisode,
-            KindArg::Referral => CareRelationshipKind::Referral,
             KindArg::CareHomePlacement => CareRelationshipKind::CareHomePlacement,
             KindArg::CommunityCare => CareRelationshipKind::CommunityCare,
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct ReferArgs {
+    /// Patient id; the caller's organisation must be caring for them.
+    #[arg(long)]
+    pub patient: String,
+    /// ODS code of the organisation the patient is referred to.
+    #[arg(long)]
+    pub ods: String,
+}
+
+#[derive(Debug, Args)]
+pub struct EndArgs {
+    /// Patient id.
+    #[arg(long)]
+    pub patient: String,
+    /// The relationship to end (one of the caller's organisation's), as
+    /// printed when it was recorded.
+    #[arg(long)]
+    pub relationship: String,
 }
 
 /// Calls RecordCareRelationship, starting now and open-ended.
@@ -69,8 +92,57 @@ pub async fn record(
     Ok(response.relationship.unwrap_or_default())
 }
 
+/// Calls ReferPatient, starting now and open-ended.
+pub async fn refer(services: &Services, args: ReferArgs) -> anyhow::Result<CareRelationship> {
+    let response = services
+        .consent()?
+        .refer_patient(bearer(
+            ReferPatientRequest {
+                patient_id: args.patient,
+                organisation_ods_code: args.ods,
+                start_time: None,
+                end_time: None,
+            },
+            services.token()?,
+        )?)
+        .await
+        .grpc()?;
+    Ok(response.relationship.unwrap_or_default())
+}
+
+/// Calls EndCareRelationship, ending it now.
+pub async fn end(services: &Services, args: EndArgs) -> anyhow::Result<CareRelationship> {
+    let response = services
+        .consent()?
+        .end_care_relationship(bearer(
+            EndCareRelationshipRequest {
+                patient_id: args.patient,
+                relationship_id: args.relationship,
+                end_time: None,
+            },
+            services.token()?,
+        )?)
+        .await
+        .grpc()?;
+    Ok(response.relationship.unwrap_or_default())
+}
+
 pub async fn run(services: &Services, args: CareRelationshipArgs) -> anyhow::Result<()> {
-    let relationship = record(services, args).await?;
+    print(&record(services, args).await?);
+    Ok(())
+}
+
+pub async fn run_refer(services: &Services, args: ReferArgs) -> anyhow::Result<()> {
+    print(&refer(services, args).await?);
+    Ok(())
+}
+
+pub async fn run_end(services: &Services, args: EndArgs) -> anyhow::Result<()> {
+    print(&end(services, args).await?);
+    Ok(())
+}
+
+pub fn print(relationship: &CareRelationship) {
     out!("relationship_id: {}", relationship.relationship_id);
     out!("patient_id:      {}", relationship.patient_id);
     out!("organisation:    {}", relationship.organisation_ods_code);
@@ -82,5 +154,18 @@ pub async fn run(services: &Services, args: CareRelationshipArgs) -> anyhow::Res
         "start:           {}",
         labels::time(relationship.start_time.as_ref())
     );
-    Ok(())
+    if relationship.end_time.is_some() {
+        out!(
+            "end:             {}",
+            labels::time(relationship.end_time.as_ref())
+        );
+    }
+    out!(
+        "recorded_by:     {} ({})",
+        relationship.recorded_by,
+        relationship.recorded_by_ods_code
+    );
+    if !relationship.ended_by.is_empty() {
+        out!("ended_by:        {}", relationship.ended_by);
+    }
 }

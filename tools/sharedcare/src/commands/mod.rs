@@ -3,6 +3,7 @@
 
 pub mod access_report;
 pub mod care;
+pub mod directive;
 pub mod org;
 pub mod patient;
 pub mod principal;

@@ -24,7 +24,9 @@ pub enum RecordCommand {
         /// The resource as JSON; `-` reads standard input.
         #[arg(long)]
         file: PathBuf,
-        /// The part of the record it belongs to [default: general].
+        /// The writer's label for the part of the record it belongs to. records
+        /// classifies the resource by its codes (the classification map); a
+        /// label can raise that category, never lower it.
         #[arg(long, value_enum)]
         category: Option<CategoryArg>,
         /// Purpose of use [default: the token's].

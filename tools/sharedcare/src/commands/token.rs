@@ -21,7 +21,9 @@ pub struct TokenArgs {
     /// Ask for only these scopes (repeatable); none means all granted.
     #[arg(long = "scope", value_name = "SCOPE")]
     pub scopes: Vec<String>,
-    /// Purpose of use carried in the token [default: direct-care].
+    /// Purpose of use carried in the token; one of the principal's permitted
+    /// purposes (another is PERMISSION_DENIED naming it) [default: the
+    /// first of them].
     #[arg(long, value_enum)]
     pub purpose: Option<PurposeArg>,
 }

@@ -1,9 +1,15 @@
 //! `sharedcare demo`: the whole chain against a running `sharedcare dev`,
-//! step by step. Two GP practices, a clinician at each, one patient
-//! registered at the first; the first practice's clinician writes and reads
-//! an Observation, the second's is refused by consent, and the patient's
-//! access report shows both. Any step that does not behave as the platform
-//! promises ends the demo with an error.
+//! step by step, the way the trust model has it. admin (who sees no
+//! clinical data) sets up two GP practices, each with its patient
+//! administration system (PAS) and a clinician. A81001's PAS registers a
+//! patient and asserts that it is their registered GP; the clinician may
+//! not assert a relationship, nor may B82002's system assert one for
+//! A81001. The A81001 clinician writes and reads an Observation; B82002's
+//! is refused. A Condition sent as general is classified as sexual health by
+//! its code; the patient, signed in for themselves, refuses sexual-health
+//! sharing with A81001, and the clinician's next read of it is refused. The
+//! patient then reads their own access report. Any step that does not behave
+//! as the platform promises ends the demo with an error.
 
 mod nhs;
 
@@ -13,6 +19,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use sharedcare_proto::{
     audit::v1::{AccessReportLine, Action, Outcome},
+    common::v1::RecordCategory,
     records::v1::Record,
 };
 
@@ -20,13 +27,16 @@ use crate::output::out;
 use crate::{
     bootstrap::{self, ADMIN_CLIENT_ID},
     commands::{
-        access_report, care, org,
+        access_report, care,
+        directive::{self, EffectArg},
+        org,
         patient::{self, GenderArg, RegisterArgs},
         principal::{self, CreatePrincipalArgs, KindArg},
         record, token,
     },
     connect::Services,
     failure::status_code,
+    labels::{self, CategoryArg},
 };
 
 #[derive(Debug, Args)]
@@ -40,9 +50,20 @@ pub struct DemoArgs {
 const HOME_PRACTICE: (&str, &str) = ("A81001", "Demo Surgery (patient's GP practice)");
 /// A practice with no relationship to the patient.
 const OTHER_PRACTICE: (&str, &str) = ("B82002", "Other Demo Practice");
-/// Clinical Practitioner Access Role.
+/// Clinical Practitioner Access Role: may record directives on a patient's
+/// behalf and refer, but not assert relationships (identity's role map).
 const CLINICIAN_ROLE: &str = "R8000";
-const STEPS: usize = 10;
+/// What a practice's PAS is created with: it registers patients and asserts
+/// its own organisation's care relationships.
+const PAS_SCOPES: [&str; 6] = [
+    "patients.read",
+    "patients.write",
+    "records.read",
+    "records.write",
+    "consent.read",
+    "consent.write",
+];
+const STEPS: usize = 13;
 
 /// Numbered narration.
 struct Narrator(usize);
@@ -58,12 +79,12 @@ fn say(line: impl AsRef<str>) {
     out!("      {}", line.as_ref());
 }
 
-/// A clinician created for this run, with a token.
-struct Clinician {
+/// A principal created for this run, and services calling with its token.
+struct Actor {
     ods: &'static str,
     principal_id: String,
     client_id: String,
-    token: String,
+    services: Services,
 }
 
 pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow::Result<()> {
@@ -87,6 +108,7 @@ pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow:
         credentials.path.display()
     ));
     say(format!("token {}…", preview(&admin_token)));
+    say("admin administers organisations and principals; it reads no clinical data");
 
     n.step("admin adds two GP practices");
     for (ods, name) in [HOME_PRACTICE, OTHER_PRACTICE] {
@@ -99,51 +121,75 @@ pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow:
         }
     }
 
-    n.step("admin adds a clinician at each practice");
+    n.step("admin adds each practice's PAS (an application with explicit scopes)");
+    let mut systems = Vec::new();
+    for (ods, _) in [HOME_PRACTICE, OTHER_PRACTICE] {
+        let pas = create(
+            services,
+            &admin,
+            ods,
+            CreatePrincipalArgs {
+                kind: KindArg::Application,
+                ods: ods.to_owned(),
+                role: String::new(),
+                name: format!("Demo PAS ({ods})"),
+                patient: String::new(),
+                scopes: PAS_SCOPES.map(str::to_owned).to_vec(),
+                purposes: vec![],
+            },
+        )
+        .await
+        .with_context(|| format!("creating the PAS at {ods}"))?;
+        say(format!(
+            "{ods}: PAS {} (client id {}; scopes {})",
+            pas.principal_id,
+            pas.client_id,
+            PAS_SCOPES.join(" ")
+        ));
+        systems.push(pas);
+    }
+    let [home_pas, other_pas]: [Actor; 2] = systems
+        .try_into()
+        .map_err(|_| anyhow!("expected two systems"))?;
+
+    n.step(&format!(
+        "admin adds a clinician ({CLINICIAN_ROLE}) at each practice"
+    ));
     let mut clinicians = Vec::new();
     for (ods, _) in [HOME_PRACTICE, OTHER_PRACTICE] {
-        let created = principal::create(
+        let clinician = create(
+            services,
             &admin,
+            ods,
             CreatePrincipalArgs {
                 kind: KindArg::Staff,
                 ods: ods.to_owned(),
                 role: CLINICIAN_ROLE.to_owned(),
                 name: format!("Dr Demo ({ods})"),
+                patient: String::new(),
                 scopes: vec![],
+                purposes: vec![],
             },
         )
         .await
         .with_context(|| format!("creating a clinician at {ods}"))?;
-        let principal = created.principal.unwrap_or_default();
         say(format!(
-            "{ods}: principal {} (client id {}, role {CLINICIAN_ROLE})",
-            principal.principal_id, principal.client_id
+            "{ods}: clinician {} (client id {}, role {CLINICIAN_ROLE})",
+            clinician.principal_id, clinician.client_id
         ));
-        clinicians.push((ods, principal, created.client_secret));
+        clinicians.push(clinician);
     }
-
-    n.step("each clinician gets a token with their own credentials");
-    let mut tokens = Vec::new();
-    for (ods, principal, secret) in clinicians {
-        let issued = token::issue(services, &principal.client_id, &secret, vec![], None)
-            .await
-            .with_context(|| format!("issuing a token for the clinician at {ods}"))?;
-        say(format!("{ods}: token {}…", preview(&issued.access_token)));
-        tokens.push(Clinician {
-            ods,
-            principal_id: principal.principal_id,
-            client_id: principal.client_id,
-            token: issued.access_token,
-        });
-    }
-    let [home, other]: [Clinician; 2] = tokens
+    let [home, other]: [Actor; 2] = clinicians
         .try_into()
         .map_err(|_| anyhow!("expected two clinicians"))?;
 
-    n.step("admin registers a patient (NHS number from the test range)");
+    n.step(&format!(
+        "{}'s PAS registers a patient (NHS number from the test range)",
+        home_pas.ods
+    ));
     let nhs_number = nhs::random_test_number();
     let registered = patient::register(
-        &admin,
+        &home_pas.services,
         RegisterArgs {
             nhs_number: nhs_number.clone(),
             given: vec!["Jane".into()],
@@ -162,31 +208,51 @@ pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow:
     ));
 
     n.step(&format!(
-        "consent records {} as the patient's registered GP practice",
-        HOME_PRACTICE.0
+        "{}'s PAS asserts that {} is the patient's registered GP practice",
+        home_pas.ods, HOME_PRACTICE.0
     ));
-    let relationship = care::record(
-        &admin,
-        care::CareRelationshipArgs {
-            patient: patient_id.clone(),
-            ods: HOME_PRACTICE.0.to_owned(),
-            kind: care::KindArg::RegisteredGp,
-        },
-    )
-    .await
-    .context("recording the care relationship")?;
+    let assert_home = || care::CareRelationshipArgs {
+        patient: patient_id.clone(),
+        ods: HOME_PRACTICE.0.to_owned(),
+        kind: care::KindArg::RegisteredGp,
+    };
+    let relationship = care::record(&home_pas.services, assert_home())
+        .await
+        .context("recording the care relationship")?;
     say(format!(
-        "relationship {} ({} ↔ patient)",
-        relationship.relationship_id, relationship.organisation_ods_code
+        "relationship {} ({} ↔ patient, asserted by {})",
+        relationship.relationship_id, relationship.organisation_ods_code, relationship.recorded_by
+    ));
+
+    n.step("nobody else may assert that relationship");
+    let refused = expect_denied(
+        care::record(&home.services, assert_home()).await,
+        &format!("the {} clinician asserting a relationship", home.ods),
+    )?;
+    say(format!(
+        "the {} clinician ({CLINICIAN_ROLE} cannot assert relationships): refused, as it should be: {refused}",
+        home.ods
+    ));
+    let refused = expect_denied(
+        care::record(&other_pas.services, assert_home()).await,
+        &format!(
+            "{}'s PAS asserting a relationship for {}",
+            other_pas.ods, HOME_PRACTICE.0
+        ),
+    )?;
+    say(format!(
+        "{}'s PAS asserting one for {}: refused, as it should be: {refused}",
+        other_pas.ods, HOME_PRACTICE.0
     ));
 
     n.step(&format!(
-        "the {} clinician records a blood pressure Observation",
+        "the {} clinician records a blood pressure Observation and reads it back",
         home.ods
     ));
+    let token = home.services.token()?;
     let created = record::create(
         services,
-        &home.token,
+        token,
         &patient_id,
         observation(&patient_id),
         None,
@@ -202,9 +268,7 @@ pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow:
         );
     }
     show_record(&created);
-
-    n.step(&format!("the {} clinician reads it back", home.ods));
-    let read = record::get(services, &home.token, &patient_id, &created.record_id, None)
+    let read = record::get(services, token, &patient_id, &created.record_id, None)
         .await
         .context("reading the Observation back")?;
     if read.record_id != created.record_id || read.resource_json != created.resource_json {
@@ -219,54 +283,158 @@ pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow:
         "the {} clinician (no care relationship) tries to read it",
         other.ods
     ));
-    match record::get(
+    let refused = expect_denied(
+        record::get(
+            services,
+            other.services.token()?,
+            &patient_id,
+            &created.record_id,
+            None,
+        )
+        .await,
+        &format!("{} reading without a care relationship", other.ods),
+    )?;
+    say(format!("denied, as it should be: {refused}"));
+
+    n.step(&format!(
+        "the {} clinician records an HIV diagnosis, labelled general",
+        home.ods
+    ));
+    let condition = record::create(
         services,
-        &other.token,
+        token,
         &patient_id,
-        &created.record_id,
+        hiv_condition(&patient_id),
+        Some(CategoryArg::General),
         None,
     )
     .await
-    {
-        Ok(_) => bail!(
-            "{} read the record without a care relationship: consent should have denied it",
-            other.ods
-        ),
-        Err(e) if status_code(&e) == Some(tonic::Code::PermissionDenied) => {
-            say(format!("denied, as it should be: {e}"));
-        }
-        Err(e) => {
-            return Err(e.context(format!(
-                "expected PERMISSION_DENIED for {}, got another error",
-                other.ods
-            )));
-        }
+    .context("creating the Condition")?;
+    if condition.category != RecordCategory::SexualHealth as i32 {
+        bail!(
+            "a Condition coded SNOMED CT 86406008 (HIV infection) should be stored as \
+             SEXUAL_HEALTH whatever its label; it was stored as {}",
+            labels::category(condition.category)
+        );
     }
+    say(format!(
+        "stored Condition {} as {}: the classification map decides by its code \
+         (SNOMED CT 86406008); a label may raise the category, never lower it",
+        condition.record_id,
+        labels::category(condition.category)
+    ));
 
-    n.step("admin reads the patient's access report (audit)");
-    let lines = access_report::fetch(services, &admin_token, &patient_id)
+    n.step("admin creates a patient principal: the patient, signed in for themselves");
+    let me = create(
+        services,
+        &admin,
+        "-",
+        CreatePrincipalArgs {
+            kind: KindArg::Patient,
+            ods: String::new(),
+            role: String::new(),
+            name: "Jane Demo".into(),
+            patient: patient_id.clone(),
+            scopes: vec![],
+            purposes: vec![],
+        },
+    )
+    .await
+    .context("creating the patient principal")?;
+    say(format!(
+        "patient principal {} (client id {}), bound to patient {patient_id}",
+        me.principal_id, me.client_id
+    ));
+
+    n.step(&format!(
+        "the patient refuses sexual-health sharing with {}; the clinician's next read is refused",
+        HOME_PRACTICE.0
+    ));
+    let recorded = directive::record(
+        &me.services,
+        directive::RecordArgs {
+            patient: patient_id.clone(),
+            effect: EffectArg::Deny,
+            purposes: vec![],
+            ods: HOME_PRACTICE.0.to_owned(),
+            role: String::new(),
+            categories: vec![CategoryArg::SexualHealth],
+            note: "Demo: no sexual-health sharing with my GP practice".into(),
+        },
+    )
+    .await
+    .context("recording the patient's directive")?;
+    say(format!(
+        "directive {}: {} {} for {} (recorded by the {})",
+        recorded.directive_id,
+        labels::effect(recorded.effect),
+        labels::categories(&recorded.categories),
+        recorded.organisation_ods_code,
+        labels::directive_source(recorded.source).to_lowercase()
+    ));
+    let refused = expect_denied(
+        record::get(services, token, &patient_id, &condition.record_id, None).await,
+        &format!(
+            "the {} clinician reading the Condition against the patient's directive",
+            home.ods
+        ),
+    )?;
+    say(format!("the Condition: denied, as it should be: {refused}"));
+    record::get(services, token, &patient_id, &created.record_id, None)
+        .await
+        .context("reading the Observation after the directive")?;
+    say("the Observation (general) is still readable: the directive is that narrow");
+
+    n.step("the patient reads their own access report (audit)");
+    let lines = access_report::fetch(services, me.services.token()?, &patient_id)
         .await
         .context("fetching the access report")?;
     out!();
     access_report::print(&lines);
     out!();
-    for (who, outcome) in [(&home, Outcome::Success), (&other, Outcome::Denied)] {
-        if !lines.iter().any(|l| is_read_by(l, who, outcome)) {
+    let expected = [
+        (
+            &home_pas,
+            Action::Create,
+            "CareRelationship",
+            Outcome::Success,
+        ),
+        (
+            &other_pas,
+            Action::Create,
+            "CareRelationship",
+            Outcome::Denied,
+        ),
+        (&home, Action::Read, "Observation", Outcome::Success),
+        (&other, Action::Read, "Observation", Outcome::Denied),
+        (&home, Action::Read, "Condition", Outcome::Denied),
+        (&me, Action::Create, "Directive", Outcome::Success),
+    ];
+    for (who, action, resource_type, outcome) in expected {
+        if !lines
+            .iter()
+            .any(|l| is_by(l, who, action, resource_type, outcome))
+        {
             bail!(
-                "the access report has no {} READ by the {} clinician ({})",
-                crate::labels::outcome(outcome as i32),
+                "the access report has no {} {} {resource_type} by {} ({})",
+                labels::outcome(outcome as i32),
+                labels::action(action as i32),
                 who.ods,
                 who.client_id
             );
         }
     }
     say(format!(
-        "the access report shows the {} read and the {} denial",
-        home.ods, other.ods
+        "the report names who asserted the relationship and {}'s refused attempt, the {} \
+         reads, the {} denial, the directive and the denial it caused",
+        other_pas.ods, home.ods, other.ods
     ));
 
     out!(
-        "\ndemo complete: consent let {} read the record and denied {}; audit recorded both.",
+        "\ndemo complete: {}'s own system asserted its relationship; consent let {} read the \
+         record, denied {}, and upheld the patient's directive; audit recorded it all for the \
+         patient to see.",
+        HOME_PRACTICE.0,
         home.ods,
         other.ods
     );
@@ -275,29 +443,78 @@ pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow:
     } else {
         format!("sharedcare --base-port {base_port}")
     };
-    out!("Try it yourself:");
+    out!("Try it yourself (a new patient principal; admin has no access to the report):");
     out!(
         "  export SHAREDCARE_TOKEN=$({sharedcare} token --client-id {ADMIN_CLIENT_ID} --client-secret <admin secret>)"
+    );
+    out!(
+        "  {sharedcare} principal create --kind patient --patient {patient_id} --name \"Jane Demo\""
+    );
+    out!(
+        "  export SHAREDCARE_TOKEN=$({sharedcare} token --client-id <patient client id> --client-secret <patient secret>)"
     );
     out!("  {sharedcare} access-report --patient {patient_id}");
     Ok(())
 }
 
-fn is_read_by(line: &AccessReportLine, who: &Clinician, outcome: Outcome) -> bool {
-    let actor = line.actor.clone().unwrap_or_default();
-    line.action == Action::Read as i32
-        && line.outcome == outcome as i32
-        && actor.principal_id == who.principal_id
-        && actor.organisation_ods_code == who.ods
+/// Creates a principal as admin and gets it a token.
+async fn create(
+    services: &Services,
+    admin: &Services,
+    ods: &'static str,
+    args: CreatePrincipalArgs,
+) -> anyhow::Result<Actor> {
+    let created = principal::create(admin, args).await?;
+    let principal = created.principal.unwrap_or_default();
+    let issued = token::issue(
+        services,
+        &principal.client_id,
+        &created.client_secret,
+        vec![],
+        None,
+    )
+    .await
+    .context("issuing its token")?;
+    Ok(Actor {
+        ods,
+        principal_id: principal.principal_id,
+        client_id: principal.client_id,
+        services: services.with_token(issued.access_token),
+    })
 }
 
+/// The message of an expected PERMISSION_DENIED; an error if the call
+/// succeeded (`what` should have been refused) or failed otherwise.
+fn expect_denied<T>(result: anyhow::Result<T>, what: &str) -> anyhow::Result<String> {
+    match result {
+        Ok(_) => bail!("{what} succeeded: it should have been refused"),
+        Err(e) if status_code(&e) == Some(tonic::Code::PermissionDenied) => Ok(e.to_string()),
+        Err(e) => Err(e.context(format!(
+            "expected PERMISSION_DENIED for {what}, got another error"
+        ))),
+    }
+}
+
+fn is_by(
+    line: &AccessReportLine,
+    who: &Actor,
+    action: Action,
+    resource_type: &str,
+    outcome: Outcome,
+) -> bool {
+    let actor = line.actor.clone().unwrap_or_default();
+    line.action == action as i32
+        && line.resource_type == resource_type
+        && line.outcome == outcome as i32
+        && actor.principal_id == who.principal_id
+}
 fn show_record(record: &Record) {
     say(format!(
         "stored {} {} version {} (category {})",
         record.resource_type,
         record.record_id,
         record.version,
-        crate::labels::category(record.category)
+        labels::category(record.category)
     ));
     for line in record::pretty_json(&record.resource_json).lines() {
         say(line);
@@ -335,6 +552,30 @@ fn observation(patient_id: &str) -> String {
             "system": "http://unitsofmeasure.org",
             "code": "mm[Hg]"
         }
+    })
+    .to_string()
+}
+
+/// An HIV diagnosis: sexual health by its SNOMED CT code, whatever its
+/// writer labels it.
+fn hiv_condition(patient_id: &str) -> String {
+    serde_json::json!({
+        "resourceType": "Condition",
+        "clinicalStatus": {
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                "code": "active"
+            }]
+        },
+        "code": {
+            "coding": [{
+                "system": "http://snomed.info/sct",
+                "code": "86406008",
+                "display": "Human immunodeficiency virus infection"
+            }]
+        },
+        "subject": { "reference": format!("Patient/{patient_id}") },
+        "recordedDate": "2025-01-15"
     })
     .to_string()
 }

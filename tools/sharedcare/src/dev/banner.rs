@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::{
-    bootstrap::{ADMIN_CLIENT_ID, PlatformCredentials},
+    bootstrap::{ADMIN_CLIENT_ID, Origin, PlatformCredentials},
     ports::{DEFAULT_BASE_PORT, Ports},
 };
 
@@ -19,10 +19,13 @@ pub fn render(ports: Ports, data_dir: &Path, credentials: &PlatformCredentials) 
     let token_command = format!(
         "sharedcare{port_flag} token --client-id {ADMIN_CLIENT_ID} --client-secret {secret}"
     );
-    let bootstrap_note = if credentials.created {
-        "written now with fresh secrets"
-    } else {
-        "reused from an earlier start"
+    let bootstrap_note = match &credentials.origin {
+        Origin::Created => "written now with fresh secrets".to_owned(),
+        Origin::Reused => "reused from an earlier start".to_owned(),
+        Origin::Extended(added) => format!(
+            "reused from an earlier start; added the {} client(s) it lacked",
+            added.join(", ")
+        ),
     };
     let lines = [
         String::new(),
@@ -46,11 +49,12 @@ pub fn render(ports: Ports, data_dir: &Path, credentials: &PlatformCredentials) 
         format!("  client id      {ADMIN_CLIENT_ID}"),
         format!("  client secret  {secret}"),
         String::new(),
-        "Get an admin token:".to_owned(),
+        "Get an admin token (it administers organisations and principals; it reads no clinical data):"
+            .to_owned(),
         format!("  {token_command}"),
         "Make the other commands use it:".to_owned(),
         format!("  export SHAREDCARE_TOKEN=$({token_command})"),
-        "Walk the whole chain (organisations, staff, a patient, consent, a record, the audit trail):"
+        "Walk the whole chain (a practice and its PAS, a clinician, a patient, consent, records, the patient's access report):"
             .to_owned(),
         format!(
             "  sharedcare{port_flag} demo --data-dir {}",
@@ -71,7 +75,8 @@ mod tests {
             path: "/tmp/d/bootstrap.toml".into(),
             admin_secret: "ab".repeat(32),
             records_secret: "cd".repeat(32),
-            created: true,
+            consent_secret: "ef".repeat(32),
+            origin: Origin::Extended(vec!["consent"]),
         };
         let text = render(Ports::from_base(41000), Path::new("/tmp/d"), &credentials);
         assert!(
@@ -86,6 +91,14 @@ mod tests {
         assert!(
             !text.contains(&"cd".repeat(32)),
             "records' secret stays in the file"
+        );
+        assert!(
+            !text.contains(&"ef".repeat(32)),
+            "consent's secret stays in the file"
+        );
+        assert!(
+            text.contains("added the consent client(s) it lacked"),
+            "{text}"
         );
         assert!(text.contains(&format!(
             "export SHAREDCARE_TOKEN=$(sharedcare --base-port 41000 token --client-id admin --client-secret {})",

@@ -1,6 +1,7 @@
 //! Each service's configuration for `dev`, loaded and validated by that
 //! service's own `load` from an environment map: the very path its
 //! `main.rs` takes, with loopback ports, the data dir and dev's credentials.
+//! No TLS: dev serves plaintext on loopback only (`tls.enabled` stays off).
 
 use std::{collections::HashMap, path::PathBuf};
 
@@ -10,7 +11,10 @@ use sharedcare_consent::config::ConsentConfig;
 use sharedcare_identity::config::IdentityConfig;
 use sharedcare_records::config::RecordsConfig;
 
-use crate::{bootstrap::RECORDS_CLIENT_ID, ports::Ports};
+use crate::{
+    bootstrap::{CONSENT_CLIENT_ID, RECORDS_CLIENT_ID},
+    ports::Ports,
+};
 
 /// What `dev` decides for every service.
 #[derive(Debug, Clone)]
@@ -20,6 +24,7 @@ pub struct DevSettings {
     pub data_dir: PathBuf,
     pub bootstrap_file: PathBuf,
     pub records_secret: String,
+    pub consent_secret: String,
     /// An `EnvFilter` directive.
     pub log_level: String,
     /// "pretty" or "json".
@@ -54,15 +59,44 @@ impl DevSettings {
 
     pub fn identity_env(&self) -> anyhow::Result<Env> {
         let mut env = self.common(self.ports.identity)?;
-        env.insert(
-            "SHAREDCARE_IDENTITY__BOOTSTRAP_FILE".into(),
-            utf8(&self.bootstrap_file)?,
-        );
+        env.extend([
+            (
+                "SHAREDCARE_IDENTITY__BOOTSTRAP_FILE".into(),
+                utf8(&self.bootstrap_file)?,
+            ),
+            // identity asks consent before serving demographics, and
+            // audits them.
+            (
+                "SHAREDCARE_IDENTITY__CONSENT_URL".into(),
+                Ports::url(self.ports.consent),
+            ),
+            (
+                "SHAREDCARE_IDENTITY__AUDIT_URL".into(),
+                Ports::url(self.ports.audit),
+            ),
+        ]);
         Ok(env)
     }
 
+    /// consent audits its own changes and asks identity about
+    /// organisations, as its own client.
     pub fn consent_env(&self) -> anyhow::Result<Env> {
-        self.common(self.ports.consent)
+        let mut env = self.common(self.ports.consent)?;
+        env.extend([
+            (
+                "SHAREDCARE_AUTH__CLIENT_ID".into(),
+                CONSENT_CLIENT_ID.into(),
+            ),
+            (
+                "SHAREDCARE_AUTH__CLIENT_SECRET__VALUE".into(),
+                self.consent_secret.clone(),
+            ),
+            (
+                "SHAREDCARE_CONSENT__AUDIT_URL".into(),
+                Ports::url(self.ports.audit),
+            ),
+        ]);
+        Ok(env)
     }
 
     pub fn records_env(&self) -> anyhow::Result<Env> {
@@ -138,6 +172,7 @@ mod tests {
             data_dir: dir.to_owned(),
             bootstrap_file: credentials.path,
             records_secret: credentials.records_secret,
+            consent_secret: credentials.consent_secret,
             log_level: "info".into(),
             log_format: "pretty",
         }
@@ -162,7 +197,30 @@ mod tests {
         assert_eq!(configs.records.records.audit_url, "http://127.0.0.1:41003");
         assert_eq!(configs.records.auth.client_id.as_deref(), Some("records"));
         assert_eq!(configs.audit.auth.identity_url, "http://127.0.0.1:41000");
+        assert_eq!(configs.consent.auth.client_id.as_deref(), Some("consent"));
+        assert_eq!(configs.consent.auth.identity_url, "http://127.0.0.1:41000");
+        assert_eq!(configs.consent.consent.audit_url, "http://127.0.0.1:41003");
+        let consent_secret = configs
+            .consent
+            .auth
+            .client_secret
+            .resolve("auth.client_secret")
+            .expect("resolves")
+            .expect("set");
+        assert_eq!(consent_secret.expose(), s.consent_secret);
+        assert_ne!(s.consent_secret, s.records_secret);
+        assert_eq!(
+            configs.identity.identity.consent_url,
+            "http://127.0.0.1:41001"
+        );
+        assert_eq!(
+            configs.identity.identity.audit_url,
+            "http://127.0.0.1:41003"
+        );
         assert_eq!(configs.identity.server.shutdown_drain_ms, 0);
+        // dev is plaintext on loopback: no TLS anywhere.
+        assert!(!configs.identity.tls.enabled && !configs.consent.tls.enabled);
+        assert!(!configs.records.tls.enabled && !configs.audit.tls.enabled);
         assert_eq!(
             configs.identity.identity.bootstrap_file.as_deref(),
             Some(s.bootstrap_file.as_path())

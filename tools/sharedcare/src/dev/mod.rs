@@ -62,6 +62,7 @@ pub async fn run(args: DevArgs, base_port: u16) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         bootstrap_file: credentials.path.clone(),
         records_secret: credentials.records_secret.clone(),
+        consent_secret: credentials.consent_secret.clone(),
         log_level: args.log_level,
         log_format: args.log_format.as_config(),
     };

@@ -1,0 +1,198 @@
+//! `sharedcare directive`: the patient's wishes about their record. Recorded
+//! and revoked by the patient themselves, or by staff at an organisation
+//! caring for them whose role may record directives on their behalf
+//! (consent keeps who, for whom and from which source).
+
+use clap::{Subcommand, ValueEnum};
+use sharedcare_proto::consent::v1::{
+    Directive, Effect, ListDirectivesRequest, RecordDirectiveRequest, RevokeDirectiveRequest,
+};
+
+use crate::output::out;
+use crate::{
+    connect::{Services, bearer},
+    failure::GrpcResult,
+    labels::{self, CategoryArg, PurposeArg},
+};
+
+#[derive(Debug, Subcommand)]
+pub enum DirectiveCommand {
+    /// Record a directive: permit or deny, narrowed by purpose, organisation,
+    /// staff role and record category (each unset means any).
+    Record(RecordArgs),
+    /// Withdraw a directive.
+    Revoke {
+        /// Patient id: the patient the directive belongs to.
+        #[arg(long)]
+        patient: String,
+        /// Directive id, as printed by `directive record`.
+        #[arg(long)]
+        directive: String,
+    },
+    /// List a patient's directives, revoked ones included.
+    List {
+        /// Patient id.
+        #[arg(long)]
+        patient: String,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RecordArgs {
+    /// Patient id.
+    #[arg(long)]
+    pub patient: String,
+    /// Permit or deny.
+    #[arg(long, value_enum)]
+    pub effect: EffectArg,
+    /// Only for this purpose (repeatable).
+    #[arg(long = "purpose", value_enum, value_name = "PURPOSE")]
+    pub purposes: Vec<PurposeArg>,
+    /// Only for this organisation (ODS code).
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub ods: String,
+    /// Only for staff in this role.
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub role: String,
+    /// Only for this part of the record (repeatable).
+    #[arg(long = "category", value_enum, value_name = "CATEGORY")]
+    pub categories: Vec<CategoryArg>,
+    /// A note kept with it (no clinical content).
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EffectArg {
+    Permit,
+    Deny,
+}
+
+impl EffectArg {
+    fn to_proto(self) -> Effect {
+        match self {
+            EffectArg::Permit => Effect::Permit,
+            EffectArg::Deny => Effect::Deny,
+        }
+    }
+}
+
+/// Calls RecordDirective, in force from now and open-ended.
+pub async fn record(services: &Services, args: RecordArgs) -> anyhow::Result<Directive> {
+    let response = services
+        .consent()?
+        .record_directive(bearer(
+            RecordDirectiveRequest {
+                directive: Some(Directive {
+                    patient_id: args.patient,
+                    effect: args.effect.to_proto() as i32,
+                    purposes: args
+                        .purposes
+                        .into_iter()
+                        .map(|p| p.to_proto() as i32)
+                        .collect(),
+                    organisation_ods_code: args.ods,
+                    staff_role: args.role,
+                    categories: args
+                        .categories
+                        .into_iter()
+                        .map(|c| c.to_proto() as i32)
+                        .collect(),
+                    note: args.note,
+                    ..Directive::default()
+                }),
+            },
+            services.token()?,
+        )?)
+        .await
+        .grpc()?;
+    Ok(response.directive.unwrap_or_default())
+}
+
+/// Calls RevokeDirective.
+pub async fn revoke(
+    services: &Services,
+    patient: String,
+    directive: String,
+) -> anyhow::Result<Directive> {
+    let response = services
+        .consent()?
+        .revoke_directive(bearer(
+            RevokeDirectiveRequest {
+                directive_id: directive,
+                patient_id: patient,
+            },
+            services.token()?,
+        )?)
+        .await
+        .grpc()?;
+    Ok(response.directive.unwrap_or_default())
+}
+
+pub async fn run(services: &Services, command: DirectiveCommand) -> anyhow::Result<()> {
+    match command {
+        DirectiveCommand::Record(args) => print(&record(services, args).await?),
+        DirectiveCommand::Revoke { patient, directive } => {
+            print(&revoke(services, patient, directive).await?);
+        }
+        DirectiveCommand::List { patient } => {
+            let directives = services
+                .consent()?
+                .list_directives(bearer(
+                    ListDirectivesRequest {
+                        patient_id: patient,
+                    },
+                    services.token()?,
+                )?)
+                .await
+                .grpc()?
+                .directives;
+            if directives.is_empty() {
+                out!("no directives recorded for this patient");
+            }
+            for (i, directive) in directives.iter().enumerate() {
+                if i > 0 {
+                    out!();
+                }
+                print(directive);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the directive says, and who recorded it from which source.
+pub fn print(d: &Directive) {
+    out!("directive_id: {}", d.directive_id);
+    out!("patient_id:   {}", d.patient_id);
+    out!("effect:       {}", labels::effect(d.effect));
+    out!("purposes:     {}", labels::purposes(&d.purposes));
+    out!("organisation: {}", or_any(&d.organisation_ods_code));
+    out!("staff_role:   {}", or_any(&d.staff_role));
+    out!("categories:   {}", labels::categories(&d.categories));
+    if !d.note.is_empty() {
+        out!("note:         {}", d.note);
+    }
+    out!("created:      {}", labels::time(d.create_time.as_ref()));
+    let at = if d.recorded_by_ods_code.is_empty() {
+        String::new()
+    } else {
+        format!(" at {}", d.recorded_by_ods_code)
+    };
+    out!(
+        "recorded_by:  {}{at} ({})",
+        d.recorded_by,
+        labels::directive_source(d.source)
+    );
+    if d.revoke_time.is_some() {
+        out!(
+            "revoked:      {} by {}",
+            labels::time(d.revoke_time.as_ref()),
+            d.revoked_by
+        );
+    }
+}
+
+fn or_any(value: &str) -> &str {
+    if value.is_empty() { "any" } else { value }
+}
