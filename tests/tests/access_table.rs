@@ -735,6 +735,7 @@ async fn walk_the_table(backend: Backend) {
             }
         }
     }
+    println!("access table: {allowed} cells allowed, {refused} refused");
     assert!(
         allowed > 40 && refused > 150,
         "{allowed} allowed, {refused} refused"
