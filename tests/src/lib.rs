@@ -222,6 +222,15 @@ role = "service"
                 "SHAREDCARE_RECORDS__CALL_TIMEOUT_MS".to_owned(),
                 "3000".to_owned(),
             ),
+            // Tests see audit's absence fail closed quickly.
+            (
+                "SHAREDCARE_RECORDS__AUDIT_MAX_LAG_MS".to_owned(),
+                "300".to_owned(),
+            ),
+            (
+                "SHAREDCARE_RECORDS__OUTBOX_RETRY_MS".to_owned(),
+                "100".to_owned(),
+            ),
         ]);
         let cfg = sharedcare_records::config::RecordsConfig::load(&env).expect("records config");
         let records = spawn_on(

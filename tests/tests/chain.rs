@@ -250,11 +250,26 @@ async fn the_chain(backend: Backend) {
         .expect_err("admin sees no clinical data");
     assert_eq!(status.code(), Code::PermissionDenied);
     let the_patient = p.patient(&admin, &patient_id).await;
-    let report = audit_client
-        .access_report(with_token(report_request(), &the_patient))
-        .await
-        .expect("access report")
-        .into_inner();
+    // records ships its events through its outbox, moments after the
+    // accesses were answered: wait until the last of them has arrived.
+    let mut report = audit::AccessReportResponse::default();
+    for _ in 0..500 {
+        report = audit_client
+            .access_report(with_token(report_request(), &the_patient))
+            .await
+            .expect("access report")
+            .into_inner();
+        if report.lines.iter().any(|l| {
+            l.outcome == Outcome::Denied as i32
+                && l.outcome_reason == "NO_CARE_RELATIONSHIP"
+                && l.actor
+                    .as_ref()
+                    .is_some_and(|a| a.organisation_ods_code == "B82002")
+        }) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert!(
         report
             .lines
@@ -375,13 +390,30 @@ async fn the_chain(backend: Backend) {
         .await
         .expect("the heart rate is still shared");
 
-    // Fail closed: with audit down a read is not served...
+    // Fail closed: with audit down a read is served only while its event
+    // can wait, durable, in records' outbox; once audit has been
+    // unreachable longer than the bound (300 ms here), no access at all...
     p.audit.shutdown().await;
-    let status = records_client
+    records_client
         .get_record(with_token(get(&created.record_id), &ours.clinician))
         .await
-        .expect_err("audit down");
+        .expect("within the bound");
+    let mut refused = None;
+    for _ in 0..500 {
+        match records_client
+            .get_record(with_token(get(&created.record_id), &ours.clinician))
+            .await
+        {
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+    let status = refused.expect("refused once audit is down too long");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("audit"), "{}", status.message());
     // ...and with consent down neither.
     p.consent.shutdown().await;
     let status = records_client

@@ -215,20 +215,40 @@ async fn the_chain_over_mutual_tls() {
         ))
         .await
         .expect("read over mTLS");
-    let report = AuditServiceClient::new(channel(p.audit.url()))
-        .access_report(with_token(
-            audit::AccessReportRequest {
-                patient_id: patient_id.clone(),
-                page_size: 0,
-                page_token: String::new(),
-            },
-            &p.patient(&admin, &patient_id).await,
-        ))
-        .await
-        .expect("access report")
-        .into_inner();
+    // records' events reach audit through its outbox, over mTLS: wait for
+    // the write's and the read's.
+    let the_patient = p.patient(&admin, &patient_id).await;
+    let mut report = audit::AccessReportResponse::default();
+    for _ in 0..500 {
+        report = AuditServiceClient::new(channel(p.audit.url()))
+            .access_report(with_token(
+                audit::AccessReportRequest {
+                    patient_id: patient_id.clone(),
+                    page_size: 0,
+                    page_token: String::new(),
+                },
+                &the_patient,
+            ))
+            .await
+            .expect("access report")
+            .into_inner();
+        let from_records = report
+            .lines
+            .iter()
+            .filter(|l| l.resource_type == "Observation")
+            .count();
+        if from_records >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert!(
-        report.lines.len() >= 2,
+        report
+            .lines
+            .iter()
+            .filter(|l| l.resource_type == "Observation")
+            .count()
+            >= 2,
         "the write and the read are audited"
     );
 

@@ -12,6 +12,7 @@ pub mod error;
 pub mod files;
 pub mod ids;
 pub mod keys;
+pub mod outbox;
 pub mod peers;
 pub mod proto_time;
 pub mod server;

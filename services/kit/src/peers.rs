@@ -6,7 +6,9 @@
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use sharedcare_proto::{
-    audit::v1::{AppendRequest, AuditEvent, audit_service_client::AuditServiceClient},
+    audit::v1::{
+        AppendBatchRequest, AppendRequest, AuditEvent, audit_service_client::AuditServiceClient,
+    },
     common::v1::{Actor, Purpose, RecordCategory},
     consent::v1::{
         Decision as PbDecision, EvaluateRequest, consent_service_client::ConsentServiceClient,
@@ -167,6 +169,25 @@ impl AuditSink for GrpcAudit {
                 .append(request)
                 .await
                 .map_err(|s| fail_closed(Error::from(s)))?;
+            Ok(())
+        })
+    }
+}
+
+impl crate::outbox::BatchSink for GrpcAudit {
+    fn append_batch(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let request = crate::client::request(
+                AppendBatchRequest { events },
+                self.tokens.as_ref(),
+                self.timeout,
+            )
+            .await?;
+            self.client
+                .clone()
+                .append_batch(request)
+                .await
+                .map_err(Error::from)?;
             Ok(())
         })
     }

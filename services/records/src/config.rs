@@ -35,8 +35,13 @@ pub struct RecordsSettings {
     pub max_resource_bytes: usize,
     /// Deadline on each call to consent or audit.
     pub call_timeout_ms: u64,
-    /// How often undelivered audit events are retried.
+    /// How often the audit outbox's relay looks for events when nothing
+    /// woke it (and the longest it waits before retrying a failed delivery).
     pub outbox_retry_ms: u64,
+    /// Refuse new accesses once audit has been unreachable this long.
+    pub audit_max_lag_ms: u64,
+    /// Refuse new accesses once this many audit events wait for delivery.
+    pub audit_max_pending: u64,
     /// Base64 of the 32-byte AES-256 key-encryption key, inline or as a
     /// file. Unset: generated on first start and kept in the data dir.
     #[serde(default)]
@@ -65,6 +70,8 @@ audit_url = "http://127.0.0.1:50054"
 max_resource_bytes = 1048576
 call_timeout_ms = 5000
 outbox_retry_ms = 2000
+audit_max_lag_ms = 30000
+audit_max_pending = 100000
 "#;
 
 impl RecordsConfig {
@@ -122,6 +129,12 @@ impl Validate for RecordsConfig {
             return Err(ConfigError::invalid(
                 "records.outbox_retry_ms",
                 "must be at least 100",
+            ));
+        }
+        if self.records.audit_max_pending == 0 {
+            return Err(ConfigError::invalid(
+                "records.audit_max_pending",
+                "must be at least 1",
             ));
         }
         // A map that does not load stops the service here, before it starts.

@@ -21,6 +21,7 @@ use sharedcare_kit::{
     auth::Verifier,
     client::TokenSource,
     crypto::{Kek, Keyring},
+    outbox::{Outbox, OutboxSettings},
     server::{MessageLimits, ServiceSpec},
 };
 use sharedcare_proto::records::v1::records_service_server::RecordsServiceServer;
@@ -94,13 +95,23 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
         tokens,
         timeout,
     ));
+    let outbox = Outbox::start(
+        store.connection(),
+        store::OUTBOX_TABLE,
+        audit,
+        OutboxSettings {
+            max_lag: Duration::from_millis(cfg.records.audit_max_lag_ms),
+            max_pending: cfg.records.audit_max_pending,
+            poll: Duration::from_millis(cfg.records.outbox_retry_ms),
+            ..OutboxSettings::default()
+        },
+    );
     let records = Arc::new(Records::new(
         store,
         consent,
-        audit,
+        outbox,
         cfg.records.max_resource_bytes,
     ));
-    records.spawn_outbox_relay(Duration::from_millis(cfg.records.outbox_retry_ms));
     let verifier = sharedcare_kit::tls::remote_verifier(&cfg.auth, tls.as_ref())?;
     Ok(spec(
         records,

@@ -1,17 +1,22 @@
 //! What records does with an access: consent first, audit always, data last.
+//!
+//! Every audit event goes into records' own outbox (kit::outbox) before the
+//! access is answered — a write's in the write's transaction, a read's or a
+//! denial's group-committed with its neighbours' — and the outbox's relay
+//! ships them to audit in batches. When audit has been unreachable too long
+//! the outbox refuses new accesses (fail closed).
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use prost::Message;
-use sharedcare_kit::{Error, auth::Principal};
+use sharedcare_kit::{Error, auth::Principal, outbox::Outbox};
 use sharedcare_proto::{
-    audit::v1::{Action, AuditEvent, Outcome},
+    audit::v1::{Action, Outcome},
     common::v1::Purpose,
 };
-use tokio::sync::Mutex;
 
 use crate::{
-    access::{AccessEvent, AuditSink, ConsentGate, Decision, category_to_pb},
+    access::{AccessEvent, ConsentGate, Decision, category_to_pb},
     domain::{Category, PatientId, Record, RecordId, ValidResource},
     store::RecordStore,
 };
@@ -19,9 +24,7 @@ use crate::{
 pub struct Records {
     store: Arc<dyn RecordStore>,
     consent: Arc<dyn ConsentGate>,
-    audit: Arc<dyn AuditSink>,
-    /// One relay at a time drains the outbox, so events reach audit in order.
-    relay: Mutex<()>,
+    outbox: Arc<Outbox>,
     pub max_resource_bytes: usize,
 }
 
@@ -29,20 +32,24 @@ impl Records {
     pub fn new(
         store: Arc<dyn RecordStore>,
         consent: Arc<dyn ConsentGate>,
-        audit: Arc<dyn AuditSink>,
+        outbox: Arc<Outbox>,
         max_resource_bytes: usize,
     ) -> Self {
         Records {
             store,
             consent,
-            audit,
-            relay: Mutex::new(()),
+            outbox,
             max_resource_bytes,
         }
     }
 
-    /// Asks consent; a denial is audited (best effort: the answer is no
-    /// either way) and returned as PERMISSION_DENIED with the reason.
+    /// The outbox that holds this service's audit events.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Asks consent; a denial is recorded in the outbox (the answer is no
+    /// even if that fails) and returned as PERMISSION_DENIED with the reason.
     async fn decide(
         &self,
         access: &AccessEvent<'_>,
@@ -65,7 +72,7 @@ impl Records {
             &decision.reason_code(),
             &decision.decision_id,
         );
-        if let Err(e) = self.audit.append(event).await {
+        if let Err(e) = self.outbox.record(&event).await {
             tracing::warn!(error = %e.message, "a denial could not be audited");
         }
         Err(decision.denial())
@@ -81,6 +88,7 @@ impl Records {
         category: Category,
         purpose: Purpose,
     ) -> Result<Record, Error> {
+        self.outbox.admit()?;
         let id = RecordId::new();
         let resource_type = resource.resource_type().to_owned();
         let access = AccessEvent {
@@ -115,10 +123,8 @@ impl Records {
                 event.encode_to_vec(),
             )
             .await?;
-        // Durable already; if audit is down the relay delivers it later.
-        if let Err(e) = self.deliver_outbox().await {
-            tracing::warn!(error = %e.message, "audit outbox not yet delivered");
-        }
+        // Durable already; the relay delivers it.
+        self.outbox.wake();
         Ok(record)
     }
 
@@ -131,6 +137,7 @@ impl Records {
         id: RecordId,
         purpose: Purpose,
     ) -> Result<Record, Error> {
+        self.outbox.admit()?;
         let found = self.store.current(&patient, &id).await?;
         let (category, resource_type) = match &found {
             Some(r) => (r.category, r.resource_type.clone()),
@@ -148,52 +155,13 @@ impl Records {
         // Consent before NOT_FOUND: whether a record exists is itself data.
         let decision = self.decide(&access, category).await?;
         let record = found.ok_or_else(|| Error::not_found("no such record for this patient"))?;
-        self.audit
-            .append(access.event(
+        self.outbox
+            .record(&access.event(
                 Outcome::Success,
                 &decision.reason_code(),
                 &decision.decision_id,
             ))
             .await?;
         Ok(record)
-    }
-
-    /// Sends undelivered audit events in order; stops at the first failure.
-    pub async fn deliver_outbox(&self) -> Result<usize, Error> {
-        let _one_relay = self.relay.lock().await;
-        let mut delivered = 0;
-        loop {
-            let batch = self.store.pending_outbox(100).await?;
-            if batch.is_empty() {
-                return Ok(delivered);
-            }
-            for entry in batch {
-                let event = AuditEvent::decode(entry.payload.as_slice())
-                    .map_err(|e| Error::internal("decoding an outbox event", e))?;
-                self.audit.append(event).await?;
-                self.store.mark_delivered(entry.sequence).await?;
-                delivered += 1;
-            }
-        }
-    }
-
-    /// Retries outbox delivery for as long as the process runs.
-    pub fn spawn_outbox_relay(self: &Arc<Self>, every: Duration) {
-        let records = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(records) = records.upgrade() else {
-                    return;
-                };
-                match records.deliver_outbox().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(delivered = n, "audit outbox delivered"),
-                    Err(e) => tracing::warn!(error = %e.message, "audit outbox delivery failed"),
-                }
-            }
-        });
     }
 }

@@ -1,6 +1,8 @@
 //! records over real gRPC sockets, on its own: input checks come first,
-//! when consent and audit cannot be reached nothing is stored or served, and
-//! what is written is classified by its codes before consent is asked.
+//! when consent cannot be reached nothing is stored or served, every access
+//! is in the audit outbox before it is answered (and none is served once
+//! audit has been unreachable too long), and what is written is classified
+//! by its codes before consent is asked.
 
 use std::{
     sync::{Arc, Mutex},
@@ -8,9 +10,11 @@ use std::{
 };
 
 use sharedcare_kit::{
+    Error,
     client::{TokenSource, lazy_channel},
     config::{Secret, ServerConfig},
     crypto::{Kek, Keyring},
+    outbox::{BatchSink, Outbox, OutboxSettings},
     server::MessageLimits,
     testing::{TestAuthority, TestDatabase, TestServer, spawn_with, with_token},
 };
@@ -21,10 +25,10 @@ use sharedcare_proto::{
 };
 use sharedcare_records::{
     Records,
-    access::{AuditSink, BoxFuture, ConsentGate, Decision, GrpcAudit, GrpcConsent},
+    access::{BoxFuture, ConsentGate, Decision, GrpcAudit, GrpcConsent},
     domain::{Category, ClassificationMap, PatientId, RecordId},
     spec,
-    store::{RecordStore, SqlStore},
+    store::{OUTBOX_TABLE, RecordStore, SqlStore},
 };
 use tonic::{Code, transport::Channel};
 
@@ -41,6 +45,7 @@ async fn closed_url() -> String {
 struct Fixture {
     server: TestServer,
     store: Arc<SqlStore>,
+    outbox: Arc<Outbox>,
     authority: TestAuthority,
     _db: TestDatabase,
 }
@@ -70,6 +75,7 @@ impl Fixture {
                 timeout,
             )),
             server_config,
+            OutboxSettings::default(),
         )
         .await
     }
@@ -78,8 +84,9 @@ impl Fixture {
     /// audit services.
     async fn with_gates(
         consent: Arc<dyn ConsentGate>,
-        audit: Arc<dyn AuditSink>,
+        audit: Arc<dyn BatchSink>,
         server_config: ServerConfig,
+        settings: OutboxSettings,
     ) -> Self {
         let db = TestDatabase::sqlite();
         let store = Arc::new(
@@ -87,7 +94,8 @@ impl Fixture {
                 .await
                 .expect("store"),
         );
-        let records = Arc::new(Records::new(store.clone(), consent, audit, 4096));
+        let outbox = Outbox::start(store.connection(), OUTBOX_TABLE, audit, settings);
+        let records = Arc::new(Records::new(store.clone(), consent, outbox.clone(), 4096));
         let classification = Arc::new(ClassificationMap::builtin().expect("built-in map"));
         let authority = TestAuthority::new();
         let server = spawn_with(
@@ -105,6 +113,7 @@ impl Fixture {
         Fixture {
             server,
             store,
+            outbox,
             authority,
             _db: db,
         }
@@ -122,6 +131,21 @@ impl Fixture {
             &["records.read", "records.write"],
         )
     }
+}
+
+/// Rows in records' audit outbox.
+async fn outbox_rows(store: &SqlStore) -> i64 {
+    use sea_orm::{ConnectionTrait, Statement};
+    let db = store.connection();
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT COUNT(*) AS n FROM {OUTBOX_TABLE}"),
+        ))
+        .await
+        .expect("count")
+        .expect("a row");
+    row.try_get("", "n").expect("n")
 }
 
 fn create(patient: &str, json: &str) -> pb::CreateRecordRequest {
@@ -147,7 +171,11 @@ async fn without_consent_nothing_is_stored_or_served() {
         .expect_err("consent unreachable");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("consent"), "{}", status.message());
-    assert!(f.store.pending_outbox(10).await.expect("outbox").is_empty());
+    assert_eq!(
+        outbox_rows(&f.store).await,
+        0,
+        "no audit event without an access"
+    );
 
     let status = f
         .client()
@@ -208,7 +236,11 @@ async fn bad_input_is_refused_before_anything_else() {
             status.message()
         );
     }
-    assert!(f.store.pending_outbox(10).await.expect("outbox").is_empty());
+    assert_eq!(
+        outbox_rows(&f.store).await,
+        0,
+        "no audit event without an access"
+    );
 }
 
 #[tokio::test]
@@ -337,12 +369,28 @@ impl ConsentGate for PermitAll {
     }
 }
 
-/// audit that takes every event.
-struct AcceptAll;
+/// audit that takes every event, and can be taken down.
+#[derive(Default)]
+struct AcceptAll {
+    events: Mutex<Vec<AuditEvent>>,
+    down: std::sync::atomic::AtomicBool,
+}
 
-impl AuditSink for AcceptAll {
-    fn append(&self, _event: AuditEvent) -> BoxFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
+impl AcceptAll {
+    fn delivered(&self) -> Vec<AuditEvent> {
+        self.events.lock().expect("lock").clone()
+    }
+}
+
+impl BatchSink for AcceptAll {
+    fn append_batch(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::unavailable("audit is down"));
+            }
+            self.events.lock().expect("lock").extend(events);
+            Ok(())
+        })
     }
 }
 
@@ -360,8 +408,9 @@ async fn a_record_is_classified_by_its_codes_and_a_writers_label_only_raises_it(
     let consent = Arc::new(PermitAll::default());
     let f = Fixture::with_gates(
         consent.clone(),
-        Arc::new(AcceptAll),
+        Arc::new(AcceptAll::default()),
         ServerConfig::loopback(),
+        OutboxSettings::default(),
     )
     .await;
     let token = f.clinician();
@@ -436,4 +485,95 @@ async fn a_record_is_classified_by_its_codes_and_a_writers_label_only_raises_it(
             "{label:?}: consent asked on read"
         );
     }
+}
+
+/// Polls `done` for up to five seconds.
+async fn eventually(mut done: impl AsyncFnMut() -> bool) {
+    for _ in 0..500 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not within five seconds");
+}
+
+#[tokio::test]
+async fn every_access_is_in_the_outbox_before_it_is_answered_and_reaches_audit() {
+    let audit = Arc::new(AcceptAll::default());
+    let f = Fixture::with_gates(
+        Arc::new(PermitAll::default()),
+        audit.clone(),
+        ServerConfig::loopback(),
+        OutboxSettings {
+            max_lag: Duration::from_millis(300),
+            poll: Duration::from_millis(20),
+            ..OutboxSettings::default()
+        },
+    )
+    .await;
+    let token = f.clinician();
+    let get = |record_id: &str| {
+        with_token(
+            pb::GetRecordRequest {
+                patient_id: "p-1".into(),
+                record_id: record_id.into(),
+                purpose: 0,
+            },
+            &token,
+        )
+    };
+
+    // audit is down: the write and the reads are still answered, their
+    // events durable in records' outbox.
+    audit.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let created = f
+        .client()
+        .create_record(with_token(create("p-1", HEART_RATE), &token))
+        .await
+        .expect("created while audit is briefly down")
+        .into_inner()
+        .record
+        .expect("record");
+    for _ in 0..3 {
+        f.client()
+            .get_record(get(&created.record_id))
+            .await
+            .expect("read while audit is briefly down");
+    }
+    assert_eq!(outbox_rows(&f.store).await, 4, "four accesses, four events");
+
+    // Down for longer than the bound: no new access at all.
+    eventually(async || f.outbox.admit().is_err()).await;
+    let status = f
+        .client()
+        .get_record(get(&created.record_id))
+        .await
+        .expect_err("audit unreachable too long");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("audit"), "{}", status.message());
+
+    // audit is back: everything is delivered, the outbox pruned, and
+    // accesses are served again.
+    audit.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually(async || audit.delivered().len() == 4).await;
+    eventually(async || f.outbox.admit().is_ok()).await;
+    eventually(async || outbox_rows(&f.store).await == 0).await;
+    f.client()
+        .get_record(get(&created.record_id))
+        .await
+        .expect("served again");
+    eventually(async || audit.delivered().len() == 5).await;
+    let actions: Vec<i32> = audit.delivered().iter().map(|e| e.action).collect();
+    use sharedcare_proto::audit::v1::Action;
+    assert_eq!(
+        actions,
+        [
+            Action::Create as i32,
+            Action::Read as i32,
+            Action::Read as i32,
+            Action::Read as i32,
+            Action::Read as i32
+        ]
+    );
 }

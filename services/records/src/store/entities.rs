@@ -37,7 +37,10 @@ pub mod outbox {
         pub event_id: String,
         pub payload: Vec<u8>,
         pub created_at: DateTimeUtc,
+        /// Unused since the kit's outbox prunes delivered rows.
         pub delivered_at: Option<DateTimeUtc>,
+        /// Set when audit refused the event as bad (see kit::outbox).
+        pub parked_reason: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -6,7 +6,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(M0001Initial)]
+        vec![Box::new(M0001Initial), Box::new(M0002ParkedEvents)]
     }
 
     // Services may share one PostgreSQL database: each keeps its own ledger.
@@ -73,6 +73,29 @@ impl MigrationTrait for M0001Initial {
                     .table("records_audit_outbox")
                     .col("delivered_at")
                     .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// The kit's outbox parks events audit refuses as bad, and prunes the rest.
+struct M0002ParkedEvents;
+
+impl MigrationName for M0002ParkedEvents {
+    fn name(&self) -> &str {
+        "m0002_parked_events"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for M0002ParkedEvents {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table("records_audit_outbox")
+                    .add_column(text_null("parked_reason"))
                     .to_owned(),
             )
             .await

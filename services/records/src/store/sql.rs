@@ -2,12 +2,11 @@
 
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
 };
 use sharedcare_kit::{Error, crypto::Keyring};
 
-use super::{BoxFuture, Migrator, OutboxEntry, RecordStore, entities::*};
+use super::{BoxFuture, Migrator, RecordStore, entities::*};
 use crate::domain::{Category, PatientId, Record, RecordId};
 
 /// Resources are encrypted at rest: sealed before they reach the database,
@@ -22,6 +21,11 @@ impl SqlStore {
     pub async fn connect(url: &str, max_connections: u32, keys: Keyring) -> Result<Self, Error> {
         let db = sharedcare_kit::db::connect::<Migrator>(url, max_connections).await?;
         Ok(SqlStore { db, keys })
+    }
+
+    /// The connection, for the audit outbox that shares the database.
+    pub fn connection(&self) -> sea_orm::DatabaseConnection {
+        self.db.clone()
     }
 
     fn record_from_row(&self, row: version::Model) -> Result<Record, Error> {
@@ -94,6 +98,7 @@ impl RecordStore for SqlStore {
                 payload: Set(audit_payload),
                 created_at: Set(record.last_updated),
                 delivered_at: Set(None),
+                parked_reason: Set(None),
             })
             .exec(&txn)
             .await
@@ -117,40 +122,6 @@ impl RecordStore for SqlStore {
                 .map_err(|e| Error::internal("reading a record", e))?
                 .map(|row| self.record_from_row(row))
                 .transpose()
-        })
-    }
-
-    fn pending_outbox(&self, limit: u64) -> BoxFuture<'_, Vec<OutboxEntry>> {
-        Box::pin(async move {
-            Ok(outbox::Entity::find()
-                .filter(outbox::Column::DeliveredAt.is_null())
-                .order_by_asc(outbox::Column::Sequence)
-                .limit(limit)
-                .all(&self.db)
-                .await
-                .map_err(|e| Error::internal("reading the audit outbox", e))?
-                .into_iter()
-                .map(|row| OutboxEntry {
-                    sequence: row.sequence,
-                    event_id: row.event_id,
-                    payload: row.payload,
-                })
-                .collect())
-        })
-    }
-
-    fn mark_delivered(&self, sequence: i64) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            outbox::Entity::update_many()
-                .col_expr(
-                    outbox::Column::DeliveredAt,
-                    sea_orm::sea_query::Expr::value(chrono::Utc::now()),
-                )
-                .filter(outbox::Column::Sequence.eq(sequence))
-                .exec(&self.db)
-                .await
-                .map_err(|e| Error::internal("updating the audit outbox", e))?;
-            Ok(())
         })
     }
 }

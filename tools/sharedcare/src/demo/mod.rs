@@ -11,7 +11,7 @@
 //! patient then reads their own access report. Any step that does not behave
 //! as the platform promises ends the demo with an error.
 
-mod nhs;
+pub(crate) mod nhs;
 
 use std::path::PathBuf;
 
@@ -386,12 +386,6 @@ pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow:
     say("the Observation (general) is still readable: the directive is that narrow");
 
     n.step("the patient reads their own access report (audit)");
-    let lines = access_report::fetch(services, me.services.token()?, &patient_id)
-        .await
-        .context("fetching the access report")?;
-    out!();
-    access_report::print(&lines);
-    out!();
     let expected = [
         (
             &home_pas,
@@ -410,6 +404,26 @@ pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow:
         (&home, Action::Read, "Condition", Outcome::Denied),
         (&me, Action::Create, "Directive", Outcome::Success),
     ];
+    // records ships its events to audit through its outbox moments after
+    // each access is answered: give the last of them a moment to arrive.
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        lines = access_report::fetch(services, me.services.token()?, &patient_id)
+            .await
+            .context("fetching the access report")?;
+        let complete = expected.iter().all(|(who, action, resource_type, outcome)| {
+            lines
+                .iter()
+                .any(|l| is_by(l, who, *action, resource_type, *outcome))
+        });
+        if complete {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    out!();
+    access_report::print(&lines);
+    out!();
     for (who, action, resource_type, outcome) in expected {
         if !lines
             .iter()
