@@ -52,6 +52,8 @@ pub async fn open(cfg: &config::AuditConfig) -> Result<ServiceSpec, sharedcare_k
         .resolve_url(SERVICE_NAME)
         .map_err(|e| sharedcare_kit::Error::invalid("database.url", e.to_string()))?;
     let store = store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?;
+    // Every append goes through one sequencer: many callers, one transaction.
+    let store = store::GroupCommit::new(Arc::new(store));
     let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
     let verifier = sharedcare_kit::tls::remote_verifier(&cfg.auth, tls.as_ref())?;
     Ok(spec(Arc::new(store), verifier, MessageLimits::from(&cfg.server)).with_tls(tls))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sharedcare_audit::{
     domain::{ChainHead, EncodedEvent, EventId, Hash, PageSize, PageToken, PatientId},
-    store::{AuditLogStore, SqlStore},
+    store::{AuditLogStore, GroupCommit, SqlStore},
 };
 use sharedcare_kit::{error::Code, testing::TestDatabase};
 
@@ -258,6 +258,36 @@ async fn concurrent_appends_never_fork_the_chain(store: Arc<dyn AuditLogStore>) 
     assert_eq!(verified_size(store.as_ref()).await, (TASKS * EACH) as u64);
 }
 
+/// One caller's conflicting replay fails that caller only, even when its
+/// append shares a transaction with others' (group commit).
+async fn a_conflict_fails_only_its_caller(store: Arc<dyn AuditLogStore>) {
+    store
+        .append(event("first", "p1", "one"))
+        .await
+        .expect("append");
+    let mut tasks = Vec::new();
+    for n in 0..20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = format!("e{n}");
+            store.append(event(&id, "p1", &id)).await.map(|_| ())
+        }));
+    }
+    let conflicting = {
+        let store = store.clone();
+        tokio::spawn(async move { store.append(event("first", "p1", "other")).await })
+    };
+    for task in tasks {
+        task.await
+            .expect("task")
+            .expect("an honest append succeeds");
+    }
+    let err = conflicting.await.expect("task").expect_err("conflict");
+    assert_eq!(err.code, Code::AlreadyExists);
+    assert!(err.message.contains("event.event_id"), "{}", err.message);
+    assert_eq!(verified_size(store.as_ref()).await, 21);
+}
+
 /// Two stores on one database stand for two replicas, whose appends the
 /// in-process lock cannot serialise: the unique sequence key must refuse
 /// the loser (UNAVAILABLE, safe to retry) rather than let the chain fork.
@@ -321,12 +351,27 @@ macro_rules! conformance {
             mod $behaviour {
                 use super::*;
 
+                async fn run(url: &str, grouped: bool) {
+                    let store: Arc<dyn AuditLogStore> =
+                        Arc::new(SqlStore::connect(url, 4).await.expect("connect"));
+                    let store: Arc<dyn AuditLogStore> = if grouped {
+                        Arc::new(GroupCommit::new(store))
+                    } else {
+                        store
+                    };
+                    super::$behaviour(conformance!(@arg $mode, store)).await;
+                }
+
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn sqlite() {
                     let db = TestDatabase::sqlite();
-                    let store: Arc<dyn AuditLogStore> =
-                        Arc::new(SqlStore::connect(db.url(), 4).await.expect("connect"));
-                    super::$behaviour(conformance!(@arg $mode, store)).await;
+                    run(db.url(), false).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn sqlite_group_commit() {
+                    let db = TestDatabase::sqlite();
+                    run(db.url(), true).await;
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -334,10 +379,16 @@ macro_rules! conformance {
                     let Some(db) = TestDatabase::postgres(stringify!($behaviour)).await else {
                         return;
                     };
-                    let store: Arc<dyn AuditLogStore> =
-                        Arc::new(SqlStore::connect(db.url(), 4).await.expect("connect"));
-                    super::$behaviour(conformance!(@arg $mode, store)).await;
-                    drop(store);
+                    run(db.url(), false).await;
+                    db.cleanup().await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn postgres_group_commit() {
+                    let Some(db) = TestDatabase::postgres(stringify!($behaviour)).await else {
+                        return;
+                    };
+                    run(db.url(), true).await;
                     db.cleanup().await;
                 }
             }
@@ -353,4 +404,5 @@ conformance!(
     borrowed a_batch_with_a_conflict_writes_nothing,
     borrowed a_patients_entries_come_in_pages,
     shared concurrent_appends_never_fork_the_chain,
+    shared a_conflict_fails_only_its_caller,
 );

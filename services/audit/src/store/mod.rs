@@ -1,6 +1,7 @@
 //! Where the log lives: the [`AuditLogStore`] trait and its backends.
 
 mod entities;
+mod group;
 mod migration;
 mod sql;
 
@@ -12,6 +13,7 @@ use crate::domain::{
     ChainError, ChainHead, ChainVerifier, EncodedEvent, Entry, PageSize, PageToken, PatientId,
 };
 
+pub use group::GroupCommit;
 pub use migration::Migrator;
 pub use sql::SqlStore;
 

@@ -1,0 +1,154 @@
+//! Group commit: appends from every caller go through one sequencer task,
+//! which takes whatever is queued, appends it to the inner store as one batch
+//! (one transaction, one fsync), then answers each caller with its own part.
+//! A decorator: it wraps any [`AuditLogStore`] and is one itself.
+
+use std::sync::Arc;
+
+use sharedcare_kit::{Error, error::Code};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Appended, AuditLogStore, BoxFuture, Page};
+use crate::domain::{EncodedEvent, Entry, PageSize, PageToken, PatientId};
+
+/// Most events committed in one transaction (the store chunks its inserts).
+const MAX_GROUP_EVENTS: usize = 2000;
+
+struct Request {
+    events: Vec<EncodedEvent>,
+    /// A single Append (its errors name `event`), not an AppendBatch.
+    single: bool,
+    done: oneshot::Sender<Result<Vec<Appended>, Error>>,
+}
+
+/// The sequencer in front of a store.
+pub struct GroupCommit {
+    inner: Arc<dyn AuditLogStore>,
+    requests: mpsc::Sender<Request>,
+}
+
+impl GroupCommit {
+    pub fn new(inner: Arc<dyn AuditLogStore>) -> Self {
+        let (requests, queue) = mpsc::channel(8192);
+        tokio::spawn(sequencer(inner.clone(), queue));
+        GroupCommit { inner, requests }
+    }
+
+    async fn submit(
+        &self,
+        events: Vec<EncodedEvent>,
+        single: bool,
+    ) -> Result<Vec<Appended>, Error> {
+        let (done, answer) = oneshot::channel();
+        self.requests
+            .send(Request {
+                events,
+                single,
+                done,
+            })
+            .await
+            .map_err(|_| Error::unavailable("the audit log is shutting down"))?;
+        answer
+            .await
+            .map_err(|_| Error::unavailable("the audit log is shutting down"))?
+    }
+}
+
+async fn sequencer(inner: Arc<dyn AuditLogStore>, mut queue: mpsc::Receiver<Request>) {
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        let mut events = group[0].events.len();
+        while events < MAX_GROUP_EVENTS {
+            match queue.try_recv() {
+                Ok(next) => {
+                    events += next.events.len();
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        commit(inner.as_ref(), group).await;
+    }
+}
+
+/// One transaction for the whole group; should one caller's events be
+/// refused (a conflicting replay), each caller is appended on its own so
+/// nobody else's append fails with it.
+async fn commit(inner: &dyn AuditLogStore, group: Vec<Request>) {
+    if group.len() == 1 {
+        for request in group {
+            let result = alone(inner, request.events, request.single).await;
+            let _ = request.done.send(result);
+        }
+        return;
+    }
+    let sizes: Vec<usize> = group.iter().map(|r| r.events.len()).collect();
+    let all: Vec<EncodedEvent> = group.iter().flat_map(|r| r.events.clone()).collect();
+    match inner.append_batch(all).await {
+        Ok(mut appended) => {
+            for (request, size) in group.into_iter().zip(sizes) {
+                let rest = appended.split_off(size);
+                let _ = request.done.send(Ok(appended));
+                appended = rest;
+            }
+        }
+        Err(e) if matches!(e.code, Code::AlreadyExists | Code::InvalidArgument) => {
+            for request in group {
+                let result = alone(inner, request.events, request.single).await;
+                let _ = request.done.send(result);
+            }
+        }
+        Err(e) => {
+            for request in group {
+                let _ = request.done.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+async fn alone(
+    inner: &dyn AuditLogStore,
+    mut events: Vec<EncodedEvent>,
+    single: bool,
+) -> Result<Vec<Appended>, Error> {
+    match (single, events.pop()) {
+        (true, Some(event)) if events.is_empty() => Ok(vec![inner.append(event).await?]),
+        (_, last) => {
+            events.extend(last);
+            inner.append_batch(events).await
+        }
+    }
+}
+
+impl AuditLogStore for GroupCommit {
+    fn append(&self, event: EncodedEvent) -> BoxFuture<'_, Appended> {
+        Box::pin(async move {
+            self.submit(vec![event], true)
+                .await?
+                .pop()
+                .ok_or_else(|| Error::internal("appending to the audit log", "no entry"))
+        })
+    }
+
+    fn append_batch(&self, events: Vec<EncodedEvent>) -> BoxFuture<'_, Vec<Appended>> {
+        Box::pin(async move {
+            if events.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.submit(events, false).await
+        })
+    }
+
+    fn patient_entries(
+        &self,
+        patient: PatientId,
+        after: Option<PageToken>,
+        size: PageSize,
+    ) -> BoxFuture<'_, Page> {
+        self.inner.patient_entries(patient, after, size)
+    }
+
+    fn entries(&self, after_sequence: u64, limit: u64) -> BoxFuture<'_, Vec<Entry>> {
+        self.inner.entries(after_sequence, limit)
+    }
+}
