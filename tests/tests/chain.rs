@@ -259,13 +259,18 @@ async fn the_chain(backend: Backend) {
             .await
             .expect("access report")
             .into_inner();
-        if report.lines.iter().any(|l| {
+        let denial_arrived = report.lines.iter().any(|l| {
             l.outcome == Outcome::Denied as i32
                 && l.outcome_reason == "NO_CARE_RELATIONSHIP"
                 && l.actor
                     .as_ref()
                     .is_some_and(|a| a.organisation_ods_code == "B82002")
-        }) {
+        });
+        let assertion_arrived = report
+            .lines
+            .iter()
+            .any(|l| l.resource_type == "CareRelationship");
+        if denial_arrived && assertion_arrived {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

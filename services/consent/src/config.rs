@@ -28,12 +28,16 @@ pub struct ConsentSettings {
     pub audit_url: String,
     /// Deadline on each call to audit or identity.
     pub call_timeout_ms: u64,
+    /// Refuse changes and reads once audit has been unreachable this long
+    /// (their events wait, durable, in consent's outbox meanwhile).
+    pub audit_max_lag_ms: u64,
 }
 
 const OWN_DEFAULTS: &str = r#"
 [consent]
 audit_url = "http://127.0.0.1:50054"
 call_timeout_ms = 5000
+audit_max_lag_ms = 30000
 "#;
 
 /// The shared defaults with consent's own port.

@@ -7,7 +7,8 @@ use chrono::Utc;
 use sharedcare_kit::{
     Error,
     access::{Grant, Patients, grant},
-    peers::{AccessEvent, AuditSink},
+    outbox::Outbox,
+    peers::AccessEvent,
     proto_time::{from_proto, to_proto},
 };
 use sharedcare_proto::{
@@ -29,7 +30,8 @@ use crate::{
 
 pub struct ConsentGrpc {
     pub store: Arc<dyn ConsentStore>,
-    pub audit: Arc<dyn AuditSink>,
+    /// Every change and read is audited through it (kit::outbox).
+    pub outbox: Arc<Outbox>,
     pub directory: Arc<dyn crate::Directory>,
 }
 
@@ -415,35 +417,28 @@ impl ConsentGrpc {
     }
 
     async fn audit_refusal(&self, change: Change<'_>) {
-        if let Err(e) = self.audit.append(change.event(AuditOutcome::Denied)).await {
+        if let Err(e) = self
+            .outbox
+            .record(&change.event(AuditOutcome::Denied))
+            .await
+        {
             tracing::warn!(error = %e.message, "a refusal could not be audited");
         }
     }
 
-    /// Audits a change before it is made: if audit cannot be reached the
-    /// change is refused (fail closed). A change that then fails to store
-    /// is audited again as FAILED, best effort.
-    async fn audited<T>(
+    /// Makes a change with its audit event in the same transaction (the
+    /// outbox), then wakes the relay that delivers it.
+    async fn audited<T, F>(
         &self,
         change: Change<'_>,
-        apply: impl std::future::Future<Output = Result<T, Error>>,
-    ) -> Result<T, Error> {
-        self.audit
-            .append(change.event(AuditOutcome::Success))
-            .await?;
-        match apply.await {
-            Ok(done) => Ok(done),
-            Err(err) => {
-                let failed = Change {
-                    reason: "NOT_APPLIED",
-                    ..change
-                };
-                if let Err(e) = self.audit.append(failed.event(AuditOutcome::Failed)).await {
-                    tracing::warn!(error = %e.message, "a failed change could not be audited");
-                }
-                Err(err)
-            }
-        }
+        apply: impl FnOnce(sharedcare_proto::audit::v1::AuditEvent) -> F,
+    ) -> Result<T, Error>
+    where
+        F: std::future::Future<Output = Result<T, Error>>,
+    {
+        let done = apply(change.event(AuditOutcome::Success)).await?;
+        self.outbox.wake();
+        Ok(done)
     }
 
     /// Stores a new relationship recorded by `grant`'s principal at its
@@ -476,13 +471,17 @@ impl ConsentGrpc {
             id: &relationship.id,
             reason,
         };
-        self.audited(change, self.store.insert_relationship(relationship.clone()))
-            .await
+        self.audited(change, |event| {
+            self.store.insert_relationship(relationship.clone(), event)
+        })
+        .await
     }
 
     /// Audits a read before its answer is sent (fail closed).
     async fn audit_read(&self, change: Change<'_>) -> Result<(), Error> {
-        self.audit.append(change.event(AuditOutcome::Success)).await
+        self.outbox
+            .record(&change.event(AuditOutcome::Success))
+            .await
     }
 }
 
@@ -504,6 +503,8 @@ impl ConsentService for ConsentGrpc {
         request: Request<pb::RecordCareRelationshipRequest>,
     ) -> Result<Response<pb::RecordCareRelationshipResponse>, Status> {
         let grant = grant(&request)?;
+        // No change or read that could not be audited in time.
+        self.outbox.admit()?;
         let req = request.into_inner();
         let patient_id = PatientId::parse("patient_id", &req.patient_id)?;
         let organisation = OdsCode::parse("organisation_ods_code", &req.organisation_ods_code)?;
@@ -557,6 +558,8 @@ impl ConsentService for ConsentGrpc {
         request: Request<pb::ReferPatientRequest>,
     ) -> Result<Response<pb::ReferPatientResponse>, Status> {
         let grant = grant(&request)?;
+        // No change or read that could not be audited in time.
+        self.outbox.admit()?;
         let req = request.into_inner();
         let patient_id = PatientId::parse("patient_id", &req.patient_id)?;
         let organisation = OdsCode::parse("organisation_ods_code", &req.organisation_ods_code)?;
@@ -604,6 +607,8 @@ impl ConsentService for ConsentGrpc {
         request: Request<pb::EndCareRelationshipRequest>,
     ) -> Result<Response<pb::EndCareRelationshipResponse>, Status> {
         let grant = grant(&request)?;
+        // No change or read that could not be audited in time.
+        self.outbox.admit()?;
         let req = request.into_inner();
         let patient_id = PatientId::parse("patient_id", &req.patient_id)?;
         let id = required_id("relationship_id", &req.relationship_id)?;
@@ -641,10 +646,10 @@ impl ConsentService for ConsentGrpc {
             reason: "ENDED",
         };
         let ended = self
-            .audited(
-                change,
-                self.store.end_relationship(&id, end, &grant.principal.id),
-            )
+            .audited(change, |event| {
+                self.store
+                    .end_relationship(&id, end, &grant.principal.id, event)
+            })
             .await?;
         Ok(Response::new(pb::EndCareRelationshipResponse {
             relationship: Some(relationship_to_pb(ended)),
@@ -657,6 +662,8 @@ impl ConsentService for ConsentGrpc {
         request: Request<pb::ListCareRelationshipsRequest>,
     ) -> Result<Response<pb::ListCareRelationshipsResponse>, Status> {
         let grant = grant(&request)?;
+        // No change or read that could not be audited in time.
+        self.outbox.admit()?;
         let patient = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
         self.check_patient(&grant, &patient, "CareRelationship", Action::Read)
             .await?;
@@ -681,6 +688,8 @@ impl ConsentService for ConsentGrpc {
         request: Request<pb::RecordDirectiveRequest>,
     ) -> Result<Response<pb::RecordDirectiveResponse>, Status> {
         let grant = grant(&request)?;
+        // No change or read that could not be audited in time.
+        self.outbox.admit()?;
         let directive = request
             .into_inner()
             .directive
@@ -710,7 +719,9 @@ impl ConsentService for ConsentGrpc {
             reason: directive.provenance.source.as_str(),
         };
         let stored = self
-            .audited(change, self.store.insert_directive(directive.clone()))
+            .audited(change, |event| {
+                self.store.insert_directive(directive.clone(), event)
+            })
             .await?;
         Ok(Response::new(pb::RecordDirectiveResponse {
             directive: Some(directive_to_pb(stored)),
@@ -723,6 +734,8 @@ impl ConsentService for ConsentGrpc {
         request: Request<pb::RevokeDirectiveRequest>,
     ) -> Result<Response<pb::RevokeDirectiveResponse>, Status> {
         let grant = grant(&request)?;
+        // No change or read that could not be audited in time.
+        self.outbox.admit()?;
         let id = required_id("directive_id", &request.get_ref().directive_id)?;
         let patient = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
         self.check_patient(&grant, &patient, "Directive", Action::Delete)
@@ -744,11 +757,10 @@ impl ConsentService for ConsentGrpc {
             reason: "REVOKED",
         };
         let directive = self
-            .audited(
-                change,
+            .audited(change, |event| {
                 self.store
-                    .revoke_directive(&id, to_micros(Utc::now()), &grant.principal.id),
-            )
+                    .revoke_directive(&id, to_micros(Utc::now()), &grant.principal.id, event)
+            })
             .await?;
         Ok(Response::new(pb::RevokeDirectiveResponse {
             directive: Some(directive_to_pb(directive)),
@@ -761,6 +773,8 @@ impl ConsentService for ConsentGrpc {
         request: Request<pb::ListDirectivesRequest>,
     ) -> Result<Response<pb::ListDirectivesResponse>, Status> {
         let grant = grant(&request)?;
+        // No change or read that could not be audited in time.
+        self.outbox.admit()?;
         let patient = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
         self.check_patient(&grant, &patient, "Directive", Action::Read)
             .await?;
@@ -785,6 +799,8 @@ impl ConsentService for ConsentGrpc {
         request: Request<pb::SetNationalOptOutRequest>,
     ) -> Result<Response<pb::SetNationalOptOutResponse>, Status> {
         let grant = grant(&request)?;
+        // No change or read that could not be audited in time.
+        self.outbox.admit()?;
         let patient = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
         self.check_patient(&grant, &patient, "Directive", Action::Update)
             .await?;

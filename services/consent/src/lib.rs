@@ -21,7 +21,8 @@ use sharedcare_kit::{
     Error,
     auth::Verifier,
     client::{ServiceTokens, TokenSource},
-    peers::{AuditSink, BoxFuture, GrpcAudit},
+    outbox::{Outbox, OutboxSettings},
+    peers::{BoxFuture, GrpcAudit},
     server::{MessageLimits, ServiceSpec},
 };
 use sharedcare_proto::{
@@ -110,14 +111,14 @@ impl Directory for IdentityDirectory {
 /// mount exactly this).
 pub fn spec(
     store: Arc<dyn store::ConsentStore>,
-    audit: Arc<dyn AuditSink>,
+    outbox: Arc<Outbox>,
     directory: Arc<dyn Directory>,
     verifier: Arc<Verifier>,
     limits: MessageLimits,
 ) -> ServiceSpec {
     let server = ConsentServiceServer::new(grpc::ConsentGrpc {
         store,
-        audit,
+        outbox,
         directory,
     })
     .max_decoding_message_size(limits.max_bytes)
@@ -146,9 +147,18 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
     ));
     let directory = Arc::new(IdentityDirectory::new(identity, tokens, timeout));
     let verifier = sharedcare_kit::tls::remote_verifier(&cfg.auth, tls.as_ref())?;
+    let outbox = Outbox::start(
+        store.connection(),
+        store::OUTBOX_TABLE,
+        audit,
+        OutboxSettings {
+            max_lag: Duration::from_millis(cfg.consent.audit_max_lag_ms),
+            ..OutboxSettings::default()
+        },
+    );
     Ok(spec(
         store,
-        audit,
+        outbox,
         directory,
         verifier,
         MessageLimits::from(&cfg.server),

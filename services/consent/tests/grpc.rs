@@ -1,8 +1,11 @@
 //! consent over real gRPC sockets.
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use prost_types::Timestamp;
@@ -10,12 +13,13 @@ use sharedcare_consent::{
     Directory,
     domain::{OdsCode, PatientId},
     spec,
-    store::{ConsentStore, SqlStore},
+    store::{ConsentStore, OUTBOX_TABLE, SqlStore},
 };
 use sharedcare_kit::{
     Error,
     access::Capability,
-    peers::{AuditSink, BoxFuture},
+    outbox::{BatchSink, Outbox, OutboxSettings},
+    peers::BoxFuture,
     server::MessageLimits,
     testing::{TestAuthority, TestDatabase, TestServer, TestToken, spawn, with_token},
 };
@@ -36,13 +40,13 @@ struct Recorder {
     down: AtomicBool,
 }
 
-impl AuditSink for Recorder {
-    fn append(&self, event: AuditEvent) -> BoxFuture<'_, ()> {
+impl BatchSink for Recorder {
+    fn append_batch(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             if self.down.load(Ordering::SeqCst) {
                 return Err(Error::unavailable("audit is down"));
             }
-            self.events.lock().expect("lock").push(event);
+            self.events.lock().expect("lock").extend(events);
             Ok(())
         })
     }
@@ -70,6 +74,7 @@ struct Fixture {
     server: TestServer,
     store: Arc<SqlStore>,
     audit: Arc<Recorder>,
+    outbox: Arc<Outbox>,
     authority: TestAuthority,
     _db: TestDatabase,
 }
@@ -79,10 +84,20 @@ impl Fixture {
         let db = TestDatabase::sqlite();
         let store = Arc::new(SqlStore::connect(db.url(), 4).await.expect("store"));
         let audit = Arc::new(Recorder::default());
+        let outbox = Outbox::start(
+            store.connection(),
+            OUTBOX_TABLE,
+            audit.clone(),
+            OutboxSettings {
+                max_lag: Duration::from_millis(200),
+                poll: Duration::from_millis(10),
+                ..OutboxSettings::default()
+            },
+        );
         let authority = TestAuthority::new();
         let server = spawn(spec(
             store.clone(),
-            audit.clone(),
+            outbox.clone(),
             Arc::new(Known(&["A81001", "RR8", "B82002"])),
             authority.verifier(),
             MessageLimits { max_bytes: 4 << 20 },
@@ -92,6 +107,7 @@ impl Fixture {
             server,
             store,
             audit,
+            outbox,
             authority,
             _db: db,
         }
@@ -157,7 +173,24 @@ impl Fixture {
         self.patient(PATIENT)
     }
 
-    fn audited(&self) -> Vec<AuditEvent> {
+    /// What reached audit, once consent's outbox has delivered everything.
+    async fn audited(&self) -> Vec<AuditEvent> {
+        use sea_orm::{ConnectionTrait, Statement};
+        let db = self.store.connection();
+        for _ in 0..500 {
+            let row = db
+                .query_one_raw(Statement::from_string(
+                    db.get_database_backend(),
+                    format!("SELECT COUNT(*) AS n FROM {OUTBOX_TABLE}"),
+                ))
+                .await
+                .expect("count")
+                .expect("a row");
+            if row.try_get::<i64>("", "n").expect("n") == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.audit.events.lock().expect("lock").clone()
     }
 
@@ -322,7 +355,7 @@ async fn care_relationships_are_recorded_and_listed_newest_first() {
     assert_eq!(listed, vec![current.clone(), past]);
 
     // Each assertion and the read are in the audit trail, naming who.
-    let audited = f.audited();
+    let audited = f.audited().await;
     let summary: Vec<_> = audited
         .iter()
         .map(|e| {
@@ -772,7 +805,7 @@ async fn nobody_grants_themselves_a_relationship_or_overrides_a_patient() {
             .is_empty()
     );
     // The attempt is on the patient's record.
-    let refused = f.audited();
+    let refused = f.audited().await;
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0].outcome, Outcome::Denied as i32);
     assert_eq!(refused[0].outcome_reason, "NOT_OWN_ORGANISATION");
@@ -918,6 +951,7 @@ async fn staff_caring_for_the_patient_record_directives_on_their_behalf() {
     assert!(revoked.revoke_time.is_some());
     let actions: Vec<_> = f
         .audited()
+        .await
         .iter()
         .filter(|e| e.resource_type == "Directive")
         .map(|e| (e.action, e.outcome_reason.clone()))
@@ -982,6 +1016,7 @@ async fn a_referral_brings_in_another_organisation() {
     assert_eq!(permitted.decision, pb::Decision::Permit as i32);
     assert!(
         f.audited()
+            .await
             .iter()
             .any(|e| e.outcome_reason == "REFERRAL" && e.record_id == referral.relationship_id)
     );
@@ -1103,13 +1138,21 @@ async fn a_relationship_needs_a_patient_identity_knows() {
 #[tokio::test]
 async fn no_audit_no_change() {
     let f = Fixture::start().await;
+    let patient = PatientId::parse("patient_id", PATIENT).expect("valid");
     f.audit.down.store(true, Ordering::SeqCst);
-    let status = f
-        .client()
+    // Within the bound, the change is made: its audit event waits, durable,
+    // in consent's outbox, written in the same transaction.
+    f.client()
         .record_care_relationship(with_token(relationship_request("A81001"), &f.pas("A81001")))
         .await
-        .expect_err("audit down");
-    assert_eq!(status.code(), Code::Unavailable);
+        .expect("audit only just went down");
+    // Unreachable longer than the bound: no change and no read at all.
+    for _ in 0..500 {
+        if f.outbox.admit().is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let status = f
         .client()
         .record_directive(with_token(
@@ -1119,15 +1162,26 @@ async fn no_audit_no_change() {
             &f.writer(),
         ))
         .await
-        .expect_err("audit down");
+        .expect_err("audit down too long");
     assert_eq!(status.code(), Code::Unavailable);
-    let patient = PatientId::parse("patient_id", PATIENT).expect("valid");
-    assert!(
+    let status = f
+        .client()
+        .list_directives(with_token(
+            pb::ListDirectivesRequest {
+                patient_id: PATIENT.into(),
+            },
+            &f.writer(),
+        ))
+        .await
+        .expect_err("audit down too long");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(
         f.store
             .list_relationships(&patient)
             .await
             .expect("list")
-            .is_empty()
+            .len(),
+        1
     );
     assert!(
         f.store
@@ -1136,4 +1190,24 @@ async fn no_audit_no_change() {
             .expect("list")
             .is_empty()
     );
+    // audit is back: the waiting event is delivered, and changes resume.
+    f.audit.down.store(false, Ordering::SeqCst);
+    let audited = f.audited().await;
+    assert_eq!(audited.len(), 1);
+    assert_eq!(audited[0].resource_type, "CareRelationship");
+    for _ in 0..500 {
+        if f.outbox.admit().is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f.client()
+        .record_directive(with_token(
+            pb::RecordDirectiveRequest {
+                directive: Some(deny_all()),
+            },
+            &f.writer(),
+        ))
+        .await
+        .expect("audit is back");
 }

@@ -11,11 +11,20 @@ use sharedcare_consent::{
     store::{ConsentStore, SqlStore},
 };
 use sharedcare_kit::{error::Code, testing::TestDatabase};
+use sharedcare_proto::audit::v1::AuditEvent;
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2025, 3, 1, 9, 0, 0)
         .single()
         .expect("valid")
+}
+
+/// A change's audit event (consent stores it in its outbox with the change).
+fn audit() -> AuditEvent {
+    AuditEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        ..AuditEvent::default()
+    }
 }
 
 fn patient(id: &str) -> PatientId {
@@ -78,7 +87,10 @@ async fn relationships_read_back_newest_first_and_per_patient(store: &dyn Consen
     let newer = relationship("p-1", t0() + Duration::microseconds(500), None);
     let someone_else = relationship("p-2", t0(), None);
     for r in [&older, &newest, &newer, &someone_else] {
-        let stored = store.insert_relationship(r.clone()).await.expect("insert");
+        let stored = store
+            .insert_relationship(r.clone(), audit())
+            .await
+            .expect("insert");
         assert_eq!(&stored, r);
     }
     let listed = store
@@ -119,7 +131,13 @@ async fn directives_keep_every_field(store: &dyn ConsentStore) {
     let minimal = directive("p-1", t0() + Duration::seconds(1));
     let someone_else = directive("p-2", t0());
     for d in [&full, &minimal, &someone_else] {
-        assert_eq!(&store.insert_directive(d.clone()).await.expect("insert"), d);
+        assert_eq!(
+            &store
+                .insert_directive(d.clone(), audit())
+                .await
+                .expect("insert"),
+            d
+        );
     }
     assert_eq!(
         store.get_directive(&full.id).await.expect("get"),
@@ -138,10 +156,13 @@ async fn directives_keep_every_field(store: &dyn ConsentStore) {
 
 async fn a_directive_is_revoked_once(store: &dyn ConsentStore) {
     let d = directive("p-1", t0());
-    store.insert_directive(d.clone()).await.expect("insert");
+    store
+        .insert_directive(d.clone(), audit())
+        .await
+        .expect("insert");
     let at = t0() + Duration::hours(2);
     let revoked = store
-        .revoke_directive(&d.id, at, "patient-1")
+        .revoke_directive(&d.id, at, "patient-1", audit())
         .await
         .expect("revoke");
     assert_eq!(revoked.revoked_at, Some(at));
@@ -159,7 +180,7 @@ async fn a_directive_is_revoked_once(store: &dyn ConsentStore) {
     );
 
     let again = store
-        .revoke_directive(&d.id, at + Duration::hours(1), "someone-else")
+        .revoke_directive(&d.id, at + Duration::hours(1), "someone-else", audit())
         .await
         .expect_err("already revoked");
     assert_eq!(again.code, Code::FailedPrecondition);
@@ -174,7 +195,7 @@ async fn a_directive_is_revoked_once(store: &dyn ConsentStore) {
     );
 
     let unknown = store
-        .revoke_directive("no-such-id", at, "patient-1")
+        .revoke_directive("no-such-id", at, "patient-1", audit())
         .await
         .expect_err("unknown");
     assert_eq!(unknown.code, Code::NotFound);
@@ -188,25 +209,28 @@ async fn a_directive_is_revoked_once(store: &dyn ConsentStore) {
 
 async fn a_relationship_ends_once(store: &dyn ConsentStore) {
     let r = relationship("p-1", t0(), None);
-    store.insert_relationship(r.clone()).await.expect("insert");
+    store
+        .insert_relationship(r.clone(), audit())
+        .await
+        .expect("insert");
     assert_eq!(
         store.get_relationship(&r.id).await.expect("get"),
         Some(r.clone())
     );
     let at = t0() + Duration::hours(2);
     let ended = store
-        .end_relationship(&r.id, at, "pas-1")
+        .end_relationship(&r.id, at, "pas-1", audit())
         .await
         .expect("end");
     assert_eq!(ended.period.end, Some(at));
     assert_eq!(ended.ended_by.as_deref(), Some("pas-1"));
     let again = store
-        .end_relationship(&r.id, at + Duration::hours(1), "pas-2")
+        .end_relationship(&r.id, at + Duration::hours(1), "pas-2", audit())
         .await
         .expect_err("already ended");
     assert_eq!(again.code, Code::FailedPrecondition);
     let unknown = store
-        .end_relationship("no-such-id", at, "pas-1")
+        .end_relationship("no-such-id", at, "pas-1", audit())
         .await
         .expect_err("unknown");
     assert_eq!(unknown.code, Code::NotFound);
@@ -264,7 +288,10 @@ conformance!(
 async fn reopen(db: &TestDatabase) {
     let r = relationship("p-1", t0(), None);
     let first = SqlStore::connect(db.url(), 2).await.expect("connect");
-    first.insert_relationship(r.clone()).await.expect("insert");
+    first
+        .insert_relationship(r.clone(), audit())
+        .await
+        .expect("insert");
     first.close().await;
     let second = SqlStore::connect(db.url(), 2).await.expect("reconnect");
     assert_eq!(

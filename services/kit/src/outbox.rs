@@ -191,6 +191,33 @@ impl Outbox {
     }
 }
 
+/// Puts `event` in the outbox table `table` within the caller's own
+/// transaction `txn`: a change and its audit event commit together (then
+/// call [`Outbox::wake`]).
+pub async fn insert_in<C: ConnectionTrait>(
+    txn: &C,
+    table: &'static str,
+    event: &AuditEvent,
+) -> Result<(), Error> {
+    let insert = Query::insert()
+        .into_table(Alias::new(table))
+        .columns([
+            Alias::new("event_id"),
+            Alias::new("payload"),
+            Alias::new("created_at"),
+        ])
+        .values_panic([
+            event.event_id.clone().into(),
+            event.encode_to_vec().into(),
+            chrono::Utc::now().into(),
+        ])
+        .to_owned();
+    txn.execute(&insert)
+        .await
+        .map_err(|e| Error::internal("recording an audit event in the outbox", e))?;
+    Ok(())
+}
+
 /// Collects whatever is queued, writes it in one transaction, answers all.
 async fn group_commit(
     db: DatabaseConnection,

@@ -3,12 +3,14 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
+    TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
-use sharedcare_kit::Error;
+use sharedcare_kit::{Error, outbox};
+use sharedcare_proto::audit::v1::AuditEvent;
 
-use super::{BoxFuture, ConsentStore, Migrator, entities::*};
+use super::{BoxFuture, ConsentStore, Migrator, OUTBOX_TABLE, entities::*};
 use crate::domain::{
     CareRelationship, CareRelationshipKind, Directive, DirectiveSource, Effect, OdsCode, PatientId,
     Period, Provenance, Purpose, RecordCategory,
@@ -155,14 +157,49 @@ fn directive_from_row(row: directive::Model) -> Result<Directive, Error> {
     })
 }
 
+impl SqlStore {
+    /// The connection, for the audit outbox that shares the database.
+    pub fn connection(&self) -> DatabaseConnection {
+        self.db.clone()
+    }
+
+    /// Runs `change` and records `audit` in the outbox in one transaction.
+    async fn audited<T>(
+        &self,
+        context: &'static str,
+        audit: &AuditEvent,
+        change: impl AsyncFnOnce(&DatabaseTransaction) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let txn = self
+            .db
+            .begin()
+            .await
+            .map_err(|e| Error::internal(context, e))?;
+        let done = change(&txn).await?;
+        outbox::insert_in(&txn, OUTBOX_TABLE, audit).await?;
+        txn.commit()
+            .await
+            .map_err(|e| Error::internal(context, e))?;
+        Ok(done)
+    }
+}
+
 impl ConsentStore for SqlStore {
-    fn insert_relationship(&self, r: CareRelationship) -> BoxFuture<'_, CareRelationship> {
+    fn insert_relationship(
+        &self,
+        r: CareRelationship,
+        audit: AuditEvent,
+    ) -> BoxFuture<'_, CareRelationship> {
         Box::pin(async move {
-            care_relationship::Entity::insert(relationship_to_row(&r))
-                .exec_without_returning(&self.db)
-                .await
-                .map_err(|e| Error::internal("storing a care relationship", e))?;
-            Ok(r)
+            const CONTEXT: &str = "storing a care relationship";
+            self.audited(CONTEXT, &audit, async |txn| {
+                care_relationship::Entity::insert(relationship_to_row(&r))
+                    .exec_without_returning(txn)
+                    .await
+                    .map_err(|e| Error::internal(CONTEXT, e))?;
+                Ok(r)
+            })
+            .await
         })
     }
 
@@ -199,43 +236,58 @@ impl ConsentStore for SqlStore {
         id: &str,
         at: DateTime<Utc>,
         by: &str,
+        audit: AuditEvent,
     ) -> BoxFuture<'_, CareRelationship> {
         let id = id.to_owned();
         let by = by.to_owned();
         Box::pin(async move {
-            // One conditional update: only a relationship still open at `at`
-            // ends, so of two concurrent ends exactly one succeeds.
-            let updated = care_relationship::Entity::update_many()
-                .col_expr(care_relationship::Column::EndTime, Expr::value(at))
-                .col_expr(care_relationship::Column::EndedBy, Expr::value(by))
-                .filter(care_relationship::Column::RelationshipId.eq(id.as_str()))
-                .filter(
-                    care_relationship::Column::EndTime
-                        .is_null()
-                        .or(care_relationship::Column::EndTime.gt(at)),
-                )
-                .exec(&self.db)
-                .await
-                .map_err(|e| Error::internal("ending a care relationship", e))?;
-            let relationship = self.get_relationship(&id).await?.ok_or_else(|| {
-                Error::not_found("no care relationship with this relationship_id")
-            })?;
-            if updated.rows_affected == 0 {
-                return Err(Error::failed_precondition(
-                    "the care relationship has already ended",
-                ));
-            }
-            Ok(relationship)
+            const CONTEXT: &str = "ending a care relationship";
+            self.audited(CONTEXT, &audit, async |txn| {
+                // One conditional update: only a relationship still open at
+                // `at` ends, so of two concurrent ends exactly one succeeds.
+                let updated = care_relationship::Entity::update_many()
+                    .col_expr(care_relationship::Column::EndTime, Expr::value(at))
+                    .col_expr(care_relationship::Column::EndedBy, Expr::value(by))
+                    .filter(care_relationship::Column::RelationshipId.eq(id.as_str()))
+                    .filter(
+                        care_relationship::Column::EndTime
+                            .is_null()
+                            .or(care_relationship::Column::EndTime.gt(at)),
+                    )
+                    .exec(txn)
+                    .await
+                    .map_err(|e| Error::internal(CONTEXT, e))?;
+                let relationship = care_relationship::Entity::find_by_id(id)
+                    .one(txn)
+                    .await
+                    .map_err(|e| Error::internal(CONTEXT, e))?
+                    .map(relationship_from_row)
+                    .transpose()?
+                    .ok_or_else(|| {
+                        Error::not_found("no care relationship with this relationship_id")
+                    })?;
+                if updated.rows_affected == 0 {
+                    return Err(Error::failed_precondition(
+                        "the care relationship has already ended",
+                    ));
+                }
+                Ok(relationship)
+            })
+            .await
         })
     }
 
-    fn insert_directive(&self, d: Directive) -> BoxFuture<'_, Directive> {
+    fn insert_directive(&self, d: Directive, audit: AuditEvent) -> BoxFuture<'_, Directive> {
         Box::pin(async move {
-            directive::Entity::insert(directive_to_row(&d)?)
-                .exec_without_returning(&self.db)
-                .await
-                .map_err(|e| Error::internal("storing a directive", e))?;
-            Ok(d)
+            const CONTEXT: &str = "storing a directive";
+            self.audited(CONTEXT, &audit, async |txn| {
+                directive::Entity::insert(directive_to_row(&d)?)
+                    .exec_without_returning(txn)
+                    .await
+                    .map_err(|e| Error::internal(CONTEXT, e))?;
+                Ok(d)
+            })
+            .await
         })
     }
 
@@ -251,30 +303,43 @@ impl ConsentStore for SqlStore {
         })
     }
 
-    fn revoke_directive(&self, id: &str, at: DateTime<Utc>, by: &str) -> BoxFuture<'_, Directive> {
+    fn revoke_directive(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        by: &str,
+        audit: AuditEvent,
+    ) -> BoxFuture<'_, Directive> {
         let id = id.to_owned();
         let by = by.to_owned();
         Box::pin(async move {
-            // One conditional update: of two concurrent revocations, exactly
-            // one succeeds.
-            let updated = directive::Entity::update_many()
-                .col_expr(directive::Column::RevokedAt, Expr::value(at))
-                .col_expr(directive::Column::RevokedBy, Expr::value(by))
-                .filter(directive::Column::DirectiveId.eq(id.as_str()))
-                .filter(directive::Column::RevokedAt.is_null())
-                .exec(&self.db)
-                .await
-                .map_err(|e| Error::internal("revoking a directive", e))?;
-            let directive = self
-                .get_directive(&id)
-                .await?
-                .ok_or_else(|| Error::not_found("no directive with this directive_id"))?;
-            if updated.rows_affected == 0 {
-                return Err(Error::failed_precondition(
-                    "the directive is already revoked",
-                ));
-            }
-            Ok(directive)
+            const CONTEXT: &str = "revoking a directive";
+            self.audited(CONTEXT, &audit, async |txn| {
+                // One conditional update: of two concurrent revocations,
+                // exactly one succeeds.
+                let updated = directive::Entity::update_many()
+                    .col_expr(directive::Column::RevokedAt, Expr::value(at))
+                    .col_expr(directive::Column::RevokedBy, Expr::value(by))
+                    .filter(directive::Column::DirectiveId.eq(id.as_str()))
+                    .filter(directive::Column::RevokedAt.is_null())
+                    .exec(txn)
+                    .await
+                    .map_err(|e| Error::internal(CONTEXT, e))?;
+                let directive = directive::Entity::find_by_id(id)
+                    .one(txn)
+                    .await
+                    .map_err(|e| Error::internal(CONTEXT, e))?
+                    .map(directive_from_row)
+                    .transpose()?
+                    .ok_or_else(|| Error::not_found("no directive with this directive_id"))?;
+                if updated.rows_affected == 0 {
+                    return Err(Error::failed_precondition(
+                        "the directive is already revoked",
+                    ));
+                }
+                Ok(directive)
+            })
+            .await
         })
     }
 
