@@ -270,7 +270,11 @@ async fn the_chain(backend: Backend) {
             .lines
             .iter()
             .any(|l| l.resource_type == "CareRelationship");
-        if denial_arrived && assertion_arrived {
+        let demographics_arrived = report
+            .lines
+            .iter()
+            .any(|l| l.resource_type == "Patient" && l.action == Action::Read as i32);
+        if denial_arrived && assertion_arrived && demographics_arrived {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -51,6 +51,9 @@ pub struct IdentitySettings {
     pub audit_url: String,
     /// Deadline on each call to consent or audit.
     pub call_timeout_ms: u64,
+    /// Refuse demographic reads and registrations once audit has been
+    /// unreachable this long (their events wait in identity's outbox).
+    pub audit_max_lag_ms: u64,
     /// Staff role code → capability names (`kit::access::Capability`).
     /// Compared without regard to case. A file's table is merged over the
     /// defaults: give a default role `[]` to take its capabilities away.
@@ -79,6 +82,7 @@ token_ttl_secs = 900
 consent_url = "http://127.0.0.1:50052"
 audit_url = "http://127.0.0.1:50054"
 call_timeout_ms = 5000
+audit_max_lag_ms = 30000
 
 [identity.roles]
 R8000 = ["record_directives", "refer", "break_glass"]

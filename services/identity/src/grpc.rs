@@ -50,7 +50,8 @@ impl IdentityGrpc {
         }
     }
 
-    /// Appends the audit event of one demographic access. A failure is
+    /// Makes the audit event of one demographic access durable in the
+    /// outbox (group-committed) before the access is answered; a failure is
     /// UNAVAILABLE and the access is not answered (fail closed).
     async fn audit(
         &self,
@@ -60,8 +61,8 @@ impl IdentityGrpc {
         decision_id: &str,
     ) -> Result<(), Error> {
         self.peers
-            .audit
-            .append(access.event(outcome, reason, decision_id))
+            .outbox
+            .record(&access.event(outcome, reason, decision_id))
             .await
     }
 
@@ -255,6 +256,8 @@ impl IdentityService for IdentityGrpc {
         request: Request<pb::RegisterPatientRequest>,
     ) -> Result<Response<pb::RegisterPatientResponse>, Status> {
         let grant = grant(&request)?;
+        // No registration that could not be audited in time.
+        self.peers.outbox.admit()?;
         let req = request.into_inner();
         let nhs_number = NhsNumber::parse("nhs_number", &req.nhs_number)?;
         let d = req
@@ -271,25 +274,31 @@ impl IdentityService for IdentityGrpc {
             now.date_naive(),
         )?;
         let given = demographics.clone();
+        let purpose = grant.principal.purpose.unwrap_or(Purpose::Unspecified);
+        let id = uuid::Uuid::now_v7().to_string();
+        // A new registration and its audit event commit together.
+        let creation = patient_access(&grant.principal, &id, Action::Create, purpose).event(
+            Outcome::Success,
+            "",
+            "",
+        );
         let registered = self
             .store
-            .register_patient(Patient {
-                id: uuid::Uuid::now_v7().to_string(),
-                nhs_number,
-                demographics,
-                created_at: now,
-                updated_at: now,
-                superseded_by: None,
-            })
+            .register_patient(
+                Patient {
+                    id: id.clone(),
+                    nhs_number,
+                    demographics,
+                    created_at: now,
+                    updated_at: now,
+                    superseded_by: None,
+                },
+                creation,
+            )
             .await?;
-        let purpose = grant.principal.purpose.unwrap_or(Purpose::Unspecified);
         let (patient, created) = match registered {
             Registered::Created(p) => {
-                // Stored, then audited: if audit is down the caller gets
-                // UNAVAILABLE, and registering again returns the patient
-                // (audited as a read).
-                let access = patient_access(&grant.principal, &p.id, Action::Create, purpose);
-                self.audit(&access, Outcome::Success, "", "").await?;
+                self.peers.outbox.wake();
                 (p, true)
             }
             Registered::Existing(p) => {
@@ -326,6 +335,8 @@ impl IdentityService for IdentityGrpc {
         request: Request<pb::GetPatientRequest>,
     ) -> Result<Response<pb::GetPatientResponse>, Status> {
         let grant = grant(&request)?;
+        // No read that could not be audited in time.
+        self.peers.outbox.admit()?;
         let id = required_id("patient_id", &request.get_ref().patient_id)?;
         // GetPatientRequest names no purpose: the token's default.
         let purpose = grant

@@ -22,7 +22,8 @@ use sharedcare_kit::{
     auth::Verifier,
     crypto::{BlindIndex, Kek, Keyring},
     keys::{SigningKey, StaticKeySource},
-    peers::{AuditSink, ConsentGate, GrpcAudit, GrpcConsent},
+    outbox::{Outbox, OutboxSettings},
+    peers::{ConsentGate, GrpcAudit, GrpcConsent},
     server::{MessageLimits, ServiceSpec},
 };
 use sharedcare_proto::identity::v1::identity_service_server::IdentityServiceServer;
@@ -37,7 +38,8 @@ pub const SERVICE_NAME: &str = "identity";
 #[derive(Clone)]
 pub struct Peers {
     pub consent: Arc<dyn ConsentGate>,
-    pub audit: Arc<dyn AuditSink>,
+    /// identity's audit outbox, delivered to audit by its relay.
+    pub outbox: Arc<Outbox>,
 }
 
 impl Peers {
@@ -49,6 +51,8 @@ impl Peers {
         tokens: Arc<TokenIssuer>,
         tls: Option<&sharedcare_kit::tls::Tls>,
         timeout: Duration,
+        db: sea_orm::DatabaseConnection,
+        outbox: OutboxSettings,
     ) -> Result<Self, Error> {
         let own = Arc::new(SelfTokens::new(tokens));
         let lazy_channel = |url: &str| sharedcare_kit::tls::channel(url, tls);
@@ -58,11 +62,16 @@ impl Peers {
                 own.clone(),
                 timeout,
             )),
-            audit: Arc::new(GrpcAudit::new(
-                lazy_channel(audit_url).map_err(|e| e.context("identity.audit_url"))?,
-                own,
-                timeout,
-            )),
+            outbox: Outbox::start(
+                db,
+                store::OUTBOX_TABLE,
+                Arc::new(GrpcAudit::new(
+                    lazy_channel(audit_url).map_err(|e| e.context("identity.audit_url"))?,
+                    own,
+                    timeout,
+                )),
+                outbox,
+            ),
         })
     }
 }
@@ -121,6 +130,11 @@ pub async fn open(cfg: &config::IdentityConfig) -> Result<ServiceSpec, Error> {
         tokens.clone(),
         tls.as_ref(),
         Duration::from_millis(cfg.identity.call_timeout_ms),
+        store.connection(),
+        OutboxSettings {
+            max_lag: Duration::from_millis(cfg.identity.audit_max_lag_ms),
+            ..OutboxSettings::default()
+        },
     )?;
     Ok(spec(
         store,

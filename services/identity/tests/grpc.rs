@@ -15,7 +15,7 @@ use sharedcare_identity::{
     bootstrap::{self, BootstrapFile, BootstrapOrganisation, BootstrapPrincipal},
     domain::NhsNumber,
     spec,
-    store::{IdentityStore, SqlStore},
+    store::{IdentityStore, OUTBOX_TABLE, SqlStore},
 };
 use sharedcare_kit::{
     Error,
@@ -23,7 +23,8 @@ use sharedcare_kit::{
     auth::{Principal as Verified, Verifier},
     crypto::{BlindIndex, Kek, Keyring},
     keys::{SigningKey, StaticKeySource},
-    peers::{AuditSink, BoxFuture, ConsentGate, Decision},
+    outbox::{BatchSink, Outbox, OutboxSettings},
+    peers::{BoxFuture, ConsentGate, Decision},
     server::MessageLimits,
     testing::{TestAuthority, TestDatabase, TestServer, spawn, with_token},
 };
@@ -93,15 +94,13 @@ struct FakeAudit {
     down: AtomicBool,
 }
 
-impl AuditSink for FakeAudit {
-    fn append(&self, event: AuditEvent) -> BoxFuture<'_, ()> {
+impl BatchSink for FakeAudit {
+    fn append_batch(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             if self.down.load(Ordering::SeqCst) {
-                return Err(Error::unavailable(
-                    "the access could not be audited, so it is refused (test)",
-                ));
+                return Err(Error::unavailable("audit is down (test)"));
             }
-            self.events.lock().expect("lock").push(event);
+            self.events.lock().expect("lock").extend(events);
             Ok(())
         })
     }
@@ -114,6 +113,7 @@ struct Fixture {
     tokens: Arc<TokenIssuer>,
     consent: Arc<FakeConsent>,
     audit: Arc<FakeAudit>,
+    outbox: Arc<Outbox>,
 }
 
 /// The role map of these tests: a clinician, a clerk and a tracer.
@@ -180,13 +180,23 @@ impl Fixture {
             asked: Mutex::new(vec![]),
         });
         let audit = Arc::new(FakeAudit::default());
+        let outbox = Outbox::start(
+            store.connection(),
+            OUTBOX_TABLE,
+            audit.clone(),
+            OutboxSettings {
+                max_lag: Duration::from_millis(200),
+                poll: Duration::from_millis(10),
+                ..OutboxSettings::default()
+            },
+        );
         let server = spawn(spec(
             store.clone(),
             tokens.clone(),
             roles(),
             Peers {
                 consent: consent.clone(),
-                audit: audit.clone(),
+                outbox: outbox.clone(),
             },
             MessageLimits {
                 max_bytes: 64 * 1024,
@@ -200,6 +210,7 @@ impl Fixture {
             tokens,
             consent,
             audit,
+            outbox,
         }
     }
 
@@ -304,7 +315,24 @@ impl Fixture {
             .expect("patient")
     }
 
-    fn events(&self) -> Vec<AuditEvent> {
+    /// What reached audit, once identity's outbox has delivered everything.
+    async fn events(&self) -> Vec<AuditEvent> {
+        use sea_orm::{ConnectionTrait, Statement};
+        let db = self.store.connection();
+        for _ in 0..500 {
+            let row = db
+                .query_one_raw(Statement::from_string(
+                    db.get_database_backend(),
+                    format!("SELECT COUNT(*) AS n FROM {OUTBOX_TABLE}"),
+                ))
+                .await
+                .expect("count")
+                .expect("a row");
+            if row.try_get::<i64>("", "n").expect("n") == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.audit.events.lock().expect("lock").clone()
     }
 
@@ -431,7 +459,7 @@ async fn a_patient_is_registered_once_and_read_back() {
     );
 
     // Registration, the match returned and the read are each audited.
-    let events = f.events();
+    let events = f.events().await;
     let seen: Vec<(i32, i32)> = events.iter().map(|e| (e.action, e.outcome)).collect();
     assert_eq!(
         seen,
@@ -853,7 +881,7 @@ async fn nonsense_is_refused_naming_the_field_and_nothing_is_stored() {
         .await
         .expect_err("no id");
     expect_invalid(status, "patient_id");
-    assert!(f.events().is_empty(), "nothing was read");
+    assert!(f.events().await.is_empty(), "nothing was read");
 }
 
 #[tokio::test]
@@ -905,7 +933,7 @@ async fn a_patient_principal_is_bound_to_its_patient() {
         .patient
         .expect("patient");
     assert_eq!(own.patient_id, jane.patient_id);
-    let before = f.events().len();
+    let before = f.events().await.len();
     let status = f
         .client()
         .get_patient(with_token(get(&bob.patient_id), &token))
@@ -916,7 +944,7 @@ async fn a_patient_principal_is_bound_to_its_patient() {
     assert!(f.consent.asked.lock().expect("lock").is_empty());
 
     // Both audited, as the patient.
-    let events = f.events();
+    let events = f.events().await;
     let read = &events[before - 1];
     assert_eq!(
         (read.patient_id.as_str(), read.outcome),
@@ -1127,7 +1155,7 @@ async fn registering_again_returns_the_patient_only_for_matching_details() {
     assert_eq!(again.patient.expect("patient").patient_id, sian.patient_id);
 
     // Anything else is refused, revealing nothing stored.
-    let before = f.events().len();
+    let before = f.events().await.len();
     for (family, birth_date) in [("Smith", "1980-02-29"), ("Llyr", "1980-03-01")] {
         let status = f
             .client()
@@ -1147,7 +1175,7 @@ async fn registering_again_returns_the_patient_only_for_matching_details() {
         }
     }
     // The attempts are on the patient's access report.
-    let events = f.events();
+    let events = f.events().await;
     assert_eq!(events.len(), before + 2);
     for event in &events[before..] {
         assert_eq!(event.patient_id, sian.patient_id);
@@ -1185,7 +1213,7 @@ async fn staff_reads_are_decided_by_consent_and_audited_or_refused() {
         assert_eq!(*purpose, Purpose::DirectCare);
         assert_eq!(*category, RecordCategory::General);
     }
-    let events = reads(&f.events());
+    let events = reads(&f.events().await);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].outcome, Outcome::Success as i32);
     assert_eq!(events[0].decision_id, "decision-permit");
@@ -1204,7 +1232,7 @@ async fn staff_reads_are_decided_by_consent_and_audited_or_refused() {
         status.message()
     );
     assert!(!status.message().contains("Smith"));
-    let events = reads(&f.events());
+    let events = reads(&f.events().await);
     assert_eq!(events.len(), 2);
     assert_eq!(events[1].outcome, Outcome::Denied as i32);
     assert_eq!(events[1].outcome_reason, "NO_CARE_RELATIONSHIP");
@@ -1227,10 +1255,22 @@ async fn staff_reads_are_decided_by_consent_and_audited_or_refused() {
         .expect_err("consent down");
     assert_eq!(status.code(), Code::Unavailable);
 
-    // audit down: UNAVAILABLE, no data (fail closed), for reads and
+    // audit down: a read is served only while its event can wait, durable,
+    // in identity's outbox; once audit has been unreachable longer than the
+    // bound, UNAVAILABLE and no data (fail closed), for reads and
     // registrations alike.
     f.answer(Answer::Permit);
     f.audit.down.store(true, Ordering::SeqCst);
+    f.client()
+        .get_patient(with_token(get(&jane.patient_id), &staff))
+        .await
+        .expect("within the bound");
+    for _ in 0..500 {
+        if f.outbox.admit().is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let status = f
         .client()
         .get_patient(with_token(get(&jane.patient_id), &staff))
@@ -1245,6 +1285,12 @@ async fn staff_reads_are_decided_by_consent_and_audited_or_refused() {
         .expect_err("audit down");
     assert_eq!(status.code(), Code::Unavailable);
     f.audit.down.store(false, Ordering::SeqCst);
+    for _ in 0..500 {
+        if f.outbox.admit().is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // An application of a related organisation reads the same way.
     let (app, secret) = f

@@ -6,7 +6,11 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(M0001Initial), Box::new(M0002PatientPrincipals)]
+        vec![
+            Box::new(M0001Initial),
+            Box::new(M0002PatientPrincipals),
+            Box::new(M0003AuditOutbox),
+        ]
     }
 
     // Services may share one PostgreSQL database: each keeps its own ledger.
@@ -100,6 +104,24 @@ impl MigrationTrait for M0002PatientPrincipals {
                     .add_column(text_null("purposes"))
                     .to_owned(),
             )
+            .await
+    }
+}
+
+/// The audit outbox (kit::outbox): demographic reads and registrations.
+struct M0003AuditOutbox;
+
+impl MigrationName for M0003AuditOutbox {
+    fn name(&self) -> &str {
+        "m0003_audit_outbox"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for M0003AuditOutbox {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(sharedcare_kit::outbox::create_table(super::OUTBOX_TABLE))
             .await
     }
 }

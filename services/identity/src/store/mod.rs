@@ -7,8 +7,12 @@ mod sql;
 use std::{future::Future, pin::Pin};
 
 use sharedcare_kit::Error;
+use sharedcare_proto::audit::v1::AuditEvent;
 
 pub use migration::Migrator;
+
+/// identity's audit outbox table (see `sharedcare_kit::outbox`).
+pub const OUTBOX_TABLE: &str = "identity_audit_outbox";
 pub use sql::SqlStore;
 
 use crate::domain::{NhsNumber, OdsCode, Organisation, Patient, Principal};
@@ -23,9 +27,10 @@ pub enum Registered {
 }
 
 pub trait IdentityStore: Send + Sync + 'static {
-    /// Inserts the patient unless one with the same NHS number exists, in
-    /// which case that one is returned.
-    fn register_patient(&self, patient: Patient) -> BoxFuture<'_, Registered>;
+    /// Inserts the patient, with `audit` in the outbox in the same
+    /// transaction, unless one with the same NHS number exists, in which
+    /// case that one is returned (and `audit` is not stored).
+    fn register_patient(&self, patient: Patient, audit: AuditEvent) -> BoxFuture<'_, Registered>;
     fn get_patient(&self, id: &str) -> BoxFuture<'_, Option<Patient>>;
     fn find_patient_by_nhs_number(&self, nhs: &NhsNumber) -> BoxFuture<'_, Option<Patient>>;
 

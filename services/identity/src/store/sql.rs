@@ -2,15 +2,17 @@
 
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, SqlErr,
-    sea_query::OnConflict,
+    TransactionTrait, sea_query::OnConflict,
 };
 use serde::{Deserialize, Serialize};
 use sharedcare_kit::{
     Error, auth,
     crypto::{BlindIndex, Keyring},
+    outbox,
 };
+use sharedcare_proto::audit::v1::AuditEvent;
 
-use super::{BoxFuture, IdentityStore, Migrator, Registered, entities::*};
+use super::{BoxFuture, IdentityStore, Migrator, OUTBOX_TABLE, Registered, entities::*};
 use crate::domain::{
     Demographics, Gender, NhsNumber, OdsCode, Organisation, Patient, Principal, default_purposes,
 };
@@ -171,24 +173,46 @@ fn principal_from_row(row: principal::Model) -> Result<Principal, Error> {
     })
 }
 
+impl SqlStore {
+    /// The connection, for the audit outbox that shares the database.
+    pub fn connection(&self) -> DatabaseConnection {
+        self.db.clone()
+    }
+}
+
 impl IdentityStore for SqlStore {
-    fn register_patient(&self, p: Patient) -> BoxFuture<'_, Registered> {
+    fn register_patient(&self, p: Patient, audit: AuditEvent) -> BoxFuture<'_, Registered> {
         Box::pin(async move {
+            const CONTEXT: &str = "registering a patient";
             if let Some(existing) = self.find_patient_by_nhs_number(&p.nhs_number).await? {
                 return Ok(Registered::Existing(existing));
             }
+            let txn = self
+                .db
+                .begin()
+                .await
+                .map_err(|e| Error::internal(CONTEXT, e))?;
             match patient::Entity::insert(self.patient_to_row(&p)?)
-                .exec(&self.db)
+                .exec(&txn)
                 .await
             {
-                Ok(_) => Ok(Registered::Created(p)),
+                Ok(_) => {
+                    // The registration and its audit event commit together.
+                    outbox::insert_in(&txn, OUTBOX_TABLE, &audit).await?;
+                    txn.commit()
+                        .await
+                        .map_err(|e| Error::internal(CONTEXT, e))?;
+                    Ok(Registered::Created(p))
+                }
                 // Registered concurrently by someone else: theirs stands.
-                Err(e) if is_unique_violation(&e) => self
-                    .find_patient_by_nhs_number(&p.nhs_number)
-                    .await?
-                    .map(Registered::Existing)
-                    .ok_or_else(|| Error::internal("registering a patient", e)),
-                Err(e) => Err(Error::internal("registering a patient", e)),
+                Err(e) if is_unique_violation(&e) => {
+                    let _ = txn.rollback().await;
+                    self.find_patient_by_nhs_number(&p.nhs_number)
+                        .await?
+                        .map(Registered::Existing)
+                        .ok_or_else(|| Error::internal(CONTEXT, e))
+                }
+                Err(e) => Err(Error::internal(CONTEXT, e)),
             }
         })
     }
