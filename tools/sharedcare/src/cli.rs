@@ -4,7 +4,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{commands, demo::DemoArgs, dev::DevArgs};
+use crate::{bench::BenchArgs, commands, demo::DemoArgs, dev::DevArgs};
 
 /// The sharedcare command line: run the platform on a laptop and walk the
 /// chain (token → patient → consent → record → audit) without writing code.
@@ -92,4 +92,7 @@ pub enum Command {
     AccessReport(commands::access_report::AccessReportArgs),
     /// Walk the whole chain against a running `sharedcare dev`.
     Demo(DemoArgs),
+    /// Closed-loop load on one RPC of a running platform, reported beside
+    /// (and as a ratio to) a bare echo server it runs itself.
+    Bench(BenchArgs),
 }

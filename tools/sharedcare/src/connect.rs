@@ -1,5 +1,6 @@
 //! Reaching the services from the command line: their URLs (from the base
-//! port unless given), lazy channels, and requests carrying the bearer token.
+//! port unless given), lazy channels (plaintext, or mutual TLS for https://
+//! URLs when a certificate was given), and requests carrying the bearer token.
 
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ pub struct Services {
     pub records_url: String,
     pub audit_url: String,
     token: Option<String>,
+    /// Presented to https:// services; plaintext http:// needs none.
+    tls: Option<sharedcare_kit::tls::Tls>,
 }
 
 impl Services {
@@ -37,23 +40,49 @@ impl Services {
             records_url: or_port(&args.records_url, ports.records),
             audit_url: or_port(&args.audit_url, ports.audit),
             token: args.token.clone().filter(|t| !t.trim().is_empty()),
+            tls: None,
+        }
+    }
+
+    /// The same services, reaching https:// URLs over mutual TLS with `tls`.
+    pub fn with_tls(&self, tls: Option<sharedcare_kit::tls::Tls>) -> Self {
+        Services {
+            tls,
+            ..self.clone()
+        }
+    }
+
+    /// A lazy channel to `url`: mutual TLS for https:// (a certificate must
+    /// have been given), plaintext for http://.
+    pub fn channel(&self, url: &str) -> anyhow::Result<Channel> {
+        match (&self.tls, url.starts_with("https://")) {
+            (Some(tls), true) => tls
+                .channel(url)
+                .map_err(|e| anyhow!("`{url}`: {}", e.message)),
+            (None, true) => Err(anyhow!(
+                "`{url}` is https://: give the client certificate (--tls-ca, --tls-cert, --tls-key)"
+            )),
+            (_, false) => channel(url),
         }
     }
 
     pub fn identity(&self) -> anyhow::Result<IdentityServiceClient<Channel>> {
-        channel(&self.identity_url).map(IdentityServiceClient::new)
+        self.channel(&self.identity_url)
+            .map(IdentityServiceClient::new)
     }
 
     pub fn consent(&self) -> anyhow::Result<ConsentServiceClient<Channel>> {
-        channel(&self.consent_url).map(ConsentServiceClient::new)
+        self.channel(&self.consent_url)
+            .map(ConsentServiceClient::new)
     }
 
     pub fn records(&self) -> anyhow::Result<RecordsServiceClient<Channel>> {
-        channel(&self.records_url).map(RecordsServiceClient::new)
+        self.channel(&self.records_url)
+            .map(RecordsServiceClient::new)
     }
 
     pub fn audit(&self) -> anyhow::Result<AuditServiceClient<Channel>> {
-        channel(&self.audit_url).map(AuditServiceClient::new)
+        self.channel(&self.audit_url).map(AuditServiceClient::new)
     }
 
     /// The same services, calling with `token`.

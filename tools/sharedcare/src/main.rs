@@ -1,6 +1,8 @@
 //! `sharedcare`: run the platform on a laptop (`dev`) and call it from the
-//! shell (`token`, `patient`, `record`, `access-report`, `demo`, ...).
+//! shell (`token`, `patient`, `record`, `access-report`, `demo`, ...), and
+//! measure it (`bench`).
 
+mod bench;
 mod bootstrap;
 mod cli;
 mod commands;
@@ -58,5 +60,6 @@ async fn run(cli: Cli, services: &Services) -> anyhow::Result<()> {
         Command::Record(command) => commands::record::run(services, command).await,
         Command::AccessReport(args) => commands::access_report::run(services, args).await,
         Command::Demo(args) => demo::run(services, args, cli.global.base_port).await,
+        Command::Bench(args) => bench::run(services, args).await,
     }
 }

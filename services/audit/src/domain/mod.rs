@@ -4,6 +4,7 @@
 
 mod chain;
 mod event;
+pub mod merkle;
 mod page;
 
 pub use chain::{

@@ -411,11 +411,13 @@ pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow:
         lines = access_report::fetch(services, me.services.token()?, &patient_id)
             .await
             .context("fetching the access report")?;
-        let complete = expected.iter().all(|(who, action, resource_type, outcome)| {
-            lines
-                .iter()
-                .any(|l| is_by(l, who, *action, resource_type, *outcome))
-        });
+        let complete = expected
+            .iter()
+            .all(|(who, action, resource_type, outcome)| {
+                lines
+                    .iter()
+                    .any(|l| is_by(l, who, *action, resource_type, *outcome))
+            });
         if complete {
             break;
         }
