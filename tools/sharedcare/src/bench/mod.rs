@@ -1,0 +1,286 @@
+//! `sharedcare bench`: closed-loop load on one RPC of a running platform,
+//! beside a bare tonic echo server the command starts itself, so that every
+//! figure is also read as a ratio to echo (same tonic, same machine, same
+//! run).
+//!
+//! Order of a run: the setup a scenario needs (through the real APIs, see
+//! [`scenario`]); the echo server, loaded plaintext and, with a client
+//! certificate, over mutual TLS; then each scenario against its service.
+//! Each load is bounded in time and in count and stops by itself. Only
+//! loopback targets are loaded unless `--allow-remote` says otherwise.
+
+mod echo;
+mod load;
+mod report;
+mod rpc;
+mod scenario;
+
+use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+use sharedcare_kit::tls::{ClientAuth, Tls, TlsConfig};
+
+use crate::{connect::Services, output::out};
+use load::Plan;
+use report::{Report, Run, Settings};
+use rpc::Rpc;
+use scenario::Scenario;
+
+/// Longest a run may be asked to last.
+const MAX_SECONDS: f64 = 3600.0;
+/// How long a run lasts when only `--requests` bounds it.
+const DEFAULT_SECONDS_WITH_REQUESTS: f64 = 600.0;
+const DEFAULT_SECONDS: f64 = 10.0;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to load; repeat for several (one echo run serves them all).
+    #[arg(long = "scenario", value_enum, default_values_t = [Scenario::GetRecord])]
+    pub scenarios: Vec<Scenario>,
+    /// HTTP/2 connections to each target.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub connections: u16,
+    /// Calls in flight at any time, over all connections.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub in_flight: u32,
+    /// Seconds measured per run [default: 10; 600 when only --requests is given].
+    #[arg(long, value_parser = seconds)]
+    pub duration: Option<f64>,
+    /// Most calls measured per run (whichever of this and --duration comes first).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: Option<u64>,
+    /// Seconds of load before measuring, per run (connections warm, caches full).
+    #[arg(long, default_value_t = 1.0, value_parser = seconds)]
+    pub warmup: f64,
+    /// Seconds one call may take before it counts as DEADLINE_EXCEEDED.
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+    pub call_timeout: f64,
+    /// The data dir `sharedcare dev` was started with (bootstrap.toml holds
+    /// the admin and records secrets the setup uses).
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// CA of the platform's certificates (PEM): with --tls-cert and
+    /// --tls-key, echo is also loaded over mutual TLS, and https:// targets
+    /// are reached with this certificate.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// Client (and echo server) certificate, PEM, signed by --tls-ca.
+    #[arg(long, requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key, PEM.
+    #[arg(long, requires_all = ["tls_ca", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
+    /// Load non-loopback targets too (refused otherwise).
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Print the report as JSON (standard output) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A number of seconds, 0 to an hour.
+fn seconds(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !value.is_finite() || !(0.0..=MAX_SECONDS).contains(&value) {
+        return Err(format!("must be between 0 and {MAX_SECONDS} seconds"));
+    }
+    Ok(value)
+}
+
+impl BenchArgs {
+    fn plan(&self) -> anyhow::Result<Plan> {
+        let duration = self.duration.unwrap_or(if self.requests.is_some() {
+            DEFAULT_SECONDS_WITH_REQUESTS
+        } else {
+            DEFAULT_SECONDS
+        });
+        if duration <= 0.0 {
+            bail!("--duration must be more than 0 seconds");
+        }
+        if self.call_timeout <= 0.0 {
+            bail!("--call-timeout must be more than 0 seconds");
+        }
+        if u32::from(self.connections) > self.in_flight {
+            bail!(
+                "--connections {} is more than --in-flight {}: a connection would carry no calls",
+                self.connections,
+                self.in_flight
+            );
+        }
+        Ok(Plan {
+            connections: usize::from(self.connections),
+            in_flight: usize::try_from(self.in_flight)?,
+            warmup: Duration::from_secs_f64(self.warmup),
+            duration: Duration::from_secs_f64(duration),
+            requests: self.requests,
+            call_timeout: Duration::from_secs_f64(self.call_timeout),
+        })
+    }
+
+    fn tls(&self) -> anyhow::Result<Option<Tls>> {
+        let (Some(ca), Some(cert), Some(key)) = (&self.tls_ca, &self.tls_cert, &self.tls_key)
+        else {
+            return Ok(None);
+        };
+        Tls::from_config(&TlsConfig {
+            enabled: true,
+            cert_file: Some(cert.clone()),
+            key_file: Some(key.clone()),
+            ca_file: Some(ca.clone()),
+            client_auth: ClientAuth::Required,
+            reload_interval_ms: 10_000,
+        })
+        .map_err(|e| anyhow!("{}", e.message))
+    }
+}
+
+pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
+    let plan = args.plan()?;
+    let tls = args.tls()?;
+    let services = services.with_tls(tls.clone());
+    let mut scenarios: Vec<Scenario> = Vec::new();
+    for scenario in &args.scenarios {
+        if *scenario != Scenario::Echo && !scenarios.contains(scenario) {
+            scenarios.push(*scenario);
+        }
+    }
+    if !scenarios.is_empty() {
+        // The setup calls identity, consent and records; a scenario may load audit.
+        for url in [
+            &services.identity_url,
+            &services.consent_url,
+            &services.records_url,
+            &services.audit_url,
+        ] {
+            check_target(url, args.allow_remote)?;
+        }
+    }
+    let fixture = match scenarios.is_empty() {
+        true => None,
+        false => Some(
+            scenario::prepare(&services, &args.data_dir)
+                .await
+                .context("setting up the scenario through the platform's APIs")?,
+        ),
+    };
+
+    let mut runs = Vec::new();
+    let echo = Arc::new(Rpc::Echo);
+    for echo_tls in std::iter::once(None).chain(tls.clone().map(Some)) {
+        let server = echo::EchoServer::start(echo_tls)?;
+        runs.push(measure("echo", echo.clone(), &server.url, &services, &plan).await?);
+    }
+    if let Some(fixture) = &fixture {
+        for scenario in scenarios {
+            let url = scenario
+                .target(&services)
+                .ok_or_else(|| anyhow!("{} has no target", scenario.name()))?
+                .to_owned();
+            let rpc = Arc::new(scenario.rpc(fixture)?);
+            runs.push(measure(scenario.name(), rpc, &url, &services, &plan).await?);
+        }
+    }
+
+    let report = Report::new(
+        Settings {
+            connections: plan.connections,
+            in_flight: plan.in_flight,
+            warmup_s: plan.warmup.as_secs_f64(),
+            duration_s: plan.duration.as_secs_f64(),
+            requests: plan.requests,
+            call_timeout_s: plan.call_timeout.as_secs_f64(),
+        },
+        runs,
+    );
+    if args.json {
+        out!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for line in report.table() {
+            out!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// One run: `plan.connections` fresh connections to `url`, one call on
+/// each to check the scenario works, then the closed loop.
+async fn measure(
+    name: &str,
+    rpc: Arc<Rpc>,
+    url: &str,
+    services: &Services,
+    plan: &Plan,
+) -> anyhow::Result<Run> {
+    let channels = (0..plan.connections)
+        .map(|_| services.channel(url))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let transport = if url.starts_with("https://") {
+        "tls"
+    } else {
+        "plaintext"
+    };
+    eprintln!("bench: {name} ({transport}): {} on {url}", rpc.method());
+    load::prime(&rpc, &channels, plan.call_timeout)
+        .await
+        .with_context(|| format!("{name} on {url}"))?;
+    let label = format!("{name} {transport}");
+    let measurement = load::run(&label, rpc.clone(), &channels, plan).await?;
+    Ok(Run::new(name, rpc.method(), url, transport, &measurement))
+}
+
+/// Refuses a URL whose host is not loopback, unless remote load is allowed.
+fn check_target(url: &str, allow_remote: bool) -> anyhow::Result<()> {
+    let uri: tonic::codegen::http::Uri = url
+        .parse()
+        .with_context(|| format!("`{url}` is not a valid URL"))?;
+    let host = uri.host().ok_or_else(|| anyhow!("`{url}` names no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback || allow_remote {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "`{url}` is not a loopback address: bench loads only this machine unless \
+             --allow-remote is given (and load on others' systems needs their consent)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_targets_unless_allowed() {
+        for url in [
+            "http://127.0.0.1:50053",
+            "http://127.8.0.1:1",
+            "https://localhost:443",
+            "http://[::1]:50051",
+        ] {
+            check_target(url, false).unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+        for url in [
+            "http://10.0.0.5:50053",
+            "https://records.example:443",
+            "http://[::2]:1",
+        ] {
+            let err = check_target(url, false).expect_err(url);
+            assert!(err.to_string().contains("--allow-remote"), "{err}");
+            check_target(url, true).expect("allowed");
+        }
+    }
+
+    #[test]
+    fn seconds_are_bounded() {
+        assert_eq!(seconds("0.5"), Ok(0.5));
+        assert!(seconds("-1").is_err());
+        assert!(seconds("nan").is_err());
+        assert!(seconds("7200").is_err());
+    }
+}

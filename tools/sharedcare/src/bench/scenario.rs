@@ -1,0 +1,266 @@
+//! What each scenario loads, and the setup that makes it an authorised
+//! call: through the real APIs, as `sharedcare demo` does, admin (secret
+//! from bootstrap.toml) creates a practice, its PAS and a clinician; the
+//! PAS registers a patient and asserts the practice is their GP; the
+//! clinician writes one Observation. Every platform scenario then calls as
+//! that clinician, except `audit-append`, which appends as the records
+//! service (its secret is in bootstrap.toml too) an event about the
+//! clinician reading the patient's record.
+
+use std::path::Path;
+
+use anyhow::Context;
+use clap::ValueEnum;
+use serde::Serialize;
+use sharedcare_proto::{
+    audit::v1::{Action, AuditEvent, Outcome},
+    common::v1::{Actor, PrincipalKind, Purpose},
+    identity::v1::GetPatientRequest,
+    records::v1::{CreateRecordRequest, GetRecordRequest},
+};
+
+use super::rpc::{Rpc, authorization};
+use crate::{
+    bootstrap::{self, ADMIN_CLIENT_ID, RECORDS_CLIENT_ID},
+    commands::{
+        care, org,
+        patient::{self, GenderArg, RegisterArgs},
+        principal::{self, CreatePrincipalArgs, KindArg},
+        record, token,
+    },
+    connect::Services,
+    demo::nhs,
+    failure::status_code,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// An authorised GetRecord of one Observation (token, consent, store, audit).
+    GetRecord,
+    /// CreateRecord of a small Observation.
+    CreateRecord,
+    /// GetPatient (demographics) as the clinician.
+    GetPatient,
+    /// audit's Append of one event, as the records service.
+    AuditAppend,
+    /// Only the bench's own echo server.
+    Echo,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::GetRecord => "get-record",
+            Scenario::CreateRecord => "create-record",
+            Scenario::GetPatient => "get-patient",
+            Scenario::AuditAppend => "audit-append",
+            Scenario::Echo => "echo",
+        }
+    }
+
+    /// The URL the scenario loads.
+    pub fn target(self, services: &Services) -> Option<&str> {
+        match self {
+            Scenario::GetRecord | Scenario::CreateRecord => Some(&services.records_url),
+            Scenario::GetPatient => Some(&services.identity_url),
+            Scenario::AuditAppend => Some(&services.audit_url),
+            Scenario::Echo => None,
+        }
+    }
+
+    /// The call, given the fixture (every scenario but echo needs one).
+    pub fn rpc(self, fixture: &Fixture) -> anyhow::Result<Rpc> {
+        let clinician = authorization(&fixture.clinician_token)?;
+        Ok(match self {
+            Scenario::Echo => Rpc::Echo,
+            Scenario::GetRecord => Rpc::GetRecord {
+                auth: clinician,
+                request: GetRecordRequest {
+                    patient_id: fixture.patient_id.clone(),
+                    record_id: fixture.record_id.clone(),
+                    purpose: Purpose::Unspecified as i32,
+                },
+            },
+            Scenario::CreateRecord => Rpc::CreateRecord {
+                auth: clinician,
+                request: CreateRecordRequest {
+                    patient_id: fixture.patient_id.clone(),
+                    resource_json: observation(&fixture.patient_id),
+                    category: 0,
+                    purpose: Purpose::Unspecified as i32,
+                },
+            },
+            Scenario::GetPatient => Rpc::GetPatient {
+                auth: clinician,
+                request: GetPatientRequest {
+                    patient_id: fixture.patient_id.clone(),
+                },
+            },
+            Scenario::AuditAppend => Rpc::AuditAppend {
+                auth: authorization(&fixture.records_token)?,
+                event: Box::new(AuditEvent {
+                    actor: Some(fixture.clinician.clone()),
+                    patient_id: fixture.patient_id.clone(),
+                    action: Action::Read as i32,
+                    resource_type: "Observation".into(),
+                    record_id: fixture.record_id.clone(),
+                    purpose: Purpose::DirectCare as i32,
+                    outcome: Outcome::Success as i32,
+                    source_service: RECORDS_CLIENT_ID.into(),
+                    ..AuditEvent::default()
+                }),
+            },
+        })
+    }
+}
+
+/// The bench practice: created on the first run, reused after.
+const PRACTICE: (&str, &str) = ("BENCH1", "sharedcare bench practice");
+const CLINICIAN_ROLE: &str = "R8000";
+const PAS_SCOPES: [&str; 6] = [
+    "patients.read",
+    "patients.write",
+    "records.read",
+    "records.write",
+    "consent.read",
+    "consent.write",
+];
+
+/// What the setup made: a patient the clinician may read and write, one
+/// Observation of theirs, and the tokens to call with.
+#[derive(Debug)]
+pub struct Fixture {
+    pub patient_id: String,
+    pub record_id: String,
+    pub clinician: Actor,
+    pub clinician_token: String,
+    pub records_token: String,
+}
+
+/// Sets up through the real APIs; says what it made on standard error.
+pub async fn prepare(services: &Services, data_dir: &Path) -> anyhow::Result<Fixture> {
+    let credentials = bootstrap::read(&data_dir.join(bootstrap::FILE_NAME))?;
+    let issue = |client_id: String, secret: String| async move {
+        token::issue(services, &client_id, &secret, vec![], None)
+            .await
+            .map(|issued| issued.access_token)
+            .with_context(|| format!("issuing a token for {client_id}"))
+    };
+    let admin =
+        services.with_token(issue(ADMIN_CLIENT_ID.into(), credentials.admin_secret.clone()).await?);
+    let records_token = issue(RECORDS_CLIENT_ID.into(), credentials.records_secret.clone()).await?;
+
+    let (ods, name) = PRACTICE;
+    match org::create(&admin, ods, name).await {
+        Ok(_) => {}
+        Err(e) if status_code(&e) == Some(tonic::Code::AlreadyExists) => {}
+        Err(e) => return Err(e.context(format!("creating organisation {ods}"))),
+    }
+    let principal = |kind, role: &str, name: &str, scopes: &[&str]| CreatePrincipalArgs {
+        kind,
+        ods: ods.to_owned(),
+        role: role.to_owned(),
+        name: name.to_owned(),
+        patient: String::new(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        purposes: vec![],
+    };
+    let pas = principal::create(
+        &admin,
+        principal(KindArg::Application, "", "Bench PAS", &PAS_SCOPES),
+    )
+    .await
+    .context("creating the bench PAS")?;
+    let clinician = principal::create(
+        &admin,
+        principal(KindArg::Staff, CLINICIAN_ROLE, "Dr Bench", &[]),
+    )
+    .await
+    .context("creating the bench clinician")?;
+    let pas_principal = pas.principal.unwrap_or_default();
+    let clinician_principal = clinician.principal.unwrap_or_default();
+    let pas = services.with_token(issue(pas_principal.client_id, pas.client_secret).await?);
+    let clinician_token = issue(
+        clinician_principal.client_id.clone(),
+        clinician.client_secret,
+    )
+    .await?;
+
+    let registered = patient::register(
+        &pas,
+        RegisterArgs {
+            nhs_number: nhs::random_test_number(),
+            given: vec!["Bench".into()],
+            family: "Patient".into(),
+            birth_date: "1980-02-29".into(),
+            gender: Some(GenderArg::Unknown),
+            postcode: "LS1 4AP".into(),
+        },
+    )
+    .await
+    .context("registering the bench patient")?;
+    let patient_id = registered.patient.unwrap_or_default().patient_id;
+    care::record(
+        &pas,
+        care::CareRelationshipArgs {
+            patient: patient_id.clone(),
+            ods: ods.to_owned(),
+            kind: care::KindArg::RegisteredGp,
+        },
+    )
+    .await
+    .context("recording the bench care relationship")?;
+    let created = record::create(
+        services,
+        &clinician_token,
+        &patient_id,
+        observation(&patient_id),
+        None,
+        None,
+    )
+    .await
+    .context("creating the bench Observation")?;
+    eprintln!(
+        "setup: practice {ods}, clinician {} ({CLINICIAN_ROLE}), patient {patient_id} \
+         (registered GP {ods}), Observation {}",
+        clinician_principal.principal_id, created.record_id
+    );
+    Ok(Fixture {
+        patient_id,
+        record_id: created.record_id,
+        clinician: Actor {
+            principal_id: clinician_principal.principal_id,
+            kind: PrincipalKind::Staff as i32,
+            organisation_ods_code: ods.to_owned(),
+            role: CLINICIAN_ROLE.to_owned(),
+            patient_id: String::new(),
+        },
+        clinician_token,
+        records_token,
+    })
+}
+
+/// A small heart-rate Observation for `patient_id`.
+fn observation(patient_id: &str) -> String {
+    serde_json::json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {
+            "coding": [{
+                "system": "http://snomed.info/sct",
+                "code": "364075005",
+                "display": "Heart rate"
+            }]
+        },
+        "subject": { "reference": format!("Patient/{patient_id}") },
+        "effectiveDateTime": "2025-01-15T09:30:00Z",
+        "valueQuantity": {
+            "value": 72,
+            "unit": "/min",
+            "system": "http://unitsofmeasure.org",
+            "code": "/min"
+        }
+    })
+    .to_string()
+}

@@ -1,0 +1,161 @@
+//! `sharedcare bench` end to end, briefly (one second, four calls in
+//! flight): the echo alone, plaintext and over mutual TLS; then
+//! `get-record` against a real `sharedcare dev` on free ports, with the
+//! setup through the platform's APIs. Checks the JSON report and that
+//! every call succeeded; never how fast (not a timed test).
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use support::{BIN, CLIENT_VARS, Dev, free_base_port};
+
+/// Short and small: one second measured, no warm-up, four in flight on
+/// two connections, and the report as JSON.
+const SHORT: &[&str] = &[
+    "--duration",
+    "1",
+    "--warmup",
+    "0",
+    "--in-flight",
+    "4",
+    "--connections",
+    "2",
+    "--json",
+];
+
+/// Runs `sharedcare <args>`; its JSON report, after checking it succeeded.
+fn bench(args: &[&str], context: impl Fn() -> String) -> Value {
+    let mut command = Command::new(BIN);
+    command.args(args).args(SHORT);
+    for var in CLIENT_VARS {
+        command.env_remove(var);
+    }
+    let output = command.output().expect("run sharedcare bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench failed ({})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}\n{}",
+        output.status,
+        context()
+    );
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("the report is not JSON ({e}):\n{stdout}\n{stderr}"))
+}
+
+/// The run named `name` over `transport`: calls made, all of them OK.
+fn assert_all_ok(report: &Value, name: &str, transport: &str) {
+    let runs = report["runs"].as_array().expect("runs");
+    let run = runs
+        .iter()
+        .find(|r| r["name"] == name && r["transport"] == transport)
+        .unwrap_or_else(|| panic!("no {name} {transport} run in {report:#}"));
+    let calls = run["calls"].as_u64().expect("calls");
+    assert!(calls > 0, "{name} made calls: {run:#}");
+    let statuses = run["statuses"].as_object().expect("statuses");
+    assert_eq!(
+        statuses.keys().collect::<Vec<_>>(),
+        vec!["OK"],
+        "only OK statuses: {run:#}"
+    );
+    assert_eq!(statuses["OK"].as_u64(), Some(calls), "{run:#}");
+    for figure in ["calls_per_s", "elapsed_s"] {
+        assert!(
+            run[figure].as_f64().is_some_and(|v| v > 0.0),
+            "{figure}: {run:#}"
+        );
+    }
+    for percentile in ["p50", "p90", "p99", "p99_9"] {
+        assert!(
+            run["latency_ms"][percentile]
+                .as_f64()
+                .is_some_and(|v| v > 0.0),
+            "{percentile}: {run:#}"
+        );
+    }
+}
+
+#[test]
+fn echo_alone_plaintext_and_over_mutual_tls() {
+    let pki = sharedcare_kit::tls::test_pki::TestPki::new();
+    pki.issue("bench");
+    let (ca, cert, key) = (pki.ca_file(), pki.cert_file("bench"), pki.key_file("bench"));
+    let report = bench(
+        &[
+            "bench",
+            "--scenario",
+            "echo",
+            "--tls-ca",
+            ca.to_str().expect("utf-8 path"),
+            "--tls-cert",
+            cert.to_str().expect("utf-8 path"),
+            "--tls-key",
+            key.to_str().expect("utf-8 path"),
+        ],
+        String::new,
+    );
+    assert_all_ok(&report, "echo", "plaintext");
+    assert_all_ok(&report, "echo", "tls");
+    assert_eq!(report["settings"]["in_flight"], 4);
+    assert_eq!(report["ratios"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn get_record_against_dev() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let data_dir = temp.path().join("data");
+    let base_port = free_base_port();
+    let mut dev = Dev::start(&data_dir, temp.path(), base_port);
+    dev.wait_until_serving(base_port);
+
+    let report = bench(
+        &[
+            "--base-port",
+            &base_port.to_string(),
+            "bench",
+            "--scenario",
+            "get-record",
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 path"),
+        ],
+        || dev.output(),
+    );
+    assert_all_ok(&report, "echo", "plaintext");
+    assert_all_ok(&report, "get-record", "plaintext");
+    let ratio = &report["ratios"][0];
+    assert_eq!(ratio["name"], "get-record", "{report:#}");
+    assert!(
+        ratio["calls_per_s"].as_f64().is_some_and(|v| v > 0.0),
+        "{report:#}"
+    );
+
+    let status = dev.terminate();
+    assert!(
+        status.success(),
+        "dev stops cleanly on SIGTERM after the load ({status})\n{}",
+        dev.output()
+    );
+}
+
+#[test]
+fn a_remote_target_is_refused() {
+    let mut command = Command::new(BIN);
+    for var in CLIENT_VARS {
+        command.env_remove(var);
+    }
+    let output = command
+        .args([
+            "--records-url",
+            "http://192.0.2.1:50053",
+            "bench",
+            "--scenario",
+            "get-record",
+        ])
+        .output()
+        .expect("run sharedcare bench");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--allow-remote"), "{stderr}");
+}

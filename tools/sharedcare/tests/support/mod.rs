@@ -1,0 +1,163 @@
+//! What the tests that start the real `sharedcare dev` share: four free
+//! consecutive ports, the child process (killed if a test fails), its
+//! health polled until SERVING, and SIGTERM.
+
+#![allow(dead_code)]
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use tonic::transport::Endpoint;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sharedcare");
+
+/// Variables a developer's shell may hold that would point the client
+/// commands somewhere else.
+pub const CLIENT_VARS: &[&str] = &[
+    "SHAREDCARE_BASE_PORT",
+    "SHAREDCARE_IDENTITY_URL",
+    "SHAREDCARE_CONSENT_URL",
+    "SHAREDCARE_RECORDS_URL",
+    "SHAREDCARE_AUDIT_URL",
+    "SHAREDCARE_TOKEN",
+];
+
+/// A base port with it and the three after it free on loopback right now.
+pub fn free_base_port() -> u16 {
+    for _ in 0..100 {
+        let first = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let base = first.local_addr().expect("local addr").port();
+        if base > u16::MAX - 3 {
+            continue;
+        }
+        let rest: Vec<TcpListener> = (1..4)
+            .filter_map(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if rest.len() == 3 {
+            return base;
+        }
+    }
+    panic!("could not find four consecutive free ports on 127.0.0.1");
+}
+
+/// `sharedcare dev` running as a child process; killed if the test fails.
+pub struct Dev {
+    child: Child,
+    logs: PathBuf,
+}
+
+impl Dev {
+    pub fn start(data_dir: &Path, logs: &Path, base_port: u16) -> Self {
+        let stdout = std::fs::File::create(logs.join("dev.stdout")).expect("stdout log");
+        let stderr = std::fs::File::create(logs.join("dev.stderr")).expect("stderr log");
+        let child = Command::new(BIN)
+            .args(["dev", "--data-dir"])
+            .arg(data_dir)
+            .args(["--base-port", &base_port.to_string()])
+            .args(["--log-level", "warn", "--log-format", "json"])
+            .env_remove("SHAREDCARE_CONFIG_FILE")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("start sharedcare dev");
+        Dev {
+            child,
+            logs: logs.to_owned(),
+        }
+    }
+
+    pub fn output(&self) -> String {
+        let read = |name: &str| std::fs::read_to_string(self.logs.join(name)).unwrap_or_default();
+        format!(
+            "--- dev stdout ---\n{}\n--- dev stderr ---\n{}",
+            read("dev.stdout"),
+            read("dev.stderr")
+        )
+    }
+
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("poll sharedcare dev")
+    }
+
+    /// Polls each service's health until SERVING, failing early (with dev's
+    /// output) if dev exits, e.g. because a port was taken meanwhile. Runs
+    /// on its own runtime, dropped on return so that no health connection
+    /// stays open to hold up dev's graceful shutdown later.
+    pub fn wait_until_serving(&mut self, base_port: u16) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(self.poll_health(base_port));
+    }
+
+    async fn poll_health(&mut self, base_port: u16) {
+        for (offset, name) in ["identity", "consent", "records", "audit"]
+            .into_iter()
+            .enumerate()
+        {
+            let port = base_port + offset as u16;
+            let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                .expect("loopback url")
+                .connect_lazy();
+            let mut serving = false;
+            for _ in 0..3 {
+                if let Some(status) = self.exited() {
+                    panic!(
+                        "sharedcare dev exited ({status}) before {name} on port {port} was \
+                         SERVING; if it says a port is in use, another process took it\n{}",
+                        self.output()
+                    );
+                }
+                if sharedcare_kit::client::wait_until_serving(channel.clone())
+                    .await
+                    .is_ok()
+                {
+                    serving = true;
+                    break;
+                }
+            }
+            assert!(
+                serving,
+                "{name} on port {port} never reported SERVING\n{}",
+                self.output()
+            );
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sharedcare dev did not exit within 30 s of SIGTERM\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
