@@ -141,11 +141,17 @@ pub async fn serve(
                 .await
         }
         None => {
+            use tokio_stream::StreamExt;
+            // Small request/response messages: without TCP_NODELAY, Nagle's
+            // algorithm and delayed ACKs stall each exchange for ~40 ms.
+            let incoming =
+                tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+                    accepted.inspect(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    })
+                });
             router
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    on_shutdown,
-                )
+                .serve_with_incoming_shutdown(incoming, on_shutdown)
                 .await
         }
     }
