@@ -21,7 +21,9 @@ use sharedcare_kit::{
     outbox::{BatchSink, Outbox, OutboxSettings},
     peers::BoxFuture,
     server::MessageLimits,
-    testing::{TestAuthority, TestDatabase, TestServer, TestToken, spawn, with_token},
+    testing::{
+        TestAuthority, TestDatabase, TestServer, TestToken, outbox_drained, spawn, with_token,
+    },
 };
 use sharedcare_proto::{
     audit::v1::{Action, AuditEvent, Outcome},
@@ -175,22 +177,7 @@ impl Fixture {
 
     /// What reached audit, once consent's outbox has delivered everything.
     async fn audited(&self) -> Vec<AuditEvent> {
-        use sea_orm::{ConnectionTrait, Statement};
-        let db = self.store.connection();
-        for _ in 0..500 {
-            let row = db
-                .query_one_raw(Statement::from_string(
-                    db.get_database_backend(),
-                    format!("SELECT COUNT(*) AS n FROM {OUTBOX_TABLE}"),
-                ))
-                .await
-                .expect("count")
-                .expect("a row");
-            if row.try_get::<i64>("", "n").expect("n") == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        outbox_drained(&self.store.connection(), OUTBOX_TABLE).await;
         self.audit.events.lock().expect("lock").clone()
     }
 

@@ -304,6 +304,32 @@ fn with_database(url: &str, name: &str) -> String {
     }
 }
 
+/// Rows waiting in a service's audit outbox table (see `crate::outbox`).
+pub async fn outbox_rows(db: &sea_orm::DatabaseConnection, table: &str) -> i64 {
+    use sea_orm::{ConnectionTrait, Statement};
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT COUNT(*) AS n FROM {table}"),
+        ))
+        .await
+        .expect("count the outbox")
+        .expect("a row");
+    row.try_get("", "n").expect("n")
+}
+
+/// Waits (up to five seconds, polling) until the outbox has delivered
+/// everything: what reached audit can then be checked.
+pub async fn outbox_drained(db: &sea_orm::DatabaseConnection, table: &str) {
+    for _ in 0..500 {
+        if outbox_rows(db, table).await == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the audit outbox {table} was not delivered within five seconds");
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

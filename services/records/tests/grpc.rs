@@ -135,17 +135,7 @@ impl Fixture {
 
 /// Rows in records' audit outbox.
 async fn outbox_rows(store: &SqlStore) -> i64 {
-    use sea_orm::{ConnectionTrait, Statement};
-    let db = store.connection();
-    let row = db
-        .query_one_raw(Statement::from_string(
-            db.get_database_backend(),
-            format!("SELECT COUNT(*) AS n FROM {OUTBOX_TABLE}"),
-        ))
-        .await
-        .expect("count")
-        .expect("a row");
-    row.try_get("", "n").expect("n")
+    sharedcare_kit::testing::outbox_rows(&store.connection(), OUTBOX_TABLE).await
 }
 
 fn create(patient: &str, json: &str) -> pb::CreateRecordRequest {
