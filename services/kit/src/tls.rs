@@ -623,13 +623,17 @@ mod tests {
         cfg.validate().expect("a good set is valid");
 
         let key_pem = std::fs::read_to_string(pki.key_file("svc")).expect("key");
-        let secret_line = key_pem.lines().nth(1).expect("a base64 line").to_owned();
-        // A damaged key: the body cut short, so it neither parses nor matches.
-        std::fs::write(
-            pki.key_file("svc"),
-            format!("-----BEGIN PRIVATE KEY-----\n{secret_line}!!\n-----END PRIVATE KEY-----\n"),
-        )
-        .expect("write");
+        let lines: Vec<&str> = key_pem.lines().collect();
+        let secret_line = lines[1].to_owned();
+        // A damaged key, made from the one just generated: its own header
+        // and footer around a body cut short, so it neither parses nor
+        // matches.
+        let damaged = [
+            lines[0],
+            &format!("{secret_line}!!"),
+            lines[lines.len() - 1],
+        ];
+        std::fs::write(pki.key_file("svc"), damaged.join("\n") + "\n").expect("write");
         let err = cfg.validate().expect_err("bad key").to_string();
         assert!(err.contains("tls.key_file"), "{err}");
         assert!(err.contains("svc.key"), "{err}");
