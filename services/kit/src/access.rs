@@ -142,10 +142,17 @@ impl AccessTable {
         self.rules.iter().find(|r| r.method == method)
     }
 
+    /// The method a request path names, when the path belongs to this
+    /// service ("/<service>/<method>").
+    pub fn method_of<'p>(&self, path: &'p str) -> Option<&'p str> {
+        path.strip_prefix('/')?
+            .strip_prefix(self.service)?
+            .strip_prefix('/')
+    }
+
     /// The rule for a request path, when the path belongs to this service.
     pub fn rule_for_path(&self, path: &str) -> Option<&'static Rule> {
-        let rest = path.strip_prefix('/')?.strip_prefix(self.service)?;
-        self.rule(rest.strip_prefix('/')?)
+        self.rule(self.method_of(path)?)
     }
 
     /// Whether the path is one of this service's public RPCs.

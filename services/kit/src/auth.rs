@@ -436,11 +436,7 @@ where
             };
             // A path of this service is admitted by its row of the table
             // (none: refused); any other path meets tonic's UNIMPLEMENTED.
-            if let Some(method) = path
-                .strip_prefix('/')
-                .and_then(|p| p.strip_prefix(table.service))
-                .and_then(|p| p.strip_prefix('/'))
-            {
+            if let Some(method) = table.method_of(&path) {
                 match table.admit(method, &principal) {
                     Ok(grant) => {
                         request.extensions_mut().insert(grant);
@@ -448,7 +444,6 @@ where
                     Err(err) => return Ok(tonic::Status::from(err).into_http()),
                 }
             }
-            request.extensions_mut().insert(principal);
             inner.call(request).await
         })
     }
