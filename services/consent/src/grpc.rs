@@ -352,6 +352,14 @@ fn decision_to_pb(
 }
 
 impl ConsentGrpc {
+    /// The request's grant, once the outbox admits an access: no change or
+    /// read that could not be audited in time.
+    fn admitted<T>(&self, request: &Request<T>) -> Result<Grant, Error> {
+        let grant = grant(request)?;
+        self.outbox.admit()?;
+        Ok(grant)
+    }
+
     /// Whether `organisation` has a current care relationship with the
     /// patient at `now`.
     async fn is_related(
@@ -502,9 +510,7 @@ impl ConsentService for ConsentGrpc {
         &self,
         request: Request<pb::RecordCareRelationshipRequest>,
     ) -> Result<Response<pb::RecordCareRelationshipResponse>, Status> {
-        let grant = grant(&request)?;
-        // No change or read that could not be audited in time.
-        self.outbox.admit()?;
+        let grant = self.admitted(&request)?;
         let req = request.into_inner();
         let patient_id = PatientId::parse("patient_id", &req.patient_id)?;
         let organisation = OdsCode::parse("organisation_ods_code", &req.organisation_ods_code)?;
@@ -557,9 +563,7 @@ impl ConsentService for ConsentGrpc {
         &self,
         request: Request<pb::ReferPatientRequest>,
     ) -> Result<Response<pb::ReferPatientResponse>, Status> {
-        let grant = grant(&request)?;
-        // No change or read that could not be audited in time.
-        self.outbox.admit()?;
+        let grant = self.admitted(&request)?;
         let req = request.into_inner();
         let patient_id = PatientId::parse("patient_id", &req.patient_id)?;
         let organisation = OdsCode::parse("organisation_ods_code", &req.organisation_ods_code)?;
@@ -606,9 +610,7 @@ impl ConsentService for ConsentGrpc {
         &self,
         request: Request<pb::EndCareRelationshipRequest>,
     ) -> Result<Response<pb::EndCareRelationshipResponse>, Status> {
-        let grant = grant(&request)?;
-        // No change or read that could not be audited in time.
-        self.outbox.admit()?;
+        let grant = self.admitted(&request)?;
         let req = request.into_inner();
         let patient_id = PatientId::parse("patient_id", &req.patient_id)?;
         let id = required_id("relationship_id", &req.relationship_id)?;
@@ -661,9 +663,7 @@ impl ConsentService for ConsentGrpc {
         &self,
         request: Request<pb::ListCareRelationshipsRequest>,
     ) -> Result<Response<pb::ListCareRelationshipsResponse>, Status> {
-        let grant = grant(&request)?;
-        // No change or read that could not be audited in time.
-        self.outbox.admit()?;
+        let grant = self.admitted(&request)?;
         let patient = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
         self.check_patient(&grant, &patient, "CareRelationship", Action::Read)
             .await?;
@@ -687,9 +687,7 @@ impl ConsentService for ConsentGrpc {
         &self,
         request: Request<pb::RecordDirectiveRequest>,
     ) -> Result<Response<pb::RecordDirectiveResponse>, Status> {
-        let grant = grant(&request)?;
-        // No change or read that could not be audited in time.
-        self.outbox.admit()?;
+        let grant = self.admitted(&request)?;
         let directive = request
             .into_inner()
             .directive
@@ -733,9 +731,7 @@ impl ConsentService for ConsentGrpc {
         &self,
         request: Request<pb::RevokeDirectiveRequest>,
     ) -> Result<Response<pb::RevokeDirectiveResponse>, Status> {
-        let grant = grant(&request)?;
-        // No change or read that could not be audited in time.
-        self.outbox.admit()?;
+        let grant = self.admitted(&request)?;
         let id = required_id("directive_id", &request.get_ref().directive_id)?;
         let patient = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
         self.check_patient(&grant, &patient, "Directive", Action::Delete)
@@ -772,9 +768,7 @@ impl ConsentService for ConsentGrpc {
         &self,
         request: Request<pb::ListDirectivesRequest>,
     ) -> Result<Response<pb::ListDirectivesResponse>, Status> {
-        let grant = grant(&request)?;
-        // No change or read that could not be audited in time.
-        self.outbox.admit()?;
+        let grant = self.admitted(&request)?;
         let patient = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
         self.check_patient(&grant, &patient, "Directive", Action::Read)
             .await?;
@@ -798,9 +792,7 @@ impl ConsentService for ConsentGrpc {
         &self,
         request: Request<pb::SetNationalOptOutRequest>,
     ) -> Result<Response<pb::SetNationalOptOutResponse>, Status> {
-        let grant = grant(&request)?;
-        // No change or read that could not be audited in time.
-        self.outbox.admit()?;
+        let grant = self.admitted(&request)?;
         let patient = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
         self.check_patient(&grant, &patient, "Directive", Action::Update)
             .await?;
