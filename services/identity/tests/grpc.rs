@@ -1310,3 +1310,71 @@ async fn identity_calls_consent_and_audit_with_a_service_token_it_signs_itself()
     assert!(claims.purposes.is_empty());
     assert!(claims.capabilities.is_empty());
 }
+
+#[tokio::test]
+async fn a_platform_service_resolves_a_patient_id_and_nonsense_is_refused() {
+    let f = Fixture::start().await;
+    let staff = f.staff("A81001", "R8000").await;
+    let jane = f.register(jane("9434765919"), &staff).await;
+    let (service, secret) = f
+        .create(pb::CreatePrincipalRequest {
+            kind: PrincipalKind::Service as i32,
+            display_name: "consent service".into(),
+            organisation_ods_code: "X26".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("service principal");
+    let service = f.token(&service.client_id, &secret).await;
+    let resolve = |patient_id: &str| {
+        with_token(
+            pb::ResolvePatientRequest {
+                patient_id: patient_id.into(),
+            },
+            &service,
+        )
+    };
+    let before = f.events().await.len();
+
+    let resolved = f
+        .client()
+        .resolve_patient(resolve(&jane.patient_id))
+        .await
+        .expect("known")
+        .into_inner();
+    assert_eq!(resolved.patient_id, jane.patient_id);
+    assert_eq!(resolved.superseded_by, "");
+
+    for (bad, code) in [
+        ("", Code::InvalidArgument),
+        (&"p".repeat(65), Code::InvalidArgument),
+        ("no-such-patient", Code::NotFound),
+    ] {
+        let status = f
+            .client()
+            .resolve_patient(resolve(bad))
+            .await
+            .expect_err("nonsense");
+        assert_eq!(status.code(), code, "{bad:?}");
+        assert!(
+            status.message().contains("patient_id"),
+            "{}",
+            status.message()
+        );
+    }
+    // Existence only, to a platform service: no demographics, nothing logged.
+    assert_eq!(f.events().await.len(), before);
+
+    // Not for staff: it is no way round GetPatient's consent check.
+    let status = f
+        .client()
+        .resolve_patient(with_token(
+            pb::ResolvePatientRequest {
+                patient_id: jane.patient_id.clone(),
+            },
+            &staff,
+        ))
+        .await
+        .expect_err("staff");
+    assert_eq!(status.code(), Code::PermissionDenied);
+}
