@@ -1,12 +1,6 @@
 //! consent over real gRPC sockets.
 
-use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use prost_types::Timestamp;
 use sharedcare_consent::{
@@ -16,13 +10,13 @@ use sharedcare_consent::{
     store::{ConsentStore, OUTBOX_TABLE, SqlStore},
 };
 use sharedcare_kit::{
-    Error,
     access::Capability,
-    outbox::{BatchSink, Outbox, OutboxSettings},
+    outbox::{Outbox, OutboxSettings},
     peers::BoxFuture,
     server::MessageLimits,
     testing::{
-        TestAuthority, TestDatabase, TestServer, TestToken, outbox_drained, spawn, with_token,
+        MemoryAudit, TestAuthority, TestDatabase, TestServer, TestToken, outbox_drained, spawn,
+        with_token,
     },
 };
 use sharedcare_proto::{
@@ -34,25 +28,6 @@ use tonic::{Code, transport::Channel};
 
 const PATIENT: &str = "0197a1c2-patient-under-test";
 const OTHER_PATIENT: &str = "0197a1c2-another-patient";
-
-/// audit, in memory: what consent appended, and a switch to take it down.
-#[derive(Default)]
-struct Recorder {
-    events: Mutex<Vec<AuditEvent>>,
-    down: AtomicBool,
-}
-
-impl BatchSink for Recorder {
-    fn append_batch(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            if self.down.load(Ordering::SeqCst) {
-                return Err(Error::unavailable("audit is down"));
-            }
-            self.events.lock().expect("lock").extend(events);
-            Ok(())
-        })
-    }
-}
 
 /// identity, as far as consent asks: these organisations exist, and every
 /// patient but `UNKNOWN_PATIENT`.
@@ -75,7 +50,7 @@ impl Directory for Known {
 struct Fixture {
     server: TestServer,
     store: Arc<SqlStore>,
-    audit: Arc<Recorder>,
+    audit: Arc<MemoryAudit>,
     outbox: Arc<Outbox>,
     authority: TestAuthority,
     _db: TestDatabase,
@@ -85,7 +60,7 @@ impl Fixture {
     async fn start() -> Self {
         let db = TestDatabase::sqlite();
         let store = Arc::new(SqlStore::connect(db.url(), 4).await.expect("store"));
-        let audit = Arc::new(Recorder::default());
+        let audit = Arc::new(MemoryAudit::default());
         let outbox = Outbox::start(
             store.connection(),
             OUTBOX_TABLE,
@@ -178,7 +153,7 @@ impl Fixture {
     /// What reached audit, once consent's outbox has delivered everything.
     async fn audited(&self) -> Vec<AuditEvent> {
         outbox_drained(&self.store.connection(), OUTBOX_TABLE).await;
-        self.audit.events.lock().expect("lock").clone()
+        self.audit.delivered()
     }
 
     /// A platform service asking for decisions.
@@ -1126,7 +1101,7 @@ async fn a_relationship_needs_a_patient_identity_knows() {
 async fn no_audit_no_change() {
     let f = Fixture::start().await;
     let patient = PatientId::parse("patient_id", PATIENT).expect("valid");
-    f.audit.down.store(true, Ordering::SeqCst);
+    f.audit.set_down(true);
     // Within the bound, the change is made: its audit event waits, durable,
     // in consent's outbox, written in the same transaction.
     f.client()
@@ -1178,7 +1153,7 @@ async fn no_audit_no_change() {
             .is_empty()
     );
     // audit is back: the waiting event is delivered, and changes resume.
-    f.audit.down.store(false, Ordering::SeqCst);
+    f.audit.set_down(false);
     let audited = f.audited().await;
     assert_eq!(audited.len(), 1);
     assert_eq!(audited[0].resource_type, "CareRelationship");

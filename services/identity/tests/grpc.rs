@@ -3,10 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -23,10 +20,12 @@ use sharedcare_kit::{
     auth::{Principal as Verified, Verifier},
     crypto::{BlindIndex, Kek, Keyring},
     keys::{SigningKey, StaticKeySource},
-    outbox::{BatchSink, Outbox, OutboxSettings},
+    outbox::{Outbox, OutboxSettings},
     peers::{BoxFuture, ConsentGate, Decision},
     server::MessageLimits,
-    testing::{TestAuthority, TestDatabase, TestServer, outbox_drained, spawn, with_token},
+    testing::{
+        MemoryAudit, TestAuthority, TestDatabase, TestServer, outbox_drained, spawn, with_token,
+    },
 };
 use sharedcare_proto::{
     audit::v1::{Action, AuditEvent, Outcome},
@@ -87,32 +86,13 @@ impl ConsentGate for FakeConsent {
     }
 }
 
-/// audit, as identity sees it: events kept in order, or down.
-#[derive(Default)]
-struct FakeAudit {
-    events: Mutex<Vec<AuditEvent>>,
-    down: AtomicBool,
-}
-
-impl BatchSink for FakeAudit {
-    fn append_batch(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            if self.down.load(Ordering::SeqCst) {
-                return Err(Error::unavailable("audit is down (test)"));
-            }
-            self.events.lock().expect("lock").extend(events);
-            Ok(())
-        })
-    }
-}
-
 struct Fixture {
     server: TestServer,
     store: Arc<SqlStore>,
     db: TestDatabase,
     tokens: Arc<TokenIssuer>,
     consent: Arc<FakeConsent>,
-    audit: Arc<FakeAudit>,
+    audit: Arc<MemoryAudit>,
     outbox: Arc<Outbox>,
 }
 
@@ -179,7 +159,7 @@ impl Fixture {
             answer: Mutex::new(Answer::Permit),
             asked: Mutex::new(vec![]),
         });
-        let audit = Arc::new(FakeAudit::default());
+        let audit = Arc::new(MemoryAudit::default());
         let outbox = Outbox::start(
             store.connection(),
             OUTBOX_TABLE,
@@ -318,7 +298,7 @@ impl Fixture {
     /// What reached audit, once identity's outbox has delivered everything.
     async fn events(&self) -> Vec<AuditEvent> {
         outbox_drained(&self.store.connection(), OUTBOX_TABLE).await;
-        self.audit.events.lock().expect("lock").clone()
+        self.audit.delivered()
     }
 
     fn answer(&self, answer: Answer) {
@@ -1245,7 +1225,7 @@ async fn staff_reads_are_decided_by_consent_and_audited_or_refused() {
     // bound, UNAVAILABLE and no data (fail closed), for reads and
     // registrations alike.
     f.answer(Answer::Permit);
-    f.audit.down.store(true, Ordering::SeqCst);
+    f.audit.set_down(true);
     f.client()
         .get_patient(with_token(get(&jane.patient_id), &staff))
         .await
@@ -1269,7 +1249,7 @@ async fn staff_reads_are_decided_by_consent_and_audited_or_refused() {
         .await
         .expect_err("audit down");
     assert_eq!(status.code(), Code::Unavailable);
-    f.audit.down.store(false, Ordering::SeqCst);
+    f.audit.set_down(false);
     for _ in 0..500 {
         if f.outbox.admit().is_ok() {
             break;

@@ -304,6 +304,41 @@ fn with_database(url: &str, name: &str) -> String {
     }
 }
 
+/// audit in memory, as a service's outbox relay sees it: it keeps every
+/// event delivered, in order, and can be taken down.
+#[derive(Default)]
+pub struct MemoryAudit {
+    events: std::sync::Mutex<Vec<sharedcare_proto::audit::v1::AuditEvent>>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl MemoryAudit {
+    /// Every event delivered so far, in order.
+    pub fn delivered(&self) -> Vec<sharedcare_proto::audit::v1::AuditEvent> {
+        self.events.lock().expect("lock").clone()
+    }
+
+    /// Takes audit down (UNAVAILABLE to every batch) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl crate::outbox::BatchSink for MemoryAudit {
+    fn append_batch(
+        &self,
+        events: Vec<sharedcare_proto::audit::v1::AuditEvent>,
+    ) -> crate::peers::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::unavailable("audit is down (test)"));
+            }
+            self.events.lock().expect("lock").extend(events);
+            Ok(())
+        })
+    }
+}
+
 /// Rows waiting in a service's audit outbox table (see `crate::outbox`).
 pub async fn outbox_rows(db: &sea_orm::DatabaseConnection, table: &str) -> i64 {
     use sea_orm::{ConnectionTrait, Statement};

@@ -10,16 +10,14 @@ use std::{
 };
 
 use sharedcare_kit::{
-    Error,
     client::{TokenSource, lazy_channel},
     config::{Secret, ServerConfig},
     crypto::{Kek, Keyring},
     outbox::{BatchSink, Outbox, OutboxSettings},
     server::MessageLimits,
-    testing::{TestAuthority, TestDatabase, TestServer, spawn_with, with_token},
+    testing::{MemoryAudit, TestAuthority, TestDatabase, TestServer, spawn_with, with_token},
 };
 use sharedcare_proto::{
-    audit::v1::AuditEvent,
     common::v1::{Actor, PrincipalKind, Purpose, RecordCategory},
     records::v1::{self as pb, records_service_client::RecordsServiceClient},
 };
@@ -359,31 +357,6 @@ impl ConsentGate for PermitAll {
     }
 }
 
-/// audit that takes every event, and can be taken down.
-#[derive(Default)]
-struct AcceptAll {
-    events: Mutex<Vec<AuditEvent>>,
-    down: std::sync::atomic::AtomicBool,
-}
-
-impl AcceptAll {
-    fn delivered(&self) -> Vec<AuditEvent> {
-        self.events.lock().expect("lock").clone()
-    }
-}
-
-impl BatchSink for AcceptAll {
-    fn append_batch(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(Error::unavailable("audit is down"));
-            }
-            self.events.lock().expect("lock").extend(events);
-            Ok(())
-        })
-    }
-}
-
 const HIV_CONDITION: &str = r#"{"resourceType":"Condition","subject":{"reference":"Patient/p-1"},
     "code":{"coding":[{"system":"http://snomed.info/sct","code":"86406008",
                        "display":"Human immunodeficiency virus infection"}]}}"#;
@@ -398,7 +371,7 @@ async fn a_record_is_classified_by_its_codes_and_a_writers_label_only_raises_it(
     let consent = Arc::new(PermitAll::default());
     let f = Fixture::with_gates(
         consent.clone(),
-        Arc::new(AcceptAll::default()),
+        Arc::new(MemoryAudit::default()),
         ServerConfig::loopback(),
         OutboxSettings::default(),
     )
@@ -490,7 +463,7 @@ async fn eventually(mut done: impl AsyncFnMut() -> bool) {
 
 #[tokio::test]
 async fn every_access_is_in_the_outbox_before_it_is_answered_and_reaches_audit() {
-    let audit = Arc::new(AcceptAll::default());
+    let audit = Arc::new(MemoryAudit::default());
     let f = Fixture::with_gates(
         Arc::new(PermitAll::default()),
         audit.clone(),
@@ -516,7 +489,7 @@ async fn every_access_is_in_the_outbox_before_it_is_answered_and_reaches_audit()
 
     // audit is down: the write and the reads are still answered, their
     // events durable in records' outbox.
-    audit.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    audit.set_down(true);
     let created = f
         .client()
         .create_record(with_token(create("p-1", HEART_RATE), &token))
@@ -545,7 +518,7 @@ async fn every_access_is_in_the_outbox_before_it_is_answered_and_reaches_audit()
 
     // audit is back: everything is delivered, the outbox pruned, and
     // accesses are served again.
-    audit.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    audit.set_down(false);
     eventually(async || audit.delivered().len() == 4).await;
     eventually(async || f.outbox.admit().is_ok()).await;
     eventually(async || outbox_rows(&f.store).await == 0).await;
