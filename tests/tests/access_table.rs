@@ -444,8 +444,12 @@ async fn call(
             ))
             .await
             .map(drop),
+        ("audit", "ListEntries") => audit_client
+            .list_entries(with_token(audit::ListEntriesRequest::default(), token))
+            .await
+            .map(drop),
         ("audit", "SignedTreeHead") => audit_client
-            .signed_tree_head(with_token(audit::SignedTreeHeadRequest {}, token))
+            .signed_tree_head(with_token(audit::SignedTreeHeadRequest::default(), token))
             .await
             .map(drop),
         ("audit", "InclusionProof") => audit_client

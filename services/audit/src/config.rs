@@ -2,8 +2,8 @@
 
 use serde::Deserialize;
 use sharedcare_kit::config::{
-    AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, ServerConfig,
-    TelemetryConfig, Validate,
+    AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, SecretSource,
+    ServerConfig, TelemetryConfig, Validate,
 };
 use sharedcare_kit::tls::TlsConfig;
 
@@ -18,10 +18,27 @@ pub struct AuditConfig {
     pub telemetry: TelemetryConfig,
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
+    pub audit: AuditSettings,
     /// TLS on this service's port and its outgoing calls (`kit::tls`);
     /// off unless `tls.enabled`.
     #[serde(default)]
     pub tls: TlsConfig,
+}
+
+/// The Merkle log's signed tree heads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuditSettings {
+    /// The log's name: the first line of every checkpoint and the name of
+    /// its key (no spaces or '+'; by convention a host-like path).
+    pub log_name: String,
+    /// Ed25519 private key (PKCS#8 PEM) that signs tree heads, inline or as
+    /// a file; every replica of one log needs the same one. Unset: one is
+    /// generated on first start and kept in the data dir, with its verifier
+    /// key beside it.
+    #[serde(default)]
+    pub signing_key: SecretSource,
+    /// How often a new tree head is signed and published, when the log grew.
+    pub tree_head_interval_ms: u64,
 }
 
 impl Validate for AuditConfig {
@@ -31,6 +48,24 @@ impl Validate for AuditConfig {
         self.database.validate(SERVICE_NAME)?;
         self.auth.validate()?;
         self.tls.validate()?;
+        if crate::domain::checkpoint::LogSigner::new(
+            &self.audit.log_name,
+            ed25519_dalek::SigningKey::from_bytes(&[0; 32]),
+        )
+        .is_err()
+        {
+            return Err(ConfigError::invalid(
+                "audit.log_name",
+                "must be non-empty and hold no spaces, newlines or '+'",
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.audit.tree_head_interval_ms) {
+            return Err(ConfigError::invalid(
+                "audit.tree_head_interval_ms",
+                "must be between 100 and 3600000",
+            ));
+        }
+        self.audit.signing_key.resolve("audit.signing_key")?;
         self.tls
             .check_url("auth.identity_url", &self.auth.identity_url)
     }
@@ -41,8 +76,14 @@ pub fn defaults() -> String {
     COMMON_DEFAULTS.replace(
         r#"listen = "0.0.0.0:50051""#,
         &format!(r#"listen = "{DEFAULT_LISTEN}""#),
-    )
+    ) + AUDIT_DEFAULTS
 }
+
+const AUDIT_DEFAULTS: &str = r#"
+[audit]
+log_name = "sharedcare.local/audit"
+tree_head_interval_ms = 5000
+"#;
 
 impl AuditConfig {
     /// Defaults → optional file → `SHAREDCARE_*` environment, validated.
@@ -74,6 +115,8 @@ mod tests {
         assert_eq!(cfg.auth.identity_url, "http://127.0.0.1:50051");
         let url = cfg.database.resolve_url(SERVICE_NAME).expect("url");
         assert!(url.expose().ends_with("audit.db?mode=rwc"), "{:?}", url);
+        assert_eq!(cfg.audit.log_name, "sharedcare.local/audit");
+        assert!(cfg.audit.signing_key.value.is_none());
     }
 
     #[test]
@@ -88,5 +131,22 @@ mod tests {
             err.to_string().contains("database.max_connections"),
             "{err}"
         );
+        for (key, value, named) in [
+            ("SHAREDCARE_AUDIT__LOG_NAME", "has space", "audit.log_name"),
+            (
+                "SHAREDCARE_AUDIT__TREE_HEAD_INTERVAL_MS",
+                "0",
+                "audit.tree_head_interval_ms",
+            ),
+            (
+                "SHAREDCARE_AUDIT__SIGNING_KEY__FILE",
+                "/nonexistent/key.pem",
+                "audit.signing_key",
+            ),
+        ] {
+            let env: HashMap<String, String> = [(key.to_owned(), value.to_owned())].into();
+            let err = AuditConfig::load(&env).expect_err(key);
+            assert!(err.to_string().contains(named), "{key}: {err}");
+        }
     }
 }

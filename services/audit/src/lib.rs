@@ -2,11 +2,13 @@
 //! a patient's data.
 //!
 //! Services append events (idempotently, by the sender's event id); each is
-//! numbered from 1 and chained to its predecessor by SHA-256, so altering,
-//! removing or reordering a stored entry is found by [`store::AuditLogStore::verify_chain`].
-//! Patients' logs are read back with Query and, as "who accessed my record",
-//! with AccessReport. The signed Merkle tree head and its proofs come with a
-//! later issue; until then those RPCs answer UNIMPLEMENTED.
+//! numbered from 1 and is a leaf of the log's Merkle tree (RFC 9162), whose
+//! nodes are stored as they form. Tree heads are signed as C2SP checkpoints
+//! ([`heads`]), so anyone holding the verifier key can check that the log
+//! only grows (consistency proofs) and that an entry is in it (inclusion
+//! proofs), and an auditor re-deriving the root from ListEntries finds any
+//! entry altered, removed or reordered in the database. Patients' logs are
+//! read back with Query and, as "who accessed my record", with AccessReport.
 //!
 //! Who may do what is [`policy::ACCESS`]: platform services append (and the
 //! appending principal is recorded from their token, not from the event);
@@ -17,6 +19,7 @@
 pub mod config;
 pub mod domain;
 mod grpc;
+pub mod heads;
 pub mod policy;
 pub mod store;
 
@@ -31,15 +34,20 @@ use sharedcare_proto::audit::v1::audit_service_server::AuditServiceServer;
 pub use grpc::{SCOPE_APPEND, SCOPE_READ};
 
 pub const SERVICE_NAME: &str = "audit";
+/// In the data dir when no key is configured: the tree-head signing key
+/// (generated on first start) and its verifier key, for auditors.
+pub const SIGNING_KEY_FILE: &str = "audit-log-key.pem";
+pub const VERIFIER_KEY_FILE: &str = "audit-log.vkey";
 
 /// Builds the service for its server (main.rs, the all-in-one CLI and tests
 /// mount exactly this).
 pub fn spec(
     store: Arc<dyn store::AuditLogStore>,
+    heads: Arc<heads::TreeHeads>,
     verifier: Arc<Verifier>,
     limits: MessageLimits,
 ) -> ServiceSpec {
-    let server = AuditServiceServer::new(grpc::AuditGrpc { store })
+    let server = AuditServiceServer::new(grpc::AuditGrpc { store, heads })
         .max_decoding_message_size(limits.max_bytes)
         .max_encoding_message_size(limits.max_bytes);
     ServiceSpec::new(SERVICE_NAME, server, verifier, &policy::ACCESS)
@@ -53,8 +61,34 @@ pub async fn open(cfg: &config::AuditConfig) -> Result<ServiceSpec, sharedcare_k
         .map_err(|e| sharedcare_kit::Error::invalid("database.url", e.to_string()))?;
     let store = store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?;
     // Every append goes through one sequencer: many callers, one transaction.
-    let store = store::GroupCommit::new(Arc::new(store));
+    let store: Arc<dyn store::AuditLogStore> = Arc::new(store::GroupCommit::new(Arc::new(store)));
+    let heads = heads::TreeHeads::new(store.clone(), log_signer(cfg)?);
+    heads.publish_every(std::time::Duration::from_millis(
+        cfg.audit.tree_head_interval_ms,
+    ));
     let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
     let verifier = sharedcare_kit::tls::remote_verifier(&cfg.auth, tls.as_ref())?;
-    Ok(spec(Arc::new(store), verifier, MessageLimits::from(&cfg.server)).with_tls(tls))
+    Ok(spec(store, heads, verifier, MessageLimits::from(&cfg.server)).with_tls(tls))
+}
+
+/// The configured tree-head key, or the one kept in the data dir, whose
+/// verifier key is then written beside it for auditors.
+fn log_signer(
+    cfg: &config::AuditConfig,
+) -> Result<domain::checkpoint::LogSigner, sharedcare_kit::Error> {
+    let dir = &cfg.database.data_dir;
+    let kept = sharedcare_kit::keys::configured_or_kept(
+        &cfg.audit.signing_key,
+        "audit.signing_key",
+        &dir.join(SIGNING_KEY_FILE),
+    )?;
+    let signer = domain::checkpoint::LogSigner::new(&cfg.audit.log_name, kept.key)
+        .map_err(|e| sharedcare_kit::Error::invalid("audit.log_name", e.to_string()))?;
+    let verifier = signer.verifier().to_string();
+    if cfg.audit.signing_key.value.is_none() && cfg.audit.signing_key.file.is_none() {
+        std::fs::write(dir.join(VERIFIER_KEY_FILE), format!("{verifier}\n"))
+            .map_err(|e| sharedcare_kit::Error::internal("writing the verifier key", e))?;
+    }
+    tracing::info!(verifier_key = %verifier, "tree heads are signed; auditors verify them with this key");
+    Ok(signer)
 }

@@ -14,6 +14,14 @@ const AUDITORS: &[Caller] = &[
     ),
 ];
 
+/// Tree heads and proofs are hashes and sizes: they reveal no patient's
+/// data, so everyone who may read some of the log may check it.
+const PROVERS: &[Caller] = &[
+    caller(Patient, "audit.read", Patients::None),
+    staff_with("audit.read", Capability::PlatformAuditor, Patients::None),
+    staff_with("audit.read", Capability::PrivacyOfficer, Patients::None),
+];
+
 pub static ACCESS: AccessTable = AccessTable {
     service: "sharedcare.audit.v1.AuditService",
     rules: &[
@@ -50,22 +58,32 @@ pub static ACCESS: AccessTable = AccessTable {
             audit: "— (as Query)",
         },
         Rule {
-            method: "SignedTreeHead",
-            callers: AUDITORS,
+            method: "ListEntries",
+            callers: &[staff_with(
+                "audit.read",
+                Capability::PlatformAuditor,
+                Patients::Any,
+            )],
             purposes: "—",
-            audit: "— (UNIMPLEMENTED until the Merkle issue)",
+            audit: "— (as Query)",
+        },
+        Rule {
+            method: "SignedTreeHead",
+            callers: PROVERS,
+            purposes: "—",
+            audit: "—",
         },
         Rule {
             method: "InclusionProof",
-            callers: AUDITORS,
+            callers: PROVERS,
             purposes: "—",
-            audit: "— (UNIMPLEMENTED until the Merkle issue)",
+            audit: "—",
         },
         Rule {
             method: "ConsistencyProof",
-            callers: AUDITORS,
+            callers: PROVERS,
             purposes: "—",
-            audit: "— (UNIMPLEMENTED until the Merkle issue)",
+            audit: "—",
         },
     ],
 };

@@ -3,8 +3,15 @@
 use std::sync::Arc;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use prost::Message;
 use sharedcare_audit::{
     SCOPE_APPEND, SCOPE_READ,
+    domain::{
+        checkpoint::{LogSigner, LogVerifierKey},
+        leaf_hash,
+        merkle::{MemoryTree, verify_consistency, verify_inclusion},
+    },
+    heads::TreeHeads,
     store::{AuditLogStore, SqlStore},
 };
 use sharedcare_kit::{
@@ -15,8 +22,9 @@ use sharedcare_kit::{
 use sharedcare_proto::{
     audit::v1::{
         AccessReportLine, AccessReportRequest, Action, AppendBatchRequest, AppendRequest,
-        AuditEvent, ConsistencyProofRequest, InclusionProofRequest, Outcome, QueryRequest,
-        SignedTreeHeadRequest, audit_service_client::AuditServiceClient,
+        AuditEntry, AuditEvent, ConsistencyProofRequest, InclusionProofRequest, ListEntriesRequest,
+        Outcome, QueryRequest, SignedTreeHeadRequest, SignedTreeHeadResponse,
+        audit_service_client::AuditServiceClient,
     },
     common::v1::{Actor, PrincipalKind, Purpose},
 };
@@ -25,6 +33,8 @@ use tonic::{Code, transport::Channel};
 struct Harness {
     authority: TestAuthority,
     store: Arc<dyn AuditLogStore>,
+    /// What an auditor is given to check the log's heads.
+    verifier_key: LogVerifierKey,
     server: TestServer,
     /// One platform service's token, kept so its replays are its own.
     appender: String,
@@ -37,8 +47,16 @@ impl Harness {
         let store: Arc<dyn AuditLogStore> =
             Arc::new(SqlStore::connect(db.url(), 4).await.expect("connect"));
         let authority = TestAuthority::new();
+        let signer = LogSigner::new(
+            "sharedcare.test/audit",
+            ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+        )
+        .expect("signer");
+        let verifier_key = signer.verifier();
+        let heads = TreeHeads::new(store.clone(), signer);
         let server = spawn(sharedcare_audit::spec(
             store.clone(),
+            heads,
             authority.verifier(),
             MessageLimits { max_bytes: 4 << 20 },
         ))
@@ -47,6 +65,7 @@ impl Harness {
         Harness {
             authority,
             store,
+            verifier_key,
             server,
             appender,
             _db: db,
@@ -285,7 +304,7 @@ fn assert_invalid(status: &tonic::Status, field: &str) {
 }
 
 #[tokio::test]
-async fn append_writes_a_chained_entry_and_is_idempotent() {
+async fn append_writes_a_numbered_leaf_and_is_idempotent() {
     let h = Harness::start().await;
     let first = h
         .append(event("ev-1", "p1"))
@@ -299,8 +318,7 @@ async fn append_writes_a_chained_entry_and_is_idempotent() {
         entry.event,
         Some(stored(event("ev-1", "p1"), &h.appender_id()))
     );
-    assert_eq!(entry.previous_hash, vec![0u8; 32]);
-    assert_eq!(entry.entry_hash.len(), 32);
+    assert_eq!(entry.leaf_hash, auditor_leaf_hash(&entry).to_vec());
     assert!(entry.record_time.is_some());
 
     let second = h
@@ -310,7 +328,6 @@ async fn append_writes_a_chained_entry_and_is_idempotent() {
         .into_inner();
     let second = second.entry.expect("entry");
     assert_eq!(second.sequence, 2);
-    assert_eq!(second.previous_hash, entry.entry_hash);
 
     // The same event again: the entry already written, flagged.
     let again = h
@@ -327,14 +344,8 @@ async fn append_writes_a_chained_entry_and_is_idempotent() {
     let status = h.append(altered).await.expect_err("conflict");
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
     assert!(status.message().contains("event.event_id"), "{status:?}");
-
-    let head = h
-        .store
-        .verify_chain()
-        .await
-        .expect("read")
-        .expect("verifies");
-    assert_eq!(head.size, 2);
+    assert_eq!(h.log_size().await, 2);
+    assert_eq!(h.store.tree_size().await.expect("size"), 2);
 }
 
 #[tokio::test]
@@ -479,7 +490,7 @@ async fn append_batch_is_atomic_and_idempotent() {
     assert_invalid(&status, "events");
     assert!(status.message().contains("500"), "{status:?}");
     assert_eq!(h.log_size().await, 3);
-    assert!(h.store.verify_chain().await.expect("read").is_ok());
+    assert_eq!(h.store.tree_size().await.expect("size"), 3);
 }
 
 #[tokio::test]
@@ -687,7 +698,7 @@ async fn every_call_needs_a_token_and_its_rule() {
         .expect_err("no token");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     let status = client
-        .signed_tree_head(SignedTreeHeadRequest {})
+        .signed_tree_head(SignedTreeHeadRequest::default())
         .await
         .expect_err("no token");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
@@ -753,49 +764,224 @@ async fn every_call_needs_a_token_and_its_rule() {
     assert_eq!(h.log_size().await, 0);
 }
 
-#[tokio::test]
-async fn merkle_rpcs_are_not_implemented_yet() {
-    let h = Harness::start().await;
-    let mut client = h.client();
-    let token = h.reader();
-    let statuses = [
-        client
-            .signed_tree_head(with_token(SignedTreeHeadRequest {}, &token))
+/// The leaf hash as an outside auditor computes it from what the API
+/// returned: the record time and the event re-encoded.
+fn auditor_leaf_hash(entry: &AuditEntry) -> sharedcare_audit::domain::Hash {
+    let time = entry.record_time.as_ref().expect("record time");
+    let micros = time.seconds * 1_000_000 + i64::from(time.nanos / 1000);
+    leaf_hash(
+        micros,
+        &entry.event.as_ref().expect("event").encode_to_vec(),
+    )
+}
+
+impl Harness {
+    async fn head(&self, fresh: bool) -> SignedTreeHeadResponse {
+        self.client()
+            .signed_tree_head(with_token(SignedTreeHeadRequest { fresh }, &self.reader()))
             .await
-            .expect_err("unimplemented"),
-        client
-            .inclusion_proof(with_token(
-                InclusionProofRequest {
-                    sequence: 1,
-                    tree_size: 1,
+            .expect("head")
+            .into_inner()
+    }
+
+    async fn entries(&self) -> Vec<AuditEntry> {
+        self.client()
+            .list_entries(with_token(
+                ListEntriesRequest {
+                    after_sequence: 0,
+                    page_size: 500,
                 },
-                &token,
+                &self.reader(),
             ))
             .await
-            .expect_err("unimplemented"),
-        client
+            .expect("entries")
+            .into_inner()
+            .entries
+    }
+}
+
+#[tokio::test]
+async fn tree_heads_are_signed_and_proofs_verify_against_them() {
+    let h = Harness::start().await;
+    // The empty log has a signed head too.
+    let empty = h.head(false).await;
+    assert_eq!(empty.tree_size, 0);
+    let head = h.verifier_key.verify(&empty.checkpoint).expect("verifies");
+    assert_eq!(head.size, 0);
+    assert_eq!(empty.origin, "sharedcare.test/audit");
+    assert_eq!(empty.key_id.len(), 4);
+    assert_eq!(empty.signature.len(), 64);
+
+    h.append_all((0..5).map(|n| event(&format!("a{n}"), "p1")).collect())
+        .await;
+    h.append(event("b", "p2")).await.expect("append");
+    h.append_all((0..7).map(|n| event(&format!("c{n}"), "p3")).collect())
+        .await;
+
+    // Until it is published again, the last head stands; fresh signs now.
+    assert_eq!(h.head(false).await.tree_size, 0);
+    let latest = h.head(true).await;
+    assert_eq!(latest.tree_size, 13);
+    assert_eq!(h.head(false).await, latest);
+    let head = h.verifier_key.verify(&latest.checkpoint).expect("verifies");
+    assert_eq!(head.root.to_vec(), latest.root_hash);
+    assert_eq!(head.size, 13);
+
+    // An auditor re-derives the root from the entries.
+    let entries = h.entries().await;
+    let mut tree = MemoryTree::new();
+    for entry in &entries {
+        tree.push(auditor_leaf_hash(entry));
+    }
+    assert_eq!(tree.root(13).expect("root"), head.root);
+
+    // Every entry's inclusion in every tree that holds it.
+    let mut client = h.client();
+    for size in [1i64, 2, 6, 13] {
+        let root = tree.root(size as u64).expect("root");
+        for sequence in 1..=size {
+            let proof = client
+                .inclusion_proof(with_token(
+                    InclusionProofRequest {
+                        sequence,
+                        tree_size: size,
+                    },
+                    &h.patient("p1"),
+                ))
+                .await
+                .expect("proof")
+                .into_inner();
+            assert_eq!((proof.leaf_index, proof.tree_size), (sequence - 1, size));
+            let leaf = auditor_leaf_hash(&entries[(sequence - 1) as usize]);
+            verify_inclusion(
+                leaf.as_bytes(),
+                (sequence - 1) as u64,
+                size as u64,
+                &proof.audit_path,
+                root.as_bytes(),
+            )
+            .unwrap_or_else(|e| panic!("entry {sequence} in {size}: {e}"));
+        }
+    }
+    // And that every head extends every earlier one.
+    for old in 1..=13i64 {
+        let proof = client
             .consistency_proof(with_token(
                 ConsistencyProofRequest {
-                    first_tree_size: 1,
-                    second_tree_size: 2,
+                    first_tree_size: old,
+                    second_tree_size: 13,
+                },
+                &h.officer("A81001"),
+            ))
+            .await
+            .expect("proof")
+            .into_inner();
+        verify_consistency(
+            old as u64,
+            13,
+            tree.root(old as u64).expect("root").as_bytes(),
+            head.root.as_bytes(),
+            &proof.proof,
+        )
+        .unwrap_or_else(|e| panic!("{old} → 13: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn bad_proof_requests_name_the_field() {
+    let h = Harness::start().await;
+    h.append_all((0..3).map(|n| event(&format!("a{n}"), "p1")).collect())
+        .await;
+    let mut client = h.client();
+    let token = h.reader();
+    for (sequence, tree_size, field, says) in [
+        (0, 1, "sequence", "at least 1"),
+        (-1, 1, "sequence", "at least 1"),
+        (1, 0, "tree_size", "at least 1"),
+        (3, 2, "tree_size", "at least the entry's sequence (3)"),
+        (4, 4, "tree_size", "beyond the log, which holds 3 entries"),
+        (1, i64::MAX, "tree_size", "beyond the log"),
+    ] {
+        let status = client
+            .inclusion_proof(with_token(
+                InclusionProofRequest {
+                    sequence,
+                    tree_size,
                 },
                 &token,
             ))
             .await
-            .expect_err("unimplemented"),
-    ];
-    for (status, rpc) in
-        statuses
-            .iter()
-            .zip(["SignedTreeHead", "InclusionProof", "ConsistencyProof"])
-    {
-        assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
-        assert!(status.message().contains(rpc), "{status:?}");
-        assert!(
-            status.message().contains("the Merkle log issue"),
-            "{status:?}"
-        );
+            .expect_err("refused");
+        assert_invalid(&status, field);
+        assert!(status.message().contains(says), "{status:?}");
     }
+    for (first, second, field, says) in [
+        (0, 2, "first_tree_size", "at least 1"),
+        (3, 2, "second_tree_size", "at least first_tree_size (3)"),
+        (
+            1,
+            4,
+            "second_tree_size",
+            "beyond the log, which holds 3 entries",
+        ),
+        (-5, -1, "first_tree_size", "at least 1"),
+    ] {
+        let status = client
+            .consistency_proof(with_token(
+                ConsistencyProofRequest {
+                    first_tree_size: first,
+                    second_tree_size: second,
+                },
+                &token,
+            ))
+            .await
+            .expect_err("refused");
+        assert_invalid(&status, field);
+        assert!(status.message().contains(says), "{status:?}");
+    }
+    for (after, size, field) in [(-1, 10, "after_sequence"), (0, 501, "page_size")] {
+        let status = client
+            .list_entries(with_token(
+                ListEntriesRequest {
+                    after_sequence: after,
+                    page_size: size,
+                },
+                &token,
+            ))
+            .await
+            .expect_err("refused");
+        assert_invalid(&status, field);
+    }
+    // Only a platform auditor lists the whole log.
+    for token in [h.officer("A81001"), h.patient("p1"), h.appender()] {
+        let status = client
+            .list_entries(with_token(ListEntriesRequest::default(), &token))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
+    assert_eq!(h.log_size().await, 3);
+}
+
+#[tokio::test]
+async fn an_event_far_in_the_future_is_refused() {
+    let h = Harness::start().await;
+    let mut future = event("ev-1", "p1");
+    future.occur_time = Some(prost_types::Timestamp {
+        seconds: chrono::Utc::now().timestamp() + 3600,
+        nanos: 0,
+    });
+    let status = h.append(future).await.expect_err("refused");
+    assert_invalid(&status, "event.occur_time");
+    assert!(status.message().contains("future"), "{status:?}");
+    // A little ahead (clock skew) is fine.
+    let mut skewed = event("ev-2", "p1");
+    skewed.occur_time = Some(prost_types::Timestamp {
+        seconds: chrono::Utc::now().timestamp() + 60,
+        nanos: 0,
+    });
+    h.append(skewed).await.expect("within the skew");
+    assert_eq!(h.log_size().await, 1);
 }
 
 #[tokio::test]

@@ -5,8 +5,11 @@
 use std::sync::Arc;
 
 use sharedcare_audit::{
-    domain::{ChainHead, EncodedEvent, EventId, Hash, PageSize, PageToken, PatientId},
-    store::{AuditLogStore, GroupCommit, SqlStore},
+    domain::{
+        EncodedEvent, EventId, PageSize, PageToken, PatientId,
+        merkle::{EMPTY_ROOT, MemoryTree, verify_consistency, verify_inclusion},
+    },
+    store::{AuditLogStore, GroupCommit, Proofs, SqlStore},
 };
 use sharedcare_kit::{error::Code, testing::TestDatabase};
 
@@ -26,44 +29,105 @@ fn size(n: i32) -> PageSize {
     PageSize::parse("page_size", n).expect("page size")
 }
 
+/// Re-derives the tree from every entry and checks the stored tree against
+/// it: same size, and the same root at every size (each read from the
+/// stored nodes). Returns the size.
 async fn verified_size(store: &dyn AuditLogStore) -> u64 {
-    store
-        .verify_chain()
-        .await
-        .expect("read the log")
-        .expect("the chain verifies")
-        .size
+    let entries = store.entries(0, 100_000).await.expect("entries");
+    let mut tree = MemoryTree::new();
+    for (i, entry) in entries.iter().enumerate() {
+        assert_eq!(entry.sequence, i as u64 + 1, "numbered without gaps");
+        tree.push(entry.leaf_hash());
+    }
+    let size = store.tree_size().await.expect("tree size");
+    assert_eq!(size, entries.len() as u64, "the tree covers every entry");
+    let proofs = Proofs(store);
+    for n in 0..=size {
+        assert_eq!(
+            proofs.root(n).await.expect("root"),
+            tree.root(n).expect("root"),
+            "root of the first {n}"
+        );
+    }
+    size
 }
 
-async fn appends_number_and_chain_entries(store: &dyn AuditLogStore) {
-    assert_eq!(
-        store.verify_chain().await.expect("read"),
-        Ok(ChainHead::EMPTY)
-    );
+async fn appends_number_entries_and_grow_the_tree(store: &dyn AuditLogStore) {
+    assert_eq!(verified_size(store).await, 0);
+    assert_eq!(Proofs(store).root(0).await.expect("root"), EMPTY_ROOT);
     let first = store
         .append(event("e1", "p1", "one"))
         .await
         .expect("append");
     assert!(!first.duplicate);
     assert_eq!(first.entry.sequence, 1);
-    assert_eq!(first.entry.previous_hash, Hash::ZERO);
-    assert_eq!(first.entry.entry_hash, first.entry.computed_hash());
     assert_eq!(first.entry.event, b"one");
+    assert_eq!(
+        Proofs(store).root(1).await.expect("root"),
+        first.entry.leaf_hash()
+    );
     let second = store
         .append(event("e2", "p2", "two"))
         .await
         .expect("append");
     assert_eq!(second.entry.sequence, 2);
-    assert_eq!(second.entry.previous_hash, first.entry.entry_hash);
     let all = store.entries(0, 10).await.expect("entries");
     assert_eq!(all, vec![first.entry.clone(), second.entry.clone()]);
     assert_eq!(
         store.entries(1, 10).await.expect("entries"),
         vec![second.entry.clone()]
     );
-    let head = store.verify_chain().await.expect("read").expect("verifies");
-    assert_eq!(head.size, 2);
-    assert_eq!(head.head_hash, second.entry.entry_hash);
+    assert_eq!(store.entry(2).await.expect("entry"), Some(second.entry));
+    assert_eq!(store.entry(3).await.expect("entry"), None);
+    assert_eq!(verified_size(store).await, 2);
+}
+
+/// Every inclusion and consistency proof the stored tree gives verifies
+/// against the roots re-derived from the entries, at every size.
+async fn proofs_from_stored_nodes_verify(store: &dyn AuditLogStore) {
+    let mut tree = MemoryTree::new();
+    // Batches of uneven sizes, so nodes form across batch boundaries.
+    let mut n = 0;
+    for batch in [1usize, 2, 5, 1, 8, 3] {
+        let events = (0..batch)
+            .map(|_| {
+                n += 1;
+                event(&format!("e{n}"), "p1", &format!("event {n}"))
+            })
+            .collect();
+        for appended in store.append_batch(events).await.expect("batch") {
+            tree.push(appended.entry.leaf_hash());
+        }
+    }
+    let size = store.tree_size().await.expect("size");
+    assert_eq!(size, 20);
+    let proofs = Proofs(store);
+    for new in 1..=size {
+        let root = tree.root(new).expect("root");
+        for index in 0..new {
+            let path = proofs.inclusion(index, new).await.expect("inclusion");
+            let entry = store.entry(index + 1).await.expect("entry").expect("held");
+            verify_inclusion(
+                entry.leaf_hash().as_bytes(),
+                index,
+                new,
+                &path,
+                root.as_bytes(),
+            )
+            .unwrap_or_else(|e| panic!("leaf {index} in {new}: {e}"));
+        }
+        for old in 1..=new {
+            let proof = proofs.consistency(old, new).await.expect("consistency");
+            verify_consistency(
+                old,
+                new,
+                tree.root(old).expect("root").as_bytes(),
+                root.as_bytes(),
+                &proof,
+            )
+            .unwrap_or_else(|e| panic!("{old} → {new}: {e}"));
+        }
+    }
 }
 
 async fn a_replay_returns_the_entry_already_written(store: &dyn AuditLogStore) {
@@ -123,10 +187,6 @@ async fn a_batch_is_appended_in_order(store: &dyn AuditLogStore) {
         .map(|a| (a.entry.sequence, a.duplicate))
         .collect();
     assert_eq!(summary, vec![(2, false), (1, true), (3, false), (2, true)]);
-    assert_eq!(
-        appended[2].entry.previous_hash,
-        appended[0].entry.entry_hash
-    );
     assert_eq!(verified_size(store).await, 3);
     assert!(store.append_batch(vec![]).await.expect("empty").is_empty());
 }
@@ -220,8 +280,8 @@ async fn a_patients_entries_come_in_pages(store: &dyn AuditLogStore) {
 }
 
 /// Several tasks append at once: the log comes out numbered without gaps,
-/// every event exactly once, and the chain verifies.
-async fn concurrent_appends_never_fork_the_chain(store: Arc<dyn AuditLogStore>) {
+/// every event exactly once, and the tree matches the entries.
+async fn concurrent_appends_never_fork_the_log(store: Arc<dyn AuditLogStore>) {
     const TASKS: usize = 8;
     const EACH: usize = 10;
     let mut tasks = Vec::new();
@@ -289,8 +349,9 @@ async fn a_conflict_fails_only_its_caller(store: Arc<dyn AuditLogStore>) {
 }
 
 /// Two stores on one database stand for two replicas, whose appends the
-/// in-process lock cannot serialise: the unique sequence key must refuse
-/// the loser (UNAVAILABLE, safe to retry) rather than let the chain fork.
+/// in-process lock cannot serialise: the database's lock (SQLite's write
+/// lock, PostgreSQL's advisory lock) makes them take turns, so no append
+/// fails and the log neither forks nor gaps.
 async fn two_writers_on_one_database_never_fork(
     a: Arc<dyn AuditLogStore>,
     b: Arc<dyn AuditLogStore>,
@@ -299,18 +360,21 @@ async fn two_writers_on_one_database_never_fork(
     let mut tasks = Vec::new();
     for (name, store) in [("a", a.clone()), ("b", b), ("c", a.clone())] {
         tasks.push(tokio::spawn(async move {
-            let mut retries = 0;
             for n in 0..EACH {
                 let id = format!("{name}-{n}");
-                loop {
-                    match store.append(event(&id, "p1", &id)).await {
-                        Ok(_) => break,
-                        Err(err) if err.code == Code::Unavailable && retries < 1000 => {
-                            retries += 1;
-                            tokio::task::yield_now().await;
-                        }
-                        Err(err) => panic!("append {id}: {err}"),
-                    }
+                if n % 4 == 3 {
+                    store
+                        .append_batch(vec![
+                            event(&format!("{id}x"), "p1", &id),
+                            event(&id, "p1", &id),
+                        ])
+                        .await
+                        .unwrap_or_else(|e| panic!("batch {id}: {e}"));
+                } else {
+                    store
+                        .append(event(&id, "p1", &id))
+                        .await
+                        .unwrap_or_else(|e| panic!("append {id}: {e}"));
                 }
             }
         }));
@@ -318,7 +382,7 @@ async fn two_writers_on_one_database_never_fork(
     for task in tasks {
         task.await.expect("task");
     }
-    assert_eq!(verified_size(a.as_ref()).await, (3 * EACH) as u64);
+    assert_eq!(verified_size(a.as_ref()).await, (3 * EACH + 3 * 3) as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -397,12 +461,13 @@ macro_rules! conformance {
 }
 
 conformance!(
-    borrowed appends_number_and_chain_entries,
+    borrowed appends_number_entries_and_grow_the_tree,
+    borrowed proofs_from_stored_nodes_verify,
     borrowed a_replay_returns_the_entry_already_written,
     borrowed the_same_id_with_other_content_is_refused,
     borrowed a_batch_is_appended_in_order,
     borrowed a_batch_with_a_conflict_writes_nothing,
     borrowed a_patients_entries_come_in_pages,
-    shared concurrent_appends_never_fork_the_chain,
+    shared concurrent_appends_never_fork_the_log,
     shared a_conflict_fails_only_its_caller,
 );

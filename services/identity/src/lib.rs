@@ -171,22 +171,9 @@ fn patient_keys(cfg: &config::IdentityConfig) -> Result<(Keyring, BlindIndex), E
 /// The configured key, or the one kept in the data dir (generated on first
 /// start, readable by this user only).
 fn load_signing_key(cfg: &config::IdentityConfig) -> Result<SigningKey, Error> {
-    if let Some(pem) = cfg
-        .identity
-        .signing_key
-        .resolve("identity.signing_key")
-        .map_err(|e| Error::invalid("identity.signing_key", e.to_string()))?
-    {
-        return SigningKey::from_pkcs8_pem(pem.expose());
-    }
     let path = cfg.database.data_dir.join("identity-signing-key.pem");
-    if path.exists() {
-        let pem = std::fs::read_to_string(&path)
-            .map_err(|e| Error::internal("reading the signing key in the data dir", e))?;
-        return SigningKey::from_pkcs8_pem(&pem);
-    }
-    let key = SigningKey::generate();
-    sharedcare_kit::files::write_private(&path, &key.to_pkcs8_pem()?)?;
-    tracing::info!(kid = key.kid(), "generated a new token signing key");
+    let key =
+        SigningKey::configured_or_kept(&cfg.identity.signing_key, "identity.signing_key", &path)?;
+    tracing::debug!(kid = key.kid(), "token signing key loaded");
     Ok(key)
 }

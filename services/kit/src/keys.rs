@@ -1,7 +1,7 @@
 //! Ed25519 signing keys for access tokens: generated, stored as PKCS#8 PEM,
 //! published as JWKs. identity signs with them; tests mint with them.
 
-use std::{future::Future, pin::Pin};
+use std::{future::Future, path::Path, pin::Pin};
 
 use base64::Engine;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::LineEnding};
@@ -11,6 +11,7 @@ use sharedcare_proto::identity::v1::Jwk;
 use crate::{
     Error,
     auth::{Claims, KeySource},
+    config::SecretSource,
 };
 
 /// A private signing key with its key id.
@@ -29,9 +30,16 @@ impl SigningKey {
 
     /// Reads a PKCS#8 PEM private key.
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, Error> {
-        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
-            .map_err(|_| Error::internal("reading the signing key", "not an Ed25519 PKCS#8 PEM"))?;
-        Ok(Self::from_dalek(key))
+        Ok(Self::from_dalek(ed25519_from_pem(pem)?))
+    }
+
+    /// The configured key, or the one kept at `path` (see [`configured_or_kept`]).
+    pub fn configured_or_kept(
+        source: &SecretSource,
+        key: &str,
+        path: &Path,
+    ) -> Result<Self, Error> {
+        Ok(Self::from_dalek(configured_or_kept(source, key, path)?.key))
     }
 
     /// Writes the private key as PKCS#8 PEM, for the data dir or a Secret.
@@ -75,6 +83,53 @@ impl SigningKey {
         jsonwebtoken::encode(&header, claims, &self.encoding)
             .map_err(|e| Error::internal("signing a token", e))
     }
+}
+
+fn ed25519_from_pem(pem: &str) -> Result<ed25519_dalek::SigningKey, Error> {
+    ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
+        .map_err(|_| Error::internal("reading a signing key", "not an Ed25519 PKCS#8 PEM"))
+}
+
+/// An Ed25519 key from configuration or the data dir.
+pub struct KeptKey {
+    pub key: ed25519_dalek::SigningKey,
+    /// This call generated it (and wrote it to the data dir).
+    pub generated: bool,
+}
+
+/// The Ed25519 key (PKCS#8 PEM) configured at `source` (`key` names it in
+/// errors), or else the one kept at `path`: generated on first use and
+/// written readable by this user only. What identity signs tokens with and
+/// audit signs tree heads with.
+pub fn configured_or_kept(source: &SecretSource, key: &str, path: &Path) -> Result<KeptKey, Error> {
+    if let Some(pem) = source
+        .resolve(key)
+        .map_err(|e| Error::invalid(key, e.to_string()))?
+    {
+        let key = ed25519_from_pem(pem.expose())
+            .map_err(|_| Error::invalid(key, "is not an Ed25519 private key in PKCS#8 PEM"))?;
+        return Ok(KeptKey {
+            key,
+            generated: false,
+        });
+    }
+    if path.exists() {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| Error::internal("reading a signing key in the data dir", e))?;
+        return Ok(KeptKey {
+            key: ed25519_from_pem(&pem)?,
+            generated: false,
+        });
+    }
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| Error::internal("encoding a signing key", e))?;
+    crate::files::write_private(path, &pem)?;
+    Ok(KeptKey {
+        key,
+        generated: true,
+    })
 }
 
 /// PrivateKeyInfo { version 0, algorithm 1.3.101.112, OCTET STRING { 32 bytes } }.

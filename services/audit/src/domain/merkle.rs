@@ -47,7 +47,7 @@ use std::{collections::HashMap, fmt, hash::BuildHasher};
 
 use sha2::{Digest, Sha256};
 
-use super::chain::{HASH_LEN, Hash};
+use super::entry::{HASH_LEN, Hash};
 
 /// Prefixed to a leaf's bytes before hashing (RFC 6962 §2.1).
 pub const LEAF_PREFIX: u8 = 0x00;
@@ -384,6 +384,117 @@ pub fn append<R: NodeReader + ?Sized>(
     Ok(formed)
 }
 
+/// The right edge of a tree: the nodes of its size's decomposition, which
+/// are all that appending to it reads. The sequencer keeps one between
+/// batches, so an append reads no node from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frontier {
+    size: u64,
+    nodes: HashMap<NodeAddr, Hash>,
+}
+
+impl Frontier {
+    /// The empty tree's.
+    pub fn empty() -> Self {
+        Frontier {
+            size: 0,
+            nodes: HashMap::new(),
+        }
+    }
+
+    /// The frontier of a tree of `size` from its [`root_reads`] nodes
+    /// (extra nodes are dropped; a missing one is named).
+    pub fn new(size: u64, nodes: &HashMap<NodeAddr, Hash>) -> Result<Self, MissingNode> {
+        let nodes = root_reads(size)
+            .into_iter()
+            .map(|addr| nodes.node(addr).map(|hash| (addr, hash)))
+            .collect::<Result<_, _>>()?;
+        Ok(Frontier { size, nodes })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn root(&self) -> Hash {
+        // Every node root() reads is held.
+        root(self.size, &self.nodes).unwrap_or(EMPTY_ROOT)
+    }
+
+    /// Appends `leaves`; returns the nodes formed, in order, for the store.
+    pub fn extend(&mut self, leaves: &[Hash]) -> Result<Vec<(NodeAddr, Hash)>, RangeError> {
+        let formed = append(self.size, leaves, &self.nodes).map_err(|e| match e {
+            TreeError::Range(range) => range,
+            // append reads only nodes of the old decomposition, all held.
+            TreeError::Read { .. } => RangeError::TooLarge {
+                size: self.size,
+                count: leaves.len() as u64,
+            },
+        })?;
+        let size = self.size + leaves.len() as u64;
+        let mut all = std::mem::take(&mut self.nodes);
+        all.extend(formed.iter().copied());
+        *self = Frontier::new(size, &all).map_err(|_| RangeError::TooLarge {
+            size: self.size,
+            count: leaves.len() as u64,
+        })?;
+        Ok(formed)
+    }
+}
+
+/// A whole tree in memory, one vector per level: what an auditor builds
+/// from the entries it fetched, to compare roots of any size with the log's.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryTree {
+    levels: Vec<Vec<Hash>>,
+}
+
+impl MemoryTree {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Leaves so far.
+    pub fn size(&self) -> u64 {
+        self.levels.first().map_or(0, |leaves| leaves.len() as u64)
+    }
+
+    /// Appends a leaf hash and every perfect subtree it completes.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut hash = leaf;
+        let mut level = 0;
+        loop {
+            if self.levels.len() == level {
+                self.levels.push(Vec::new());
+            }
+            let nodes = &mut self.levels[level];
+            nodes.push(hash);
+            if nodes.len() % 2 == 1 {
+                return;
+            }
+            hash = node_hash(&nodes[nodes.len() - 2], &hash);
+            level += 1;
+        }
+    }
+
+    /// The root of the first `size` leaves (`size` at most [`Self::size`]).
+    pub fn root(&self, size: u64) -> Result<Hash, TreeError<MissingNode>> {
+        root(size, self)
+    }
+}
+
+impl NodeReader for MemoryTree {
+    type Error = MissingNode;
+
+    fn node(&self, addr: NodeAddr) -> Result<Hash, MissingNode> {
+        self.levels
+            .get(usize::from(addr.level))
+            .and_then(|level| level.get(usize::try_from(addr.index).ok()?))
+            .copied()
+            .ok_or(MissingNode(addr))
+    }
+}
+
 /// Which hash of a proof check was malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HashField {
@@ -671,6 +782,48 @@ mod tests {
     fn sorted(mut addrs: Vec<NodeAddr>) -> Vec<NodeAddr> {
         addrs.sort();
         addrs
+    }
+
+    #[test]
+    fn a_frontier_forms_the_same_nodes_as_appending_to_the_whole_tree() {
+        let (leaves, nodes) = tree(45);
+        for split in [0usize, 1, 2, 7, 8, 31, 44, 45] {
+            let mut frontier = Frontier::new(split as u64, &nodes).expect("frontier");
+            assert_eq!(frontier.root(), naive_mth(&leaves[..split]));
+            // The rest in uneven batches.
+            let mut at = split;
+            for batch in [3usize, 1, 9, 100] {
+                let end = (at + batch).min(leaves.len());
+                let formed = frontier.extend(&leaves[at..end]).expect("extend");
+                for (addr, hash) in formed {
+                    assert_eq!(nodes.get(&addr), Some(&hash), "{addr}");
+                }
+                at = end;
+                assert_eq!(frontier.size(), at as u64);
+                assert_eq!(frontier.root(), naive_mth(&leaves[..at]));
+            }
+        }
+        assert_eq!(Frontier::empty().root(), EMPTY_ROOT);
+        assert!(Frontier::new(46, &nodes).is_err());
+    }
+
+    #[test]
+    fn a_memory_tree_has_the_roots_of_every_prefix() {
+        let (leaves, _) = tree(37);
+        let mut memory = MemoryTree::new();
+        assert_eq!(memory.root(0).expect("empty"), EMPTY_ROOT);
+        for leaf in &leaves {
+            memory.push(*leaf);
+        }
+        assert_eq!(memory.size(), 37);
+        for size in 0..=37 {
+            assert_eq!(
+                memory.root(size).expect("root"),
+                naive_mth(&leaves[..size as usize]),
+                "size {size}"
+            );
+        }
+        assert!(memory.root(38).is_err());
     }
 
     #[test]

@@ -1,16 +1,14 @@
 //! The audit log's rules in plain Rust: what a valid event is, how entries
-//! are numbered and chained by hash, and how pages of a patient's log are
-//! addressed. No gRPC and no database here.
+//! become leaves of the Merkle tree, how tree heads are signed, and how
+//! pages of a patient's log are addressed. No gRPC and no database here.
 
-mod chain;
+pub mod checkpoint;
+mod entry;
 mod event;
 pub mod merkle;
 mod page;
 
-pub use chain::{
-    ChainError, ChainHead, ChainVerifier, ENTRY_DOMAIN, Entry, HASH_LEN, Hash, entry_hash,
-    verify_chain, verify_run,
-};
+pub use entry::{Entry, HASH_LEN, Hash, leaf_hash, leaf_input};
 pub use event::{
     Action, Actor, AuditEvent, EncodedEvent, EventId, MAX_BATCH, MAX_ID_CHARS, MAX_TEXT_CHARS,
     Outcome, PatientId, PrincipalKind, Purpose, optional_text, required_text,

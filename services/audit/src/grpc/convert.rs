@@ -13,8 +13,12 @@ use sharedcare_proto::{audit::v1 as pb, common::v1 as common};
 
 use crate::domain::{
     Action, Actor, AuditEvent, EncodedEvent, Entry, EventId, MAX_ID_CHARS, MAX_TEXT_CHARS, Outcome,
-    PatientId, PrincipalKind, Purpose, optional_text, required_text,
+    PatientId, PrincipalKind, Purpose, checkpoint::SignedHead, optional_text, required_text,
 };
+
+/// How far ahead of audit's clock an event's time may be (clock skew
+/// between services), no further.
+const MAX_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 /// Validates `event`, naming fields below `prefix` (`event` or `events[2]`).
 /// `appended_by` is the principal whose token carried the event: it replaces
@@ -29,6 +33,12 @@ pub fn decode_event(
     let event_id = EventId::parse(&f("event_id"), &event.event_id)?;
     let occur_time = proto_time::from_proto(&f("occur_time"), event.occur_time.as_ref())?
         .ok_or_else(|| Error::invalid(f("occur_time"), "is required"))?;
+    if occur_time > chrono::Utc::now() + MAX_CLOCK_SKEW {
+        return Err(Error::invalid(
+            f("occur_time"),
+            "is in the future (more than 5 minutes ahead of audit's clock)",
+        ));
+    }
     let actor = decode_actor(
         &f("actor"),
         event
@@ -131,8 +141,20 @@ pub fn encode_entry(entry: &Entry) -> Result<pb::AuditEntry, Error> {
             .map_err(|_| Error::internal("reading the audit log", "sequence out of range"))?,
         event: Some(stored_event(entry)?),
         record_time: Some(proto_time::to_proto(entry.record_time)),
-        previous_hash: entry.previous_hash.to_vec(),
-        entry_hash: entry.entry_hash.to_vec(),
+        leaf_hash: entry.leaf_hash().to_vec(),
+    })
+}
+
+/// A signed tree head for the wire.
+pub fn encode_head(signed: &SignedHead) -> Result<pb::SignedTreeHeadResponse, Error> {
+    Ok(pb::SignedTreeHeadResponse {
+        tree_size: i64::try_from(signed.head.size)
+            .map_err(|_| Error::internal("signing a tree head", "size out of range"))?,
+        root_hash: signed.head.root.to_vec(),
+        signature: signed.signature.to_vec(),
+        checkpoint: signed.note.clone(),
+        origin: signed.head.origin.clone(),
+        key_id: signed.key_id.to_vec(),
     })
 }
 
@@ -159,8 +181,12 @@ pub fn actor_organisation(entry: &Entry) -> Result<String, Error> {
         .unwrap_or_default())
 }
 
+/// The stored event, with the indexed columns laid over what the bytes say:
+/// what the log is queried by is what an auditor hashes (see
+/// `domain::entry`), so a row whose columns were changed no longer matches
+/// its leaf.
 fn stored_event(entry: &Entry) -> Result<pb::AuditEvent, Error> {
-    pb::AuditEvent::decode(entry.event.as_slice()).map_err(|e| {
+    let mut event = pb::AuditEvent::decode(entry.event.as_slice()).map_err(|e| {
         Error::internal(
             "reading the audit log",
             format!(
@@ -168,7 +194,10 @@ fn stored_event(entry: &Entry) -> Result<pb::AuditEvent, Error> {
                 entry.sequence
             ),
         )
-    })
+    })?;
+    event.event_id = entry.event_id.as_str().to_owned();
+    event.patient_id = entry.patient_id.as_str().to_owned();
+    Ok(event)
 }
 
 fn decode_action(field: &str, value: i32) -> Result<Action, Error> {

@@ -14,14 +14,16 @@ use sharedcare_kit::{
 use sharedcare_proto::audit::v1::{
     AccessReportRequest, AccessReportResponse, AppendBatchRequest, AppendBatchResponse,
     AppendRequest, AppendResponse, ConsistencyProofRequest, ConsistencyProofResponse,
-    InclusionProofRequest, InclusionProofResponse, QueryRequest, QueryResponse,
-    SignedTreeHeadRequest, SignedTreeHeadResponse, audit_service_server::AuditService,
+    InclusionProofRequest, InclusionProofResponse, ListEntriesRequest, ListEntriesResponse,
+    QueryRequest, QueryResponse, SignedTreeHeadRequest, SignedTreeHeadResponse,
+    audit_service_server::AuditService,
 };
 use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{Entry, MAX_BATCH, PageSize, PageToken, PatientId},
-    store::{AuditLogStore, Page},
+    heads::TreeHeads,
+    store::{AuditLogStore, Page, Proofs},
 };
 
 /// Scope to append events (platform services only).
@@ -29,14 +31,32 @@ pub const SCOPE_APPEND: &str = "audit.append";
 /// Scope to read a patient's log and access report (with a patient token,
 /// or a staff role that is a privacy officer or a platform auditor).
 pub const SCOPE_READ: &str = "audit.read";
-/// Where the Merkle RPCs come from.
-const MERKLE_ISSUE: &str = "the Merkle log issue";
 /// Most store pages one read scans for a privacy officer's entries, so a
 /// patient with a long log and few of them cannot make one call read it all.
 const MAX_SCANS_PER_PAGE: usize = 8;
 
 pub struct AuditGrpc {
     pub store: Arc<dyn AuditLogStore>,
+    pub heads: Arc<TreeHeads>,
+}
+
+/// A size or position from the wire: at least `min`, as u64.
+fn count(field: &str, value: i64, min: i64) -> Result<u64, Error> {
+    if value < min {
+        return Err(Error::invalid(field, format!("must be at least {min}")));
+    }
+    u64::try_from(value).map_err(|_| Error::invalid(field, "is out of range"))
+}
+
+/// `size` (named `field`) against the log's current size.
+fn within_log(field: &str, size: u64, log_size: u64) -> Result<(), Error> {
+    if size > log_size {
+        return Err(Error::invalid(
+            field,
+            format!("is beyond the log, which holds {log_size} entries"),
+        ));
+    }
+    Ok(())
 }
 
 /// Which of a patient's entries a read may return.
@@ -251,30 +271,88 @@ impl AuditService for AuditGrpc {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(rpc = "ListEntries"))]
+    async fn list_entries(
+        &self,
+        request: Request<ListEntriesRequest>,
+    ) -> Result<Response<ListEntriesResponse>, Status> {
+        grant(&request)?;
+        let req = request.into_inner();
+        let after = count("after_sequence", req.after_sequence, 0)?;
+        let size = PageSize::parse("page_size", req.page_size)?;
+        let entries = self
+            .store
+            .entries(after, size.get())
+            .await?
+            .iter()
+            .map(convert::encode_entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(ListEntriesResponse { entries }))
+    }
+
     #[tracing::instrument(skip_all, fields(rpc = "SignedTreeHead"))]
     async fn signed_tree_head(
         &self,
-        _request: Request<SignedTreeHeadRequest>,
+        request: Request<SignedTreeHeadRequest>,
     ) -> Result<Response<SignedTreeHeadResponse>, Status> {
-        // Auditors (the table) learn that it is not there yet.
-        Err(Error::unimplemented("SignedTreeHead", MERKLE_ISSUE).into())
+        grant(&request)?;
+        let signed = if request.into_inner().fresh {
+            self.heads.publish().await?
+        } else {
+            self.heads.latest().await?
+        };
+        Ok(Response::new(convert::encode_head(&signed)?))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "InclusionProof"))]
     async fn inclusion_proof(
         &self,
-        _request: Request<InclusionProofRequest>,
+        request: Request<InclusionProofRequest>,
     ) -> Result<Response<InclusionProofResponse>, Status> {
-        // Auditors (the table) learn that it is not there yet.
-        Err(Error::unimplemented("InclusionProof", MERKLE_ISSUE).into())
+        grant(&request)?;
+        let req = request.into_inner();
+        let sequence = count("sequence", req.sequence, 1)?;
+        let tree_size = count("tree_size", req.tree_size, 1)?;
+        if tree_size < sequence {
+            return Err(Error::invalid(
+                "tree_size",
+                format!("must be at least the entry's sequence ({sequence})"),
+            )
+            .into());
+        }
+        within_log("tree_size", tree_size, self.store.tree_size().await?)?;
+        let path = Proofs(self.store.as_ref())
+            .inclusion(sequence - 1, tree_size)
+            .await?;
+        Ok(Response::new(InclusionProofResponse {
+            audit_path: path.iter().map(|h| h.to_vec()).collect(),
+            leaf_index: req.sequence - 1,
+            tree_size: req.tree_size,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ConsistencyProof"))]
     async fn consistency_proof(
         &self,
-        _request: Request<ConsistencyProofRequest>,
+        request: Request<ConsistencyProofRequest>,
     ) -> Result<Response<ConsistencyProofResponse>, Status> {
-        // Auditors (the table) learn that it is not there yet.
-        Err(Error::unimplemented("ConsistencyProof", MERKLE_ISSUE).into())
+        grant(&request)?;
+        let req = request.into_inner();
+        let first = count("first_tree_size", req.first_tree_size, 1)?;
+        let second = count("second_tree_size", req.second_tree_size, 1)?;
+        if second < first {
+            return Err(Error::invalid(
+                "second_tree_size",
+                format!("must be at least first_tree_size ({first})"),
+            )
+            .into());
+        }
+        within_log("second_tree_size", second, self.store.tree_size().await?)?;
+        let proof = Proofs(self.store.as_ref())
+            .consistency(first, second)
+            .await?;
+        Ok(Response::new(ConsistencyProofResponse {
+            proof: proof.iter().map(|h| h.to_vec()).collect(),
+        }))
     }
 }

@@ -4,8 +4,8 @@ pub mod entry {
     use sea_orm::entity::prelude::*;
 
     /// One row per log entry. The event is kept as its canonical protobuf
-    /// bytes (what is hashed); event and patient ids are copied out of it
-    /// into indexed columns (and bound to the hash as well).
+    /// bytes (what the leaf hash covers); event and patient ids are copied
+    /// out of it into indexed columns.
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "audit_entries")]
     pub struct Model {
@@ -18,9 +18,29 @@ pub mod entry {
         pub patient_id: String,
         /// Microseconds since the Unix epoch (exactly what is hashed).
         pub record_time_us: i64,
-        pub previous_hash: Vec<u8>,
-        pub entry_hash: Vec<u8>,
         pub event: Vec<u8>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod node {
+    use sea_orm::entity::prelude::*;
+
+    /// One row per perfect subtree of the Merkle tree, written once when it
+    /// is formed (`domain::merkle`'s storage model). Level 0 holds the leaf
+    /// hashes, so the tree's size is one more than the highest leaf index.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_nodes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub level: i16,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub idx: i64,
+        pub hash: Vec<u8>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -3,13 +3,13 @@
 //! (one transaction, one fsync), then answers each caller with its own part.
 //! A decorator: it wraps any [`AuditLogStore`] and is one itself.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use sharedcare_kit::{Error, error::Code};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Appended, AuditLogStore, BoxFuture, Page};
-use crate::domain::{EncodedEvent, Entry, PageSize, PageToken, PatientId};
+use crate::domain::{EncodedEvent, Entry, Hash, PageSize, PageToken, PatientId, merkle::NodeAddr};
 
 /// Most events committed in one transaction (the store chunks its inserts).
 const MAX_GROUP_EVENTS: usize = 2000;
@@ -150,5 +150,17 @@ impl AuditLogStore for GroupCommit {
 
     fn entries(&self, after_sequence: u64, limit: u64) -> BoxFuture<'_, Vec<Entry>> {
         self.inner.entries(after_sequence, limit)
+    }
+
+    fn entry(&self, sequence: u64) -> BoxFuture<'_, Option<Entry>> {
+        self.inner.entry(sequence)
+    }
+
+    fn tree_size(&self) -> BoxFuture<'_, u64> {
+        self.inner.tree_size()
+    }
+
+    fn nodes(&self, addrs: Vec<NodeAddr>) -> BoxFuture<'_, HashMap<NodeAddr, Hash>> {
+        self.inner.nodes(addrs)
     }
 }

@@ -5,12 +5,13 @@ mod group;
 mod migration;
 mod sql;
 
-use std::{future::Future, pin::Pin};
+use std::{collections::HashMap, future::Future, pin::Pin};
 
 use sharedcare_kit::Error;
 
 use crate::domain::{
-    ChainError, ChainHead, ChainVerifier, EncodedEvent, Entry, PageSize, PageToken, PatientId,
+    EncodedEvent, Entry, Hash, PageSize, PageToken, PatientId,
+    merkle::{self, NodeAddr, RangeError, TreeError},
 };
 
 pub use group::GroupCommit;
@@ -36,16 +37,15 @@ pub struct Page {
     pub next: Option<PageToken>,
 }
 
-/// How many entries `verify_chain` reads at a time.
-pub const VERIFY_BATCH: u64 = 1000;
-
-/// The append-only audit log.
+/// The append-only audit log and its Merkle tree.
 ///
 /// Appends are idempotent by event id: an event whose id is already logged
 /// with identical bytes is a replay (the earlier entry comes back with
 /// `duplicate`); the same id with different bytes is ALREADY_EXISTS and
-/// nothing is written. Entries are numbered from 1 without gaps, and each
-/// is chained to its predecessor by hash (see [`crate::domain::entry_hash`]).
+/// nothing is written. Entries are numbered from 1 without gaps; entry n is
+/// leaf n - 1 of the tree, and the tree's nodes are written in the same
+/// transaction as the entries they cover, so the tree's size is always the
+/// log's.
 pub trait AuditLogStore: Send + Sync + 'static {
     /// Appends one event (errors name the field `event.event_id`).
     fn append(&self, event: EncodedEvent) -> BoxFuture<'_, Appended>;
@@ -67,23 +67,48 @@ pub trait AuditLogStore: Send + Sync + 'static {
     /// The whole log in order: entries numbered above `after_sequence`, at most `limit`.
     fn entries(&self, after_sequence: u64, limit: u64) -> BoxFuture<'_, Vec<Entry>>;
 
-    /// Reads the whole log and checks its chain from entry 1. The outer
-    /// error is a failure to read; the inner one says where the chain breaks.
-    fn verify_chain(&self) -> BoxFuture<'_, Result<ChainHead, ChainError>> {
-        Box::pin(async move {
-            let mut verifier = ChainVerifier::new();
-            loop {
-                let batch = self.entries(verifier.head().size, VERIFY_BATCH).await?;
-                let last = batch.len() < VERIFY_BATCH as usize;
-                for entry in &batch {
-                    if let Err(broken) = verifier.push(entry) {
-                        return Ok(Err(broken));
-                    }
-                }
-                if last {
-                    return Ok(Ok(verifier.head()));
-                }
-            }
-        })
+    /// Entry `sequence`, if the log has it.
+    fn entry(&self, sequence: u64) -> BoxFuture<'_, Option<Entry>>;
+
+    /// How many leaves the tree has (= entries in the log).
+    fn tree_size(&self) -> BoxFuture<'_, u64>;
+
+    /// The stored nodes at `addrs` (those that exist).
+    fn nodes(&self, addrs: Vec<NodeAddr>) -> BoxFuture<'_, HashMap<NodeAddr, Hash>>;
+}
+
+/// Proofs and roots of any tree size up to the current one, each from the
+/// O(log n) stored nodes it needs, read in one query.
+pub struct Proofs<'a>(pub &'a dyn AuditLogStore);
+
+impl Proofs<'_> {
+    /// The root of the first `size` leaves.
+    pub async fn root(&self, size: u64) -> Result<Hash, Error> {
+        let nodes = self.0.nodes(merkle::root_reads(size)).await?;
+        merkle::root(size, &nodes).map_err(missing)
     }
+
+    /// The audit path of leaf `index` in the tree of `size` leaves.
+    pub async fn inclusion(&self, index: u64, size: u64) -> Result<Vec<Hash>, Error> {
+        let reads = merkle::inclusion_reads(index, size).map_err(range)?;
+        let nodes = self.0.nodes(reads).await?;
+        merkle::inclusion_proof(index, size, &nodes).map_err(missing)
+    }
+
+    /// The proof that the tree of `new` leaves extends that of `old`.
+    pub async fn consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, Error> {
+        let reads = merkle::consistency_reads(old, new).map_err(range)?;
+        let nodes = self.0.nodes(reads).await?;
+        merkle::consistency_proof(old, new, &nodes).map_err(missing)
+    }
+}
+
+/// The gRPC layer checks sizes first; one that slips through is a bug.
+fn range(e: RangeError) -> Error {
+    Error::internal("proving from the audit log", e)
+}
+
+/// A node the tree should hold is not stored: the store is damaged.
+fn missing(e: TreeError<merkle::MissingNode>) -> Error {
+    Error::internal("proving from the audit log", e.to_string())
 }

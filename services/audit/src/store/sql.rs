@@ -4,36 +4,46 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqlErr, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseConnection,
+    DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 use sharedcare_kit::Error;
 use tokio::sync::Mutex;
 
-use super::{Appended, AuditLogStore, BoxFuture, Migrator, Page, entities::entry};
+use super::{
+    Appended, AuditLogStore, BoxFuture, Migrator, Page,
+    entities::{entry, node},
+};
 use crate::domain::{
-    ChainHead, EncodedEvent, Entry, EventId, Hash, PageSize, PageToken, PatientId,
+    EncodedEvent, Entry, EventId, Hash, PageSize, PageToken, PatientId,
+    merkle::{Frontier, NodeAddr, root_reads},
 };
 
 /// Rows per INSERT, well inside SQLite's and PostgreSQL's parameter limits.
 const INSERT_CHUNK: usize = 100;
 /// Event ids per `IN (...)` lookup.
 const LOOKUP_CHUNK: usize = 500;
+/// The PostgreSQL advisory lock a batch holds while it appends: one
+/// sequencer at a time per log, whichever replica it runs in
+/// ("sharedcare audit" in ASCII, truncated to 8 bytes).
+const APPEND_LOCK_KEY: i64 = 0x7368_6172_6564_6361;
 
 /// The log in a SQL database.
 ///
-/// Appends are serialised by `append_lock`: reading the head and inserting
-/// the entries that follow it happen under the lock, in one transaction, so
-/// within this process the chain cannot fork. The unique `sequence` key is
-/// the backstop should another writer slip in (a second replica): its
-/// insert fails rather than forking the chain, and the caller is told to
-/// retry. Several replicas writing one log need the design of the Merkle log
-/// issue (a single sequencer or a database-side lock); until then, run one
-/// audit writer per database.
+/// One writer at a time appends: within a process, the `frontier` mutex;
+/// across processes, SQLite's write lock taken at BEGIN IMMEDIATE, or on
+/// PostgreSQL a transaction-scoped advisory lock. So audit replicas sharing
+/// one PostgreSQL database take turns batch by batch: each batch reads the
+/// tree's size under the lock and writes the entries and nodes that follow
+/// it, so the log can neither fork nor gap. The primary keys (entry
+/// sequence, node address) are the backstop should anything else write.
 pub struct SqlStore {
     db: DatabaseConnection,
-    append_lock: Mutex<()>,
+    /// The right edge of the tree as this process last wrote it; checked
+    /// against the stored size at each batch (another replica may have
+    /// appended since) and reloaded when it differs.
+    frontier: Mutex<Option<Frontier>>,
 }
 
 /// How errors about an event name it: the single `event` or `events[i]`.
@@ -52,6 +62,9 @@ impl Naming {
     }
 }
 
+const APPENDING: &str = "appending to the audit log";
+const READING: &str = "reading the audit log";
+
 impl SqlStore {
     /// Connects and brings the schema up to date.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, Error> {
@@ -63,7 +76,7 @@ impl SqlStore {
     pub fn from_connection(db: DatabaseConnection) -> Self {
         SqlStore {
             db,
-            append_lock: Mutex::new(()),
+            frontier: Mutex::new(None),
         }
     }
 
@@ -75,7 +88,7 @@ impl SqlStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let _serialised = self.append_lock.lock().await;
+        let mut frontier = self.frontier.lock().await;
         // On SQLite, take the write lock at BEGIN (another process's writer
         // then waits its turn instead of failing when it upgrades a read).
         let txn = self
@@ -85,16 +98,26 @@ impl SqlStore {
                 ..TransactionOptions::default()
             })
             .await
-            .map_err(|e| Error::internal("appending to the audit log", e))?;
-        match append_in(&txn, events, naming).await {
-            Ok(appended) => {
+            .map_err(|e| Error::internal(APPENDING, e))?;
+        let result = async {
+            if txn.get_database_backend() == DatabaseBackend::Postgres {
+                txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"))
+                    .await
+                    .map_err(|e| Error::internal(APPENDING, e))?;
+            }
+            append_in(&txn, events, naming, frontier.take()).await
+        }
+        .await;
+        match result {
+            Ok((appended, after)) => {
                 txn.commit()
                     .await
-                    .map_err(|e| Error::internal("appending to the audit log", e))?;
+                    .map_err(|e| Error::internal(APPENDING, e))?;
+                *frontier = Some(after);
                 Ok(appended)
             }
             Err(err) => {
-                // Nothing of the batch is kept.
+                // Nothing of the batch is kept; the frontier is read again.
                 let _ = txn.rollback().await;
                 Err(err)
             }
@@ -102,13 +125,67 @@ impl SqlStore {
     }
 }
 
-/// Reads the head, resolves replays, and inserts the new entries, all in `txn`.
+/// The tree's size as stored: one more than the highest leaf index.
+async fn stored_size<C: ConnectionTrait>(db: &C) -> Result<u64, Error> {
+    let top: Option<i64> = node::Entity::find()
+        .select_only()
+        .column(node::Column::Idx)
+        .filter(node::Column::Level.eq(0))
+        .order_by_desc(node::Column::Idx)
+        .limit(1)
+        .into_tuple()
+        .one(db)
+        .await
+        .map_err(|e| Error::internal(READING, e))?;
+    match top {
+        None => Ok(0),
+        Some(idx) => u64::try_from(idx)
+            .map(|i| i + 1)
+            .map_err(|_| Error::internal(READING, "negative leaf index")),
+    }
+}
+
+async fn read_nodes<C: ConnectionTrait>(
+    db: &C,
+    addrs: &[NodeAddr],
+) -> Result<HashMap<NodeAddr, Hash>, Error> {
+    let mut found = HashMap::with_capacity(addrs.len());
+    for chunk in addrs.chunks(LOOKUP_CHUNK / 2) {
+        let mut any = Condition::any();
+        for addr in chunk {
+            any = any.add(
+                Condition::all()
+                    .add(node::Column::Level.eq(i16::from(addr.level)))
+                    .add(node::Column::Idx.eq(to_i64(addr.index))),
+            );
+        }
+        let rows = node::Entity::find()
+            .filter(any)
+            .all(db)
+            .await
+            .map_err(|e| Error::internal(READING, e))?;
+        for row in rows {
+            let addr = NodeAddr::new(
+                u8::try_from(row.level).map_err(|_| Error::internal(READING, "bad node level"))?,
+                u64::try_from(row.idx).map_err(|_| Error::internal(READING, "bad node index"))?,
+            );
+            let hash = Hash::from_slice(&row.hash)
+                .ok_or_else(|| Error::internal(READING, format!("node {addr} is not 32 bytes")))?;
+            found.insert(addr, hash);
+        }
+    }
+    Ok(found)
+}
+
+/// Resolves replays, then writes the new entries and the tree nodes they
+/// form, all in `txn`. `cached` is the frontier this process last wrote,
+/// used only when the stored size still matches it.
 async fn append_in(
     txn: &DatabaseTransaction,
     events: Vec<EncodedEvent>,
     naming: Naming,
-) -> Result<Vec<Appended>, Error> {
-    let context = "appending to the audit log";
+    cached: Option<Frontier>,
+) -> Result<(Vec<Appended>, Frontier), Error> {
     let mut ids: Vec<String> = events
         .iter()
         .map(|e| e.event_id.as_str().to_owned())
@@ -121,26 +198,26 @@ async fn append_in(
             .filter(entry::Column::EventId.is_in(chunk.iter().cloned()))
             .all(txn)
             .await
-            .map_err(|e| Error::internal(context, e))?;
+            .map_err(|e| Error::internal(APPENDING, e))?;
         for row in rows {
             let entry = entry_from_row(row)?;
             known.insert(entry.event_id.clone(), entry);
         }
     }
 
-    let mut head = match entry::Entity::find()
-        .order_by_desc(entry::Column::Sequence)
-        .one(txn)
-        .await
-        .map_err(|e| Error::internal(context, e))?
-    {
-        Some(row) => ChainHead::after(&entry_from_row(row)?),
-        None => ChainHead::EMPTY,
+    let size = stored_size(txn).await?;
+    let mut frontier = match cached {
+        Some(frontier) if frontier.size() == size => frontier,
+        _ => {
+            let nodes = read_nodes(txn, &root_reads(size)).await?;
+            Frontier::new(size, &nodes).map_err(|e| Error::internal(APPENDING, e))?
+        }
     };
 
     let now = Utc::now();
     let mut appended = Vec::with_capacity(events.len());
     let mut rows = Vec::new();
+    let mut leaves = Vec::new();
     for (index, event) in events.into_iter().enumerate() {
         if let Some(existing) = known.get(&event.event_id) {
             if event.is_replay_of(existing) {
@@ -156,7 +233,8 @@ async fn append_in(
             ))
             .with_reason("EVENT_ID_CONFLICT"));
         }
-        let entry = head.append(event, now);
+        let entry = Entry::new(size + 1 + leaves.len() as u64, event, now);
+        leaves.push(entry.leaf_hash());
         known.insert(entry.event_id.clone(), entry.clone());
         rows.push(entry_to_row(&entry)?);
         appended.push(Appended {
@@ -164,59 +242,60 @@ async fn append_in(
             duplicate: false,
         });
     }
+    let formed = frontier
+        .extend(&leaves)
+        .map_err(|e| Error::internal(APPENDING, e))?;
 
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<entry::ActiveModel> = rows.by_ref().take(INSERT_CHUNK).collect();
-        entry::Entity::insert_many(chunk)
+    let conflict = |e: sea_orm::DbErr| {
+        if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
+            // Something else wrote entries or nodes past the size we read
+            // under the lock: nothing of ours is kept, and appends are
+            // idempotent, so a retry is safe.
+            Error::unavailable("the audit log was appended to concurrently; retry")
+        } else {
+            Error::internal(APPENDING, e)
+        }
+    };
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        entry::Entity::insert_many(chunk.to_vec())
             .exec_without_returning(txn)
             .await
-            .map_err(|e| {
-                if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
-                    // Another writer appended (or logged one of these event
-                    // ids) since we read the head: nothing of ours is kept,
-                    // and a retry is safe because appends are idempotent.
-                    Error::unavailable("the audit log was appended to concurrently; retry")
-                } else {
-                    Error::internal(context, e)
-                }
-            })?;
+            .map_err(conflict)?;
     }
-    Ok(appended)
+    for chunk in formed.chunks(INSERT_CHUNK) {
+        node::Entity::insert_many(chunk.iter().map(|(addr, hash)| node::ActiveModel {
+            level: Set(i16::from(addr.level)),
+            idx: Set(to_i64(addr.index)),
+            hash: Set(hash.to_vec()),
+        }))
+        .exec_without_returning(txn)
+        .await
+        .map_err(conflict)?;
+    }
+    Ok((appended, frontier))
 }
 
 fn entry_to_row(e: &Entry) -> Result<entry::ActiveModel, Error> {
     let sequence = i64::try_from(e.sequence)
-        .map_err(|_| Error::internal("appending to the audit log", "sequence out of range"))?;
+        .map_err(|_| Error::internal(APPENDING, "sequence out of range"))?;
     Ok(entry::ActiveModel {
         sequence: Set(sequence),
         event_id: Set(e.event_id.as_str().to_owned()),
         patient_id: Set(e.patient_id.as_str().to_owned()),
         record_time_us: Set(e.record_time.timestamp_micros()),
-        previous_hash: Set(e.previous_hash.to_vec()),
-        entry_hash: Set(e.entry_hash.to_vec()),
         event: Set(e.event.clone()),
     })
 }
 
 /// Reads a row back. A row that cannot even be read is reported as an
 /// internal error naming only its sequence number; one that reads but has
-/// been altered is left for chain verification to find.
+/// been altered is left for an auditor's verification to find.
 fn entry_from_row(row: entry::Model) -> Result<Entry, Error> {
-    let bad = |what: &str| {
-        Error::internal(
-            "reading the audit log",
-            format!("entry {}: {what}", row.sequence),
-        )
-    };
+    let bad = |what: &str| Error::internal(READING, format!("entry {}: {what}", row.sequence));
     Ok(Entry {
         sequence: u64::try_from(row.sequence).map_err(|_| bad("negative sequence"))?,
         record_time: DateTime::from_timestamp_micros(row.record_time_us)
             .ok_or_else(|| bad("record time out of range"))?,
-        previous_hash: Hash::from_slice(&row.previous_hash)
-            .ok_or_else(|| bad("previous hash is not 32 bytes"))?,
-        entry_hash: Hash::from_slice(&row.entry_hash)
-            .ok_or_else(|| bad("entry hash is not 32 bytes"))?,
         event_id: EventId::parse("event_id", &row.event_id).map_err(|_| bad("bad event id"))?,
         patient_id: PatientId::parse("patient_id", &row.patient_id)
             .map_err(|_| bad("bad patient id"))?,
@@ -234,7 +313,7 @@ impl AuditLogStore for SqlStore {
             self.append_all(vec![event], Naming::Single)
                 .await?
                 .pop()
-                .ok_or_else(|| Error::internal("appending to the audit log", "no entry written"))
+                .ok_or_else(|| Error::internal(APPENDING, "no entry written"))
         })
     }
 
@@ -258,7 +337,7 @@ impl AuditLogStore for SqlStore {
                 .limit(size.get() + 1)
                 .all(&self.db)
                 .await
-                .map_err(|e| Error::internal("reading the audit log", e))?;
+                .map_err(|e| Error::internal(READING, e))?;
             let mut entries = rows
                 .into_iter()
                 .map(entry_from_row)
@@ -281,124 +360,29 @@ impl AuditLogStore for SqlStore {
                 .limit(limit)
                 .all(&self.db)
                 .await
-                .map_err(|e| Error::internal("reading the audit log", e))?
+                .map_err(|e| Error::internal(READING, e))?
                 .into_iter()
                 .map(entry_from_row)
                 .collect()
         })
     }
-}
 
-#[cfg(test)]
-mod tests {
-    //! Tampering with the stored rows themselves (the conformance suite in
-    //! tests/store.rs sees the store only through its trait).
-
-    use sea_orm::{ConnectionTrait, Statement};
-    use sharedcare_kit::testing::TestDatabase;
-
-    use super::*;
-    use crate::domain::ChainError;
-
-    fn event(n: u32) -> EncodedEvent {
-        EncodedEvent {
-            event_id: EventId::parse("event_id", &format!("ev-{n}")).expect("id"),
-            patient_id: PatientId::parse("patient_id", "patient-1").expect("patient"),
-            bytes: format!("event {n}").into_bytes(),
-        }
-    }
-
-    async fn tampering_is_found(url: &str) {
-        let store = SqlStore::connect(url, 2).await.expect("connect");
-        for n in 1..=3 {
-            store.append(event(n)).await.expect("append");
-        }
-        assert_eq!(
-            store
-                .verify_chain()
+    fn entry(&self, sequence: u64) -> BoxFuture<'_, Option<Entry>> {
+        Box::pin(async move {
+            entry::Entity::find_by_id(to_i64(sequence))
+                .one(&self.db)
                 .await
-                .expect("read")
-                .expect("verifies")
-                .size,
-            3
-        );
-        let backend = store.db.get_database_backend();
-        let tamper = [
-            "UPDATE audit_entries SET patient_id = 'patient-2' WHERE sequence = 2",
-            "UPDATE audit_entries SET record_time_us = record_time_us + 1 WHERE sequence = 2",
-            "UPDATE audit_entries SET event_id = 'ev-x' WHERE sequence = 2",
-        ];
-        for sql in tamper {
-            // Work on a copy of the chain each time: re-append from scratch.
-            store
-                .db
-                .execute_unprepared("DELETE FROM audit_entries")
-                .await
-                .expect("reset");
-            for n in 1..=3 {
-                store.append(event(n)).await.expect("append");
-            }
-            store.db.execute_unprepared(sql).await.expect("tamper");
-            assert_eq!(
-                store.verify_chain().await.expect("read"),
-                Err(ChainError::HashMismatch { sequence: 2 }),
-                "{sql}"
-            );
-        }
-        // The event bytes themselves.
-        store
-            .db
-            .execute_unprepared("DELETE FROM audit_entries")
-            .await
-            .expect("reset");
-        for n in 1..=3 {
-            store.append(event(n)).await.expect("append");
-        }
-        let param = match backend {
-            sea_orm::DatabaseBackend::Postgres => "$1",
-            _ => "?",
-        };
-        store
-            .db
-            .execute_raw(Statement::from_sql_and_values(
-                backend,
-                format!("UPDATE audit_entries SET event = {param} WHERE sequence = 3"),
-                [b"event 9".to_vec().into()],
-            ))
-            .await
-            .expect("tamper");
-        assert_eq!(
-            store.verify_chain().await.expect("read"),
-            Err(ChainError::HashMismatch { sequence: 3 })
-        );
-        // A deleted entry is a gap.
-        store
-            .db
-            .execute_unprepared("DELETE FROM audit_entries WHERE sequence = 2")
-            .await
-            .expect("delete");
-        assert_eq!(
-            store.verify_chain().await.expect("read"),
-            Err(ChainError::SequenceGap {
-                expected: 2,
-                found: 3
-            })
-        );
-        store.db.close_by_ref().await.ok();
+                .map_err(|e| Error::internal(READING, e))?
+                .map(entry_from_row)
+                .transpose()
+        })
     }
 
-    #[tokio::test]
-    async fn tampering_is_found_sqlite() {
-        let db = TestDatabase::sqlite();
-        tampering_is_found(db.url()).await;
+    fn tree_size(&self) -> BoxFuture<'_, u64> {
+        Box::pin(stored_size(&self.db))
     }
 
-    #[tokio::test]
-    async fn tampering_is_found_postgres() {
-        let Some(db) = TestDatabase::postgres("tampering_is_found").await else {
-            return;
-        };
-        tampering_is_found(db.url()).await;
-        db.cleanup().await;
+    fn nodes(&self, addrs: Vec<NodeAddr>) -> BoxFuture<'_, HashMap<NodeAddr, Hash>> {
+        Box::pin(async move { read_nodes(&self.db, &addrs).await })
     }
 }
