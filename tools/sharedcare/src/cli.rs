@@ -90,6 +90,9 @@ pub enum Command {
     /// Who accessed a patient's record, when, why and with what outcome
     /// (audit; the patient, a privacy officer or a platform auditor).
     AccessReport(commands::access_report::AccessReportArgs),
+    /// Check the tamper-evident audit log as an outside auditor would.
+    #[command(subcommand)]
+    Audit(commands::audit::AuditCommand),
     /// Walk the whole chain against a running `sharedcare dev`.
     Demo(DemoArgs),
     /// Closed-loop load on one RPC of a running platform, reported beside

@@ -59,6 +59,7 @@ async fn run(cli: Cli, services: &Services) -> anyhow::Result<()> {
         Command::Directive(command) => commands::directive::run(services, command).await,
         Command::Record(command) => commands::record::run(services, command).await,
         Command::AccessReport(args) => commands::access_report::run(services, args).await,
+        Command::Audit(command) => commands::audit::run(services, command).await,
         Command::Demo(args) => demo::run(services, args, cli.global.base_port).await,
         Command::Bench(args) => bench::run(services, args).await,
     }

@@ -2,6 +2,7 @@
 //! (reused by the demo) and how its answer is printed.
 
 pub mod access_report;
+pub mod audit;
 pub mod care;
 pub mod directive;
 pub mod org;
