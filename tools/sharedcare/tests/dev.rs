@@ -32,6 +32,102 @@ fn run_demo(dev: &Dev, data_dir: &Path, base_port: u16) -> String {
     stdout
 }
 
+/// Runs the CLI against dev with `token`; its standard output, after
+/// checking that it succeeded.
+fn cli(dev: &Dev, base_port: u16, token: Option<&str>, args: &[&str]) -> String {
+    let mut command = Command::new(BIN);
+    command
+        .args(["--base-port", &base_port.to_string()])
+        .args(args);
+    for var in CLIENT_VARS {
+        command.env_remove(var);
+    }
+    if let Some(token) = token {
+        command.env("SHAREDCARE_TOKEN", token);
+    }
+    let output = command.output().expect("run sharedcare");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "sharedcare {args:?} failed ({})
+{stdout}
+{}
+{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        dev.output()
+    );
+    stdout
+}
+
+fn field<'a>(stdout: &'a str, name: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {name} in\n{stdout}"))
+}
+
+/// The README's audit check: admin creates a platform auditor, who
+/// verifies the log the demo wrote with the verifier key dev keeps.
+fn verify_the_audit_log(dev: &Dev, data_dir: &Path, base_port: u16, state: &Path) -> String {
+    let bootstrap = std::fs::read_to_string(data_dir.join("bootstrap.toml")).expect("bootstrap");
+    let admin_secret = bootstrap
+        .split("client_id = \"admin\"")
+        .nth(1)
+        .and_then(|rest| rest.split("client_secret = \"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .expect("the admin secret");
+    let token = |id: &str, secret: &str| {
+        cli(
+            dev,
+            base_port,
+            None,
+            &["token", "--client-id", id, "--client-secret", secret],
+        )
+        .trim()
+        .to_owned()
+    };
+    let admin = token("admin", admin_secret);
+    let created = cli(
+        dev,
+        base_port,
+        Some(&admin),
+        &[
+            "principal",
+            "create",
+            "--kind",
+            "staff",
+            "--ods",
+            "X26",
+            "--role",
+            "platform-auditor",
+            "--name",
+            "Platform auditor",
+        ],
+    );
+    let auditor = token(
+        field(&created, "client_id:"),
+        field(&created, "client_secret:"),
+    );
+    let vkey = data_dir.join("audit-log.vkey");
+    cli(
+        dev,
+        base_port,
+        Some(&auditor),
+        &[
+            "audit",
+            "verify",
+            "--public-key-file",
+            vkey.to_str().expect("path"),
+            "--state-file",
+            state.to_str().expect("path"),
+            "--entry",
+            "1",
+        ],
+    )
+}
+
 /// What the demo shows: the trust model at work, and the patient's own
 /// access report recording it.
 fn assert_demo_shows_the_trust_model(stdout: &str) {
@@ -142,6 +238,15 @@ fn dev_serves_the_demo_and_stops_on_sigterm() {
     let stdout = run_demo(&dev, &data_dir, base_port);
     assert_demo_shows_the_trust_model(&stdout);
 
+    let state = temp.path().join("audit-verify.state");
+    let verified = verify_the_audit_log(&dev, &data_dir, base_port, &state);
+    assert!(verified.contains("audit log verified"), "{verified}");
+    assert!(verified.contains("entry 1 is included"), "{verified}");
+    assert!(
+        verified.contains("no head was verified before"),
+        "{verified}"
+    );
+
     let banner = std::fs::read_to_string(temp.path().join("dev.stdout")).expect("dev stdout");
     assert!(
         banner.contains("all four services are serving")
@@ -175,6 +280,12 @@ fn dev_serves_the_demo_and_stops_on_sigterm() {
         "{stdout}"
     );
     assert_demo_shows_the_trust_model(&stdout);
+    // Across the restart the log kept growing from the head verified before.
+    let verified = verify_the_audit_log(&dev, &data_dir, base_port, &state);
+    assert!(
+        verified.contains("it extends the head verified before"),
+        "{verified}"
+    );
     let banner = std::fs::read_to_string(temp.path().join("dev.stdout")).expect("dev stdout");
     assert!(
         banner.contains("added the consent client(s) it lacked"),

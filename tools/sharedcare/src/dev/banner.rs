@@ -60,6 +60,12 @@ pub fn render(ports: Ports, data_dir: &Path, credentials: &PlatformCredentials) 
             "  sharedcare{port_flag} demo --data-dir {}",
             data_dir.display()
         ),
+        "Verify the tamper-evident audit log (with a platform auditor's token; see the README):"
+            .to_owned(),
+        format!(
+            "  sharedcare{port_flag} audit verify --public-key-file {}",
+            data_dir.join(sharedcare_audit::VERIFIER_KEY_FILE).display()
+        ),
         String::new(),
     ];
     lines.join("\n")
@@ -98,6 +104,12 @@ mod tests {
         );
         assert!(
             text.contains("added the consent client(s) it lacked"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "sharedcare --base-port 41000 audit verify --public-key-file /tmp/d/audit-log.vkey"
+            ),
             "{text}"
         );
         assert!(text.contains(&format!(
