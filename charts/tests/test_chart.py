@@ -385,6 +385,20 @@ def test_config_file_is_rendered_mounted_and_named(rendered: Rendered, value_set
     assert consent["consent"] == {"audit_url": url_of(scheme, "audit"), "call_timeout_ms": 5000}
     for svc in ("identity", "audit"):
         assert "client_id" not in config_toml(rendered, svc)["auth"], svc
+    # Every audit replica signs tree heads with the one key, under one name.
+    audit = config_toml(rendered, "audit")["audit"]
+    assert audit["signing_key"] == {"file": "/etc/sharedcare/auth/audit-log-key.pem"}
+    assert audit["log_name"] == f"{FULLNAME}.{NAMESPACE}/audit"
+    assert audit["tree_head_interval_ms"] == 5000
+
+
+def test_the_audit_log_name_can_be_set_and_is_checked(chart: helm.Chart) -> None:
+    r = render_with(chart, {"services": {"audit": {"logName": "care.example.org/audit", "treeHeadIntervalMs": 1000}}})
+    audit = config_toml(r, "audit")["audit"]
+    assert audit["log_name"] == "care.example.org/audit"
+    assert audit["tree_head_interval_ms"] == 1000
+    for bad in ({"logName": "has space"}, {"logName": "a+b"}, {"treeHeadIntervalMs": 0}):
+        render_error(chart, {"services": {"audit": bad}})
 
 
 def test_secret_files_are_mounted_only_where_needed(rendered: Rendered, value_set: str) -> None:
@@ -393,6 +407,7 @@ def test_secret_files_are_mounted_only_where_needed(rendered: Rendered, value_se
         "identity": {"signing-key.pem", "bootstrap.toml", "key-encryption-key", "nhs-index-key"},
         "consent": {"consent-client-secret"},
         "records": {"records-client-secret", "key-encryption-key"},
+        "audit": {"audit-log-key.pem"},
     }
     for svc in SERVICES:
         spec = rendered.get("Deployment", name_of(svc))["spec"]["template"]["spec"]
@@ -890,14 +905,16 @@ def generated_secrets(r: Rendered) -> dict[str, str]:
 def test_dev_secrets_are_usable_by_the_services() -> None:
     secrets = generated_secrets(_render_set("default"))
     assert set(secrets) == {
-        "signing-key.pem", "bootstrap.toml", "records-client-secret", "consent-client-secret",
-        "key-encryption-key", "nhs-index-key", "admin-client-secret",
+        "signing-key.pem", "audit-log-key.pem", "bootstrap.toml", "records-client-secret",
+        "consent-client-secret", "key-encryption-key", "nhs-index-key", "admin-client-secret",
     }
-    pem = secrets["signing-key.pem"]
-    assert pem.startswith("-----BEGIN PRIVATE KEY-----\n") and pem.strip().endswith("-----END PRIVATE KEY-----")
-    der = base64.b64decode("".join(pem.strip().splitlines()[1:-1]))
-    # PKCS#8 PrivateKeyInfo, algorithm 1.3.101.112 (Ed25519), 32-byte seed.
-    assert der[:16] == bytes.fromhex("302e020100300506032b657004220420") and len(der) == 48
+    for key in ("signing-key.pem", "audit-log-key.pem"):
+        pem = secrets[key]
+        assert pem.startswith("-----BEGIN PRIVATE KEY-----\n") and pem.strip().endswith("-----END PRIVATE KEY-----")
+        der = base64.b64decode("".join(pem.strip().splitlines()[1:-1]))
+        # PKCS#8 PrivateKeyInfo, algorithm 1.3.101.112 (Ed25519), 32-byte seed.
+        assert der[:16] == bytes.fromhex("302e020100300506032b657004220420") and len(der) == 48, key
+    assert secrets["signing-key.pem"] != secrets["audit-log-key.pem"]
     assert len(base64.b64decode(secrets["key-encryption-key"], validate=True)) == 32
     assert len(base64.b64decode(secrets["nhs-index-key"], validate=True)) == 32
     bootstrap = tomllib.loads(secrets["bootstrap.toml"])

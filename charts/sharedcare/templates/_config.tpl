@@ -103,6 +103,20 @@ classification_map = {{ printf "%s/classification.toml" (include "sharedcare.cla
 file = {{ printf "%s/key-encryption-key" $authDir | toJson }}
 {{- end }}
 {{- end }}
+{{- if eq $svc "audit" }}
+
+[audit]
+# Auditors verify tree heads with this name and the key's verifier key
+# (`sharedcare audit verifier-key --key-file <key> --log-name <name>`).
+log_name = {{ $cfg.logName | default (printf "%s.%s/audit" (include "sharedcare.fullname" $root) $root.Release.Namespace) | toJson }}
+tree_head_interval_ms = {{ $cfg.treeHeadIntervalMs | int64 }}
+{{- if $authMounted }}
+
+# One key for every replica: all sign the same log.
+[audit.signing_key]
+file = {{ printf "%s/audit-log-key.pem" $authDir | toJson }}
+{{- end }}
+{{- end }}
 {{- if $root.Values.tls.enabled }}
 
 # Mutual TLS: the files are the service's TLS Secret, checked for a change

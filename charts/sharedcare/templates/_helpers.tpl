@@ -197,6 +197,8 @@ consent-client-secret: consent-client-secret
 {{- else if eq . "records" -}}
 records-client-secret: records-client-secret
 key-encryption-key: key-encryption-key
+{{- else if eq . "audit" -}}
+audit-log-key.pem: audit-log-key.pem
 {{- end -}}
 {{- end -}}
 

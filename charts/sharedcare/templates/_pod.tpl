@@ -3,9 +3,9 @@ Pieces of a service's pod shared by its Deployment and its migration Job.
 Each takes (dict "root" $ "cfg" <serviceConfig map> "migrate" <bool>).
 */}}
 
-{{/* Whether the pod mounts the auth Secret (identity, consent and records only). */}}
+{{/* Whether the pod mounts the auth Secret (the services with keys in it: all but a migration Job of generated secrets). */}}
 {{- define "sharedcare.mountsAuth" -}}
-{{- if and (has .cfg.name (list "identity" "consent" "records")) (or (not .migrate) .root.Values.auth.existingSecret) -}}
+{{- if and (include "sharedcare.authItems" .cfg.name) (or (not .migrate) .root.Values.auth.existingSecret) -}}
 true
 {{- end -}}
 {{- end -}}
