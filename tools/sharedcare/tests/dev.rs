@@ -9,7 +9,7 @@ mod support;
 
 use std::{path::Path, process::Command};
 
-use support::{BIN, CLIENT_VARS, Dev, free_base_port};
+use support::{BIN, CLIENT_VARS, Dev, cli, field, free_base_port};
 
 /// Runs `sharedcare demo` against dev; its standard output, after checking
 /// that it succeeded.
@@ -30,42 +30,6 @@ fn run_demo(dev: &Dev, data_dir: &Path, base_port: u16) -> String {
         dev.output()
     );
     stdout
-}
-
-/// Runs the CLI against dev with `token`; its standard output, after
-/// checking that it succeeded.
-fn cli(dev: &Dev, base_port: u16, token: Option<&str>, args: &[&str]) -> String {
-    let mut command = Command::new(BIN);
-    command
-        .args(["--base-port", &base_port.to_string()])
-        .args(args);
-    for var in CLIENT_VARS {
-        command.env_remove(var);
-    }
-    if let Some(token) = token {
-        command.env("SHAREDCARE_TOKEN", token);
-    }
-    let output = command.output().expect("run sharedcare");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "sharedcare {args:?} failed ({})
-{stdout}
-{}
-{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-        dev.output()
-    );
-    stdout
-}
-
-fn field<'a>(stdout: &'a str, name: &str) -> &'a str {
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(name))
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("no {name} in\n{stdout}"))
 }
 
 /// The README's audit check: admin creates a platform auditor, who

@@ -153,6 +153,50 @@ impl Dev {
     }
 }
 
+impl Dev {
+    /// SIGKILL: no shutdown, no drain, no flush.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill -9 sharedcare dev");
+        self.child.wait().expect("reap sharedcare dev");
+    }
+}
+
+/// Runs the CLI against dev with `token`; its standard output, after
+/// checking that it succeeded.
+pub fn cli(dev: &Dev, base_port: u16, token: Option<&str>, args: &[&str]) -> String {
+    let mut command = Command::new(BIN);
+    command
+        .args(["--base-port", &base_port.to_string()])
+        .args(args);
+    for var in CLIENT_VARS {
+        command.env_remove(var);
+    }
+    if let Some(token) = token {
+        command.env("SHAREDCARE_TOKEN", token);
+    }
+    let output = command.output().expect("run sharedcare");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "sharedcare {args:?} failed ({})
+{stdout}
+{}
+{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        dev.output()
+    );
+    stdout
+}
+
+pub fn field<'a>(stdout: &'a str, name: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {name} in\n{stdout}"))
+}
+
 impl Drop for Dev {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
