@@ -10,45 +10,8 @@ use std::{collections::HashMap, hint::black_box};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sharedcare_audit::domain::{
     Hash,
-    merkle::{
-        MissingNode, NodeAddr, NodeReader, append, inclusion_proof, leaf_hash, root,
-        verify_inclusion,
-    },
+    merkle::{MemoryTree, NodeAddr, append, inclusion_proof, leaf_hash, root, verify_inclusion},
 };
-
-/// The same nodes laid out densely, one vector per level (as a tiled store
-/// would keep them): separates the algorithm's cost from a 100 MB hash map's
-/// cache misses.
-struct Levels(Vec<Vec<Hash>>);
-
-impl Levels {
-    fn from(nodes: &HashMap<NodeAddr, Hash>) -> Levels {
-        let mut levels: Vec<Vec<Hash>> = Vec::new();
-        let mut sorted: Vec<_> = nodes.iter().collect();
-        sorted.sort_by_key(|(addr, _)| **addr);
-        for (addr, hash) in sorted {
-            let level = usize::from(addr.level);
-            if levels.len() <= level {
-                levels.resize_with(level + 1, Vec::new);
-            }
-            assert_eq!(levels[level].len() as u64, addr.index, "dense levels");
-            levels[level].push(*hash);
-        }
-        Levels(levels)
-    }
-}
-
-impl NodeReader for Levels {
-    type Error = MissingNode;
-
-    fn node(&self, addr: NodeAddr) -> Result<Hash, MissingNode> {
-        self.0
-            .get(usize::from(addr.level))
-            .and_then(|level| level.get(usize::try_from(addr.index).ok()?))
-            .copied()
-            .ok_or(MissingNode(addr))
-    }
-}
 
 struct Tree {
     size: u64,
@@ -91,7 +54,13 @@ fn inclusion(c: &mut Criterion) {
             let mut next = indexes(t.size);
             b.iter(|| inclusion_proof(black_box(next()), t.size, &t.nodes).expect("proof"));
         });
-        let levels = Levels::from(&t.nodes);
+        // The same nodes laid out densely, one vector per level (as a tiled
+        // store would keep them): separates the algorithm's cost from a
+        // 100 MB hash map's cache misses.
+        let mut levels = MemoryTree::new();
+        for leaf in &t.leaves {
+            levels.push(*leaf);
+        }
         group.bench_with_input(BenchmarkId::new("prove_verify_dense", size), &t, |b, t| {
             let mut next = indexes(t.size);
             b.iter(|| {
