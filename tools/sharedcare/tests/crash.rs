@@ -21,7 +21,7 @@ use sharedcare_proto::{
         CreateRecordRequest, GetRecordRequest, records_service_client::RecordsServiceClient,
     },
 };
-use support::{Dev, cli, field, free_base_port};
+use support::{Dev, admin_token, audit_verify, cli, field, free_base_port, principal_token};
 use tonic::transport::{Channel, Endpoint};
 
 const WRITERS: usize = 4;
@@ -63,29 +63,12 @@ struct Setup {
 /// A practice, its PAS, a clinician and an auditor; a registered patient
 /// the practice is GP for — through the CLI, as the README does it.
 fn set_up(dev: &Dev, data_dir: &Path, base_port: u16) -> Setup {
-    let bootstrap = std::fs::read_to_string(data_dir.join("bootstrap.toml")).expect("bootstrap");
-    let admin_secret = bootstrap
-        .split("client_id = \"admin\"")
-        .nth(1)
-        .and_then(|rest| rest.split("client_secret = \"").nth(1))
-        .and_then(|rest| rest.split('"').next())
-        .expect("the admin secret");
-    let token = |id: &str, secret: &str| {
-        cli(
-            dev,
-            base_port,
-            None,
-            &["token", "--client-id", id, "--client-secret", secret],
-        )
-        .trim()
-        .to_owned()
-    };
-    let admin = token("admin", admin_secret);
-    let admin = Some(admin.as_str());
+    let admin = admin_token(dev, data_dir, base_port);
+    let principal = |args: &[&str]| principal_token(dev, base_port, &admin, args);
     cli(
         dev,
         base_port,
-        admin,
+        Some(&admin),
         &[
             "org",
             "create",
@@ -95,18 +78,6 @@ fn set_up(dev: &Dev, data_dir: &Path, base_port: u16) -> Setup {
             "Crash Surgery",
         ],
     );
-    let principal = |args: &[&str]| {
-        let created = cli(
-            dev,
-            base_port,
-            admin,
-            &[&["principal", "create"], args].concat(),
-        );
-        token(
-            field(&created, "client_id:"),
-            field(&created, "client_secret:"),
-        )
-    };
     let pas = principal(&[
         "--kind",
         "application",
@@ -174,20 +145,7 @@ fn set_up(dev: &Dev, data_dir: &Path, base_port: u16) -> Setup {
 }
 
 fn verify_audit_log(dev: &Dev, data_dir: &Path, base_port: u16, auditor: &str, state: &Path) {
-    let vkey = data_dir.join("audit-log.vkey");
-    let verified = cli(
-        dev,
-        base_port,
-        Some(auditor),
-        &[
-            "audit",
-            "verify",
-            "--public-key-file",
-            vkey.to_str().expect("path"),
-            "--state-file",
-            state.to_str().expect("path"),
-        ],
-    );
+    let verified = audit_verify(dev, data_dir, base_port, auditor, state, &[]);
     assert!(verified.contains("audit log verified"), "{verified}");
 }
 

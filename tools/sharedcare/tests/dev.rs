@@ -9,7 +9,7 @@ mod support;
 
 use std::{path::Path, process::Command};
 
-use support::{BIN, CLIENT_VARS, Dev, cli, field, free_base_port};
+use support::{BIN, CLIENT_VARS, Dev, admin_token, audit_verify, free_base_port, principal_token};
 
 /// Runs `sharedcare demo` against dev; its standard output, after checking
 /// that it succeeded.
@@ -35,31 +35,12 @@ fn run_demo(dev: &Dev, data_dir: &Path, base_port: u16) -> String {
 /// The README's audit check: admin creates a platform auditor, who
 /// verifies the log the demo wrote with the verifier key dev keeps.
 fn verify_the_audit_log(dev: &Dev, data_dir: &Path, base_port: u16, state: &Path) -> String {
-    let bootstrap = std::fs::read_to_string(data_dir.join("bootstrap.toml")).expect("bootstrap");
-    let admin_secret = bootstrap
-        .split("client_id = \"admin\"")
-        .nth(1)
-        .and_then(|rest| rest.split("client_secret = \"").nth(1))
-        .and_then(|rest| rest.split('"').next())
-        .expect("the admin secret");
-    let token = |id: &str, secret: &str| {
-        cli(
-            dev,
-            base_port,
-            None,
-            &["token", "--client-id", id, "--client-secret", secret],
-        )
-        .trim()
-        .to_owned()
-    };
-    let admin = token("admin", admin_secret);
-    let created = cli(
+    let admin = admin_token(dev, data_dir, base_port);
+    let auditor = principal_token(
         dev,
         base_port,
-        Some(&admin),
+        &admin,
         &[
-            "principal",
-            "create",
             "--kind",
             "staff",
             "--ods",
@@ -70,26 +51,7 @@ fn verify_the_audit_log(dev: &Dev, data_dir: &Path, base_port: u16, state: &Path
             "Platform auditor",
         ],
     );
-    let auditor = token(
-        field(&created, "client_id:"),
-        field(&created, "client_secret:"),
-    );
-    let vkey = data_dir.join("audit-log.vkey");
-    cli(
-        dev,
-        base_port,
-        Some(&auditor),
-        &[
-            "audit",
-            "verify",
-            "--public-key-file",
-            vkey.to_str().expect("path"),
-            "--state-file",
-            state.to_str().expect("path"),
-            "--entry",
-            "1",
-        ],
-    )
+    audit_verify(dev, data_dir, base_port, &auditor, state, &["--entry", "1"])
 }
 
 /// What the demo shows: the trust model at work, and the patient's own

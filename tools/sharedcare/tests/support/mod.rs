@@ -197,6 +197,73 @@ pub fn field<'a>(stdout: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name} in\n{stdout}"))
 }
 
+/// A token for `client_id` from `sharedcare token`.
+pub fn token(dev: &Dev, base_port: u16, client_id: &str, secret: &str) -> String {
+    cli(
+        dev,
+        base_port,
+        None,
+        &["token", "--client-id", client_id, "--client-secret", secret],
+    )
+    .trim()
+    .to_owned()
+}
+
+/// An admin token, with the secret dev wrote to the bootstrap file.
+pub fn admin_token(dev: &Dev, data_dir: &Path, base_port: u16) -> String {
+    let bootstrap = std::fs::read_to_string(data_dir.join("bootstrap.toml")).expect("bootstrap");
+    let admin_secret = bootstrap
+        .split("client_id = \"admin\"")
+        .nth(1)
+        .and_then(|rest| rest.split("client_secret = \"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .expect("the admin secret");
+    token(dev, base_port, "admin", admin_secret)
+}
+
+/// Creates a principal (`principal create` with `args`) and returns a
+/// token for it.
+pub fn principal_token(dev: &Dev, base_port: u16, admin: &str, args: &[&str]) -> String {
+    let created = cli(
+        dev,
+        base_port,
+        Some(admin),
+        &[&["principal", "create"], args].concat(),
+    );
+    token(
+        dev,
+        base_port,
+        field(&created, "client_id:"),
+        field(&created, "client_secret:"),
+    )
+}
+
+/// `sharedcare audit verify` as `auditor`, with the verifier key dev keeps
+/// and the last verified head in `state`; its output.
+pub fn audit_verify(
+    dev: &Dev,
+    data_dir: &Path,
+    base_port: u16,
+    auditor: &str,
+    state: &Path,
+    extra: &[&str],
+) -> String {
+    let vkey = data_dir.join("audit-log.vkey");
+    let args = [
+        &[
+            "audit",
+            "verify",
+            "--public-key-file",
+            vkey.to_str().expect("path"),
+            "--state-file",
+            state.to_str().expect("path"),
+        ],
+        extra,
+    ]
+    .concat();
+    cli(dev, base_port, Some(auditor), &args)
+}
+
 impl Drop for Dev {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
