@@ -902,6 +902,13 @@ def generated_secrets(r: Rendered) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
 
 
+def pem_body(pem: str, label: str) -> bytes:
+    """The DER inside one PEM block with this label (asserting the framing)."""
+    lines = pem.strip().splitlines()
+    assert lines[0] == f"-----BEGIN {label}-----" and lines[-1] == f"-----END {label}-----", lines[0]
+    return base64.b64decode("".join(lines[1:-1]), validate=True)
+
+
 def test_dev_secrets_are_usable_by_the_services() -> None:
     secrets = generated_secrets(_render_set("default"))
     assert set(secrets) == {
@@ -909,9 +916,7 @@ def test_dev_secrets_are_usable_by_the_services() -> None:
         "consent-client-secret", "key-encryption-key", "nhs-index-key", "admin-client-secret",
     }
     for key in ("signing-key.pem", "audit-log-key.pem"):
-        pem = secrets[key]
-        assert pem.startswith("-----BEGIN PRIVATE KEY-----\n") and pem.strip().endswith("-----END PRIVATE KEY-----")
-        der = base64.b64decode("".join(pem.strip().splitlines()[1:-1]))
+        der = pem_body(secrets[key], label="PRIVATE KEY")
         # PKCS#8 PrivateKeyInfo, algorithm 1.3.101.112 (Ed25519), 32-byte seed.
         assert der[:16] == bytes.fromhex("302e020100300506032b657004220420") and len(der) == 48, key
     assert secrets["signing-key.pem"] != secrets["audit-log-key.pem"]

@@ -48,12 +48,7 @@ impl Validate for AuditConfig {
         self.database.validate(SERVICE_NAME)?;
         self.auth.validate()?;
         self.tls.validate()?;
-        if crate::domain::checkpoint::LogSigner::new(
-            &self.audit.log_name,
-            ed25519_dalek::SigningKey::from_bytes(&[0; 32]),
-        )
-        .is_err()
-        {
+        if crate::domain::checkpoint::check_key_name(&self.audit.log_name).is_err() {
             return Err(ConfigError::invalid(
                 "audit.log_name",
                 "must be non-empty and hold no spaces, newlines or '+'",

@@ -10,7 +10,7 @@ use std::{
 use sharedcare_kit::Error;
 
 use crate::{
-    domain::checkpoint::{LogSigner, LogVerifierKey, SignedHead},
+    domain::checkpoint::{LogSigner, SignedHead},
     store::{AuditLogStore, Proofs},
 };
 
@@ -27,11 +27,6 @@ impl TreeHeads {
             signer,
             latest: RwLock::new(None),
         })
-    }
-
-    /// What an auditor checks these heads with.
-    pub fn verifier_key(&self) -> LogVerifierKey {
-        self.signer.verifier()
     }
 
     /// Signs the tree as it is now and publishes it.

@@ -16,6 +16,7 @@
 //! officer the entries about accesses made by that organisation, and a
 //! platform auditor everything.
 
+pub mod auditor;
 pub mod config;
 pub mod domain;
 mod grpc;
@@ -77,12 +78,12 @@ fn log_signer(
     cfg: &config::AuditConfig,
 ) -> Result<domain::checkpoint::LogSigner, sharedcare_kit::Error> {
     let dir = &cfg.database.data_dir;
-    let kept = sharedcare_kit::keys::configured_or_kept(
+    let key = sharedcare_kit::keys::configured_or_kept(
         &cfg.audit.signing_key,
         "audit.signing_key",
         &dir.join(SIGNING_KEY_FILE),
     )?;
-    let signer = domain::checkpoint::LogSigner::new(&cfg.audit.log_name, kept.key)
+    let signer = domain::checkpoint::LogSigner::new(&cfg.audit.log_name, key)
         .map_err(|e| sharedcare_kit::Error::invalid("audit.log_name", e.to_string()))?;
     let verifier = signer.verifier().to_string();
     if cfg.audit.signing_key.value.is_none() && cfg.audit.signing_key.file.is_none() {

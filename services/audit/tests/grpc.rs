@@ -3,12 +3,11 @@
 use std::sync::Arc;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use prost::Message;
 use sharedcare_audit::{
     SCOPE_APPEND, SCOPE_READ,
+    auditor::leaf_hash_of,
     domain::{
         checkpoint::{LogSigner, LogVerifierKey},
-        leaf_hash,
         merkle::{MemoryTree, verify_consistency, verify_inclusion},
     },
     heads::TreeHeads,
@@ -49,7 +48,7 @@ impl Harness {
         let authority = TestAuthority::new();
         let signer = LogSigner::new(
             "sharedcare.test/audit",
-            ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+            ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng),
         )
         .expect("signer");
         let verifier_key = signer.verifier();
@@ -318,7 +317,7 @@ async fn append_writes_a_numbered_leaf_and_is_idempotent() {
         entry.event,
         Some(stored(event("ev-1", "p1"), &h.appender_id()))
     );
-    assert_eq!(entry.leaf_hash, auditor_leaf_hash(&entry).to_vec());
+    assert_eq!(entry.leaf_hash, leaf_hash_of(&entry).to_vec());
     assert!(entry.record_time.is_some());
 
     let second = h
@@ -764,17 +763,6 @@ async fn every_call_needs_a_token_and_its_rule() {
     assert_eq!(h.log_size().await, 0);
 }
 
-/// The leaf hash as an outside auditor computes it from what the API
-/// returned: the record time and the event re-encoded.
-fn auditor_leaf_hash(entry: &AuditEntry) -> sharedcare_audit::domain::Hash {
-    let time = entry.record_time.as_ref().expect("record time");
-    let micros = time.seconds * 1_000_000 + i64::from(time.nanos / 1000);
-    leaf_hash(
-        micros,
-        &entry.event.as_ref().expect("event").encode_to_vec(),
-    )
-}
-
 impl Harness {
     async fn head(&self, fresh: bool) -> SignedTreeHeadResponse {
         self.client()
@@ -831,7 +819,7 @@ async fn tree_heads_are_signed_and_proofs_verify_against_them() {
     let entries = h.entries().await;
     let mut tree = MemoryTree::new();
     for entry in &entries {
-        tree.push(auditor_leaf_hash(entry));
+        tree.push(leaf_hash_of(entry));
     }
     assert_eq!(tree.root(13).expect("root"), head.root);
 
@@ -852,7 +840,7 @@ async fn tree_heads_are_signed_and_proofs_verify_against_them() {
                 .expect("proof")
                 .into_inner();
             assert_eq!((proof.leaf_index, proof.tree_size), (sequence - 1, size));
-            let leaf = auditor_leaf_hash(&entries[(sequence - 1) as usize]);
+            let leaf = leaf_hash_of(&entries[(sequence - 1) as usize]);
             verify_inclusion(
                 leaf.as_bytes(),
                 (sequence - 1) as u64,

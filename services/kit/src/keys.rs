@@ -39,7 +39,7 @@ impl SigningKey {
         key: &str,
         path: &Path,
     ) -> Result<Self, Error> {
-        Ok(Self::from_dalek(configured_or_kept(source, key, path)?.key))
+        Ok(Self::from_dalek(configured_or_kept(source, key, path)?))
     }
 
     /// Writes the private key as PKCS#8 PEM, for the data dir or a Secret.
@@ -90,46 +90,35 @@ fn ed25519_from_pem(pem: &str) -> Result<ed25519_dalek::SigningKey, Error> {
         .map_err(|_| Error::internal("reading a signing key", "not an Ed25519 PKCS#8 PEM"))
 }
 
-/// An Ed25519 key from configuration or the data dir.
-pub struct KeptKey {
-    pub key: ed25519_dalek::SigningKey,
-    /// This call generated it (and wrote it to the data dir).
-    pub generated: bool,
-}
-
 /// The Ed25519 key (PKCS#8 PEM) configured at `source` (`key` names it in
 /// errors), or else the one kept at `path`: generated on first use and
 /// written readable by this user only. What identity signs tokens with and
 /// audit signs tree heads with.
-pub fn configured_or_kept(source: &SecretSource, key: &str, path: &Path) -> Result<KeptKey, Error> {
+pub fn configured_or_kept(
+    source: &SecretSource,
+    key: &str,
+    path: &Path,
+) -> Result<ed25519_dalek::SigningKey, Error> {
     if let Some(pem) = source
         .resolve(key)
         .map_err(|e| Error::invalid(key, e.to_string()))?
     {
-        let key = ed25519_from_pem(pem.expose())
-            .map_err(|_| Error::invalid(key, "is not an Ed25519 private key in PKCS#8 PEM"))?;
-        return Ok(KeptKey {
-            key,
-            generated: false,
-        });
+        return ed25519_from_pem(pem.expose())
+            .map_err(|_| Error::invalid(key, "is not an Ed25519 private key in PKCS#8 PEM"));
     }
     if path.exists() {
         let pem = std::fs::read_to_string(path)
             .map_err(|e| Error::internal("reading a signing key in the data dir", e))?;
-        return Ok(KeptKey {
-            key: ed25519_from_pem(&pem)?,
-            generated: false,
-        });
+        return ed25519_from_pem(&pem);
     }
-    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-    let pem = key
+    let key_name = key;
+    let generated = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let pem = generated
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| Error::internal("encoding a signing key", e))?;
     crate::files::write_private(path, &pem)?;
-    Ok(KeptKey {
-        key,
-        generated: true,
-    })
+    tracing::info!(%key_name, file = %path.display(), "generated a new signing key in the data dir");
+    Ok(generated)
 }
 
 /// PrivateKeyInfo { version 0, algorithm 1.3.101.112, OCTET STRING { 32 bytes } }.

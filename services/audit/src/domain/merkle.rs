@@ -422,21 +422,19 @@ impl Frontier {
     }
 
     /// Appends `leaves`; returns the nodes formed, in order, for the store.
-    pub fn extend(&mut self, leaves: &[Hash]) -> Result<Vec<(NodeAddr, Hash)>, RangeError> {
-        let formed = append(self.size, leaves, &self.nodes).map_err(|e| match e {
-            TreeError::Range(range) => range,
-            // append reads only nodes of the old decomposition, all held.
-            TreeError::Read { .. } => RangeError::TooLarge {
-                size: self.size,
-                count: leaves.len() as u64,
-            },
-        })?;
+    /// (append reads only nodes of the old decomposition, all held, so a
+    /// missing node here is a broken frontier.)
+    pub fn extend(
+        &mut self,
+        leaves: &[Hash],
+    ) -> Result<Vec<(NodeAddr, Hash)>, TreeError<MissingNode>> {
+        let formed = append(self.size, leaves, &self.nodes)?;
         let size = self.size + leaves.len() as u64;
         let mut all = std::mem::take(&mut self.nodes);
         all.extend(formed.iter().copied());
-        *self = Frontier::new(size, &all).map_err(|_| RangeError::TooLarge {
-            size: self.size,
-            count: leaves.len() as u64,
+        *self = Frontier::new(size, &all).map_err(|source| TreeError::Read {
+            addr: source.0,
+            source,
         })?;
         Ok(formed)
     }

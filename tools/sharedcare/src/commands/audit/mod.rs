@@ -14,12 +14,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
 use clap::{Args, Subcommand};
-use prost::Message;
-use sharedcare_audit::domain::{
-    Hash,
-    checkpoint::{LogSigner, LogVerifierKey, TreeHead},
-    leaf_hash,
-    merkle::{MemoryTree, verify_consistency, verify_inclusion},
+use sharedcare_audit::{
+    auditor::leaf_hash_of,
+    domain::{
+        Hash,
+        checkpoint::{LogSigner, LogVerifierKey, TreeHead},
+        merkle::{MemoryTree, verify_consistency, verify_inclusion},
+    },
 };
 use sharedcare_proto::audit::v1::{
     AuditEntry, ConsistencyProofRequest, InclusionProofRequest, ListEntriesRequest,
@@ -210,22 +211,6 @@ impl Verified {
     }
 }
 
-/// The leaf hash from what the API returned: record time and the event
-/// re-encoded (see `AuditEntry` in the proto).
-pub fn leaf_of(entry: &AuditEntry) -> Hash {
-    let micros = entry
-        .record_time
-        .as_ref()
-        .map(|t| t.seconds.saturating_mul(1_000_000) + i64::from(t.nanos / 1000))
-        .unwrap_or_default();
-    let event = entry
-        .event
-        .as_ref()
-        .map(Message::encode_to_vec)
-        .unwrap_or_default();
-    leaf_hash(micros, &event)
-}
-
 const PAGE: i32 = 500;
 
 pub struct Auditor {
@@ -357,7 +342,7 @@ impl Auditor {
                 if sequence < expected {
                     return Err(Failure::Altered(sequence).into());
                 }
-                tree.push(leaf_of(&entry));
+                tree.push(leaf_hash_of(&entry));
                 after = sequence;
             }
             if !full {

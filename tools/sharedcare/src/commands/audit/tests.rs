@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use prost::Message;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
 use sharedcare_audit::{
     SCOPE_APPEND, SCOPE_READ,
@@ -66,7 +67,7 @@ impl Log {
             Arc::new(SqlStore::connect(url, 4).await.expect("connect"));
         let signer = LogSigner::new(
             "sharedcare.test/audit",
-            ed25519_dalek::SigningKey::from_bytes(&[3; 32]),
+            ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng),
         )
         .expect("signer");
         let key = signer.verifier();
@@ -314,7 +315,7 @@ async fn a_growing_log_verifies_again_and_a_wrong_key_is_refused() {
     // Another log's key: the head itself is refused.
     let other = LogSigner::new(
         "sharedcare.test/audit",
-        ed25519_dalek::SigningKey::from_bytes(&[4; 32]),
+        ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng),
     )
     .expect("signer")
     .verifier();
