@@ -39,6 +39,8 @@ pub struct Platform {
     pub consent_db_url: String,
     /// The CA and the services' certificates when started with TLS.
     pub pki: Option<TestPki>,
+    /// audit's environment, for starting replicas of it.
+    audit_env: HashMap<String, String>,
     data_dir: tempfile::TempDir,
     backend: Backend,
 }
@@ -167,15 +169,9 @@ role = "service"
 
         let mut base = base.clone();
         base.insert("SHAREDCARE_AUTH__IDENTITY_URL".into(), identity_url);
-        let mut env = base.clone();
-        env.extend(tls_env("audit"));
-        let cfg = sharedcare_audit::config::AuditConfig::load(&env).expect("audit config");
-        let audit = spawn_on(
-            sharedcare_audit::open(&cfg).await.expect("audit opens"),
-            server(),
-            audit_port,
-        )
-        .await;
+        let mut audit_env = base.clone();
+        audit_env.extend(tls_env("audit"));
+        let audit = spawn_audit(&audit_env, audit_port).await;
 
         let mut env = base.clone();
         env.extend(tls_env("consent"));
@@ -248,9 +244,30 @@ role = "service"
             records_db_url,
             consent_db_url,
             pki,
+            audit_env,
             data_dir,
             backend,
         }
+    }
+
+    /// Another audit replica of the platform's log, on a new port: a
+    /// separate server (its own store, connection pool, sequencer and tree
+    /// heads) configured exactly as `audit` is, so it appends to the same
+    /// database and signs with the same log key (kept in the shared data
+    /// dir). The caller stops it before [`Platform::stop`].
+    pub async fn spawn_audit_replica(&self) -> TestServer {
+        spawn_audit(&self.audit_env, reserve_port().await).await
+    }
+
+    /// The audit log's verifier key, as audit wrote it beside its signing
+    /// key in the data dir for auditors.
+    pub fn audit_verifier_key(&self) -> String {
+        std::fs::read_to_string(
+            self.data_dir
+                .path()
+                .join(sharedcare_audit::VERIFIER_KEY_FILE),
+        )
+        .expect("audit wrote its verifier key")
     }
 
     /// A token for a client, from identity.
@@ -403,4 +420,19 @@ role = "service"
             db.cleanup().await;
         }
     }
+}
+
+/// Starts audit from its `SHAREDCARE_*` environment on a reserved port, as
+/// `main.rs` would.
+async fn spawn_audit(
+    env: &HashMap<String, String>,
+    listener: tokio::net::TcpListener,
+) -> TestServer {
+    let cfg = sharedcare_audit::config::AuditConfig::load(env).expect("audit config");
+    spawn_on(
+        sharedcare_audit::open(&cfg).await.expect("audit opens"),
+        ServerConfig::loopback(),
+        listener,
+    )
+    .await
 }

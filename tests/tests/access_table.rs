@@ -439,6 +439,7 @@ async fn call(
                     patient_id,
                     page_size: 0,
                     page_token: String::new(),
+                    with_proofs: false,
                 },
                 token,
             ))

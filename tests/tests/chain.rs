@@ -243,6 +243,7 @@ async fn the_chain(backend: Backend) {
         patient_id: patient_id.clone(),
         page_size: 0,
         page_token: String::new(),
+        with_proofs: false,
     };
     let status = audit_client
         .access_report(with_token(report_request(), &admin))

@@ -226,6 +226,7 @@ async fn the_chain_over_mutual_tls() {
                     patient_id: patient_id.clone(),
                     page_size: 0,
                     page_token: String::new(),
+                    with_proofs: false,
                 },
                 &the_patient,
             ))

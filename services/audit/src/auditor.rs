@@ -2,9 +2,9 @@
 //! `AuditEntry` in the proto): nothing here reads the store.
 
 use prost::Message;
-use sharedcare_proto::audit::v1::AuditEntry;
+use sharedcare_proto::audit::v1::{AccessReportLine, AuditEntry};
 
-use crate::domain::{Hash, leaf_hash};
+use crate::domain::{Hash, checkpoint::TreeHead, leaf_hash, merkle::verify_inclusion};
 
 /// An entry's leaf hash from what the API returned: its record time and
 /// its event re-encoded. A missing record time or event hashes as zero and
@@ -25,4 +25,61 @@ pub fn leaf_hash_of(entry: &AuditEntry) -> Hash {
         .map(Message::encode_to_vec)
         .unwrap_or_default();
     leaf_hash(micros, &event)
+}
+
+/// Why an access report line cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("line {0} carries no entry or proof (ask with with_proofs)")]
+    NoProof(i64),
+    #[error("line {0} does not say what its entry says")]
+    Differs(i64),
+    #[error("line {sequence} is not in the signed tree: {reason}")]
+    NotIncluded { sequence: i64, reason: String },
+}
+
+/// Checks an access report line asked for with proofs against a verified
+/// tree head: the line says what its entry says (the words too, derived
+/// again here), and the entry is leaf `sequence - 1` of that tree.
+pub fn check_report_line(line: &AccessReportLine, head: &TreeHead) -> Result<(), LineError> {
+    let sequence = line.sequence;
+    let entry = line.entry.as_ref().ok_or(LineError::NoProof(sequence))?;
+    let event = entry.event.clone().unwrap_or_default();
+    let words = crate::report::words(&event);
+    let says = AccessReportLine {
+        occur_time: event.occur_time,
+        actor: event.actor,
+        action: event.action,
+        resource_type: event.resource_type,
+        purpose: event.purpose,
+        outcome: event.outcome,
+        outcome_reason: event.outcome_reason,
+        break_glass: event.break_glass,
+        sequence: entry.sequence,
+        actor_name: words.actor_name,
+        role_name: words.role_name,
+        organisation_name: words.organisation_name,
+        reason_text: words.reason_text,
+        summary: words.summary,
+        entry: line.entry.clone(),
+        inclusion_proof: line.inclusion_proof.clone(),
+    };
+    if &says != line {
+        return Err(LineError::Differs(sequence));
+    }
+    let index = u64::try_from(sequence - 1).map_err(|_| LineError::NotIncluded {
+        sequence,
+        reason: "sequence below 1".into(),
+    })?;
+    verify_inclusion(
+        leaf_hash_of(entry).as_bytes(),
+        index,
+        head.size,
+        &line.inclusion_proof,
+        head.root.as_bytes(),
+    )
+    .map_err(|e| LineError::NotIncluded {
+        sequence,
+        reason: e.to_string(),
+    })
 }

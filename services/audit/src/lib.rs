@@ -22,6 +22,7 @@ pub mod domain;
 mod grpc;
 pub mod heads;
 pub mod policy;
+pub mod report;
 pub mod store;
 
 use std::sync::Arc;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use sharedcare_audit::{
     SCOPE_APPEND, SCOPE_READ,
-    auditor::leaf_hash_of,
+    auditor::{LineError, check_report_line, leaf_hash_of},
     domain::{
         checkpoint::{LogSigner, LogVerifierKey},
         merkle::{MemoryTree, verify_consistency, verify_inclusion},
@@ -195,6 +195,7 @@ impl Harness {
                         patient_id: patient.into(),
                         page_size,
                         page_token,
+                        with_proofs: false,
                     },
                     token,
                 ))
@@ -239,6 +240,8 @@ fn event(id: &str, patient: &str) -> AuditEvent {
             organisation_ods_code: "A81001".into(),
             role: "R8000".into(),
             patient_id: String::new(),
+            display_name: "Dr Asha Patel".into(),
+            organisation_name: "Leeds Health Centre".into(),
         }),
         patient_id: patient.into(),
         action: Action::Read as i32,
@@ -271,6 +274,7 @@ fn event_by_patient(id: &str, patient: &str) -> AuditEvent {
         organisation_ods_code: String::new(),
         role: String::new(),
         patient_id: patient.into(),
+        ..Actor::default()
     });
     e.purpose = Purpose::PatientAccess as i32;
     e
@@ -597,6 +601,7 @@ async fn query_and_access_report_refuse_bad_paging() {
                     patient_id: patient.into(),
                     page_size: size,
                     page_token: token.into(),
+                    with_proofs: false,
                 },
                 &h.reader(),
             ))
@@ -639,6 +644,7 @@ async fn access_report_says_who_accessed_a_record() {
                 patient_id: "p1".into(),
                 page_size: 2,
                 page_token: String::new(),
+                with_proofs: false,
             },
             &h.reader(),
         ))
@@ -664,6 +670,7 @@ async fn access_report_says_who_accessed_a_record() {
                 patient_id: "p1".into(),
                 page_size: 2,
                 page_token: first.next_page_token,
+                with_proofs: false,
             },
             &h.reader(),
         ))
@@ -674,6 +681,102 @@ async fn access_report_says_who_accessed_a_record() {
     assert!(rest.next_page_token.is_empty());
     assert!(rest.lines[0].break_glass);
     assert_eq!(rest.lines[0].action, Action::Export as i32);
+}
+
+#[tokio::test]
+async fn access_report_lines_are_words_and_with_proofs_check_against_the_signed_head() {
+    let h = Harness::start().await;
+    let mut refused = event("ev-2", "p1");
+    refused.outcome = Outcome::Denied as i32;
+    refused.outcome_reason = "NO_CARE_RELATIONSHIP".into();
+    h.client()
+        .append_batch(with_token(
+            AppendBatchRequest {
+                events: vec![event("ev-1", "p1"), event("ev-x", "p2"), refused],
+            },
+            &h.appender(),
+        ))
+        .await
+        .expect("batch");
+    let report = |with_proofs| {
+        let mut client = h.client();
+        let token = h.patient("p1");
+        async move {
+            client
+                .access_report(with_token(
+                    AccessReportRequest {
+                        patient_id: "p1".into(),
+                        with_proofs,
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .expect("report")
+                .into_inner()
+        }
+    };
+
+    let plain = report(false).await;
+    assert_eq!(plain.lines.len(), 2);
+    assert!(plain.tree_head.is_none());
+    assert!(
+        plain
+            .lines
+            .iter()
+            .all(|l| l.entry.is_none() && l.inclusion_proof.is_empty())
+    );
+    let allowed = &plain.lines[0];
+    assert_eq!(allowed.sequence, 1);
+    assert_eq!(allowed.actor_name, "Dr Asha Patel");
+    assert_eq!(allowed.role_name, "Clinical Practitioner");
+    assert_eq!(allowed.organisation_name, "Leeds Health Centre");
+    assert_eq!(
+        allowed.summary,
+        "Dr Asha Patel, Clinical Practitioner, at Leeds Health Centre (A81001) looked at an \
+         Observation for the patient's care — allowed."
+    );
+    let denied = &plain.lines[1];
+    assert_eq!(denied.sequence, 3);
+    assert_eq!(denied.reason_text, "they are not caring for the patient");
+    assert!(
+        denied.summary.contains("tried to look at an Observation")
+            && denied
+                .summary
+                .ends_with("refused: they are not caring for the patient."),
+        "{}",
+        denied.summary
+    );
+
+    // With proofs: every line checks against a head the log's key signed.
+    let proved = report(true).await;
+    let note = &proved.tree_head.as_ref().expect("a signed head").checkpoint;
+    let head = h
+        .verifier_key
+        .verify(note)
+        .expect("signed by the log's key");
+    assert_eq!(head.size, 3);
+    for line in &proved.lines {
+        check_report_line(line, &head).expect("the line is in the log");
+    }
+    // A line that says other than its entry, or a wrong path, is caught.
+    let mut reworded = proved.lines[1].clone();
+    reworded.summary = reworded.summary.replace("refused", "allowed");
+    assert_eq!(
+        check_report_line(&reworded, &head),
+        Err(LineError::Differs(3))
+    );
+    let mut moved = proved.lines[1].clone();
+    moved.sequence = 2;
+    moved.entry.as_mut().expect("entry").sequence = 2;
+    assert!(matches!(
+        check_report_line(&moved, &head),
+        Err(LineError::NotIncluded { sequence: 2, .. })
+    ));
+    assert_eq!(
+        check_report_line(&plain.lines[0], &head),
+        Err(LineError::NoProof(1))
+    );
 }
 
 #[tokio::test]

@@ -813,7 +813,9 @@ impl ConsentService for ConsentGrpc {
         let now = Utc::now();
         let decision = evaluate(&asked, &relationships, &directives, now);
         let decision_id = new_id();
-        tracing::info!(
+        // Debug, not info: one line per read on the hot path; the audit
+        // log keeps every decision's id and reason.
+        tracing::debug!(
             decision_id = %decision_id,
             outcome = ?decision.outcome,
             reasons = ?decision.reasons.iter().map(|r| r.code.as_str()).collect::<Vec<_>>(),

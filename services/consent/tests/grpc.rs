@@ -262,6 +262,7 @@ fn evaluate_request(org: &str, purpose: Purpose) -> pb::EvaluateRequest {
             organisation_ods_code: org.into(),
             role: "R8000".into(),
             patient_id: String::new(),
+            ..Actor::default()
         }),
         purpose: purpose as i32,
         category: RecordCategory::Unspecified as i32,

@@ -590,9 +590,22 @@ impl IdentityService for IdentityGrpc {
             }
         };
         let capabilities = self.capabilities(&principal);
-        let issued = self
-            .tokens
-            .issue(&principal, &scopes, purpose, &capabilities)?;
+        let organisation_name = match &principal.organisation {
+            Some(code) => self
+                .store
+                .get_organisation(code)
+                .await?
+                .map(|o| o.name)
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        let issued = self.tokens.issue(
+            &principal,
+            &organisation_name,
+            &scopes,
+            purpose,
+            &capabilities,
+        )?;
         Ok(Response::new(pb::IssueTokenResponse {
             access_token: issued.token,
             token_type: "Bearer".into(),

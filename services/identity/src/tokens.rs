@@ -58,10 +58,13 @@ impl TokenIssuer {
 
     /// A token for `principal` with these scopes, default purpose (`None`:
     /// the principal has none) and capabilities. It carries all the
-    /// principal's permitted purposes, and its patient for a patient.
+    /// principal's permitted purposes, and its patient for a patient; its
+    /// display name and its organisation's name for access reports (not a
+    /// patient's name: tokens travel through proxies and logs).
     pub fn issue(
         &self,
         principal: &Principal,
+        organisation_name: &str,
         scopes: &[String],
         purpose: Option<Purpose>,
         capabilities: &BTreeSet<Capability>,
@@ -91,6 +94,12 @@ impl TokenIssuer {
                 .collect(),
             caps: capabilities.iter().map(|c| c.as_str().to_owned()).collect(),
             pat: principal.patient_id.clone().unwrap_or_default(),
+            name: if principal.kind == PrincipalKind::Patient {
+                String::new()
+            } else {
+                principal.display_name.clone()
+            },
+            org_name: organisation_name.to_owned(),
         };
         Ok(IssuedToken {
             token: self.key.sign(&claims)?,
@@ -144,6 +153,7 @@ impl SelfTokens {
         }
         let issued = self.issuer.issue(
             &self.principal,
+            "",
             &self.principal.scopes,
             None,
             &BTreeSet::new(),

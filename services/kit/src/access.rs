@@ -325,6 +325,8 @@ mod tests {
             purposes: BTreeSet::from([Purpose::DirectCare]),
             capabilities: caps.iter().copied().collect(),
             patient: None,
+            display_name: String::new(),
+            organisation_name: String::new(),
         }
     }
 

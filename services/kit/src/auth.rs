@@ -54,6 +54,12 @@ pub struct Claims {
     /// For a patient principal: the patient the token is bound to.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pat: String,
+    /// The principal's display name, for access reports.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The name of the organisation in `org`, for access reports.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub org_name: String,
 }
 
 /// The verified caller of a request, placed in its extensions by the auth layer.
@@ -72,6 +78,9 @@ pub struct Principal {
     pub capabilities: BTreeSet<Capability>,
     /// For a patient principal: the patient the token is bound to.
     pub patient: Option<String>,
+    /// Display names as the token gives them (informational, for reports).
+    pub display_name: String,
+    pub organisation_name: String,
 }
 
 impl Principal {
@@ -116,6 +125,8 @@ impl Principal {
                 })
                 .collect::<Result<_, _>>()?,
             patient,
+            display_name: claims.name.clone(),
+            organisation_name: claims.org_name.clone(),
         })
     }
 
@@ -174,6 +185,8 @@ impl Principal {
             organisation_ods_code: self.organisation.clone(),
             role: self.role.clone(),
             patient_id: self.patient.clone().unwrap_or_default(),
+            display_name: self.display_name.clone(),
+            organisation_name: self.organisation_name.clone(),
         }
     }
 }
@@ -257,13 +270,29 @@ impl KeySource for GrpcKeySource {
 
 /// Verifies tokens with cached keys, refetching when a token names a key id
 /// it has not seen (rotation), at most once per `min_refresh`.
+///
+/// A token that verified is remembered until it expires: clients present
+/// the same token for its whole life, and a map lookup costs a fraction of
+/// an Ed25519 check. The whole token, signature included, is the key, so
+/// only the very same bytes hit; a change of key set forgets them all.
 pub struct Verifier {
     source: Arc<dyn KeySource>,
     keys: RwLock<HashMap<String, DecodingKey>>,
     last_fetch: Mutex<Option<Instant>>,
     min_refresh: Duration,
     validation: Validation,
+    verified: std::sync::RwLock<HashMap<String, Verified>>,
 }
+
+/// A token that verified, and until when (its `exp`, without leeway).
+struct Verified {
+    principal: Principal,
+    expires: i64,
+}
+
+/// Tokens remembered at most; past this, expired ones are dropped, and all
+/// when none has expired (a flood of distinct tokens just verifies).
+const MAX_VERIFIED: usize = 10_000;
 
 impl Verifier {
     pub fn new(
@@ -283,10 +312,54 @@ impl Verifier {
             last_fetch: Mutex::new(None),
             min_refresh,
             validation,
+            verified: std::sync::RwLock::new(HashMap::new()),
         }
     }
 
     pub async fn verify(&self, token: &str) -> Result<Principal, Error> {
+        let now = chrono::Utc::now().timestamp();
+        if let Some(principal) = self.remembered(token, now) {
+            return Ok(principal);
+        }
+        let (principal, expires) = self.verify_signed(token).await?;
+        self.remember(token, &principal, expires, now);
+        Ok(principal)
+    }
+
+    pub(crate) fn remembered(&self, token: &str, now: i64) -> Option<Principal> {
+        let verified = self.verified.read().ok()?;
+        let hit = verified.get(token)?;
+        // Strictly before expiry: the leeway is applied by a full check.
+        (now < hit.expires).then(|| hit.principal.clone())
+    }
+
+    fn remember(&self, token: &str, principal: &Principal, expires: i64, now: i64) {
+        let Ok(mut verified) = self.verified.write() else {
+            return;
+        };
+        if verified.len() >= MAX_VERIFIED {
+            verified.retain(|_, v| now < v.expires);
+            if verified.len() >= MAX_VERIFIED {
+                verified.clear();
+            }
+        }
+        verified.insert(
+            token.to_owned(),
+            Verified {
+                principal: principal.clone(),
+                expires,
+            },
+        );
+    }
+
+    fn forget_verified(&self) {
+        if let Ok(mut verified) = self.verified.write() {
+            verified.clear();
+        }
+    }
+
+    /// The full check: header, key, signature, claims.
+    async fn verify_signed(&self, token: &str) -> Result<(Principal, i64), Error> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Error::unauthenticated("bearer token is not a well-formed JWT"))?;
         if header.alg != Algorithm::EdDSA {
@@ -306,7 +379,7 @@ impl Verifier {
                 _ => "token is invalid",
             })
         })?;
-        Principal::from_claims(&data.claims)
+        Ok((Principal::from_claims(&data.claims)?, data.claims.exp))
     }
 
     async fn key(&self, kid: &str) -> Result<DecodingKey, Error> {
@@ -325,6 +398,7 @@ impl Verifier {
                 *last = Some(Instant::now());
                 let mut keys = self.keys.write().await;
                 keys.clear();
+                self.forget_verified();
                 for jwk in fetched {
                     if jwk.kty == "OKP"
                         && jwk.crv == "Ed25519"
@@ -504,6 +578,8 @@ mod tests {
             purposes: [Purpose::DirectCare].into(),
             capabilities: BTreeSet::new(),
             patient: None,
+            display_name: String::new(),
+            organisation_name: String::new(),
         }
     }
 
@@ -552,6 +628,8 @@ mod tests {
             pous: vec!["patient_access".into()],
             caps: vec![],
             pat: pat.into(),
+            name: String::new(),
+            org_name: String::new(),
         };
         assert!(Principal::from_claims(&claims("patient", "p1")).is_ok());
         assert!(Principal::from_claims(&claims("patient", "")).is_err());

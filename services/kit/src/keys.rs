@@ -169,6 +169,8 @@ mod tests {
             pous: vec!["direct_care".into()],
             caps: vec![],
             pat: String::new(),
+            name: String::new(),
+            org_name: String::new(),
         }
     }
 
@@ -256,6 +258,50 @@ mod tests {
             .await
             .expect("still valid");
         assert_eq!(fetches(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_remembered_only_as_its_exact_bytes_until_it_expires() {
+        let key = SigningKey::generate();
+        let v = verifier(vec![key.jwk()]);
+        let token = key.sign(&claims(300)).expect("sign");
+        v.verify(&token).await.expect("valid");
+        let now = chrono::Utc::now().timestamp();
+        assert!(v.remembered(&token, now).is_some());
+        assert!(v.remembered(&token, now + 301).is_none(), "not past exp");
+
+        // The same claims under a broken signature are checked, not remembered.
+        let (signed, signature) = token.rsplit_once('.').expect("three parts");
+        let flipped = if signature.starts_with('A') { "B" } else { "A" };
+        let forged = format!("{signed}.{flipped}{}", &signature[1..]);
+        let err = v.verify(&forged).await.expect_err("forged");
+        assert!(err.message.contains("signature"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn a_key_set_change_forgets_the_tokens_it_verified() {
+        let first = SigningKey::generate();
+        let source = Arc::new(Rotating {
+            keys: std::sync::Mutex::new(vec![first.jwk()]),
+            fetches: Default::default(),
+        });
+        let v = Verifier::new(
+            source.clone(),
+            "sharedcare-identity",
+            "sharedcare",
+            Duration::ZERO,
+        );
+        let old = first.sign(&claims(300)).expect("sign");
+        v.verify(&old).await.expect("valid");
+
+        // identity drops the first key (say, compromised) for a second.
+        let second = SigningKey::generate();
+        *source.keys.lock().expect("lock") = vec![second.jwk()];
+        v.verify(&second.sign(&claims(300)).expect("sign"))
+            .await
+            .expect("valid");
+        let err = v.verify(&old).await.expect_err("its key is gone");
+        assert!(err.message.contains("unknown key"), "{}", err.message);
     }
 
     #[test]

@@ -192,6 +192,13 @@ impl TestAuthority {
                     .map(|c| c.as_str().to_owned())
                     .collect(),
                 pat: t.patient.into(),
+                // Names as identity would give them, so reports read true.
+                name: format!("{} {}", t.role, t.org).trim().to_owned(),
+                org_name: if t.org.is_empty() {
+                    String::new()
+                } else {
+                    format!("Organisation {}", t.org)
+                },
             })
             .expect("sign test token")
     }

@@ -33,8 +33,15 @@ fn run_demo(dev: &Dev, data_dir: &Path, base_port: u16) -> String {
 }
 
 /// The README's audit check: admin creates a platform auditor, who
-/// verifies the log the demo wrote with the verifier key dev keeps.
-fn verify_the_audit_log(dev: &Dev, data_dir: &Path, base_port: u16, state: &Path) -> String {
+/// verifies the log the demo wrote with the verifier key dev keeps, and
+/// the demo patient's access report against it.
+fn verify_the_audit_log(
+    dev: &Dev,
+    data_dir: &Path,
+    base_port: u16,
+    state: &Path,
+    patient: &str,
+) -> String {
     let admin = admin_token(dev, data_dir, base_port);
     let auditor = principal_token(
         dev,
@@ -51,7 +58,27 @@ fn verify_the_audit_log(dev: &Dev, data_dir: &Path, base_port: u16, state: &Path
             "Platform auditor",
         ],
     );
-    audit_verify(dev, data_dir, base_port, &auditor, state, &["--entry", "1"])
+    let verified = audit_verify(dev, data_dir, base_port, &auditor, state, &["--entry", "1"]);
+    // The auditor checks the demo patient's report line by line against the log.
+    let vkey = data_dir.join("audit-log.vkey");
+    let report = support::cli(
+        dev,
+        base_port,
+        Some(&auditor),
+        &[
+            "access-report",
+            "--patient",
+            patient,
+            "--verify",
+            "--public-key-file",
+            vkey.to_str().expect("path"),
+        ],
+    );
+    assert!(
+        report.contains("verified: each of the") && report.contains("looked at an Observation"),
+        "{report}"
+    );
+    verified
 }
 
 /// What the demo shows: the trust model at work, and the patient's own
@@ -92,43 +119,58 @@ fn assert_demo_shows_the_trust_model(stdout: &str) {
         stdout.contains("the patient reads their own access report"),
         "the patient reads the access report:\n{stdout}"
     );
+    // The patient's report, in words: who (name, role, organisation), what,
+    // why and the outcome with its reason.
     let report_rows = |what: &str| -> Vec<&str> {
         stdout
             .lines()
             .filter(|l| l.contains(what) && l.starts_with("20"))
             .collect()
     };
-    let reads = report_rows("READ Observation");
+    let reads = report_rows("looked at an Observation for the patient's care");
     assert!(
         reads
             .iter()
-            .any(|l| l.contains("A81001") && l.contains("SUCCESS")),
-        "the report has A81001's read:\n{stdout}"
+            .any(|l| l.contains(", Clinical Practitioner, at ")
+                && l.contains("(A81001)")
+                && l.contains("allowed: they are caring for the patient")),
+        "the report has A81001's read in words:\n{stdout}"
     );
     assert!(
-        reads
+        report_rows("tried to look at an Observation")
             .iter()
-            .any(|l| l.contains("B82002") && l.contains("DENIED")),
+            .any(|l| l.contains("(B82002)")
+                && l.contains("refused: they are not caring for the patient")),
         "the report has B82002's denial:\n{stdout}"
     );
     assert!(
-        report_rows("READ Condition")
+        report_rows("tried to look at a Condition")
             .iter()
-            .any(|l| l.contains("DENIED") && l.contains("PATIENT_DIRECTIVE_DENY")),
+            .any(|l| l.contains("refused: the patient has said no")),
         "the report has the denial the directive caused:\n{stdout}"
     );
     assert!(
-        report_rows("CREATE CareRelationship")
+        report_rows("added a CareRelationship")
             .iter()
-            .any(|l| l.contains("A81001") && l.contains("SUCCESS")),
+            .any(|l| l.contains("(A81001)") && l.contains("allowed")),
         "the report names who asserted the relationship:\n{stdout}"
     );
     assert!(
-        report_rows("CREATE Directive")
+        report_rows("You added a Directive")
             .iter()
-            .any(|l| l.contains("patient") && l.contains("SUCCESS")),
+            .any(|l| l.contains("allowed")),
         "the report has the patient's directive:\n{stdout}"
     );
+}
+
+/// The demo's patient, from the command it suggests at its end.
+fn demo_patient(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.trim().split("access-report --patient ").nth(1))
+        .expect("the demo names its patient")
+        .trim()
+        .to_owned()
 }
 
 /// Rewrites the bootstrap file as an older `sharedcare dev` wrote it:
@@ -165,7 +207,7 @@ fn dev_serves_the_demo_and_stops_on_sigterm() {
     assert_demo_shows_the_trust_model(&stdout);
 
     let state = temp.path().join("audit-verify.state");
-    let verified = verify_the_audit_log(&dev, &data_dir, base_port, &state);
+    let verified = verify_the_audit_log(&dev, &data_dir, base_port, &state, &demo_patient(&stdout));
     assert!(verified.contains("audit log verified"), "{verified}");
     assert!(verified.contains("entry 1 is included"), "{verified}");
     assert!(
@@ -207,7 +249,7 @@ fn dev_serves_the_demo_and_stops_on_sigterm() {
     );
     assert_demo_shows_the_trust_model(&stdout);
     // Across the restart the log kept growing from the head verified before.
-    let verified = verify_the_audit_log(&dev, &data_dir, base_port, &state);
+    let verified = verify_the_audit_log(&dev, &data_dir, base_port, &state, &demo_patient(&stdout));
     assert!(
         verified.contains("it extends the head verified before"),
         "{verified}"

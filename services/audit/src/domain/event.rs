@@ -108,6 +108,9 @@ pub struct Actor {
     /// The patient a patient actor's token is bound to: present exactly
     /// when `kind` is [`PrincipalKind::Patient`].
     pub patient_id: Option<PatientId>,
+    /// The names the actor's token carried (optional; for access reports).
+    pub display_name: String,
+    pub organisation_name: String,
 }
 
 /// One access, validated. Optional text fields are empty when absent.

@@ -94,6 +94,12 @@ fn decode_actor(prefix: &str, actor: common::Actor) -> Result<Actor, Error> {
         organisation_ods_code,
         role: optional_text(&f("role"), &actor.role, MAX_ID_CHARS)?,
         patient_id,
+        display_name: optional_text(&f("display_name"), &actor.display_name, MAX_ID_CHARS)?,
+        organisation_name: optional_text(
+            &f("organisation_name"),
+            &actor.organisation_name,
+            MAX_ID_CHARS,
+        )?,
     })
 }
 
@@ -117,6 +123,8 @@ pub fn encode_event(e: &AuditEvent) -> pb::AuditEvent {
                 .as_ref()
                 .map(|p| p.as_str().to_owned())
                 .unwrap_or_default(),
+            display_name: e.actor.display_name.clone(),
+            organisation_name: e.actor.organisation_name.clone(),
         }),
         patient_id: e.patient_id.as_str().to_owned(),
         action: encode_action(e.action) as i32,
@@ -158,9 +166,10 @@ pub fn encode_head(signed: &SignedHead) -> Result<pb::SignedTreeHeadResponse, Er
     })
 }
 
-/// One line of "who accessed my record".
+/// One line of "who accessed my record", in codes and in words.
 pub fn encode_report_line(entry: &Entry) -> Result<pb::AccessReportLine, Error> {
     let event = stored_event(entry)?;
+    let words = crate::report::words(&event);
     Ok(pb::AccessReportLine {
         occur_time: event.occur_time,
         actor: event.actor,
@@ -170,6 +179,15 @@ pub fn encode_report_line(entry: &Entry) -> Result<pb::AccessReportLine, Error> 
         outcome: event.outcome,
         outcome_reason: event.outcome_reason,
         break_glass: event.break_glass,
+        sequence: i64::try_from(entry.sequence)
+            .map_err(|_| Error::internal("reading the audit log", "sequence out of range"))?,
+        actor_name: words.actor_name,
+        role_name: words.role_name,
+        organisation_name: words.organisation_name,
+        reason_text: words.reason_text,
+        summary: words.summary,
+        entry: None,
+        inclusion_proof: Vec::new(),
     })
 }
 
@@ -303,6 +321,8 @@ mod tests {
                 organisation_ods_code: "A81001".into(),
                 role: "R8000".into(),
                 patient_id: String::new(),
+                display_name: "Dr Asha Patel".into(),
+                organisation_name: "Leeds Health Centre".into(),
             }),
             patient_id: "patient-1".into(),
             action: pb::Action::Read as i32,

@@ -109,6 +109,32 @@ impl Visible {
 }
 
 impl AuditGrpc {
+    /// Gives each line its entry and inclusion proof in the tree of one
+    /// signed head: the last published when it covers the page, else a
+    /// fresh one.
+    async fn prove_lines(
+        &self,
+        entries: &[Entry],
+        lines: &mut [sharedcare_proto::audit::v1::AccessReportLine],
+    ) -> Result<SignedTreeHeadResponse, Error> {
+        let newest = entries.iter().map(|e| e.sequence).max().unwrap_or(0);
+        let mut signed = self.heads.latest().await?;
+        if signed.head.size < newest {
+            signed = self.heads.publish().await?;
+        }
+        let proofs = Proofs(self.store.as_ref());
+        for (entry, line) in entries.iter().zip(lines.iter_mut()) {
+            let leaf = entry
+                .sequence
+                .checked_sub(1)
+                .ok_or_else(|| Error::internal("proving a report line", "sequence below 1"))?;
+            let path = proofs.inclusion(leaf, signed.head.size).await?;
+            line.inclusion_proof = path.iter().map(|h| h.to_vec()).collect();
+            line.entry = Some(convert::encode_entry(entry)?);
+        }
+        convert::encode_head(&signed)
+    }
+
     /// A page of the entries of one patient that `grant` may read, decoded
     /// from the request's fields.
     ///
@@ -260,14 +286,20 @@ impl AuditService for AuditGrpc {
         let page = self
             .page(&grant, &req.patient_id, req.page_size, &req.page_token)
             .await?;
-        let lines = page
+        let mut lines = page
             .entries
             .iter()
             .map(convert::encode_report_line)
             .collect::<Result<Vec<_>, _>>()?;
+        let tree_head = if req.with_proofs {
+            Some(self.prove_lines(&page.entries, &mut lines).await?)
+        } else {
+            None
+        };
         Ok(Response::new(AccessReportResponse {
             lines,
             next_page_token: next_token(&page),
+            tree_head,
         }))
     }
 

@@ -235,6 +235,7 @@ pub async fn prepare(services: &Services, data_dir: &Path) -> anyhow::Result<Fix
             organisation_ods_code: ods.to_owned(),
             role: CLINICIAN_ROLE.to_owned(),
             patient_id: String::new(),
+            ..Actor::default()
         },
         clinician_token,
         records_token,

@@ -408,7 +408,7 @@ pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow:
     // each access is answered: give the last of them a moment to arrive.
     let mut lines = Vec::new();
     for _ in 0..50 {
-        lines = access_report::fetch(services, me.services.token()?, &patient_id)
+        lines = access_report::fetch(services, me.services.token()?, &patient_id, None)
             .await
             .context("fetching the access report")?;
         let complete = expected

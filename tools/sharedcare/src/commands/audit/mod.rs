@@ -45,8 +45,9 @@ pub enum AuditCommand {
     VerifierKey(VerifierKeyArgs),
 }
 
+/// The audit log's verifier key, given on the command line or in a file.
 #[derive(Debug, Args)]
-pub struct VerifyArgs {
+pub struct VerifierKeyArg {
     /// The log's verifier key, `<name>+<key id>+<key>` (`sharedcare dev`
     /// writes it to `<data-dir>/audit-log.vkey`).
     #[arg(
@@ -58,6 +59,30 @@ pub struct VerifyArgs {
     /// A file holding the verifier key.
     #[arg(long)]
     pub public_key_file: Option<PathBuf>,
+}
+
+impl VerifierKeyArg {
+    /// The key given; an error saying how to give it when none was.
+    pub fn load(&self) -> anyhow::Result<LogVerifierKey> {
+        let text = match (&self.public_key, &self.public_key_file) {
+            (Some(key), _) => key.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading the verifier key {}", path.display()))?,
+            (None, None) => {
+                return Err(anyhow!(
+                    "give the log's verifier key: --public-key or --public-key-file \
+                     (`sharedcare dev` writes it to <data-dir>/audit-log.vkey)"
+                ));
+            }
+        };
+        LogVerifierKey::parse(&text).map_err(|e| anyhow!("{e}"))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub key: VerifierKeyArg,
     /// Where the last verified head is kept between runs.
     #[arg(long, default_value = "audit-verify.state")]
     pub state_file: PathBuf,
@@ -79,7 +104,7 @@ pub struct VerifierKeyArgs {
 pub async fn run(services: &Services, command: AuditCommand) -> anyhow::Result<()> {
     match command {
         AuditCommand::Verify(args) => {
-            let key = verifier_key(&args)?;
+            let key = args.key.load()?;
             let mut auditor = Auditor {
                 client: services.audit()?,
                 token: services.token()?.to_owned(),
@@ -112,21 +137,6 @@ fn ed25519_from_pem(pem: &str) -> anyhow::Result<ed25519_dalek::SigningKey> {
     use ed25519_dalek::pkcs8::DecodePrivateKey;
     ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
         .map_err(|_| anyhow!("--key-file is not an Ed25519 private key in PKCS#8 PEM"))
-}
-
-fn verifier_key(args: &VerifyArgs) -> anyhow::Result<LogVerifierKey> {
-    let text = match (&args.public_key, &args.public_key_file) {
-        (Some(key), _) => key.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the verifier key {}", path.display()))?,
-        (None, None) => {
-            return Err(anyhow!(
-                "give the log's verifier key: --public-key or --public-key-file \
-                 (`sharedcare dev` writes it to <data-dir>/audit-log.vkey)"
-            ));
-        }
-    };
-    LogVerifierKey::parse(&text).map_err(|e| anyhow!("{e}"))
 }
 
 /// The last verified checkpoint, checked again (a state file edited to

@@ -48,6 +48,7 @@ fn event(n: u64) -> AuditEvent {
             organisation_ods_code: "A81001".into(),
             role: "R8000".into(),
             patient_id: String::new(),
+            ..Actor::default()
         }),
         patient_id: format!("patient-{}", n % 3),
         action: Action::Read as i32,
