@@ -21,6 +21,7 @@ use sharedcare_kit::{
     Error,
     auth::Verifier,
     client::{ServiceTokens, TokenSource},
+    db::WriteGate,
     outbox::{Outbox, OutboxSettings},
     peers::{BoxFuture, GrpcAudit},
     server::{MessageLimits, ServiceSpec},
@@ -132,8 +133,16 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
         .database
         .resolve_url(SERVICE_NAME)
         .map_err(|e| Error::invalid("database.url", e.to_string()))?;
-    let store =
-        Arc::new(store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?);
+    let sql = store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?;
+    let connection = sql.connection();
+    // On SQLite this process is the one writer, so what Evaluate reads can
+    // be kept in memory and dropped at each change (see store::Cached).
+    let store: Arc<dyn store::ConsentStore> =
+        if connection.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
+            Arc::new(store::Cached::new(sql))
+        } else {
+            Arc::new(sql)
+        };
     let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
     let channel = |url: &str| sharedcare_kit::tls::channel(url, tls.as_ref());
     let identity = channel(&cfg.auth.identity_url)?;
@@ -148,7 +157,8 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
     let directory = Arc::new(IdentityDirectory::new(identity, tokens, timeout));
     let verifier = sharedcare_kit::tls::remote_verifier(&cfg.auth, tls.as_ref())?;
     let outbox = Outbox::start(
-        store.connection(),
+        connection.clone(),
+        WriteGate::for_db(&connection),
         store::OUTBOX_TABLE,
         audit,
         OutboxSettings {

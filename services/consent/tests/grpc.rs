@@ -11,6 +11,7 @@ use sharedcare_consent::{
 };
 use sharedcare_kit::{
     access::Capability,
+    db::WriteGate,
     outbox::{Outbox, OutboxSettings},
     peers::BoxFuture,
     server::MessageLimits,
@@ -63,6 +64,7 @@ impl Fixture {
         let audit = Arc::new(MemoryAudit::default());
         let outbox = Outbox::start(
             store.connection(),
+            WriteGate::for_db(&store.connection()),
             OUTBOX_TABLE,
             audit.clone(),
             OutboxSettings {

@@ -257,6 +257,18 @@ macro_rules! conformance {
                 }
             )*
         }
+        // The in-memory cache around SQLite, as `open` runs it there.
+        mod cached_sqlite {
+            $(
+                #[tokio::test]
+                async fn $behaviour() {
+                    let db = sharedcare_kit::testing::TestDatabase::sqlite();
+                    let store = super::SqlStore::connect(db.url(), 2).await.expect("connect");
+                    let cached = sharedcare_consent::store::Cached::new(store);
+                    super::$behaviour(&cached).await;
+                }
+            )*
+        }
         mod postgres {
             $(
                 #[tokio::test]

@@ -21,6 +21,7 @@ use sharedcare_kit::{
     Error,
     auth::Verifier,
     crypto::{BlindIndex, Kek, Keyring},
+    db::WriteGate,
     keys::{SigningKey, StaticKeySource},
     outbox::{Outbox, OutboxSettings},
     peers::{ConsentGate, GrpcAudit, GrpcConsent},
@@ -63,7 +64,8 @@ impl Peers {
                 timeout,
             )),
             outbox: Outbox::start(
-                db,
+                db.clone(),
+                WriteGate::for_db(&db),
                 store::OUTBOX_TABLE,
                 Arc::new(GrpcAudit::new(
                     lazy_channel(audit_url).map_err(|e| e.context("identity.audit_url"))?,

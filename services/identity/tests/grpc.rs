@@ -19,6 +19,7 @@ use sharedcare_kit::{
     access::Capability,
     auth::{Principal as Verified, Verifier},
     crypto::{BlindIndex, Kek, Keyring},
+    db::WriteGate,
     keys::{SigningKey, StaticKeySource},
     outbox::{Outbox, OutboxSettings},
     peers::{BoxFuture, ConsentGate, Decision},
@@ -162,6 +163,7 @@ impl Fixture {
         let audit = Arc::new(MemoryAudit::default());
         let outbox = Outbox::start(
             store.connection(),
+            WriteGate::for_db(&store.connection()),
             OUTBOX_TABLE,
             audit.clone(),
             OutboxSettings {

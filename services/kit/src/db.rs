@@ -1,7 +1,7 @@
 //! Database connections shared by every service: SQLite (embedded default, a
 //! file under the data dir) or PostgreSQL, chosen by the URL's scheme.
 
-use std::{path::Path, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 use sea_orm_migration::MigratorTrait;
@@ -47,6 +47,36 @@ pub async fn connect<M: MigratorTrait>(
         .await
         .map_err(|e| Error::internal("running migrations", e))?;
     Ok(db)
+}
+
+/// Queues a process's own writers to a SQLite database, in order.
+///
+/// SQLite lets one writer in at a time and makes the others poll: its busy
+/// handler sleeps and retries (1 ms, 2 ms, 5 ms, ... up to 100 ms), so under
+/// concurrent writes most of a write's time was that sleeping, and its tail
+/// latency the longest sleeps. Writers that take their turn here wait in a
+/// queue instead and are woken the moment the last one commits. PostgreSQL
+/// takes concurrent writers itself: there the gate is open.
+#[derive(Clone, Default)]
+pub struct WriteGate(Option<Arc<tokio::sync::Mutex<()>>>);
+
+impl WriteGate {
+    /// Closed (queuing) for SQLite, open for anything else.
+    pub fn for_db(db: &DatabaseConnection) -> Self {
+        match db.get_database_backend() {
+            sea_orm::DatabaseBackend::Sqlite => WriteGate(Some(Arc::default())),
+            _ => WriteGate(None),
+        }
+    }
+
+    /// Waits for this writer's turn; hold what it returns until the write
+    /// transaction has committed or rolled back.
+    pub async fn turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.0 {
+            Some(gate) => Some(gate.lock().await),
+            None => None,
+        }
+    }
 }
 
 /// A connection error says which kind of failure it was, never the URL

@@ -32,7 +32,7 @@ use sea_orm::{
 use sharedcare_proto::audit::v1::AuditEvent;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::{Error, peers::BoxFuture};
+use crate::{Error, db::WriteGate, peers::BoxFuture};
 
 /// Where the relay delivers: audit's `AppendBatch`, all or none.
 pub trait BatchSink: Send + Sync + 'static {
@@ -96,6 +96,8 @@ struct Health {
 pub struct Outbox {
     table: &'static str,
     db: DatabaseConnection,
+    /// Shared with the service's store: SQLite writers take turns.
+    writes: WriteGate,
     writer: mpsc::Sender<Pending>,
     wake: Arc<Notify>,
     health: Arc<Mutex<Health>>,
@@ -105,9 +107,11 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Starts the group-commit writer and the relay to `sink`.
+    /// Starts the group-commit writer and the relay to `sink`. `writes` is
+    /// the gate of the store that shares `db`, so their writes take turns.
     pub fn start(
         db: DatabaseConnection,
+        writes: WriteGate,
         table: &'static str,
         sink: Arc<dyn BatchSink>,
         settings: OutboxSettings,
@@ -116,6 +120,7 @@ impl Outbox {
         let outbox = Arc::new(Outbox {
             table,
             db,
+            writes,
             writer,
             wake: Arc::new(Notify::new()),
             health: Arc::new(Mutex::new(Health::default())),
@@ -125,6 +130,7 @@ impl Outbox {
         });
         tokio::spawn(group_commit(
             outbox.db.clone(),
+            outbox.writes.clone(),
             table,
             requests,
             outbox.wake.clone(),
@@ -221,6 +227,7 @@ pub async fn insert_in<C: ConnectionTrait>(
 /// Collects whatever is queued, writes it in one transaction, answers all.
 async fn group_commit(
     db: DatabaseConnection,
+    writes: WriteGate,
     table: &'static str,
     mut requests: mpsc::Receiver<Pending>,
     wake: Arc<Notify>,
@@ -235,7 +242,10 @@ async fn group_commit(
                 Err(_) => break,
             }
         }
-        let result = insert_group(&db, table, &group).await;
+        let result = {
+            let _turn = writes.turn().await;
+            insert_group(&db, table, &group).await
+        };
         if result.is_ok() {
             pending.fetch_add(group.len() as u64, Ordering::Relaxed);
             wake.notify_one();
@@ -415,6 +425,7 @@ async fn delete(outbox: &Outbox, sequences: impl IntoIterator<Item = i64>) -> Re
         .from_table(Alias::new(outbox.table))
         .and_where(Expr::col(Alias::new("sequence")).is_in(sequences))
         .to_owned();
+    let _turn = outbox.writes.turn().await;
     outbox
         .db
         .execute(&delete)
@@ -431,6 +442,7 @@ async fn park(outbox: &Outbox, sequence: i64, reason: &str) -> Result<(), Error>
         .value(Alias::new("parked_reason"), reason)
         .and_where(Expr::col(Alias::new("sequence")).eq(sequence))
         .to_owned();
+    let _turn = outbox.writes.turn().await;
     outbox
         .db
         .execute(&update)
@@ -496,7 +508,8 @@ mod tests {
         let url = crate::db::sqlite_url(&dir.path().join("outbox.db"));
         let db = Database::connect(url.as_str()).await.expect("sqlite");
         db.execute(&create_table(TABLE)).await.expect("table");
-        (Outbox::start(db, TABLE, audit, settings), dir)
+        let writes = WriteGate::for_db(&db);
+        (Outbox::start(db, writes, TABLE, audit, settings), dir)
     }
 
     fn event(id: &str) -> AuditEvent {
@@ -541,10 +554,13 @@ mod tests {
     async fn concurrent_events_are_group_committed_delivered_in_batches_and_pruned() {
         let audit = Arc::new(FakeAudit::default());
         let (outbox, _dir) = outbox(audit.clone(), OutboxSettings::default()).await;
-        let writes = (0..100).map(|i| {
-            let outbox = outbox.clone();
-            tokio::spawn(async move { outbox.record(&event(&format!("e{i:03}"))).await })
-        });
+        // All spawned before any is awaited, so that they are concurrent.
+        let writes: Vec<_> = (0..100)
+            .map(|i| {
+                let outbox = outbox.clone();
+                tokio::spawn(async move { outbox.record(&event(&format!("e{i:03}"))).await })
+            })
+            .collect();
         for write in writes {
             write.await.expect("join").expect("durable");
         }

@@ -97,6 +97,7 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
     ));
     let outbox = Outbox::start(
         store.connection(),
+        store.write_gate(),
         store::OUTBOX_TABLE,
         audit,
         OutboxSettings {

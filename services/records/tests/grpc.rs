@@ -92,7 +92,13 @@ impl Fixture {
                 .await
                 .expect("store"),
         );
-        let outbox = Outbox::start(store.connection(), OUTBOX_TABLE, audit, settings);
+        let outbox = Outbox::start(
+            store.connection(),
+            store.write_gate(),
+            OUTBOX_TABLE,
+            audit,
+            settings,
+        );
         let records = Arc::new(Records::new(store.clone(), consent, outbox.clone(), 4096));
         let classification = Arc::new(ClassificationMap::builtin().expect("built-in map"));
         let authority = TestAuthority::new();

@@ -99,6 +99,7 @@ async fn conformance(store: &SqlStore) {
     let delivered = Arc::new(Delivered::default());
     let outbox = Outbox::start(
         store.connection(),
+        store.write_gate(),
         OUTBOX_TABLE,
         delivered.clone(),
         OutboxSettings {
@@ -114,6 +115,40 @@ async fn conformance(store: &SqlStore) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(*delivered.0.lock().expect("lock"), ["event-1", "event-2"]);
+
+    // Concurrent creates are committed together; one that cannot be stored
+    // (two share an event id: the second to be stored fails) fails alone
+    // and the rest are stored.
+    let creates = (0..20).map(|i| {
+        let r = record("patient-3");
+        let id = if i == 7 || i == 8 {
+            "event-twice".to_owned()
+        } else {
+            format!("event-c{i}")
+        };
+        async move {
+            let result = store.create(r.clone(), id.clone(), event(&id)).await;
+            (r, result)
+        }
+    });
+    let mut failed = 0;
+    for (r, result) in futures::future::join_all(creates).await {
+        let stored = store.current(&r.patient_id, &r.id).await.expect("read");
+        match result {
+            Ok(()) => assert_eq!(stored.expect("found").resource_json, r.resource_json),
+            Err(_) => {
+                failed += 1;
+                assert!(
+                    stored.is_none(),
+                    "a record whose create failed is not stored"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        failed, 1,
+        "only the second create with the shared event id fails"
+    );
 }
 
 /// What lands in the database is ciphertext, never the resource.

@@ -117,18 +117,48 @@ fn get_record_against_dev() {
             "bench",
             "--scenario",
             "get-record",
+            "--scenario",
+            "create-record",
+            "--scenario",
+            "sqlite-insert",
             "--data-dir",
             data_dir.to_str().expect("utf-8 path"),
         ],
         || dev.output(),
     );
     assert_all_ok(&report, "echo", "plaintext");
-    assert_all_ok(&report, "get-record", "plaintext");
+    for name in ["get-record", "create-record", "sqlite-insert"] {
+        assert_all_ok(&report, name, "plaintext");
+    }
     let ratio = &report["ratios"][0];
     assert_eq!(ratio["name"], "get-record", "{report:#}");
     assert!(
         ratio["calls_per_s"].as_f64().is_some_and(|v| v > 0.0),
         "{report:#}"
+    );
+
+    // Open loop: the calls start on schedule, so no more than the rate
+    // allows over the second (plus the calls already due at its end).
+    let report = bench(
+        &[
+            "--base-port",
+            &base_port.to_string(),
+            "bench",
+            "--scenario",
+            "get-record",
+            "--rate",
+            "40",
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 path"),
+        ],
+        || dev.output(),
+    );
+    assert_eq!(report["settings"]["rate_per_s"], 40.0, "{report:#}");
+    assert_all_ok(&report, "get-record", "plaintext");
+    let calls = report["runs"][1]["calls"].as_u64().expect("calls");
+    assert!(
+        (20..=45).contains(&calls),
+        "about 40 calls in 1 s: {report:#}"
     );
 
     let status = dev.terminate();

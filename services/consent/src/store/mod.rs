@@ -1,5 +1,6 @@
 //! Where consent keeps care relationships and directives.
 
+mod cached;
 mod entities;
 mod migration;
 mod sql;
@@ -9,6 +10,7 @@ use std::{future::Future, pin::Pin};
 use chrono::{DateTime, Utc};
 use sharedcare_kit::Error;
 
+pub use cached::Cached;
 pub use migration::Migrator;
 pub use sql::SqlStore;
 

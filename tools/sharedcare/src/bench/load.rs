@@ -5,6 +5,12 @@
 //! measured. The loop stops by itself: at the end of the duration, or when
 //! the request budget is spent, whichever comes first; every call is
 //! bounded by the call timeout, so stopping takes at most that long.
+//!
+//! With a rate the loop is open: each worker starts its calls on a fixed
+//! schedule (the rate shared out over the workers, their starts staggered)
+//! and a call's latency counts from when it was due, not from when it was
+//! sent — so a slow answer that delays the next call is charged to it too
+//! rather than hidden (no coordinated omission).
 
 use std::{
     io::{IsTerminal, Write},
@@ -33,6 +39,9 @@ pub struct Plan {
     pub requests: Option<u64>,
     /// Longest one call may take before it counts as DEADLINE_EXCEEDED.
     pub call_timeout: Duration,
+    /// Calls started per second over all workers (open loop); `None`: each
+    /// worker sends its next call as soon as the last is answered.
+    pub rate: Option<f64>,
 }
 
 /// What one run measured.
@@ -147,13 +156,20 @@ pub async fn run(
         budget: plan.requests,
     });
     let mut workers = tokio::task::JoinSet::new();
+    let started = Instant::now();
     for i in 0..plan.in_flight {
+        // Worker i of n, at rate r: due every n/r s, first at i/r s.
+        let schedule = plan.rate.map(|rate| Schedule {
+            next: started + Duration::from_secs_f64(i as f64 / rate),
+            every: Duration::from_secs_f64(plan.in_flight as f64 / rate),
+        });
         let worker = Worker {
             rpc: rpc.clone(),
             channel: channels[i % channels.len()].clone(),
             shared: shared.clone(),
             call_timeout: plan.call_timeout,
             measurement: Measurement::empty(plan.call_timeout)?,
+            schedule,
         };
         workers.spawn(worker.run());
     }
@@ -197,6 +213,13 @@ struct Worker {
     shared: Arc<Shared>,
     call_timeout: Duration,
     measurement: Measurement,
+    schedule: Option<Schedule>,
+}
+
+/// When an open-loop worker's next call is due, and how often.
+struct Schedule {
+    next: Instant,
+    every: Duration,
 }
 
 impl Worker {
@@ -210,7 +233,15 @@ impl Worker {
             {
                 break;
             }
-            let start = Instant::now();
+            let start = match &mut self.schedule {
+                Some(schedule) => {
+                    let due = schedule.next;
+                    schedule.next += schedule.every;
+                    tokio::time::sleep_until(due.into()).await;
+                    due
+                }
+                None => Instant::now(),
+            };
             let code =
                 match tokio::time::timeout(self.call_timeout, self.rpc.call(self.channel.clone()))
                     .await

@@ -56,6 +56,12 @@ pub struct BenchArgs {
     /// Seconds one call may take before it counts as DEADLINE_EXCEEDED.
     #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     pub call_timeout: f64,
+    /// Open loop: start this many calls per second in all, shared out over
+    /// the --in-flight workers, each call's latency counted from when it was
+    /// due. For latency at a chosen load, e.g. 70 % of the closed loop's
+    /// calls/s (the default is the closed loop: as fast as answers come).
+    #[arg(long, value_parser = rate)]
+    pub rate: Option<f64>,
     /// The data dir `sharedcare dev` was started with (bootstrap.toml holds
     /// the admin and records secrets the setup uses).
     #[arg(long, default_value = "./data")]
@@ -91,6 +97,18 @@ fn seconds(text: &str) -> Result<f64, String> {
     Ok(value)
 }
 
+/// Calls per second: more than 0, at most a million.
+fn rate(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of calls per second"))?;
+    if !value.is_finite() || value <= 0.0 || value > 1e6 {
+        return Err("must be more than 0 and at most 1000000 calls per second".into());
+    }
+    Ok(value)
+}
+
 impl BenchArgs {
     fn plan(&self) -> anyhow::Result<Plan> {
         let duration = self.duration.unwrap_or(if self.requests.is_some() {
@@ -118,6 +136,7 @@ impl BenchArgs {
             duration: Duration::from_secs_f64(duration),
             requests: self.requests,
             call_timeout: Duration::from_secs_f64(self.call_timeout),
+            rate: self.rate,
         })
     }
 
@@ -180,7 +199,7 @@ pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
                 .target(&services)
                 .ok_or_else(|| anyhow!("{} has no target", scenario.name()))?
                 .to_owned();
-            let rpc = Arc::new(scenario.rpc(fixture)?);
+            let rpc = Arc::new(scenario.rpc(fixture, &args.data_dir).await?);
             runs.push(measure(scenario.name(), rpc, &url, &services, &plan).await?);
         }
     }
@@ -193,6 +212,7 @@ pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
             duration_s: plan.duration.as_secs_f64(),
             requests: plan.requests,
             call_timeout_s: plan.call_timeout.as_secs_f64(),
+            rate_per_s: plan.rate,
         },
         runs,
     );

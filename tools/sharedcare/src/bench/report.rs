@@ -29,6 +29,8 @@ pub struct Settings {
     pub duration_s: f64,
     pub requests: Option<u64>,
     pub call_timeout_s: f64,
+    /// Open loop at this many calls/s; `None` for the closed loop.
+    pub rate_per_s: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -153,13 +155,18 @@ impl Report {
     pub fn table(&self) -> Vec<String> {
         let s = &self.settings;
         let mut lines = vec![format!(
-            "{} connections, {} in flight, {:.0} s warm-up, {} s measured{}",
+            "{} connections, {} in flight, {:.0} s warm-up, {} s measured{}{}",
             s.connections,
             s.in_flight,
             s.warmup_s,
             s.duration_s,
             s.requests
                 .map(|n| format!(" or {n} calls, whichever first"))
+                .unwrap_or_default(),
+            s.rate_per_s
+                .map(|r| format!(
+                    ", open loop at {r:.0} calls/s (latency from when each call was due)"
+                ))
                 .unwrap_or_default()
         )];
         lines.push(String::new());
@@ -260,6 +267,7 @@ mod tests {
             duration_s: 10.0,
             requests: None,
             call_timeout_s: 10.0,
+            rate_per_s: None,
         }
     }
 

@@ -18,6 +18,11 @@ use tonic::{
 };
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+use std::{path::Path, str::FromStr, sync::Arc};
+
+use anyhow::{Context, anyhow};
+use sea_orm::sqlx;
+
 /// `Bearer <token>`, parsed once.
 pub type Authorization = MetadataValue<Ascii>;
 
@@ -42,6 +47,94 @@ pub enum Rpc {
         auth: Authorization,
         event: Box<AuditEvent>,
     },
+    /// Not a call: one raw transaction on a SQLite file (create-record's
+    /// yardstick).
+    SqliteInsert(Arc<RawInsert>),
+}
+
+/// A record row and its outbox row per transaction, by plain sqlx on one
+/// connection, into records' own schema in a fresh SQLite file with the
+/// durability records runs with (WAL, synchronous FULL): what CreateRecord
+/// stores, without gRPC, tokens, consent, encryption or batching.
+#[derive(Debug)]
+pub struct RawInsert {
+    connection: tokio::sync::Mutex<sqlx::SqliteConnection>,
+    patient_id: String,
+    /// As large as the sealed resource records stores (its nonce and tag
+    /// included).
+    resource: Vec<u8>,
+    event: AuditEvent,
+    _dir: tempfile::TempDir,
+}
+
+impl RawInsert {
+    pub async fn open(
+        beside: &Path,
+        patient_id: &str,
+        resource_json: Vec<u8>,
+        event: AuditEvent,
+    ) -> anyhow::Result<Self> {
+        let parent = beside
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = tempfile::Builder::new()
+            .prefix("sharedcare-bench-sqlite-")
+            .tempdir_in(parent)
+            .context("making the sqlite-insert directory")?;
+        let url = sharedcare_kit::db::sqlite_url(&dir.path().join("records.db"));
+        // records' schema, made by records' own migrations.
+        sharedcare_kit::db::connect::<sharedcare_records::store::Migrator>(&url, 1)
+            .await
+            .map_err(|e| anyhow!("{}", e.message))?
+            .close()
+            .await?;
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
+        let connection = sqlx::ConnectOptions::connect(&options).await?;
+        let mut resource = resource_json;
+        resource.extend_from_slice(&[0; 28]);
+        Ok(RawInsert {
+            connection: tokio::sync::Mutex::new(connection),
+            patient_id: patient_id.to_owned(),
+            resource,
+            event,
+            _dir: dir,
+        })
+    }
+
+    async fn insert(&self) -> Result<(), sqlx::Error> {
+        let now = chrono::Utc::now();
+        let event = AuditEvent {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            occur_time: Some(std::time::SystemTime::now().into()),
+            ..self.event.clone()
+        };
+        let mut connection = self.connection.lock().await;
+        let mut txn = sqlx::Connection::begin(&mut *connection).await?;
+        sqlx::query(
+            "INSERT INTO records_resource_versions \
+             (record_id, version, patient_id, resource_type, category, resource_sealed, last_updated) \
+             VALUES (?, 1, ?, 'Observation', 'general', ?, ?)",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(&self.patient_id)
+        .bind(&self.resource)
+        .bind(now)
+        .execute(&mut *txn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO records_audit_outbox (event_id, payload, created_at) VALUES (?, ?, ?)",
+        )
+        .bind(&event.event_id)
+        .bind(prost::Message::encode_to_vec(&event))
+        .bind(now)
+        .execute(&mut *txn)
+        .await?;
+        txn.commit().await
+    }
 }
 
 impl Rpc {
@@ -53,6 +146,7 @@ impl Rpc {
             Rpc::CreateRecord { .. } => "sharedcare.records.v1.RecordsService/CreateRecord",
             Rpc::GetPatient { .. } => "sharedcare.identity.v1.IdentityService/GetPatient",
             Rpc::AuditAppend { .. } => "sharedcare.audit.v1.AuditService/Append",
+            Rpc::SqliteInsert(_) => "sqlx INSERT record + outbox row, COMMIT",
         }
     }
 
@@ -88,6 +182,10 @@ impl Rpc {
                     .await
                     .map(drop)
             }
+            Rpc::SqliteInsert(raw) => raw
+                .insert()
+                .await
+                .map_err(|e| Status::internal(format!("sqlite-insert: {e}"))),
         }
     }
 }

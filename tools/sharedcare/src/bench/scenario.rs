@@ -19,7 +19,7 @@ use sharedcare_proto::{
     records::v1::{CreateRecordRequest, GetRecordRequest},
 };
 
-use super::rpc::{Rpc, authorization};
+use super::rpc::{RawInsert, Rpc, authorization};
 use crate::{
     bootstrap::{self, ADMIN_CLIENT_ID, RECORDS_CLIENT_ID},
     commands::{
@@ -44,6 +44,11 @@ pub enum Scenario {
     GetPatient,
     /// audit's Append of one event, as the records service.
     AuditAppend,
+    /// create-record's yardstick: a raw sqlx loop on one connection, one
+    /// transaction per record row and its outbox row, in records' schema
+    /// in a fresh SQLite file beside the data dir (WAL, synchronous FULL,
+    /// as records runs). No gRPC: compare create-record's calls/s to it.
+    SqliteInsert,
     /// Only the bench's own echo server.
     Echo,
 }
@@ -55,6 +60,7 @@ impl Scenario {
             Scenario::CreateRecord => "create-record",
             Scenario::GetPatient => "get-patient",
             Scenario::AuditAppend => "audit-append",
+            Scenario::SqliteInsert => "sqlite-insert",
             Scenario::Echo => "echo",
         }
     }
@@ -65,15 +71,38 @@ impl Scenario {
             Scenario::GetRecord | Scenario::CreateRecord => Some(&services.records_url),
             Scenario::GetPatient => Some(&services.identity_url),
             Scenario::AuditAppend => Some(&services.audit_url),
+            // Not a call: its workers ignore the connection they are given.
+            Scenario::SqliteInsert => Some(&services.records_url),
             Scenario::Echo => None,
         }
     }
 
-    /// The call, given the fixture (every scenario but echo needs one).
-    pub fn rpc(self, fixture: &Fixture) -> anyhow::Result<Rpc> {
+    /// The call, given the fixture (every scenario but echo needs one) and
+    /// the data dir (beside which sqlite-insert keeps its file).
+    pub async fn rpc(self, fixture: &Fixture, data_dir: &Path) -> anyhow::Result<Rpc> {
         let clinician = authorization(&fixture.clinician_token)?;
+        let read_event = AuditEvent {
+            actor: Some(fixture.clinician.clone()),
+            patient_id: fixture.patient_id.clone(),
+            action: Action::Read as i32,
+            resource_type: "Observation".into(),
+            record_id: fixture.record_id.clone(),
+            purpose: Purpose::DirectCare as i32,
+            outcome: Outcome::Success as i32,
+            source_service: RECORDS_CLIENT_ID.into(),
+            ..AuditEvent::default()
+        };
         Ok(match self {
             Scenario::Echo => Rpc::Echo,
+            Scenario::SqliteInsert => Rpc::SqliteInsert(std::sync::Arc::new(
+                RawInsert::open(
+                    data_dir,
+                    &fixture.patient_id,
+                    observation(&fixture.patient_id).into_bytes(),
+                    read_event,
+                )
+                .await?,
+            )),
             Scenario::GetRecord => Rpc::GetRecord {
                 auth: clinician,
                 request: GetRecordRequest {
@@ -99,17 +128,7 @@ impl Scenario {
             },
             Scenario::AuditAppend => Rpc::AuditAppend {
                 auth: authorization(&fixture.records_token)?,
-                event: Box::new(AuditEvent {
-                    actor: Some(fixture.clinician.clone()),
-                    patient_id: fixture.patient_id.clone(),
-                    action: Action::Read as i32,
-                    resource_type: "Observation".into(),
-                    record_id: fixture.record_id.clone(),
-                    purpose: Purpose::DirectCare as i32,
-                    outcome: Outcome::Success as i32,
-                    source_service: RECORDS_CLIENT_ID.into(),
-                    ..AuditEvent::default()
-                }),
+                event: Box::new(read_event),
             },
         })
     }
