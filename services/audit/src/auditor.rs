@@ -44,25 +44,10 @@ pub enum LineError {
 pub fn check_report_line(line: &AccessReportLine, head: &TreeHead) -> Result<(), LineError> {
     let sequence = line.sequence;
     let entry = line.entry.as_ref().ok_or(LineError::NoProof(sequence))?;
-    let event = entry.event.clone().unwrap_or_default();
-    let words = crate::report::words(&event);
     let says = AccessReportLine {
-        occur_time: event.occur_time,
-        actor: event.actor,
-        action: event.action,
-        resource_type: event.resource_type,
-        purpose: event.purpose,
-        outcome: event.outcome,
-        outcome_reason: event.outcome_reason,
-        break_glass: event.break_glass,
-        sequence: entry.sequence,
-        actor_name: words.actor_name,
-        role_name: words.role_name,
-        organisation_name: words.organisation_name,
-        reason_text: words.reason_text,
-        summary: words.summary,
         entry: line.entry.clone(),
         inclusion_proof: line.inclusion_proof.clone(),
+        ..crate::report::line(entry.sequence, entry.event.clone().unwrap_or_default())
     };
     if &says != line {
         return Err(LineError::Differs(sequence));

@@ -4,7 +4,7 @@
 
 use sharedcare_kit::vocab::{reason_text, role_name};
 use sharedcare_proto::{
-    audit::v1::{Action, AuditEvent, Outcome},
+    audit::v1::{AccessReportLine, Action, AuditEvent, Outcome},
     common::v1::{PrincipalKind, Purpose},
 };
 
@@ -16,6 +16,30 @@ pub struct Words {
     pub organisation_name: String,
     pub reason_text: String,
     pub summary: String,
+}
+
+/// The report line for entry `sequence`, an `event` as stored: its codes
+/// and its words (no entry or proof).
+pub fn line(sequence: i64, event: AuditEvent) -> AccessReportLine {
+    let words = words(&event);
+    AccessReportLine {
+        occur_time: event.occur_time,
+        actor: event.actor,
+        action: event.action,
+        resource_type: event.resource_type,
+        purpose: event.purpose,
+        outcome: event.outcome,
+        outcome_reason: event.outcome_reason,
+        break_glass: event.break_glass,
+        sequence,
+        actor_name: words.actor_name,
+        role_name: words.role_name,
+        organisation_name: words.organisation_name,
+        reason_text: words.reason_text,
+        summary: words.summary,
+        entry: None,
+        inclusion_proof: Vec::new(),
+    }
 }
 
 /// The words for one stored event.

@@ -226,19 +226,25 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn keys_are_cached_and_refetched_for_an_unknown_key_id() {
-        let first = SigningKey::generate();
+    /// A verifier over a key source that starts with `keys`.
+    fn rotating(keys: Vec<Jwk>) -> (Arc<Rotating>, Verifier) {
         let source = Arc::new(Rotating {
-            keys: std::sync::Mutex::new(vec![first.jwk()]),
+            keys: std::sync::Mutex::new(keys),
             fetches: Default::default(),
         });
-        let v = Verifier::new(
+        let verifier = Verifier::new(
             source.clone(),
             "sharedcare-identity",
             "sharedcare",
             Duration::ZERO,
         );
+        (source, verifier)
+    }
+
+    #[tokio::test]
+    async fn keys_are_cached_and_refetched_for_an_unknown_key_id() {
+        let first = SigningKey::generate();
+        let (source, v) = rotating(vec![first.jwk()]);
         let fetches = || source.fetches.load(std::sync::atomic::Ordering::SeqCst);
         for _ in 0..3 {
             v.verify(&first.sign(&claims(300)).expect("sign"))
@@ -281,16 +287,7 @@ mod tests {
     #[tokio::test]
     async fn a_key_set_change_forgets_the_tokens_it_verified() {
         let first = SigningKey::generate();
-        let source = Arc::new(Rotating {
-            keys: std::sync::Mutex::new(vec![first.jwk()]),
-            fetches: Default::default(),
-        });
-        let v = Verifier::new(
-            source.clone(),
-            "sharedcare-identity",
-            "sharedcare",
-            Duration::ZERO,
-        );
+        let (source, v) = rotating(vec![first.jwk()]);
         let old = first.sign(&claims(300)).expect("sign");
         v.verify(&old).await.expect("valid");
 

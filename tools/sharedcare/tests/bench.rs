@@ -110,22 +110,26 @@ fn get_record_against_dev() {
     let mut dev = Dev::start(&data_dir, temp.path(), base_port);
     dev.wait_until_serving(base_port);
 
-    let report = bench(
-        &[
-            "--base-port",
-            &base_port.to_string(),
-            "bench",
-            "--scenario",
-            "get-record",
-            "--scenario",
-            "create-record",
-            "--scenario",
-            "sqlite-insert",
-            "--data-dir",
-            data_dir.to_str().expect("utf-8 path"),
-        ],
-        || dev.output(),
-    );
+    // `sharedcare bench` against dev, with these options.
+    let port = base_port.to_string();
+    let data = data_dir.to_str().expect("utf-8 path");
+    let against_dev = |options: &[&str]| {
+        let args = [
+            &["--base-port", &port, "bench", "--data-dir", data],
+            options,
+        ]
+        .concat();
+        bench(&args, || dev.output())
+    };
+
+    let report = against_dev(&[
+        "--scenario",
+        "get-record",
+        "--scenario",
+        "create-record",
+        "--scenario",
+        "sqlite-insert",
+    ]);
     assert_all_ok(&report, "echo", "plaintext");
     for name in ["get-record", "create-record", "sqlite-insert"] {
         assert_all_ok(&report, name, "plaintext");
@@ -139,20 +143,7 @@ fn get_record_against_dev() {
 
     // Open loop: the calls start on schedule, so no more than the rate
     // allows over the second (plus the calls already due at its end).
-    let report = bench(
-        &[
-            "--base-port",
-            &base_port.to_string(),
-            "bench",
-            "--scenario",
-            "get-record",
-            "--rate",
-            "40",
-            "--data-dir",
-            data_dir.to_str().expect("utf-8 path"),
-        ],
-        || dev.output(),
-    );
+    let report = against_dev(&["--scenario", "get-record", "--rate", "40"]);
     assert_eq!(report["settings"]["rate_per_s"], 40.0, "{report:#}");
     assert_all_ok(&report, "get-record", "plaintext");
     let calls = report["runs"][1]["calls"].as_u64().expect("calls");

@@ -168,27 +168,9 @@ pub fn encode_head(signed: &SignedHead) -> Result<pb::SignedTreeHeadResponse, Er
 
 /// One line of "who accessed my record", in codes and in words.
 pub fn encode_report_line(entry: &Entry) -> Result<pb::AccessReportLine, Error> {
-    let event = stored_event(entry)?;
-    let words = crate::report::words(&event);
-    Ok(pb::AccessReportLine {
-        occur_time: event.occur_time,
-        actor: event.actor,
-        action: event.action,
-        resource_type: event.resource_type,
-        purpose: event.purpose,
-        outcome: event.outcome,
-        outcome_reason: event.outcome_reason,
-        break_glass: event.break_glass,
-        sequence: i64::try_from(entry.sequence)
-            .map_err(|_| Error::internal("reading the audit log", "sequence out of range"))?,
-        actor_name: words.actor_name,
-        role_name: words.role_name,
-        organisation_name: words.organisation_name,
-        reason_text: words.reason_text,
-        summary: words.summary,
-        entry: None,
-        inclusion_proof: Vec::new(),
-    })
+    let sequence = i64::try_from(entry.sequence)
+        .map_err(|_| Error::internal("reading the audit log", "sequence out of range"))?;
+    Ok(crate::report::line(sequence, stored_event(entry)?))
 }
 
 /// The organisation of the actor of a stored entry ("" for a patient).

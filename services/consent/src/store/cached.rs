@@ -43,10 +43,6 @@ impl<S: ConsentStore> Cached<S> {
         }
     }
 
-    fn generation(&self) -> Option<u64> {
-        self.state.lock().ok().map(|s| s.generation)
-    }
-
     /// After a write: forget `patient` (every patient when `None`, as after
     /// a write whose outcome is not known).
     fn changed(&self, patient: Option<&str>) {
@@ -66,25 +62,34 @@ impl<S: ConsentStore> Cached<S> {
     }
 }
 
-/// Keeps `value` for `patient` if no write happened since `read_under`.
-fn keep<T>(
-    state: &Mutex<State>,
-    read_under: Option<u64>,
-    map: impl FnOnce(&mut State) -> &mut HashMap<String, T>,
-    patient: &str,
-    value: T,
-) {
-    let Ok(mut state) = state.lock() else {
-        return;
-    };
-    if Some(state.generation) != read_under {
-        return;
+impl<S> Cached<S> {
+    /// `patient`'s entry in the map `pick` chooses, or what `load` reads,
+    /// kept if no write happened while it was read.
+    async fn list<T: Clone>(
+        &self,
+        patient: &PatientId,
+        pick: fn(&mut State) -> &mut HashMap<String, Vec<T>>,
+        load: BoxFuture<'_, Vec<T>>,
+    ) -> Result<Vec<T>, sharedcare_kit::Error> {
+        let key = patient.as_str();
+        if let Ok(mut state) = self.state.lock()
+            && let Some(hit) = pick(&mut state).get(key)
+        {
+            return Ok(hit.clone());
+        }
+        let read_under = self.state.lock().ok().map(|s| s.generation);
+        let read = load.await?;
+        if let Ok(mut state) = self.state.lock()
+            && Some(state.generation) == read_under
+        {
+            let map = pick(&mut state);
+            if map.len() >= MAX_PATIENTS {
+                map.clear();
+            }
+            map.insert(key.to_owned(), read.clone());
+        }
+        Ok(read)
     }
-    let map = map(&mut state);
-    if map.len() >= MAX_PATIENTS {
-        map.clear();
-    }
-    map.insert(patient.to_owned(), value);
 }
 
 impl<S: ConsentStore> ConsentStore for Cached<S> {
@@ -124,22 +129,8 @@ impl<S: ConsentStore> ConsentStore for Cached<S> {
     fn list_relationships(&self, patient: &PatientId) -> BoxFuture<'_, Vec<CareRelationship>> {
         let patient = patient.clone();
         Box::pin(async move {
-            let key = patient.as_str();
-            if let Ok(state) = self.state.lock()
-                && let Some(hit) = state.relationships.get(key)
-            {
-                return Ok(hit.clone());
-            }
-            let read_under = self.generation();
-            let read = self.inner.list_relationships(&patient).await?;
-            keep(
-                &self.state,
-                read_under,
-                |s| &mut s.relationships,
-                key,
-                read.clone(),
-            );
-            Ok(read)
+            let load = self.inner.list_relationships(&patient);
+            self.list(&patient, |s| &mut s.relationships, load).await
         })
     }
 
@@ -179,22 +170,8 @@ impl<S: ConsentStore> ConsentStore for Cached<S> {
     fn list_directives(&self, patient: &PatientId) -> BoxFuture<'_, Vec<Directive>> {
         let patient = patient.clone();
         Box::pin(async move {
-            let key = patient.as_str();
-            if let Ok(state) = self.state.lock()
-                && let Some(hit) = state.directives.get(key)
-            {
-                return Ok(hit.clone());
-            }
-            let read_under = self.generation();
-            let read = self.inner.list_directives(&patient).await?;
-            keep(
-                &self.state,
-                read_under,
-                |s| &mut s.directives,
-                key,
-                read.clone(),
-            );
-            Ok(read)
+            let load = self.inner.list_directives(&patient);
+            self.list(&patient, |s| &mut s.directives, load).await
         })
     }
 }

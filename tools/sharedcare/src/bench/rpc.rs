@@ -5,7 +5,9 @@
 //! of a ratio.
 
 use sharedcare_proto::{
-    audit::v1::{AppendRequest, AuditEvent, audit_service_client::AuditServiceClient},
+    audit::v1::{
+        AppendBatchRequest, AppendRequest, AuditEvent, audit_service_client::AuditServiceClient,
+    },
     identity::v1::{GetPatientRequest, identity_service_client::IdentityServiceClient},
     records::v1::{
         CreateRecordRequest, GetRecordRequest, records_service_client::RecordsServiceClient,
@@ -46,6 +48,13 @@ pub enum Rpc {
     AuditAppend {
         auth: Authorization,
         event: Box<AuditEvent>,
+    },
+    /// Each call appends `events` copies of `event`, each with a fresh id
+    /// and time, in one AppendBatch.
+    AuditAppendBatch {
+        auth: Authorization,
+        event: Box<AuditEvent>,
+        events: usize,
     },
     /// Not a call: one raw transaction on a SQLite file (create-record's
     /// yardstick).
@@ -146,6 +155,7 @@ impl Rpc {
             Rpc::CreateRecord { .. } => "sharedcare.records.v1.RecordsService/CreateRecord",
             Rpc::GetPatient { .. } => "sharedcare.identity.v1.IdentityService/GetPatient",
             Rpc::AuditAppend { .. } => "sharedcare.audit.v1.AuditService/Append",
+            Rpc::AuditAppendBatch { .. } => "sharedcare.audit.v1.AuditService/AppendBatch",
             Rpc::SqliteInsert(_) => "sqlx INSERT record + outbox row, COMMIT",
         }
     }
@@ -171,22 +181,42 @@ impl Rpc {
                 .get_patient(bearer(request.clone(), auth))
                 .await
                 .map(drop),
-            Rpc::AuditAppend { auth, event } => {
-                let event = AuditEvent {
-                    event_id: uuid::Uuid::now_v7().to_string(),
-                    occur_time: Some(std::time::SystemTime::now().into()),
-                    ..AuditEvent::clone(event)
-                };
-                AuditServiceClient::new(channel)
-                    .append(bearer(AppendRequest { event: Some(event) }, auth))
-                    .await
-                    .map(drop)
-            }
+            Rpc::AuditAppend { auth, event } => AuditServiceClient::new(channel)
+                .append(bearer(
+                    AppendRequest {
+                        event: Some(fresh(event)),
+                    },
+                    auth,
+                ))
+                .await
+                .map(drop),
+            Rpc::AuditAppendBatch {
+                auth,
+                event,
+                events,
+            } => AuditServiceClient::new(channel)
+                .append_batch(bearer(
+                    AppendBatchRequest {
+                        events: (0..*events).map(|_| fresh(event)).collect(),
+                    },
+                    auth,
+                ))
+                .await
+                .map(drop),
             Rpc::SqliteInsert(raw) => raw
                 .insert()
                 .await
                 .map_err(|e| Status::internal(format!("sqlite-insert: {e}"))),
         }
+    }
+}
+
+/// A copy of `event` with a fresh id and time.
+fn fresh(event: &AuditEvent) -> AuditEvent {
+    AuditEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        occur_time: Some(std::time::SystemTime::now().into()),
+        ..event.clone()
     }
 }
 

@@ -44,6 +44,9 @@ pub enum Scenario {
     GetPatient,
     /// audit's Append of one event, as the records service.
     AuditAppend,
+    /// audit's AppendBatch of 50 events, as records' outbox relay sends
+    /// them (events/s = 50 × calls/s).
+    AuditAppendBatch,
     /// create-record's yardstick: a raw sqlx loop on one connection, one
     /// transaction per record row and its outbox row, in records' schema
     /// in a fresh SQLite file beside the data dir (WAL, synchronous FULL,
@@ -60,6 +63,7 @@ impl Scenario {
             Scenario::CreateRecord => "create-record",
             Scenario::GetPatient => "get-patient",
             Scenario::AuditAppend => "audit-append",
+            Scenario::AuditAppendBatch => "audit-batch-50",
             Scenario::SqliteInsert => "sqlite-insert",
             Scenario::Echo => "echo",
         }
@@ -70,7 +74,7 @@ impl Scenario {
         match self {
             Scenario::GetRecord | Scenario::CreateRecord => Some(&services.records_url),
             Scenario::GetPatient => Some(&services.identity_url),
-            Scenario::AuditAppend => Some(&services.audit_url),
+            Scenario::AuditAppend | Scenario::AuditAppendBatch => Some(&services.audit_url),
             // Not a call: its workers ignore the connection they are given.
             Scenario::SqliteInsert => Some(&services.records_url),
             Scenario::Echo => None,
@@ -129,6 +133,11 @@ impl Scenario {
             Scenario::AuditAppend => Rpc::AuditAppend {
                 auth: authorization(&fixture.records_token)?,
                 event: Box::new(read_event),
+            },
+            Scenario::AuditAppendBatch => Rpc::AuditAppendBatch {
+                auth: authorization(&fixture.records_token)?,
+                event: Box::new(read_event),
+                events: 50,
             },
         })
     }
