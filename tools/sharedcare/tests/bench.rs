@@ -129,9 +129,16 @@ fn get_record_against_dev() {
         "create-record",
         "--scenario",
         "sqlite-insert",
+        "--scenario",
+        "audit-append-batch",
     ]);
     assert_all_ok(&report, "echo", "plaintext");
-    for name in ["get-record", "create-record", "sqlite-insert"] {
+    for name in [
+        "get-record",
+        "create-record",
+        "sqlite-insert",
+        "audit-append-batch",
+    ] {
         assert_all_ok(&report, name, "plaintext");
     }
     let ratio = &report["ratios"][0];

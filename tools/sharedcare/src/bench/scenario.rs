@@ -63,7 +63,7 @@ impl Scenario {
             Scenario::CreateRecord => "create-record",
             Scenario::GetPatient => "get-patient",
             Scenario::AuditAppend => "audit-append",
-            Scenario::AuditAppendBatch => "audit-batch-50",
+            Scenario::AuditAppendBatch => "audit-append-batch",
             Scenario::SqliteInsert => "sqlite-insert",
             Scenario::Echo => "echo",
         }
