@@ -1,6 +1,7 @@
 //! The sharedcare service kit: what all four services share, so none of them
 //! copies it. Config, telemetry, the auth layer, server bootstrap, errors,
-//! outgoing clients, TLS, database connections and test spawning.
+//! outgoing clients, TLS, database connections, group commit and test
+//! spawning.
 
 pub mod access;
 pub mod auth;
@@ -10,6 +11,7 @@ pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod files;
+pub mod group;
 pub mod ids;
 pub mod keys;
 pub mod outbox;

@@ -234,14 +234,7 @@ async fn group_commit(
     pending: Arc<AtomicU64>,
 ) {
     const MAX_GROUP: usize = 512;
-    while let Some(first) = requests.recv().await {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match requests.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
-            }
-        }
+    while let Some(group) = crate::group::next_group(&mut requests, MAX_GROUP, |_| 1).await {
         let result = {
             let _turn = writes.turn().await;
             insert_group(&db, table, &group).await

@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use sharedcare_kit::{Error, error::Code};
+use sharedcare_kit::{Error, error::Code, group::next_group};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Appended, AuditLogStore, BoxFuture, Page};
@@ -55,18 +55,9 @@ impl GroupCommit {
 }
 
 async fn sequencer(inner: Arc<dyn AuditLogStore>, mut queue: mpsc::Receiver<Request>) {
-    while let Some(first) = queue.recv().await {
-        let mut group = vec![first];
-        let mut events = group[0].events.len();
-        while events < MAX_GROUP_EVENTS {
-            match queue.try_recv() {
-                Ok(next) => {
-                    events += next.events.len();
-                    group.push(next);
-                }
-                Err(_) => break,
-            }
-        }
+    while let Some(group) =
+        next_group(&mut queue, MAX_GROUP_EVENTS, |r: &Request| r.events.len()).await
+    {
         commit(inner.as_ref(), group).await;
     }
 }

@@ -4,7 +4,7 @@ use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
 };
-use sharedcare_kit::{Error, crypto::Keyring, db::WriteGate};
+use sharedcare_kit::{Error, crypto::Keyring, db::WriteGate, group::next_group};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{BoxFuture, Migrator, RecordStore, entities::*};
@@ -78,14 +78,7 @@ async fn store_creates(
     writes: WriteGate,
     mut queued: mpsc::Receiver<Create>,
 ) {
-    while let Some(first) = queued.recv().await {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match queued.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
-            }
-        }
+    while let Some(group) = next_group(&mut queued, MAX_GROUP, |_| 1).await {
         let _turn = writes.turn().await;
         if group.len() > 1 && insert_creates(&db, &group).await.is_ok() {
             for create in group {
