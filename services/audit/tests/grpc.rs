@@ -386,6 +386,12 @@ async fn append_refuses_each_bad_field_by_name_and_stores_nothing() {
             e.outcome_reason = "r".repeat(1025)
         }),
         ("event.trace_id", |e| e.trace_id = "a\nb".into()),
+        ("event.actor.display_name", |e| {
+            e.actor.as_mut().expect("actor").display_name = "n".repeat(129)
+        }),
+        ("event.actor.organisation_name", |e| {
+            e.actor.as_mut().expect("actor").organisation_name = "a\nb".into()
+        }),
         ("event.actor.patient_id", |e| {
             e.actor.as_mut().expect("actor").patient_id = "p1".into()
         }),

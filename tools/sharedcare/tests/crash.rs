@@ -95,16 +95,7 @@ fn set_up(dev: &Dev, data_dir: &Path, base_port: u16) -> Setup {
     let clinician = principal(&[
         "--kind", "staff", "--ods", "C81001", "--role", "R8000", "--name", "Dr Crash",
     ]);
-    let auditor = principal(&[
-        "--kind",
-        "staff",
-        "--ods",
-        "X26",
-        "--role",
-        "platform-auditor",
-        "--name",
-        "Auditor",
-    ]);
+    let auditor = principal(support::PLATFORM_AUDITOR);
     let registered = cli(
         dev,
         base_port,

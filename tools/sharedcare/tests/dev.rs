@@ -43,21 +43,7 @@ fn verify_the_audit_log(
     patient: &str,
 ) -> String {
     let admin = admin_token(dev, data_dir, base_port);
-    let auditor = principal_token(
-        dev,
-        base_port,
-        &admin,
-        &[
-            "--kind",
-            "staff",
-            "--ods",
-            "X26",
-            "--role",
-            "platform-auditor",
-            "--name",
-            "Platform auditor",
-        ],
-    );
+    let auditor = principal_token(dev, base_port, &admin, support::PLATFORM_AUDITOR);
     let verified = audit_verify(dev, data_dir, base_port, &auditor, state, &["--entry", "1"]);
     // The auditor checks the demo patient's report line by line against the log.
     let vkey = data_dir.join("audit-log.vkey");

@@ -63,13 +63,13 @@ impl<S: ConsentStore> Cached<S> {
 }
 
 impl<S> Cached<S> {
-    /// `patient`'s entry in the map `pick` chooses, or what `load` reads,
-    /// kept if no write happened while it was read.
-    async fn list<T: Clone>(
-        &self,
-        patient: &PatientId,
+    /// `patient`'s entry in the map `pick` chooses, or what `load` reads
+    /// (called only on a miss), kept if no write happened while it was read.
+    async fn list<'a, T: Clone>(
+        &'a self,
+        patient: &'a PatientId,
         pick: fn(&mut State) -> &mut HashMap<String, Vec<T>>,
-        load: BoxFuture<'_, Vec<T>>,
+        load: impl FnOnce() -> BoxFuture<'a, Vec<T>>,
     ) -> Result<Vec<T>, sharedcare_kit::Error> {
         let key = patient.as_str();
         if let Ok(mut state) = self.state.lock()
@@ -78,7 +78,7 @@ impl<S> Cached<S> {
             return Ok(hit.clone());
         }
         let read_under = self.state.lock().ok().map(|s| s.generation);
-        let read = load.await?;
+        let read = load().await?;
         if let Ok(mut state) = self.state.lock()
             && Some(state.generation) == read_under
         {
@@ -129,8 +129,12 @@ impl<S: ConsentStore> ConsentStore for Cached<S> {
     fn list_relationships(&self, patient: &PatientId) -> BoxFuture<'_, Vec<CareRelationship>> {
         let patient = patient.clone();
         Box::pin(async move {
-            let load = self.inner.list_relationships(&patient);
-            self.list(&patient, |s| &mut s.relationships, load).await
+            self.list(
+                &patient,
+                |s| &mut s.relationships,
+                || self.inner.list_relationships(&patient),
+            )
+            .await
         })
     }
 
@@ -170,8 +174,12 @@ impl<S: ConsentStore> ConsentStore for Cached<S> {
     fn list_directives(&self, patient: &PatientId) -> BoxFuture<'_, Vec<Directive>> {
         let patient = patient.clone();
         Box::pin(async move {
-            let load = self.inner.list_directives(&patient);
-            self.list(&patient, |s| &mut s.directives, load).await
+            self.list(
+                &patient,
+                |s| &mut s.directives,
+                || self.inner.list_directives(&patient),
+            )
+            .await
         })
     }
 }

@@ -15,6 +15,18 @@ use tonic::transport::Endpoint;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sharedcare");
 
+/// `principal create` arguments for a platform auditor (admin's X26).
+pub const PLATFORM_AUDITOR: &[&str] = &[
+    "--kind",
+    "staff",
+    "--ods",
+    "X26",
+    "--role",
+    "platform-auditor",
+    "--name",
+    "Platform auditor",
+];
+
 /// Variables a developer's shell may hold that would point the client
 /// commands somewhere else.
 pub const CLIENT_VARS: &[&str] = &[
