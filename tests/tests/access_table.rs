@@ -329,7 +329,10 @@ async fn call(
             .await
             .map(drop),
         ("consent", "WatchChanges") => consent_client
-            .watch_changes(with_token(consent::WatchChangesRequest::default(), token))
+            .watch_changes(with_token(
+                tokio_stream::iter([consent::WatchChangesRequest::default()]),
+                token,
+            ))
             .await
             .map(drop),
         ("records", "CreateRecord") => records_client

@@ -31,6 +31,9 @@ pub struct ConsentSettings {
     /// Refuse changes and reads once audit has been unreachable this long
     /// (their events wait, durable, in consent's outbox meanwhile).
     pub audit_max_lag_ms: u64,
+    /// How often a WatchChanges stream says it is alive; also how long a
+    /// change waits for streams to acknowledge it before ending them.
+    pub watch_heartbeat_ms: u64,
 }
 
 const OWN_DEFAULTS: &str = r#"
@@ -38,6 +41,7 @@ const OWN_DEFAULTS: &str = r#"
 audit_url = "http://127.0.0.1:50054"
 call_timeout_ms = 5000
 audit_max_lag_ms = 30000
+watch_heartbeat_ms = 500
 "#;
 
 /// The shared defaults with consent's own port.
@@ -64,6 +68,12 @@ impl Validate for ConsentConfig {
             return Err(ConfigError::invalid(
                 "consent.call_timeout_ms",
                 "must be greater than 0",
+            ));
+        }
+        if self.consent.watch_heartbeat_ms == 0 || self.consent.watch_heartbeat_ms > 60_000 {
+            return Err(ConfigError::invalid(
+                "consent.watch_heartbeat_ms",
+                "must be between 1 and 60000",
             ));
         }
         self.auth

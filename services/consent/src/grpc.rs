@@ -30,6 +30,8 @@ use crate::{
 
 pub struct ConsentGrpc {
     pub store: Arc<dyn ConsentStore>,
+    /// What WatchChanges streams.
+    pub changes: Arc<crate::changes::ChangeFeed>,
     /// Every change and read is audited through it (kit::outbox).
     pub outbox: Arc<Outbox>,
     pub directory: Arc<dyn crate::Directory>,
@@ -323,6 +325,7 @@ fn decision_to_pb(
     decision: Decision,
     decision_id: String,
     at: chrono::DateTime<Utc>,
+    valid_until: Option<chrono::DateTime<Utc>>,
 ) -> pb::EvaluateResponse {
     pb::EvaluateResponse {
         decision: match decision.outcome {
@@ -348,6 +351,7 @@ fn decision_to_pb(
             .collect(),
         decision_id,
         evaluate_time: Some(to_proto(at)),
+        valid_until: valid_until.map(to_proto),
     }
 }
 
@@ -812,6 +816,7 @@ impl ConsentService for ConsentGrpc {
         )?;
         let now = Utc::now();
         let decision = evaluate(&asked, &relationships, &directives, now);
+        let valid_until = crate::changes::valid_until(&relationships, &directives, now);
         let decision_id = new_id();
         // Debug, not info: one line per read on the hot path; the audit
         // log keeps every decision's id and reason.
@@ -821,7 +826,12 @@ impl ConsentService for ConsentGrpc {
             reasons = ?decision.reasons.iter().map(|r| r.code.as_str()).collect::<Vec<_>>(),
             "decided"
         );
-        Ok(Response::new(decision_to_pb(decision, decision_id, now)))
+        Ok(Response::new(decision_to_pb(
+            decision,
+            decision_id,
+            now,
+            valid_until,
+        )))
     }
 
     type WatchChangesStream =
@@ -830,9 +840,9 @@ impl ConsentService for ConsentGrpc {
     #[tracing::instrument(skip_all, fields(rpc = "WatchChanges"))]
     async fn watch_changes(
         &self,
-        request: Request<pb::WatchChangesRequest>,
+        request: Request<tonic::Streaming<pb::WatchChangesRequest>>,
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
         grant(&request)?;
-        Err(Error::unimplemented("WatchChanges", "the change-feed issue").into())
+        Ok(Response::new(self.changes.watch(request.into_inner())?))
     }
 }

@@ -9,6 +9,7 @@
 //! `spec` builds the service that `main.rs`, the all-in-one CLI and the
 //! tests all serve; `open` wires it to configuration.
 
+pub mod changes;
 pub mod config;
 pub mod domain;
 mod grpc;
@@ -112,19 +113,46 @@ impl Directory for IdentityDirectory {
 /// mount exactly this).
 pub fn spec(
     store: Arc<dyn store::ConsentStore>,
+    changes: Arc<changes::ChangeFeed>,
     outbox: Arc<Outbox>,
     directory: Arc<dyn Directory>,
     verifier: Arc<Verifier>,
     limits: MessageLimits,
 ) -> ServiceSpec {
+    let closing = changes.clone();
     let server = ConsentServiceServer::new(grpc::ConsentGrpc {
         store,
+        changes,
         outbox,
         directory,
     })
     .max_decoding_message_size(limits.max_bytes)
     .max_encoding_message_size(limits.max_bytes);
     ServiceSpec::new(SERVICE_NAME, server, verifier, &policy::ACCESS)
+        .on_shutdown(move || closing.close())
+}
+
+/// The store as the service uses it, with its change feed. On SQLite this
+/// process is the one writer: what Evaluate reads is kept in memory and
+/// dropped at each change (store::Cached), and the process itself tells the
+/// change feed. On PostgreSQL every replica writes, reads go to the database
+/// and the database tells each replica's feed (see `changes`).
+pub fn layered(
+    sql: store::SqlStore,
+    heartbeat: Duration,
+) -> (Arc<dyn store::ConsentStore>, Arc<changes::ChangeFeed>) {
+    let connection = sql.connection();
+    if connection.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
+        let changes = changes::ChangeFeed::in_process(heartbeat);
+        let store = changes::Notifying::new(store::Cached::new(sql), changes.clone());
+        (Arc::new(store), changes)
+    } else {
+        let pool = connection.get_postgres_connection_pool().clone();
+        (
+            Arc::new(sql),
+            changes::ChangeFeed::postgres(pool, heartbeat),
+        )
+    }
 }
 
 /// Opens the configured store and identity's key source: what main.rs runs.
@@ -135,14 +163,7 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
         .map_err(|e| Error::invalid("database.url", e.to_string()))?;
     let sql = store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?;
     let connection = sql.connection();
-    // On SQLite this process is the one writer, so what Evaluate reads can
-    // be kept in memory and dropped at each change (see store::Cached).
-    let store: Arc<dyn store::ConsentStore> =
-        if connection.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
-            Arc::new(store::Cached::new(sql))
-        } else {
-            Arc::new(sql)
-        };
+    let (store, changes) = layered(sql, Duration::from_millis(cfg.consent.watch_heartbeat_ms));
     let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
     let channel = |url: &str| sharedcare_kit::tls::channel(url, tls.as_ref());
     let identity = channel(&cfg.auth.identity_url)?;
@@ -168,6 +189,7 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
     );
     Ok(spec(
         store,
+        changes,
         outbox,
         directory,
         verifier,

@@ -122,7 +122,7 @@ pub static ACCESS: AccessTable = AccessTable {
             method: "WatchChanges",
             callers: &[caller(Service, "consent.evaluate", Patients::Any)],
             purposes: "—",
-            audit: "— (UNIMPLEMENTED until the change-feed issue)",
+            audit: "— (carries patient ids only, no consent content; services only)",
         },
     ],
 };

@@ -11,13 +11,16 @@ use sharedcare_consent::{
 };
 use sharedcare_kit::{
     access::Capability,
+    client::ServiceTokens,
     db::WriteGate,
+    decisions::{CachedConsent, DecisionCacheSettings},
     outbox::{Outbox, OutboxSettings},
     peers::BoxFuture,
+    peers::{ConsentGate, Decision, GrpcConsent},
     server::MessageLimits,
     testing::{
-        MemoryAudit, TestAuthority, TestDatabase, TestServer, TestToken, outbox_drained, spawn,
-        with_token,
+        FixedToken, MemoryAudit, TestAuthority, TestDatabase, TestServer, TestToken,
+        outbox_drained, spawn, with_token,
     },
 };
 use sharedcare_proto::{
@@ -48,48 +51,70 @@ impl Directory for Known {
     }
 }
 
+/// consent as `open` layers it, on `url`, auditing into memory.
+async fn serve(
+    url: &str,
+    authority: &TestAuthority,
+) -> (TestServer, Arc<SqlStore>, Arc<Outbox>, Arc<MemoryAudit>) {
+    let store = Arc::new(SqlStore::connect(url, 4).await.expect("store"));
+    let audit = Arc::new(MemoryAudit::default());
+    let outbox = Outbox::start(
+        store.connection(),
+        WriteGate::for_db(&store.connection()),
+        OUTBOX_TABLE,
+        audit.clone(),
+        OutboxSettings {
+            max_lag: Duration::from_millis(200),
+            poll: Duration::from_millis(10),
+            ..OutboxSettings::default()
+        },
+    );
+    let (layered, changes) =
+        sharedcare_consent::layered((*store).clone(), Duration::from_millis(HEARTBEAT_MS));
+    let server = spawn(spec(
+        layered,
+        changes,
+        outbox.clone(),
+        Arc::new(Known(&["A81001", "RR8", "B82002"])),
+        authority.verifier(),
+        MessageLimits { max_bytes: 4 << 20 },
+    ))
+    .await;
+    (server, store, outbox, audit)
+}
+
+const HEARTBEAT_MS: u64 = 100;
+
 struct Fixture {
     server: TestServer,
     store: Arc<SqlStore>,
     audit: Arc<MemoryAudit>,
     outbox: Arc<Outbox>,
     authority: TestAuthority,
-    _db: TestDatabase,
+    db: TestDatabase,
 }
 
 impl Fixture {
     async fn start() -> Self {
-        let db = TestDatabase::sqlite();
-        let store = Arc::new(SqlStore::connect(db.url(), 4).await.expect("store"));
-        let audit = Arc::new(MemoryAudit::default());
-        let outbox = Outbox::start(
-            store.connection(),
-            WriteGate::for_db(&store.connection()),
-            OUTBOX_TABLE,
-            audit.clone(),
-            OutboxSettings {
-                max_lag: Duration::from_millis(200),
-                poll: Duration::from_millis(10),
-                ..OutboxSettings::default()
-            },
-        );
+        Self::start_on(TestDatabase::sqlite()).await
+    }
+
+    async fn start_on(db: TestDatabase) -> Self {
         let authority = TestAuthority::new();
-        let server = spawn(spec(
-            store.clone(),
-            outbox.clone(),
-            Arc::new(Known(&["A81001", "RR8", "B82002"])),
-            authority.verifier(),
-            MessageLimits { max_bytes: 4 << 20 },
-        ))
-        .await;
+        let (server, store, outbox, audit) = serve(db.url(), &authority).await;
         Fixture {
             server,
             store,
             audit,
             outbox,
             authority,
-            _db: db,
+            db,
         }
+    }
+
+    /// Another consent process on the same database (PostgreSQL).
+    async fn replica(&self) -> TestServer {
+        serve(self.db.url(), &self.authority).await.0
     }
 
     fn client(&self) -> ConsentServiceClient<Channel> {
@@ -714,17 +739,6 @@ async fn later_issues_say_they_are_not_implemented_yet() {
         .expect_err("later");
     assert_eq!(status.code(), Code::Unimplemented);
     assert!(status.message().contains("National Data Opt-out issue"));
-
-    let status = f
-        .client()
-        .watch_changes(with_token(
-            pb::WatchChangesRequest::default(),
-            &f.evaluator(),
-        ))
-        .await
-        .expect_err("later");
-    assert_eq!(status.code(), Code::Unimplemented);
-    assert!(status.message().contains("change-feed issue"));
 }
 
 /// The attacks of the trust-model issue, each refused, with nothing stored.
@@ -1175,4 +1189,395 @@ async fn no_audit_no_change() {
         ))
         .await
         .expect("audit is back");
+}
+
+/// A watch stream, as a watcher holds it.
+struct Watch {
+    stream: tonic::Streaming<pb::WatchChangesResponse>,
+    acks: tokio::sync::mpsc::UnboundedSender<pb::WatchChangesRequest>,
+    /// Acknowledge each PATIENT change as it is read (a well-behaved watcher).
+    acknowledging: bool,
+}
+
+impl Watch {
+    /// The next message that is not a heartbeat.
+    async fn next_change(&mut self) -> pb::WatchChangesResponse {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(5), self.stream.message())
+                .await
+                .expect("a message within 5 s")
+                .expect("the stream is healthy")
+                .expect("the stream is open");
+            if message.kind == pb::ChangeKind::Patient as i32 && self.acknowledging {
+                let _ = self.acks.send(pb::WatchChangesRequest {
+                    acknowledged_sequence: message.sequence,
+                });
+            }
+            if message.kind != pb::ChangeKind::Heartbeat as i32 {
+                return message;
+            }
+        }
+    }
+}
+
+/// A watch stream on `channel`, once READY (a PostgreSQL replica refuses
+/// streams until its listener is connected).
+async fn watch(channel: Channel, token: &str, acknowledging: bool) -> Watch {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (acks, to_send) = tokio::sync::mpsc::unbounded_channel();
+        let request = with_token(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(to_send),
+            token,
+        );
+        match ConsentServiceClient::new(channel.clone())
+            .watch_changes(request)
+            .await
+        {
+            Ok(response) => {
+                let mut watch = Watch {
+                    stream: response.into_inner(),
+                    acks,
+                    acknowledging,
+                };
+                let ready = watch.next_change().await;
+                assert_eq!(ready.kind, pb::ChangeKind::Ready as i32);
+                assert_eq!(u64::from(ready.heartbeat_interval_ms), HEARTBEAT_MS);
+                assert!(ready.patient_id.is_empty());
+                return watch;
+            }
+            Err(status) if status.code() == Code::Unavailable => {
+                assert!(tokio::time::Instant::now() < deadline, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("watch refused: {status:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn watch_changes_reports_each_patient_whose_consent_changed() {
+    let f = Fixture::start().await;
+    let mut stream = watch(f.server.channel.clone(), &f.evaluator(), true).await;
+
+    // Silence is filled with heartbeats, so a dead stream can be told apart.
+    let beat = tokio::time::timeout(Duration::from_secs(2), stream.stream.message())
+        .await
+        .expect("a heartbeat")
+        .expect("healthy")
+        .expect("open");
+    assert_eq!(beat.kind, pb::ChangeKind::Heartbeat as i32);
+    assert!(beat.patient_id.is_empty());
+
+    // A well-behaved watcher reads (and acknowledges) as the changes come.
+    let reader = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(stream.next_change().await);
+        }
+        seen
+    });
+    let relationship = f.record_relationship("A81001").await;
+    let directive = f.record_directive(deny_all()).await;
+    f.revoke(&directive.directive_id).await.expect("revoked");
+    f.client()
+        .end_care_relationship(with_token(
+            pb::EndCareRelationshipRequest {
+                patient_id: PATIENT.into(),
+                relationship_id: relationship.relationship_id,
+                end_time: None,
+            },
+            &f.pas("A81001"),
+        ))
+        .await
+        .expect("ended");
+    let seen = reader.await.expect("reader");
+    for change in &seen {
+        assert_eq!(change.kind, pb::ChangeKind::Patient as i32);
+        assert_eq!(change.patient_id, PATIENT);
+    }
+    let sequences: Vec<u64> = seen.iter().map(|c| c.sequence).collect();
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
+}
+
+#[tokio::test]
+async fn a_decision_says_until_when_it_stands() {
+    let f = Fixture::start().await;
+    let open_ended = f.record_relationship("A81001").await;
+    let permitted = f
+        .evaluate(evaluate_request("A81001", Purpose::DirectCare))
+        .await;
+    assert_eq!(permitted.decision, pb::Decision::Permit as i32);
+    assert_eq!(permitted.valid_until, None, "nothing ahead: {open_ended:?}");
+
+    let ends = chrono::Utc::now() + chrono::Duration::hours(1);
+    f.client()
+        .record_care_relationship(with_token(
+            pb::RecordCareRelationshipRequest {
+                organisation_ods_code: "RR8".into(),
+                kind: pb::CareRelationshipKind::HospitalEpisode as i32,
+                end_time: Some(sharedcare_kit::proto_time::to_proto(ends)),
+                ..relationship_request("RR8")
+            },
+            &f.pas("RR8"),
+        ))
+        .await
+        .expect("recorded");
+    // Every decision about the patient may turn then, for any actor.
+    let denied = f
+        .evaluate(evaluate_request("B82002", Purpose::DirectCare))
+        .await;
+    assert_eq!(denied.decision, pb::Decision::Deny as i32);
+    let until = sharedcare_kit::proto_time::from_proto("valid_until", denied.valid_until.as_ref())
+        .expect("valid")
+        .expect("set");
+    assert_eq!(until.timestamp_micros(), ends.timestamp_micros());
+}
+
+#[tokio::test]
+async fn watch_changes_on_postgresql_reports_changes_made_by_any_replica() {
+    let Some(db) = TestDatabase::postgres("consent watch across replicas").await else {
+        return;
+    };
+    let f = Fixture::start_on(db).await;
+    let other = f.replica().await;
+    let here = watch(f.server.channel.clone(), &f.evaluator(), true).await;
+    let there = watch(other.channel.clone(), &f.evaluator(), true).await;
+
+    // Written through the first replica, heard on both (each watcher reads
+    // and acknowledges as changes come).
+    let readers = [here, there].map(|mut stream| {
+        tokio::spawn(async move {
+            let first = stream.next_change().await;
+            let second = stream.next_change().await;
+            ([first, second], stream)
+        })
+    });
+    f.record_relationship("A81001").await;
+    f.record_directive(deny_all()).await;
+    let mut streams = Vec::new();
+    for reader in readers {
+        let (changes, stream) = reader.await.expect("reader");
+        for change in changes {
+            assert_eq!(change.kind, pb::ChangeKind::Patient as i32);
+            assert_eq!(change.patient_id, PATIENT);
+        }
+        streams.push(stream);
+    }
+    drop(streams);
+    other.shutdown().await;
+    f.server.shutdown().await;
+    f.db.cleanup().await;
+}
+
+/// Counts what reaches consent through it.
+struct Counting {
+    inner: GrpcConsent,
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl ConsentGate for Counting {
+    fn evaluate(
+        &self,
+        patient_id: &str,
+        actor: Actor,
+        purpose: Purpose,
+        category: RecordCategory,
+    ) -> BoxFuture<'_, Decision> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.evaluate(patient_id, actor, purpose, category)
+    }
+}
+
+#[tokio::test]
+async fn decisions_are_kept_while_the_change_stream_says_they_hold() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let f = Fixture::start().await;
+    let tokens: Arc<dyn ServiceTokens> = Arc::new(FixedToken(f.evaluator()));
+    let counting = Arc::new(Counting {
+        inner: GrpcConsent::new(
+            f.server.channel.clone(),
+            tokens.clone(),
+            Duration::from_secs(5),
+        ),
+        asked: Default::default(),
+    });
+    let gate = CachedConsent::start(
+        counting.clone(),
+        f.server.channel.clone(),
+        tokens,
+        DecisionCacheSettings {
+            max_age: Duration::from_secs(60),
+            max_entries: 100,
+        },
+    );
+    let actor = |org: &str| Actor {
+        principal_id: format!("staff-{org}"),
+        kind: PrincipalKind::Staff as i32,
+        organisation_ods_code: org.into(),
+        ..Default::default()
+    };
+    let ask = |org: &'static str, category: RecordCategory| {
+        let gate = gate.clone();
+        async move {
+            gate.evaluate(PATIENT, actor(org), Purpose::DirectCare, category)
+                .await
+                .expect("answered")
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !gate.is_live() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream never went live"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f.record_relationship("A81001").await;
+
+    // Asked once, then kept.
+    assert!(ask("A81001", RecordCategory::General).await.permitted);
+    assert!(ask("A81001", RecordCategory::General).await.permitted);
+    assert_eq!(counting.asked.load(SeqCst), 1);
+    // Another question is asked afresh.
+    assert!(!ask("RR8", RecordCategory::General).await.permitted);
+    assert!(ask("A81001", RecordCategory::SexualHealth).await.permitted);
+    assert_eq!(counting.asked.load(SeqCst), 3);
+
+    // The patient objects: the very next decision is consent's new one
+    // (the change was answered only once this watcher had acknowledged it).
+    f.record_directive(deny_all()).await;
+    let decision = ask("A81001", RecordCategory::General).await;
+    assert!(!decision.permitted);
+    assert_eq!(decision.reason_code(), "PATIENT_DIRECTIVE_DENY");
+    let asked = counting.asked.load(SeqCst);
+    assert_eq!(asked, 4);
+    assert!(!ask("A81001", RecordCategory::General).await.permitted);
+    assert_eq!(counting.asked.load(SeqCst), asked, "the denial is kept too");
+
+    // consent goes away: nothing is answered from memory.
+    f.server.shutdown().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while gate.is_live() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still live without consent"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = gate
+        .evaluate(
+            PATIENT,
+            actor("A81001"),
+            Purpose::DirectCare,
+            RecordCategory::General,
+        )
+        .await
+        .expect_err("consent is down");
+    assert_eq!(refused.code, sharedcare_kit::error::Code::Unavailable);
+}
+
+#[tokio::test]
+async fn a_kept_decision_lapses_when_its_period_ends() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let f = Fixture::start().await;
+    let tokens: Arc<dyn ServiceTokens> = Arc::new(FixedToken(f.evaluator()));
+    let counting = Arc::new(Counting {
+        inner: GrpcConsent::new(
+            f.server.channel.clone(),
+            tokens.clone(),
+            Duration::from_secs(5),
+        ),
+        asked: Default::default(),
+    });
+    let gate = CachedConsent::start(
+        counting.clone(),
+        f.server.channel.clone(),
+        tokens,
+        DecisionCacheSettings {
+            max_age: Duration::from_secs(60),
+            max_entries: 100,
+        },
+    );
+    while !gate.is_live() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ends = chrono::Utc::now() + chrono::Duration::milliseconds(700);
+    f.client()
+        .record_care_relationship(with_token(
+            pb::RecordCareRelationshipRequest {
+                end_time: Some(sharedcare_kit::proto_time::to_proto(ends)),
+                ..relationship_request("A81001")
+            },
+            &f.pas("A81001"),
+        ))
+        .await
+        .expect("recorded");
+    let actor = Actor {
+        principal_id: "staff-1".into(),
+        kind: PrincipalKind::Staff as i32,
+        organisation_ods_code: "A81001".into(),
+        ..Default::default()
+    };
+    let ask = || {
+        gate.evaluate(
+            PATIENT,
+            actor.clone(),
+            Purpose::DirectCare,
+            RecordCategory::General,
+        )
+    };
+    // Give the change time to arrive before the decision is kept.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(ask().await.expect("answered").permitted);
+    assert!(ask().await.expect("answered").permitted);
+    assert_eq!(counting.asked.load(SeqCst), 1);
+    tokio::time::sleep_until(
+        tokio::time::Instant::now()
+            + (ends - chrono::Utc::now()).to_std().unwrap_or_default()
+            + Duration::from_millis(20),
+    )
+    .await;
+    let after = ask().await.expect("answered");
+    assert!(!after.permitted, "the relationship has ended");
+    assert_eq!(counting.asked.load(SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_stream_that_does_not_acknowledge_is_ended_and_waited_out() {
+    let f = Fixture::start().await;
+    let mut silent = watch(f.server.channel.clone(), &f.evaluator(), false).await;
+    let mut good = watch(f.server.channel.clone(), &f.evaluator(), true).await;
+    let good_reader = tokio::spawn(async move {
+        let change = good.next_change().await;
+        (change, good)
+    });
+
+    let started = std::time::Instant::now();
+    f.record_relationship("A81001").await;
+    let took = started.elapsed();
+    // One interval for the acknowledgement, then long enough for the silent
+    // watcher to give up on its own (three intervals of silence, and one).
+    assert!(
+        took >= Duration::from_millis(HEARTBEAT_MS * 5),
+        "answered after {took:?}"
+    );
+    let (change, _good) = good_reader.await.expect("reader");
+    assert_eq!(change.patient_id, PATIENT);
+
+    let change = silent.next_change().await;
+    assert_eq!(change.kind, pb::ChangeKind::Patient as i32);
+    let ended = loop {
+        match silent.stream.message().await {
+            Ok(Some(m)) if m.kind == pb::ChangeKind::Heartbeat as i32 => continue,
+            other => break other,
+        }
+    };
+    let status = ended.expect_err("the silent stream is ended");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("acknowledge"),
+        "{}",
+        status.message()
+    );
 }

@@ -70,6 +70,7 @@ impl ConsentGate for FakeConsent {
                     permitted: true,
                     decision_id: "decision-permit".into(),
                     reasons: vec![("CARE_RELATIONSHIP".into(), "registered GP".into())],
+                    valid_until: None,
                 }),
                 Answer::Deny => Ok(Decision {
                     permitted: false,
@@ -78,6 +79,7 @@ impl ConsentGate for FakeConsent {
                         "NO_CARE_RELATIONSHIP".into(),
                         "no current care relationship".into(),
                     )],
+                    valid_until: None,
                 }),
                 Answer::Down => Err(Error::unavailable(
                     "consent could not be asked, so access is refused (test)",

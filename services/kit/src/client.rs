@@ -108,9 +108,18 @@ pub async fn request<T>(
     tokens: &dyn ServiceTokens,
     timeout: Duration,
 ) -> Result<tonic::Request<T>, Error> {
+    let mut request = stream_request(message, tokens).await?;
+    request.set_timeout(timeout);
+    Ok(request)
+}
+
+/// Like [`request`] but with no deadline: for a stream meant to stay open.
+pub async fn stream_request<T>(
+    message: T,
+    tokens: &dyn ServiceTokens,
+) -> Result<tonic::Request<T>, Error> {
     let token = tokens.token().await?;
     let mut request = tonic::Request::new(message);
-    request.set_timeout(timeout);
     let value = format!("Bearer {token}")
         .parse()
         .map_err(|_| Error::internal("building the authorization header", "token is not ASCII"))?;

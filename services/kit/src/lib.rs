@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod decisions;
 pub mod error;
 pub mod files;
 pub mod group;

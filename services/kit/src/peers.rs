@@ -27,6 +27,9 @@ pub struct Decision {
     pub decision_id: String,
     /// (code, message) pairs, most important first.
     pub reasons: Vec<(String, String)>,
+    /// Unless the patient's consent changes first, the decision stands
+    /// until then (None: no time limit known).
+    pub valid_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Decision {
@@ -126,6 +129,12 @@ impl ConsentGate for GrpcConsent {
                     .into_iter()
                     .map(|r| (r.code, r.message))
                     .collect(),
+                // An unreadable limit is treated as already reached.
+                valid_until: crate::proto_time::from_proto(
+                    "valid_until",
+                    response.valid_until.as_ref(),
+                )
+                .unwrap_or_else(|_| Some(chrono::Utc::now())),
             })
         })
     }

@@ -31,6 +31,9 @@ pub struct ServiceSpec {
     pub access: &'static AccessTable,
     /// Serve TLS only (mutual, see `kit::tls`); `None` is plaintext.
     pub tls: Option<crate::tls::Tls>,
+    /// Run when shutdown begins, e.g. to end streams that would otherwise
+    /// hold the drain open.
+    pub on_shutdown: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 impl ServiceSpec {
@@ -61,7 +64,14 @@ impl ServiceSpec {
             verifier,
             access,
             tls: None,
+            on_shutdown: Vec::new(),
         }
+    }
+
+    /// Runs `hook` when shutdown begins.
+    pub fn on_shutdown(mut self, hook: impl FnOnce() + Send + 'static) -> Self {
+        self.on_shutdown.push(Box::new(hook));
+        self
     }
 
     /// Serves over `tls` when given (from `Tls::from_config`).
@@ -112,6 +122,7 @@ pub async fn serve(
 
     let drain = Duration::from_millis(cfg.shutdown_drain_ms);
     let services = spec.grpc_services.clone();
+    let hooks = spec.on_shutdown;
     let name = spec.name;
     let on_shutdown = async move {
         shutdown.await;
@@ -123,6 +134,9 @@ pub async fn serve(
             reporter
                 .set_service_status(service, ServingStatus::NotServing)
                 .await;
+        }
+        for hook in hooks {
+            hook();
         }
         tokio::time::sleep(drain).await;
         tracing::info!(service = name, "draining in-flight requests");

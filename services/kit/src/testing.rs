@@ -218,6 +218,16 @@ pub struct TestToken<'a> {
 }
 
 /// A request carrying `authorization: Bearer <token>`.
+/// A service token that never changes, for a client under test.
+pub struct FixedToken(pub String);
+
+impl crate::client::ServiceTokens for FixedToken {
+    fn token(&self) -> crate::peers::BoxFuture<'_, String> {
+        let token = self.0.clone();
+        Box::pin(async move { Ok(token) })
+    }
+}
+
 pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(

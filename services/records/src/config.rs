@@ -42,6 +42,12 @@ pub struct RecordsSettings {
     pub audit_max_lag_ms: u64,
     /// Refuse new accesses once this many audit events wait for delivery.
     pub audit_max_pending: u64,
+    /// Keep consent's decisions this long at most (while consent's change
+    /// stream is live, and never past a decision's own limit); 0 asks
+    /// consent every time.
+    pub consent_cache_max_age_ms: u64,
+    /// Decisions kept at most.
+    pub consent_cache_max_entries: usize,
     /// Base64 of the 32-byte AES-256 key-encryption key, inline or as a
     /// file. Unset: generated on first start and kept in the data dir.
     #[serde(default)]
@@ -72,6 +78,8 @@ call_timeout_ms = 5000
 outbox_retry_ms = 2000
 audit_max_lag_ms = 30000
 audit_max_pending = 100000
+consent_cache_max_age_ms = 60000
+consent_cache_max_entries = 100000
 "#;
 
 impl RecordsConfig {
@@ -129,6 +137,18 @@ impl Validate for RecordsConfig {
             return Err(ConfigError::invalid(
                 "records.outbox_retry_ms",
                 "must be at least 100",
+            ));
+        }
+        if self.records.consent_cache_max_age_ms > 3_600_000 {
+            return Err(ConfigError::invalid(
+                "records.consent_cache_max_age_ms",
+                "must be at most 3600000 (an hour)",
+            ));
+        }
+        if self.records.consent_cache_max_entries == 0 {
+            return Err(ConfigError::invalid(
+                "records.consent_cache_max_entries",
+                "must be at least 1",
             ));
         }
         if self.records.audit_max_pending == 0 {

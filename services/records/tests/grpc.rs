@@ -358,6 +358,7 @@ impl ConsentGate for PermitAll {
                 permitted: true,
                 decision_id: "decision-1".into(),
                 reasons: vec![("CARE_RELATIONSHIP".into(), "a test permit".into())],
+                valid_until: None,
             })
         })
     }

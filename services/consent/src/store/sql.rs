@@ -3,8 +3,8 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, Statement, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 use sharedcare_kit::{Error, outbox};
@@ -177,6 +177,19 @@ impl SqlStore {
             .map_err(|e| Error::internal(context, e))?;
         let done = change(&txn).await?;
         outbox::insert_in(&txn, OUTBOX_TABLE, audit).await?;
+        if txn.get_database_backend() == DbBackend::Postgres {
+            // Delivered to every replica's change feed if, and when, this commits.
+            txn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_notify($1, $2)",
+                [
+                    crate::changes::PG_CHANNEL.into(),
+                    audit.patient_id.clone().into(),
+                ],
+            ))
+            .await
+            .map_err(|e| Error::internal(context, e))?;
+        }
         txn.commit()
             .await
             .map_err(|e| Error::internal(context, e))?;

@@ -1,0 +1,320 @@
+//! consent's decisions, kept by the service that asked, for as long as they
+//! hold: the same actor, patient, purpose and category get the same answer
+//! until the patient's consent changes or a period in it begins or ends.
+//!
+//! The cache is used only while consent's change stream (`WatchChanges`) is
+//! live: READY received, a message heard within a few heartbeat intervals.
+//! A PATIENT change drops the patient's decisions at once; losing the stream
+//! drops everything. A decision is kept only if nothing was dropped while it
+//! was being asked for (an epoch counter, bumped by every drop, must be the
+//! same before and after), so an answer that raced a change is used once and
+//! not kept. Each entry also lapses at the decision's `valid_until` and at
+//! `max_age`, whichever is sooner.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
+    time::{Duration, Instant},
+};
+
+use prost::Message;
+use sharedcare_proto::{
+    common::v1::{Actor, Purpose, RecordCategory},
+    consent::v1::{ChangeKind, WatchChangesRequest, consent_service_client::ConsentServiceClient},
+};
+use tonic::transport::Channel;
+
+use crate::{
+    Error,
+    client::ServiceTokens,
+    peers::{BoxFuture, ConsentGate, Decision},
+};
+
+/// How long and how much to keep.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionCacheSettings {
+    /// A decision is asked again after this long at most.
+    pub max_age: Duration,
+    /// Decisions held at most; past this the cache starts again empty.
+    pub max_entries: usize,
+}
+
+/// Heartbeat intervals of silence after which the stream counts as lost
+/// (consent's change feed counts on it).
+const SILENT_INTERVALS: u32 = 3;
+
+/// Which answer: everything in the actor (all of it may matter to a rule),
+/// the purpose and the category. The patient is the outer map's key.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Question {
+    actor: Vec<u8>,
+    purpose: i32,
+    category: i32,
+}
+
+struct Entry {
+    decision: Decision,
+    expires: Instant,
+}
+
+struct State {
+    /// READY heard on the current stream, and the stream not lost since.
+    live: bool,
+    last_heard: Instant,
+    silent_limit: Duration,
+    /// Bumped by every drop: a decision asked for under an older epoch may
+    /// predate a change.
+    epoch: u64,
+    entries: usize,
+    patients: HashMap<String, HashMap<Question, Entry>>,
+}
+
+impl State {
+    fn usable(&self, now: Instant) -> bool {
+        self.live && now.duration_since(self.last_heard) <= self.silent_limit
+    }
+
+    fn drop_patient(&mut self, patient: &str) {
+        self.epoch += 1;
+        if let Some(gone) = self.patients.remove(patient) {
+            self.entries -= gone.len();
+        }
+    }
+
+    fn drop_all(&mut self) {
+        self.epoch += 1;
+        self.patients.clear();
+        self.entries = 0;
+    }
+}
+
+/// A [`ConsentGate`] that keeps `inner`'s decisions while consent's change
+/// stream says they still hold.
+pub struct CachedConsent {
+    inner: Arc<dyn ConsentGate>,
+    state: Arc<Mutex<State>>,
+    settings: DecisionCacheSettings,
+}
+
+impl CachedConsent {
+    /// Wraps `inner` and starts watching consent's changes over `channel`
+    /// (as this service, with `tokens`), until the gate is dropped.
+    pub fn start(
+        inner: Arc<dyn ConsentGate>,
+        channel: Channel,
+        tokens: Arc<dyn ServiceTokens>,
+        settings: DecisionCacheSettings,
+    ) -> Arc<Self> {
+        let state = Arc::new(Mutex::new(State {
+            live: false,
+            last_heard: Instant::now(),
+            silent_limit: Duration::ZERO,
+            epoch: 0,
+            entries: 0,
+            patients: HashMap::new(),
+        }));
+        tokio::spawn(watch(
+            ConsentServiceClient::new(channel),
+            tokens,
+            Arc::downgrade(&state),
+        ));
+        Arc::new(CachedConsent {
+            inner,
+            state,
+            settings,
+        })
+    }
+
+    /// Whether decisions are being kept right now (the stream is live).
+    pub fn is_live(&self) -> bool {
+        self.state
+            .lock()
+            .is_ok_and(|state| state.usable(Instant::now()))
+    }
+
+    /// A kept answer, or the epoch to keep a fresh one under (None when the
+    /// cache is not usable).
+    fn lookup(&self, patient_id: &str, question: &Question) -> Result<Decision, Option<u64>> {
+        let now = Instant::now();
+        let Ok(state) = self.state.lock() else {
+            return Err(None);
+        };
+        if !state.usable(now) {
+            return Err(None);
+        }
+        match state
+            .patients
+            .get(patient_id)
+            .and_then(|answers| answers.get(question))
+        {
+            Some(entry) if entry.expires > now => Ok(entry.decision.clone()),
+            _ => Err(Some(state.epoch)),
+        }
+    }
+
+    fn keep(&self, epoch: u64, patient_id: &str, question: Question, decision: &Decision) {
+        let now = Instant::now();
+        let mut lifetime = self.settings.max_age;
+        if let Some(until) = decision.valid_until {
+            let left = (until - chrono::Utc::now()).to_std().unwrap_or_default();
+            lifetime = lifetime.min(left);
+        }
+        if lifetime.is_zero() {
+            return;
+        }
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if state.epoch != epoch || !state.usable(now) {
+            return;
+        }
+        if state.entries >= self.settings.max_entries {
+            state.patients.clear();
+            state.entries = 0;
+        }
+        let entry = Entry {
+            decision: decision.clone(),
+            expires: now + lifetime,
+        };
+        if state
+            .patients
+            .entry(patient_id.to_owned())
+            .or_default()
+            .insert(question, entry)
+            .is_none()
+        {
+            state.entries += 1;
+        }
+    }
+}
+
+impl ConsentGate for CachedConsent {
+    fn evaluate(
+        &self,
+        patient_id: &str,
+        actor: Actor,
+        purpose: Purpose,
+        category: RecordCategory,
+    ) -> BoxFuture<'_, Decision> {
+        let question = Question {
+            actor: actor.encode_to_vec(),
+            purpose: purpose as i32,
+            category: category as i32,
+        };
+        let epoch = match self.lookup(patient_id, &question) {
+            Ok(kept) => return Box::pin(async move { Ok(kept) }),
+            Err(epoch) => epoch,
+        };
+        let patient_id = patient_id.to_owned();
+        Box::pin(async move {
+            let decision = self
+                .inner
+                .evaluate(&patient_id, actor, purpose, category)
+                .await?;
+            if let Some(epoch) = epoch {
+                self.keep(epoch, &patient_id, question, &decision);
+            }
+            Ok(decision)
+        })
+    }
+}
+
+/// Follows consent's change stream for as long as the cache lives,
+/// reconnecting (with backoff) whenever it ends.
+async fn watch(
+    client: ConsentServiceClient<Channel>,
+    tokens: Arc<dyn ServiceTokens>,
+    state: Weak<Mutex<State>>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if state.strong_count() == 0 {
+            return;
+        }
+        let outcome = follow(client.clone(), tokens.as_ref(), &state).await;
+        let Some(held) = state.upgrade() else {
+            return;
+        };
+        if let Ok(mut s) = held.lock() {
+            s.live = false;
+            s.drop_all();
+        }
+        drop(held);
+        match outcome {
+            // It had been live: try again at once.
+            Ok(()) => backoff = Duration::from_millis(50),
+            Err(e) => {
+                tracing::debug!(error = %e.message, "consent's change stream is down; decisions are not kept");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// One stream, until it ends, errs or falls silent. Ok if it was live.
+async fn follow(
+    mut client: ConsentServiceClient<Channel>,
+    tokens: &dyn ServiceTokens,
+    state: &Weak<Mutex<State>>,
+) -> Result<(), Error> {
+    // Each PATIENT change is acknowledged once its decisions are dropped:
+    // consent answers the change's writer only then.
+    let (acks, to_send) = tokio::sync::mpsc::unbounded_channel::<WatchChangesRequest>();
+    let request = crate::client::stream_request(
+        tokio_stream::wrappers::UnboundedReceiverStream::new(to_send),
+        tokens,
+    )
+    .await?;
+    let mut stream = client
+        .watch_changes(request)
+        .await
+        .map_err(Error::from)?
+        .into_inner();
+    // Until READY says how often heartbeats come.
+    let mut silent_limit = Duration::from_secs(10);
+    let mut was_live = false;
+    loop {
+        let message = match tokio::time::timeout(silent_limit, stream.message()).await {
+            Ok(Ok(Some(message))) => message,
+            Ok(Ok(None)) | Err(_) => break,
+            Ok(Err(status)) => {
+                return if was_live { Ok(()) } else { Err(status.into()) };
+            }
+        };
+        let Some(held) = state.upgrade() else {
+            return Ok(());
+        };
+        let Ok(mut s) = held.lock() else {
+            return Ok(());
+        };
+        s.last_heard = Instant::now();
+        match ChangeKind::try_from(message.kind) {
+            Ok(ChangeKind::Ready) => {
+                let interval =
+                    Duration::from_millis(u64::from(message.heartbeat_interval_ms.max(1)));
+                silent_limit = interval * SILENT_INTERVALS;
+                s.silent_limit = silent_limit;
+                s.drop_all();
+                s.live = true;
+                was_live = true;
+            }
+            Ok(ChangeKind::Heartbeat) => {}
+            Ok(ChangeKind::Patient) => {
+                s.drop_patient(&message.patient_id);
+                let _ = acks.send(WatchChangesRequest {
+                    acknowledged_sequence: message.sequence,
+                });
+            }
+            // Something this build does not understand may be a change.
+            Ok(ChangeKind::Unspecified) | Err(_) => s.drop_all(),
+        }
+    }
+    if was_live {
+        Ok(())
+    } else {
+        Err(Error::unavailable(
+            "consent's change stream ended before it was ready",
+        ))
+    }
+}
