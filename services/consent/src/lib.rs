@@ -161,6 +161,12 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
         .database
         .resolve_url(SERVICE_NAME)
         .map_err(|e| Error::invalid("database.url", e.to_string()))?;
+    if !url.expose().starts_with("sqlite:") && cfg.database.max_connections < 2 {
+        return Err(Error::invalid(
+            "database.max_connections",
+            "must be at least 2 on PostgreSQL: consent keeps one connection listening for changes",
+        ));
+    }
     let sql = store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?;
     let connection = sql.connection();
     let (store, changes) = layered(sql, Duration::from_millis(cfg.consent.watch_heartbeat_ms));

@@ -1389,10 +1389,8 @@ impl ConsentGate for Counting {
     }
 }
 
-#[tokio::test]
-async fn decisions_are_kept_while_the_change_stream_says_they_hold() {
-    use std::sync::atomic::Ordering::SeqCst;
-    let f = Fixture::start().await;
+/// records' gate, counting what reaches consent, once its stream is live.
+async fn cached_gate(f: &Fixture) -> (Arc<Counting>, Arc<CachedConsent>) {
     let tokens: Arc<dyn ServiceTokens> = Arc::new(FixedToken(f.evaluator()));
     let counting = Arc::new(Counting {
         inner: GrpcConsent::new(
@@ -1411,6 +1409,22 @@ async fn decisions_are_kept_while_the_change_stream_says_they_hold() {
             max_entries: 100,
         },
     );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !gate.is_live() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream never went live"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (counting, gate)
+}
+
+#[tokio::test]
+async fn decisions_are_kept_while_the_change_stream_says_they_hold() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let f = Fixture::start().await;
+    let (counting, gate) = cached_gate(&f).await;
     let actor = |org: &str| Actor {
         principal_id: format!("staff-{org}"),
         kind: PrincipalKind::Staff as i32,
@@ -1481,27 +1495,7 @@ async fn decisions_are_kept_while_the_change_stream_says_they_hold() {
 async fn a_kept_decision_lapses_when_its_period_ends() {
     use std::sync::atomic::Ordering::SeqCst;
     let f = Fixture::start().await;
-    let tokens: Arc<dyn ServiceTokens> = Arc::new(FixedToken(f.evaluator()));
-    let counting = Arc::new(Counting {
-        inner: GrpcConsent::new(
-            f.server.channel.clone(),
-            tokens.clone(),
-            Duration::from_secs(5),
-        ),
-        asked: Default::default(),
-    });
-    let gate = CachedConsent::start(
-        counting.clone(),
-        f.server.channel.clone(),
-        tokens,
-        DecisionCacheSettings {
-            max_age: Duration::from_secs(60),
-            max_entries: 100,
-        },
-    );
-    while !gate.is_live() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (counting, gate) = cached_gate(&f).await;
     let ends = chrono::Utc::now() + chrono::Duration::milliseconds(700);
     f.client()
         .record_care_relationship(with_token(
