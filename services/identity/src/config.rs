@@ -19,6 +19,9 @@ pub struct IdentityConfig {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub identity: IdentitySettings,
+    /// How long consent's decisions are kept (`kit::decisions`).
+    #[serde(default)]
+    pub consent_cache: sharedcare_kit::decisions::ConsentCacheConfig,
     /// TLS on this service's port and its outgoing calls (`kit::tls`);
     /// off unless `tls.enabled`.
     #[serde(default)]
@@ -107,6 +110,7 @@ impl Validate for IdentityConfig {
         self.database.validate(crate::SERVICE_NAME)?;
         self.auth.validate()?;
         self.tls.validate()?;
+        self.consent_cache.validate()?;
         if !(60..=86_400).contains(&self.identity.token_ttl_secs) {
             return Err(ConfigError::invalid(
                 "identity.token_ttl_secs",

@@ -44,35 +44,44 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// consent and audit over gRPC, calling as identity with a token it
-    /// signs itself.
+    /// consent and audit over gRPC as `cfg` says, calling as identity with a
+    /// token it signs itself.
     pub fn grpc(
-        consent_url: &str,
-        audit_url: &str,
+        cfg: &config::IdentityConfig,
         tokens: Arc<TokenIssuer>,
         tls: Option<&sharedcare_kit::tls::Tls>,
-        timeout: Duration,
         db: sea_orm::DatabaseConnection,
-        outbox: OutboxSettings,
     ) -> Result<Self, Error> {
+        let settings = &cfg.identity;
+        let timeout = Duration::from_millis(settings.call_timeout_ms);
         let own = Arc::new(SelfTokens::new(tokens));
         let lazy_channel = |url: &str| sharedcare_kit::tls::channel(url, tls);
+        let consent_channel =
+            lazy_channel(&settings.consent_url).map_err(|e| e.context("identity.consent_url"))?;
         Ok(Peers {
-            consent: Arc::new(GrpcConsent::new(
-                lazy_channel(consent_url).map_err(|e| e.context("identity.consent_url"))?,
+            consent: cfg.consent_cache.gate(
+                Arc::new(GrpcConsent::new(
+                    consent_channel.clone(),
+                    own.clone(),
+                    timeout,
+                )),
+                consent_channel,
                 own.clone(),
-                timeout,
-            )),
+            ),
             outbox: Outbox::start(
                 db.clone(),
                 WriteGate::for_db(&db),
                 store::OUTBOX_TABLE,
                 Arc::new(GrpcAudit::new(
-                    lazy_channel(audit_url).map_err(|e| e.context("identity.audit_url"))?,
+                    lazy_channel(&settings.audit_url)
+                        .map_err(|e| e.context("identity.audit_url"))?,
                     own,
                     timeout,
                 )),
-                outbox,
+                OutboxSettings {
+                    max_lag: Duration::from_millis(settings.audit_max_lag_ms),
+                    ..OutboxSettings::default()
+                },
             ),
         })
     }
@@ -126,18 +135,7 @@ pub async fn open(cfg: &config::IdentityConfig) -> Result<ServiceSpec, Error> {
         .identity
         .role_map()
         .map_err(|e| Error::invalid("identity.roles", e.to_string()))?;
-    let peers = Peers::grpc(
-        &cfg.identity.consent_url,
-        &cfg.identity.audit_url,
-        tokens.clone(),
-        tls.as_ref(),
-        Duration::from_millis(cfg.identity.call_timeout_ms),
-        store.connection(),
-        OutboxSettings {
-            max_lag: Duration::from_millis(cfg.identity.audit_max_lag_ms),
-            ..OutboxSettings::default()
-        },
-    )?;
+    let peers = Peers::grpc(cfg, tokens.clone(), tls.as_ref(), store.connection())?;
     Ok(spec(
         store,
         tokens,

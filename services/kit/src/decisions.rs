@@ -30,6 +30,68 @@ use crate::{
     peers::{BoxFuture, ConsentGate, Decision},
 };
 
+/// The `[consent_cache]` section of records' and identity's configuration.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(default)]
+pub struct ConsentCacheConfig {
+    /// Keep a decision this long at most (while consent's change stream is
+    /// live, and never past the decision's own limit); 0 asks consent every
+    /// time.
+    pub max_age_ms: u64,
+    /// Decisions kept at most.
+    pub max_entries: usize,
+}
+
+impl Default for ConsentCacheConfig {
+    fn default() -> Self {
+        ConsentCacheConfig {
+            max_age_ms: 60_000,
+            max_entries: 100_000,
+        }
+    }
+}
+
+impl ConsentCacheConfig {
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        use crate::config::ConfigError;
+        if self.max_age_ms > 3_600_000 {
+            return Err(ConfigError::invalid(
+                "consent_cache.max_age_ms",
+                "must be at most 3600000 (an hour)",
+            ));
+        }
+        if self.max_entries == 0 {
+            return Err(ConfigError::invalid(
+                "consent_cache.max_entries",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `inner`, keeping its decisions as configured (unless `max_age_ms` is
+    /// 0), watching consent's changes over `channel`.
+    pub fn gate(
+        &self,
+        inner: Arc<dyn ConsentGate>,
+        channel: Channel,
+        tokens: Arc<dyn ServiceTokens>,
+    ) -> Arc<dyn ConsentGate> {
+        if self.max_age_ms == 0 {
+            return inner;
+        }
+        CachedConsent::start(
+            inner,
+            channel,
+            tokens,
+            DecisionCacheSettings {
+                max_age: Duration::from_millis(self.max_age_ms),
+                max_entries: self.max_entries,
+            },
+        )
+    }
+}
+
 /// How long and how much to keep.
 #[derive(Debug, Clone, Copy)]
 pub struct DecisionCacheSettings {

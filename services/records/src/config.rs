@@ -19,6 +19,9 @@ pub struct RecordsConfig {
     /// Needs `client_id` and `client_secret`: records calls consent and audit.
     pub auth: AuthConfig,
     pub records: RecordsSettings,
+    /// How long consent's decisions are kept (`kit::decisions`).
+    #[serde(default)]
+    pub consent_cache: sharedcare_kit::decisions::ConsentCacheConfig,
     /// TLS on this service's port and its outgoing calls (`kit::tls`);
     /// off unless `tls.enabled`.
     #[serde(default)]
@@ -42,12 +45,6 @@ pub struct RecordsSettings {
     pub audit_max_lag_ms: u64,
     /// Refuse new accesses once this many audit events wait for delivery.
     pub audit_max_pending: u64,
-    /// Keep consent's decisions this long at most (while consent's change
-    /// stream is live, and never past a decision's own limit); 0 asks
-    /// consent every time.
-    pub consent_cache_max_age_ms: u64,
-    /// Decisions kept at most.
-    pub consent_cache_max_entries: usize,
     /// Base64 of the 32-byte AES-256 key-encryption key, inline or as a
     /// file. Unset: generated on first start and kept in the data dir.
     #[serde(default)]
@@ -78,8 +75,6 @@ call_timeout_ms = 5000
 outbox_retry_ms = 2000
 audit_max_lag_ms = 30000
 audit_max_pending = 100000
-consent_cache_max_age_ms = 60000
-consent_cache_max_entries = 100000
 "#;
 
 impl RecordsConfig {
@@ -139,18 +134,7 @@ impl Validate for RecordsConfig {
                 "must be at least 100",
             ));
         }
-        if self.records.consent_cache_max_age_ms > 3_600_000 {
-            return Err(ConfigError::invalid(
-                "records.consent_cache_max_age_ms",
-                "must be at most 3600000 (an hour)",
-            ));
-        }
-        if self.records.consent_cache_max_entries == 0 {
-            return Err(ConfigError::invalid(
-                "records.consent_cache_max_entries",
-                "must be at least 1",
-            ));
-        }
+        self.consent_cache.validate()?;
         if self.records.audit_max_pending == 0 {
             return Err(ConfigError::invalid(
                 "records.audit_max_pending",
@@ -238,6 +222,33 @@ mod tests {
         assert_eq!(cfg.records.classification_map, None);
         let map = cfg.records.classification_map().expect("built-in map");
         assert_eq!(map.name(), crate::domain::DEFAULT_MAP_NAME);
+        assert_eq!(cfg.consent_cache.max_age_ms, 60_000);
+    }
+
+    #[test]
+    fn the_consent_cache_is_configured_and_checked_by_name() {
+        let creds = [
+            ("SHAREDCARE_AUTH__CLIENT_ID", "records"),
+            ("SHAREDCARE_AUTH__CLIENT_SECRET__VALUE", "s3cret"),
+        ];
+        let off = [
+            creds[0],
+            creds[1],
+            ("SHAREDCARE_CONSENT_CACHE__MAX_AGE_MS", "0"),
+        ];
+        let cfg = RecordsConfig::load(&env(&off)).expect("valid");
+        assert_eq!(cfg.consent_cache.max_age_ms, 0);
+        assert_eq!(cfg.consent_cache.max_entries, 100_000);
+        let bad = [
+            creds[0],
+            creds[1],
+            ("SHAREDCARE_CONSENT_CACHE__MAX_ENTRIES", "0"),
+        ];
+        let err = RecordsConfig::load(&env(&bad)).expect_err("no room");
+        assert!(
+            err.to_string().contains("consent_cache.max_entries"),
+            "{err}"
+        );
     }
 
     #[test]

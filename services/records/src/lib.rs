@@ -21,7 +21,6 @@ use sharedcare_kit::{
     auth::Verifier,
     client::TokenSource,
     crypto::{Kek, Keyring},
-    decisions::{CachedConsent, DecisionCacheSettings},
     outbox::{Outbox, OutboxSettings},
     server::{MessageLimits, ServiceSpec},
 };
@@ -87,22 +86,15 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
     let tokens = Arc::new(TokenSource::from_config(identity.clone(), &cfg.auth)?);
     let timeout = Duration::from_millis(cfg.records.call_timeout_ms);
     let consent_channel = channel(&cfg.records.consent_url)?;
-    let mut consent: Arc<dyn access::ConsentGate> = Arc::new(access::GrpcConsent::new(
-        consent_channel.clone(),
-        tokens.clone(),
-        timeout,
-    ));
-    if cfg.records.consent_cache_max_age_ms > 0 {
-        consent = CachedConsent::start(
-            consent,
-            consent_channel,
+    let consent = cfg.consent_cache.gate(
+        Arc::new(access::GrpcConsent::new(
+            consent_channel.clone(),
             tokens.clone(),
-            DecisionCacheSettings {
-                max_age: Duration::from_millis(cfg.records.consent_cache_max_age_ms),
-                max_entries: cfg.records.consent_cache_max_entries,
-            },
-        );
-    }
+            timeout,
+        )),
+        consent_channel,
+        tokens.clone(),
+    );
     let audit = Arc::new(access::GrpcAudit::new(
         channel(&cfg.records.audit_url)?,
         tokens,

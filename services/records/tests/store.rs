@@ -19,10 +19,20 @@ use sharedcare_records::{
 
 /// audit, in memory: the ids of the events delivered, in order.
 #[derive(Default)]
-struct Delivered(Mutex<Vec<String>>);
+struct Delivered(Mutex<Vec<String>>, std::sync::atomic::AtomicBool);
+
+impl Delivered {
+    /// From now on audit is unreachable: events stay in the outbox.
+    fn go_down(&self) {
+        self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 impl BatchSink for Delivered {
     fn append_batch(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, ()> {
+        if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async { Err(sharedcare_kit::Error::unavailable("audit is down")) });
+        }
         self.0
             .lock()
             .expect("lock")
@@ -115,6 +125,8 @@ async fn conformance(store: &SqlStore) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(*delivered.0.lock().expect("lock"), ["event-1", "event-2"]);
+    // Events now wait in the outbox (a delivered one's id could be reused).
+    delivered.go_down();
 
     // Concurrent creates are committed together; one that cannot be stored
     // (two share an event id: the second to be stored fails) fails alone
