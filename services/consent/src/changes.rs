@@ -69,8 +69,8 @@ pub enum Change {
 
 /// One open stream, as the writers waiting on acknowledgements see it.
 struct Watcher {
-    /// Changes up to this sequence were published before the stream began.
-    joined_after: u64,
+    /// Starts at the last sequence published before the stream began: the
+    /// stream owes nothing for those.
     acknowledged: AtomicU64,
     cut: Notify,
 }
@@ -121,9 +121,11 @@ impl ChangeFeed {
 
     /// Publishes `change` to every stream; returns its sequence.
     pub fn publish(&self, change: Change) -> u64 {
-        let Ok(mut last) = self.last.lock() else {
-            return 0;
-        };
+        // A panic elsewhere must not stop changes being reported.
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *last += 1;
         // No receiver is fine: nobody is watching.
         let _ = self.changes.send((*last, change));
@@ -158,10 +160,7 @@ impl ChangeFeed {
                 .map(|watchers| {
                     watchers
                         .values()
-                        .filter(|w| {
-                            w.joined_after < sequence
-                                && w.acknowledged.load(Ordering::SeqCst) < sequence
-                        })
+                        .filter(|w| w.acknowledged.load(Ordering::SeqCst) < sequence)
                         .cloned()
                         .collect()
                 })
@@ -196,7 +195,6 @@ impl ChangeFeed {
                 .lock()
                 .map_err(|_| Error::unavailable("the change feed is unusable"))?;
             let watcher = Arc::new(Watcher {
-                joined_after: *last,
                 acknowledged: AtomicU64::new(*last),
                 cut: Notify::new(),
             });
@@ -229,16 +227,22 @@ impl ChangeFeed {
             }
             let mut ticks = tokio::time::interval(heartbeat);
             ticks.reset();
+            // The latest sequence this stream has reported: nothing later
+            // can have been acted on.
+            let mut reported = watcher.acknowledged.load(Ordering::SeqCst);
             let ended = |why: &str| Err(Status::unavailable(why.to_owned()));
             loop {
                 let message = tokio::select! {
                     change = changes.recv() => match change {
-                        Ok((sequence, Change::Patient(patient_id))) => Ok(pb::WatchChangesResponse {
-                            kind: pb::ChangeKind::Patient as i32,
-                            patient_id,
-                            sequence,
-                            ..Default::default()
-                        }),
+                        Ok((sequence, Change::Patient(patient_id))) => {
+                            reported = sequence;
+                            Ok(pb::WatchChangesResponse {
+                                kind: pb::ChangeKind::Patient as i32,
+                                patient_id,
+                                sequence,
+                                ..Default::default()
+                            })
+                        }
                         Ok((_, Change::Lost)) | Err(broadcast::error::RecvError::Lagged(_)) => ended(
                             "consent may have missed changes: drop what you derived from its \
                              decisions and watch again",
@@ -247,6 +251,13 @@ impl ChangeFeed {
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                     ack = acks.next() => match ack {
+                        Some(Ok(ack)) if ack.acknowledged_sequence > reported => {
+                            Err(Status::invalid_argument(format!(
+                                "acknowledged_sequence: {} was never reported on this stream (the \
+                                 latest is {reported})",
+                                ack.acknowledged_sequence
+                            )))
+                        }
                         Some(Ok(ack)) => {
                             watcher.acknowledged.fetch_max(ack.acknowledged_sequence, Ordering::SeqCst);
                             _registered.feed.progress.notify_waiters();

@@ -136,7 +136,8 @@ pub fn spec(
 /// process is the one writer: what Evaluate reads is kept in memory and
 /// dropped at each change (store::Cached), and the process itself tells the
 /// change feed. On PostgreSQL every replica writes, reads go to the database
-/// and the database tells each replica's feed (see `changes`).
+/// and the database tells each replica's feed (see `changes`). Either way a
+/// change is answered once this replica's streams have acknowledged it.
 pub fn layered(
     sql: store::SqlStore,
     heartbeat: Duration,
@@ -148,10 +149,9 @@ pub fn layered(
         (Arc::new(store), changes)
     } else {
         let pool = connection.get_postgres_connection_pool().clone();
-        (
-            Arc::new(sql),
-            changes::ChangeFeed::postgres(pool, heartbeat),
-        )
+        let changes = changes::ChangeFeed::postgres(pool, heartbeat);
+        let store = changes::Notifying::new(sql, changes.clone());
+        (Arc::new(store), changes)
     }
 }
 

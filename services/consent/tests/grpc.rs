@@ -1364,6 +1364,18 @@ async fn watch_changes_on_postgresql_reports_changes_made_by_any_replica() {
         }
         streams.push(stream);
     }
+    // The writing replica answers only once its own streams acknowledged:
+    // a silent one there is ended and waited out first.
+    let mut silent = watch(f.server.channel.clone(), &f.evaluator(), false).await;
+    let started = std::time::Instant::now();
+    f.record_directive(deny_all()).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(HEARTBEAT_MS * 5),
+        "answered after {took:?}"
+    );
+    assert_eq!(silent.next_change().await.patient_id, PATIENT);
+
     drop(streams);
     other.shutdown().await;
     f.server.shutdown().await;
@@ -1574,4 +1586,33 @@ async fn a_stream_that_does_not_acknowledge_is_ended_and_waited_out() {
         "{}",
         status.message()
     );
+}
+
+#[tokio::test]
+async fn an_acknowledgement_of_a_change_never_reported_ends_the_stream() {
+    let f = Fixture::start().await;
+    let mut watch = watch(f.server.channel.clone(), &f.evaluator(), false).await;
+    watch
+        .acks
+        .send(pb::WatchChangesRequest {
+            acknowledged_sequence: 999,
+        })
+        .expect("sent");
+    let ended = loop {
+        match watch.stream.message().await {
+            Ok(Some(m)) if m.kind == pb::ChangeKind::Heartbeat as i32 => continue,
+            other => break other,
+        }
+    };
+    let status = ended.expect_err("ended");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("acknowledged_sequence: 999"),
+        "{}",
+        status.message()
+    );
+    // A change now waits for nobody.
+    let started = std::time::Instant::now();
+    f.record_relationship("A81001").await;
+    assert!(started.elapsed() < Duration::from_millis(HEARTBEAT_MS * 5));
 }
