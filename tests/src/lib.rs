@@ -119,6 +119,7 @@ role = "service"
                 "SHAREDCARE_DATABASE__URL__VALUE".into(),
                 db.url().to_owned(),
             );
+            base.insert("SHAREDCARE_DATABASE__BACKEND".into(), "postgres".into());
         }
         let db_url = |service: &str| match &backend {
             Backend::Postgres(db) => db.url().to_owned(),

@@ -342,6 +342,7 @@ async fn call(
                     resource_json: observation(&patient_id),
                     category: 0,
                     purpose: 0,
+                    idempotency_key: String::new(),
                 },
                 token,
             ))
@@ -354,6 +355,19 @@ async fn call(
                     record_id: t.record_id.clone(),
                     resource_json: observation(&patient_id),
                     if_match_version: 1,
+                    purpose: 0,
+                    category: 0,
+                },
+                token,
+            ))
+            .await
+            .map(drop),
+        ("records", "DeleteRecord") => records_client
+            .delete_record(with_token(
+                records::DeleteRecordRequest {
+                    patient_id: patient_id.clone(),
+                    record_id: t.record_id.clone(),
+                    if_match_version: 2,
                     purpose: 0,
                 },
                 token,
@@ -378,6 +392,7 @@ async fn call(
                     record_id: t.record_id.clone(),
                     page_size: 0,
                     page_token: String::new(),
+                    purpose: 0,
                 },
                 token,
             ))
@@ -595,6 +610,7 @@ async fn walk_the_table(backend: Backend) {
                 resource_json: observation(&patient_id),
                 category: 0,
                 purpose: 0,
+                idempotency_key: String::new(),
             },
             &pas,
         ))

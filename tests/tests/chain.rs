@@ -142,6 +142,7 @@ async fn the_chain(backend: Backend) {
                 resource_json: observation(&patient_id),
                 category: 0,
                 purpose: 0,
+                idempotency_key: String::new(),
             },
             &ours.clinician,
         ))
@@ -179,6 +180,7 @@ async fn the_chain(backend: Backend) {
                     resource_json: json,
                     category: 0,
                     purpose: 0,
+                    idempotency_key: String::new(),
                 },
                 &ours.clinician,
             ))
@@ -359,6 +361,7 @@ async fn the_chain(backend: Backend) {
                 resource_json: hiv.to_string(),
                 category: RecordCategory::General as i32,
                 purpose: 0,
+                idempotency_key: String::new(),
             },
             &ours.clinician,
         ))

@@ -194,8 +194,7 @@ async fn the_chain_over_mutual_tls() {
             records::CreateRecordRequest {
                 patient_id: patient_id.clone(),
                 resource_json: resource.to_string(),
-                category: 0,
-                purpose: 0,
+                ..Default::default()
             },
             &gp,
         ))

@@ -19,6 +19,8 @@ true
 # The database URL is a secret: a file mounted from storage.postgres.existingSecret.
 - name: SHAREDCARE_DATABASE__URL__FILE
   value: {{ printf "%s/url" (include "sharedcare.databaseDir" $root) | quote }}
+- name: SHAREDCARE_DATABASE__BACKEND
+  value: "postgres"
 {{- end }}
 {{- if and .migrate (has $cfg.name (splitList " " (include "sharedcare.clientServices" $root))) (not (include "sharedcare.mountsAuth" .)) }}
 # {{ $cfg.name }}'s config demands a client secret, but `migrate` calls no other

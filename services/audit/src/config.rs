@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 use sharedcare_kit::config::{
+    StorageBackend,
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, SecretSource,
     ServerConfig, TelemetryConfig, Validate,
 };
@@ -46,6 +47,9 @@ impl Validate for AuditConfig {
         self.server.validate()?;
         self.telemetry.validate()?;
         self.database.validate(SERVICE_NAME)?;
+        // A memory backend for this service lands with its conformance suite.
+        self.database
+            .require_backend(&[StorageBackend::Sqlite, StorageBackend::Postgres])?;
         self.auth.validate()?;
         self.tls.validate()?;
         if crate::domain::checkpoint::check_key_name(&self.audit.log_name).is_err() {

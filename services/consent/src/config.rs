@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 use sharedcare_kit::config::{
+    StorageBackend,
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, ServerConfig,
     TelemetryConfig, Validate, check_url,
 };
@@ -62,6 +63,9 @@ impl Validate for ConsentConfig {
         self.server.validate()?;
         self.telemetry.validate()?;
         self.database.validate(crate::SERVICE_NAME)?;
+        // A memory backend for this service lands with its conformance suite.
+        self.database
+            .require_backend(&[StorageBackend::Sqlite, StorageBackend::Postgres])?;
         self.auth.validate()?;
         check_url("consent.audit_url", &self.consent.audit_url)?;
         if self.consent.call_timeout_ms == 0 {

@@ -4,6 +4,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::Deserialize;
 use sharedcare_kit::config::{
+    StorageBackend,
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, SecretSource,
     ServerConfig, TelemetryConfig, Validate, check_url,
 };
@@ -108,6 +109,9 @@ impl Validate for IdentityConfig {
         self.server.validate()?;
         self.telemetry.validate()?;
         self.database.validate(crate::SERVICE_NAME)?;
+        // A memory backend for this service lands with its conformance suite.
+        self.database
+            .require_backend(&[StorageBackend::Sqlite, StorageBackend::Postgres])?;
         self.auth.validate()?;
         self.tls.validate()?;
         self.consent_cache.validate()?;

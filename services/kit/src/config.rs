@@ -229,9 +229,37 @@ impl TelemetryConfig {
     }
 }
 
+/// Which storage backend a service uses: chosen here, never guessed from
+/// the URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// An embedded SQLite file (`url` unset: `<data_dir>/<service>.db`).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL server at `url`.
+    Postgres,
+    /// Process memory: nothing survives a restart (tests, demos). Local
+    /// state such as an audit outbox still lives in SQLite under `data_dir`.
+    Memory,
+}
+
+impl StorageBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageBackend::Sqlite => "sqlite",
+            StorageBackend::Postgres => "postgres",
+            StorageBackend::Memory => "memory",
+        }
+    }
+}
+
 /// Where a service keeps its data.
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseConfig {
+    /// `sqlite` (default), `postgres` or `memory`.
+    #[serde(default)]
+    pub backend: StorageBackend,
     /// Database URL (`sqlite://...` or `postgres://...`). Unset: a SQLite file
     /// under `data_dir`. Give it as `url.value` (env) or `url.file` (Secret).
     #[serde(default)]
@@ -272,7 +300,38 @@ impl DatabaseConfig {
                 "must be at least 1",
             ));
         }
-        self.resolve_url(service).map(|_| ())
+        let url = self.resolve_url(service)?;
+        let postgres = !url.expose().starts_with("sqlite:");
+        match (self.backend, postgres) {
+            (StorageBackend::Postgres, false) => Err(ConfigError::invalid(
+                "database.url",
+                "must be a postgres:// URL when database.backend is postgres",
+            )),
+            (StorageBackend::Sqlite | StorageBackend::Memory, true) => Err(ConfigError::invalid(
+                "database.backend",
+                format!(
+                    "is {}, but database.url is a PostgreSQL URL: set database.backend = \"postgres\"",
+                    self.backend.as_str()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a backend this service does not offer.
+    pub fn require_backend(&self, offered: &[StorageBackend]) -> Result<(), ConfigError> {
+        if offered.contains(&self.backend) {
+            return Ok(());
+        }
+        let names: Vec<&str> = offered.iter().map(|b| b.as_str()).collect();
+        Err(ConfigError::invalid(
+            "database.backend",
+            format!(
+                "{} is not offered by this service (offered: {})",
+                self.backend.as_str(),
+                names.join(", ")
+            ),
+        ))
     }
 }
 

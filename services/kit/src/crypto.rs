@@ -61,6 +61,19 @@ impl Kek {
         base64::engine::general_purpose::STANDARD.encode(self.key)
     }
 
+    /// A key for another use (e.g. signing page cursors), derived from this
+    /// one so it is shared by every replica that holds the KEK, and never
+    /// the KEK itself.
+    pub fn derive(&self, label: &str) -> [u8; KEY_LEN] {
+        use hmac::{Hmac, Mac};
+        let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(&self.key) else {
+            unreachable!("HMAC takes a key of any length")
+        };
+        mac.update(b"sharedcare.derive/");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }

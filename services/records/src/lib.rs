@@ -20,8 +20,11 @@ use sharedcare_kit::{
     Error,
     auth::Verifier,
     client::TokenSource,
+    config::StorageBackend,
     crypto::{Kek, Keyring},
+    db::WriteGate,
     outbox::{Outbox, OutboxSettings},
+    paging::CursorKey,
     server::{MessageLimits, ServiceSpec},
 };
 use sharedcare_proto::records::v1::records_service_server::RecordsServiceServer;
@@ -47,7 +50,7 @@ pub fn spec(
 }
 
 /// The configured key-encryption key, or the one kept in the data dir.
-fn keyring(cfg: &config::RecordsConfig) -> Result<Keyring, Error> {
+fn kek(cfg: &config::RecordsConfig) -> Result<Kek, Error> {
     let kek = match cfg
         .records
         .key_encryption_key
@@ -57,7 +60,34 @@ fn keyring(cfg: &config::RecordsConfig) -> Result<Keyring, Error> {
         Some(text) => Kek::from_base64(text.expose())?,
         None => Kek::load_or_create(&cfg.database.data_dir.join("records-kek.b64"))?,
     };
-    Ok(Keyring::new(kek, []))
+    Ok(kek)
+}
+
+/// The configured backend, wrapped in encryption, and the database its
+/// audit outbox lives in (the store's own when it has one, so a change and
+/// its audit event commit together).
+async fn open_store(
+    cfg: &config::RecordsConfig,
+    keys: Keyring,
+) -> Result<(Arc<dyn store::RecordStore>, sea_orm::DatabaseConnection, WriteGate), Error> {
+    let url = cfg
+        .database
+        .resolve_url(SERVICE_NAME)
+        .map_err(|e| Error::invalid("database.url", e.to_string()))?;
+    let max = cfg.database.max_connections;
+    Ok(match cfg.database.backend {
+        StorageBackend::Sqlite | StorageBackend::Postgres => {
+            let sql = store::SqlStore::connect(url.expose(), max).await?;
+            let (db, gate) = (sql.connection(), sql.write_gate());
+            (Arc::new(store::Encrypted::new(sql, keys)), db, gate)
+        }
+        StorageBackend::Memory => {
+            let db = sharedcare_kit::db::connect::<store::Migrator>(url.expose(), max).await?;
+            let gate = WriteGate::for_db(&db);
+            let memory = store::MemoryStore::new();
+            (Arc::new(store::Encrypted::new(memory, keys)), db, gate)
+        }
+    })
 }
 
 /// Opens the store, the clients of identity, consent and audit, starts the
@@ -73,13 +103,9 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
         rules = classification.rule_count(),
         "classification map loaded"
     );
-    let url = cfg
-        .database
-        .resolve_url(SERVICE_NAME)
-        .map_err(|e| Error::invalid("database.url", e.to_string()))?;
-    let store = Arc::new(
-        store::SqlStore::connect(url.expose(), cfg.database.max_connections, keyring(cfg)?).await?,
-    );
+    let kek = kek(cfg)?;
+    let cursors = CursorKey::new(kek.derive("records.cursor"));
+    let (store, outbox_db, outbox_gate) = open_store(cfg, Keyring::new(kek, [])).await?;
     let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
     let channel = |url: &str| sharedcare_kit::tls::channel(url, tls.as_ref());
     let identity = channel(&cfg.auth.identity_url)?;
@@ -101,8 +127,8 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
         timeout,
     ));
     let outbox = Outbox::start(
-        store.connection(),
-        store.write_gate(),
+        outbox_db,
+        outbox_gate,
         store::OUTBOX_TABLE,
         audit,
         OutboxSettings {
@@ -116,6 +142,7 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
         store,
         consent,
         outbox,
+        cursors,
         cfg.records.max_resource_bytes,
     ));
     let verifier = sharedcare_kit::tls::remote_verifier(&cfg.auth, tls.as_ref())?;

@@ -33,7 +33,13 @@ pub static ACCESS: AccessTable = AccessTable {
             method: "UpdateRecord",
             callers: WRITERS,
             purposes: WRITE_PURPOSES,
-            audit: "as CreateRecord (UNIMPLEMENTED until the versioning issue)",
+            audit: "as CreateRecord; consent is asked about the current and the new category",
+        },
+        Rule {
+            method: "DeleteRecord",
+            callers: WRITERS,
+            purposes: WRITE_PURPOSES,
+            audit: "as CreateRecord (the tombstone version)",
         },
         Rule {
             method: "GetRecord",
@@ -45,13 +51,13 @@ pub static ACCESS: AccessTable = AccessTable {
             method: "History",
             callers: READERS,
             purposes: READ_PURPOSES,
-            audit: "as GetRecord (UNIMPLEMENTED until the versioning issue)",
+            audit: "as GetRecord: one event per page",
         },
         Rule {
             method: "Search",
             callers: READERS,
             purposes: READ_PURPOSES,
-            audit: "as GetRecord (UNIMPLEMENTED until the search issue)",
+            audit: "one event per record returned, and every denial of the general record",
         },
         Rule {
             method: "ExportPatient",

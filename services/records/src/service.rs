@@ -1,15 +1,25 @@
 //! What records does with an access: consent first, audit always, data last.
 //!
+//! Every path reads the record's metadata (category, type) first, asks
+//! consent about it, and only then opens the resource. A record consent
+//! withholds looks exactly like one that does not exist: the caller gets the
+//! answer an absent record would get. Searches and histories run only over
+//! the categories consent permits, so neither a page's size nor its cursor
+//! says that anything was left out.
+//!
 //! Every audit event goes into records' own outbox (kit::outbox) before the
-//! access is answered — a write's in the write's transaction, a read's or a
+//! access is answered — a write's in the write's transaction when the store
+//! shares the outbox's database (else just before the write), a read's or a
 //! denial's group-committed with its neighbours' — and the outbox's relay
 //! ships them to audit in batches. When audit has been unreachable too long
 //! the outbox refuses new accesses (fail closed).
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use prost::Message;
-use sharedcare_kit::{Error, auth::Principal, outbox::Outbox};
+use sharedcare_kit::{
+    Error, auth::Principal, error::Code, outbox::Outbox, paging::CursorKey,
+};
 use sharedcare_proto::{
     audit::v1::{Action, Outcome},
     common::v1::Purpose,
@@ -17,15 +27,64 @@ use sharedcare_proto::{
 
 use crate::{
     access::{AccessEvent, ConsentGate, Decision, category_to_pb},
-    domain::{Category, PatientId, Record, RecordId, ValidResource},
-    store::RecordStore,
+    domain::{
+        Category, IdempotencyKey, PatientId, Record, RecordId, SearchIndex, ValidResource,
+    },
+    store::{AuditRow, IdempotencyRow, RecordMeta, RecordStore, SearchQuery, SortKey, Stored, Write},
 };
 
 pub struct Records {
     store: Arc<dyn RecordStore>,
     consent: Arc<dyn ConsentGate>,
     outbox: Arc<Outbox>,
+    cursors: CursorKey,
     pub max_resource_bytes: usize,
+}
+
+/// A resource to store, checked and classified.
+pub struct Incoming {
+    pub resource: ValidResource,
+    pub category: Category,
+}
+
+/// One page of results and the cursor for the next (empty on the last).
+pub struct Page {
+    pub records: Vec<Record>,
+    pub next: String,
+}
+
+const ABSENT: &str = "no such record for this patient";
+
+fn record(meta: RecordMeta, resource_json: String) -> Record {
+    Record {
+        id: meta.id,
+        patient_id: meta.patient_id,
+        resource_type: meta.resource_type,
+        version: meta.version,
+        last_updated: meta.last_updated,
+        category: meta.category,
+        deleted: meta.deleted,
+        resource_json,
+    }
+}
+
+fn access<'a>(
+    principal: &'a Principal,
+    patient: &'a PatientId,
+    action: Action,
+    purpose: Purpose,
+    resource_type: &'a str,
+    record_id: &'a str,
+) -> AccessEvent<'a> {
+    AccessEvent {
+        principal,
+        patient_id: patient.as_str(),
+        action,
+        purpose,
+        resource_type,
+        record_id,
+        source_service: crate::SERVICE_NAME,
+    }
 }
 
 impl Records {
@@ -33,12 +92,14 @@ impl Records {
         store: Arc<dyn RecordStore>,
         consent: Arc<dyn ConsentGate>,
         outbox: Arc<Outbox>,
+        cursors: CursorKey,
         max_resource_bytes: usize,
     ) -> Self {
         Records {
             store,
             consent,
             outbox,
+            cursors,
             max_resource_bytes,
         }
     }
@@ -48,25 +109,19 @@ impl Records {
         &self.outbox
     }
 
-    /// Asks consent; a denial is recorded in the outbox (the answer is no
-    /// even if that fails) and returned as PERMISSION_DENIED with the reason.
-    async fn decide(
-        &self,
-        access: &AccessEvent<'_>,
-        category: Category,
-    ) -> Result<Decision, Error> {
-        let decision = self
-            .consent
+    async fn evaluate(&self, access: &AccessEvent<'_>, category: Category) -> Result<Decision, Error> {
+        self.consent
             .evaluate(
                 access.patient_id,
                 access.principal.actor(),
                 access.purpose,
                 category_to_pb(category),
             )
-            .await?;
-        if decision.permitted {
-            return Ok(decision);
-        }
+            .await
+    }
+
+    /// Records a denial in the outbox (the answer is no even if that fails).
+    async fn audit_denial(&self, access: &AccessEvent<'_>, decision: &Decision) {
         let event = access.event(
             Outcome::Denied,
             &decision.reason_code(),
@@ -75,61 +130,177 @@ impl Records {
         if let Err(e) = self.outbox.record(&event).await {
             tracing::warn!(error = %e.message, "a denial could not be audited");
         }
-        Err(decision.denial())
     }
 
-    /// Stores a new resource as version 1. The audit event is written in the
-    /// same transaction (outbox), then delivered.
-    pub async fn create(
+    /// Asks consent; a denial is audited and returned as PERMISSION_DENIED
+    /// with the reason.
+    async fn decide(&self, access: &AccessEvent<'_>, category: Category) -> Result<Decision, Error> {
+        let decision = self.evaluate(access, category).await?;
+        if !decision.permitted {
+            self.audit_denial(access, &decision).await;
+            return Err(decision.denial());
+        }
+        Ok(decision)
+    }
+
+    /// The answer for a record that is not there: consent about the
+    /// patient's general record first (whether a record exists is itself
+    /// data), then NOT_FOUND.
+    async fn absent(&self, access: &AccessEvent<'_>) -> Error {
+        match self.decide(access, Category::General).await {
+            Ok(_) => Error::not_found(ABSENT),
+            Err(e) => e,
+        }
+    }
+
+    /// Asks consent about an existing record. When its category is
+    /// withheld, the caller gets what an absent record would give them.
+    async fn decide_hidden(
         &self,
-        principal: &Principal,
-        patient: PatientId,
-        resource: ValidResource,
+        access: &AccessEvent<'_>,
         category: Category,
-        purpose: Purpose,
-    ) -> Result<Record, Error> {
-        self.outbox.admit()?;
-        let id = RecordId::new();
-        let resource_type = resource.resource_type().to_owned();
-        let access = AccessEvent {
-            principal,
-            patient_id: patient.as_str(),
-            action: Action::Create,
-            purpose,
-            resource_type: &resource_type,
-            record_id: id.as_str(),
-            source_service: crate::SERVICE_NAME,
-        };
-        let decision = self.decide(&access, category).await?;
+    ) -> Result<Decision, Error> {
+        let decision = self.evaluate(access, category).await?;
+        if decision.permitted {
+            return Ok(decision);
+        }
+        self.audit_denial(access, &decision).await;
+        if category == Category::General {
+            return Err(decision.denial());
+        }
+        let general = self.evaluate(access, Category::General).await?;
+        Err(if general.permitted {
+            Error::not_found(ABSENT)
+        } else {
+            general.denial()
+        })
+    }
+
+    async fn audit_success(&self, access: &AccessEvent<'_>, decision: &Decision) -> Result<(), Error> {
+        self.outbox
+            .record(&access.event(
+                Outcome::Success,
+                &decision.reason_code(),
+                &decision.decision_id,
+            ))
+            .await
+    }
+
+    /// Stores a write and its audit event: in one transaction when the
+    /// store shares the outbox's database, else the event first (an audited
+    /// attempt may then have failed; an unaudited change never happens).
+    async fn store_write(
+        &self,
+        mut write: Write,
+        access: &AccessEvent<'_>,
+        decision: &Decision,
+    ) -> Result<(), Error> {
         let event = access.event(
             Outcome::Success,
             &decision.reason_code(),
             &decision.decision_id,
         );
-        let now = chrono::Utc::now();
-        let record = Record {
-            resource_json: resource.stamp(&id, 1, now),
-            id,
-            patient_id: patient.clone(),
-            resource_type,
-            version: 1,
-            last_updated: now,
-            category,
-        };
-        self.store
-            .create(
-                record.clone(),
-                event.event_id.clone(),
-                event.encode_to_vec(),
-            )
-            .await?;
-        // Durable already; the relay delivers it.
+        if self.store.audit_in_write() {
+            write.audit = Some(AuditRow {
+                event_id: event.event_id.clone(),
+                payload: event.encode_to_vec(),
+            });
+        } else {
+            self.outbox.record(&event).await?;
+        }
+        self.store.write(write).await?;
         self.outbox.wake();
-        Ok(record)
+        Ok(())
     }
 
-    /// Reads the current version. Served only once consent permits and the
-    /// read is in the audit log.
+    /// Stores a new resource as version 1. With an idempotency key, a
+    /// retry answers with the first result.
+    pub async fn create(
+        &self,
+        principal: &Principal,
+        patient: PatientId,
+        incoming: Incoming,
+        purpose: Purpose,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Record, Error> {
+        self.outbox.admit()?;
+        if let Some(key) = &idempotency
+            && let Some(row) = self.store.idempotency(key.scoped()).await?
+        {
+            return self.replay(principal, &patient, key, row, purpose).await;
+        }
+        let id = RecordId::new();
+        let resource_type = incoming.resource.resource_type().to_owned();
+        let access = access(
+            principal,
+            &patient,
+            Action::Create,
+            purpose,
+            &resource_type,
+            id.as_str(),
+        );
+        let decision = self.decide(&access, incoming.category).await?;
+        let meta = RecordMeta {
+            id: id.clone(),
+            patient_id: patient.clone(),
+            resource_type: resource_type.clone(),
+            version: 1,
+            last_updated: now(),
+            category: incoming.category,
+            deleted: false,
+        };
+        let (write, json) = stamped(meta.clone(), &incoming.resource);
+        let write = Write {
+            idempotency: idempotency.as_ref().map(|key| IdempotencyRow {
+                key: key.scoped().to_owned(),
+                request_hash: key.request_hash().to_owned(),
+                record_id: id.clone(),
+                version: 1,
+            }),
+            ..write
+        };
+        match self.store_write(write, &access, &decision).await {
+            Ok(()) => Ok(record(meta, json)),
+            // The same key, sent again while the first was being stored.
+            Err(e) if e.code == Code::AlreadyExists && idempotency.is_some() => {
+                let Some(key) = &idempotency else {
+                    return Err(e);
+                };
+                let row = self
+                    .store
+                    .idempotency(key.scoped())
+                    .await?
+                    .ok_or(e)?;
+                self.replay(principal, &patient, key, row, purpose).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The first answer to an idempotent create, read again through consent.
+    async fn replay(
+        &self,
+        principal: &Principal,
+        patient: &PatientId,
+        key: &IdempotencyKey,
+        row: IdempotencyRow,
+        purpose: Purpose,
+    ) -> Result<Record, Error> {
+        if row.request_hash != key.request_hash() {
+            return Err(Error::invalid(
+                "idempotency_key",
+                "was already used for a different request",
+            ));
+        }
+        let stored = self
+            .store
+            .version(patient, &row.record_id, row.version)
+            .await?;
+        self.read(principal, patient, &row.record_id, stored, purpose)
+            .await
+    }
+
+    /// Reads the current version.
     pub async fn get(
         &self,
         principal: &Principal,
@@ -139,29 +310,385 @@ impl Records {
     ) -> Result<Record, Error> {
         self.outbox.admit()?;
         let found = self.store.current(&patient, &id).await?;
-        let (category, resource_type) = match &found {
-            Some(r) => (r.category, r.resource_type.clone()),
-            None => (Category::General, String::new()),
-        };
-        let access = AccessEvent {
+        self.read(principal, &patient, &id, found, purpose).await
+    }
+
+    /// Consent about the version's metadata, then (permitted, not deleted)
+    /// the resource opened, the read audited, and the version returned.
+    async fn read(
+        &self,
+        principal: &Principal,
+        patient: &PatientId,
+        id: &RecordId,
+        found: Option<Stored>,
+        purpose: Purpose,
+    ) -> Result<Record, Error> {
+        let resource_type = found
+            .as_ref()
+            .map(|s| s.meta.resource_type.clone())
+            .unwrap_or_default();
+        let access = access(
             principal,
-            patient_id: patient.as_str(),
-            action: Action::Read,
+            patient,
+            Action::Read,
             purpose,
-            resource_type: &resource_type,
-            record_id: id.as_str(),
-            source_service: crate::SERVICE_NAME,
+            &resource_type,
+            id.as_str(),
+        );
+        let Some(stored) = found else {
+            return Err(self.absent(&access).await);
         };
-        // Consent before NOT_FOUND: whether a record exists is itself data.
-        let decision = self.decide(&access, category).await?;
-        let record = found.ok_or_else(|| Error::not_found("no such record for this patient"))?;
-        self.outbox
-            .record(&access.event(
+        let decision = self.decide_hidden(&access, stored.meta.category).await?;
+        if stored.meta.deleted {
+            return Err(Error::not_found(ABSENT));
+        }
+        let json = stored.body.open()?;
+        self.audit_success(&access, &decision).await?;
+        Ok(record(stored.meta, json))
+    }
+
+    /// The current version, checked for a change: there, not deleted,
+    /// visible to the caller, and at the version they expect.
+    async fn current_for_change(
+        &self,
+        access: &AccessEvent<'_>,
+        patient: &PatientId,
+        id: &RecordId,
+        if_match: i64,
+    ) -> Result<(RecordMeta, Decision), Error> {
+        let Some(current) = self.store.current(patient, id).await? else {
+            return Err(self.absent(access).await);
+        };
+        let decision = self.decide_hidden(access, current.meta.category).await?;
+        if current.meta.deleted {
+            return Err(Error::not_found(ABSENT));
+        }
+        if current.meta.version != if_match {
+            return Err(crate::store::stale(current.meta.version));
+        }
+        Ok((current.meta, decision))
+    }
+
+    /// Stores a new version if `if_match` is current. Consent is asked about
+    /// the record as it is and, when the category changes, as it will be.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update(
+        &self,
+        principal: &Principal,
+        patient: PatientId,
+        id: RecordId,
+        incoming: Incoming,
+        purpose: Purpose,
+        if_match: i64,
+    ) -> Result<Record, Error> {
+        self.outbox.admit()?;
+        let resource_type = incoming.resource.resource_type().to_owned();
+        let access = access(
+            principal,
+            &patient,
+            Action::Update,
+            purpose,
+            &resource_type,
+            id.as_str(),
+        );
+        let (current, mut decision) = self
+            .current_for_change(&access, &patient, &id, if_match)
+            .await?;
+        if current.resource_type != resource_type {
+            return Err(Error::invalid(
+                "resource_json.resourceType",
+                format!(
+                    "must stay `{}`: a record's resource type cannot change",
+                    current.resource_type
+                ),
+            ));
+        }
+        if incoming.category != current.category {
+            decision = self.decide(&access, incoming.category).await?;
+        }
+        let meta = RecordMeta {
+            version: current.version + 1,
+            last_updated: now(),
+            category: incoming.category,
+            ..current
+        };
+        let (write, json) = stamped(meta.clone(), &incoming.resource);
+        self.store_write(write, &access, &decision).await?;
+        Ok(record(meta, json))
+    }
+
+    /// Deletes a record by storing a tombstone version.
+    pub async fn delete(
+        &self,
+        principal: &Principal,
+        patient: PatientId,
+        id: RecordId,
+        purpose: Purpose,
+        if_match: i64,
+    ) -> Result<Record, Error> {
+        self.outbox.admit()?;
+        let found_type = self
+            .store
+            .current(&patient, &id)
+            .await?
+            .map(|s| s.meta.resource_type)
+            .unwrap_or_default();
+        let access = access(
+            principal,
+            &patient,
+            Action::Delete,
+            purpose,
+            &found_type,
+            id.as_str(),
+        );
+        let (current, decision) = self
+            .current_for_change(&access, &patient, &id, if_match)
+            .await?;
+        let meta = RecordMeta {
+            version: current.version + 1,
+            last_updated: now(),
+            deleted: true,
+            ..current
+        };
+        let write = Write {
+            meta: meta.clone(),
+            body: Vec::new(),
+            index: SearchIndex::default(),
+            idempotency: None,
+            audit: None,
+        };
+        self.store_write(write, &access, &decision).await?;
+        Ok(record(meta, String::new()))
+    }
+
+    /// Which of `asked` (all when empty) consent permits, and the general
+    /// denial if the general record is among those refused.
+    async fn permitted_categories(
+        &self,
+        access: &AccessEvent<'_>,
+        asked: &[Category],
+    ) -> Result<(Vec<Category>, HashMap<Category, Decision>, Option<Error>), Error> {
+        let asked: Vec<Category> = if asked.is_empty() {
+            Category::ALL.to_vec()
+        } else {
+            asked.to_vec()
+        };
+        let mut permitted = Vec::new();
+        let mut decisions = HashMap::new();
+        let mut general_denial = None;
+        for category in asked {
+            let decision = self.evaluate(access, category).await?;
+            if decision.permitted {
+                permitted.push(category);
+                decisions.insert(category, decision);
+            } else if category == Category::General {
+                self.audit_denial(access, &decision).await;
+                general_denial = Some(decision.denial());
+            }
+        }
+        Ok((permitted, decisions, general_denial))
+    }
+
+    /// One page of a record's versions, newest first; versions in a
+    /// withheld category are left out.
+    pub async fn history(
+        &self,
+        principal: &Principal,
+        patient: PatientId,
+        id: RecordId,
+        purpose: Purpose,
+        page_size: usize,
+        cursor: &str,
+    ) -> Result<Page, Error> {
+        self.outbox.admit()?;
+        let current = self.store.current(&patient, &id).await?;
+        let resource_type = current
+            .as_ref()
+            .map(|s| s.meta.resource_type.clone())
+            .unwrap_or_default();
+        let access = access(
+            principal,
+            &patient,
+            Action::Read,
+            purpose,
+            &resource_type,
+            id.as_str(),
+        );
+        let Some(current) = current else {
+            return Err(self.absent(&access).await);
+        };
+        let decision = self.decide_hidden(&access, current.meta.category).await?;
+        let query = format!("history\0{}\0{}", patient.as_str(), id.as_str());
+        let mut before = match self.cursors.open("page_token", cursor, query.as_bytes())? {
+            Some(position) => Some(i64::from_be_bytes(
+                position
+                    .try_into()
+                    .map_err(|_| Error::invalid("page_token", "is not a cursor this service issued"))?,
+            )),
+            None => None,
+        };
+        let mut allowed: HashMap<Category, bool> =
+            HashMap::from([(current.meta.category, true)]);
+        let mut versions = Vec::new();
+        // One more than a page, to know whether another page holds anything.
+        'fill: loop {
+            let batch = self
+                .store
+                .history(&patient, &id, before, page_size + 1)
+                .await?;
+            let exhausted = batch.len() <= page_size;
+            for stored in batch {
+                before = Some(stored.meta.version);
+                let category = stored.meta.category;
+                let permitted = match allowed.get(&category) {
+                    Some(p) => *p,
+                    None => {
+                        let p = self.evaluate(&access, category).await?.permitted;
+                        allowed.insert(category, p);
+                        p
+                    }
+                };
+                if permitted {
+                    versions.push(stored);
+                    if versions.len() > page_size {
+                        break 'fill;
+                    }
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
+        let next = if versions.len() > page_size {
+            versions.truncate(page_size);
+            let last = versions.last().map_or(0, |s| s.meta.version);
+            self.cursors.issue(query.as_bytes(), &last.to_be_bytes())
+        } else {
+            String::new()
+        };
+        let mut records = Vec::with_capacity(versions.len());
+        for stored in versions {
+            let json = stored.body.open()?;
+            records.push(record(stored.meta, json));
+        }
+        self.audit_success(&access, &decision).await?;
+        Ok(Page { records, next })
+    }
+
+    /// One page of a patient's current records matching `query`, over the
+    /// categories consent permits. `digest` encodes everything that shapes
+    /// the results, binding the cursor to this search.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn search(
+        &self,
+        principal: &Principal,
+        mut query: SearchQuery,
+        purpose: Purpose,
+        page_size: usize,
+        cursor: &str,
+        digest: &[u8],
+    ) -> Result<Page, Error> {
+        self.outbox.admit()?;
+        let patient = query.patient_id.clone();
+        let after = match self.cursors.open("page_token", cursor, digest)? {
+            Some(position) => Some(sort_key_from(&position)?),
+            None => None,
+        };
+        let access = access(principal, &patient, Action::Search, purpose, "", "");
+        let (permitted, decisions, general_denial) =
+            self.permitted_categories(&access, &query.categories).await?;
+        if permitted.is_empty() {
+            return match general_denial {
+                Some(denial) => Err(denial),
+                None => Ok(Page {
+                    records: Vec::new(),
+                    next: String::new(),
+                }),
+            };
+        }
+        query.categories = permitted;
+        let mut found = self
+            .store
+            .search(&query, after.as_ref(), page_size + 1)
+            .await?;
+        let next = if found.len() > page_size {
+            found.truncate(page_size);
+            found
+                .last()
+                .map(|f| self.cursors.issue(digest, &sort_key_bytes(&f.key)))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let mut records = Vec::with_capacity(found.len());
+        for hit in found {
+            let json = hit.stored.body.open()?;
+            records.push(record(hit.stored.meta, json));
+        }
+        // Each record seen is in the audit log before the page is answered.
+        let audits = records.iter().filter_map(|r| {
+            let decision = decisions.get(&r.category)?;
+            let one = self::access(
+                principal,
+                &patient,
+                Action::Search,
+                purpose,
+                &r.resource_type,
+                r.id.as_str(),
+            );
+            Some(one.event(
                 Outcome::Success,
                 &decision.reason_code(),
                 &decision.decision_id,
             ))
-            .await?;
-        Ok(record)
+        });
+        let audits: Vec<_> = audits.collect();
+        for result in futures::future::join_all(audits.iter().map(|e| self.outbox.record(e))).await
+        {
+            result?;
+        }
+        Ok(Page { records, next })
     }
+}
+
+/// The version to store and the resource JSON it carries.
+fn stamped(meta: RecordMeta, resource: &ValidResource) -> (Write, String) {
+    let json = resource.clone().stamp(&meta.id, meta.version, meta.last_updated);
+    let index = crate::domain::extract(&meta.resource_type, resource.as_json());
+    (
+        Write {
+            meta,
+            body: json.clone().into_bytes(),
+            index,
+            idempotency: None,
+            audit: None,
+        },
+        json,
+    )
+}
+
+/// The time a version is stamped with, to the millisecond: what
+/// `meta.lastUpdated` shows is exactly what is stored and compared.
+fn now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::{DurationRound, TimeDelta};
+    let now = chrono::Utc::now();
+    now.duration_trunc(TimeDelta::milliseconds(1)).unwrap_or(now)
+}
+
+fn sort_key_bytes(key: &SortKey) -> Vec<u8> {
+    let mut out = key.at_micros.to_be_bytes().to_vec();
+    out.extend_from_slice(key.record_id.as_bytes());
+    out
+}
+
+fn sort_key_from(position: &[u8]) -> Result<SortKey, Error> {
+    let bad = || Error::invalid("page_token", "is not a cursor this service issued");
+    if position.len() < 8 {
+        return Err(bad());
+    }
+    let (at, id) = position.split_at(8);
+    Ok(SortKey {
+        at_micros: i64::from_be_bytes(at.try_into().map_err(|_| bad())?),
+        record_id: String::from_utf8(id.to_vec()).map_err(|_| bad())?,
+    })
 }

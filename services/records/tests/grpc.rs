@@ -14,6 +14,7 @@ use sharedcare_kit::{
     config::{Secret, ServerConfig},
     crypto::{Kek, Keyring},
     outbox::{BatchSink, Outbox, OutboxSettings},
+    paging::CursorKey,
     server::MessageLimits,
     testing::{MemoryAudit, TestAuthority, TestDatabase, TestServer, spawn_with, with_token},
 };
@@ -26,7 +27,7 @@ use sharedcare_records::{
     access::{BoxFuture, ConsentGate, Decision, GrpcAudit, GrpcConsent},
     domain::{Category, ClassificationMap, PatientId, RecordId},
     spec,
-    store::{OUTBOX_TABLE, RecordStore, SqlStore},
+    store::{Encrypted, OUTBOX_TABLE, RecordStore, SqlStore},
 };
 use tonic::{Code, transport::Channel};
 
@@ -87,11 +88,7 @@ impl Fixture {
         settings: OutboxSettings,
     ) -> Self {
         let db = TestDatabase::sqlite();
-        let store = Arc::new(
-            SqlStore::connect(db.url(), 2, Keyring::new(Kek::generate(), []))
-                .await
-                .expect("store"),
-        );
+        let store = Arc::new(SqlStore::connect(db.url(), 2).await.expect("store"));
         let outbox = Outbox::start(
             store.connection(),
             store.write_gate(),
@@ -99,7 +96,16 @@ impl Fixture {
             audit,
             settings,
         );
-        let records = Arc::new(Records::new(store.clone(), consent, outbox.clone(), 4096));
+        let kek = Kek::generate();
+        let cursors = CursorKey::new(kek.derive("records.cursor"));
+        let encrypted = Encrypted::new(store.clone(), Keyring::new(kek, []));
+        let records = Arc::new(Records::new(
+            Arc::new(encrypted),
+            consent,
+            outbox.clone(),
+            cursors,
+            4096,
+        ));
         let classification = Arc::new(ClassificationMap::builtin().expect("built-in map"));
         let authority = TestAuthority::new();
         let server = spawn_with(
@@ -148,6 +154,7 @@ fn create(patient: &str, json: &str) -> pb::CreateRecordRequest {
         resource_json: json.into(),
         category: 0,
         purpose: 0,
+        idempotency_key: String::new(),
     }
 }
 
@@ -260,9 +267,12 @@ async fn tokens_and_scopes_are_checked_first() {
 
     let status = f
         .client()
-        .history(with_token(pb::HistoryRequest::default(), &f.clinician()))
+        .export_patient(with_token(
+            pb::ExportPatientRequest::default(),
+            &f.clinician(),
+        ))
         .await
-        .expect_err("later issue");
+        .expect_err("a later increment");
     assert_eq!(status.code(), Code::Unimplemented);
 }
 
@@ -430,7 +440,7 @@ async fn a_record_is_classified_by_its_codes_and_a_writers_label_only_raises_it(
             .await
             .expect("read")
             .expect("stored");
-        assert_eq!(record.category, stored, "{label:?}: stored");
+        assert_eq!(record.meta.category, stored, "{label:?}: stored");
 
         // A read is decided on the stored category, and returns it.
         let read = f

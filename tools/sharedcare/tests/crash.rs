@@ -201,6 +201,7 @@ fn kill_9_under_write_load_loses_no_acknowledged_write_or_audit_event() {
                         resource_json: observation(&patient, writer, n),
                         category: 0,
                         purpose: Purpose::Unspecified as i32,
+                        idempotency_key: String::new(),
                     };
                     match records.create_record(bearer(request, &token)).await {
                         Ok(response) => {

@@ -2,6 +2,8 @@
 
 mod classify;
 mod fhir;
+mod idempotency;
+mod index;
 mod record;
 
 pub use classify::{
@@ -9,5 +11,9 @@ pub use classify::{
     SNOMED_CT, most_sensitive, sensitivity,
 };
 pub use fhir::{SUPPORTED_RESOURCE_TYPES, ValidResource};
+pub use idempotency::IdempotencyKey;
+pub use index::{
+    DateRange, MAX_TOKENS, SearchIndex, Token, TokenParam, TokenQuery, extract,
+};
 pub use record::{Category, Record, RecordId};
 pub use sharedcare_kit::ids::PatientId;

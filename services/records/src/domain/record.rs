@@ -45,7 +45,7 @@ impl Default for RecordId {
 }
 
 /// The part of the record a resource belongs to; consent rules follow it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Category {
     General,
     SexualHealth,
@@ -55,6 +55,14 @@ pub enum Category {
 }
 
 impl Category {
+    pub const ALL: [Category; 5] = [
+        Category::General,
+        Category::SexualHealth,
+        Category::MentalHealth,
+        Category::Safeguarding,
+        Category::SocialCare,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Category::General => "general",
@@ -86,7 +94,10 @@ pub struct Record {
     pub version: i64,
     pub last_updated: DateTime<Utc>,
     pub category: Category,
-    /// The resource with `id` and `meta` set by the server.
+    /// This version deleted the record (a tombstone).
+    pub deleted: bool,
+    /// The resource with `id` and `meta` set by the server; empty for a
+    /// tombstone.
     pub resource_json: String,
 }
 

@@ -6,7 +6,11 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(M0001Initial), Box::new(M0002ParkedEvents)]
+        vec![
+            Box::new(M0001Initial),
+            Box::new(M0002ParkedEvents),
+            Box::new(M0003VersionsAndSearch),
+        ]
     }
 
     // Services may share one PostgreSQL database: each keeps its own ledger.
@@ -96,6 +100,105 @@ impl MigrationTrait for M0002ParkedEvents {
                 Table::alter()
                     .table("records_audit_outbox")
                     .add_column(text_null("parked_reason"))
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// Tombstones, the search index and idempotency keys. Records stored before
+/// this migration have no index rows: they are read by id, not found by
+/// search.
+struct M0003VersionsAndSearch;
+
+impl MigrationName for M0003VersionsAndSearch {
+    fn name(&self) -> &str {
+        "m0003_versions_and_search"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for M0003VersionsAndSearch {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table("records_resource_versions")
+                    .add_column(boolean("deleted").default(false))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("records_index")
+                    .if_not_exists()
+                    .col(string("record_id").primary_key())
+                    .col(string("patient_id"))
+                    .col(string("resource_type"))
+                    .col(string("category"))
+                    .col(big_integer("version"))
+                    .col(big_integer("sort_at"))
+                    .col(big_integer_null("date_start"))
+                    .col(big_integer_null("date_end"))
+                    .col(big_integer("updated_at"))
+                    .to_owned(),
+            )
+            .await?;
+        // Every search names its patient and walks the result order.
+        manager
+            .create_index(
+                Index::create()
+                    .name("records_index_patient_order")
+                    .table("records_index")
+                    .col("patient_id")
+                    .col("sort_at")
+                    .col("record_id")
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("records_index_tokens")
+                    .if_not_exists()
+                    .col(string("record_id"))
+                    .col(string("param"))
+                    .col(string("system"))
+                    .col(string("code"))
+                    .primary_key(
+                        Index::create()
+                            .col("record_id")
+                            .col("param")
+                            .col("system")
+                            .col("code"),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("records_index_tokens_code")
+                    .table("records_index_tokens")
+                    .col("param")
+                    .col("code")
+                    .col("system")
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("records_idempotency")
+                    .if_not_exists()
+                    .col(string("key").primary_key())
+                    .col(string("request_hash"))
+                    .col(string("record_id"))
+                    .col(big_integer("version"))
+                    .col(timestamp_with_time_zone("created_at"))
                     .to_owned(),
             )
             .await

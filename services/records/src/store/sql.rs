@@ -1,55 +1,58 @@
-//! The sea-orm store: SQLite (embedded default) or PostgreSQL.
+//! The `sqlite` and `postgres` backends: one sea-orm store for both.
+//!
+//! Writes are group-committed: concurrent writes queue for one writer task,
+//! which checks and stores whatever has queued in one transaction (one
+//! fsync) — each version with its index rows, idempotency key and audit
+//! event — then answers each caller. A write whose check fails (a stale
+//! version, a key already used) is answered alone and the rest go on; when
+//! the transaction itself fails, each write is retried alone so one bad
+//! write fails only its own caller.
+
+use std::collections::{HashMap, HashSet};
 
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+    ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    sea_query::{Expr, ExprTrait, Query},
 };
-use sharedcare_kit::{Error, crypto::Keyring, db::WriteGate, group::next_group};
+use sharedcare_kit::{Error, db::WriteGate, group::next_group};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{BoxFuture, Migrator, RecordStore, entities::*};
-use crate::domain::{Category, PatientId, Record, RecordId};
+use super::{
+    AuditRow, Body, BoxFuture, Found, IdempotencyRow, Migrator, RecordMeta, RecordStore,
+    SearchQuery, SortKey, Stored, Write, entities::*, stale,
+};
+use crate::domain::{Category, PatientId, RecordId, TokenParam, TokenQuery};
 
-/// Resources are encrypted at rest: sealed before they reach the database,
-/// bound to their record id, version and patient.
-///
-/// New records are group-committed: concurrent creates queue for one
-/// writer task, which stores whatever has queued in one transaction (one
-/// fsync), each record with its audit event, then answers each caller.
 #[derive(Clone)]
 pub struct SqlStore {
     db: DatabaseConnection,
-    keys: Keyring,
     writes: WriteGate,
-    creates: mpsc::Sender<Create>,
+    queue: mpsc::Sender<Pending>,
 }
 
-/// A sealed record row and its audit event, waiting to be stored.
-struct Create {
-    row: version::ActiveModel,
-    event: outbox::ActiveModel,
+struct Pending {
+    write: Write,
     done: oneshot::Sender<Result<(), Error>>,
 }
 
-/// Most records one transaction stores.
+/// Most writes one transaction stores.
 const MAX_GROUP: usize = 256;
+/// Most rows one INSERT carries (both databases bound their parameters).
+const MAX_ROWS_PER_INSERT: usize = 500;
 
 impl SqlStore {
-    pub async fn connect(url: &str, max_connections: u32, keys: Keyring) -> Result<Self, Error> {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, Error> {
         let db = sharedcare_kit::db::connect::<Migrator>(url, max_connections).await?;
         let writes = WriteGate::for_db(&db);
-        let (creates, queued) = mpsc::channel(4 * MAX_GROUP);
-        tokio::spawn(store_creates(db.clone(), writes.clone(), queued));
-        Ok(SqlStore {
-            db,
-            keys,
-            writes,
-            creates,
-        })
+        let (queue, queued) = mpsc::channel(4 * MAX_GROUP);
+        tokio::spawn(store_writes(db.clone(), writes.clone(), queued));
+        Ok(SqlStore { db, writes, queue })
     }
 
     /// The connection, for the audit outbox that shares the database.
-    pub fn connection(&self) -> sea_orm::DatabaseConnection {
+    pub fn connection(&self) -> DatabaseConnection {
         self.db.clone()
     }
 
@@ -57,121 +60,357 @@ impl SqlStore {
     pub fn write_gate(&self) -> WriteGate {
         self.writes.clone()
     }
-
-    fn record_from_row(&self, row: version::Model) -> Result<Record, Error> {
-        let aad = associated_data(&row.record_id, row.version, &row.patient_id);
-        let plaintext = self
-            .keys
-            .open(&row.resource_sealed, &aad)
-            .map_err(|e| e.context("reading a record"))?;
-        let resource_json =
-            String::from_utf8(plaintext).map_err(|e| Error::internal("reading a record", e))?;
-        record_from_row(row, resource_json)
-    }
 }
 
-/// The writer task: takes whatever creates have queued (up to
-/// [`MAX_GROUP`]) and stores them in one transaction. When that fails, each
-/// is stored alone, so one bad record fails only its own caller.
-async fn store_creates(
+fn failed(context: &'static str) -> impl Fn(DbErr) -> Error {
+    move |e| Error::internal(context, e)
+}
+
+/// The writer task: takes whatever writes have queued (up to
+/// [`MAX_GROUP`]) and stores them in one transaction.
+async fn store_writes(
     db: DatabaseConnection,
     writes: WriteGate,
-    mut queued: mpsc::Receiver<Create>,
+    mut queued: mpsc::Receiver<Pending>,
 ) {
     while let Some(group) = next_group(&mut queued, MAX_GROUP, |_| 1).await {
         let _turn = writes.turn().await;
-        if group.len() > 1 && insert_creates(&db, &group).await.is_ok() {
-            for create in group {
-                let _ = create.done.send(Ok(()));
+        let (writes, answers): (Vec<Write>, Vec<_>) =
+            group.into_iter().map(|p| (p.write, p.done)).unzip();
+        match store_group(&db, &writes).await {
+            Ok(results) => {
+                for (done, result) in answers.into_iter().zip(results) {
+                    let _ = done.send(result);
+                }
             }
-            continue;
-        }
-        for create in group {
-            let result = insert_creates(&db, std::slice::from_ref(&create)).await;
-            let _ = create.done.send(result);
+            Err(_) if writes.len() > 1 => {
+                for (write, done) in writes.iter().zip(answers) {
+                    let result = store_group(&db, std::slice::from_ref(write))
+                        .await
+                        .and_then(|mut r| r.pop().unwrap_or(Ok(())));
+                    let _ = done.send(result);
+                }
+            }
+            Err(e) => {
+                for done in answers {
+                    let _ = done.send(Err(e.clone()));
+                }
+            }
         }
     }
 }
 
-async fn insert_creates(db: &DatabaseConnection, group: &[Create]) -> Result<(), Error> {
-    let failed = |e| Error::internal("storing a record", e);
-    let txn = db.begin().await.map_err(failed)?;
-    version::Entity::insert_many(group.iter().map(|c| c.row.clone()))
-        .exec(&txn)
-        .await
-        .map_err(failed)?;
-    outbox::Entity::insert_many(group.iter().map(|c| c.event.clone()))
-        .exec(&txn)
-        .await
-        .map_err(|e| Error::internal("storing a record's audit event", e))?;
-    txn.commit().await.map_err(failed)
+/// Checks each write against what is stored (and the writes before it in
+/// the group), stores those that pass in one transaction, and returns each
+/// write's answer. An error here is the transaction's.
+async fn store_group(db: &DatabaseConnection, group: &[Write]) -> Result<Vec<Result<(), Error>>, Error> {
+    let txn = db.begin().await.map_err(failed("storing a record"))?;
+    let results = check_group(&txn, group).await?;
+    let passing: Vec<&Write> = group
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.is_ok())
+        .map(|(w, _)| w)
+        .collect();
+    if passing.is_empty() {
+        return Ok(results);
+    }
+    insert_group(&txn, &passing).await.map_err(|e| match e.sql_err() {
+        // Another replica stored the same version first (PostgreSQL).
+        Some(SqlErr::UniqueConstraintViolation(_)) => Error::failed_precondition(
+            "the record changed while this change was stored; read it again",
+        ),
+        _ => Error::internal("storing a record", e),
+    })?;
+    txn.commit().await.map_err(failed("storing a record"))?;
+    Ok(results)
 }
 
-fn associated_data(record_id: &str, version: i64, patient_id: &str) -> Vec<u8> {
-    format!("sharedcare.records/{record_id}/{version}/{patient_id}").into_bytes()
+async fn check_group(
+    txn: &DatabaseTransaction,
+    group: &[Write],
+) -> Result<Vec<Result<(), Error>>, Error> {
+    let updated: Vec<&str> = group.iter().map(|w| w.meta.id.as_str()).collect();
+    // record id → (current version, patient); versions are few per record.
+    let mut current: HashMap<String, (i64, String)> = HashMap::new();
+    {
+        let rows: Vec<(String, i64, String)> = version::Entity::find()
+            .select_only()
+            .column(version::Column::RecordId)
+            .column(version::Column::Version)
+            .column(version::Column::PatientId)
+            .filter(version::Column::RecordId.is_in(updated))
+            .into_tuple()
+            .all(txn)
+            .await
+            .map_err(failed("checking a record's version"))?;
+        for (id, version, patient) in rows {
+            let entry = current.entry(id).or_insert((version, patient.clone()));
+            if version > entry.0 {
+                *entry = (version, patient);
+            }
+        }
+    }
+    let keys: Vec<&str> = group
+        .iter()
+        .filter_map(|w| w.idempotency.as_ref().map(|i| i.key.as_str()))
+        .collect();
+    let mut used: HashSet<String> = HashSet::new();
+    if !keys.is_empty() {
+        used.extend(
+            idempotency::Entity::find()
+                .select_only()
+                .column(idempotency::Column::Key)
+                .filter(idempotency::Column::Key.is_in(keys))
+                .into_tuple::<String>()
+                .all(txn)
+                .await
+                .map_err(failed("checking an idempotency key"))?,
+        );
+    }
+    let mut results = Vec::with_capacity(group.len());
+    for write in group {
+        let id = write.meta.id.as_str();
+        let patient = write.meta.patient_id.as_str();
+        let result = match (write.meta.version, current.get(id)) {
+            _ if write
+                .idempotency
+                .as_ref()
+                .is_some_and(|i| used.contains(&i.key)) =>
+            {
+                Err(Error::already_exists("idempotency_key was already used"))
+            }
+            (1, Some(_)) => Err(Error::already_exists("a record with this id exists")),
+            (1, None) => Ok(()),
+            (_, None) => Err(Error::not_found("no such record for this patient")),
+            (_, Some((_, owner))) if owner != patient => {
+                Err(Error::not_found("no such record for this patient"))
+            }
+            (n, Some((cur, _))) if *cur != n - 1 => Err(stale(*cur)),
+            _ => Ok(()),
+        };
+        if result.is_ok() {
+            current.insert(id.to_owned(), (write.meta.version, patient.to_owned()));
+            if let Some(i) = &write.idempotency {
+                used.insert(i.key.clone());
+            }
+        }
+        results.push(result);
+    }
+    Ok(results)
 }
 
-fn record_from_row(row: version::Model, resource_json: String) -> Result<Record, Error> {
-    Ok(Record {
-        id: RecordId::parse("stored record_id", &row.record_id)
-            .map_err(|e| Error::internal("reading a record", e))?,
-        patient_id: PatientId::parse("stored patient_id", &row.patient_id)
-            .map_err(|e| Error::internal("reading a record", e))?,
-        resource_type: row.resource_type,
-        version: row.version,
-        last_updated: row.last_updated,
-        category: Category::from_stored(&row.category)
-            .ok_or_else(|| Error::internal("reading a record", "unknown category"))?,
-        resource_json,
+async fn insert_group(txn: &DatabaseTransaction, group: &[&Write]) -> Result<(), DbErr> {
+    let versions: Vec<version::ActiveModel> = group.iter().map(|w| version_row(w)).collect();
+    for chunk in versions.chunks(MAX_ROWS_PER_INSERT) {
+        version::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
+    }
+    let replaced: Vec<&str> = group
+        .iter()
+        .filter(|w| w.meta.version > 1)
+        .map(|w| w.meta.id.as_str())
+        .collect();
+    if !replaced.is_empty() {
+        token::Entity::delete_many()
+            .filter(token::Column::RecordId.is_in(replaced.clone()))
+            .exec(txn)
+            .await?;
+        index::Entity::delete_many()
+            .filter(index::Column::RecordId.is_in(replaced))
+            .exec(txn)
+            .await?;
+    }
+    // A record written twice in one group keeps only its last version's index.
+    let mut last: HashMap<&str, &Write> = HashMap::new();
+    for w in group {
+        last.insert(w.meta.id.as_str(), w);
+    }
+    let indexed: Vec<&Write> = group
+        .iter()
+        .filter(|w| !w.meta.deleted && last.get(w.meta.id.as_str()).is_some_and(|l| std::ptr::eq(*l, **w)))
+        .copied()
+        .collect();
+    let index_rows: Vec<index::ActiveModel> = indexed.iter().map(|w| index_row(w)).collect();
+    for chunk in index_rows.chunks(MAX_ROWS_PER_INSERT) {
+        index::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
+    }
+    let tokens: Vec<token::ActiveModel> = indexed
+        .iter()
+        .flat_map(|w| {
+            w.index.tokens.iter().map(|t| token::ActiveModel {
+                record_id: Set(w.meta.id.as_str().to_owned()),
+                param: Set(t.param.as_str().to_owned()),
+                system: Set(t.system.clone()),
+                code: Set(t.code.clone()),
+            })
+        })
+        .collect();
+    for chunk in tokens.chunks(MAX_ROWS_PER_INSERT) {
+        token::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
+    }
+    let keys: Vec<idempotency::ActiveModel> = group
+        .iter()
+        .filter_map(|w| w.idempotency.as_ref().map(|i| (w, i)))
+        .map(|(w, i)| idempotency::ActiveModel {
+            key: Set(i.key.clone()),
+            request_hash: Set(i.request_hash.clone()),
+            record_id: Set(i.record_id.as_str().to_owned()),
+            version: Set(i.version),
+            created_at: Set(w.meta.last_updated),
+        })
+        .collect();
+    for chunk in keys.chunks(MAX_ROWS_PER_INSERT) {
+        idempotency::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
+    }
+    let events: Vec<outbox::ActiveModel> = group
+        .iter()
+        .filter_map(|w| w.audit.as_ref().map(|a| outbox_row(a, w)))
+        .collect();
+    for chunk in events.chunks(MAX_ROWS_PER_INSERT) {
+        outbox::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
+    }
+    Ok(())
+}
+
+fn version_row(w: &Write) -> version::ActiveModel {
+    version::ActiveModel {
+        record_id: Set(w.meta.id.as_str().to_owned()),
+        version: Set(w.meta.version),
+        patient_id: Set(w.meta.patient_id.as_str().to_owned()),
+        resource_type: Set(w.meta.resource_type.clone()),
+        category: Set(w.meta.category.as_str().to_owned()),
+        body: Set(w.body.clone()),
+        last_updated: Set(w.meta.last_updated),
+        deleted: Set(w.meta.deleted),
+    }
+}
+
+fn index_row(w: &Write) -> index::ActiveModel {
+    let key = w.sort_key();
+    index::ActiveModel {
+        record_id: Set(key.record_id),
+        patient_id: Set(w.meta.patient_id.as_str().to_owned()),
+        resource_type: Set(w.meta.resource_type.clone()),
+        category: Set(w.meta.category.as_str().to_owned()),
+        version: Set(w.meta.version),
+        sort_at: Set(key.at_micros),
+        date_start: Set(w.index.date.as_ref().map(|d| d.start.timestamp_micros())),
+        date_end: Set(w.index.date.as_ref().map(|d| d.end.timestamp_micros())),
+        updated_at: Set(w.meta.last_updated.timestamp_micros()),
+    }
+}
+
+fn outbox_row(audit: &AuditRow, w: &Write) -> outbox::ActiveModel {
+    outbox::ActiveModel {
+        sequence: NotSet,
+        event_id: Set(audit.event_id.clone()),
+        payload: Set(audit.payload.clone()),
+        created_at: Set(w.meta.last_updated),
+        delivered_at: Set(None),
+        parked_reason: Set(None),
+    }
+}
+
+fn stored_from_row(row: version::Model) -> Result<Stored, Error> {
+    let bad = |e| Error::internal("reading a record", e);
+    Ok(Stored {
+        meta: RecordMeta {
+            id: RecordId::parse("stored record_id", &row.record_id).map_err(bad)?,
+            patient_id: PatientId::parse("stored patient_id", &row.patient_id).map_err(bad)?,
+            resource_type: row.resource_type,
+            version: row.version,
+            last_updated: row.last_updated,
+            category: Category::from_stored(&row.category)
+                .ok_or_else(|| Error::internal("reading a record", "unknown category"))?,
+            deleted: row.deleted,
+        },
+        body: Body::Clear(row.body),
     })
 }
 
-impl RecordStore for SqlStore {
-    fn create(
-        &self,
-        record: Record,
-        audit_event_id: String,
-        audit_payload: Vec<u8>,
-    ) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let sealed = self.keys.seal(
-                record.resource_json.as_bytes(),
-                &associated_data(
-                    record.id.as_str(),
-                    record.version,
-                    record.patient_id.as_str(),
+fn token_condition(param: TokenParam, wanted: &[TokenQuery]) -> Condition {
+    let mut any = Condition::any();
+    for w in wanted {
+        let mut one = Condition::all().add(token::Column::Code.eq(w.code.as_str()));
+        if let Some(system) = &w.system {
+            one = one.add(token::Column::System.eq(system.as_str()));
+        }
+        any = any.add(one);
+    }
+    Condition::all()
+        .add(token::Column::Param.eq(param.as_str()))
+        .add(any)
+}
+
+fn search_condition(query: &SearchQuery, after: Option<&SortKey>) -> Condition {
+    let mut cond = Condition::all()
+        .add(index::Column::PatientId.eq(query.patient_id.as_str()))
+        .add(index::Column::Category.is_in(query.categories.iter().map(|c| c.as_str())));
+    if !query.resource_types.is_empty() {
+        cond = cond.add(index::Column::ResourceType.is_in(query.resource_types.iter().cloned()));
+    }
+    // A record without a clinical date has NULL bounds: no comparison admits it.
+    if let Some(from) = query.date_from {
+        cond = cond.add(index::Column::DateEnd.gt(from.timestamp_micros()));
+    }
+    if let Some(to) = query.date_to {
+        cond = cond.add(index::Column::DateStart.lt(to.timestamp_micros()));
+    }
+    if let Some(from) = query.updated_from {
+        cond = cond.add(index::Column::UpdatedAt.gte(from.timestamp_micros()));
+    }
+    if let Some(to) = query.updated_to {
+        cond = cond.add(index::Column::UpdatedAt.lt(to.timestamp_micros()));
+    }
+    for (param, wanted) in [
+        (TokenParam::Code, &query.codes),
+        (TokenParam::Category, &query.fhir_categories),
+    ] {
+        if wanted.is_empty() {
+            continue;
+        }
+        cond = cond.add(
+            Expr::col(index::Column::RecordId).in_subquery(
+                Query::select()
+                    .column(token::Column::RecordId)
+                    .from(token::Entity)
+                    .cond_where(token_condition(param, wanted))
+                    .to_owned(),
+            ),
+        );
+    }
+    if let Some(after) = after {
+        cond = cond.add(
+            Condition::any()
+                .add(index::Column::SortAt.lt(after.at_micros))
+                .add(
+                    Condition::all()
+                        .add(index::Column::SortAt.eq(after.at_micros))
+                        .add(index::Column::RecordId.lt(after.record_id.as_str())),
                 ),
-            )?;
+        );
+    }
+    cond
+}
+
+impl RecordStore for SqlStore {
+    fn audit_in_write(&self) -> bool {
+        true
+    }
+
+    fn write(&self, write: Write) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
             let (done, stored) = oneshot::channel();
             let closed = || Error::unavailable("records is shutting down");
-            self.creates
-                .send(Create {
-                    row: version::ActiveModel {
-                        record_id: Set(record.id.as_str().to_owned()),
-                        version: Set(record.version),
-                        patient_id: Set(record.patient_id.as_str().to_owned()),
-                        resource_type: Set(record.resource_type.clone()),
-                        category: Set(record.category.as_str().to_owned()),
-                        resource_sealed: Set(sealed),
-                        last_updated: Set(record.last_updated),
-                    },
-                    event: outbox::ActiveModel {
-                        sequence: NotSet,
-                        event_id: Set(audit_event_id),
-                        payload: Set(audit_payload),
-                        created_at: Set(record.last_updated),
-                        delivered_at: Set(None),
-                        parked_reason: Set(None),
-                    },
-                    done,
-                })
+            self.queue
+                .send(Pending { write, done })
                 .await
                 .map_err(|_| closed())?;
             stored.await.map_err(|_| closed())?
         })
     }
 
-    fn current(&self, patient: &PatientId, id: &RecordId) -> BoxFuture<'_, Option<Record>> {
+    fn current(&self, patient: &PatientId, id: &RecordId) -> BoxFuture<'_, Option<Stored>> {
         let patient = patient.as_str().to_owned();
         let id = id.as_str().to_owned();
         Box::pin(async move {
@@ -181,9 +420,135 @@ impl RecordStore for SqlStore {
                 .order_by_desc(version::Column::Version)
                 .one(&self.db)
                 .await
-                .map_err(|e| Error::internal("reading a record", e))?
-                .map(|row| self.record_from_row(row))
+                .map_err(failed("reading a record"))?
+                .map(stored_from_row)
                 .transpose()
+        })
+    }
+
+    fn version(
+        &self,
+        patient: &PatientId,
+        id: &RecordId,
+        version: i64,
+    ) -> BoxFuture<'_, Option<Stored>> {
+        let patient = patient.as_str().to_owned();
+        let id = id.as_str().to_owned();
+        Box::pin(async move {
+            version::Entity::find_by_id((id, version))
+                .filter(version::Column::PatientId.eq(patient))
+                .one(&self.db)
+                .await
+                .map_err(failed("reading a record"))?
+                .map(stored_from_row)
+                .transpose()
+        })
+    }
+
+    fn history(
+        &self,
+        patient: &PatientId,
+        id: &RecordId,
+        before: Option<i64>,
+        limit: usize,
+    ) -> BoxFuture<'_, Vec<Stored>> {
+        let patient = patient.as_str().to_owned();
+        let id = id.as_str().to_owned();
+        Box::pin(async move {
+            let mut q = version::Entity::find()
+                .filter(version::Column::RecordId.eq(id))
+                .filter(version::Column::PatientId.eq(patient));
+            if let Some(before) = before {
+                q = q.filter(version::Column::Version.lt(before));
+            }
+            q.order_by_desc(version::Column::Version)
+                .limit(limit as u64)
+                .all(&self.db)
+                .await
+                .map_err(failed("reading a record's history"))?
+                .into_iter()
+                .map(stored_from_row)
+                .collect()
+        })
+    }
+
+    fn search<'a>(
+        &'a self,
+        query: &'a SearchQuery,
+        after: Option<&'a SortKey>,
+        limit: usize,
+    ) -> BoxFuture<'a, Vec<Found>> {
+        Box::pin(async move {
+            if query.categories.is_empty() || limit == 0 {
+                return Ok(Vec::new());
+            }
+            let hits: Vec<(String, i64, i64)> = index::Entity::find()
+                .select_only()
+                .column(index::Column::RecordId)
+                .column(index::Column::Version)
+                .column(index::Column::SortAt)
+                .filter(search_condition(query, after))
+                .order_by_desc(index::Column::SortAt)
+                .order_by_desc(index::Column::RecordId)
+                .limit(limit as u64)
+                .into_tuple()
+                .all(&self.db)
+                .await
+                .map_err(failed("searching records"))?;
+            if hits.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut wanted = Condition::any();
+            for (id, version, _) in &hits {
+                wanted = wanted.add(
+                    Condition::all()
+                        .add(version::Column::RecordId.eq(id.as_str()))
+                        .add(version::Column::Version.eq(*version)),
+                );
+            }
+            let mut rows: HashMap<String, version::Model> = version::Entity::find()
+                .filter(wanted)
+                .all(&self.db)
+                .await
+                .map_err(failed("searching records"))?
+                .into_iter()
+                .map(|row| (row.record_id.clone(), row))
+                .collect();
+            let mut found = Vec::with_capacity(hits.len());
+            for (id, _, at_micros) in hits {
+                // Versions are never removed, so this holds but for a broken database.
+                let Some(row) = rows.remove(&id) else {
+                    continue;
+                };
+                found.push(Found {
+                    stored: stored_from_row(row)?,
+                    key: SortKey {
+                        at_micros,
+                        record_id: id,
+                    },
+                });
+            }
+            Ok(found)
+        })
+    }
+
+    fn idempotency(&self, key: &str) -> BoxFuture<'_, Option<IdempotencyRow>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            let Some(row) = idempotency::Entity::find_by_id(key)
+                .one(&self.db)
+                .await
+                .map_err(failed("reading an idempotency key"))?
+            else {
+                return Ok(None);
+            };
+            Ok(Some(IdempotencyRow {
+                key: row.key,
+                request_hash: row.request_hash,
+                record_id: RecordId::parse("stored record_id", &row.record_id)
+                    .map_err(|e| Error::internal("reading an idempotency key", e))?,
+                version: row.version,
+            }))
         })
     }
 }

@@ -122,6 +122,7 @@ impl Scenario {
                     resource_json: observation(&fixture.patient_id),
                     category: 0,
                     purpose: Purpose::Unspecified as i32,
+                    idempotency_key: String::new(),
                 },
             },
             Scenario::GetPatient => Rpc::GetPatient {

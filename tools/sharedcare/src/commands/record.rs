@@ -64,6 +64,7 @@ pub async fn create(
                 resource_json,
                 category: category.map_or(0, |c| c.to_proto() as i32),
                 purpose: purpose_or_unspecified(purpose),
+                idempotency_key: String::new(),
             },
             token,
         )?)

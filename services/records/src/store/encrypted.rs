@@ -1,0 +1,128 @@
+//! Encryption at rest as a wrapper around any backend: each version's
+//! resource is sealed (AES-256-GCM under a fresh data key wrapped by the
+//! current key-encryption key, `kit::crypto`) before the backend sees it,
+//! bound to its record id, version and patient, and opened only when the
+//! service asks — after consent has permitted the access.
+
+use std::sync::Arc;
+
+use sharedcare_kit::crypto::Keyring;
+
+use super::{
+    Body, BoxFuture, Found, IdempotencyRow, RecordMeta, RecordStore, SearchQuery, SortKey, Stored,
+    Write,
+};
+use crate::domain::{PatientId, RecordId};
+
+pub struct Encrypted<S> {
+    inner: S,
+    keys: Arc<Keyring>,
+}
+
+impl<S: RecordStore> Encrypted<S> {
+    pub fn new(inner: S, keys: Keyring) -> Self {
+        Encrypted {
+            inner,
+            keys: Arc::new(keys),
+        }
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn close(&self, stored: Stored) -> Stored {
+        let body = match stored.body {
+            Body::Clear(bytes) => Body::Sealed {
+                aad: associated_data(&stored.meta),
+                bytes,
+                keys: self.keys.clone(),
+            },
+            sealed => sealed,
+        };
+        Stored {
+            meta: stored.meta,
+            body,
+        }
+    }
+}
+
+/// Binds a sealed resource to its place: moved to another record, version
+/// or patient, it no longer opens.
+fn associated_data(meta: &RecordMeta) -> Vec<u8> {
+    format!(
+        "sharedcare.records/{}/{}/{}",
+        meta.id.as_str(),
+        meta.version,
+        meta.patient_id.as_str()
+    )
+    .into_bytes()
+}
+
+impl<S: RecordStore> RecordStore for Encrypted<S> {
+    fn audit_in_write(&self) -> bool {
+        self.inner.audit_in_write()
+    }
+
+    fn write(&self, mut write: Write) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // A tombstone has nothing to seal.
+            if !write.body.is_empty() {
+                write.body = self
+                    .keys
+                    .seal(&write.body, &associated_data(&write.meta))?;
+            }
+            self.inner.write(write).await
+        })
+    }
+
+    fn current(&self, patient: &PatientId, id: &RecordId) -> BoxFuture<'_, Option<Stored>> {
+        let read = self.inner.current(patient, id);
+        Box::pin(async move { Ok(read.await?.map(|s| self.close(s))) })
+    }
+
+    fn version(
+        &self,
+        patient: &PatientId,
+        id: &RecordId,
+        version: i64,
+    ) -> BoxFuture<'_, Option<Stored>> {
+        let read = self.inner.version(patient, id, version);
+        Box::pin(async move { Ok(read.await?.map(|s| self.close(s))) })
+    }
+
+    fn history(
+        &self,
+        patient: &PatientId,
+        id: &RecordId,
+        before: Option<i64>,
+        limit: usize,
+    ) -> BoxFuture<'_, Vec<Stored>> {
+        let read = self.inner.history(patient, id, before, limit);
+        Box::pin(async move { Ok(read.await?.into_iter().map(|s| self.close(s)).collect()) })
+    }
+
+    fn search<'a>(
+        &'a self,
+        query: &'a SearchQuery,
+        after: Option<&'a SortKey>,
+        limit: usize,
+    ) -> BoxFuture<'a, Vec<Found>> {
+        Box::pin(async move {
+            Ok(self
+                .inner
+                .search(query, after, limit)
+                .await?
+                .into_iter()
+                .map(|f| Found {
+                    stored: self.close(f.stored),
+                    key: f.key,
+                })
+                .collect())
+        })
+    }
+
+    fn idempotency(&self, key: &str) -> BoxFuture<'_, Option<IdempotencyRow>> {
+        self.inner.idempotency(key)
+    }
+}
