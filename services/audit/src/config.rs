@@ -2,9 +2,8 @@
 
 use serde::Deserialize;
 use sharedcare_kit::config::{
-    StorageBackend,
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, SecretSource,
-    ServerConfig, TelemetryConfig, Validate,
+    ServerConfig, StorageBackend, TelemetryConfig, Validate,
 };
 use sharedcare_kit::tls::TlsConfig;
 

@@ -2,9 +2,8 @@
 
 use serde::Deserialize;
 use sharedcare_kit::config::{
-    StorageBackend,
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, ServerConfig,
-    TelemetryConfig, Validate, check_url,
+    StorageBackend, TelemetryConfig, Validate, check_url,
 };
 use sharedcare_kit::tls::TlsConfig;
 

@@ -4,9 +4,8 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::Deserialize;
 use sharedcare_kit::config::{
-    StorageBackend,
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, SecretSource,
-    ServerConfig, TelemetryConfig, Validate, check_url,
+    ServerConfig, StorageBackend, TelemetryConfig, Validate, check_url,
 };
 use sharedcare_kit::crypto::decode_key;
 use sharedcare_kit::tls::TlsConfig;

@@ -208,8 +208,28 @@ fn normalise_status(result: Result<HttpResponse, BoxError>) -> Result<HttpRespon
             );
             Ok(response)
         }
+        // A request that does not decode (e.g. a string field that is not
+        // UTF-8) is the caller's error, not the server's: prost's message
+        // names the field.
+        Ok(mut response) if is_undecodable_request(response.headers()) => {
+            response.headers_mut().insert(
+                "grpc-status",
+                http::HeaderValue::from(tonic::Code::InvalidArgument as i32),
+            );
+            Ok(response)
+        }
         other => other,
     }
+}
+
+/// prost's words for a message that does not decode, as in `grpc-message`.
+const UNDECODABLE_MESSAGE: &str = "failed%20to%20decode%20Protobuf%20message";
+
+/// A trailers-only INTERNAL answer from tonic's decoding of the request.
+fn is_undecodable_request(headers: &http::HeaderMap) -> bool {
+    let code = headers.get("grpc-status").and_then(|v| v.to_str().ok());
+    let message = headers.get("grpc-message").and_then(|v| v.to_str().ok());
+    code == Some("13") && message.is_some_and(|m| m.starts_with(UNDECODABLE_MESSAGE))
 }
 
 /// A trailers-only OUT_OF_RANGE answer from tonic's size check.

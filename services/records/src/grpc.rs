@@ -134,11 +134,19 @@ fn search_query(req: &pb::SearchRequest, patient: PatientId) -> Result<SearchQue
         if let (Some(f), Some(t)) = (from, to)
             && f >= t
         {
-            return Err(Error::invalid(to_field, format!("must be after {from_field}")));
+            return Err(Error::invalid(
+                to_field,
+                format!("must be after {from_field}"),
+            ));
         }
         Ok::<_, Error>((from, to))
     };
-    let (date_from, date_to) = range("date_from", req.date_from.as_ref(), "date_to", req.date_to.as_ref())?;
+    let (date_from, date_to) = range(
+        "date_from",
+        req.date_from.as_ref(),
+        "date_to",
+        req.date_to.as_ref(),
+    )?;
     let (updated_from, updated_to) = range(
         "updated_from",
         req.updated_from.as_ref(),
@@ -232,7 +240,9 @@ impl RecordsService for RecordsGrpc {
             .client_id()
             .is_some_and(|sent| sent != id.as_str())
         {
-            return Err(Error::invalid("resource_json.id", "must be the record_id being updated").into());
+            return Err(
+                Error::invalid("resource_json.id", "must be the record_id being updated").into(),
+            );
         }
         let record = self
             .records

@@ -69,7 +69,14 @@ fn kek(cfg: &config::RecordsConfig) -> Result<Kek, Error> {
 async fn open_store(
     cfg: &config::RecordsConfig,
     keys: Keyring,
-) -> Result<(Arc<dyn store::RecordStore>, sea_orm::DatabaseConnection, WriteGate), Error> {
+) -> Result<
+    (
+        Arc<dyn store::RecordStore>,
+        sea_orm::DatabaseConnection,
+        WriteGate,
+    ),
+    Error,
+> {
     let url = cfg
         .database
         .resolve_url(SERVICE_NAME)

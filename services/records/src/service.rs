@@ -17,9 +17,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use prost::Message;
-use sharedcare_kit::{
-    Error, auth::Principal, error::Code, outbox::Outbox, paging::CursorKey,
-};
+use sharedcare_kit::{Error, auth::Principal, error::Code, outbox::Outbox, paging::CursorKey};
 use sharedcare_proto::{
     audit::v1::{Action, Outcome},
     common::v1::Purpose,
@@ -27,10 +25,10 @@ use sharedcare_proto::{
 
 use crate::{
     access::{AccessEvent, ConsentGate, Decision, category_to_pb},
-    domain::{
-        Category, IdempotencyKey, PatientId, Record, RecordId, SearchIndex, ValidResource,
+    domain::{Category, IdempotencyKey, PatientId, Record, RecordId, SearchIndex, ValidResource},
+    store::{
+        AuditRow, IdempotencyRow, RecordMeta, RecordStore, SearchQuery, SortKey, Stored, Write,
     },
-    store::{AuditRow, IdempotencyRow, RecordMeta, RecordStore, SearchQuery, SortKey, Stored, Write},
 };
 
 pub struct Records {
@@ -109,7 +107,11 @@ impl Records {
         &self.outbox
     }
 
-    async fn evaluate(&self, access: &AccessEvent<'_>, category: Category) -> Result<Decision, Error> {
+    async fn evaluate(
+        &self,
+        access: &AccessEvent<'_>,
+        category: Category,
+    ) -> Result<Decision, Error> {
         self.consent
             .evaluate(
                 access.patient_id,
@@ -134,7 +136,11 @@ impl Records {
 
     /// Asks consent; a denial is audited and returned as PERMISSION_DENIED
     /// with the reason.
-    async fn decide(&self, access: &AccessEvent<'_>, category: Category) -> Result<Decision, Error> {
+    async fn decide(
+        &self,
+        access: &AccessEvent<'_>,
+        category: Category,
+    ) -> Result<Decision, Error> {
         let decision = self.evaluate(access, category).await?;
         if !decision.permitted {
             self.audit_denial(access, &decision).await;
@@ -176,7 +182,11 @@ impl Records {
         })
     }
 
-    async fn audit_success(&self, access: &AccessEvent<'_>, decision: &Decision) -> Result<(), Error> {
+    async fn audit_success(
+        &self,
+        access: &AccessEvent<'_>,
+        decision: &Decision,
+    ) -> Result<(), Error> {
         self.outbox
             .record(&access.event(
                 Outcome::Success,
@@ -266,11 +276,7 @@ impl Records {
                 let Some(key) = &idempotency else {
                     return Err(e);
                 };
-                let row = self
-                    .store
-                    .idempotency(key.scoped())
-                    .await?
-                    .ok_or(e)?;
+                let row = self.store.idempotency(key.scoped()).await?.ok_or(e)?;
                 self.replay(principal, &patient, key, row, purpose).await
             }
             Err(e) => Err(e),
@@ -520,15 +526,12 @@ impl Records {
         let decision = self.decide_hidden(&access, current.meta.category).await?;
         let query = format!("history\0{}\0{}", patient.as_str(), id.as_str());
         let mut before = match self.cursors.open("page_token", cursor, query.as_bytes())? {
-            Some(position) => Some(i64::from_be_bytes(
-                position
-                    .try_into()
-                    .map_err(|_| Error::invalid("page_token", "is not a cursor this service issued"))?,
-            )),
+            Some(position) => Some(i64::from_be_bytes(position.try_into().map_err(|_| {
+                Error::invalid("page_token", "is not a cursor this service issued")
+            })?)),
             None => None,
         };
-        let mut allowed: HashMap<Category, bool> =
-            HashMap::from([(current.meta.category, true)]);
+        let mut allowed: HashMap<Category, bool> = HashMap::from([(current.meta.category, true)]);
         let mut versions = Vec::new();
         // One more than a page, to know whether another page holds anything.
         'fill: loop {
@@ -595,8 +598,9 @@ impl Records {
             None => None,
         };
         let access = access(principal, &patient, Action::Search, purpose, "", "");
-        let (permitted, decisions, general_denial) =
-            self.permitted_categories(&access, &query.categories).await?;
+        let (permitted, decisions, general_denial) = self
+            .permitted_categories(&access, &query.categories)
+            .await?;
         if permitted.is_empty() {
             return match general_denial {
                 Some(denial) => Err(denial),
@@ -653,7 +657,9 @@ impl Records {
 
 /// The version to store and the resource JSON it carries.
 fn stamped(meta: RecordMeta, resource: &ValidResource) -> (Write, String) {
-    let json = resource.clone().stamp(&meta.id, meta.version, meta.last_updated);
+    let json = resource
+        .clone()
+        .stamp(&meta.id, meta.version, meta.last_updated);
     let index = crate::domain::extract(&meta.resource_type, resource.as_json());
     (
         Write {
@@ -672,7 +678,8 @@ fn stamped(meta: RecordMeta, resource: &ValidResource) -> (Write, String) {
 fn now() -> chrono::DateTime<chrono::Utc> {
     use chrono::{DurationRound, TimeDelta};
     let now = chrono::Utc::now();
-    now.duration_trunc(TimeDelta::milliseconds(1)).unwrap_or(now)
+    now.duration_trunc(TimeDelta::milliseconds(1))
+        .unwrap_or(now)
 }
 
 fn sort_key_bytes(key: &SortKey) -> Vec<u8> {

@@ -532,6 +532,65 @@ async fn every_access_is_in_the_outbox_before_it_is_answered_and_reaches_audit()
         .expect_err("audit unreachable too long");
     assert_eq!(status.code(), Code::Unavailable);
     assert!(status.message().contains("audit"), "{}", status.message());
+    // Every other path fails closed the same way.
+    let mut client = f.client();
+    let refusals = [
+        client
+            .search(with_token(
+                pb::SearchRequest {
+                    patient_id: "p-1".into(),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .map(drop),
+        client
+            .history(with_token(
+                pb::HistoryRequest {
+                    patient_id: "p-1".into(),
+                    record_id: created.record_id.clone(),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .map(drop),
+        client
+            .update_record(with_token(
+                pb::UpdateRecordRequest {
+                    patient_id: "p-1".into(),
+                    record_id: created.record_id.clone(),
+                    resource_json: HEART_RATE.into(),
+                    if_match_version: 1,
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .map(drop),
+        client
+            .delete_record(with_token(
+                pb::DeleteRecordRequest {
+                    patient_id: "p-1".into(),
+                    record_id: created.record_id.clone(),
+                    if_match_version: 1,
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .map(drop),
+        client
+            .create_record(with_token(create("p-1", HEART_RATE), &token))
+            .await
+            .map(drop),
+    ];
+    for refusal in refusals {
+        let status = refusal.expect_err("audit unreachable too long");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    assert_eq!(outbox_rows(&f.store).await, 4, "nothing more stored");
 
     // audit is back: everything is delivered, the outbox pruned, and
     // accesses are served again.
@@ -556,4 +615,498 @@ async fn every_access_is_in_the_outbox_before_it_is_answered_and_reaches_audit()
             Action::Read as i32
         ]
     );
+}
+
+/// consent that permits every category but those it is told to withhold.
+#[derive(Default)]
+struct Withholding {
+    withheld: Mutex<Vec<RecordCategory>>,
+}
+
+impl Withholding {
+    fn withhold(&self, category: RecordCategory) {
+        self.withheld.lock().expect("lock").push(category);
+    }
+}
+
+impl ConsentGate for Withholding {
+    fn evaluate(
+        &self,
+        _patient_id: &str,
+        _actor: Actor,
+        _purpose: Purpose,
+        category: RecordCategory,
+    ) -> BoxFuture<'_, Decision> {
+        let permitted = !self.withheld.lock().expect("lock").contains(&category);
+        Box::pin(async move {
+            Ok(Decision {
+                permitted,
+                decision_id: "decision-1".into(),
+                reasons: vec![("TEST".into(), "a test decision".into())],
+                valid_until: None,
+            })
+        })
+    }
+}
+
+fn search(patient: &str) -> pb::SearchRequest {
+    pb::SearchRequest {
+        patient_id: patient.into(),
+        ..Default::default()
+    }
+}
+
+fn ids(records: &[pb::Record]) -> Vec<&str> {
+    records.iter().map(|r| r.record_id.as_str()).collect()
+}
+
+#[tokio::test]
+async fn versions_history_search_and_a_withheld_category_over_grpc() {
+    let consent = Arc::new(Withholding::default());
+    let audit = Arc::new(MemoryAudit::default());
+    let f = Fixture::with_gates(
+        consent.clone(),
+        audit.clone(),
+        ServerConfig::loopback(),
+        OutboxSettings::default(),
+    )
+    .await;
+    let token = f.clinician();
+    let mut client = f.client();
+    let call = |status: Result<tonic::Response<pb::CreateRecordResponse>, tonic::Status>| {
+        status
+            .expect("created")
+            .into_inner()
+            .record
+            .expect("record")
+    };
+
+    // Kept as sent: member order and number text; only id and meta set.
+    let sent = r#"{"resourceType":"Observation","status":"final","subject":{"reference":"Patient/p-1"},"code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},"valueQuantity":{"value":1.50,"unit":"/min"},"effectiveDateTime":"2024-03-01"}"#;
+    let keyed = pb::CreateRecordRequest {
+        idempotency_key: "retry-me".into(),
+        ..create("p-1", sent)
+    };
+    let heart = call(
+        client
+            .create_record(with_token(keyed.clone(), &token))
+            .await,
+    );
+    let (id, version) = (&heart.record_id, &heart.version);
+    let expected = sent.replacen(
+        r#""resourceType":"Observation","#,
+        &format!(
+            r#""resourceType":"Observation","id":"{id}","meta":{{"versionId":"{version}","lastUpdated":"#
+        ),
+        1,
+    );
+    assert!(
+        heart
+            .resource_json
+            .starts_with(&expected[..expected.len() - sent.len() + 30]),
+        "{}",
+        heart.resource_json
+    );
+    assert!(
+        heart
+            .resource_json
+            .contains(r#""valueQuantity":{"value":1.50,"unit":"/min"}"#)
+    );
+
+    // A retry with the same key answers with the first result; the same
+    // key with another request is refused.
+    let again = call(
+        client
+            .create_record(with_token(keyed.clone(), &token))
+            .await,
+    );
+    assert_eq!((again.record_id.as_str(), again.version), (id.as_str(), 1));
+    assert_eq!(again.resource_json, heart.resource_json);
+    let status = client
+        .create_record(with_token(
+            pb::CreateRecordRequest {
+                resource_json: HEART_RATE.into(),
+                ..keyed.clone()
+            },
+            &token,
+        ))
+        .await
+        .expect_err("key reused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("idempotency_key"),
+        "{}",
+        status.message()
+    );
+
+    let hiv = call(
+        client
+            .create_record(with_token(create("p-1", HIV_CONDITION), &token))
+            .await,
+    );
+    assert_eq!(hiv.category, RecordCategory::SexualHealth as i32);
+
+    // Versions: if-match, naming the current version on a mismatch.
+    let update = |json: &str, if_match: i64| pb::UpdateRecordRequest {
+        patient_id: "p-1".into(),
+        record_id: id.clone(),
+        resource_json: json.into(),
+        if_match_version: if_match,
+        purpose: 0,
+        category: 0,
+    };
+    let v2 = client
+        .update_record(with_token(update(HEART_RATE, 1), &token))
+        .await
+        .expect("updated")
+        .into_inner()
+        .record
+        .expect("record");
+    assert_eq!(v2.version, 2);
+    assert!(v2.resource_json.contains(r#""versionId":"2""#));
+    let status = client
+        .update_record(with_token(update(HEART_RATE, 1), &token))
+        .await
+        .expect_err("stale");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("version 2 is current"),
+        "{}",
+        status.message()
+    );
+    for (request, field) in [
+        (update(HEART_RATE, 0), "if_match_version"),
+        (
+            update(&HEART_RATE.replacen("{", r#"{"id":"another","#, 1), 2),
+            "resource_json.id",
+        ),
+        (update(HIV_CONDITION, 2), "resource_json.resourceType"),
+    ] {
+        let status = client
+            .update_record(with_token(request, &token))
+            .await
+            .expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert!(status.message().starts_with(field), "{}", status.message());
+    }
+
+    // History, newest first, paged by a cursor bound to this record.
+    let history = |page_token: &str, record_id: &str| pb::HistoryRequest {
+        patient_id: "p-1".into(),
+        record_id: record_id.into(),
+        page_size: 1,
+        page_token: page_token.into(),
+        purpose: 0,
+    };
+    let first = client
+        .history(with_token(history("", id), &token))
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(
+        first.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [2]
+    );
+    let second = client
+        .history(with_token(history(&first.next_page_token, id), &token))
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(
+        second
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .collect::<Vec<_>>(),
+        [1]
+    );
+    assert!(second.next_page_token.is_empty());
+    for bad in [first.next_page_token.as_str(), "made-up"] {
+        let status = client
+            .history(with_token(history(bad, &hiv.record_id), &token))
+            .await
+            .expect_err("another record's cursor");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().starts_with("page_token"),
+            "{}",
+            status.message()
+        );
+    }
+
+    // Search: by code, by type, paged; a cursor works only for its search.
+    let found = client
+        .search(with_token(search("p-1"), &token))
+        .await
+        .expect("search")
+        .into_inner();
+    assert_eq!(ids(&found.records), [id.as_str(), hiv.record_id.as_str()]);
+    let by_code = client
+        .search(with_token(
+            pb::SearchRequest {
+                codes: vec!["http://loinc.org|8867-4".into()],
+                ..search("p-1")
+            },
+            &token,
+        ))
+        .await
+        .expect("search")
+        .into_inner();
+    assert_eq!(ids(&by_code.records), [id.as_str()]);
+    let paged = client
+        .search(with_token(
+            pb::SearchRequest {
+                page_size: 1,
+                ..search("p-1")
+            },
+            &token,
+        ))
+        .await
+        .expect("search")
+        .into_inner();
+    assert_eq!(paged.records.len(), 1);
+    assert!(!paged.next_page_token.is_empty());
+    let status = client
+        .search(with_token(
+            pb::SearchRequest {
+                page_size: 1,
+                page_token: paged.next_page_token.clone(),
+                resource_types: vec!["Condition".into()],
+                ..search("p-1")
+            },
+            &token,
+        ))
+        .await
+        .expect_err("a cursor of another search");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    for (request, field) in [
+        (
+            pb::SearchRequest {
+                resource_types: vec!["Patient".into()],
+                ..search("p-1")
+            },
+            "resource_types",
+        ),
+        (
+            pb::SearchRequest {
+                codes: vec!["a|b|c".into()],
+                ..search("p-1")
+            },
+            "codes",
+        ),
+        (
+            pb::SearchRequest {
+                page_size: 501,
+                ..search("p-1")
+            },
+            "page_size",
+        ),
+        (
+            pb::SearchRequest {
+                date_from: Some(prost_types::Timestamp {
+                    seconds: 10,
+                    nanos: 0,
+                }),
+                date_to: Some(prost_types::Timestamp {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+                ..search("p-1")
+            },
+            "date_to",
+        ),
+    ] {
+        let status = client
+            .search(with_token(request, &token))
+            .await
+            .expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert!(status.message().starts_with(field), "{}", status.message());
+    }
+
+    // Sexual health withheld: the record looks exactly like an absent one,
+    // and searches say nothing of it — not in results, sizes or cursors.
+    consent.withhold(RecordCategory::SexualHealth);
+    let get = |record_id: &str| pb::GetRecordRequest {
+        patient_id: "p-1".into(),
+        record_id: record_id.into(),
+        purpose: 0,
+    };
+    let withheld = client
+        .get_record(with_token(get(&hiv.record_id), &token))
+        .await
+        .expect_err("withheld");
+    let absent = client
+        .get_record(with_token(get("no-such-record"), &token))
+        .await
+        .expect_err("absent");
+    assert_eq!(
+        (withheld.code(), withheld.message()),
+        (absent.code(), absent.message())
+    );
+    assert_eq!(withheld.code(), Code::NotFound);
+    let status = client
+        .history(with_token(history("", &hiv.record_id), &token))
+        .await
+        .expect_err("withheld");
+    assert_eq!(
+        (status.code(), status.message()),
+        (absent.code(), absent.message())
+    );
+    let page = client
+        .search(with_token(
+            pb::SearchRequest {
+                page_size: 1,
+                ..search("p-1")
+            },
+            &token,
+        ))
+        .await
+        .expect("search")
+        .into_inner();
+    assert_eq!(ids(&page.records), [id.as_str()]);
+    assert!(
+        page.next_page_token.is_empty(),
+        "no hint of a withheld record"
+    );
+    let page = client
+        .search(with_token(
+            pb::SearchRequest {
+                categories: vec![RecordCategory::SexualHealth as i32],
+                ..search("p-1")
+            },
+            &token,
+        ))
+        .await
+        .expect("search")
+        .into_inner();
+    assert!(page.records.is_empty());
+
+    // Delete: a tombstone; reads answer NOT_FOUND, history shows it.
+    let deleted = client
+        .delete_record(with_token(
+            pb::DeleteRecordRequest {
+                patient_id: "p-1".into(),
+                record_id: id.clone(),
+                if_match_version: 2,
+                purpose: 0,
+            },
+            &token,
+        ))
+        .await
+        .expect("deleted")
+        .into_inner()
+        .record
+        .expect("tombstone");
+    assert!(deleted.deleted && deleted.resource_json.is_empty());
+    assert_eq!(deleted.version, 3);
+    let status = client
+        .get_record(with_token(get(id), &token))
+        .await
+        .expect_err("deleted");
+    assert_eq!(
+        (status.code(), status.message()),
+        (absent.code(), absent.message())
+    );
+    let mut all = history("", id);
+    all.page_size = 0;
+    let versions = client
+        .history(with_token(all, &token))
+        .await
+        .expect("history")
+        .into_inner()
+        .versions;
+    assert_eq!(
+        versions
+            .iter()
+            .map(|v| (v.version, v.deleted))
+            .collect::<Vec<_>>(),
+        [(3, true), (2, false), (1, false)]
+    );
+    let page = client
+        .search(with_token(search("p-1"), &token))
+        .await
+        .expect("search")
+        .into_inner();
+    assert!(page.records.is_empty());
+
+    // Every access reached audit: creates, updates, the delete, reads,
+    // searches (one event per record returned), and the denials.
+    use sharedcare_proto::audit::v1::{Action, Outcome};
+    eventually(async || {
+        audit
+            .delivered()
+            .iter()
+            .any(|e| e.action == Action::Delete as i32)
+    })
+    .await;
+    let delivered = audit.delivered();
+    let count = |action: Action, outcome: Outcome| {
+        delivered
+            .iter()
+            .filter(|e| e.action == action as i32 && e.outcome == outcome as i32)
+            .count()
+    };
+    assert_eq!(count(Action::Create, Outcome::Success), 2);
+    assert_eq!(count(Action::Update, Outcome::Success), 1);
+    assert_eq!(count(Action::Delete, Outcome::Success), 1);
+    assert!(
+        count(Action::Read, Outcome::Denied) >= 2,
+        "the withheld reads"
+    );
+    assert!(count(Action::Search, Outcome::Success) >= 4);
+}
+
+/// CreateRecordRequest as it is on the wire, with `resource_json` as bytes,
+/// so a test can send what a well-behaved client never would.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawCreateRecordRequest {
+    #[prost(string, tag = "1")]
+    patient_id: String,
+    #[prost(bytes = "vec", tag = "2")]
+    resource_json: Vec<u8>,
+}
+
+#[tokio::test]
+async fn a_resource_that_is_not_utf8_is_invalid_argument_naming_the_field() {
+    let f = Fixture::with_gates(
+        Arc::new(PermitAll::default()),
+        Arc::new(MemoryAudit::default()),
+        ServerConfig::loopback(),
+        OutboxSettings::default(),
+    )
+    .await;
+    let mut grpc = tonic::client::Grpc::new(f.server.channel.clone());
+    grpc.ready().await.expect("ready");
+    let mut bytes = OBSERVATION.as_bytes().to_vec();
+    bytes[40] = 0xff;
+    let request = with_token(
+        RawCreateRecordRequest {
+            patient_id: "p-1".into(),
+            resource_json: bytes,
+        },
+        &f.clinician(),
+    );
+    let status = grpc
+        .unary::<_, pb::CreateRecordResponse, _>(
+            request,
+            http::uri::PathAndQuery::from_static(
+                "/sharedcare.records.v1.RecordsService/CreateRecord",
+            ),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("not UTF-8");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("resource_json"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(outbox_rows(&f.store).await, 0, "nothing stored or audited");
+    // The service is unharmed.
+    f.client()
+        .create_record(with_token(create("p-1", OBSERVATION), &f.clinician()))
+        .await
+        .expect("a good request after a bad one");
 }

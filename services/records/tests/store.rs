@@ -31,7 +31,9 @@ fn patient(id: &str) -> PatientId {
 }
 
 fn at(y: i32, m: u32, d: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(y, m, d, 0, 0, 0).single().expect("date")
+    Utc.with_ymd_and_hms(y, m, d, 0, 0, 0)
+        .single()
+        .expect("date")
 }
 
 fn meta(patient_id: &str, resource_type: &str, category: Category) -> RecordMeta {
@@ -134,7 +136,11 @@ async fn conformance(store: &dyn RecordStore) {
     // Version 1, read back as given (the body is opened on request).
     let a = meta("patient-1", "Observation", Category::General);
     store
-        .write(write(&a, "first", dated(at(2020, 5, 1), vec![code("8867-4"), vital.clone()])))
+        .write(write(
+            &a,
+            "first",
+            dated(at(2020, 5, 1), vec![code("8867-4"), vital.clone()]),
+        ))
         .await
         .expect("create");
     let read = store
@@ -143,9 +149,18 @@ async fn conformance(store: &dyn RecordStore) {
         .expect("read")
         .expect("found");
     assert_eq!(read.meta, a);
-    assert_eq!(read.body.open().expect("open").into_bytes(), body(&a, "first"));
+    assert_eq!(
+        read.body.open().expect("open").into_bytes(),
+        body(&a, "first")
+    );
     // Only under its own patient.
-    assert!(store.current(&patient("patient-2"), &a.id).await.expect("read").is_none());
+    assert!(
+        store
+            .current(&patient("patient-2"), &a.id)
+            .await
+            .expect("read")
+            .is_none()
+    );
     // Version 1 twice: ALREADY_EXISTS, nothing changed.
     let err = store
         .write(write(&a, "again", SearchIndex::default()))
@@ -162,17 +177,28 @@ async fn conformance(store: &dyn RecordStore) {
         ..a.clone()
     };
     store
-        .write(write(&a2, "second", dated(at(2021, 1, 1), vec![code("1234-5")])))
+        .write(write(
+            &a2,
+            "second",
+            dated(at(2021, 1, 1), vec![code("1234-5")]),
+        ))
         .await
         .expect("update");
     for version in [2, 4] {
-        let stale = RecordMeta { version, ..a2.clone() };
+        let stale = RecordMeta {
+            version,
+            ..a2.clone()
+        };
         let err = store
             .write(write(&stale, "stale", SearchIndex::default()))
             .await
             .expect_err("stale");
         assert_eq!(err.code, Code::FailedPrecondition, "{version}");
-        assert!(err.message.contains("version 2 is current"), "{}", err.message);
+        assert!(
+            err.message.contains("version 2 is current"),
+            "{}",
+            err.message
+        );
     }
     let foreign = RecordMeta {
         version: 3,
@@ -187,11 +213,28 @@ async fn conformance(store: &dyn RecordStore) {
             .code,
         Code::NotFound
     );
-    let current = store.current(&a.patient_id, &a.id).await.expect("read").expect("found");
+    let current = store
+        .current(&a.patient_id, &a.id)
+        .await
+        .expect("read")
+        .expect("found");
     assert_eq!(current.meta, a2);
-    let v1 = store.version(&a.patient_id, &a.id, 1).await.expect("read").expect("v1");
-    assert_eq!(v1.body.open().expect("open").into_bytes(), body(&a, "first"));
-    assert!(store.version(&a.patient_id, &a.id, 9).await.expect("read").is_none());
+    let v1 = store
+        .version(&a.patient_id, &a.id, 1)
+        .await
+        .expect("read")
+        .expect("v1");
+    assert_eq!(
+        v1.body.open().expect("open").into_bytes(),
+        body(&a, "first")
+    );
+    assert!(
+        store
+            .version(&a.patient_id, &a.id, 9)
+            .await
+            .expect("read")
+            .is_none()
+    );
 
     // The index follows the current version.
     let mut q = query("patient-1");
@@ -218,16 +261,35 @@ async fn conformance(store: &dyn RecordStore) {
         })
         .await
         .expect("delete");
-    let current = store.current(&a.patient_id, &a.id).await.expect("read").expect("found");
+    let current = store
+        .current(&a.patient_id, &a.id)
+        .await
+        .expect("read")
+        .expect("found");
     assert!(current.meta.deleted);
     assert_eq!(current.body.open().expect("open"), "");
     assert!(ids(store, &query("patient-1")).await.is_empty());
-    let history = store.history(&a.patient_id, &a.id, None, 10).await.expect("history");
+    let history = store
+        .history(&a.patient_id, &a.id, None, 10)
+        .await
+        .expect("history");
     let versions: Vec<i64> = history.iter().map(|s| s.meta.version).collect();
     assert_eq!(versions, [3, 2, 1]);
-    let older = store.history(&a.patient_id, &a.id, Some(3), 1).await.expect("history");
-    assert_eq!(older.iter().map(|s| s.meta.version).collect::<Vec<_>>(), [2]);
-    assert!(store.history(&patient("patient-2"), &a.id, None, 10).await.expect("h").is_empty());
+    let older = store
+        .history(&a.patient_id, &a.id, Some(3), 1)
+        .await
+        .expect("history");
+    assert_eq!(
+        older.iter().map(|s| s.meta.version).collect::<Vec<_>>(),
+        [2]
+    );
+    assert!(
+        store
+            .history(&patient("patient-2"), &a.id, None, 10)
+            .await
+            .expect("h")
+            .is_empty()
+    );
 
     // Search: newest clinical date first, paged by key; filters by type,
     // category, date overlap, code (any system or exact), FHIR category and
@@ -248,9 +310,16 @@ async fn conformance(store: &dyn RecordStore) {
         let tokens = if rtype == "Observation" {
             vec![code(&format!("code-{i}")), vital.clone()]
         } else {
-            vec![token(TokenParam::Code, "http://snomed.info/sct", &format!("code-{i}"))]
+            vec![token(
+                TokenParam::Code,
+                "http://snomed.info/sct",
+                &format!("code-{i}"),
+            )]
         };
-        store.write(write(&m, "s", dated(day, tokens))).await.expect("create");
+        store
+            .write(write(&m, "s", dated(day, tokens)))
+            .await
+            .expect("create");
         made.push(m);
     }
     let undated = meta(p, "Observation", Category::General);
@@ -260,19 +329,33 @@ async fn conformance(store: &dyn RecordStore) {
         .expect("create");
     let other = meta("patient-other", "Observation", Category::General);
     store
-        .write(write(&other, "o", dated(at(2024, 1, 1), vec![code("code-0")])))
+        .write(write(
+            &other,
+            "o",
+            dated(at(2024, 1, 1), vec![code("code-0")]),
+        ))
         .await
         .expect("create");
     let id = |i: usize| made[i].id.as_str().to_owned();
     // The undated one sorts by its last-updated time: now, so first.
     assert_eq!(
         ids(store, &query(p)).await,
-        [undated.id.as_str().to_owned(), id(4), id(3), id(2), id(1), id(0)]
+        [
+            undated.id.as_str().to_owned(),
+            id(4),
+            id(3),
+            id(2),
+            id(1),
+            id(0)
+        ]
     );
     let mut q = query(p);
     q.resource_types = vec!["Observation".into()];
     q.categories = vec![Category::General];
-    assert_eq!(ids(store, &q).await, [undated.id.as_str().to_owned(), id(3), id(0)]);
+    assert_eq!(
+        ids(store, &q).await,
+        [undated.id.as_str().to_owned(), id(3), id(0)]
+    );
     let mut q = query(p);
     q.date_from = Some(at(2020, 1, 1));
     q.date_to = Some(at(2022, 1, 1));
@@ -286,7 +369,11 @@ async fn conformance(store: &dyn RecordStore) {
         TokenQuery::parse("codes", "http://loinc.org|code-0").expect("q"),
         TokenQuery::parse("codes", "http://loinc.org|code-4").expect("q"),
     ];
-    assert_eq!(ids(store, &q).await, [id(2), id(0)], "system must match when given");
+    assert_eq!(
+        ids(store, &q).await,
+        [id(2), id(0)],
+        "system must match when given"
+    );
     let mut q = query(p);
     q.fhir_categories = vec![TokenQuery::parse("fhir_categories", "vital-signs").expect("q")];
     assert_eq!(ids(store, &q).await, [id(3), id(1), id(0)]);
@@ -308,7 +395,13 @@ async fn conformance(store: &dyn RecordStore) {
         record_id: k.id.clone(),
         version: 1,
     };
-    assert!(store.idempotency("caller-key-1").await.expect("key").is_none());
+    assert!(
+        store
+            .idempotency("caller-key-1")
+            .await
+            .expect("key")
+            .is_none()
+    );
     store
         .write(Write {
             idempotency: Some(row.clone()),
@@ -316,7 +409,10 @@ async fn conformance(store: &dyn RecordStore) {
         })
         .await
         .expect("create");
-    assert_eq!(store.idempotency("caller-key-1").await.expect("key"), Some(row.clone()));
+    assert_eq!(
+        store.idempotency("caller-key-1").await.expect("key"),
+        Some(row.clone())
+    );
     let k2 = meta("patient-1", "Observation", Category::General);
     let err = store
         .write(Write {
@@ -329,13 +425,25 @@ async fn conformance(store: &dyn RecordStore) {
         .await
         .expect_err("key reused");
     assert_eq!(err.code, Code::AlreadyExists);
-    assert!(store.current(&k2.patient_id, &k2.id).await.expect("read").is_none());
+    assert!(
+        store
+            .current(&k2.patient_id, &k2.id)
+            .await
+            .expect("read")
+            .is_none()
+    );
 
     // Concurrent writes: each answered on its own; two updates racing for
     // the same version — exactly one wins.
     let base = meta("patient-race", "Observation", Category::General);
-    store.write(write(&base, "v1", SearchIndex::default())).await.expect("create");
-    let next = RecordMeta { version: 2, ..base.clone() };
+    store
+        .write(write(&base, "v1", SearchIndex::default()))
+        .await
+        .expect("create");
+    let next = RecordMeta {
+        version: 2,
+        ..base.clone()
+    };
     let creates = (0..20).map(|_| {
         let m = meta("patient-race", "Observation", Category::General);
         async move { store.write(write(&m, "c", SearchIndex::default())).await }
@@ -344,9 +452,11 @@ async fn conformance(store: &dyn RecordStore) {
         let w = write(&next, &format!("race-{i}"), SearchIndex::default());
         async move { store.write(w).await }
     });
-    let (created, raced) =
-        futures::future::join(futures::future::join_all(creates), futures::future::join_all(races))
-            .await;
+    let (created, raced) = futures::future::join(
+        futures::future::join_all(creates),
+        futures::future::join_all(races),
+    )
+    .await;
     assert!(created.iter().all(Result::is_ok));
     assert_eq!(raced.iter().filter(|r| r.is_ok()).count(), 1);
     assert_eq!(ids(store, &query("patient-race")).await.len(), 21);
@@ -368,7 +478,10 @@ async fn sqlite_store_conforms() {
     let store = SqlStore::connect(db.url(), 2).await.expect("connect");
     conformance(&store).await;
     let db = TestDatabase::sqlite();
-    let store = Encrypted::new(SqlStore::connect(db.url(), 2).await.expect("connect"), keyring());
+    let store = Encrypted::new(
+        SqlStore::connect(db.url(), 2).await.expect("connect"),
+        keyring(),
+    );
     conformance(&store).await;
     assert_encrypted_at_rest(db.url()).await;
     audit_in_write(store.inner()).await;
@@ -379,7 +492,10 @@ async fn postgres_store_conforms() {
     let Some(db) = TestDatabase::postgres("records postgres_store_conforms").await else {
         return;
     };
-    let store = Encrypted::new(SqlStore::connect(db.url(), 4).await.expect("connect"), keyring());
+    let store = Encrypted::new(
+        SqlStore::connect(db.url(), 4).await.expect("connect"),
+        keyring(),
+    );
     conformance(&store).await;
     assert_encrypted_at_rest(db.url()).await;
     audit_in_write(store.inner()).await;
@@ -459,7 +575,13 @@ async fn audit_in_write(store: &SqlStore) {
     store.write(audited(&r2, "event-2")).await.expect("create");
     let r3 = meta("patient-audit", "Observation", Category::General);
     assert!(store.write(audited(&r3, "event-2")).await.is_err());
-    assert!(store.current(&r3.patient_id, &r3.id).await.expect("read").is_none());
+    assert!(
+        store
+            .current(&r3.patient_id, &r3.id)
+            .await
+            .expect("read")
+            .is_none()
+    );
 
     let delivered = Arc::new(Delivered::default());
     let outbox = Outbox::start(
@@ -508,5 +630,8 @@ async fn audit_in_write(store: &SqlStore) {
             }
         }
     }
-    assert_eq!(failed, 1, "only the second write with the shared event id fails");
+    assert_eq!(
+        failed, 1,
+        "only the second write with the shared event id fails"
+    );
 }

@@ -12,8 +12,6 @@ pub use classify::{
 };
 pub use fhir::{SUPPORTED_RESOURCE_TYPES, ValidResource};
 pub use idempotency::IdempotencyKey;
-pub use index::{
-    DateRange, MAX_TOKENS, SearchIndex, Token, TokenParam, TokenQuery, extract,
-};
+pub use index::{DateRange, MAX_TOKENS, SearchIndex, Token, TokenParam, TokenQuery, extract};
 pub use record::{Category, Record, RecordId};
 pub use sharedcare_kit::ids::PatientId;

@@ -68,9 +68,7 @@ impl<S: RecordStore> RecordStore for Encrypted<S> {
         Box::pin(async move {
             // A tombstone has nothing to seal.
             if !write.body.is_empty() {
-                write.body = self
-                    .keys
-                    .seal(&write.body, &associated_data(&write.meta))?;
+                write.body = self.keys.seal(&write.body, &associated_data(&write.meta))?;
             }
             self.inner.write(write).await
         })

@@ -57,7 +57,11 @@ fn stored(meta: &RecordMeta, body: &[u8]) -> Stored {
 }
 
 impl Inner {
-    fn of_patient(&self, patient: &PatientId, id: &RecordId) -> Option<&Vec<(RecordMeta, Vec<u8>)>> {
+    fn of_patient(
+        &self,
+        patient: &PatientId,
+        id: &RecordId,
+    ) -> Option<&Vec<(RecordMeta, Vec<u8>)>> {
         self.versions
             .get(id.as_str())
             .filter(|v| v.first().is_some_and(|(m, _)| &m.patient_id == patient))
@@ -208,10 +212,7 @@ impl RecordStore for MemoryStore {
                 if !matches(query, indexed) {
                     continue;
                 }
-                let Some((meta, body)) = inner
-                    .versions
-                    .get(&key.record_id)
-                    .and_then(|v| v.last())
+                let Some((meta, body)) = inner.versions.get(&key.record_id).and_then(|v| v.last())
                 else {
                     continue;
                 };

@@ -103,7 +103,10 @@ async fn store_writes(
 /// Checks each write against what is stored (and the writes before it in
 /// the group), stores those that pass in one transaction, and returns each
 /// write's answer. An error here is the transaction's.
-async fn store_group(db: &DatabaseConnection, group: &[Write]) -> Result<Vec<Result<(), Error>>, Error> {
+async fn store_group(
+    db: &DatabaseConnection,
+    group: &[Write],
+) -> Result<Vec<Result<(), Error>>, Error> {
     let txn = db.begin().await.map_err(failed("storing a record"))?;
     let results = check_group(&txn, group).await?;
     let passing: Vec<&Write> = group
@@ -115,13 +118,15 @@ async fn store_group(db: &DatabaseConnection, group: &[Write]) -> Result<Vec<Res
     if passing.is_empty() {
         return Ok(results);
     }
-    insert_group(&txn, &passing).await.map_err(|e| match e.sql_err() {
-        // Another replica stored the same version first (PostgreSQL).
-        Some(SqlErr::UniqueConstraintViolation(_)) => Error::failed_precondition(
-            "the record changed while this change was stored; read it again",
-        ),
-        _ => Error::internal("storing a record", e),
-    })?;
+    insert_group(&txn, &passing)
+        .await
+        .map_err(|e| match e.sql_err() {
+            // Another replica stored the same version first (PostgreSQL).
+            Some(SqlErr::UniqueConstraintViolation(_)) => Error::failed_precondition(
+                "the record changed while this change was stored; read it again",
+            ),
+            _ => Error::internal("storing a record", e),
+        })?;
     txn.commit().await.map_err(failed("storing a record"))?;
     Ok(results)
 }
@@ -203,7 +208,9 @@ async fn check_group(
 async fn insert_group(txn: &DatabaseTransaction, group: &[&Write]) -> Result<(), DbErr> {
     let versions: Vec<version::ActiveModel> = group.iter().map(|w| version_row(w)).collect();
     for chunk in versions.chunks(MAX_ROWS_PER_INSERT) {
-        version::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
+        version::Entity::insert_many(chunk.to_vec())
+            .exec(txn)
+            .await?;
     }
     let replaced: Vec<&str> = group
         .iter()
@@ -227,7 +234,12 @@ async fn insert_group(txn: &DatabaseTransaction, group: &[&Write]) -> Result<(),
     }
     let indexed: Vec<&Write> = group
         .iter()
-        .filter(|w| !w.meta.deleted && last.get(w.meta.id.as_str()).is_some_and(|l| std::ptr::eq(*l, **w)))
+        .filter(|w| {
+            !w.meta.deleted
+                && last
+                    .get(w.meta.id.as_str())
+                    .is_some_and(|l| std::ptr::eq(*l, **w))
+        })
         .copied()
         .collect();
     let index_rows: Vec<index::ActiveModel> = indexed.iter().map(|w| index_row(w)).collect();
@@ -260,14 +272,18 @@ async fn insert_group(txn: &DatabaseTransaction, group: &[&Write]) -> Result<(),
         })
         .collect();
     for chunk in keys.chunks(MAX_ROWS_PER_INSERT) {
-        idempotency::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
+        idempotency::Entity::insert_many(chunk.to_vec())
+            .exec(txn)
+            .await?;
     }
     let events: Vec<outbox::ActiveModel> = group
         .iter()
         .filter_map(|w| w.audit.as_ref().map(|a| outbox_row(a, w)))
         .collect();
     for chunk in events.chunks(MAX_ROWS_PER_INSERT) {
-        outbox::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
+        outbox::Entity::insert_many(chunk.to_vec())
+            .exec(txn)
+            .await?;
     }
     Ok(())
 }
