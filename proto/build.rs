@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "sharedcare/identity/v1/identity.proto",
     "sharedcare/consent/v1/consent.proto",
     "sharedcare/records/v1/records.proto",
+    "sharedcare/records/storage/v1/storage.proto",
     "sharedcare/audit/v1/audit.proto",
 ];
 

@@ -28,6 +28,13 @@ pub mod records {
     pub mod v1 {
         tonic::include_proto!("sharedcare.records.v1");
     }
+
+    /// The storage protocol of records' `remote` backend.
+    pub mod storage {
+        pub mod v1 {
+            tonic::include_proto!("sharedcare.records.storage.v1");
+        }
+    }
 }
 
 pub mod audit {

@@ -242,6 +242,9 @@ pub enum StorageBackend {
     /// Process memory: nothing survives a restart (tests, demos). Local
     /// state such as an audit outbox still lives in SQLite under `data_dir`.
     Memory,
+    /// records only: a provider's own store behind the storage protocol
+    /// (`sharedcare.records.storage.v1`); local state as for `memory`.
+    Remote,
 }
 
 impl StorageBackend {
@@ -250,6 +253,7 @@ impl StorageBackend {
             StorageBackend::Sqlite => "sqlite",
             StorageBackend::Postgres => "postgres",
             StorageBackend::Memory => "memory",
+            StorageBackend::Remote => "remote",
         }
     }
 }
@@ -257,7 +261,7 @@ impl StorageBackend {
 /// Where a service keeps its data.
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseConfig {
-    /// `sqlite` (default), `postgres` or `memory`.
+    /// `sqlite` (default), `postgres`, `memory` or (records) `remote`.
     #[serde(default)]
     pub backend: StorageBackend,
     /// Database URL (`sqlite://...` or `postgres://...`). Unset: a SQLite file
@@ -294,6 +298,21 @@ impl DatabaseConfig {
     }
 
     pub fn validate(&self, service: &str) -> Result<(), ConfigError> {
+        if self.backend == StorageBackend::Remote {
+            return Err(ConfigError::invalid(
+                "database.backend",
+                "remote is offered by records only",
+            ));
+        }
+        self.validate_local(service)
+    }
+
+    /// As `validate`, also accepting `remote` (records).
+    pub fn validate_allowing_remote(&self, service: &str) -> Result<(), ConfigError> {
+        self.validate_local(service)
+    }
+
+    fn validate_local(&self, service: &str) -> Result<(), ConfigError> {
         if self.max_connections == 0 {
             return Err(ConfigError::invalid(
                 "database.max_connections",
@@ -307,13 +326,15 @@ impl DatabaseConfig {
                 "database.url",
                 "must be a postgres:// URL when database.backend is postgres",
             )),
-            (StorageBackend::Sqlite | StorageBackend::Memory, true) => Err(ConfigError::invalid(
-                "database.backend",
-                format!(
-                    "is {}, but database.url is a PostgreSQL URL: set database.backend = \"postgres\"",
-                    self.backend.as_str()
-                ),
-            )),
+            (StorageBackend::Sqlite | StorageBackend::Memory | StorageBackend::Remote, true) => {
+                Err(ConfigError::invalid(
+                    "database.backend",
+                    format!(
+                        "is {}, but database.url is a PostgreSQL URL: set database.backend = \"postgres\"",
+                        self.backend.as_str()
+                    ),
+                ))
+            }
             _ => Ok(()),
         }
     }

@@ -49,6 +49,11 @@ pub struct RecordsSettings {
     /// file. Unset: generated on first start and kept in the data dir.
     #[serde(default)]
     pub key_encryption_key: SecretSource,
+    /// The storage server's gRPC URL when `database.backend` is `remote`
+    /// (`sharedcare.records.storage.v1`; `sharedcare storage-server` is the
+    /// reference one).
+    #[serde(default)]
+    pub remote_storage_url: Option<String>,
     /// A classification map (TOML) that replaces the built-in one, which is
     /// `services/records/classification.toml`. Unset: the built-in map.
     #[serde(default)]
@@ -88,7 +93,21 @@ impl Validate for RecordsConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
         self.telemetry.validate()?;
-        self.database.validate(crate::SERVICE_NAME)?;
+        self.database
+            .validate_allowing_remote(crate::SERVICE_NAME)?;
+        match (&self.database.backend, &self.records.remote_storage_url) {
+            (sharedcare_kit::config::StorageBackend::Remote, None) => {
+                return Err(ConfigError::invalid(
+                    "records.remote_storage_url",
+                    "is required when database.backend is remote",
+                ));
+            }
+            (_, Some(url)) => {
+                check_url("records.remote_storage_url", url)?;
+                self.tls.check_url("records.remote_storage_url", url)?;
+            }
+            _ => {}
+        }
         self.auth.validate()?;
         self.auth
             .require_client_credentials("records calls consent and audit as itself")?;

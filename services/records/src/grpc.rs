@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use prost::Message;
 use sharedcare_kit::{
     Error,
@@ -358,12 +358,31 @@ impl RecordsService for RecordsGrpc {
 
     type ExportPatientStream = ResponseStream<pb::ExportPatientResponse>;
 
+    #[tracing::instrument(skip_all, fields(rpc = "ExportPatient"))]
     async fn export_patient(
         &self,
         request: Request<pb::ExportPatientRequest>,
     ) -> Result<Response<Self::ExportPatientStream>, Status> {
-        grant(&request)?;
-        Err(Error::unimplemented("ExportPatient", "the export increment").into())
+        let grant = grant(&request)?;
+        let req = request.into_inner();
+        let patient = PatientId::parse("patient_id", &req.patient_id)?;
+        grant.check_own(patient.as_str())?;
+        let principal = grant.principal;
+        let purpose = principal.purpose_for("purpose", req.purpose)?;
+        let records = self
+            .records
+            .clone()
+            .export(principal, patient, purpose)
+            .await?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(records).map(|r| {
+            r.map(|record| pb::ExportPatientResponse {
+                resource_json: record.resource_json,
+                resource_type: record.resource_type,
+                record_id: record.id.as_str().to_owned(),
+            })
+            .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

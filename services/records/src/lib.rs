@@ -69,6 +69,7 @@ fn kek(cfg: &config::RecordsConfig) -> Result<Kek, Error> {
 async fn open_store(
     cfg: &config::RecordsConfig,
     keys: Keyring,
+    tls: Option<&sharedcare_kit::tls::Tls>,
 ) -> Result<
     (
         Arc<dyn store::RecordStore>,
@@ -88,11 +89,20 @@ async fn open_store(
             let (db, gate) = (sql.connection(), sql.write_gate());
             (Arc::new(store::Encrypted::new(sql, keys)), db, gate)
         }
-        StorageBackend::Memory => {
+        StorageBackend::Memory | StorageBackend::Remote => {
+            // Only the audit outbox is local.
             let db = sharedcare_kit::db::connect::<store::Migrator>(url.expose(), max).await?;
             let gate = WriteGate::for_db(&db);
-            let memory = store::MemoryStore::new();
-            (Arc::new(store::Encrypted::new(memory, keys)), db, gate)
+            let inner: Arc<dyn store::RecordStore> = match &cfg.records.remote_storage_url {
+                Some(remote) if cfg.database.backend == StorageBackend::Remote => {
+                    Arc::new(store::RemoteStore::new(
+                        sharedcare_kit::tls::channel(remote, tls)?,
+                        Duration::from_millis(cfg.records.call_timeout_ms),
+                    ))
+                }
+                _ => Arc::new(store::MemoryStore::new()),
+            };
+            (Arc::new(store::Encrypted::new(inner, keys)), db, gate)
         }
     })
 }
@@ -110,10 +120,11 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
         rules = classification.rule_count(),
         "classification map loaded"
     );
+    let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
     let kek = kek(cfg)?;
     let cursors = CursorKey::new(kek.derive("records.cursor"));
-    let (store, outbox_db, outbox_gate) = open_store(cfg, Keyring::new(kek, [])).await?;
-    let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
+    let (store, outbox_db, outbox_gate) =
+        open_store(cfg, Keyring::new(kek, []), tls.as_ref()).await?;
     let channel = |url: &str| sharedcare_kit::tls::channel(url, tls.as_ref());
     let identity = channel(&cfg.auth.identity_url)?;
     let tokens = Arc::new(TokenSource::from_config(identity.clone(), &cfg.auth)?);

@@ -63,7 +63,7 @@ pub static ACCESS: AccessTable = AccessTable {
             method: "ExportPatient",
             callers: READERS,
             purposes: READ_PURPOSES,
-            audit: "as GetRecord (UNIMPLEMENTED until the export issue)",
+            audit: "one event per record sent, before it is sent, and every denial of the general record",
         },
         Rule {
             method: "WatchRecords",

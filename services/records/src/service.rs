@@ -630,28 +630,142 @@ impl Records {
             records.push(record(hit.stored.meta, json));
         }
         // Each record seen is in the audit log before the page is answered.
-        let audits = records.iter().filter_map(|r| {
-            let decision = decisions.get(&r.category)?;
-            let one = self::access(
-                principal,
-                &patient,
-                Action::Search,
-                purpose,
-                &r.resource_type,
-                r.id.as_str(),
-            );
-            Some(one.event(
-                Outcome::Success,
-                &decision.reason_code(),
-                &decision.decision_id,
-            ))
+        self.audit_each(
+            principal,
+            &patient,
+            Action::Search,
+            purpose,
+            &decisions,
+            &records,
+        )
+        .await?;
+        Ok(Page { records, next })
+    }
+}
+
+/// Records per page an export reads and audits at a time.
+const EXPORT_PAGE: usize = 200;
+
+impl Records {
+    /// A patient's current records over the categories consent permits now,
+    /// page by page into `sink` (each page audited before it is sent), until
+    /// all are sent, the receiver is gone, or an error (sent last).
+    pub async fn export(
+        self: Arc<Self>,
+        principal: Principal,
+        patient: PatientId,
+        purpose: Purpose,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<Record, Error>>, Error> {
+        self.outbox.admit()?;
+        let access = access(&principal, &patient, Action::Export, purpose, "", "");
+        let (permitted, decisions, general_denial) =
+            self.permitted_categories(&access, &[]).await?;
+        if permitted.is_empty() {
+            return Err(general_denial.unwrap_or_else(|| Error::not_found(ABSENT)));
+        }
+        let (sink, receiver) = tokio::sync::mpsc::channel(EXPORT_PAGE);
+        let query = SearchQuery {
+            patient_id: patient.clone(),
+            resource_types: Vec::new(),
+            categories: permitted,
+            date_from: None,
+            date_to: None,
+            updated_from: None,
+            updated_to: None,
+            codes: Vec::new(),
+            fhir_categories: Vec::new(),
+        };
+        tokio::spawn(async move {
+            let mut after = None;
+            loop {
+                let page = self
+                    .export_page(&principal, &query, purpose, &decisions, after.as_ref())
+                    .await;
+                let (records, next) = match page {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = sink.send(Err(e)).await;
+                        return;
+                    }
+                };
+                for record in records {
+                    if sink.send(Ok(record)).await.is_err() {
+                        return;
+                    }
+                }
+                match next {
+                    Some(key) => after = Some(key),
+                    None => return,
+                }
+            }
         });
-        let audits: Vec<_> = audits.collect();
-        for result in futures::future::join_all(audits.iter().map(|e| self.outbox.record(e))).await
+        Ok(receiver)
+    }
+
+    async fn export_page(
+        &self,
+        principal: &Principal,
+        query: &SearchQuery,
+        purpose: Purpose,
+        decisions: &HashMap<Category, Decision>,
+        after: Option<&SortKey>,
+    ) -> Result<(Vec<Record>, Option<SortKey>), Error> {
+        self.outbox.admit()?;
+        let found = self.store.search(query, after, EXPORT_PAGE).await?;
+        let next = (found.len() == EXPORT_PAGE)
+            .then(|| found.last().map(|f| f.key.clone()))
+            .flatten();
+        let mut records = Vec::with_capacity(found.len());
+        for hit in found {
+            let json = hit.stored.body.open()?;
+            records.push(record(hit.stored.meta, json));
+        }
+        self.audit_each(
+            principal,
+            &query.patient_id,
+            Action::Export,
+            purpose,
+            decisions,
+            &records,
+        )
+        .await?;
+        Ok((records, next))
+    }
+
+    /// One audit event per record seen, all durable before any is answered.
+    async fn audit_each(
+        &self,
+        principal: &Principal,
+        patient: &PatientId,
+        action: Action,
+        purpose: Purpose,
+        decisions: &HashMap<Category, Decision>,
+        records: &[Record],
+    ) -> Result<(), Error> {
+        let events: Vec<_> = records
+            .iter()
+            .filter_map(|r| {
+                let decision = decisions.get(&r.category)?;
+                let one = access(
+                    principal,
+                    patient,
+                    action,
+                    purpose,
+                    &r.resource_type,
+                    r.id.as_str(),
+                );
+                Some(one.event(
+                    Outcome::Success,
+                    &decision.reason_code(),
+                    &decision.decision_id,
+                ))
+            })
+            .collect();
+        for result in futures::future::join_all(events.iter().map(|e| self.outbox.record(e))).await
         {
             result?;
         }
-        Ok(Page { records, next })
+        Ok(())
     }
 }
 

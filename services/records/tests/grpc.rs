@@ -264,16 +264,6 @@ async fn tokens_and_scopes_are_checked_first() {
         .expect_err("no write scope");
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(status.message().contains("records.write"));
-
-    let status = f
-        .client()
-        .export_patient(with_token(
-            pb::ExportPatientRequest::default(),
-            &f.clinician(),
-        ))
-        .await
-        .expect_err("a later increment");
-    assert_eq!(status.code(), Code::Unimplemented);
 }
 
 /// A peer that accepts connections and never answers.
@@ -982,6 +972,27 @@ async fn versions_history_search_and_a_withheld_category_over_grpc() {
         .into_inner();
     assert!(page.records.is_empty());
 
+    // Export: the permitted records as NDJSON lines, as stored.
+    let mut stream = client
+        .export_patient(with_token(
+            pb::ExportPatientRequest {
+                patient_id: "p-1".into(),
+                purpose: 0,
+            },
+            &token,
+        ))
+        .await
+        .expect("export")
+        .into_inner();
+    let mut lines = Vec::new();
+    while let Some(line) = stream.message().await.expect("line") {
+        lines.push(line);
+    }
+    assert_eq!(lines.len(), 1, "the withheld record is not exported");
+    assert_eq!(lines[0].record_id, *id);
+    assert_eq!(lines[0].resource_type, "Observation");
+    assert_eq!(lines[0].resource_json, v2.resource_json);
+
     // Delete: a tombstone; reads answer NOT_FOUND, history shows it.
     let deleted = client
         .delete_record(with_token(
@@ -1055,6 +1066,7 @@ async fn versions_history_search_and_a_withheld_category_over_grpc() {
         "the withheld reads"
     );
     assert!(count(Action::Search, Outcome::Success) >= 4);
+    assert_eq!(count(Action::Export, Outcome::Success), 1);
 }
 
 /// CreateRecordRequest as it is on the wire, with `resource_json` as bytes,

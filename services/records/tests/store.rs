@@ -635,3 +635,40 @@ async fn audit_in_write(store: &SqlStore) {
         "only the second write with the shared event id fails"
     );
 }
+
+/// The `remote` backend against the reference storage server (over SQLite)
+/// on a real socket: the same promises, bare and encrypted, and what lands
+/// in the server's database is ciphertext.
+#[tokio::test]
+async fn remote_store_conforms() {
+    use sharedcare_records::store::{RemoteStore, storage_server::storage_service};
+
+    /// A reference server over a fresh SQLite store, and a client of it.
+    async fn serve() -> (TestDatabase, RemoteStore) {
+        let db = TestDatabase::sqlite();
+        let backend = SqlStore::connect(db.url(), 2).await.expect("connect");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(storage_service(backend))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        (db, RemoteStore::new(channel, Duration::from_secs(10)))
+    }
+
+    let (_bare_db, remote) = serve().await;
+    assert!(!remote.audit_in_write());
+    conformance(&remote).await;
+
+    let (db, remote) = serve().await;
+    conformance(&Encrypted::new(remote, keyring())).await;
+    assert_encrypted_at_rest(db.url()).await;
+}

@@ -87,6 +87,16 @@ pub enum Command {
     /// FHIR R4 resources in a patient's shared record (records).
     #[command(subcommand)]
     Record(commands::record::RecordCommand),
+    /// Load a FHIR bulk export (a directory of NDJSON files) through the
+    /// public APIs: patients into identity, the importing organisation's care
+    /// relationship into consent, everything else into records. Safe to run
+    /// again: nothing is imported twice.
+    Import(commands::transfer::ImportArgs),
+    /// Write a patient's record out as FHIR NDJSON files, one per type.
+    Export(commands::transfer::ExportArgs),
+    /// Serve records' storage protocol on SQLite or PostgreSQL: the reference
+    /// store for records' `remote` backend.
+    StorageServer(commands::storage::StorageServerArgs),
     /// Who accessed a patient's record, when, why and with what outcome
     /// (audit; the patient, a privacy officer or a platform auditor).
     AccessReport(commands::access_report::AccessReportArgs),

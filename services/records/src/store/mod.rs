@@ -11,7 +11,9 @@ mod encrypted;
 mod entities;
 mod memory;
 mod migration;
+mod remote;
 mod sql;
+pub mod storage_server;
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
@@ -21,6 +23,7 @@ use sharedcare_kit::{Error, crypto::Keyring};
 pub use encrypted::Encrypted;
 pub use memory::MemoryStore;
 pub use migration::Migrator;
+pub use remote::RemoteStore;
 pub use sql::SqlStore;
 
 use crate::domain::{Category, PatientId, RecordId, SearchIndex, TokenQuery};

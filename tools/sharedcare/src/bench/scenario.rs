@@ -247,6 +247,7 @@ pub async fn prepare(services: &Services, data_dir: &Path) -> anyhow::Result<Fix
         observation(&patient_id),
         None,
         None,
+        None,
     )
     .await
     .context("creating the bench Observation")?;

@@ -39,7 +39,7 @@ pub enum KindArg {
 }
 
 impl KindArg {
-    fn to_proto(self) -> CareRelationshipKind {
+    pub(crate) fn to_proto(self) -> CareRelationshipKind {
         match self {
             KindArg::RegisteredGp => CareRelationshipKind::RegisteredGp,
             KindArg::HospitalEpisode => CareRelationshipKind::HospitalEpisode,

@@ -9,4 +9,6 @@ pub mod org;
 pub mod patient;
 pub mod principal;
 pub mod record;
+pub mod storage;
 pub mod token;
+pub mod transfer;

@@ -257,6 +257,7 @@ pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow:
         observation(&patient_id),
         None,
         None,
+        None,
     )
     .await
     .context("creating the Observation")?;
@@ -306,6 +307,7 @@ pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow:
         &patient_id,
         hiv_condition(&patient_id),
         Some(CategoryArg::General),
+        None,
         None,
     )
     .await
