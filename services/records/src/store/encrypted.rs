@@ -9,7 +9,7 @@ use std::sync::Arc;
 use sharedcare_kit::crypto::Keyring;
 
 use super::{
-    Body, BoxFuture, Found, IdempotencyRow, RecordMeta, RecordStore, SearchQuery, SortKey, Stored,
+    Body, BoxFuture, Change, Found, IdempotencyRow, RecordMeta, RecordStore, SearchQuery, SortKey, Stored,
     Write,
 };
 use crate::domain::{PatientId, RecordId};
@@ -122,5 +122,9 @@ impl<S: RecordStore> RecordStore for Encrypted<S> {
 
     fn idempotency(&self, key: &str) -> BoxFuture<'_, Option<IdempotencyRow>> {
         self.inner.idempotency(key)
+    }
+
+    fn changes(&self, after: i64, limit: usize) -> BoxFuture<'_, Vec<Change>> {
+        self.inner.changes(after, limit)
     }
 }

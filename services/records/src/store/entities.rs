@@ -125,3 +125,27 @@ pub mod idempotency {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod change {
+    use sea_orm::entity::prelude::*;
+
+    /// The change log: one row per stored version, numbered in commit order.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "records_changes")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub sequence: i64,
+        pub record_id: String,
+        pub version: i64,
+        pub patient_id: String,
+        pub resource_type: String,
+        pub category: String,
+        pub deleted: bool,
+        pub last_updated: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

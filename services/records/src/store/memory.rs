@@ -10,7 +10,7 @@ use std::{
 use sharedcare_kit::Error;
 
 use super::{
-    Body, BoxFuture, Found, IdempotencyRow, RecordMeta, RecordStore, SearchQuery, SortKey, Stored,
+    Body, BoxFuture, Change, Found, IdempotencyRow, RecordMeta, RecordStore, SearchQuery, SortKey, Stored,
     Write, stale, within,
 };
 use crate::domain::{PatientId, RecordId, SearchIndex, TokenParam};
@@ -29,6 +29,7 @@ struct Inner {
     /// Per patient, the current records in result order.
     by_patient: HashMap<String, BTreeSet<SortKey>>,
     idempotency: HashMap<String, IdempotencyRow>,
+    changes: Vec<Change>,
 }
 
 struct Indexed {
@@ -129,6 +130,11 @@ impl RecordStore for MemoryStore {
             if let Some(row) = write.idempotency {
                 inner.idempotency.insert(row.key.clone(), row);
             }
+            let sequence = inner.changes.len() as i64 + 1;
+            inner.changes.push(Change {
+                sequence,
+                meta: write.meta.clone(),
+            });
             inner
                 .versions
                 .entry(id)
@@ -227,6 +233,21 @@ impl RecordStore for MemoryStore {
 
     fn idempotency(&self, key: &str) -> BoxFuture<'_, Option<IdempotencyRow>> {
         let found = self.lock().map(|inner| inner.idempotency.get(key).cloned());
+        Box::pin(async move { found })
+    }
+
+    fn changes(&self, after: i64, limit: usize) -> BoxFuture<'_, Vec<Change>> {
+        let found = self.lock().map(|inner| {
+            // Sequences are 1.. in order: the entry after `after` is at `after`.
+            let start = usize::try_from(after.max(0)).unwrap_or(usize::MAX);
+            inner
+                .changes
+                .iter()
+                .skip(start)
+                .take(limit)
+                .cloned()
+                .collect()
+        });
         Box::pin(async move { found })
     }
 }

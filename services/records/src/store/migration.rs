@@ -10,6 +10,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0001Initial),
             Box::new(M0002ParkedEvents),
             Box::new(M0003VersionsAndSearch),
+            Box::new(M0004Changes),
         ]
     }
 
@@ -199,6 +200,38 @@ impl MigrationTrait for M0003VersionsAndSearch {
                     .col(string("record_id"))
                     .col(big_integer("version"))
                     .col(timestamp_with_time_zone("created_at"))
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// The change log behind WatchRecords. Versions stored before it are not in
+/// it.
+struct M0004Changes;
+
+impl MigrationName for M0004Changes {
+    fn name(&self) -> &str {
+        "m0004_changes"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for M0004Changes {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("records_changes")
+                    .if_not_exists()
+                    .col(big_integer("sequence").auto_increment().primary_key())
+                    .col(string("record_id"))
+                    .col(big_integer("version"))
+                    .col(string("patient_id"))
+                    .col(string("resource_type"))
+                    .col(string("category"))
+                    .col(boolean("deleted"))
+                    .col(timestamp_with_time_zone("last_updated"))
                     .to_owned(),
             )
             .await

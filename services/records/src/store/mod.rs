@@ -103,6 +103,15 @@ pub struct SortKey {
     pub record_id: String,
 }
 
+/// One entry of the change log: a version was stored. Sequences grow in
+/// commit order, so a reader that has seen every change up to `sequence`
+/// never later finds one below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub sequence: i64,
+    pub meta: RecordMeta,
+}
+
 /// The audit event written with a change (backends that share the outbox's
 /// database store it in the change's transaction).
 #[derive(Debug, Clone)]
@@ -214,6 +223,10 @@ pub trait RecordStore: Send + Sync + 'static {
 
     /// What an idempotency key answered, if it was used.
     fn idempotency(&self, key: &str) -> BoxFuture<'_, Option<IdempotencyRow>>;
+
+    /// The change log after `after` (0: from the start), oldest first, at
+    /// most `limit`. Every stored version appears once, in commit order.
+    fn changes(&self, after: i64, limit: usize) -> BoxFuture<'_, Vec<Change>>;
 }
 
 impl<S: RecordStore + ?Sized> RecordStore for Arc<S> {
@@ -253,6 +266,9 @@ impl<S: RecordStore + ?Sized> RecordStore for Arc<S> {
     }
     fn idempotency(&self, key: &str) -> BoxFuture<'_, Option<IdempotencyRow>> {
         (**self).idempotency(key)
+    }
+    fn changes(&self, after: i64, limit: usize) -> BoxFuture<'_, Vec<Change>> {
+        (**self).changes(after, limit)
     }
 }
 

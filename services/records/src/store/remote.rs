@@ -19,7 +19,7 @@ use sharedcare_proto::records::storage::v1::{
 use tonic::transport::Channel;
 
 use super::{
-    Body, BoxFuture, Found, IdempotencyRow, RecordMeta, RecordStore, SearchQuery, SortKey, Stored,
+    Body, BoxFuture, Change, Found, IdempotencyRow, RecordMeta, RecordStore, SearchQuery, SortKey, Stored,
     Write,
 };
 use crate::domain::{
@@ -229,6 +229,29 @@ impl RecordStore for RemoteStore {
                 .row
                 .map(|row| idempotency_from_pb("row", row))
                 .transpose()
+                .map_err(bad_answer)
+        })
+    }
+
+    fn changes(&self, after: i64, limit: usize) -> BoxFuture<'_, Vec<Change>> {
+        let message = pb::ChangesRequest {
+            after,
+            limit: wire_limit(limit),
+        };
+        Box::pin(async move {
+            let response = self
+                .call(message, |mut c, r| async move { c.changes(r).await })
+                .await?;
+            response
+                .changes
+                .into_iter()
+                .map(|c| {
+                    Ok(Change {
+                        sequence: c.sequence,
+                        meta: meta_from_pb("changes.meta", c.meta)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, Error>>()
                 .map_err(bad_answer)
         })
     }

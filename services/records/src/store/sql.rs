@@ -12,7 +12,8 @@ use std::collections::{HashMap, HashSet};
 
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait,
     QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
     sea_query::{Expr, ExprTrait, Query},
 };
@@ -20,7 +21,7 @@ use sharedcare_kit::{Error, db::WriteGate, group::next_group};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AuditRow, Body, BoxFuture, Found, IdempotencyRow, Migrator, RecordMeta, RecordStore,
+    AuditRow, Body, BoxFuture, Change, Found, IdempotencyRow, Migrator, RecordMeta, RecordStore,
     SearchQuery, SortKey, Stored, Write, entities::*, stale,
 };
 use crate::domain::{Category, PatientId, RecordId, TokenParam, TokenQuery};
@@ -39,6 +40,10 @@ struct Pending {
 
 /// Most writes one transaction stores.
 const MAX_GROUP: usize = 256;
+/// The advisory lock that orders change-log commits on PostgreSQL ("records"
+/// in ASCII, so it does not collide with another service's).
+const CHANGE_LOG_LOCK: i64 = 0x7265_636f_7264_73;
+
 /// Most rows one INSERT carries (both databases bound their parameters).
 const MAX_ROWS_PER_INSERT: usize = 500;
 
@@ -259,6 +264,30 @@ async fn insert_group(txn: &DatabaseTransaction, group: &[&Write]) -> Result<(),
         .collect();
     for chunk in tokens.chunks(MAX_ROWS_PER_INSERT) {
         token::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
+    }
+    // The change log's sequence must follow commit order (a watcher that has
+    // read up to n must never later find a change below n). On PostgreSQL,
+    // where replicas commit concurrently, one lock per transaction, held
+    // until commit, orders them; SQLite's writers are one at a time anyway.
+    if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({CHANGE_LOG_LOCK})"))
+            .await?;
+    }
+    let changes: Vec<change::ActiveModel> = group
+        .iter()
+        .map(|w| change::ActiveModel {
+            sequence: NotSet,
+            record_id: Set(w.meta.id.as_str().to_owned()),
+            version: Set(w.meta.version),
+            patient_id: Set(w.meta.patient_id.as_str().to_owned()),
+            resource_type: Set(w.meta.resource_type.clone()),
+            category: Set(w.meta.category.as_str().to_owned()),
+            deleted: Set(w.meta.deleted),
+            last_updated: Set(w.meta.last_updated),
+        })
+        .collect();
+    for chunk in changes.chunks(MAX_ROWS_PER_INSERT) {
+        change::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
     }
     let keys: Vec<idempotency::ActiveModel> = group
         .iter()
@@ -545,6 +574,38 @@ impl RecordStore for SqlStore {
                 });
             }
             Ok(found)
+        })
+    }
+
+    fn changes(&self, after: i64, limit: usize) -> BoxFuture<'_, Vec<Change>> {
+        Box::pin(async move {
+            let bad = |e| Error::internal("reading the change log", e);
+            change::Entity::find()
+                .filter(change::Column::Sequence.gt(after))
+                .order_by_asc(change::Column::Sequence)
+                .limit(limit as u64)
+                .all(&self.db)
+                .await
+                .map_err(failed("reading the change log"))?
+                .into_iter()
+                .map(|row| {
+                    Ok(Change {
+                        sequence: row.sequence,
+                        meta: RecordMeta {
+                            id: RecordId::parse("stored record_id", &row.record_id).map_err(bad)?,
+                            patient_id: PatientId::parse("stored patient_id", &row.patient_id)
+                                .map_err(bad)?,
+                            resource_type: row.resource_type,
+                            version: row.version,
+                            last_updated: row.last_updated,
+                            category: Category::from_stored(&row.category).ok_or_else(|| {
+                                Error::internal("reading the change log", "unknown category")
+                            })?,
+                            deleted: row.deleted,
+                        },
+                    })
+                })
+                .collect()
         })
     }
 

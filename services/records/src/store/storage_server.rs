@@ -22,7 +22,7 @@ use super::{
     RecordStore, Write,
     remote::{
         MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, found_to_pb, idempotency_from_pb, idempotency_to_pb,
-        index_from_pb, meta_from_pb, query_from_pb, sort_key_from_pb, stored_to_pb,
+        index_from_pb, meta_from_pb, meta_to_pb, query_from_pb, sort_key_from_pb, stored_to_pb,
     },
 };
 use crate::domain::{PatientId, RecordId};
@@ -160,5 +160,24 @@ impl<S: RecordStore> RecordStorage for StorageServer<S> {
             .as_ref()
             .map(idempotency_to_pb);
         Ok(Response::new(pb::IdempotencyResponse { row }))
+    }
+
+    async fn changes(
+        &self,
+        request: Request<pb::ChangesRequest>,
+    ) -> Result<Response<pb::ChangesResponse>, Status> {
+        let request = request.into_inner();
+        let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
+        let changes = self
+            .store
+            .changes(request.after, limit)
+            .await?
+            .iter()
+            .map(|c| pb::Change {
+                sequence: c.sequence,
+                meta: Some(meta_to_pb(&c.meta)),
+            })
+            .collect();
+        Ok(Response::new(pb::ChangesResponse { changes }))
     }
 }
