@@ -348,12 +348,33 @@ impl RecordsService for RecordsGrpc {
 
     type WatchRecordsStream = ResponseStream<pb::WatchRecordsResponse>;
 
+    #[tracing::instrument(skip_all, fields(rpc = "WatchRecords"))]
     async fn watch_records(
         &self,
         request: Request<pb::WatchRecordsRequest>,
     ) -> Result<Response<Self::WatchRecordsStream>, Status> {
-        grant(&request)?;
-        Err(Error::unimplemented("WatchRecords", "the change-feed increment").into())
+        let grant = grant(&request)?;
+        let req = request.into_inner();
+        let principal = grant.principal;
+        let purpose = principal.purpose_for("purpose", req.purpose)?;
+        let changes = self
+            .records
+            .clone()
+            .watch(principal, purpose, &req.after_change_id)?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(changes).map(|c| {
+            c.map(|w| pb::WatchRecordsResponse {
+                change_id: w.change_id,
+                patient_id: w.meta.patient_id.as_str().to_owned(),
+                record_id: w.meta.id.as_str().to_owned(),
+                version: w.meta.version,
+                resource_type: w.meta.resource_type,
+                deleted: w.meta.deleted,
+                last_updated: Some(to_proto(w.meta.last_updated)),
+                category: category_to_pb(w.meta.category) as i32,
+            })
+            .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type ExportPatientStream = ResponseStream<pb::ExportPatientResponse>;

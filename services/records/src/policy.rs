@@ -67,9 +67,12 @@ pub static ACCESS: AccessTable = AccessTable {
         },
         Rule {
             method: "WatchRecords",
-            callers: &[caller(Service, "records.read", Patients::Any)],
-            purposes: "—",
-            audit: "— (UNIMPLEMENTED until the change-feed issue)",
+            callers: &[
+                caller(Service, "records.read", Patients::Any),
+                caller(Application, "records.read", Patients::Any),
+            ],
+            purposes: "one of the token's permitted purposes; consent decides each change, and one it refuses is left out",
+            audit: "— (a change carries ids and metadata only; reading the record is audited)",
         },
     ],
 };

@@ -33,6 +33,8 @@ use crate::{
 
 pub struct Records {
     store: Arc<dyn RecordStore>,
+    /// Woken after each write here; watchers also poll for other replicas'.
+    written: Arc<tokio::sync::Notify>,
     consent: Arc<dyn ConsentGate>,
     outbox: Arc<Outbox>,
     cursors: CursorKey,
@@ -95,6 +97,7 @@ impl Records {
     ) -> Self {
         Records {
             store,
+            written: Arc::new(tokio::sync::Notify::new()),
             consent,
             outbox,
             cursors,
@@ -220,6 +223,7 @@ impl Records {
         }
         self.store.write(write).await?;
         self.outbox.wake();
+        self.written.notify_waiters();
         Ok(())
     }
 
@@ -643,6 +647,18 @@ impl Records {
     }
 }
 
+/// One change a watcher may see, and the cursor that resumes after it.
+pub struct Watched {
+    pub change_id: String,
+    pub meta: RecordMeta,
+}
+
+/// Changes a watcher reads at a time.
+const WATCH_PAGE: usize = 200;
+/// How often a watcher looks for changes other replicas committed.
+const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+const WATCH_CURSOR: &[u8] = b"watch";
+
 /// Records per page an export reads and audits at a time.
 const EXPORT_PAGE: usize = 200;
 
@@ -696,6 +712,78 @@ impl Records {
                 match next {
                     Some(key) => after = Some(key),
                     None => return,
+                }
+            }
+        });
+        Ok(receiver)
+    }
+
+    /// The change log from after `cursor` (the start when empty), then each
+    /// change as it commits, filtered by consent for `principal`, until the
+    /// receiver is gone or an error (sent last: the watcher resumes from the
+    /// last change it received).
+    pub fn watch(
+        self: Arc<Self>,
+        principal: Principal,
+        purpose: Purpose,
+        cursor: &str,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<Watched, Error>>, Error> {
+        self.outbox.admit()?;
+        let mut after = match self.cursors.open("after_change_id", cursor, WATCH_CURSOR)? {
+            Some(position) => i64::from_be_bytes(position.try_into().map_err(|_| {
+                Error::invalid("after_change_id", "is not a cursor this service issued")
+            })?),
+            None => 0,
+        };
+        let (sink, receiver) = tokio::sync::mpsc::channel(WATCH_PAGE);
+        tokio::spawn(async move {
+            loop {
+                // Registered before reading, so a write in between still wakes us.
+                let written = self.written.notified();
+                let page = match self.store.changes(after, WATCH_PAGE).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = sink.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let full = page.len() == WATCH_PAGE;
+                for change in page {
+                    after = change.sequence;
+                    let access = access(
+                        &principal,
+                        &change.meta.patient_id,
+                        Action::Read,
+                        purpose,
+                        &change.meta.resource_type,
+                        change.meta.id.as_str(),
+                    );
+                    let permitted = match self.evaluate(&access, change.meta.category).await {
+                        Ok(decision) => decision.permitted,
+                        // No decision, no change: the watcher resumes later.
+                        Err(e) => {
+                            let _ = sink.send(Err(e)).await;
+                            return;
+                        }
+                    };
+                    if !permitted {
+                        continue;
+                    }
+                    let watched = Watched {
+                        change_id: self.cursors.issue(WATCH_CURSOR, &after.to_be_bytes()),
+                        meta: change.meta,
+                    };
+                    if sink.send(Ok(watched)).await.is_err() {
+                        return;
+                    }
+                }
+                if full {
+                    continue;
+                }
+                tokio::select! {
+                    () = written => {}
+                    () = tokio::time::sleep(WATCH_POLL) => {}
+                    () = sink.closed() => return,
                 }
             }
         });

@@ -1122,3 +1122,103 @@ async fn a_resource_that_is_not_utf8_is_invalid_argument_naming_the_field() {
         .await
         .expect("a good request after a bad one");
 }
+
+#[tokio::test]
+async fn the_change_feed_is_filtered_by_consent_and_resumes_where_it_left_off() {
+    let consent = Arc::new(Withholding::default());
+    let f = Fixture::with_gates(
+        consent.clone(),
+        Arc::new(MemoryAudit::default()),
+        ServerConfig::loopback(),
+        OutboxSettings::default(),
+    )
+    .await;
+    let writer = f.clinician();
+    let watcher = f
+        .authority
+        .token(PrincipalKind::Application, "A81001", "", &["records.read"]);
+    let mut client = f.client();
+    let created = |json: &'static str| {
+        let mut client = f.client();
+        let writer = writer.clone();
+        async move {
+            client
+                .create_record(with_token(create("p-1", json), &writer))
+                .await
+                .expect("created")
+                .into_inner()
+                .record
+                .expect("record")
+        }
+    };
+    let heart = created(HEART_RATE).await;
+    let hiv = created(HIV_CONDITION).await;
+    assert_eq!(hiv.category, RecordCategory::SexualHealth as i32);
+    consent.withhold(RecordCategory::SexualHealth);
+    let watch = |after: &str| pb::WatchRecordsRequest {
+        after_change_id: after.into(),
+        purpose: 0,
+    };
+    let next = async |stream: &mut tonic::Streaming<pb::WatchRecordsResponse>| {
+        tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("a change within five seconds")
+            .expect("stream")
+            .expect("open")
+    };
+
+    // From the start: what is stored, the withheld category left out...
+    let mut stream = client
+        .watch_records(with_token(watch(""), &watcher))
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = next(&mut stream).await;
+    assert_eq!(
+        (first.record_id.as_str(), first.version),
+        (heart.record_id.as_str(), 1)
+    );
+    assert_eq!(first.resource_type, "Observation");
+    // ...then each change as it commits, deletions included.
+    let later = created(HEART_RATE).await;
+    let change = next(&mut stream).await;
+    assert_eq!(change.record_id, later.record_id);
+    client
+        .delete_record(with_token(
+            pb::DeleteRecordRequest {
+                patient_id: "p-1".into(),
+                record_id: later.record_id.clone(),
+                if_match_version: 1,
+                purpose: 0,
+            },
+            &writer,
+        ))
+        .await
+        .expect("deleted");
+    let deleted = next(&mut stream).await;
+    assert_eq!((deleted.version, deleted.deleted), (2, true));
+    drop(stream);
+
+    // Missed while away: resumed exactly after the last change received.
+    let while_away = created(HEART_RATE).await;
+    let mut stream = client
+        .watch_records(with_token(watch(&deleted.change_id), &watcher))
+        .await
+        .expect("resume")
+        .into_inner();
+    assert_eq!(next(&mut stream).await.record_id, while_away.record_id);
+    let nothing = tokio::time::timeout(Duration::from_millis(400), stream.message()).await;
+    assert!(nothing.is_err(), "nothing repeated: {nothing:?}");
+
+    // A cursor this service did not issue is refused.
+    let status = client
+        .watch_records(with_token(watch("made-up"), &watcher))
+        .await
+        .expect_err("forged cursor");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("after_change_id"),
+        "{}",
+        status.message()
+    );
+}

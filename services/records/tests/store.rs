@@ -21,8 +21,8 @@ use sharedcare_records::{
         Category, DateRange, PatientId, RecordId, SearchIndex, Token, TokenParam, TokenQuery,
     },
     store::{
-        AuditRow, Change, Encrypted, IdempotencyRow, MemoryStore, OUTBOX_TABLE, RecordMeta, RecordStore,
-        SearchQuery, SortKey, SqlStore, Write,
+        AuditRow, Change, Encrypted, IdempotencyRow, MemoryStore, OUTBOX_TABLE, RecordMeta,
+        RecordStore, SearchQuery, SortKey, SqlStore, Write,
     },
 };
 
@@ -466,14 +466,22 @@ async fn conformance(store: &dyn RecordStore) {
     let sequences: Vec<i64> = log.iter().map(|c| c.sequence).collect();
     assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
     let mut seen = std::collections::HashSet::new();
-    assert!(log.iter().all(|c| seen.insert((c.meta.id.clone(), c.meta.version))));
+    assert!(
+        log.iter()
+            .all(|c| seen.insert((c.meta.id.clone(), c.meta.version)))
+    );
     let of_a: Vec<(i64, bool)> = log
         .iter()
         .filter(|c| c.meta.id == a.id)
         .map(|c| (c.meta.version, c.meta.deleted))
         .collect();
     assert_eq!(of_a, [(1, false), (2, false), (3, true)]);
-    assert_eq!(log.iter().filter(|c| c.meta.patient_id.as_str() == "patient-race").count(), 22);
+    assert_eq!(
+        log.iter()
+            .filter(|c| c.meta.patient_id.as_str() == "patient-race")
+            .count(),
+        22
+    );
     for m in &made {
         assert!(log.iter().any(|c| c.meta.id == m.id));
     }
@@ -513,7 +521,10 @@ async fn postgres_change_log_follows_commit_order_across_replicas() {
         async move {
             for _ in 0..40 {
                 let m = meta("patient-order", "Observation", Category::General);
-                store.write(write(&m, "w", SearchIndex::default())).await.expect("write");
+                store
+                    .write(write(&m, "w", SearchIndex::default()))
+                    .await
+                    .expect("write");
             }
         }
     });
@@ -538,7 +549,11 @@ async fn postgres_change_log_follows_commit_order_across_replicas() {
         done.store(true, std::sync::atomic::Ordering::SeqCst);
     };
     let (seen, ()) = futures::future::join(watcher, writing).await;
-    let all: Vec<i64> = all_changes(&replicas[1], 0).await.iter().map(|c| c.sequence).collect();
+    let all: Vec<i64> = all_changes(&replicas[1], 0)
+        .await
+        .iter()
+        .map(|c| c.sequence)
+        .collect();
     assert_eq!(all.len(), 320);
     assert_eq!(seen, all, "the watcher saw every change, in order");
     drop(replicas);

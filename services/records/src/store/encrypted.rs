@@ -9,8 +9,8 @@ use std::sync::Arc;
 use sharedcare_kit::crypto::Keyring;
 
 use super::{
-    Body, BoxFuture, Change, Found, IdempotencyRow, RecordMeta, RecordStore, SearchQuery, SortKey, Stored,
-    Write,
+    Body, BoxFuture, Change, Found, IdempotencyRow, RecordMeta, RecordStore, SearchQuery, SortKey,
+    Stored, Write,
 };
 use crate::domain::{PatientId, RecordId};
 

@@ -10,8 +10,8 @@ use std::{
 use sharedcare_kit::Error;
 
 use super::{
-    Body, BoxFuture, Change, Found, IdempotencyRow, RecordMeta, RecordStore, SearchQuery, SortKey, Stored,
-    Write, stale, within,
+    Body, BoxFuture, Change, Found, IdempotencyRow, RecordMeta, RecordStore, SearchQuery, SortKey,
+    Stored, Write, stale, within,
 };
 use crate::domain::{PatientId, RecordId, SearchIndex, TokenParam};
 

@@ -19,8 +19,8 @@ use sharedcare_proto::records::storage::v1::{
 use tonic::transport::Channel;
 
 use super::{
-    Body, BoxFuture, Change, Found, IdempotencyRow, RecordMeta, RecordStore, SearchQuery, SortKey, Stored,
-    Write,
+    Body, BoxFuture, Change, Found, IdempotencyRow, RecordMeta, RecordStore, SearchQuery, SortKey,
+    Stored, Write,
 };
 use crate::domain::{
     Category, DateRange, PatientId, RecordId, SearchIndex, Token, TokenParam, TokenQuery,

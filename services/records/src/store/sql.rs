@@ -13,8 +13,7 @@ use std::collections::{HashMap, HashSet};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
     sea_query::{Expr, ExprTrait, Query},
 };
 use sharedcare_kit::{Error, db::WriteGate, group::next_group};
@@ -287,7 +286,9 @@ async fn insert_group(txn: &DatabaseTransaction, group: &[&Write]) -> Result<(),
         })
         .collect();
     for chunk in changes.chunks(MAX_ROWS_PER_INSERT) {
-        change::Entity::insert_many(chunk.to_vec()).exec(txn).await?;
+        change::Entity::insert_many(chunk.to_vec())
+            .exec(txn)
+            .await?;
     }
     let keys: Vec<idempotency::ActiveModel> = group
         .iter()

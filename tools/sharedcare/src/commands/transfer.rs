@@ -471,58 +471,57 @@ pub async fn import(services: &Services, args: ImportArgs) -> anyhow::Result<()>
     let progress = Arc::new(Mutex::new(progress));
     let tally = Arc::new(Mutex::new(tally));
     for (_, phase) in phases {
-        let results: Vec<(&Line, Sent)> =
-            futures::stream::iter(phase)
-                .map(|line| {
-                    let mut records = records.clone();
-                    let ids = &ids;
-                    let token = &token;
-                    async move {
-                        let result = async {
-                            let Some(patient) = line
-                                .patient
-                                .as_ref()
-                                .and_then(|p| ids.get(&format!("Patient/{p}")))
-                            else {
-                                return Ok(None);
-                            };
-                            let patient_id = patient.trim_start_matches("Patient/").to_owned();
-                            let request = CreateRecordRequest {
-                                patient_id,
-                                resource_json: rewrite_references(&line.text, ids),
-                                category: 0,
-                                purpose: 0,
-                                idempotency_key: format!(
-                                    "import/{}/{}",
-                                    line.resource_type, line.source_id
-                                ),
-                            };
-                            let record = records
-                                .create_record(bearer(request, token)?)
-                                .await
-                                .grpc()?
-                                .record
-                                .unwrap_or_default();
-                            // A retry is answered with the first result: it
-                            // was stored before this import began.
-                            let earlier = record.last_updated.as_ref().is_some_and(|t| {
-                                (t.seconds, t.nanos)
-                                    < (began.timestamp(), began.timestamp_subsec_nanos() as i32)
-                            });
-                            Ok(Some((record.record_id, earlier)))
-                        }
-                        .await;
-                        (line, result)
+        let results: Vec<(&Line, Sent)> = futures::stream::iter(phase)
+            .map(|line| {
+                let mut records = records.clone();
+                let ids = &ids;
+                let token = &token;
+                async move {
+                    let result = async {
+                        let Some(patient) = line
+                            .patient
+                            .as_ref()
+                            .and_then(|p| ids.get(&format!("Patient/{p}")))
+                        else {
+                            return Ok(None);
+                        };
+                        let patient_id = patient.trim_start_matches("Patient/").to_owned();
+                        let request = CreateRecordRequest {
+                            patient_id,
+                            resource_json: rewrite_references(&line.text, ids),
+                            category: 0,
+                            purpose: 0,
+                            idempotency_key: format!(
+                                "import/{}/{}",
+                                line.resource_type, line.source_id
+                            ),
+                        };
+                        let record = records
+                            .create_record(bearer(request, token)?)
+                            .await
+                            .grpc()?
+                            .record
+                            .unwrap_or_default();
+                        // A retry is answered with the first result: it
+                        // was stored before this import began.
+                        let earlier = record.last_updated.as_ref().is_some_and(|t| {
+                            (t.seconds, t.nanos)
+                                < (began.timestamp(), began.timestamp_subsec_nanos() as i32)
+                        });
+                        Ok(Some((record.record_id, earlier)))
                     }
-                })
-                .buffer_unordered(usize::from(args.concurrency))
-                .inspect(|_| {
-                    if let Ok(mut p) = progress.lock() {
-                        p.tick();
-                    }
-                })
-                .collect()
-                .await;
+                    .await;
+                    (line, result)
+                }
+            })
+            .buffer_unordered(usize::from(args.concurrency))
+            .inspect(|_| {
+                if let Ok(mut p) = progress.lock() {
+                    p.tick();
+                }
+            })
+            .collect()
+            .await;
         let Ok(mut tally) = tally.lock() else {
             anyhow::bail!("the import's tally was poisoned");
         };
