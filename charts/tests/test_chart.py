@@ -17,6 +17,7 @@ import functools
 import hashlib
 import ipaddress
 import re
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -365,12 +366,14 @@ def test_config_file_is_rendered_mounted_and_named(rendered: Rendered, value_set
     assert records["records"]["audit_url"] == url_of(scheme, "audit")
     assert records["auth"]["client_id"] == "records"
     assert records["auth"]["client_secret"] == {"file": "/etc/sharedcare/auth/records-client-secret"}
-    assert records["records"]["key_encryption_key"] == {"file": "/etc/sharedcare/auth/key-encryption-key"}
+    # identity and records each have a key-encryption key of their own.
+    assert records["records"]["key_encryption_key"] == {"file": "/etc/sharedcare/auth/records-key-encryption-key"}
+    assert "previous_key_encryption_keys_file" not in records["records"]
     assert records["records"]["classification_map"] == f"{CLASSIFICATION_DIR}/classification.toml"
     identity = config_toml(rendered, "identity")
     assert identity["identity"]["signing_key"] == {"file": "/etc/sharedcare/auth/signing-key.pem"}
     assert identity["identity"]["bootstrap_file"] == "/etc/sharedcare/auth/bootstrap.toml"
-    assert identity["identity"]["key_encryption_key"] == {"file": "/etc/sharedcare/auth/key-encryption-key"}
+    assert identity["identity"]["key_encryption_key"] == {"file": "/etc/sharedcare/auth/identity-key-encryption-key"}
     assert identity["identity"]["nhs_index_key"] == {"file": "/etc/sharedcare/auth/nhs-index-key"}
     # identity asks consent before serving demographics, and audits the read.
     assert identity["identity"]["consent_url"] == url_of(scheme, "consent")
@@ -404,9 +407,9 @@ def test_the_audit_log_name_can_be_set_and_is_checked(chart: helm.Chart) -> None
 def test_secret_files_are_mounted_only_where_needed(rendered: Rendered, value_set: str) -> None:
     secret = "sharedcare-auth" if value_set == "production" else f"{FULLNAME}-auth"
     wanted = {
-        "identity": {"signing-key.pem", "bootstrap.toml", "key-encryption-key", "nhs-index-key"},
+        "identity": {"signing-key.pem", "bootstrap.toml", "identity-key-encryption-key", "nhs-index-key"},
         "consent": {"consent-client-secret"},
-        "records": {"records-client-secret", "key-encryption-key"},
+        "records": {"records-client-secret", "records-key-encryption-key"},
         "audit": {"audit-log-key.pem"},
     }
     for svc in SERVICES:
@@ -468,6 +471,27 @@ def test_postgres_url_comes_from_the_existing_secret_as_a_file() -> None:
         data = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "data")
         assert data == {"name": "data", "emptyDir": {}}
         assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+
+
+def test_postgres_backend_is_named_in_every_service_and_migration_container(rendered: Rendered, value_set: str) -> None:
+    """SHAREDCARE_DATABASE__BACKEND=postgres beside the URL file; nothing with sqlite (the services' default)."""
+    backend = values_of(value_set).get("storage", {}).get("backend", "sqlite")
+    containers = [
+        (owner, c) for owner, spec in rendered.pod_specs() if not owner.startswith("Pod/")
+        for c in spec.get("initContainers", []) + spec["containers"]
+    ]
+    owners = {owner for owner, _ in containers}
+    assert {f"Deployment/{name_of(svc)}" for svc in SERVICES} <= owners
+    if backend == "postgres":
+        assert {f"Job/{name_of(svc)}-migrate" for svc in SERVICES} <= owners
+    for owner, c in containers:
+        env = env_of(c)
+        if backend == "postgres":
+            assert env["SHAREDCARE_DATABASE__BACKEND"] == {"name": "SHAREDCARE_DATABASE__BACKEND", "value": "postgres"}, owner
+            assert "SHAREDCARE_DATABASE__URL__FILE" in env, owner
+        else:
+            assert "SHAREDCARE_DATABASE__BACKEND" not in env, owner
+            assert "SHAREDCARE_DATABASE__URL__FILE" not in env, owner
 
 
 def test_sqlite_gets_a_claim_per_service_and_recreate_rollouts(chart: helm.Chart) -> None:
@@ -913,14 +937,18 @@ def test_dev_secrets_are_usable_by_the_services() -> None:
     secrets = generated_secrets(_render_set("default"))
     assert set(secrets) == {
         "signing-key.pem", "audit-log-key.pem", "bootstrap.toml", "records-client-secret",
-        "consent-client-secret", "key-encryption-key", "nhs-index-key", "admin-client-secret",
+        "consent-client-secret", "identity-key-encryption-key", "records-key-encryption-key",
+        "nhs-index-key", "admin-client-secret",
     }
     for key in ("signing-key.pem", "audit-log-key.pem"):
         der = pem_body(secrets[key], label="PRIVATE KEY")
         # PKCS#8 PrivateKeyInfo, algorithm 1.3.101.112 (Ed25519), 32-byte seed.
         assert der[:16] == bytes.fromhex("302e020100300506032b657004220420") and len(der) == 48, key
     assert secrets["signing-key.pem"] != secrets["audit-log-key.pem"]
-    assert len(base64.b64decode(secrets["key-encryption-key"], validate=True)) == 32
+    for key in ("identity-key-encryption-key", "records-key-encryption-key"):
+        assert len(base64.b64decode(secrets[key], validate=True)) == 32, key
+    # A fresh install: two independent keys.
+    assert secrets["identity-key-encryption-key"] != secrets["records-key-encryption-key"]
     assert len(base64.b64decode(secrets["nhs-index-key"], validate=True)) == 32
     bootstrap = tomllib.loads(secrets["bootstrap.toml"])
     assert bootstrap["organisations"] == [{"ods_code": "X26", "name": "sharedcare platform"}]
@@ -980,9 +1008,11 @@ def test_generated_secrets_are_looked_up_to_stay_stable() -> None:
     assert 'genPrivateKey "ed25519"' in template["data"]
     # Every generated key is among those looked up, so none changes on upgrade
     # (bootstrap.toml is made from them).
+    # The old shared key-encryption-key is looked up too (it seeds both new
+    # keys on upgrade and is kept) but never generated.
     [looked_up] = re.findall(r'range \$key := list ([^}]*)\}\}', template["data"])
     generated = set(generated_secrets(_render_set("default"))) - {"bootstrap.toml"}
-    assert set(re.findall(r'"([^"]+)"', looked_up)) == generated
+    assert set(re.findall(r'"([^"]+)"', looked_up)) == generated | {"key-encryption-key"}
 
 
 def test_existing_secret_keys_are_documented() -> None:
@@ -1001,6 +1031,112 @@ def test_existing_secret_keys_are_documented() -> None:
         assert f"| `{key}` |" in readme, key
         assert f"#   {key}" in values, key
         assert f"--from-file={key}" in production, key
+
+
+# How secret-auth.yaml asks the cluster for the Secret it generated before.
+SECRET_LOOKUP = '(lookup "v1" "Secret" .Release.Namespace $name)'
+
+
+def render_upgrade_over(tmp_path: Path, old_data: dict[str, str], values: dict[str, Any] | None = None) -> Rendered:
+    """Render as an upgrade would when the cluster holds the generated Secret with `old_data` (plain text).
+
+    helm-python-sdk renders offline, where `lookup` finds nothing. So this
+    renders a copy of the chart whose one `lookup` of the auth Secret is
+    replaced by that Secret (data base64-encoded, as the API returns it);
+    the rest of the template runs unchanged through Helm's engine.
+    """
+    copied = tmp_path / "sharedcare"
+    shutil.copytree(CHART_DIR, copied)
+    template = copied / "templates" / "secret-auth.yaml"
+    text = template.read_text()
+    assert text.count(SECRET_LOOKUP) == 1, "secret-auth.yaml no longer looks the Secret up as these tests expect"
+    pairs = " ".join(
+        f'"{key}" "{base64.b64encode(value.encode()).decode()}"' for key, value in old_data.items()
+    )
+    template.write_text(text.replace(SECRET_LOOKUP, f'(dict "data" (dict {pairs}))'))
+    with helm.Chart.load(copied) as loaded:
+        return render_with(loaded, values)
+
+
+def test_the_lookup_stand_in_keeps_what_the_cluster_holds(tmp_path: Path) -> None:
+    """The harness itself: a re-render over the Secret of an install gives back that Secret."""
+    installed = generated_secrets(_render_set("default"))
+    upgraded = generated_secrets(render_upgrade_over(tmp_path, installed))
+    assert upgraded == installed
+
+
+def test_an_upgrade_from_one_shared_kek_gives_both_services_its_value(tmp_path: Path) -> None:
+    """A Secret generated before identity and records had a key each: both new keys start as the old one."""
+    installed = generated_secrets(_render_set("default"))
+    old_kek = base64.b64encode(b"k" * 32).decode()
+    old = {k: v for k, v in installed.items() if not k.endswith("key-encryption-key")}
+    old["key-encryption-key"] = old_kek
+    r = render_upgrade_over(tmp_path, old)
+    upgraded = generated_secrets(r)
+    assert upgraded["identity-key-encryption-key"] == old_kek
+    assert upgraded["records-key-encryption-key"] == old_kek
+    # Everything else is kept as it was, the old key too: mounted by nobody,
+    # it is there for a downgrade to a chart that reads only that name.
+    assert upgraded == old | {"identity-key-encryption-key": old_kek, "records-key-encryption-key": old_kek}
+    for svc in SERVICES:
+        for volume in r.get("Deployment", name_of(svc))["spec"]["template"]["spec"]["volumes"]:
+            assert "key-encryption-key" not in {i["key"] for i in volume.get("secret", {}).get("items", [])}, svc
+
+
+def test_keys_of_their_own_win_over_the_old_shared_kek(tmp_path: Path) -> None:
+    old_kek = base64.b64encode(b"o" * 32).decode()
+    records_kek = base64.b64encode(b"r" * 32).decode()
+    # Only records has its own key yet: identity still takes the old one.
+    upgraded = generated_secrets(render_upgrade_over(
+        tmp_path, {"key-encryption-key": old_kek, "records-key-encryption-key": records_kek},
+    ))
+    assert upgraded["identity-key-encryption-key"] == old_kek
+    assert upgraded["records-key-encryption-key"] == records_kek
+
+
+def test_records_previous_keys_are_mounted_and_named_with_an_existing_secret(chart: helm.Chart) -> None:
+    production = _render_set("production")
+    r = render_with(chart, merged(values_of("production"), {"services": {"records": {"previousKeyEncryptionKeys": True}}}))
+    path = "/etc/sharedcare/auth/records-previous-key-encryption-keys"
+    records = config_toml(r, "records")["records"]
+    assert records["previous_key_encryption_keys_file"] == path
+    assert records["key_encryption_key"] == {"file": "/etc/sharedcare/auth/records-key-encryption-key"}
+    # Mounted into records (Deployment and migration Job) and nowhere else.
+    for owner, spec in r.pod_specs():
+        items = {
+            i["key"]: i["path"]
+            for v in spec.get("volumes", []) if v.get("secret", {}).get("secretName") == "sharedcare-auth"
+            for i in v["secret"]["items"]
+        }
+        if owner in (f"Deployment/{name_of('records')}", f"Job/{name_of('records')}-migrate"):
+            assert items["records-previous-key-encryption-keys"] == "records-previous-key-encryption-keys", owner
+            [c] = spec["containers"]
+            mount = next(m for m in c["volumeMounts"] if m["name"] == "auth")
+            assert f"{mount['mountPath']}/records-previous-key-encryption-keys" == path
+        else:
+            assert "records-previous-key-encryption-keys" not in items, owner
+    migrate = tomllib.loads(r.get("ConfigMap", f"{name_of('records')}-migrate")["data"]["records.toml"])
+    assert migrate["records"]["previous_key_encryption_keys_file"] == path
+    for svc in ("identity", "consent", "audit"):
+        assert config_toml(r, svc) == config_toml(production, svc), svc
+    # Turning it on changes records' config, so records' pods (only) roll.
+    def checksum(x: Rendered, svc: str) -> str:
+        return x.get("Deployment", name_of(svc))["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert {svc for svc in SERVICES if checksum(r, svc) != checksum(production, svc)} == {"records"}
+
+
+def test_records_previous_keys_need_an_existing_secret(chart: helm.Chart) -> None:
+    message = render_error(chart, {"services": {"records": {"previousKeyEncryptionKeys": True}}})
+    assert "services.records.previousKeyEncryptionKeys=true needs auth.existingSecret" in message
+    assert "records-previous-key-encryption-keys" in message
+    # The key is documented where operators look, with the rotation procedure.
+    readme = (CHART_DIR / "README.md").read_text()
+    values = (CHART_DIR / "values.yaml").read_text()
+    assert "| `records-previous-key-encryption-keys` |" in readme
+    assert "#   records-previous-key-encryption-keys" in values
+    assert "## Rotating records' key-encryption key" in readme
+    assert "sharedcare records rewrap" in readme
+    assert "Rotating records' key-encryption key" in message
 
 
 @pytest.mark.parametrize(
@@ -1072,6 +1208,8 @@ def test_schema_accepts_the_shipped_values(chart: helm.Chart, value_set: str) ->
         ({"services": {"consent": {"callTimeoutMs": 0}}}, "/services/consent/callTimeoutMs"),
         ({"services": {"consent": {"clientId": ""}}}, "/services/consent/clientId"),
         ({"services": {"records": {"classificationMap": ["not", "text"]}}}, "/services/records/classificationMap"),
+        ({"services": {"records": {"previousKeyEncryptionKeys": "yes"}}}, "/services/records/previousKeyEncryptionKeys"),
+        ({"services": {"identity": {"previousKeyEncryptionKeys": True}}}, "previousKeyEncryptionKeys"),
     ],
 )
 def test_schema_rejects_bad_values(chart: helm.Chart, values: dict[str, Any], complaint: str) -> None:

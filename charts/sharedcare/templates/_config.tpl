@@ -64,8 +64,10 @@ bootstrap_file = {{ printf "%s/bootstrap.toml" $authDir | toJson }}
 [identity.signing_key]
 file = {{ printf "%s/signing-key.pem" $authDir | toJson }}
 
+# identity's own key, separate from records': rotating records' key leaves
+# identity's data alone.
 [identity.key_encryption_key]
-file = {{ printf "%s/key-encryption-key" $authDir | toJson }}
+file = {{ printf "%s/identity-key-encryption-key" $authDir | toJson }}
 
 [identity.nhs_index_key]
 file = {{ printf "%s/nhs-index-key" $authDir | toJson }}
@@ -98,9 +100,15 @@ outbox_retry_ms = {{ $cfg.outboxRetryMs | int64 }}
 # default compiled into records.
 classification_map = {{ printf "%s/classification.toml" (include "sharedcare.classificationDir" $root) | toJson }}
 {{- if $authMounted }}
+{{- if $cfg.previousKeyEncryptionKeys }}
+# Earlier key-encryption keys (one base64 key per line), kept during a
+# rotation so that data sealed with them stays readable until
+# `sharedcare records rewrap` has moved it to the current key.
+previous_key_encryption_keys_file = {{ printf "%s/records-previous-key-encryption-keys" $authDir | toJson }}
+{{- end }}
 
 [records.key_encryption_key]
-file = {{ printf "%s/key-encryption-key" $authDir | toJson }}
+file = {{ printf "%s/records-key-encryption-key" $authDir | toJson }}
 {{- end }}
 {{- end }}
 {{- if eq $svc "audit" }}

@@ -185,19 +185,25 @@ layout: tls.crt, tls.key, ca.crt). Call with (dict "root" $ "svc" "identity").
 
 {{/*
 The Secret keys each service mounts from the auth Secret (dict key -> file).
+Takes a serviceConfig map: records' previous keys are mounted only with
+services.records.previousKeyEncryptionKeys (a missing key would stop the pod
+from starting, so the Secret need not hold it otherwise).
 */}}
 {{- define "sharedcare.authItems" -}}
-{{- if eq . "identity" -}}
+{{- if eq .name "identity" -}}
 signing-key.pem: signing-key.pem
 bootstrap.toml: bootstrap.toml
-key-encryption-key: key-encryption-key
+identity-key-encryption-key: identity-key-encryption-key
 nhs-index-key: nhs-index-key
-{{- else if eq . "consent" -}}
+{{- else if eq .name "consent" -}}
 consent-client-secret: consent-client-secret
-{{- else if eq . "records" -}}
+{{- else if eq .name "records" -}}
 records-client-secret: records-client-secret
-key-encryption-key: key-encryption-key
-{{- else if eq . "audit" -}}
+records-key-encryption-key: records-key-encryption-key
+{{- if .previousKeyEncryptionKeys }}
+records-previous-key-encryption-keys: records-previous-key-encryption-keys
+{{- end }}
+{{- else if eq .name "audit" -}}
 audit-log-key.pem: audit-log-key.pem
 {{- end -}}
 {{- end -}}

@@ -5,7 +5,7 @@ Each takes (dict "root" $ "cfg" <serviceConfig map> "migrate" <bool>).
 
 {{/* Whether the pod mounts the auth Secret (the services with keys in it: all but a migration Job of generated secrets). */}}
 {{- define "sharedcare.mountsAuth" -}}
-{{- if and (include "sharedcare.authItems" .cfg.name) (or (not .migrate) .root.Values.auth.existingSecret) -}}
+{{- if and (include "sharedcare.authItems" .cfg) (or (not .migrate) .root.Values.auth.existingSecret) -}}
 true
 {{- end -}}
 {{- end -}}
@@ -104,7 +104,7 @@ true
     defaultMode: 288
     # Only the keys this service needs.
     items:
-      {{- range $key, $path := include "sharedcare.authItems" $cfg.name | fromYaml }}
+      {{- range $key, $path := include "sharedcare.authItems" $cfg | fromYaml }}
       - key: {{ $key }}
         path: {{ $path }}
       {{- end }}

@@ -32,7 +32,7 @@ Call with (dict "path" "" "value" .Values).
 {{- /* 1. No secret in plain values. */ -}}
 {{- $found := include "sharedcare.plainSecretPaths" (dict "path" "" "value" $values) | trim -}}
 {{- if $found -}}
-{{- fail (printf "plain-text secret in values (%s): secrets never go in values; put them in a Kubernetes Secret and use storage.postgres.existingSecret (database URL) or auth.existingSecret (signing key, bootstrap file, client secrets, key-encryption key)" (splitList "\n" $found | join ", ")) -}}
+{{- fail (printf "plain-text secret in values (%s): secrets never go in values; put them in a Kubernetes Secret and use storage.postgres.existingSecret (database URL) or auth.existingSecret (signing keys, bootstrap file, client secrets, key-encryption keys)" (splitList "\n" $found | join ", ")) -}}
 {{- end -}}
 
 {{- /* 2. Where the auth secrets come from: exactly one source. */ -}}
@@ -40,7 +40,15 @@ Call with (dict "path" "" "value" .Values).
 {{- fail "auth.existingSecret and auth.generateDevSecrets are both set: with an existing Secret set auth.generateDevSecrets=false" -}}
 {{- end -}}
 {{- if not (or $values.auth.existingSecret $values.auth.generateDevSecrets) -}}
-{{- fail "no auth secrets: set auth.existingSecret (a Secret with signing-key.pem, bootstrap.toml, records-client-secret, consent-client-secret, key-encryption-key, nhs-index-key) or, for development only, auth.generateDevSecrets=true" -}}
+{{- fail "no auth secrets: set auth.existingSecret (a Secret with signing-key.pem, audit-log-key.pem, bootstrap.toml, records-client-secret, consent-client-secret, identity-key-encryption-key, records-key-encryption-key, nhs-index-key) or, for development only, auth.generateDevSecrets=true" -}}
+{{- end -}}
+{{- /*
+Rotating records' key-encryption key is done in a Secret the operator owns:
+the chart cannot know the old key of a generated Secret it is asked to
+replace, and a generated (development) Secret has nothing worth rotating.
+*/ -}}
+{{- if and $values.services.records.previousKeyEncryptionKeys (not $values.auth.existingSecret) -}}
+{{- fail "services.records.previousKeyEncryptionKeys=true needs auth.existingSecret: rotate records' key in a Secret you manage, with the new key in records-key-encryption-key and the old one(s) in records-previous-key-encryption-keys (see the chart's README, \"Rotating records' key-encryption key\")" -}}
 {{- end -}}
 
 {{- $enabled := splitList " " (include "sharedcare.enabledServices" .) | compact -}}

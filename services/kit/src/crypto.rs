@@ -260,6 +260,89 @@ impl Keyring {
     }
 }
 
+impl Keyring {
+    /// The id of the KEK new values are sealed under.
+    pub fn current_id(&self) -> &str {
+        &self.current.id
+    }
+
+    /// `sealed` with its data key re-wrapped under the current KEK (the
+    /// value's own ciphertext untouched), or `None` when it already is.
+    /// Fails when the KEK it was sealed under is not in the ring.
+    pub fn rewrap(&self, sealed: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let corrupt = |what: &str| Error::internal("re-wrapping", what.to_owned());
+        let (&version, rest) = sealed.split_first().ok_or_else(|| corrupt("empty"))?;
+        if version != FORMAT_VERSION {
+            return Err(corrupt("unknown envelope version"));
+        }
+        let (&id_len, rest) = rest.split_first().ok_or_else(|| corrupt("truncated"))?;
+        let id_len = usize::from(id_len);
+        let wrapped_len = KEY_LEN + TAG_LEN;
+        if rest.len() < id_len + NONCE_LEN + wrapped_len {
+            return Err(corrupt("truncated"));
+        }
+        let (id, rest) = rest.split_at(id_len);
+        let (wrap_nonce, rest) = rest.split_at(NONCE_LEN);
+        let (wrapped, data) = rest.split_at(wrapped_len);
+        let id = std::str::from_utf8(id).map_err(|_| corrupt("bad key id"))?;
+        if id == self.current.id {
+            return Ok(None);
+        }
+        let kek = self.all.get(id).ok_or_else(|| {
+            Error::internal("re-wrapping", format!("loading key {id}: not found"))
+        })?;
+        let data_key = cipher(&kek.key)
+            .decrypt(
+                &nonce(wrap_nonce)?,
+                Payload {
+                    msg: wrapped,
+                    aad: id.as_bytes(),
+                },
+            )
+            .map_err(|_| corrupt("the data key does not unwrap"))?;
+        let new_nonce = random_nonce();
+        let current = self.current.id.as_bytes();
+        let rewrapped = cipher(&self.current.key)
+            .encrypt(
+                &Nonce::from(new_nonce),
+                Payload {
+                    msg: &data_key,
+                    aad: current,
+                },
+            )
+            .map_err(|_| Error::internal("re-wrapping", "wrapping the data key failed"))?;
+        let mut out =
+            Vec::with_capacity(2 + current.len() + NONCE_LEN + rewrapped.len() + data.len());
+        out.push(FORMAT_VERSION);
+        out.push(current.len() as u8);
+        out.extend_from_slice(current);
+        out.extend_from_slice(&new_nonce);
+        out.extend_from_slice(&rewrapped);
+        out.extend_from_slice(data);
+        Ok(Some(out))
+    }
+}
+
+/// Keys kept in a file, one base64 key per line (blank lines and `#`
+/// comments ignored): the previous KEKs of a rotation.
+pub fn read_keys(path: &Path) -> Result<Vec<Kek>, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::internal(format!("reading {}", path.display()), e))?;
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .enumerate()
+        .map(|(n, line)| {
+            Kek::from_base64(line).map_err(|_| {
+                Error::invalid(
+                    path.display().to_string(),
+                    format!("key {} is not the base64 encoding of 32 bytes", n + 1),
+                )
+            })
+        })
+        .collect()
+}
+
 fn cipher(key: &[u8; KEY_LEN]) -> Aes256Gcm {
     Aes256Gcm::new(key.into())
 }
@@ -280,6 +363,33 @@ fn random_nonce() -> [u8; NONCE_LEN] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rewrapping_moves_a_value_to_the_current_key_and_keeps_it() {
+        let old = Kek::generate();
+        let before = Keyring::new(old.clone(), []);
+        let sealed = before.seal(b"heart rate 72", b"aad").expect("seal");
+        let after = Keyring::new(Kek::generate(), [old]);
+        let rewrapped = after.rewrap(&sealed).expect("rewrap").expect("changed");
+        assert_eq!(
+            after.open(&rewrapped, b"aad").expect("open"),
+            b"heart rate 72"
+        );
+        assert_eq!(
+            after.rewrap(&rewrapped).expect("rewrap"),
+            None,
+            "already current"
+        );
+        let only_new = Keyring::new(after.current.clone(), []);
+        assert!(
+            only_new.open(&rewrapped, b"aad").is_ok(),
+            "the old KEK is no longer needed"
+        );
+        assert!(
+            only_new.rewrap(&sealed).is_err(),
+            "an unknown KEK is an error"
+        );
+    }
 
     #[test]
     fn sealed_values_open_only_with_their_associated_data() {

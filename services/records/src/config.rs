@@ -49,6 +49,11 @@ pub struct RecordsSettings {
     /// file. Unset: generated on first start and kept in the data dir.
     #[serde(default)]
     pub key_encryption_key: SecretSource,
+    /// A file of earlier key-encryption keys, one base64 key per line, kept
+    /// after a rotation so data sealed under them stays readable until
+    /// `sharedcare records rewrap` has moved it to the current key.
+    #[serde(default)]
+    pub previous_key_encryption_keys_file: Option<PathBuf>,
     /// The storage server's gRPC URL when `database.backend` is `remote`
     /// (`sharedcare.records.storage.v1`; `sharedcare storage-server` is the
     /// reference one).
@@ -139,6 +144,11 @@ impl Validate for RecordsConfig {
                     "records.key_encryption_key",
                     "must be the base64 encoding of 32 bytes",
                 )
+            })?;
+        }
+        if let Some(path) = &self.records.previous_key_encryption_keys_file {
+            sharedcare_kit::crypto::read_keys(path).map_err(|e| {
+                ConfigError::invalid("records.previous_key_encryption_keys_file", e.message)
             })?;
         }
         if self.records.call_timeout_ms == 0 {

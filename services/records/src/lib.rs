@@ -63,6 +63,59 @@ fn kek(cfg: &config::RecordsConfig) -> Result<Kek, Error> {
     Ok(kek)
 }
 
+/// The current KEK and the previous ones still needed to open old data.
+fn keyring(cfg: &config::RecordsConfig, current: Kek) -> Result<Keyring, Error> {
+    let previous = match &cfg.records.previous_key_encryption_keys_file {
+        Some(path) => sharedcare_kit::crypto::read_keys(path)?,
+        None => Vec::new(),
+    };
+    Ok(Keyring::new(current, previous))
+}
+
+/// Re-wraps every stored version's data key under the current KEK, online
+/// (records may keep serving): what `sharedcare records rewrap` runs after
+/// a rotation. `progress` hears the running count after each page.
+pub async fn rewrap_keys(
+    cfg: &config::RecordsConfig,
+    progress: impl FnMut(store::Rewrapped),
+) -> Result<store::Rewrapped, Error> {
+    let keys = keyring(cfg, kek(cfg)?)?;
+    let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
+    let inner: Arc<dyn store::RecordStore> = match cfg.database.backend {
+        StorageBackend::Memory => {
+            return Err(Error::invalid(
+                "database.backend",
+                "memory keeps nothing beyond its process: there is nothing to re-wrap",
+            ));
+        }
+        StorageBackend::Remote => Arc::new(remote_store(cfg, tls.as_ref())?),
+        StorageBackend::Sqlite | StorageBackend::Postgres => {
+            let url = cfg
+                .database
+                .resolve_url(SERVICE_NAME)
+                .map_err(|e| Error::invalid("database.url", e.to_string()))?;
+            Arc::new(store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?)
+        }
+    };
+    store::rewrap(inner.as_ref(), &keys, progress).await
+}
+
+fn remote_store(
+    cfg: &config::RecordsConfig,
+    tls: Option<&sharedcare_kit::tls::Tls>,
+) -> Result<store::RemoteStore, Error> {
+    let url = cfg.records.remote_storage_url.as_deref().ok_or_else(|| {
+        Error::invalid(
+            "records.remote_storage_url",
+            "is required when database.backend is remote",
+        )
+    })?;
+    Ok(store::RemoteStore::new(
+        sharedcare_kit::tls::channel(url, tls)?,
+        Duration::from_millis(cfg.records.call_timeout_ms),
+    ))
+}
+
 /// The configured backend, wrapped in encryption, and the database its
 /// audit outbox lives in (the store's own when it has one, so a change and
 /// its audit event commit together).
@@ -93,15 +146,12 @@ async fn open_store(
             // Only the audit outbox is local.
             let db = sharedcare_kit::db::connect::<store::Migrator>(url.expose(), max).await?;
             let gate = WriteGate::for_db(&db);
-            let inner: Arc<dyn store::RecordStore> = match &cfg.records.remote_storage_url {
-                Some(remote) if cfg.database.backend == StorageBackend::Remote => {
-                    Arc::new(store::RemoteStore::new(
-                        sharedcare_kit::tls::channel(remote, tls)?,
-                        Duration::from_millis(cfg.records.call_timeout_ms),
-                    ))
-                }
-                _ => Arc::new(store::MemoryStore::new()),
-            };
+            let inner: Arc<dyn store::RecordStore> =
+                if cfg.database.backend == StorageBackend::Remote {
+                    Arc::new(remote_store(cfg, tls)?)
+                } else {
+                    Arc::new(store::MemoryStore::new())
+                };
             (Arc::new(store::Encrypted::new(inner, keys)), db, gate)
         }
     })
@@ -123,8 +173,7 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
     let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
     let kek = kek(cfg)?;
     let cursors = CursorKey::new(kek.derive("records.cursor"));
-    let (store, outbox_db, outbox_gate) =
-        open_store(cfg, Keyring::new(kek, []), tls.as_ref()).await?;
+    let (store, outbox_db, outbox_gate) = open_store(cfg, keyring(cfg, kek)?, tls.as_ref()).await?;
     let channel = |url: &str| sharedcare_kit::tls::channel(url, tls.as_ref());
     let identity = channel(&cfg.auth.identity_url)?;
     let tokens = Arc::new(TokenSource::from_config(identity.clone(), &cfg.auth)?);

@@ -87,6 +87,10 @@ pub enum Command {
     /// FHIR R4 resources in a patient's shared record (records).
     #[command(subcommand)]
     Record(commands::record::RecordCommand),
+    /// Maintenance of records' storage with records' own configuration
+    /// (e.g. `records rewrap` after a key rotation).
+    #[command(subcommand)]
+    Records(commands::records_admin::RecordsCommand),
     /// Load a FHIR bulk export (a directory of NDJSON files) through the
     /// public APIs: patients into identity, the importing organisation's care
     /// relationship into consent, everything else into records. Safe to run

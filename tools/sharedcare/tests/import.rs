@@ -261,4 +261,22 @@ fn the_synthea_export_imports_once_and_exports_as_it_came_in() {
         history.contains("version:       2") && history.contains("version:       1"),
         "{history}"
     );
+
+    // Re-wrapping beside the running service: with one key, nothing to do,
+    // and every version is looked at.
+    let rewrap = cli(
+        &dev,
+        base_port,
+        None,
+        &[
+            "records",
+            "rewrap",
+            "--data-dir",
+            data_dir.to_str().expect("path"),
+        ],
+    );
+    assert!(
+        rewrap.contains("re-wrapped 0 of 6975 stored versions"),
+        "{rewrap}"
+    );
 }

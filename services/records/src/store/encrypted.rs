@@ -47,6 +47,54 @@ impl<S: RecordStore> Encrypted<S> {
     }
 }
 
+/// What a re-wrap did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Rewrapped {
+    /// Versions looked at.
+    pub examined: u64,
+    /// Versions whose data key was re-wrapped under the current KEK.
+    pub rewrapped: u64,
+}
+
+/// Re-wraps every version's data key under the current KEK of `keys`, in
+/// pages, online: a version written meanwhile is sealed under the current
+/// KEK already, and versions never change otherwise (a body replaced
+/// meanwhile is left to the next run). `progress` hears the running count.
+pub async fn rewrap(
+    store: &dyn RecordStore,
+    keys: &Keyring,
+    mut progress: impl FnMut(Rewrapped),
+) -> Result<Rewrapped, sharedcare_kit::Error> {
+    const PAGE: usize = 500;
+    let mut done = Rewrapped::default();
+    let mut after: Option<(RecordId, i64)> = None;
+    loop {
+        let page = store.scan(after.as_ref(), PAGE).await?;
+        let full = page.len() == PAGE;
+        for stored in page {
+            done.examined += 1;
+            after = Some((stored.meta.id.clone(), stored.meta.version));
+            let Body::Clear(bytes) = stored.body else {
+                continue;
+            };
+            if bytes.is_empty() {
+                continue; // a tombstone
+            }
+            if let Some(body) = keys.rewrap(&bytes)?
+                && store
+                    .replace_body(&stored.meta.id, stored.meta.version, &bytes, body)
+                    .await?
+            {
+                done.rewrapped += 1;
+            }
+        }
+        progress(done);
+        if !full {
+            return Ok(done);
+        }
+    }
+}
+
 /// Binds a sealed resource to its place: moved to another record, version
 /// or patient, it no longer opens.
 fn associated_data(meta: &RecordMeta) -> Vec<u8> {
@@ -126,5 +174,24 @@ impl<S: RecordStore> RecordStore for Encrypted<S> {
 
     fn changes(&self, after: i64, limit: usize) -> BoxFuture<'_, Vec<Change>> {
         self.inner.changes(after, limit)
+    }
+
+    // Maintenance sees the sealed bodies, as the inner store holds them.
+    fn scan<'a>(
+        &'a self,
+        after: Option<&'a (RecordId, i64)>,
+        limit: usize,
+    ) -> BoxFuture<'a, Vec<Stored>> {
+        self.inner.scan(after, limit)
+    }
+
+    fn replace_body<'a>(
+        &'a self,
+        id: &'a RecordId,
+        version: i64,
+        expected: &'a [u8],
+        body: Vec<u8>,
+    ) -> BoxFuture<'a, bool> {
+        self.inner.replace_body(id, version, expected, body)
     }
 }

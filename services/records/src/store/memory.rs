@@ -236,6 +236,56 @@ impl RecordStore for MemoryStore {
         Box::pin(async move { found })
     }
 
+    fn scan<'a>(
+        &'a self,
+        after: Option<&'a (RecordId, i64)>,
+        limit: usize,
+    ) -> BoxFuture<'a, Vec<Stored>> {
+        let found = self.lock().map(|inner| {
+            let mut ids: Vec<&String> = inner.versions.keys().collect();
+            ids.sort();
+            let mut out = Vec::new();
+            for id in ids {
+                for (meta, body) in &inner.versions[id] {
+                    let key = (meta.id.clone(), meta.version);
+                    if after.is_some_and(|a| (&key.0.as_str(), key.1) <= (&a.0.as_str(), a.1)) {
+                        continue;
+                    }
+                    if out.len() == limit {
+                        return out;
+                    }
+                    out.push(stored(meta, body));
+                }
+            }
+            out
+        });
+        Box::pin(async move { found })
+    }
+
+    fn replace_body<'a>(
+        &'a self,
+        id: &'a RecordId,
+        version: i64,
+        expected: &'a [u8],
+        body: Vec<u8>,
+    ) -> BoxFuture<'a, bool> {
+        let replaced = self.lock().map(|mut inner| {
+            let Some(slot) = inner
+                .versions
+                .get_mut(id.as_str())
+                .and_then(|v| v.iter_mut().find(|(m, _)| m.version == version))
+            else {
+                return false;
+            };
+            if slot.1 != expected {
+                return false;
+            }
+            slot.1 = body;
+            true
+        });
+        Box::pin(async move { replaced })
+    }
+
     fn changes(&self, after: i64, limit: usize) -> BoxFuture<'_, Vec<Change>> {
         let found = self.lock().map(|inner| {
             // Sequences are 1.. in order: the entry after `after` is at `after`.

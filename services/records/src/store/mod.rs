@@ -20,7 +20,7 @@ use std::{future::Future, pin::Pin, sync::Arc};
 use chrono::{DateTime, Utc};
 use sharedcare_kit::{Error, crypto::Keyring};
 
-pub use encrypted::Encrypted;
+pub use encrypted::{Encrypted, Rewrapped, rewrap};
 pub use memory::MemoryStore;
 pub use migration::Migrator;
 pub use remote::RemoteStore;
@@ -227,6 +227,25 @@ pub trait RecordStore: Send + Sync + 'static {
     /// The change log after `after` (0: from the start), oldest first, at
     /// most `limit`. Every stored version appears once, in commit order.
     fn changes(&self, after: i64, limit: usize) -> BoxFuture<'_, Vec<Change>>;
+
+    /// Maintenance (key rotation): every version, tombstones included, in
+    /// (record id, version) order, those after `after`, at most `limit`;
+    /// bodies exactly as this store holds them.
+    fn scan<'a>(
+        &'a self,
+        after: Option<&'a (RecordId, i64)>,
+        limit: usize,
+    ) -> BoxFuture<'a, Vec<Stored>>;
+
+    /// Maintenance: replaces a version's body as this store holds it, only
+    /// if it is still `expected`; false when it was not (nothing changed).
+    fn replace_body<'a>(
+        &'a self,
+        id: &'a RecordId,
+        version: i64,
+        expected: &'a [u8],
+        body: Vec<u8>,
+    ) -> BoxFuture<'a, bool>;
 }
 
 impl<S: RecordStore + ?Sized> RecordStore for Arc<S> {
@@ -269,6 +288,22 @@ impl<S: RecordStore + ?Sized> RecordStore for Arc<S> {
     }
     fn changes(&self, after: i64, limit: usize) -> BoxFuture<'_, Vec<Change>> {
         (**self).changes(after, limit)
+    }
+    fn scan<'a>(
+        &'a self,
+        after: Option<&'a (RecordId, i64)>,
+        limit: usize,
+    ) -> BoxFuture<'a, Vec<Stored>> {
+        (**self).scan(after, limit)
+    }
+    fn replace_body<'a>(
+        &'a self,
+        id: &'a RecordId,
+        version: i64,
+        expected: &'a [u8],
+        body: Vec<u8>,
+    ) -> BoxFuture<'a, bool> {
+        (**self).replace_body(id, version, expected, body)
     }
 }
 

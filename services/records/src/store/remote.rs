@@ -233,6 +233,52 @@ impl RecordStore for RemoteStore {
         })
     }
 
+    fn scan<'a>(
+        &'a self,
+        after: Option<&'a (RecordId, i64)>,
+        limit: usize,
+    ) -> BoxFuture<'a, Vec<Stored>> {
+        let message = pb::ScanRequest {
+            after: after.map(|(id, version)| pb::ScanPosition {
+                record_id: id.as_str().to_owned(),
+                version: *version,
+            }),
+            limit: wire_limit(limit),
+        };
+        Box::pin(async move {
+            let response = self
+                .call(message, |mut c, r| async move { c.scan(r).await })
+                .await?;
+            response
+                .versions
+                .into_iter()
+                .map(|v| stored_from_pb("versions", v))
+                .collect::<Result<Vec<_>, Error>>()
+                .map_err(bad_answer)
+        })
+    }
+
+    fn replace_body<'a>(
+        &'a self,
+        id: &'a RecordId,
+        version: i64,
+        expected: &'a [u8],
+        body: Vec<u8>,
+    ) -> BoxFuture<'a, bool> {
+        let message = pb::ReplaceBodyRequest {
+            record_id: id.as_str().to_owned(),
+            version,
+            expected: expected.to_vec(),
+            body,
+        };
+        Box::pin(async move {
+            let response = self
+                .call(message, |mut c, r| async move { c.replace_body(r).await })
+                .await?;
+            Ok(response.replaced)
+        })
+    }
+
     fn changes(&self, after: i64, limit: usize) -> BoxFuture<'_, Vec<Change>> {
         let message = pb::ChangesRequest {
             after,

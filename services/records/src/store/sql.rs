@@ -41,7 +41,7 @@ struct Pending {
 const MAX_GROUP: usize = 256;
 /// The advisory lock that orders change-log commits on PostgreSQL ("records"
 /// in ASCII, so it does not collide with another service's).
-const CHANGE_LOG_LOCK: i64 = 0x7265_636f_7264_73;
+const CHANGE_LOG_LOCK: i64 = 0x0072_6563_6f72_6473;
 
 /// Most rows one INSERT carries (both databases bound their parameters).
 const MAX_ROWS_PER_INSERT: usize = 500;
@@ -575,6 +575,57 @@ impl RecordStore for SqlStore {
                 });
             }
             Ok(found)
+        })
+    }
+
+    fn scan<'a>(
+        &'a self,
+        after: Option<&'a (RecordId, i64)>,
+        limit: usize,
+    ) -> BoxFuture<'a, Vec<Stored>> {
+        Box::pin(async move {
+            let mut q = version::Entity::find();
+            if let Some((id, v)) = after {
+                q = q.filter(
+                    Condition::any()
+                        .add(version::Column::RecordId.gt(id.as_str()))
+                        .add(
+                            Condition::all()
+                                .add(version::Column::RecordId.eq(id.as_str()))
+                                .add(version::Column::Version.gt(*v)),
+                        ),
+                );
+            }
+            q.order_by_asc(version::Column::RecordId)
+                .order_by_asc(version::Column::Version)
+                .limit(limit as u64)
+                .all(&self.db)
+                .await
+                .map_err(failed("scanning records"))?
+                .into_iter()
+                .map(stored_from_row)
+                .collect()
+        })
+    }
+
+    fn replace_body<'a>(
+        &'a self,
+        id: &'a RecordId,
+        version: i64,
+        expected: &'a [u8],
+        body: Vec<u8>,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let _turn = self.writes.turn().await;
+            let result = version::Entity::update_many()
+                .col_expr(version::Column::Body, Expr::value(body))
+                .filter(version::Column::RecordId.eq(id.as_str()))
+                .filter(version::Column::Version.eq(version))
+                .filter(version::Column::Body.eq(expected.to_vec()))
+                .exec(&self.db)
+                .await
+                .map_err(failed("replacing a record's body"))?;
+            Ok(result.rows_affected == 1)
         })
     }
 

@@ -180,4 +180,37 @@ impl<S: RecordStore> RecordStorage for StorageServer<S> {
             .collect();
         Ok(Response::new(pb::ChangesResponse { changes }))
     }
+
+    async fn scan(
+        &self,
+        request: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
+        let request = request.into_inner();
+        let after = match request.after {
+            Some(p) => Some((RecordId::parse("after.record_id", &p.record_id)?, p.version)),
+            None => None,
+        };
+        let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
+        let versions = self
+            .store
+            .scan(after.as_ref(), limit)
+            .await?
+            .into_iter()
+            .map(stored_to_pb)
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Response::new(pb::ScanResponse { versions }))
+    }
+
+    async fn replace_body(
+        &self,
+        request: Request<pb::ReplaceBodyRequest>,
+    ) -> Result<Response<pb::ReplaceBodyResponse>, Status> {
+        let request = request.into_inner();
+        let id = RecordId::parse("record_id", &request.record_id)?;
+        let replaced = self
+            .store
+            .replace_body(&id, request.version, &request.expected, request.body)
+            .await?;
+        Ok(Response::new(pb::ReplaceBodyResponse { replaced }))
+    }
 }

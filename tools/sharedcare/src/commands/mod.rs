@@ -9,6 +9,7 @@ pub mod org;
 pub mod patient;
 pub mod principal;
 pub mod record;
+pub mod records_admin;
 pub mod storage;
 pub mod token;
 pub mod transfer;
