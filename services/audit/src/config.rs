@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use sharedcare_kit::config::{
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, SecretSource,
-    ServerConfig, StorageBackend, TelemetryConfig, Validate,
+    ServerConfig, TelemetryConfig, Validate,
 };
 use sharedcare_kit::tls::TlsConfig;
 
@@ -46,9 +46,6 @@ impl Validate for AuditConfig {
         self.server.validate()?;
         self.telemetry.validate()?;
         self.database.validate(SERVICE_NAME)?;
-        // A memory backend for this service lands with its conformance suite.
-        self.database
-            .require_backend(&[StorageBackend::Sqlite, StorageBackend::Postgres])?;
         self.auth.validate()?;
         self.tls.validate()?;
         if crate::domain::checkpoint::check_key_name(&self.audit.log_name).is_err() {
@@ -115,6 +112,23 @@ mod tests {
         assert!(url.expose().ends_with("audit.db?mode=rwc"), "{:?}", url);
         assert_eq!(cfg.audit.log_name, "sharedcare.local/audit");
         assert!(cfg.audit.signing_key.value.is_none());
+    }
+
+    #[test]
+    fn the_memory_backend_is_offered_but_not_over_a_postgres_url() {
+        use sharedcare_kit::config::StorageBackend;
+        let mut env = HashMap::from([(
+            "SHAREDCARE_DATABASE__BACKEND".to_owned(),
+            "memory".to_owned(),
+        )]);
+        let cfg = AuditConfig::load(&env).expect("memory is offered");
+        assert_eq!(cfg.database.backend, StorageBackend::Memory);
+        env.insert(
+            "SHAREDCARE_DATABASE__URL__VALUE".to_owned(),
+            "postgres://db/audit".to_owned(),
+        );
+        let err = AuditConfig::load(&env).expect_err("memory is not on PostgreSQL");
+        assert!(err.to_string().contains("database.backend"), "{err}");
     }
 
     #[test]

@@ -61,9 +61,14 @@ pub async fn open(cfg: &config::AuditConfig) -> Result<ServiceSpec, sharedcare_k
         .database
         .resolve_url(SERVICE_NAME)
         .map_err(|e| sharedcare_kit::Error::invalid("database.url", e.to_string()))?;
-    let store = store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?;
+    let store = store::open(
+        cfg.database.backend,
+        url.expose(),
+        cfg.database.max_connections,
+    )
+    .await?;
     // Every append goes through one sequencer: many callers, one transaction.
-    let store: Arc<dyn store::AuditLogStore> = Arc::new(store::GroupCommit::new(Arc::new(store)));
+    let store: Arc<dyn store::AuditLogStore> = Arc::new(store::GroupCommit::new(store));
     let heads = heads::TreeHeads::new(store.clone(), log_signer(cfg)?);
     heads.publish_every(std::time::Duration::from_millis(
         cfg.audit.tree_head_interval_ms,

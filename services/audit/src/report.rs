@@ -63,7 +63,11 @@ pub fn words(event: &AuditEvent) -> Words {
     let who = who(&actor_name, &role, &actor, is_patient);
     let outcome = Outcome::try_from(event.outcome).unwrap_or(Outcome::Unspecified);
     let verb = verb(event.action, outcome);
-    let what = what(&event.resource_type);
+    let what = match event.record_ids.len() {
+        0 => what(&event.resource_type),
+        1 => format!("1 {}", noun(&event.resource_type)),
+        n => format!("{n} {}s", noun(&event.resource_type)),
+    };
     let why = why(event.purpose);
     let result = match outcome {
         Outcome::Success => "allowed",
@@ -167,6 +171,15 @@ fn what(resource_type: &str) -> String {
     }
 }
 
+/// "Observation", or "record" when the type is not one.
+fn noun(resource_type: &str) -> &str {
+    if resource_type.is_empty() {
+        "record"
+    } else {
+        resource_type
+    }
+}
+
 fn why(purpose: i32) -> &'static str {
     match Purpose::try_from(purpose).unwrap_or(Purpose::Unspecified) {
         Purpose::DirectCare => " for the patient's care",
@@ -217,6 +230,29 @@ mod tests {
         );
         assert_eq!(w.role_name, "Clinical Practitioner");
         assert_eq!(w.organisation_name, "Leeds General Infirmary");
+    }
+
+    #[test]
+    fn a_search_says_how_many_records_it_disclosed() {
+        let mut e = event(clinician(), Outcome::Success, "CARE_RELATIONSHIP");
+        e.action = Action::Search as i32;
+        e.resource_type = "Condition".into();
+        e.record_ids = vec!["r-1".into(), "r-2".into()];
+        assert!(
+            words(&e)
+                .summary
+                .contains("searched 2 Conditions for the patient's care"),
+            "{}",
+            words(&e).summary
+        );
+        e.resource_type.clear();
+        e.record_ids.truncate(1);
+        e.action = Action::Export as i32;
+        assert!(
+            words(&e).summary.contains("exported 1 record for"),
+            "{}",
+            words(&e).summary
+        );
     }
 
     #[test]

@@ -247,6 +247,7 @@ fn event(id: &str, patient: &str) -> AuditEvent {
         action: Action::Read as i32,
         resource_type: "Observation".into(),
         record_id: "obs-1".into(),
+        record_ids: vec![],
         purpose: Purpose::DirectCare as i32,
         outcome: Outcome::Success as i32,
         outcome_reason: String::new(),

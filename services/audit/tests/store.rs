@@ -1,6 +1,7 @@
 //! The store conformance suite: every behaviour written once against
-//! `&dyn AuditLogStore`, run on SQLite and (when SHAREDCARE_TEST_DATABASE_URL
-//! is set) PostgreSQL.
+//! `&dyn AuditLogStore`, run on every backend (`kit::testing`): memory,
+//! SQLite and (when SHAREDCARE_TEST_DATABASE_URL is set) PostgreSQL, bare
+//! and behind the group committer.
 
 use std::sync::Arc;
 
@@ -9,9 +10,12 @@ use sharedcare_audit::{
         EncodedEvent, EventId, PageSize, PageToken, PatientId,
         merkle::{EMPTY_ROOT, MemoryTree, verify_consistency, verify_inclusion},
     },
-    store::{AuditLogStore, GroupCommit, Proofs, SqlStore},
+    store::{self, AuditLogStore, GroupCommit, Proofs, SqlStore},
 };
-use sharedcare_kit::{error::Code, testing::TestDatabase};
+use sharedcare_kit::{
+    error::Code,
+    testing::{TestDatabase, on_every_backend},
+};
 
 fn event(id: &str, patient: &str, bytes: &str) -> EncodedEvent {
     EncodedEvent {
@@ -404,9 +408,10 @@ async fn two_writers_on_one_database_never_fork_postgres() {
     db.cleanup().await;
 }
 
-/// Runs each behaviour on a fresh SQLite file and a fresh PostgreSQL
-/// database. `borrowed` behaviours take `&dyn AuditLogStore`; `shared` ones take
-/// an `Arc` to hand to several tasks.
+/// Runs each behaviour on every backend, on a fresh database each time:
+/// bare and behind the group committer (as `open` runs it). `borrowed`
+/// behaviours take `&dyn AuditLogStore`; `shared` ones take an `Arc` to
+/// hand to several tasks.
 macro_rules! conformance {
     (@arg borrowed, $store:ident) => { $store.as_ref() };
     (@arg shared, $store:ident) => { $store.clone() };
@@ -415,45 +420,29 @@ macro_rules! conformance {
             mod $behaviour {
                 use super::*;
 
-                async fn run(url: &str, grouped: bool) {
-                    let store: Arc<dyn AuditLogStore> =
-                        Arc::new(SqlStore::connect(url, 4).await.expect("connect"));
-                    let store: Arc<dyn AuditLogStore> = if grouped {
-                        Arc::new(GroupCommit::new(store))
-                    } else {
-                        store
-                    };
-                    super::$behaviour(conformance!(@arg $mode, store)).await;
+                async fn run(grouped: bool) {
+                    on_every_backend(stringify!($behaviour), async |backend| {
+                        let store = store::open(backend.backend(), backend.url(), 4)
+                            .await
+                            .expect("open");
+                        let store: Arc<dyn AuditLogStore> = if grouped {
+                            Arc::new(GroupCommit::new(store))
+                        } else {
+                            store
+                        };
+                        super::$behaviour(conformance!(@arg $mode, store)).await;
+                    })
+                    .await;
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn sqlite() {
-                    let db = TestDatabase::sqlite();
-                    run(db.url(), false).await;
+                async fn bare() {
+                    run(false).await;
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn sqlite_group_commit() {
-                    let db = TestDatabase::sqlite();
-                    run(db.url(), true).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn postgres() {
-                    let Some(db) = TestDatabase::postgres(stringify!($behaviour)).await else {
-                        return;
-                    };
-                    run(db.url(), false).await;
-                    db.cleanup().await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn postgres_group_commit() {
-                    let Some(db) = TestDatabase::postgres(stringify!($behaviour)).await else {
-                        return;
-                    };
-                    run(db.url(), true).await;
-                    db.cleanup().await;
+                async fn group_commit() {
+                    run(true).await;
                 }
             }
         )*
@@ -471,3 +460,34 @@ conformance!(
     shared concurrent_appends_never_fork_the_log,
     shared a_conflict_fails_only_its_caller,
 );
+
+/// `database.backend = "memory"` opens with the log off disk: the data dir
+/// holds only the tree-head keys.
+#[tokio::test]
+async fn open_keeps_the_memory_backends_log_off_disk() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let env = std::collections::HashMap::from([
+        (
+            "SHAREDCARE_DATABASE__BACKEND".to_owned(),
+            "memory".to_owned(),
+        ),
+        (
+            "SHAREDCARE_DATABASE__DATA_DIR".to_owned(),
+            dir.path().display().to_string(),
+        ),
+    ]);
+    let cfg = sharedcare_audit::config::AuditConfig::load(&env).expect("valid");
+    sharedcare_audit::open(&cfg).await.expect("opens");
+    let mut files: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("data dir")
+        .map(|f| f.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            sharedcare_audit::SIGNING_KEY_FILE,
+            sharedcare_audit::VERIFIER_KEY_FILE
+        ]
+    );
+}

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use sharedcare_kit::config::{
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, ServerConfig,
-    StorageBackend, TelemetryConfig, Validate, check_url,
+    TelemetryConfig, Validate, check_url,
 };
 use sharedcare_kit::tls::TlsConfig;
 
@@ -62,9 +62,6 @@ impl Validate for ConsentConfig {
         self.server.validate()?;
         self.telemetry.validate()?;
         self.database.validate(crate::SERVICE_NAME)?;
-        // A memory backend for this service lands with its conformance suite.
-        self.database
-            .require_backend(&[StorageBackend::Sqlite, StorageBackend::Postgres])?;
         self.auth.validate()?;
         check_url("consent.audit_url", &self.consent.audit_url)?;
         if self.consent.call_timeout_ms == 0 {
@@ -122,6 +119,33 @@ mod tests {
         let cfg = ConsentConfig::load(&env).expect("defaults are valid");
         assert_eq!(cfg.server.listen.port(), 50052);
         assert_eq!(cfg.auth.identity_url, "http://127.0.0.1:50051");
+    }
+
+    #[test]
+    fn the_memory_backend_is_offered_but_not_over_a_postgres_url() {
+        use sharedcare_kit::config::StorageBackend;
+        let mut env = HashMap::from([
+            (
+                "SHAREDCARE_AUTH__CLIENT_ID".to_owned(),
+                "consent".to_owned(),
+            ),
+            (
+                "SHAREDCARE_AUTH__CLIENT_SECRET__VALUE".to_owned(),
+                "s3cret".to_owned(),
+            ),
+            (
+                "SHAREDCARE_DATABASE__BACKEND".to_owned(),
+                "memory".to_owned(),
+            ),
+        ]);
+        let cfg = ConsentConfig::load(&env).expect("memory is offered");
+        assert_eq!(cfg.database.backend, StorageBackend::Memory);
+        env.insert(
+            "SHAREDCARE_DATABASE__URL__VALUE".to_owned(),
+            "postgres://db/consent".to_owned(),
+        );
+        let err = ConsentConfig::load(&env).expect_err("memory is not on PostgreSQL");
+        assert!(err.to_string().contains("database.backend"), "{err}");
     }
 
     #[test]

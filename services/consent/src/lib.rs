@@ -22,7 +22,6 @@ use sharedcare_kit::{
     Error,
     auth::Verifier,
     client::{ServiceTokens, TokenSource},
-    db::WriteGate,
     outbox::{Outbox, OutboxSettings},
     peers::{BoxFuture, GrpcAudit},
     server::{MessageLimits, ServiceSpec},
@@ -132,26 +131,37 @@ pub fn spec(
         .on_shutdown(move || closing.close())
 }
 
-/// The store as the service uses it, with its change feed. On SQLite this
-/// process is the one writer: what Evaluate reads is kept in memory and
-/// dropped at each change (store::Cached), and the process itself tells the
-/// change feed. On PostgreSQL every replica writes, reads go to the database
-/// and the database tells each replica's feed (see `changes`). Either way a
-/// change is answered once this replica's streams have acknowledged it.
+/// The store as the service uses it, with its change feed. On SQLite (and
+/// in memory) this process is the one writer: what Evaluate reads is kept
+/// in memory and dropped at each change (store::Cached), and the process
+/// itself tells the change feed. On PostgreSQL every replica writes, reads
+/// go to the database and the database tells each replica's feed (see
+/// `changes`). Either way a change is answered once this replica's streams
+/// have acknowledged it.
 pub fn layered(
-    sql: store::SqlStore,
+    store: impl Into<store::Backend>,
     heartbeat: Duration,
 ) -> (Arc<dyn store::ConsentStore>, Arc<changes::ChangeFeed>) {
-    let connection = sql.connection();
-    if connection.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
+    fn in_process<S: store::ConsentStore>(
+        store: S,
+        heartbeat: Duration,
+    ) -> (Arc<dyn store::ConsentStore>, Arc<changes::ChangeFeed>) {
         let changes = changes::ChangeFeed::in_process(heartbeat);
-        let store = changes::Notifying::new(store::Cached::new(sql), changes.clone());
+        let store = changes::Notifying::new(store::Cached::new(store), changes.clone());
         (Arc::new(store), changes)
-    } else {
-        let pool = connection.get_postgres_connection_pool().clone();
-        let changes = changes::ChangeFeed::postgres(pool, heartbeat);
-        let store = changes::Notifying::new(sql, changes.clone());
-        (Arc::new(store), changes)
+    }
+    match store.into() {
+        store::Backend::Memory(memory) => in_process(*memory, heartbeat),
+        store::Backend::Sql(sql) => {
+            let connection = sql.connection();
+            if connection.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
+                return in_process(sql, heartbeat);
+            }
+            let pool = connection.get_postgres_connection_pool().clone();
+            let changes = changes::ChangeFeed::postgres(pool, heartbeat);
+            let store = changes::Notifying::new(sql, changes.clone());
+            (Arc::new(store), changes)
+        }
     }
 }
 
@@ -167,9 +177,17 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
             "must be at least 2 on PostgreSQL: consent keeps one connection listening for changes",
         ));
     }
-    let sql = store::SqlStore::connect(url.expose(), cfg.database.max_connections).await?;
-    let connection = sql.connection();
-    let (store, changes) = layered(sql, Duration::from_millis(cfg.consent.watch_heartbeat_ms));
+    let backend = store::open(
+        cfg.database.backend,
+        url.expose(),
+        cfg.database.max_connections,
+    )
+    .await?;
+    let (outbox_db, outbox_writes) = backend.outbox();
+    let (store, changes) = layered(
+        backend,
+        Duration::from_millis(cfg.consent.watch_heartbeat_ms),
+    );
     let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
     let channel = |url: &str| sharedcare_kit::tls::channel(url, tls.as_ref());
     let identity = channel(&cfg.auth.identity_url)?;
@@ -184,8 +202,8 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
     let directory = Arc::new(IdentityDirectory::new(identity, tokens, timeout));
     let verifier = sharedcare_kit::tls::remote_verifier(&cfg.auth, tls.as_ref())?;
     let outbox = Outbox::start(
-        connection.clone(),
-        WriteGate::for_db(&connection),
+        outbox_db,
+        outbox_writes,
         store::OUTBOX_TABLE,
         audit,
         OutboxSettings {

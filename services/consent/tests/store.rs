@@ -1,16 +1,26 @@
 //! The store conformance suite: each behaviour is written once against
-//! `&dyn ConsentStore` and runs on SQLite and on PostgreSQL (when
-//! SHAREDCARE_TEST_DATABASE_URL is set; otherwise it says it was skipped).
+//! `&dyn ConsentStore` and runs on every backend (`kit::testing`): memory,
+//! SQLite and PostgreSQL (when SHAREDCARE_TEST_DATABASE_URL is set;
+//! otherwise it says it was skipped), bare and inside the cache.
+
+use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use sharedcare_consent::{
+    config::ConsentConfig,
     domain::{
         CareRelationship, CareRelationshipKind, Directive, DirectiveSource, Effect, OdsCode,
         PatientId, Period, Provenance, Purpose, RecordCategory,
     },
-    store::{ConsentStore, SqlStore},
+    store::{self, Backend, Cached, ConsentStore, OUTBOX_TABLE, SqlStore},
 };
-use sharedcare_kit::{error::Code, testing::TestDatabase};
+use sharedcare_kit::{
+    error::Code,
+    outbox::{Outbox, OutboxSettings},
+    testing::{
+        MemoryAudit, TestBackend, TestDatabase, on_every_backend, outbox_drained, outbox_rows,
+    },
+};
 use sharedcare_proto::audit::v1::AuditEvent;
 
 fn t0() -> DateTime<Utc> {
@@ -243,48 +253,178 @@ async fn a_relationship_ends_once(store: &dyn ConsentStore) {
     );
 }
 
-/// Runs each behaviour on a fresh SQLite file and a fresh PostgreSQL database.
+/// A change and its audit event are stored together or not at all: a
+/// change whose event cannot be stored (its id is taken) is not made, and a
+/// change refused stores no event.
+async fn a_change_is_never_made_unaudited(store: &dyn ConsentStore) {
+    let taken = audit();
+    let r = relationship("p-1", t0(), None);
+    store
+        .insert_relationship(r.clone(), taken.clone())
+        .await
+        .expect("insert");
+    let other = relationship("p-1", t0() + Duration::hours(1), None);
+    store
+        .insert_relationship(other.clone(), taken.clone())
+        .await
+        .expect_err("event id taken");
+    assert_eq!(store.get_relationship(&other.id).await.expect("get"), None);
+    let d = directive("p-1", t0());
+    store
+        .insert_directive(d.clone(), taken.clone())
+        .await
+        .expect_err("event id taken");
+    assert_eq!(store.get_directive(&d.id).await.expect("get"), None);
+    let at = t0() + Duration::hours(2);
+    store
+        .end_relationship(&r.id, at, "pas-1", taken.clone())
+        .await
+        .expect_err("event id taken");
+    assert_eq!(
+        store.get_relationship(&r.id).await.expect("get"),
+        Some(r.clone()),
+        "still open"
+    );
+    store
+        .insert_directive(d.clone(), audit())
+        .await
+        .expect("insert");
+    store
+        .revoke_directive(&d.id, at, "patient-1", taken)
+        .await
+        .expect_err("event id taken");
+    assert_eq!(
+        store.get_directive(&d.id).await.expect("get"),
+        Some(d.clone()),
+        "not revoked"
+    );
+    assert_eq!(
+        store
+            .list_relationships(&patient("p-1"))
+            .await
+            .expect("list"),
+        vec![r.clone()]
+    );
+    assert_eq!(
+        store.list_directives(&patient("p-1")).await.expect("list"),
+        vec![d]
+    );
+
+    // Refused changes leave their event's id free for the next change.
+    let refused = audit();
+    let unknown = store
+        .revoke_directive("no-such-id", at, "patient-1", refused.clone())
+        .await
+        .expect_err("unknown");
+    assert_eq!(unknown.code, Code::NotFound);
+    store
+        .end_relationship(&r.id, at, "pas-1", refused.clone())
+        .await
+        .expect("end");
+    let again = store
+        .end_relationship(&r.id, at, "pas-1", audit())
+        .await
+        .expect_err("ended");
+    assert_eq!(again.code, Code::FailedPrecondition);
+}
+
+/// Ids are unique across patients: a second row under a taken id is
+/// refused and the first stands.
+async fn an_id_is_stored_once(store: &dyn ConsentStore) {
+    let r = relationship("p-1", t0(), None);
+    store
+        .insert_relationship(r.clone(), audit())
+        .await
+        .expect("insert");
+    let d = directive("p-1", t0());
+    store
+        .insert_directive(d.clone(), audit())
+        .await
+        .expect("insert");
+    let r2 = CareRelationship {
+        id: r.id.clone(),
+        ..relationship("p-2", t0() + Duration::days(1), None)
+    };
+    store
+        .insert_relationship(r2, audit())
+        .await
+        .expect_err("id taken");
+    let d2 = Directive {
+        id: d.id.clone(),
+        ..directive("p-2", t0() + Duration::days(1))
+    };
+    store
+        .insert_directive(d2, audit())
+        .await
+        .expect_err("id taken");
+    assert_eq!(
+        store.get_relationship(&r.id).await.expect("get"),
+        Some(r.clone())
+    );
+    assert_eq!(
+        store.get_directive(&d.id).await.expect("get"),
+        Some(d.clone())
+    );
+    assert!(
+        store
+            .list_relationships(&patient("p-2"))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_directives(&patient("p-2"))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+/// The store on `backend`, bare or inside the cache (which `layered` puts
+/// around the in-process backends, memory and SQLite).
+async fn open(backend: &TestBackend, cached: bool) -> Box<dyn ConsentStore> {
+    fn wrap<S: ConsentStore>(store: S, cached: bool) -> Box<dyn ConsentStore> {
+        if cached {
+            Box::new(Cached::new(store))
+        } else {
+            Box::new(store)
+        }
+    }
+    match store::open(backend.backend(), backend.url(), 2)
+        .await
+        .expect("open")
+    {
+        Backend::Sql(sql) => wrap(sql, cached),
+        Backend::Memory(memory) => wrap(*memory, cached),
+    }
+}
+
+/// Runs each behaviour on every backend, on a fresh database each time:
+/// bare and inside the cache.
 macro_rules! conformance {
     ($($behaviour:ident),* $(,)?) => {
-        mod sqlite {
-            $(
+        $(
+            mod $behaviour {
+                use super::*;
+
                 #[tokio::test]
-                async fn $behaviour() {
-                    let db = sharedcare_kit::testing::TestDatabase::sqlite();
-                    let store = super::SqlStore::connect(db.url(), 2).await.expect("connect");
-                    super::$behaviour(&store).await;
-                    store.close().await;
+                async fn bare() {
+                    on_every_backend(stringify!($behaviour), async |backend| {
+                        super::$behaviour(open(backend, false).await.as_ref()).await;
+                    })
+                    .await;
                 }
-            )*
-        }
-        // The in-memory cache around SQLite, as `open` runs it there.
-        mod cached_sqlite {
-            $(
+
                 #[tokio::test]
-                async fn $behaviour() {
-                    let db = sharedcare_kit::testing::TestDatabase::sqlite();
-                    let store = super::SqlStore::connect(db.url(), 2).await.expect("connect");
-                    let cached = sharedcare_consent::store::Cached::new(store);
-                    super::$behaviour(&cached).await;
+                async fn cached() {
+                    on_every_backend(stringify!($behaviour), async |backend| {
+                        super::$behaviour(open(backend, true).await.as_ref()).await;
+                    })
+                    .await;
                 }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $behaviour() {
-                    let Some(db) =
-                        sharedcare_kit::testing::TestDatabase::postgres(stringify!($behaviour)).await
-                    else {
-                        return;
-                    };
-                    let store = super::SqlStore::connect(db.url(), 2).await.expect("connect");
-                    super::$behaviour(&store).await;
-                    store.close().await;
-                    db.cleanup().await;
-                }
-            )*
-        }
+            }
+        )*
     };
 }
 
@@ -293,6 +433,8 @@ conformance!(
     directives_keep_every_field,
     a_directive_is_revoked_once,
     a_relationship_ends_once,
+    a_change_is_never_made_unaudited,
+    an_id_is_stored_once,
 );
 
 /// Reopening a database runs the migrations again (a no-op) and finds what
@@ -327,4 +469,70 @@ async fn data_survives_reopening_on_postgres() {
         reopen(&db).await;
         db.cleanup().await;
     }
+}
+
+/// Wherever `open` keeps a backend's outbox, the relay delivers a change's
+/// event from it.
+#[tokio::test]
+async fn changes_reach_audit_from_every_backends_outbox() {
+    on_every_backend("consent outbox", async |backend| {
+        let opened = store::open(backend.backend(), backend.url(), 2)
+            .await
+            .expect("open");
+        let (db, writes) = opened.outbox();
+        let sink = Arc::new(MemoryAudit::default());
+        let outbox = Outbox::start(
+            db.clone(),
+            writes,
+            OUTBOX_TABLE,
+            sink.clone(),
+            OutboxSettings {
+                poll: std::time::Duration::from_millis(10),
+                ..OutboxSettings::default()
+            },
+        );
+        let (store, _changes) =
+            sharedcare_consent::layered(opened, std::time::Duration::from_secs(1));
+        let event = audit();
+        store
+            .insert_directive(directive("p-1", t0()), event.clone())
+            .await
+            .expect("insert");
+        outbox.wake();
+        outbox_drained(&db, OUTBOX_TABLE).await;
+        assert_eq!(sink.delivered(), [event]);
+    })
+    .await;
+}
+
+/// `database.backend = "memory"` opens, with its outbox in a SQLite file
+/// under the data dir.
+#[tokio::test]
+async fn open_keeps_the_memory_backends_outbox_in_the_data_dir() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let env = HashMap::from([
+        (
+            "SHAREDCARE_AUTH__CLIENT_ID".to_owned(),
+            "consent".to_owned(),
+        ),
+        (
+            "SHAREDCARE_AUTH__CLIENT_SECRET__VALUE".to_owned(),
+            "s3cret".to_owned(),
+        ),
+        (
+            "SHAREDCARE_DATABASE__BACKEND".to_owned(),
+            "memory".to_owned(),
+        ),
+        (
+            "SHAREDCARE_DATABASE__DATA_DIR".to_owned(),
+            dir.path().display().to_string(),
+        ),
+    ]);
+    let cfg = ConsentConfig::load(&env).expect("valid");
+    sharedcare_consent::open(&cfg).await.expect("opens");
+    let url = sharedcare_kit::db::sqlite_url(&dir.path().join("consent.db"));
+    let db = sea_orm::Database::connect(url.as_str())
+        .await
+        .expect("connect");
+    assert_eq!(outbox_rows(&db, OUTBOX_TABLE).await, 0);
 }

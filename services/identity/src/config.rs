@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde::Deserialize;
 use sharedcare_kit::config::{
     AuthConfig, COMMON_DEFAULTS, ConfigError, DatabaseConfig, EnvSource, SecretSource,
-    ServerConfig, StorageBackend, TelemetryConfig, Validate, check_url,
+    ServerConfig, TelemetryConfig, Validate, check_url,
 };
 use sharedcare_kit::crypto::decode_key;
 use sharedcare_kit::tls::TlsConfig;
@@ -108,9 +108,6 @@ impl Validate for IdentityConfig {
         self.server.validate()?;
         self.telemetry.validate()?;
         self.database.validate(crate::SERVICE_NAME)?;
-        // A memory backend for this service lands with its conformance suite.
-        self.database
-            .require_backend(&[StorageBackend::Sqlite, StorageBackend::Postgres])?;
         self.auth.validate()?;
         self.tls.validate()?;
         self.consent_cache.validate()?;
@@ -241,6 +238,23 @@ mod tests {
             message.to_lowercase().contains("identity.roles.r8000") && message.contains("root"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn the_memory_backend_is_offered_but_not_over_a_postgres_url() {
+        use sharedcare_kit::config::StorageBackend;
+        let mut env = HashMap::from([(
+            "SHAREDCARE_DATABASE__BACKEND".to_owned(),
+            "memory".to_owned(),
+        )]);
+        let cfg = IdentityConfig::load(&env).expect("memory is offered");
+        assert_eq!(cfg.database.backend, StorageBackend::Memory);
+        env.insert(
+            "SHAREDCARE_DATABASE__URL__VALUE".to_owned(),
+            "postgres://db/identity".to_owned(),
+        );
+        let err = IdentityConfig::load(&env).expect_err("memory is not on PostgreSQL");
+        assert!(err.to_string().contains("database.backend"), "{err}");
     }
 
     #[test]

@@ -45,12 +45,14 @@ pub struct Peers {
 
 impl Peers {
     /// consent and audit over gRPC as `cfg` says, calling as identity with a
-    /// token it signs itself.
+    /// token it signs itself; the outbox in `db`, its relay taking `writes`'
+    /// turns with the store's.
     pub fn grpc(
         cfg: &config::IdentityConfig,
         tokens: Arc<TokenIssuer>,
         tls: Option<&sharedcare_kit::tls::Tls>,
         db: sea_orm::DatabaseConnection,
+        writes: WriteGate,
     ) -> Result<Self, Error> {
         let settings = &cfg.identity;
         let timeout = Duration::from_millis(settings.call_timeout_ms);
@@ -69,8 +71,8 @@ impl Peers {
                 own.clone(),
             ),
             outbox: Outbox::start(
-                db.clone(),
-                WriteGate::for_db(&db),
+                db,
+                writes,
                 store::OUTBOX_TABLE,
                 Arc::new(GrpcAudit::new(
                     lazy_channel(&settings.audit_url)
@@ -117,9 +119,18 @@ pub async fn open(cfg: &config::IdentityConfig) -> Result<ServiceSpec, Error> {
         .resolve_url(SERVICE_NAME)
         .map_err(|e| Error::invalid("database.url", e.to_string()))?;
     let (keys, index) = patient_keys(cfg)?;
-    let store = Arc::new(
-        store::SqlStore::connect(url.expose(), cfg.database.max_connections, keys, index).await?,
-    );
+    let store::Opened {
+        store,
+        outbox,
+        writes,
+    } = store::open(
+        cfg.database.backend,
+        url.expose(),
+        cfg.database.max_connections,
+        keys,
+        index,
+    )
+    .await?;
     if let Some(path) = &cfg.identity.bootstrap_file {
         bootstrap::apply(store.as_ref(), bootstrap::BootstrapFile::read(path)?).await?;
     }
@@ -135,7 +146,7 @@ pub async fn open(cfg: &config::IdentityConfig) -> Result<ServiceSpec, Error> {
         .identity
         .role_map()
         .map_err(|e| Error::invalid("identity.roles", e.to_string()))?;
-    let peers = Peers::grpc(cfg, tokens.clone(), tls.as_ref(), store.connection())?;
+    let peers = Peers::grpc(cfg, tokens.clone(), tls.as_ref(), outbox, writes)?;
     Ok(spec(
         store,
         tokens,

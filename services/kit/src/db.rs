@@ -69,6 +69,12 @@ impl WriteGate {
         }
     }
 
+    /// Always queuing, whatever the database: for writers that must take
+    /// turns among themselves too (a memory backend's audited changes).
+    pub fn closed() -> Self {
+        WriteGate(Some(Arc::default()))
+    }
+
     /// Waits for this writer's turn; hold what it returns until the write
     /// transaction has committed or rolled back.
     pub async fn turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {

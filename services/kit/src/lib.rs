@@ -15,6 +15,7 @@ pub mod files;
 pub mod group;
 pub mod ids;
 pub mod keys;
+pub mod memory;
 pub mod outbox;
 pub mod paging;
 pub mod peers;

@@ -239,6 +239,7 @@ impl AccessEvent<'_> {
             decision_id: decision_id.to_owned(),
             trace_id: crate::telemetry::current_trace_id(),
             appended_by: String::new(),
+            record_ids: Vec::new(),
         }
     }
 }

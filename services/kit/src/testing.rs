@@ -2,7 +2,8 @@
 //! service says SERVING (polling, never a blind sleep), and hand back a
 //! connected channel (over mutual TLS, presenting the service's own
 //! certificate, when the service serves TLS). Also a token authority for tests that run a service
-//! without identity.
+//! without identity, and the backends every store conformance suite runs on
+//! ([`test_backends`], [`on_every_backend`]).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -301,6 +302,70 @@ impl TestDatabase {
                 .await;
             admin.close().await.ok();
         }
+    }
+}
+
+/// One backend a store conformance suite runs against: what
+/// `database.backend` would name, with a fresh database of its own.
+pub struct TestBackend {
+    backend: crate::config::StorageBackend,
+    database: TestDatabase,
+}
+
+impl TestBackend {
+    pub fn backend(&self) -> crate::config::StorageBackend {
+        self.backend
+    }
+
+    /// What `database.url` would be: the SQL backend's database, or the
+    /// SQLite file where the memory backend keeps its local state (an
+    /// audit outbox).
+    pub fn url(&self) -> &str {
+        self.database.url()
+    }
+
+    /// For test output: `memory`, `sqlite` or `postgres`.
+    pub fn name(&self) -> &'static str {
+        self.backend.as_str()
+    }
+
+    /// Drops the database (PostgreSQL); the temp files go with `self`.
+    pub async fn cleanup(self) {
+        self.database.cleanup().await;
+    }
+}
+
+/// Every backend a store must conform on, each with a fresh database:
+/// memory and SQLite always, PostgreSQL when `SHAREDCARE_TEST_DATABASE_URL`
+/// is set (otherwise `test` says on stderr that it skipped it).
+pub async fn test_backends(test: &str) -> Vec<TestBackend> {
+    use crate::config::StorageBackend;
+    let mut backends = vec![
+        TestBackend {
+            backend: StorageBackend::Memory,
+            database: TestDatabase::sqlite(),
+        },
+        TestBackend {
+            backend: StorageBackend::Sqlite,
+            database: TestDatabase::sqlite(),
+        },
+    ];
+    if let Some(database) = TestDatabase::postgres(test).await {
+        backends.push(TestBackend {
+            backend: StorageBackend::Postgres,
+            database,
+        });
+    }
+    backends
+}
+
+/// Runs `run` on each of [`test_backends`] in turn, saying on stderr which
+/// (so a failure's output names it), and cleans each up afterwards.
+pub async fn on_every_backend(test: &str, run: impl AsyncFn(&TestBackend)) {
+    for backend in test_backends(test).await {
+        eprintln!("{test}: on {}", backend.name());
+        run(&backend).await;
+        backend.cleanup().await;
     }
 }
 

@@ -820,7 +820,9 @@ impl Records {
         Ok((records, next))
     }
 
-    /// One audit event per record seen, all durable before any is answered.
+    /// One audit event per category a page disclosed, naming every record
+    /// in it (so the access report can say which), durable before the page
+    /// is answered.
     async fn audit_each(
         &self,
         principal: &Principal,
@@ -830,25 +832,36 @@ impl Records {
         decisions: &HashMap<Category, Decision>,
         records: &[Record],
     ) -> Result<(), Error> {
-        let events: Vec<_> = records
-            .iter()
-            .filter_map(|r| {
-                let decision = decisions.get(&r.category)?;
-                let one = access(
-                    principal,
-                    patient,
-                    action,
-                    purpose,
-                    &r.resource_type,
-                    r.id.as_str(),
-                );
-                Some(one.event(
-                    Outcome::Success,
-                    &decision.reason_code(),
-                    &decision.decision_id,
-                ))
-            })
-            .collect();
+        let mut by_category: Vec<(Category, Vec<&Record>)> = Vec::new();
+        for r in records {
+            match by_category.iter_mut().find(|(c, _)| *c == r.category) {
+                Some((_, rs)) => rs.push(r),
+                None => by_category.push((r.category, vec![r])),
+            }
+        }
+        let mut events = Vec::with_capacity(by_category.len());
+        for (category, rs) in by_category {
+            let Some(decision) = decisions.get(&category) else {
+                continue;
+            };
+            let first_type = rs.first().map_or("", |r| r.resource_type.as_str());
+            let one_type = rs.iter().all(|r| r.resource_type == first_type);
+            let mut event = access(
+                principal,
+                patient,
+                action,
+                purpose,
+                if one_type { first_type } else { "" },
+                "",
+            )
+            .event(
+                Outcome::Success,
+                &decision.reason_code(),
+                &decision.decision_id,
+            );
+            event.record_ids = rs.iter().map(|r| r.id.as_str().to_owned()).collect();
+            events.push(event);
+        }
         for result in futures::future::join_all(events.iter().map(|e| self.outbox.record(e))).await
         {
             result?;

@@ -223,6 +223,31 @@ async fn bad_input_is_refused_before_anything_else() {
             },
             "category",
         ),
+        (
+            create("p-1", &format!("{}1{}", "[".repeat(70), "]".repeat(70))),
+            "resource_json",
+        ),
+        (
+            create(
+                "p-1",
+                r#"{"resourceType":"Observation","status":"final","status":"draft","subject":{"reference":"Patient/p-1"}}"#,
+            ),
+            "resource_json",
+        ),
+        (
+            create(
+                "p-1",
+                r#"{"resourceType":"Observation","id":"a/b","subject":{"reference":"Patient/p-1"}}"#,
+            ),
+            "resource_json.id",
+        ),
+        (
+            pb::CreateRecordRequest {
+                idempotency_key: "has spaces".into(),
+                ..create("p-1", OBSERVATION)
+            },
+            "idempotency_key",
+        ),
     ];
     for (request, field) in cases {
         let status = f

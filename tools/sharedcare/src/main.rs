@@ -59,7 +59,7 @@ async fn run(cli: Cli, services: &Services) -> anyhow::Result<()> {
         Command::Directive(command) => commands::directive::run(services, command).await,
         Command::Record(command) => commands::record::run(services, command).await,
         Command::Records(command) => commands::records_admin::run(command).await,
-        Command::Import(args) => commands::transfer::import(services, args).await,
+        Command::Import(args) => commands::transfer::import(services, args).await.map(drop),
         Command::Export(args) => commands::transfer::export(services, args).await,
         Command::StorageServer(args) => commands::storage::run(args).await,
         Command::AccessReport(args) => commands::access_report::run(services, args).await,

@@ -279,4 +279,42 @@ fn the_synthea_export_imports_once_and_exports_as_it_came_in() {
         rewrap.contains("re-wrapped 0 of 6975 stored versions"),
         "{rewrap}"
     );
+
+    // Bad lines are reported with their file and line, and the rest goes on.
+    let bad_dir = temp.path().join("bad");
+    std::fs::create_dir_all(&bad_dir).expect("dir");
+    let patient_line = lines(&Path::new(SYNTHEA).join("Patient.000.ndjson"))[0].clone();
+    let nested = format!(
+        r#"{{"resourceType":"Condition","id":"deep","subject":{{"reference":"Patient/{source_patient}"}},"note":{}1{}}}"#,
+        "[".repeat(80),
+        "]".repeat(80)
+    );
+    let good = format!(
+        r#"{{"resourceType":"Condition","id":"fine","subject":{{"reference":"Patient/{source_patient}"}},"code":{{"text":"x"}}}}"#
+    );
+    std::fs::write(bad_dir.join("Patient.ndjson"), format!("{patient_line}\n")).expect("write");
+    std::fs::write(
+        bad_dir.join("Condition.ndjson"),
+        format!("{good}\n{{not json\n{nested}\n"),
+    )
+    .expect("write");
+    let reported = cli(
+        &dev,
+        base_port,
+        Some(&pas),
+        &["import", bad_dir.to_str().expect("path"), "--ods", "A81001"],
+    );
+    assert!(
+        reported.contains("imported 1 resources and 1 patients"),
+        "{reported}"
+    );
+    assert!(
+        reported.contains("not valid JSON (syntax error)  (e.g. Condition.ndjson:2)"),
+        "{reported}"
+    );
+    assert!(
+        reported.contains("Condition: refused: INVALID_ARGUMENT: resource_json")
+            && reported.contains("Condition.ndjson:3"),
+        "{reported}"
+    );
 }

@@ -123,6 +123,8 @@ pub struct AuditEvent {
     pub action: Action,
     pub resource_type: String,
     pub record_id: String,
+    /// The records a search or export page disclosed together.
+    pub record_ids: Vec<String>,
     pub purpose: Purpose,
     pub outcome: Outcome,
     pub outcome_reason: String,

@@ -53,6 +53,7 @@ pub fn decode_event(
         action: decode_action(&f("action"), event.action)?,
         resource_type: optional_text(&f("resource_type"), &event.resource_type, MAX_ID_CHARS)?,
         record_id: optional_text(&f("record_id"), &event.record_id, MAX_ID_CHARS)?,
+        record_ids: decode_record_ids(&f("record_ids"), event.record_ids)?,
         purpose: decode_purpose(&f("purpose"), event.purpose)?,
         outcome: decode_outcome(&f("outcome"), event.outcome)?,
         outcome_reason: optional_text(&f("outcome_reason"), &event.outcome_reason, MAX_TEXT_CHARS)?,
@@ -62,6 +63,27 @@ pub fn decode_event(
         trace_id: optional_text(&f("trace_id"), &event.trace_id, MAX_ID_CHARS)?,
         appended_by: appended_by.to_owned(),
     })
+}
+
+/// Most records one event may name (a page of search results).
+const MAX_RECORD_IDS: usize = 500;
+
+fn decode_record_ids(field: &str, ids: Vec<String>) -> Result<Vec<String>, Error> {
+    if ids.len() > MAX_RECORD_IDS {
+        return Err(Error::invalid(
+            field,
+            format!("names at most {MAX_RECORD_IDS} records"),
+        ));
+    }
+    for id in &ids {
+        if id.trim().is_empty() || id.chars().count() > MAX_ID_CHARS {
+            return Err(Error::invalid(
+                field,
+                format!("each must be 1 to {MAX_ID_CHARS} characters"),
+            ));
+        }
+    }
+    Ok(ids)
 }
 
 /// An actor: a patient names the patient their token is bound to and has no
@@ -130,6 +152,7 @@ pub fn encode_event(e: &AuditEvent) -> pb::AuditEvent {
         action: encode_action(e.action) as i32,
         resource_type: e.resource_type.clone(),
         record_id: e.record_id.clone(),
+        record_ids: e.record_ids.clone(),
         purpose: encode_purpose(e.purpose) as i32,
         outcome: encode_outcome(e.outcome) as i32,
         outcome_reason: e.outcome_reason.clone(),
@@ -310,6 +333,7 @@ mod tests {
             action: pb::Action::Read as i32,
             resource_type: "Observation".into(),
             record_id: "rec-1".into(),
+            record_ids: vec!["rec-2".into(), "rec-3".into()],
             purpose: common::Purpose::DirectCare as i32,
             outcome: pb::Outcome::Denied as i32,
             outcome_reason: "DIRECTIVE_DENY".into(),

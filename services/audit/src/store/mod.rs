@@ -2,12 +2,13 @@
 
 mod entities;
 mod group;
+mod memory;
 mod migration;
 mod sql;
 
-use std::{collections::HashMap, future::Future, pin::Pin};
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
 
-use sharedcare_kit::Error;
+use sharedcare_kit::{Error, config::StorageBackend};
 
 use crate::domain::{
     EncodedEvent, Entry, Hash, PageSize, PageToken, PatientId,
@@ -15,6 +16,7 @@ use crate::domain::{
 };
 
 pub use group::GroupCommit;
+pub use memory::MemoryStore;
 pub use migration::Migrator;
 pub use sql::SqlStore;
 
@@ -100,6 +102,52 @@ impl Proofs<'_> {
         let reads = merkle::consistency_reads(old, new).map_err(range)?;
         let nodes = self.0.nodes(reads).await?;
         merkle::consistency_proof(old, new, &nodes).map_err(missing)
+    }
+}
+
+/// Opens the `backend` store at `url` (unused by `memory`, which keeps
+/// nothing on disk).
+pub async fn open(
+    backend: StorageBackend,
+    url: &str,
+    max_connections: u32,
+) -> Result<Arc<dyn AuditLogStore>, Error> {
+    match backend {
+        StorageBackend::Sqlite | StorageBackend::Postgres => {
+            Ok(Arc::new(SqlStore::connect(url, max_connections).await?))
+        }
+        StorageBackend::Memory => Ok(Arc::new(MemoryStore::new())),
+        other => Err(Error::invalid(
+            "database.backend",
+            format!("{} is not offered by audit", other.as_str()),
+        )),
+    }
+}
+
+const APPENDING: &str = "appending to the audit log";
+
+/// How errors about an event name it: the single `event` or `events[i]`.
+#[derive(Clone, Copy)]
+enum Naming {
+    Single,
+    Batch,
+}
+
+impl Naming {
+    fn field(self, index: usize, name: &str) -> String {
+        match self {
+            Naming::Single => format!("event.{name}"),
+            Naming::Batch => format!("events[{index}].{name}"),
+        }
+    }
+
+    /// Event `index` reuses a logged id with other content.
+    fn conflict(self, index: usize) -> Error {
+        Error::already_exists(format!(
+            "{}: an event with this id is already in the log with different content",
+            self.field(index, "event_id")
+        ))
+        .with_reason("EVENT_ID_CONFLICT")
     }
 }
 

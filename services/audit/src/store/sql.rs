@@ -12,7 +12,7 @@ use sharedcare_kit::Error;
 use tokio::sync::Mutex;
 
 use super::{
-    Appended, AuditLogStore, BoxFuture, Migrator, Page,
+    APPENDING, Appended, AuditLogStore, BoxFuture, Migrator, Naming, Page,
     entities::{entry, node},
 };
 use crate::domain::{
@@ -46,23 +46,6 @@ pub struct SqlStore {
     frontier: Mutex<Option<Frontier>>,
 }
 
-/// How errors about an event name it: the single `event` or `events[i]`.
-#[derive(Clone, Copy)]
-enum Naming {
-    Single,
-    Batch,
-}
-
-impl Naming {
-    fn field(self, index: usize, name: &str) -> String {
-        match self {
-            Naming::Single => format!("event.{name}"),
-            Naming::Batch => format!("events[{index}].{name}"),
-        }
-    }
-}
-
-const APPENDING: &str = "appending to the audit log";
 const READING: &str = "reading the audit log";
 
 impl SqlStore {
@@ -227,11 +210,7 @@ async fn append_in(
                 });
                 continue;
             }
-            return Err(Error::already_exists(format!(
-                "{}: an event with this id is already in the log with different content",
-                naming.field(index, "event_id")
-            ))
-            .with_reason("EVENT_ID_CONFLICT"));
+            return Err(naming.conflict(index));
         }
         let entry = Entry::new(size + 1 + leaves.len() as u64, event, now);
         leaves.push(entry.leaf_hash());

@@ -2,15 +2,18 @@
 
 mod cached;
 mod entities;
+mod memory;
 mod migration;
 mod sql;
 
 use std::{future::Future, pin::Pin};
 
 use chrono::{DateTime, Utc};
-use sharedcare_kit::Error;
+use sea_orm::DatabaseConnection;
+use sharedcare_kit::{Error, config::StorageBackend, db::WriteGate};
 
 pub use cached::Cached;
+pub use memory::MemoryStore;
 pub use migration::Migrator;
 pub use sql::SqlStore;
 
@@ -58,4 +61,61 @@ pub trait ConsentStore: Send + Sync + 'static {
     /// The patient's directives, revoked ones included, newest (latest
     /// recorded) first.
     fn list_directives(&self, patient: &PatientId) -> BoxFuture<'_, Vec<Directive>>;
+}
+
+/// The configured backend, as itself: `crate::layered` wraps each kind as
+/// it needs.
+pub enum Backend {
+    Sql(SqlStore),
+    Memory(Box<MemoryStore>),
+}
+
+impl From<SqlStore> for Backend {
+    fn from(sql: SqlStore) -> Self {
+        Backend::Sql(sql)
+    }
+}
+
+impl From<MemoryStore> for Backend {
+    fn from(memory: MemoryStore) -> Self {
+        Backend::Memory(Box::new(memory))
+    }
+}
+
+impl Backend {
+    /// The outbox's database (the SQL store's own, so a change and its
+    /// event commit together; the memory store's SQLite file), and the turn
+    /// its relay takes with the store's writes.
+    pub fn outbox(&self) -> (DatabaseConnection, WriteGate) {
+        match self {
+            Backend::Sql(sql) => {
+                let db = sql.connection();
+                let writes = WriteGate::for_db(&db);
+                (db, writes)
+            }
+            Backend::Memory(memory) => (memory.connection(), memory.write_gate()),
+        }
+    }
+}
+
+/// Opens the `backend` store at `url` (for `memory`, the SQLite file of its
+/// outbox).
+pub async fn open(
+    backend: StorageBackend,
+    url: &str,
+    max_connections: u32,
+) -> Result<Backend, Error> {
+    match backend {
+        StorageBackend::Sqlite | StorageBackend::Postgres => {
+            Ok(SqlStore::connect(url, max_connections).await?.into())
+        }
+        StorageBackend::Memory => {
+            let outbox = sharedcare_kit::db::connect::<Migrator>(url, max_connections).await?;
+            Ok(MemoryStore::new(outbox).into())
+        }
+        other => Err(Error::invalid(
+            "database.backend",
+            format!("{} is not offered by consent", other.as_str()),
+        )),
+    }
 }

@@ -1,19 +1,27 @@
 //! Where identity keeps patients, organisations and principals.
 
 mod entities;
+mod memory;
 mod migration;
 mod sql;
 
-use std::{future::Future, pin::Pin};
+use std::{future::Future, pin::Pin, sync::Arc};
 
-use sharedcare_kit::Error;
+use sea_orm::DatabaseConnection;
+use sharedcare_kit::{
+    Error,
+    config::StorageBackend,
+    crypto::{BlindIndex, Keyring},
+    db::WriteGate,
+};
 use sharedcare_proto::audit::v1::AuditEvent;
 
+pub use memory::MemoryStore;
 pub use migration::Migrator;
+pub use sql::SqlStore;
 
 /// identity's audit outbox table (see `sharedcare_kit::outbox`).
 pub const OUTBOX_TABLE: &str = "identity_audit_outbox";
-pub use sql::SqlStore;
 
 use crate::domain::{NhsNumber, OdsCode, Organisation, Patient, Principal};
 
@@ -43,4 +51,49 @@ pub trait IdentityStore: Send + Sync + 'static {
     /// Inserts or replaces the principal with this client id (bootstrap).
     fn upsert_principal(&self, principal: Principal) -> BoxFuture<'_, Principal>;
     fn get_principal_by_client_id(&self, client_id: &str) -> BoxFuture<'_, Option<Principal>>;
+}
+
+/// A store of the configured backend, and where its audit outbox lives.
+pub struct Opened {
+    pub store: Arc<dyn IdentityStore>,
+    /// The outbox's database: the SQL store's own (a registration and its
+    /// event commit together), or the memory store's SQLite file.
+    pub outbox: DatabaseConnection,
+    /// The turn the outbox's relay takes with the store's writes.
+    pub writes: WriteGate,
+}
+
+/// Opens the `backend` store at `url` (for `memory`, the SQLite file of its
+/// outbox). `keys` and `index` seal patients at rest in the SQL store.
+pub async fn open(
+    backend: StorageBackend,
+    url: &str,
+    max_connections: u32,
+    keys: Keyring,
+    index: BlindIndex,
+) -> Result<Opened, Error> {
+    match backend {
+        StorageBackend::Sqlite | StorageBackend::Postgres => {
+            let sql = SqlStore::connect(url, max_connections, keys, index).await?;
+            let outbox = sql.connection();
+            Ok(Opened {
+                writes: WriteGate::for_db(&outbox),
+                outbox,
+                store: Arc::new(sql),
+            })
+        }
+        StorageBackend::Memory => {
+            let outbox = sharedcare_kit::db::connect::<Migrator>(url, max_connections).await?;
+            let memory = MemoryStore::new(outbox);
+            Ok(Opened {
+                outbox: memory.connection(),
+                writes: memory.write_gate(),
+                store: Arc::new(memory),
+            })
+        }
+        other => Err(Error::invalid(
+            "database.backend",
+            format!("{} is not offered by identity", other.as_str()),
+        )),
+    }
 }

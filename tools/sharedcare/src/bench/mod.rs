@@ -10,6 +10,7 @@
 //! loopback targets are loaded unless `--allow-remote` says otherwise.
 
 mod echo;
+mod import;
 mod load;
 mod report;
 mod rpc;
@@ -62,6 +63,14 @@ pub struct BenchArgs {
     /// calls/s (the default is the closed loop: as fast as answers come).
     #[arg(long, value_parser = rate)]
     pub rate: Option<f64>,
+    /// Records added to the bench patient before the search scenario runs.
+    #[arg(long, default_value_t = 100_000)]
+    pub seed_records: u64,
+    /// With this FHIR bulk export directory: also time `import` of it (as a
+    /// fresh importer, so everything is stored anew) against a raw SQLite
+    /// insert loop of the same rows, and report the ratio.
+    #[arg(long)]
+    pub import_dir: Option<PathBuf>,
     /// The data dir `sharedcare dev` was started with (bootstrap.toml holds
     /// the admin and records secrets the setup uses).
     #[arg(long, default_value = "./data")]
@@ -186,6 +195,16 @@ pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
                 .context("setting up the scenario through the platform's APIs")?,
         ),
     };
+
+    if let Some(fixture) = &fixture
+        && scenarios.contains(&Scenario::Search)
+        && args.seed_records > 0
+    {
+        scenario::seed(&services, fixture, args.seed_records).await?;
+    }
+    if let Some(dir) = &args.import_dir {
+        import::compare(&services, &args.data_dir, dir).await?;
+    }
 
     let mut runs = Vec::new();
     let echo = Arc::new(Rpc::Echo);

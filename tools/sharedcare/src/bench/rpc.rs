@@ -10,7 +10,8 @@ use sharedcare_proto::{
     },
     identity::v1::{GetPatientRequest, identity_service_client::IdentityServiceClient},
     records::v1::{
-        CreateRecordRequest, GetRecordRequest, records_service_client::RecordsServiceClient,
+        CreateRecordRequest, GetRecordRequest, SearchRequest,
+        records_service_client::RecordsServiceClient,
     },
 };
 use tonic::{
@@ -43,6 +44,10 @@ pub enum Rpc {
     GetPatient {
         auth: Authorization,
         request: GetPatientRequest,
+    },
+    Search {
+        auth: Authorization,
+        request: SearchRequest,
     },
     /// Each call appends a copy of `event` with a fresh id and time.
     AuditAppend {
@@ -115,6 +120,11 @@ impl RawInsert {
     }
 
     async fn insert(&self) -> Result<(), sqlx::Error> {
+        self.insert_row("Observation", &self.resource).await
+    }
+
+    /// One row as `insert` stores it, with this resource type and body.
+    pub async fn insert_row(&self, resource_type: &str, body: &[u8]) -> Result<(), sqlx::Error> {
         let now = chrono::Utc::now();
         let event = AuditEvent {
             event_id: uuid::Uuid::now_v7().to_string(),
@@ -126,11 +136,12 @@ impl RawInsert {
         sqlx::query(
             "INSERT INTO records_resource_versions \
              (record_id, version, patient_id, resource_type, category, resource_sealed, last_updated) \
-             VALUES (?, 1, ?, 'Observation', 'general', ?, ?)",
+             VALUES (?, 1, ?, ?, 'general', ?, ?)",
         )
         .bind(uuid::Uuid::new_v4().to_string())
         .bind(&self.patient_id)
-        .bind(&self.resource)
+        .bind(resource_type)
+        .bind(body)
         .bind(now)
         .execute(&mut *txn)
         .await?;
@@ -154,6 +165,7 @@ impl Rpc {
             Rpc::GetRecord { .. } => "sharedcare.records.v1.RecordsService/GetRecord",
             Rpc::CreateRecord { .. } => "sharedcare.records.v1.RecordsService/CreateRecord",
             Rpc::GetPatient { .. } => "sharedcare.identity.v1.IdentityService/GetPatient",
+            Rpc::Search { .. } => "sharedcare.records.v1.RecordsService/Search",
             Rpc::AuditAppend { .. } => "sharedcare.audit.v1.AuditService/Append",
             Rpc::AuditAppendBatch { .. } => "sharedcare.audit.v1.AuditService/AppendBatch",
             Rpc::SqliteInsert(_) => "sqlx INSERT record + outbox row, COMMIT",
@@ -175,6 +187,10 @@ impl Rpc {
                 .map(drop),
             Rpc::CreateRecord { auth, request } => RecordsServiceClient::new(channel)
                 .create_record(bearer(request.clone(), auth))
+                .await
+                .map(drop),
+            Rpc::Search { auth, request } => RecordsServiceClient::new(channel)
+                .search(bearer(request.clone(), auth))
                 .await
                 .map(drop),
             Rpc::GetPatient { auth, request } => IdentityServiceClient::new(channel)

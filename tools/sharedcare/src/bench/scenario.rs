@@ -16,7 +16,7 @@ use sharedcare_proto::{
     audit::v1::{Action, AuditEvent, Outcome},
     common::v1::{Actor, PrincipalKind, Purpose},
     identity::v1::GetPatientRequest,
-    records::v1::{CreateRecordRequest, GetRecordRequest},
+    records::v1::{CreateRecordRequest, GetRecordRequest, SearchRequest},
 };
 
 use super::rpc::{RawInsert, Rpc, authorization};
@@ -47,6 +47,10 @@ pub enum Scenario {
     /// audit's AppendBatch of 50 events, as records' outbox relay sends
     /// them (events/s = 50 × calls/s).
     AuditAppendBatch,
+    /// Search by patient and type (Condition), first page of 20, over the
+    /// records `--seed-records` adds to the bench patient first (mixed types
+    /// and dates). Compare its calls/s to get-record's.
+    Search,
     /// create-record's yardstick: a raw sqlx loop on one connection, one
     /// transaction per record row and its outbox row, in records' schema
     /// in a fresh SQLite file beside the data dir (WAL, synchronous FULL,
@@ -62,6 +66,7 @@ impl Scenario {
             Scenario::GetRecord => "get-record",
             Scenario::CreateRecord => "create-record",
             Scenario::GetPatient => "get-patient",
+            Scenario::Search => "search",
             Scenario::AuditAppend => "audit-append",
             Scenario::AuditAppendBatch => "audit-append-batch",
             Scenario::SqliteInsert => "sqlite-insert",
@@ -72,7 +77,9 @@ impl Scenario {
     /// The URL the scenario loads.
     pub fn target(self, services: &Services) -> Option<&str> {
         match self {
-            Scenario::GetRecord | Scenario::CreateRecord => Some(&services.records_url),
+            Scenario::GetRecord | Scenario::CreateRecord | Scenario::Search => {
+                Some(&services.records_url)
+            }
             Scenario::GetPatient => Some(&services.identity_url),
             Scenario::AuditAppend | Scenario::AuditAppendBatch => Some(&services.audit_url),
             // Not a call: its workers ignore the connection they are given.
@@ -125,6 +132,15 @@ impl Scenario {
                     idempotency_key: String::new(),
                 },
             },
+            Scenario::Search => Rpc::Search {
+                auth: clinician,
+                request: SearchRequest {
+                    patient_id: fixture.patient_id.clone(),
+                    resource_types: vec!["Condition".into()],
+                    page_size: 20,
+                    ..SearchRequest::default()
+                },
+            },
             Scenario::GetPatient => Rpc::GetPatient {
                 auth: clinician,
                 request: GetPatientRequest {
@@ -167,50 +183,90 @@ pub struct Fixture {
     pub records_token: String,
 }
 
-/// Sets up through the real APIs; says what it made on standard error.
-pub async fn prepare(services: &Services, data_dir: &Path) -> anyhow::Result<Fixture> {
-    let credentials = bootstrap::read(&data_dir.join(bootstrap::FILE_NAME))?;
-    let issue = |client_id: String, secret: String| async move {
-        token::issue(services, &client_id, &secret, vec![], None)
-            .await
-            .map(|issued| issued.access_token)
-            .with_context(|| format!("issuing a token for {client_id}"))
-    };
-    let admin =
-        services.with_token(issue(ADMIN_CLIENT_ID.into(), credentials.admin_secret.clone()).await?);
-    let records_token = issue(RECORDS_CLIENT_ID.into(), credentials.records_secret.clone()).await?;
+async fn issue(services: &Services, client_id: String, secret: String) -> anyhow::Result<String> {
+    token::issue(services, &client_id, &secret, vec![], None)
+        .await
+        .map(|issued| issued.access_token)
+        .with_context(|| format!("issuing a token for {client_id}"))
+}
 
+/// admin (from dev's bootstrap file), with the bench practice in place,
+/// and the records service's token.
+async fn practice(services: &Services, data_dir: &Path) -> anyhow::Result<(Services, String)> {
+    let credentials = bootstrap::read(&data_dir.join(bootstrap::FILE_NAME))?;
+    let admin = services.with_token(
+        issue(
+            services,
+            ADMIN_CLIENT_ID.into(),
+            credentials.admin_secret.clone(),
+        )
+        .await?,
+    );
+    let records_token = issue(
+        services,
+        RECORDS_CLIENT_ID.into(),
+        credentials.records_secret.clone(),
+    )
+    .await?;
     let (ods, name) = PRACTICE;
     match org::create(&admin, ods, name).await {
         Ok(_) => {}
         Err(e) if status_code(&e) == Some(tonic::Code::AlreadyExists) => {}
         Err(e) => return Err(e.context(format!("creating organisation {ods}"))),
     }
-    let principal = |kind, role: &str, name: &str, scopes: &[&str]| CreatePrincipalArgs {
+    Ok((admin, records_token))
+}
+
+fn principal_args(kind: KindArg, role: &str, name: &str, scopes: &[&str]) -> CreatePrincipalArgs {
+    CreatePrincipalArgs {
         kind,
-        ods: ods.to_owned(),
+        ods: PRACTICE.0.to_owned(),
         role: role.to_owned(),
         name: name.to_owned(),
         patient: String::new(),
         scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
         purposes: vec![],
-    };
+    }
+}
+
+/// A new PAS of the bench practice: its own idempotency keys, so an import
+/// it makes stores everything anew.
+async fn new_pas(services: &Services, admin: &Services, name: &str) -> anyhow::Result<Services> {
     let pas = principal::create(
-        &admin,
-        principal(KindArg::Application, "", "Bench PAS", &PAS_SCOPES),
+        admin,
+        principal_args(KindArg::Application, "", name, &PAS_SCOPES),
     )
     .await
     .context("creating the bench PAS")?;
+    let client_id = pas.principal.unwrap_or_default().client_id;
+    Ok(services.with_token(issue(services, client_id, pas.client_secret).await?))
+}
+
+/// The bench practice's ODS code and a fresh PAS of it, for the import
+/// comparison.
+pub async fn importer(
+    services: &Services,
+    data_dir: &Path,
+) -> anyhow::Result<(&'static str, Services)> {
+    let (admin, _) = practice(services, data_dir).await?;
+    let pas = new_pas(services, &admin, "Bench importer").await?;
+    Ok((PRACTICE.0, pas))
+}
+
+/// Sets up through the real APIs; says what it made on standard error.
+pub async fn prepare(services: &Services, data_dir: &Path) -> anyhow::Result<Fixture> {
+    let (admin, records_token) = practice(services, data_dir).await?;
+    let ods = PRACTICE.0;
+    let pas = new_pas(services, &admin, "Bench PAS").await?;
     let clinician = principal::create(
         &admin,
-        principal(KindArg::Staff, CLINICIAN_ROLE, "Dr Bench", &[]),
+        principal_args(KindArg::Staff, CLINICIAN_ROLE, "Dr Bench", &[]),
     )
     .await
     .context("creating the bench clinician")?;
-    let pas_principal = pas.principal.unwrap_or_default();
     let clinician_principal = clinician.principal.unwrap_or_default();
-    let pas = services.with_token(issue(pas_principal.client_id, pas.client_secret).await?);
     let clinician_token = issue(
+        services,
         clinician_principal.client_id.clone(),
         clinician.client_secret,
     )
@@ -270,6 +326,67 @@ pub async fn prepare(services: &Services, data_dir: &Path) -> anyhow::Result<Fix
         clinician_token,
         records_token,
     })
+}
+
+/// Adds `count` records of mixed types and dates to the fixture's patient
+/// through CreateRecord, 64 at a time, for the search scenario.
+pub async fn seed(services: &Services, fixture: &Fixture, count: u64) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let started = std::time::Instant::now();
+    let records = services.records()?;
+    let auth = authorization(&fixture.clinician_token)?;
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..count)
+        .map(|n| {
+            let mut records = records.clone();
+            let mut request = tonic::Request::new(CreateRecordRequest {
+                patient_id: fixture.patient_id.clone(),
+                resource_json: seeded(&fixture.patient_id, n),
+                ..CreateRecordRequest::default()
+            });
+            request.metadata_mut().insert("authorization", auth.clone());
+            async move {
+                records
+                    .create_record(request)
+                    .await
+                    .map(drop)
+                    .map_err(|s| anyhow::anyhow!("seeding: {}", s.message()))
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    eprintln!(
+        "setup: seeded {count} records for the bench patient in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The `n`th seeded resource: a quarter each of Observation, Condition,
+/// Procedure and Immunization, dated over 20 years.
+fn seeded(patient_id: &str, n: u64) -> String {
+    let day = chrono::NaiveDate::from_ymd_opt(2005, 1, 1)
+        .and_then(|d| d.checked_add_days(chrono::Days::new(n % 7300)))
+        .map(|d| d.to_string())
+        .unwrap_or_default();
+    let subject = serde_json::json!({ "reference": format!("Patient/{patient_id}") });
+    let code = |system: &str, code: String| serde_json::json!({"coding": [{"system": system, "code": code}]});
+    let resource = match n % 4 {
+        0 => serde_json::json!({"resourceType": "Observation", "status": "final",
+            "code": code("http://loinc.org", format!("{}-{}", 1000 + n % 50, n % 10)),
+            "subject": subject, "effectiveDateTime": day}),
+        1 => serde_json::json!({"resourceType": "Condition",
+            "code": code("http://snomed.info/sct", format!("{}", 400_000 + n % 200)),
+            "subject": subject, "onsetDateTime": day}),
+        2 => serde_json::json!({"resourceType": "Procedure", "status": "completed",
+            "code": code("http://snomed.info/sct", format!("{}", 700_000 + n % 100)),
+            "subject": subject, "performedDateTime": day}),
+        _ => serde_json::json!({"resourceType": "Immunization", "status": "completed",
+            "vaccineCode": code("http://hl7.org/fhir/sid/cvx", format!("{}", n % 40)),
+            "patient": subject, "occurrenceDateTime": day}),
+    };
+    resource.to_string()
 }
 
 /// A small heart-rate Observation for `patient_id`.

@@ -112,6 +112,14 @@ struct Tally {
 }
 
 impl Tally {
+    /// A line that is wrong (not JSON, refused by the platform, ...): said
+    /// at once, with its file and line, and counted.
+    fn bad(&mut self, reason: impl Into<String>, place: &str) {
+        let reason = reason.into();
+        eprintln!("{place}: {reason}");
+        self.skip(reason, place);
+    }
+
     fn skip(&mut self, reason: impl Into<String>, place: &str) {
         let entry = self.skipped.entry(reason.into()).or_default();
         entry.0 += 1;
@@ -237,7 +245,7 @@ fn read_lines(dir: &Path, tally: &mut Tally) -> anyhow::Result<Vec<Line>> {
             let place = format!("{name}:{}", n + 1);
             let text = text.with_context(|| format!("reading {place}"))?;
             let Ok(text) = String::from_utf8(text) else {
-                tally.skip("not UTF-8", &place);
+                tally.bad("not UTF-8", &place);
                 continue;
             };
             let text = text.trim();
@@ -247,7 +255,7 @@ fn read_lines(dir: &Path, tally: &mut Tally) -> anyhow::Result<Vec<Line>> {
             let value: Value = match serde_json::from_str(text) {
                 Ok(v) => v,
                 Err(e) => {
-                    tally.skip(format!("not valid JSON ({})", e.classify_name()), &place);
+                    tally.bad(format!("not valid JSON ({})", e.classify_name()), &place);
                     continue;
                 }
             };
@@ -347,7 +355,32 @@ impl Progress {
     }
 }
 
-pub async fn import(services: &Services, args: ImportArgs) -> anyhow::Result<()> {
+/// What an import did.
+#[derive(Debug, Clone, Copy)]
+pub struct Imported {
+    pub resources: u64,
+    pub seconds: f64,
+}
+
+/// The (resourceType, line) of every resource an import would send to
+/// records: the bench's raw insert loop stores the same rows.
+pub fn record_lines(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let mut tally = Tally::default();
+    let lines = read_lines(dir, &mut tally)?;
+    let patients: std::collections::HashSet<&str> = lines
+        .iter()
+        .filter(|l| l.resource_type == "Patient")
+        .map(|l| l.source_id.as_str())
+        .collect();
+    Ok(lines
+        .iter()
+        .filter(|l| SUPPORTED_RESOURCE_TYPES.contains(&l.resource_type.as_str()))
+        .filter(|l| l.patient.as_deref().is_some_and(|p| patients.contains(p)))
+        .map(|l| (l.resource_type.clone(), l.text.clone()))
+        .collect())
+}
+
+pub async fn import(services: &Services, args: ImportArgs) -> anyhow::Result<Imported> {
     let token = services.token()?.to_owned();
     let mut tally = Tally::default();
     let lines = read_lines(&args.dir, &mut tally)?;
@@ -548,7 +581,7 @@ pub async fn import(services: &Services, args: ImportArgs) -> anyhow::Result<()>
                     // The server's words: they name the field, never content.
                     let reason = format!("{}: refused: {e:#}", line.resource_type);
                     let reason: String = reason.chars().take(160).collect();
-                    tally.skip(reason, &line.place);
+                    tally.bad(reason, &line.place);
                 }
             }
         }
@@ -585,7 +618,10 @@ pub async fn import(services: &Services, args: ImportArgs) -> anyhow::Result<()>
             out!("  {count:>5}  {reason}  (e.g. {})", places.join(", "));
         }
     }
-    Ok(())
+    Ok(Imported {
+        resources: tally.imported,
+        seconds: elapsed,
+    })
 }
 
 pub async fn export(services: &Services, args: ExportArgs) -> anyhow::Result<()> {

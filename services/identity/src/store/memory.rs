@@ -1,0 +1,187 @@
+//! The `memory` backend: the patient index, organisations and principals in
+//! this process's memory, lost when it stops (tests, demos). Held to the
+//! same conformance suite as the SQL store.
+//!
+//! A registration's audit event still goes to identity's outbox, a SQLite
+//! database under the data dir, and goes there before the patient is added
+//! (`kit::memory::AuditedState`): there is no transaction to share with
+//! the outbox, so a registration is never made unaudited. Patients are not
+//! sealed as the SQL store seals them: nothing here is at rest.
+
+use std::collections::HashMap;
+
+use sea_orm::DatabaseConnection;
+use sharedcare_kit::{Error, db::WriteGate, memory::AuditedState};
+use sharedcare_proto::audit::v1::AuditEvent;
+
+use super::{BoxFuture, IdentityStore, OUTBOX_TABLE, Registered};
+use crate::domain::{NhsNumber, OdsCode, Organisation, Patient, Principal};
+
+pub struct MemoryStore {
+    state: AuditedState<Index>,
+}
+
+#[derive(Default)]
+struct Index {
+    /// By patient id.
+    patients: HashMap<String, Patient>,
+    /// NHS number → patient id: one patient per number.
+    by_nhs_number: HashMap<NhsNumber, String>,
+    /// By ODS code.
+    organisations: HashMap<String, Organisation>,
+    /// By client id (principal ids are unique too; there are few).
+    principals: HashMap<String, Principal>,
+}
+
+impl Index {
+    fn by_nhs_number(&self, nhs: &NhsNumber) -> Option<&Patient> {
+        self.by_nhs_number
+            .get(nhs)
+            .and_then(|id| self.patients.get(id))
+    }
+
+    fn principal_id_taken(&self, id: &str) -> bool {
+        self.principals.values().any(|p| p.id == id)
+    }
+}
+
+impl MemoryStore {
+    /// `outbox` is a database migrated by identity's `Migrator`, where
+    /// registrations' audit events go.
+    pub fn new(outbox: DatabaseConnection) -> Self {
+        MemoryStore {
+            state: AuditedState::new(Index::default(), outbox, OUTBOX_TABLE),
+        }
+    }
+
+    /// The outbox's database, for the relay.
+    pub fn connection(&self) -> DatabaseConnection {
+        self.state.connection()
+    }
+
+    /// The turn the relay takes with registrations.
+    pub fn write_gate(&self) -> WriteGate {
+        self.state.write_gate()
+    }
+}
+
+impl IdentityStore for MemoryStore {
+    fn register_patient(&self, p: Patient, audit: AuditEvent) -> BoxFuture<'_, Registered> {
+        Box::pin(async move {
+            let (id, nhs) = (p.id.clone(), p.nhs_number.clone());
+            self.state
+                .change(
+                    &audit,
+                    |index| {
+                        if let Some(existing) = index.by_nhs_number(&nhs) {
+                            return Ok(Some(Registered::Existing(existing.clone())));
+                        }
+                        if index.patients.contains_key(&id) {
+                            // As the SQL store: another number under this id
+                            // is a fault, not the caller's.
+                            return Err(Error::internal(
+                                "registering a patient",
+                                "the patient id is taken",
+                            ));
+                        }
+                        Ok(None)
+                    },
+                    |index| {
+                        index
+                            .by_nhs_number
+                            .insert(p.nhs_number.clone(), p.id.clone());
+                        index.patients.insert(p.id.clone(), p.clone());
+                        Ok(Registered::Created(p))
+                    },
+                )
+                .await
+        })
+    }
+
+    fn get_patient(&self, id: &str) -> BoxFuture<'_, Option<Patient>> {
+        let found = self
+            .state
+            .lock()
+            .map(|index| index.patients.get(id).cloned());
+        Box::pin(async move { found })
+    }
+
+    fn find_patient_by_nhs_number(&self, nhs: &NhsNumber) -> BoxFuture<'_, Option<Patient>> {
+        let found = self
+            .state
+            .lock()
+            .map(|index| index.by_nhs_number(nhs).cloned());
+        Box::pin(async move { found })
+    }
+
+    fn create_organisation(&self, org: Organisation) -> BoxFuture<'_, Organisation> {
+        let created = self.state.lock().and_then(|mut index| {
+            let code = org.ods_code.as_str().to_owned();
+            if index.organisations.contains_key(&code) {
+                return Err(Error::already_exists(format!(
+                    "organisation {} already exists",
+                    org.ods_code
+                )));
+            }
+            index.organisations.insert(code, org.clone());
+            Ok(org)
+        });
+        Box::pin(async move { created })
+    }
+
+    fn get_organisation(&self, code: &OdsCode) -> BoxFuture<'_, Option<Organisation>> {
+        let found = self
+            .state
+            .lock()
+            .map(|index| index.organisations.get(code.as_str()).cloned());
+        Box::pin(async move { found })
+    }
+
+    fn create_principal(&self, p: Principal) -> BoxFuture<'_, Principal> {
+        let created = self.state.lock().and_then(|mut index| {
+            if index.principals.contains_key(&p.client_id) || index.principal_id_taken(&p.id) {
+                return Err(Error::already_exists(
+                    "a principal with this client id exists",
+                ));
+            }
+            index.principals.insert(p.client_id.clone(), p.clone());
+            Ok(p)
+        });
+        Box::pin(async move { created })
+    }
+
+    fn upsert_principal(&self, p: Principal) -> BoxFuture<'_, Principal> {
+        let stored = self.state.lock().and_then(|mut index| {
+            // As the SQL store: the id its tokens already carry and the time
+            // it was first created stay; the rest is replaced.
+            if let Some(existing) = index.principals.get_mut(&p.client_id) {
+                let p = Principal {
+                    id: existing.id.clone(),
+                    ..p
+                };
+                *existing = Principal {
+                    created_at: existing.created_at,
+                    ..p.clone()
+                };
+                return Ok(p);
+            }
+            if index.principal_id_taken(&p.id) {
+                return Err(Error::internal(
+                    "storing a bootstrap principal",
+                    "the principal id is taken",
+                ));
+            }
+            index.principals.insert(p.client_id.clone(), p.clone());
+            Ok(p)
+        });
+        Box::pin(async move { stored })
+    }
+
+    fn get_principal_by_client_id(&self, client_id: &str) -> BoxFuture<'_, Option<Principal>> {
+        let found = self
+            .state
+            .lock()
+            .map(|index| index.principals.get(client_id).cloned());
+        Box::pin(async move { found })
+    }
+}

@@ -1,0 +1,463 @@
+//! The IdentityStore conformance suite: each behaviour is written once
+//! against `&dyn IdentityStore` and runs on every backend (`kit::testing`):
+//! memory, SQLite and PostgreSQL (when SHAREDCARE_TEST_DATABASE_URL is set;
+//! otherwise it says it was skipped), each time on a fresh database.
+
+use std::{collections::HashMap, sync::Arc};
+
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use sharedcare_identity::{
+    config::IdentityConfig,
+    domain::{Demographics, Gender, NhsNumber, OdsCode, Organisation, Patient, Principal},
+    store::{self, IdentityStore, OUTBOX_TABLE, Registered},
+};
+use sharedcare_kit::{
+    crypto::{BlindIndex, Kek, Keyring},
+    error::Code,
+    outbox::{Outbox, OutboxSettings},
+    testing::{MemoryAudit, TestBackend, on_every_backend, outbox_drained, outbox_rows},
+};
+use sharedcare_proto::{
+    audit::v1::AuditEvent,
+    common::v1::{PrincipalKind, Purpose},
+};
+
+/// Stores keep time to the microsecond (PostgreSQL's precision).
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 3, 1, 9, 0, 0)
+        .single()
+        .expect("valid")
+        + Duration::microseconds(1_500)
+}
+
+/// A registration's audit event (identity stores it in its outbox).
+fn audit() -> AuditEvent {
+    AuditEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        ..AuditEvent::default()
+    }
+}
+
+/// The `n`th valid NHS number of the test range (999 000 0000 onwards).
+fn nhs_number(n: usize) -> NhsNumber {
+    (999_000_000u64..)
+        .filter_map(|prefix| {
+            let digits = prefix.to_string();
+            let sum: u64 = digits
+                .bytes()
+                .zip((2..=10).rev())
+                .map(|(d, weight)| u64::from(d - b'0') * weight)
+                .sum();
+            let check = (11 - sum % 11) % 11;
+            (check < 10)
+                .then(|| NhsNumber::parse("nhs_number", &format!("{digits}{check}")).ok())
+                .flatten()
+        })
+        .nth(n)
+        .expect("enough numbers")
+}
+
+fn patient(nhs: usize, family_name: &str) -> Patient {
+    Patient {
+        id: uuid::Uuid::now_v7().to_string(),
+        nhs_number: nhs_number(nhs),
+        demographics: Demographics {
+            given_names: vec!["Ann".into()],
+            family_name: family_name.into(),
+            birth_date: NaiveDate::from_ymd_opt(1960, 2, 29).expect("date"),
+            gender: Gender::Female,
+            postcode: None,
+        },
+        created_at: t0(),
+        updated_at: t0(),
+        superseded_by: None,
+    }
+}
+
+fn ods(code: &str) -> OdsCode {
+    OdsCode::parse("ods_code", code).expect("valid")
+}
+
+fn staff(client_id: &str) -> Principal {
+    Principal {
+        id: uuid::Uuid::now_v7().to_string(),
+        kind: PrincipalKind::Staff,
+        display_name: "Dr A Clinician".into(),
+        organisation: Some(ods("A81001")),
+        role: "R8000".into(),
+        scopes: vec!["patients.read".into(), "records.read".into()],
+        purposes: vec![Purpose::DirectCare, Purpose::Research],
+        patient_id: None,
+        client_id: client_id.into(),
+        secret_hash: vec![1, 2, 3],
+        created_at: t0(),
+    }
+}
+
+async fn a_patient_is_registered_once_per_nhs_number(store: &dyn IdentityStore) {
+    let first = patient(1, "Smith");
+    let event = audit();
+    assert_eq!(
+        store
+            .register_patient(first.clone(), event.clone())
+            .await
+            .expect("register"),
+        Registered::Created(first.clone())
+    );
+    assert_eq!(
+        store.get_patient(&first.id).await.expect("get"),
+        Some(first.clone())
+    );
+    assert_eq!(
+        store
+            .find_patient_by_nhs_number(&first.nhs_number)
+            .await
+            .expect("find"),
+        Some(first.clone())
+    );
+    // Details are given once: the same number again finds the first, and
+    // stores no audit event (so even a taken event id does not matter).
+    let again = patient(1, "Jones");
+    assert_eq!(
+        store
+            .register_patient(again.clone(), event)
+            .await
+            .expect("register"),
+        Registered::Existing(first)
+    );
+    assert_eq!(store.get_patient(&again.id).await.expect("get"), None);
+    assert_eq!(store.get_patient("no-such-id").await.expect("get"), None);
+    assert_eq!(
+        store
+            .find_patient_by_nhs_number(&nhs_number(2))
+            .await
+            .expect("find"),
+        None
+    );
+}
+
+/// A registration and its audit event are stored together or not at all.
+async fn a_registration_is_never_made_unaudited(store: &dyn IdentityStore) {
+    let taken = audit();
+    store
+        .register_patient(patient(1, "Smith"), taken.clone())
+        .await
+        .expect("register");
+    let other = patient(2, "Jones");
+    store
+        .register_patient(other.clone(), taken)
+        .await
+        .expect_err("event id taken");
+    assert_eq!(store.get_patient(&other.id).await.expect("get"), None);
+    assert_eq!(
+        store
+            .find_patient_by_nhs_number(&other.nhs_number)
+            .await
+            .expect("find"),
+        None
+    );
+    assert_eq!(
+        store
+            .register_patient(other.clone(), audit())
+            .await
+            .expect("register"),
+        Registered::Created(other)
+    );
+}
+
+async fn patients_keep_every_field(store: &dyn IdentityStore) {
+    let full = Patient {
+        demographics: Demographics {
+            given_names: vec!["Zoë".into(), "Mary-Ann".into()],
+            family_name: "O'Brien".into(),
+            birth_date: NaiveDate::from_ymd_opt(2001, 12, 31).expect("date"),
+            gender: Gender::Other,
+            postcode: Some("LS1 4AP".into()),
+        },
+        updated_at: t0() + Duration::days(3),
+        superseded_by: Some("survivor-id".into()),
+        ..patient(1, "")
+    };
+    let mut unspecified = patient(2, "Doe");
+    unspecified.demographics.gender = Gender::Unspecified;
+    for p in [&full, &unspecified] {
+        store
+            .register_patient(p.clone(), audit())
+            .await
+            .expect("register");
+        assert_eq!(
+            store.get_patient(&p.id).await.expect("get").as_ref(),
+            Some(p)
+        );
+    }
+}
+
+/// Of concurrent registrations of one number exactly one creates the
+/// patient; the others find it.
+async fn concurrent_registrations_create_one_patient(store: &dyn IdentityStore) {
+    let results = futures::future::join_all(
+        (0..8).map(|_| store.register_patient(patient(1, "Smith"), audit())),
+    )
+    .await;
+    let mut created = Vec::new();
+    let mut found = Vec::new();
+    for result in results {
+        match result.expect("register") {
+            Registered::Created(p) => created.push(p),
+            Registered::Existing(p) => found.push(p),
+        }
+    }
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert!(found.iter().all(|p| *p == created[0]));
+}
+
+async fn organisations_are_unique_by_ods_code(store: &dyn IdentityStore) {
+    let org = Organisation {
+        ods_code: ods("A81001"),
+        name: "The Surgery".into(),
+        created_at: t0(),
+    };
+    assert_eq!(
+        store
+            .create_organisation(org.clone())
+            .await
+            .expect("create"),
+        org
+    );
+    let err = store
+        .create_organisation(Organisation {
+            name: "Another".into(),
+            ..org.clone()
+        })
+        .await
+        .expect_err("taken");
+    assert_eq!(err.code, Code::AlreadyExists);
+    assert!(err.message.contains("A81001"), "{}", err.message);
+    assert_eq!(
+        store.get_organisation(&org.ods_code).await.expect("get"),
+        Some(org)
+    );
+    assert_eq!(
+        store.get_organisation(&ods("RR8")).await.expect("get"),
+        None
+    );
+}
+
+async fn principals_are_unique_by_client_id_and_id(store: &dyn IdentityStore) {
+    let clinician = staff("clinician");
+    assert_eq!(
+        store
+            .create_principal(clinician.clone())
+            .await
+            .expect("create"),
+        clinician
+    );
+    assert_eq!(
+        store
+            .get_principal_by_client_id("clinician")
+            .await
+            .expect("get"),
+        Some(clinician.clone())
+    );
+    let patient_principal = Principal {
+        kind: PrincipalKind::Patient,
+        organisation: None,
+        role: String::new(),
+        scopes: vec![],
+        purposes: vec![],
+        patient_id: Some("patient-1".into()),
+        ..staff("patient-app-1")
+    };
+    store
+        .create_principal(patient_principal.clone())
+        .await
+        .expect("create");
+    assert_eq!(
+        store
+            .get_principal_by_client_id("patient-app-1")
+            .await
+            .expect("get"),
+        Some(patient_principal)
+    );
+    for duplicate in [
+        Principal {
+            role: "R8001".into(),
+            ..staff("clinician")
+        },
+        Principal {
+            id: clinician.id.clone(),
+            ..staff("someone-else")
+        },
+    ] {
+        let err = store.create_principal(duplicate).await.expect_err("taken");
+        assert_eq!(err.code, Code::AlreadyExists);
+    }
+    assert_eq!(
+        store
+            .get_principal_by_client_id("clinician")
+            .await
+            .expect("get"),
+        Some(clinician)
+    );
+    assert_eq!(
+        store
+            .get_principal_by_client_id("someone-else")
+            .await
+            .expect("get"),
+        None
+    );
+}
+
+/// Bootstrap principals are replaced in place: the id their tokens carry
+/// and the time they were first created stay.
+async fn an_upsert_keeps_a_principals_id_and_creation(store: &dyn IdentityStore) {
+    let first = staff("pas");
+    assert_eq!(
+        store.upsert_principal(first.clone()).await.expect("upsert"),
+        first
+    );
+    assert_eq!(
+        store.get_principal_by_client_id("pas").await.expect("get"),
+        Some(first.clone())
+    );
+    let second = Principal {
+        kind: PrincipalKind::Application,
+        display_name: "PAS".into(),
+        organisation: Some(ods("RR8")),
+        role: String::new(),
+        scopes: vec!["patients.write".into()],
+        purposes: vec![Purpose::DirectCare],
+        secret_hash: vec![9; 32],
+        created_at: t0() + Duration::days(1),
+        ..staff("pas")
+    };
+    let upserted = store
+        .upsert_principal(second.clone())
+        .await
+        .expect("upsert");
+    assert_eq!(upserted.id, first.id);
+    assert_eq!(
+        store.get_principal_by_client_id("pas").await.expect("get"),
+        Some(Principal {
+            id: first.id,
+            created_at: first.created_at,
+            ..second
+        })
+    );
+}
+
+/// The store `open` builds for `backend`.
+async fn open(backend: &TestBackend) -> store::Opened {
+    store::open(
+        backend.backend(),
+        backend.url(),
+        4,
+        Keyring::new(Kek::generate(), []),
+        BlindIndex::generate(),
+    )
+    .await
+    .expect("open")
+}
+
+/// Runs each behaviour on every backend, on a fresh database each time.
+macro_rules! conformance {
+    ($($behaviour:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $behaviour() {
+                on_every_backend(stringify!($behaviour), async |backend| {
+                    super::$behaviour(open(backend).await.store.as_ref()).await;
+                })
+                .await;
+            }
+        )*
+    };
+}
+
+mod conforms {
+    use super::*;
+
+    conformance!(
+        a_patient_is_registered_once_per_nhs_number,
+        a_registration_is_never_made_unaudited,
+        patients_keep_every_field,
+        concurrent_registrations_create_one_patient,
+        organisations_are_unique_by_ods_code,
+        principals_are_unique_by_client_id_and_id,
+        an_upsert_keeps_a_principals_id_and_creation,
+    );
+}
+
+/// Wherever `open` keeps a backend's outbox, the relay delivers a
+/// registration's event from it.
+#[tokio::test]
+async fn registrations_reach_audit_from_every_backends_outbox() {
+    on_every_backend("identity outbox", async |backend| {
+        let opened = open(backend).await;
+        let sink = Arc::new(MemoryAudit::default());
+        let outbox = Outbox::start(
+            opened.outbox.clone(),
+            opened.writes.clone(),
+            OUTBOX_TABLE,
+            sink.clone(),
+            OutboxSettings {
+                poll: std::time::Duration::from_millis(10),
+                ..OutboxSettings::default()
+            },
+        );
+        let event = audit();
+        opened
+            .store
+            .register_patient(patient(1, "Smith"), event.clone())
+            .await
+            .expect("register");
+        outbox.wake();
+        outbox_drained(&opened.outbox, OUTBOX_TABLE).await;
+        assert_eq!(sink.delivered(), [event]);
+    })
+    .await;
+}
+
+/// `database.backend = "memory"` keeps the index in memory (what the
+/// bootstrap file creates never reaches the data dir) and its outbox in a
+/// SQLite file under the data dir.
+#[tokio::test]
+async fn open_keeps_the_memory_backends_outbox_in_the_data_dir() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bootstrap = dir.path().join("bootstrap.toml");
+    std::fs::write(
+        &bootstrap,
+        "[[organisations]]\nods_code = \"X26\"\nname = \"Platform\"\n",
+    )
+    .expect("write");
+    let env = HashMap::from([
+        (
+            "SHAREDCARE_DATABASE__BACKEND".to_owned(),
+            "memory".to_owned(),
+        ),
+        (
+            "SHAREDCARE_DATABASE__DATA_DIR".to_owned(),
+            dir.path().display().to_string(),
+        ),
+        (
+            "SHAREDCARE_IDENTITY__BOOTSTRAP_FILE".to_owned(),
+            bootstrap.display().to_string(),
+        ),
+    ]);
+    let cfg = IdentityConfig::load(&env).expect("valid");
+    sharedcare_identity::open(&cfg).await.expect("opens");
+    let url = sharedcare_kit::db::sqlite_url(&dir.path().join("identity.db"));
+    let db = sea_orm::Database::connect(url.as_str())
+        .await
+        .expect("connect");
+    assert_eq!(outbox_rows(&db, OUTBOX_TABLE).await, 0);
+    let organisations = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT ods_code FROM identity_organisations",
+        ))
+        .await
+        .expect("query");
+    assert!(organisations.is_empty(), "the index is not on disk");
+}
