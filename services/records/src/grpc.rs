@@ -6,7 +6,7 @@ use futures::{Stream, StreamExt};
 use prost::Message;
 use sharedcare_kit::{
     Error,
-    access::grant,
+    access::{Grant, grant},
     auth::Principal,
     paging::page_size,
     proto_time::{from_proto, to_proto},
@@ -197,9 +197,7 @@ impl RecordsService for RecordsGrpc {
     ) -> Result<Response<pb::CreateRecordResponse>, Status> {
         let grant = grant(&request)?;
         let req = request.into_inner();
-        let patient = PatientId::parse("patient_id", &req.patient_id)?;
-        grant.check_own(patient.as_str())?;
-        let principal = grant.principal;
+        let (principal, patient) = for_patient(grant, &req.patient_id)?;
         let purpose = principal.purpose_for("purpose", req.purpose)?;
         let incoming = self.incoming(&req.resource_json, &patient, req.category)?;
         let idempotency = IdempotencyKey::parse(
@@ -228,9 +226,7 @@ impl RecordsService for RecordsGrpc {
     ) -> Result<Response<pb::UpdateRecordResponse>, Status> {
         let grant = grant(&request)?;
         let req = request.into_inner();
-        let patient = PatientId::parse("patient_id", &req.patient_id)?;
-        grant.check_own(patient.as_str())?;
-        let principal = grant.principal;
+        let (principal, patient) = for_patient(grant, &req.patient_id)?;
         let id = RecordId::parse("record_id", &req.record_id)?;
         let if_match = if_match(req.if_match_version)?;
         let purpose = principal.purpose_for("purpose", req.purpose)?;
@@ -260,9 +256,7 @@ impl RecordsService for RecordsGrpc {
     ) -> Result<Response<pb::DeleteRecordResponse>, Status> {
         let grant = grant(&request)?;
         let req = request.into_inner();
-        let patient = PatientId::parse("patient_id", &req.patient_id)?;
-        grant.check_own(patient.as_str())?;
-        let principal = grant.principal;
+        let (principal, patient) = for_patient(grant, &req.patient_id)?;
         let id = RecordId::parse("record_id", &req.record_id)?;
         let if_match = if_match(req.if_match_version)?;
         let purpose = principal.purpose_for("purpose", req.purpose)?;
@@ -282,9 +276,7 @@ impl RecordsService for RecordsGrpc {
     ) -> Result<Response<pb::GetRecordResponse>, Status> {
         let grant = grant(&request)?;
         let req = request.into_inner();
-        let patient = PatientId::parse("patient_id", &req.patient_id)?;
-        grant.check_own(patient.as_str())?;
-        let principal = grant.principal;
+        let (principal, patient) = for_patient(grant, &req.patient_id)?;
         let id = RecordId::parse("record_id", &req.record_id)?;
         let purpose = principal.purpose_for("purpose", req.purpose)?;
         let record = self.records.get(&principal, patient, id, purpose).await?;
@@ -300,9 +292,7 @@ impl RecordsService for RecordsGrpc {
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         let grant = grant(&request)?;
         let req = request.into_inner();
-        let patient = PatientId::parse("patient_id", &req.patient_id)?;
-        grant.check_own(patient.as_str())?;
-        let principal = grant.principal;
+        let (principal, patient) = for_patient(grant, &req.patient_id)?;
         let id = RecordId::parse("record_id", &req.record_id)?;
         let purpose = principal.purpose_for("purpose", req.purpose)?;
         let size = page_size_of(req.page_size, HISTORY_PAGE)?;
@@ -323,9 +313,7 @@ impl RecordsService for RecordsGrpc {
     ) -> Result<Response<pb::SearchResponse>, Status> {
         let grant = grant(&request)?;
         let req = request.into_inner();
-        let patient = PatientId::parse("patient_id", &req.patient_id)?;
-        grant.check_own(patient.as_str())?;
-        let principal = grant.principal;
+        let (principal, patient) = for_patient(grant, &req.patient_id)?;
         let purpose = principal.purpose_for("purpose", req.purpose)?;
         let size = page_size_of(req.page_size, SEARCH_PAGE)?;
         let query = search_query(&req, patient)?;
@@ -386,9 +374,7 @@ impl RecordsService for RecordsGrpc {
     ) -> Result<Response<Self::ExportPatientStream>, Status> {
         let grant = grant(&request)?;
         let req = request.into_inner();
-        let patient = PatientId::parse("patient_id", &req.patient_id)?;
-        grant.check_own(patient.as_str())?;
-        let principal = grant.principal;
+        let (principal, patient) = for_patient(grant, &req.patient_id)?;
         let purpose = principal.purpose_for("purpose", req.purpose)?;
         let records = self
             .records
@@ -405,6 +391,14 @@ impl RecordsService for RecordsGrpc {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// The caller and the patient the request names, once the access table's
+/// patient rule (a patient only for themselves) holds.
+fn for_patient(grant: Grant, patient_id: &str) -> Result<(Principal, PatientId), Error> {
+    let patient = PatientId::parse("patient_id", patient_id)?;
+    grant.check_own(patient.as_str())?;
+    Ok((grant.principal, patient))
 }
 
 fn if_match(version: i64) -> Result<i64, Error> {
