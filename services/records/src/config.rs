@@ -240,6 +240,56 @@ mod tests {
     }
 
     #[test]
+    fn the_storage_backend_is_chosen_by_name_and_checked() {
+        let creds = [
+            ("SHAREDCARE_AUTH__CLIENT_ID", "records"),
+            ("SHAREDCARE_AUTH__CLIENT_SECRET__VALUE", "s3cret"),
+        ];
+        let load =
+            |extra: &[(&str, &str)]| RecordsConfig::load(&env(&[creds.as_slice(), extra].concat()));
+        let err = load(&[("SHAREDCARE_DATABASE__BACKEND", "remote")]).expect_err("no url");
+        assert!(
+            err.to_string().contains("records.remote_storage_url"),
+            "{err}"
+        );
+        let cfg = load(&[
+            ("SHAREDCARE_DATABASE__BACKEND", "remote"),
+            (
+                "SHAREDCARE_RECORDS__REMOTE_STORAGE_URL",
+                "http://127.0.0.1:50060",
+            ),
+        ])
+        .expect("remote");
+        assert_eq!(
+            cfg.database.backend,
+            sharedcare_kit::config::StorageBackend::Remote
+        );
+        let err = load(&[
+            ("SHAREDCARE_DATABASE__BACKEND", "memory"),
+            ("SHAREDCARE_DATABASE__URL__VALUE", "postgres://db/records"),
+        ])
+        .expect_err("memory with a PostgreSQL URL");
+        assert!(err.to_string().contains("database.backend"), "{err}");
+        let err = load(&[("SHAREDCARE_DATABASE__BACKEND", "postgres")]).expect_err("no URL");
+        assert!(err.to_string().contains("database.url"), "{err}");
+        let err = load(&[("SHAREDCARE_DATABASE__BACKEND", "mongo")]).expect_err("unknown");
+        assert!(err.to_string().contains("backend"), "{err}");
+        let dir = tempfile::tempdir().expect("dir");
+        let keys = dir.path().join("previous");
+        std::fs::write(&keys, "# old keys\nnot-a-key\n").expect("write");
+        let err = load(&[(
+            "SHAREDCARE_RECORDS__PREVIOUS_KEY_ENCRYPTION_KEYS_FILE",
+            keys.to_str().expect("path"),
+        )])
+        .expect_err("bad key");
+        assert!(
+            err.to_string()
+                .contains("records.previous_key_encryption_keys_file"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn defaults_load_with_credentials() {
         let cfg = RecordsConfig::load(&env(&[
             ("SHAREDCARE_AUTH__CLIENT_ID", "records"),

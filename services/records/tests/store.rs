@@ -810,6 +810,10 @@ async fn remote_store_conforms() {
     let (db, remote) = serve().await;
     conformance(&Encrypted::new(remote, keyring())).await;
     assert_encrypted_at_rest(db.url()).await;
+
+    // A key rotation over the protocol (scan and replace_body).
+    let (_rotation_db, remote) = serve().await;
+    key_rotation(std::sync::Arc::new(remote)).await;
 }
 
 /// A KEK rotation: data sealed under the old key stays readable with the

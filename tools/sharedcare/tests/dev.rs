@@ -87,16 +87,18 @@ fn assert_demo_shows_the_trust_model(stdout: &str) {
             "B82002 reading without a relationship",
             "NO_CARE_RELATIONSHIP",
         ),
-        (
-            "the read against the patient's directive",
-            "PATIENT_DIRECTIVE_DENY",
-        ),
     ] {
         assert!(
             refusals.iter().any(|l| l.contains(reason)),
             "the demo shows {what} refused ({reason}):\n{stdout}"
         );
     }
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("the Condition: withheld") && l.contains("NOT_FOUND")),
+        "the read against the patient's directive finds nothing, as if it were absent:\n{stdout}"
+    );
     assert!(
         stdout.contains("as SEXUAL_HEALTH"),
         "the HIV Condition labelled general is stored as sexual health:\n{stdout}"

@@ -402,10 +402,78 @@ pub fn print_record(record: &Record) {
     }
 }
 
-/// Pretty-printed JSON; the text unchanged if it does not parse.
+/// JSON laid out over lines, two spaces a level, without re-reading it:
+/// member order, number text and escapes stay exactly as stored.
 pub fn pretty_json(json: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(json)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or_else(|| json.to_owned())
+    let mut out = String::with_capacity(json.len() * 2);
+    let mut depth = 0usize;
+    let (mut in_string, mut escaped) = (false, false);
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.push_str(&"  ".repeat(depth));
+    };
+    let mut chars = json.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            c if c.is_whitespace() => {}
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                while chars.peek().is_some_and(|n| n.is_whitespace()) {
+                    chars.next();
+                }
+                if chars.peek().is_some_and(|n| *n == '}' || *n == ']') {
+                    continue; // empty: stays `{}` / `[]`
+                }
+                depth += 1;
+                newline(&mut out, depth);
+            }
+            '}' | ']' => {
+                if !(out.ends_with('{') || out.ends_with('[')) {
+                    depth = depth.saturating_sub(1);
+                    newline(&mut out, depth);
+                }
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pretty_json;
+
+    #[test]
+    fn pretty_json_keeps_order_numbers_and_escapes() {
+        let json = r#"{"z":1.50,"a":[1,{"b":"x\"y,{"}],"e":{},"f":[]}"#;
+        assert_eq!(
+            pretty_json(json),
+            "{\n  \"z\": 1.50,\n  \"a\": [\n    1,\n    {\n      \"b\": \"x\\\"y,{\"\n    }\n  ],\n  \"e\": {},\n  \"f\": []\n}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&pretty_json(json)).expect("json");
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(json).expect("json")
+        );
+    }
 }

@@ -374,14 +374,18 @@ pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow:
         recorded.organisation_ods_code,
         labels::directive_source(recorded.source).to_lowercase()
     ));
-    let refused = expect_denied(
+    let refused = expect_code(
         record::get(services, token, &patient_id, &condition.record_id, None).await,
+        tonic::Code::NotFound,
         &format!(
             "the {} clinician reading the Condition against the patient's directive",
             home.ods
         ),
     )?;
-    say(format!("the Condition: denied, as it should be: {refused}"));
+    say(format!(
+        "the Condition: withheld, as it should be — to the clinician it looks exactly like a \
+         record that does not exist ({refused}); the refusal and its reason are in the audit log"
+    ));
     record::get(services, token, &patient_id, &created.record_id, None)
         .await
         .context("reading the Observation after the directive")?;
@@ -504,11 +508,22 @@ async fn create(
 /// The message of an expected PERMISSION_DENIED; an error if the call
 /// succeeded (`what` should have been refused) or failed otherwise.
 fn expect_denied<T>(result: anyhow::Result<T>, what: &str) -> anyhow::Result<String> {
+    expect_code(result, tonic::Code::PermissionDenied, what)
+}
+
+/// The message of an expected failure with `code`; an error if the call
+/// succeeded or failed otherwise.
+fn expect_code<T>(
+    result: anyhow::Result<T>,
+    code: tonic::Code,
+    what: &str,
+) -> anyhow::Result<String> {
     match result {
         Ok(_) => bail!("{what} succeeded: it should have been refused"),
-        Err(e) if status_code(&e) == Some(tonic::Code::PermissionDenied) => Ok(e.to_string()),
+        Err(e) if status_code(&e) == Some(code) => Ok(e.to_string()),
         Err(e) => Err(e.context(format!(
-            "expected PERMISSION_DENIED for {what}, got another error"
+            "expected {} for {what}, got another error",
+            crate::failure::code_name(code)
         ))),
     }
 }
