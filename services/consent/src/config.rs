@@ -34,6 +34,12 @@ pub struct ConsentSettings {
     /// How often a WatchChanges stream says it is alive; also how long a
     /// change waits for streams to acknowledge it before ending them.
     pub watch_heartbeat_ms: u64,
+    /// What a relationship kind lets its organisation see, replacing the
+    /// built-in list for each kind named, e.g.
+    /// `care_home_placement = ["general", "social_care"]` (see
+    /// docs/consent-rules.md).
+    #[serde(default)]
+    pub relationship_categories: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 const OWN_DEFAULTS: &str = r#"
@@ -64,6 +70,8 @@ impl Validate for ConsentConfig {
         self.database.validate(crate::SERVICE_NAME)?;
         self.auth.validate()?;
         check_url("consent.audit_url", &self.consent.audit_url)?;
+        crate::domain::RelationshipScopes::with_overrides(&self.consent.relationship_categories)
+            .map_err(|e| ConfigError::invalid("consent.relationship_categories", e))?;
         if self.consent.call_timeout_ms == 0 {
             return Err(ConfigError::invalid(
                 "consent.call_timeout_ms",
@@ -146,6 +154,50 @@ mod tests {
         );
         let err = ConsentConfig::load(&env).expect_err("memory is not on PostgreSQL");
         assert!(err.to_string().contains("database.backend"), "{err}");
+    }
+
+    #[test]
+    fn relationship_categories_are_configured_and_checked_by_name() {
+        let with = |key: &str, value: &str| {
+            let mut env = HashMap::from([
+                (
+                    "SHAREDCARE_AUTH__CLIENT_ID".to_owned(),
+                    "consent".to_owned(),
+                ),
+                (
+                    "SHAREDCARE_AUTH__CLIENT_SECRET__VALUE".to_owned(),
+                    "s3cret".to_owned(),
+                ),
+            ]);
+            let dir = tempfile::tempdir().expect("dir");
+            let file = dir.path().join("consent.toml");
+            std::fs::write(
+                &file,
+                format!("[consent.relationship_categories]\n{key} = {value}\n"),
+            )
+            .expect("write");
+            env.insert(
+                "SHAREDCARE_CONFIG_FILE".to_owned(),
+                file.to_str().expect("path").to_owned(),
+            );
+            ConsentConfig::load(&env)
+        };
+        let cfg =
+            with("care_home_placement", r#"["social_care", "mental_health"]"#).expect("valid");
+        assert_eq!(
+            cfg.consent.relationship_categories["care_home_placement"],
+            ["social_care", "mental_health"]
+        );
+        for (key, value) in [
+            ("care_home", r#"["general"]"#),
+            ("care_home_placement", r#"["secrets"]"#),
+        ] {
+            let err = with(key, value).expect_err("refused");
+            assert!(
+                err.to_string().contains("consent.relationship_categories"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct ConsentGrpc {
     /// Every change and read is audited through it (kit::outbox).
     pub outbox: Arc<Outbox>,
     pub directory: Arc<dyn crate::Directory>,
+    /// What each relationship kind lets its organisation see.
+    pub scopes: Arc<crate::domain::RelationshipScopes>,
 }
 
 /// What a consent change or read says in the audit trail.
@@ -79,6 +81,7 @@ fn kind_from_pb(field: &str, value: i32) -> Result<CareRelationshipKind, Error> 
         Ok(K::HospitalEpisode) => Ok(CareRelationshipKind::HospitalEpisode),
         Ok(K::Referral) => Ok(CareRelationshipKind::Referral),
         Ok(K::CareHomePlacement) => Ok(CareRelationshipKind::CareHomePlacement),
+        Ok(K::SocialCareTeam) => Ok(CareRelationshipKind::SocialCareTeam),
         Ok(K::CommunityCare) => Ok(CareRelationshipKind::CommunityCare),
         Ok(K::Unspecified) => Err(Error::invalid(field, "is required")),
         Err(_) => Err(Error::invalid(field, format!("unknown value {value}"))),
@@ -92,6 +95,7 @@ fn kind_to_pb(kind: CareRelationshipKind) -> pb::CareRelationshipKind {
         CareRelationshipKind::HospitalEpisode => K::HospitalEpisode,
         CareRelationshipKind::Referral => K::Referral,
         CareRelationshipKind::CareHomePlacement => K::CareHomePlacement,
+        CareRelationshipKind::SocialCareTeam => K::SocialCareTeam,
         CareRelationshipKind::CommunityCare => K::CommunityCare,
     }
 }
@@ -815,7 +819,7 @@ impl ConsentService for ConsentGrpc {
             self.store.list_directives(&asked.patient_id),
         )?;
         let now = Utc::now();
-        let decision = evaluate(&asked, &relationships, &directives, now);
+        let decision = evaluate(&asked, &relationships, &directives, &self.scopes, now);
         let valid_until = crate::changes::valid_until(&relationships, &directives, now);
         let decision_id = new_id();
         // Debug, not info: one line per read on the hot path; the audit

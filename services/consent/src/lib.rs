@@ -118,12 +118,34 @@ pub fn spec(
     verifier: Arc<Verifier>,
     limits: MessageLimits,
 ) -> ServiceSpec {
+    spec_with_scopes(
+        store,
+        changes,
+        outbox,
+        directory,
+        verifier,
+        limits,
+        domain::RelationshipScopes::default(),
+    )
+}
+
+/// As `spec`, with what each relationship kind may see configured.
+pub fn spec_with_scopes(
+    store: Arc<dyn store::ConsentStore>,
+    changes: Arc<changes::ChangeFeed>,
+    outbox: Arc<Outbox>,
+    directory: Arc<dyn Directory>,
+    verifier: Arc<Verifier>,
+    limits: MessageLimits,
+    scopes: domain::RelationshipScopes,
+) -> ServiceSpec {
     let closing = changes.clone();
     let server = ConsentServiceServer::new(grpc::ConsentGrpc {
         store,
         changes,
         outbox,
         directory,
+        scopes: Arc::new(scopes),
     })
     .max_decoding_message_size(limits.max_bytes)
     .max_encoding_message_size(limits.max_bytes);
@@ -211,13 +233,16 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
             ..OutboxSettings::default()
         },
     );
-    Ok(spec(
+    let scopes = domain::RelationshipScopes::with_overrides(&cfg.consent.relationship_categories)
+        .map_err(|e| Error::invalid("consent.relationship_categories", e))?;
+    Ok(spec_with_scopes(
         store,
         changes,
         outbox,
         directory,
         verifier,
         MessageLimits::from(&cfg.server),
+        scopes,
     )
     .with_tls(tls))
 }

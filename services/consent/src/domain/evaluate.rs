@@ -23,7 +23,7 @@ use sharedcare_kit::Error;
 
 use super::{
     CareRelationship, Directive, Effect, OdsCode, PatientId, Purpose, RecordCategory,
-    directive::MAX_NOTE_CHARS, optional_text,
+    RelationshipScopes, directive::MAX_NOTE_CHARS, optional_text,
 };
 
 /// The end user on whose behalf a service asks.
@@ -80,6 +80,7 @@ pub enum ReasonCode {
     PatientDirectivePermit,
     NoLawfulBasis,
     BreakGlassUnavailable,
+    RelationshipScope,
 }
 
 impl ReasonCode {
@@ -93,6 +94,7 @@ impl ReasonCode {
             ReasonCode::PatientDirectivePermit => "PATIENT_DIRECTIVE_PERMIT",
             ReasonCode::NoLawfulBasis => "NO_LAWFUL_BASIS",
             ReasonCode::BreakGlassUnavailable => "BREAK_GLASS_UNAVAILABLE",
+            ReasonCode::RelationshipScope => "RELATIONSHIP_SCOPE",
         }
     }
 }
@@ -158,9 +160,10 @@ pub fn evaluate(
     request: &EvaluationRequest,
     relationships: &[CareRelationship],
     directives: &[Directive],
+    scopes: &RelationshipScopes,
     now: DateTime<Utc>,
 ) -> Decision {
-    let mut decision = decide(request, relationships, directives, now);
+    let mut decision = decide(request, relationships, directives, scopes, now);
     if request.break_glass.is_some() && decision.outcome == Outcome::Deny {
         decision.reasons.push(Reason {
             code: ReasonCode::BreakGlassUnavailable,
@@ -177,6 +180,7 @@ fn decide(
     request: &EvaluationRequest,
     relationships: &[CareRelationship],
     directives: &[Directive],
+    scopes: &RelationshipScopes,
     now: DateTime<Utc>,
 ) -> Decision {
     // 0. Patient access is the patient's own, and only theirs.
@@ -233,31 +237,63 @@ fn decide(
         }]);
     };
     if request.purpose == Purpose::DirectCare {
-        // 2. Direct care rests on a legitimate relationship. When several
+        // 2. Direct care rests on a legitimate relationship whose kind
+        // covers the category (configuration), or on the patient's explicit
+        // permission for what it does not cover. When several relationships
         // hold, cite the one that began most recently.
-        let relationship = relationships
+        let latest = |a: &&CareRelationship, b: &&CareRelationship| {
+            (a.period.start, &a.id).cmp(&(b.period.start, &b.id))
+        };
+        let current: Vec<&CareRelationship> = relationships
             .iter()
             .filter(|r| {
                 r.patient_id == request.patient_id
                     && &r.organisation == organisation
                     && r.is_current(now)
             })
-            .max_by(|a, b| (a.period.start, &a.id).cmp(&(b.period.start, &b.id)));
-        return match relationship {
-            Some(r) => Decision::permit(Reason {
+            .collect();
+        if let Some(r) = current
+            .iter()
+            .copied()
+            .filter(|r| scopes.covers(r.kind, request.category))
+            .max_by(latest)
+        {
+            return Decision::permit(Reason {
                 code: ReasonCode::CareRelationship,
                 message: format!(
                     "organisation {organisation} has a current {} relationship with this patient",
                     r.kind.describe()
                 ),
                 evidence_id: Some(r.id.clone()),
-            }),
-            None => Decision::deny(vec![Reason {
+            });
+        }
+        let Some(r) = current.iter().copied().max_by(latest) else {
+            return Decision::deny(vec![Reason {
                 code: ReasonCode::NoCareRelationship,
                 message: format!(
                     "organisation {organisation} has no current care relationship with this patient"
                 ),
                 evidence_id: None,
+            }]);
+        };
+        return match applicable(Effect::Permit).next() {
+            Some(d) => Decision::permit(Reason {
+                code: ReasonCode::PatientDirectivePermit,
+                message: format!(
+                    "the patient has permitted this beyond what a {} relationship covers",
+                    r.kind.describe()
+                ),
+                evidence_id: Some(d.id.clone()),
+            }),
+            None => Decision::deny(vec![Reason {
+                code: ReasonCode::RelationshipScope,
+                message: format!(
+                    "a {} relationship does not cover {} records, and the patient has not \
+                     permitted it",
+                    r.kind.describe(),
+                    request.category.as_str()
+                ),
+                evidence_id: Some(r.id.clone()),
             }]),
         };
     }
@@ -289,6 +325,22 @@ mod tests {
 
     use super::*;
     use crate::domain::{CareRelationshipKind, DirectiveSource, Period, Provenance};
+
+    /// The decision under the default relationship scopes.
+    fn evaluate(
+        request: &EvaluationRequest,
+        relationships: &[CareRelationship],
+        directives: &[Directive],
+        now: DateTime<Utc>,
+    ) -> Decision {
+        super::evaluate(
+            request,
+            relationships,
+            directives,
+            &RelationshipScopes::default(),
+            now,
+        )
+    }
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0)
@@ -601,6 +653,115 @@ mod tests {
         d.revoked_at = Some(now() + Duration::hours(1));
         let decision = evaluate(&request(Purpose::DirectCare), &rels, &[d], now());
         assert_eq!(decision.outcome, Outcome::Deny);
+    }
+
+    #[test]
+    fn a_relationship_sees_only_the_categories_its_kind_covers_unless_the_patient_permits() {
+        let mut home = relationship("r1", "A81001", open_since(30));
+        home.kind = CareRelationshipKind::CareHomePlacement;
+        let asking = |category| {
+            let mut r = request(Purpose::DirectCare);
+            r.category = category;
+            r
+        };
+        let social = evaluate(
+            &asking(RecordCategory::SocialCare),
+            &[home.clone()],
+            &[],
+            now(),
+        );
+        assert_eq!(codes(&social), ["CARE_RELATIONSHIP"]);
+        let mental = evaluate(
+            &asking(RecordCategory::MentalHealth),
+            &[home.clone()],
+            &[],
+            now(),
+        );
+        assert_eq!(mental.outcome, Outcome::Deny);
+        assert_eq!(codes(&mental), ["RELATIONSHIP_SCOPE"]);
+        assert_eq!(mental.reasons[0].evidence_id.as_deref(), Some("r1"));
+        assert!(mental.reasons[0].message.contains("care home placement"));
+        // The patient permits it: the directive decides, and says so.
+        let mut permit = directive("d1", Effect::Permit);
+        permit.organisation = Some(ods("A81001"));
+        permit.categories = vec![RecordCategory::MentalHealth];
+        let permitted = evaluate(
+            &asking(RecordCategory::MentalHealth),
+            &[home.clone()],
+            std::slice::from_ref(&permit),
+            now(),
+        );
+        assert_eq!(codes(&permitted), ["PATIENT_DIRECTIVE_PERMIT"]);
+        // Another kind of relationship of the same organisation that covers
+        // it is cited instead.
+        let gp = relationship("r2", "A81001", open_since(300));
+        let by_gp = evaluate(
+            &asking(RecordCategory::MentalHealth),
+            &[home, gp],
+            &[],
+            now(),
+        );
+        assert_eq!(by_gp.reasons[0].evidence_id.as_deref(), Some("r2"));
+        // Configuration decides what a kind covers.
+        let mut team = relationship("r3", "A81001", open_since(3));
+        team.kind = CareRelationshipKind::SocialCareTeam;
+        let widened = RelationshipScopes::with_overrides(&std::collections::BTreeMap::from([(
+            "social_care_team".to_owned(),
+            vec!["mental_health".to_owned()],
+        )]))
+        .expect("valid");
+        let asked = asking(RecordCategory::MentalHealth);
+        assert_eq!(
+            super::evaluate(&asked, std::slice::from_ref(&team), &[], &widened, now()).outcome,
+            Outcome::Permit
+        );
+        assert_eq!(evaluate(&asked, &[team], &[], now()).outcome, Outcome::Deny);
+    }
+
+    #[test]
+    fn revoking_a_directive_restores_the_earlier_decision() {
+        let rels = [relationship("r1", "A81001", open_since(30))];
+        let before = evaluate(&request(Purpose::DirectCare), &rels, &[], now());
+        let mut d = directive("d1", Effect::Deny);
+        assert_eq!(
+            evaluate(
+                &request(Purpose::DirectCare),
+                &rels,
+                std::slice::from_ref(&d),
+                now()
+            )
+            .outcome,
+            Outcome::Deny
+        );
+        d.revoked_at = Some(now() - Duration::minutes(1));
+        assert_eq!(
+            evaluate(&request(Purpose::DirectCare), &rels, &[d], now()),
+            before
+        );
+    }
+
+    /// docs/consent-rules.md: each row names the test that proves it, and
+    /// each named test is here.
+    #[test]
+    fn every_rule_in_the_rules_doc_is_a_test() {
+        let doc = include_str!("../../../../docs/consent-rules.md");
+        let source = include_str!("evaluate.rs");
+        let named: Vec<&str> = doc
+            .lines()
+            .filter(|l| l.starts_with("| R"))
+            .map(|l| {
+                let test = l.rsplit('|').nth(1).unwrap_or("").trim().trim_matches('`');
+                assert!(!test.is_empty(), "a rule without a test: {l}");
+                test
+            })
+            .collect();
+        assert!(named.len() >= 12, "{} rules", named.len());
+        for test in named {
+            assert!(
+                source.contains(&format!("#[test]\n    fn {test}()")),
+                "the rules doc names `{test}`, which is not a test here"
+            );
+        }
     }
 
     #[test]

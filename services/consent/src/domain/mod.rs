@@ -7,6 +7,7 @@ mod directive;
 mod evaluate;
 mod period;
 mod relationship;
+mod scopes;
 mod values;
 mod vocabulary;
 
@@ -17,5 +18,6 @@ pub use evaluate::{
 };
 pub use period::{Period, to_micros};
 pub use relationship::CareRelationship;
+pub use scopes::RelationshipScopes;
 pub use values::{MAX_ID_CHARS, OdsCode, PatientId, optional_text, required_id};
 pub use vocabulary::{CareRelationshipKind, Effect, Purpose, RecordCategory};

@@ -95,9 +95,19 @@ pub enum CareRelationshipKind {
     Referral,
     CareHomePlacement,
     CommunityCare,
+    SocialCareTeam,
 }
 
 impl CareRelationshipKind {
+    pub const ALL: [CareRelationshipKind; 6] = [
+        CareRelationshipKind::RegisteredGp,
+        CareRelationshipKind::HospitalEpisode,
+        CareRelationshipKind::Referral,
+        CareRelationshipKind::CareHomePlacement,
+        CareRelationshipKind::CommunityCare,
+        CareRelationshipKind::SocialCareTeam,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CareRelationshipKind::RegisteredGp => "registered_gp",
@@ -105,6 +115,7 @@ impl CareRelationshipKind {
             CareRelationshipKind::Referral => "referral",
             CareRelationshipKind::CareHomePlacement => "care_home_placement",
             CareRelationshipKind::CommunityCare => "community_care",
+            CareRelationshipKind::SocialCareTeam => "social_care_team",
         }
     }
 
@@ -115,6 +126,7 @@ impl CareRelationshipKind {
             "referral" => CareRelationshipKind::Referral,
             "care_home_placement" => CareRelationshipKind::CareHomePlacement,
             "community_care" => CareRelationshipKind::CommunityCare,
+            "social_care_team" => CareRelationshipKind::SocialCareTeam,
             _ => return None,
         })
     }
@@ -127,6 +139,7 @@ impl CareRelationshipKind {
             CareRelationshipKind::Referral => "referral",
             CareRelationshipKind::CareHomePlacement => "care home placement",
             CareRelationshipKind::CommunityCare => "community care",
+            CareRelationshipKind::SocialCareTeam => "social-care team",
         }
     }
 }

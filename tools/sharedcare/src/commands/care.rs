@@ -36,6 +36,7 @@ pub enum KindArg {
     HospitalEpisode,
     CareHomePlacement,
     CommunityCare,
+    SocialCareTeam,
 }
 
 impl KindArg {
@@ -45,6 +46,7 @@ impl KindArg {
             KindArg::HospitalEpisode => CareRelationshipKind::HospitalEpisode,
             KindArg::CareHomePlacement => CareRelationshipKind::CareHomePlacement,
             KindArg::CommunityCare => CareRelationshipKind::CommunityCare,
+            KindArg::SocialCareTeam => CareRelationshipKind::SocialCareTeam,
         }
     }
 }
