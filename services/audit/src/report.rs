@@ -186,6 +186,9 @@ fn why(purpose: i32) -> &'static str {
         Purpose::Research => " for research",
         Purpose::Planning => " for planning services",
         Purpose::PatientAccess => "",
+        Purpose::EmergencyCare => " for the patient's emergency care",
+        Purpose::Safeguarding => " to safeguard the patient",
+        Purpose::Commissioning => " for commissioning services",
         Purpose::Unspecified => "",
     }
 }

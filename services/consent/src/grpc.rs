@@ -123,6 +123,9 @@ fn purpose_from_pb(field: &str, value: i32, unspecified: &str) -> Result<Purpose
         Ok(common::Purpose::Research) => Ok(Purpose::Research),
         Ok(common::Purpose::Planning) => Ok(Purpose::Planning),
         Ok(common::Purpose::PatientAccess) => Ok(Purpose::PatientAccess),
+        Ok(common::Purpose::EmergencyCare) => Ok(Purpose::EmergencyCare),
+        Ok(common::Purpose::Safeguarding) => Ok(Purpose::Safeguarding),
+        Ok(common::Purpose::Commissioning) => Ok(Purpose::Commissioning),
         Ok(common::Purpose::Unspecified) => Err(Error::invalid(field, unspecified)),
         Err(_) => Err(Error::invalid(field, format!("unknown value {value}"))),
     }
@@ -134,6 +137,9 @@ fn purpose_to_pb(purpose: Purpose) -> common::Purpose {
         Purpose::Research => common::Purpose::Research,
         Purpose::Planning => common::Purpose::Planning,
         Purpose::PatientAccess => common::Purpose::PatientAccess,
+        Purpose::EmergencyCare => common::Purpose::EmergencyCare,
+        Purpose::Safeguarding => common::Purpose::Safeguarding,
+        Purpose::Commissioning => common::Purpose::Commissioning,
     }
 }
 

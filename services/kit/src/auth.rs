@@ -219,6 +219,9 @@ pub fn purpose_to_str(purpose: Purpose) -> &'static str {
         Purpose::Research => "research",
         Purpose::Planning => "planning",
         Purpose::PatientAccess => "patient_access",
+        Purpose::EmergencyCare => "emergency_care",
+        Purpose::Safeguarding => "safeguarding",
+        Purpose::Commissioning => "commissioning",
         Purpose::Unspecified => "unspecified",
     }
 }
@@ -229,6 +232,9 @@ pub fn purpose_from_str(s: &str) -> Option<Purpose> {
         "research" => Purpose::Research,
         "planning" => Purpose::Planning,
         "patient_access" => Purpose::PatientAccess,
+        "emergency_care" => Purpose::EmergencyCare,
+        "safeguarding" => Purpose::Safeguarding,
+        "commissioning" => Purpose::Commissioning,
         _ => return None,
     })
 }

@@ -134,6 +134,9 @@ pub enum PurposeArg {
     Research,
     Planning,
     PatientAccess,
+    EmergencyCare,
+    Safeguarding,
+    Commissioning,
 }
 
 impl PurposeArg {
@@ -143,6 +146,9 @@ impl PurposeArg {
             PurposeArg::Research => Purpose::Research,
             PurposeArg::Planning => Purpose::Planning,
             PurposeArg::PatientAccess => Purpose::PatientAccess,
+            PurposeArg::EmergencyCare => Purpose::EmergencyCare,
+            PurposeArg::Safeguarding => Purpose::Safeguarding,
+            PurposeArg::Commissioning => Purpose::Commissioning,
         }
     }
 }

@@ -79,6 +79,9 @@ pub enum Purpose {
     Research,
     Planning,
     PatientAccess,
+    EmergencyCare,
+    Safeguarding,
+    Commissioning,
 }
 
 /// What kind of principal acted; unspecified is allowed.

@@ -272,6 +272,9 @@ fn decode_purpose(field: &str, value: i32) -> Result<Purpose, Error> {
         Ok(common::Purpose::Research) => Ok(Purpose::Research),
         Ok(common::Purpose::Planning) => Ok(Purpose::Planning),
         Ok(common::Purpose::PatientAccess) => Ok(Purpose::PatientAccess),
+        Ok(common::Purpose::EmergencyCare) => Ok(Purpose::EmergencyCare),
+        Ok(common::Purpose::Safeguarding) => Ok(Purpose::Safeguarding),
+        Ok(common::Purpose::Commissioning) => Ok(Purpose::Commissioning),
         Err(_) => Err(Error::invalid(field, "is not a known purpose")),
     }
 }
@@ -283,6 +286,9 @@ fn encode_purpose(purpose: Purpose) -> common::Purpose {
         Purpose::Research => common::Purpose::Research,
         Purpose::Planning => common::Purpose::Planning,
         Purpose::PatientAccess => common::Purpose::PatientAccess,
+        Purpose::EmergencyCare => common::Purpose::EmergencyCare,
+        Purpose::Safeguarding => common::Purpose::Safeguarding,
+        Purpose::Commissioning => common::Purpose::Commissioning,
     }
 }
 

@@ -236,8 +236,8 @@ fn decide(
             evidence_id: None,
         }]);
     };
-    if request.purpose == Purpose::DirectCare {
-        // 2. Direct care rests on a legitimate relationship whose kind
+    if request.purpose.rests_on_relationship() {
+        // 2. Direct care (and emergency care and safeguarding) rests on a legitimate relationship whose kind
         // covers the category (configuration), or on the patient's explicit
         // permission for what it does not cover. When several relationships
         // hold, cite the one that began most recently.
@@ -762,6 +762,48 @@ mod tests {
                 "the rules doc names `{test}`, which is not a test here"
             );
         }
+    }
+
+    #[test]
+    fn emergency_care_and_safeguarding_rest_on_a_relationship_and_commissioning_on_consent() {
+        let rels = [relationship("r1", "A81001", open_since(30))];
+        for purpose in [Purpose::EmergencyCare, Purpose::Safeguarding] {
+            assert_eq!(
+                codes(&evaluate(&request(purpose), &rels, &[], now())),
+                ["CARE_RELATIONSHIP"],
+                "{purpose:?}"
+            );
+            assert_eq!(
+                codes(&evaluate(&request(purpose), &[], &[], now())),
+                ["NO_CARE_RELATIONSHIP"],
+                "{purpose:?}"
+            );
+            // The patient's objection still wins.
+            let deny = directive("d1", Effect::Deny);
+            assert_eq!(
+                evaluate(&request(purpose), &rels, &[deny], now()).outcome,
+                Outcome::Deny
+            );
+        }
+        assert_eq!(
+            codes(&evaluate(
+                &request(Purpose::Commissioning),
+                &rels,
+                &[],
+                now()
+            )),
+            ["NO_LAWFUL_BASIS"]
+        );
+        let consent = directive("d1", Effect::Permit);
+        assert_eq!(
+            codes(&evaluate(
+                &request(Purpose::Commissioning),
+                &[],
+                &[consent],
+                now()
+            )),
+            ["PATIENT_DIRECTIVE_PERMIT"]
+        );
     }
 
     #[test]

@@ -7,15 +7,30 @@ pub enum Purpose {
     Research,
     Planning,
     PatientAccess,
+    EmergencyCare,
+    Safeguarding,
+    Commissioning,
 }
 
 impl Purpose {
+    /// Care of this patient: decided by a care relationship (and what its
+    /// kind covers), not by explicit consent.
+    pub fn rests_on_relationship(self) -> bool {
+        matches!(
+            self,
+            Purpose::DirectCare | Purpose::EmergencyCare | Purpose::Safeguarding
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Purpose::DirectCare => "direct_care",
             Purpose::Research => "research",
             Purpose::Planning => "planning",
             Purpose::PatientAccess => "patient_access",
+            Purpose::EmergencyCare => "emergency_care",
+            Purpose::Safeguarding => "safeguarding",
+            Purpose::Commissioning => "commissioning",
         }
     }
 
@@ -25,6 +40,9 @@ impl Purpose {
             "research" => Purpose::Research,
             "planning" => Purpose::Planning,
             "patient_access" => Purpose::PatientAccess,
+            "emergency_care" => Purpose::EmergencyCare,
+            "safeguarding" => Purpose::Safeguarding,
+            "commissioning" => Purpose::Commissioning,
             _ => return None,
         })
     }
@@ -155,6 +173,9 @@ mod tests {
             Purpose::Research,
             Purpose::Planning,
             Purpose::PatientAccess,
+            Purpose::EmergencyCare,
+            Purpose::Safeguarding,
+            Purpose::Commissioning,
         ] {
             assert_eq!(Purpose::from_stored(p.as_str()), Some(p));
         }
