@@ -1094,6 +1094,22 @@ def test_keys_of_their_own_win_over_the_old_shared_kek(tmp_path: Path) -> None:
     assert upgraded["records-key-encryption-key"] == records_kek
 
 
+def test_consent_relationship_categories_reach_its_config(chart: helm.Chart) -> None:
+    default = config_toml(render_with(chart, {}), "consent")["consent"]
+    assert "relationship_categories" not in default
+    r = render_with(
+        chart,
+        {"services": {"consent": {"relationshipCategories": {
+            "care_home_placement": ["general", "social_care", "mental_health"],
+            "social_care_team": [],
+        }}}},
+    )
+    assert config_toml(r, "consent")["consent"]["relationship_categories"] == {
+        "care_home_placement": ["general", "social_care", "mental_health"],
+        "social_care_team": [],
+    }
+
+
 def test_records_previous_keys_are_mounted_and_named_with_an_existing_secret(chart: helm.Chart) -> None:
     production = _render_set("production")
     r = render_with(chart, merged(values_of("production"), {"services": {"records": {"previousKeyEncryptionKeys": True}}}))
@@ -1210,6 +1226,11 @@ def test_schema_accepts_the_shipped_values(chart: helm.Chart, value_set: str) ->
         ({"services": {"records": {"classificationMap": ["not", "text"]}}}, "/services/records/classificationMap"),
         ({"services": {"records": {"previousKeyEncryptionKeys": "yes"}}}, "/services/records/previousKeyEncryptionKeys"),
         ({"services": {"identity": {"previousKeyEncryptionKeys": True}}}, "previousKeyEncryptionKeys"),
+        ({"services": {"consent": {"relationshipCategories": {"care_home": ["general"]}}}}, "'social_care_team'"),
+        (
+            {"services": {"consent": {"relationshipCategories": {"care_home_placement": ["secrets"]}}}},
+            "/services/consent/relationshipCategories/care_home_placement/0",
+        ),
     ],
 )
 def test_schema_rejects_bad_values(chart: helm.Chart, values: dict[str, Any], complaint: str) -> None:

@@ -87,6 +87,15 @@ file = {{ printf "%s/nhs-index-key" $authDir | toJson }}
 [consent]
 audit_url = {{ $cfg.auditUrl | default $url.audit | toJson }}
 call_timeout_ms = {{ $cfg.callTimeoutMs | int64 }}
+{{- with $cfg.relationshipCategories }}
+
+# What each care relationship kind lets its organisation see
+# (services.consent.relationshipCategories), over consent's built-in map.
+[consent.relationship_categories]
+{{- range $kind, $categories := . }}
+{{ $kind | toJson }} = {{ $categories | default list | toJson }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- if eq $svc "records" }}
 
