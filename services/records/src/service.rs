@@ -362,21 +362,20 @@ impl Records {
     async fn current_for_change(
         &self,
         access: &AccessEvent<'_>,
-        patient: &PatientId,
-        id: &RecordId,
+        current: Option<RecordMeta>,
         if_match: i64,
     ) -> Result<(RecordMeta, Decision), Error> {
-        let Some(current) = self.store.current(patient, id).await? else {
+        let Some(current) = current else {
             return Err(self.absent(access).await);
         };
-        let decision = self.decide_hidden(access, current.meta.category).await?;
-        if current.meta.deleted {
+        let decision = self.decide_hidden(access, current.category).await?;
+        if current.deleted {
             return Err(Error::not_found(ABSENT));
         }
-        if current.meta.version != if_match {
-            return Err(crate::store::stale(current.meta.version));
+        if current.version != if_match {
+            return Err(crate::store::stale(current.version));
         }
-        Ok((current.meta, decision))
+        Ok((current, decision))
     }
 
     /// Stores a new version if `if_match` is current. Consent is asked about
@@ -401,9 +400,8 @@ impl Records {
             &resource_type,
             id.as_str(),
         );
-        let (current, mut decision) = self
-            .current_for_change(&access, &patient, &id, if_match)
-            .await?;
+        let found = self.store.current(&patient, &id).await?.map(|s| s.meta);
+        let (current, mut decision) = self.current_for_change(&access, found, if_match).await?;
         if current.resource_type != resource_type {
             return Err(Error::invalid(
                 "resource_json.resourceType",
@@ -437,11 +435,10 @@ impl Records {
         if_match: i64,
     ) -> Result<Record, Error> {
         self.outbox.admit()?;
-        let found_type = self
-            .store
-            .current(&patient, &id)
-            .await?
-            .map(|s| s.meta.resource_type)
+        let found = self.store.current(&patient, &id).await?.map(|s| s.meta);
+        let found_type = found
+            .as_ref()
+            .map(|m| m.resource_type.clone())
             .unwrap_or_default();
         let access = access(
             principal,
@@ -451,9 +448,7 @@ impl Records {
             &found_type,
             id.as_str(),
         );
-        let (current, decision) = self
-            .current_for_change(&access, &patient, &id, if_match)
-            .await?;
+        let (current, decision) = self.current_for_change(&access, found, if_match).await?;
         let meta = RecordMeta {
             version: current.version + 1,
             last_updated: now(),

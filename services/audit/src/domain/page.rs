@@ -17,14 +17,13 @@ pub struct PageSize(u64);
 impl PageSize {
     /// 0 means the default (100); 1..=500 as asked; anything else is refused.
     pub fn parse(field: &str, value: i32) -> Result<Self, Error> {
-        match u64::try_from(value) {
-            Ok(0) => Ok(PageSize(DEFAULT_PAGE_SIZE)),
-            Ok(n) if n <= MAX_PAGE_SIZE => Ok(PageSize(n)),
-            _ => Err(Error::invalid(
-                field,
-                format!("must be between 1 and {MAX_PAGE_SIZE} (or 0 for {DEFAULT_PAGE_SIZE})"),
-            )),
-        }
+        sharedcare_kit::paging::page_size(
+            field,
+            value,
+            DEFAULT_PAGE_SIZE as usize,
+            MAX_PAGE_SIZE as usize,
+        )
+        .map(|n| PageSize(n as u64))
     }
 
     pub fn get(self) -> u64 {

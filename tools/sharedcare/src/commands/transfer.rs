@@ -136,16 +136,20 @@ pub fn test_nhs_number(source_id: &str, attempt: u32) -> String {
     loop {
         let digest = Sha256::digest(format!("{source_id}/{n}").as_bytes());
         let value = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % 1_000_000;
-        let body = format!("999{value:06}");
-        let sum: u32 = body
-            .bytes()
-            .zip((2..=10).rev())
-            .map(|(b, w)| u32::from(b - b'0') * w)
-            .sum();
-        match 11 - sum % 11 {
-            11 => return format!("{body}0"),
-            10 => n += 1_000, // no check digit exists: derive another
-            d => return format!("{body}{d}"),
+        let mut digits = [9u8; 9];
+        for (i, digit) in digits.iter_mut().enumerate().skip(3) {
+            *digit = ((value / 10u32.pow(8 - i as u32)) % 10) as u8;
+        }
+        match crate::demo::nhs::check_digit(&digits) {
+            // No check digit exists (or one repeated digit): derive another.
+            Some(check) if !digits.iter().all(|d| *d == check) => {
+                return digits
+                    .iter()
+                    .chain(std::iter::once(&check))
+                    .map(|d| char::from(b'0' + d))
+                    .collect();
+            }
+            _ => n += 1_000,
         }
     }
 }
