@@ -1247,3 +1247,99 @@ async fn the_change_feed_is_filtered_by_consent_and_resumes_where_it_left_off() 
         status.message()
     );
 }
+
+/// Nonsense to each RPC this issue added is INVALID_ARGUMENT naming the
+/// field, before consent is asked or anything is stored or audited.
+#[tokio::test]
+async fn the_new_rpcs_refuse_bad_input_naming_the_field() {
+    let f = Fixture::isolated().await;
+    let token = f.clinician();
+    let mut client = f.client();
+    let delete = |record_id: &str, if_match| pb::DeleteRecordRequest {
+        patient_id: "p-1".into(),
+        record_id: record_id.into(),
+        if_match_version: if_match,
+        purpose: 0,
+    };
+    let history = |record_id: &str, page_size| pb::HistoryRequest {
+        patient_id: "p-1".into(),
+        record_id: record_id.into(),
+        page_size,
+        ..Default::default()
+    };
+    let refusals = [
+        (
+            client
+                .delete_record(with_token(delete("r-1", 0), &token))
+                .await
+                .map(drop),
+            "if_match_version",
+        ),
+        (
+            client
+                .delete_record(with_token(delete("a/b", 1), &token))
+                .await
+                .map(drop),
+            "record_id",
+        ),
+        (
+            client
+                .history(with_token(history("r-1", 101), &token))
+                .await
+                .map(drop),
+            "page_size",
+        ),
+        (
+            client
+                .history(with_token(history("", 0), &token))
+                .await
+                .map(drop),
+            "record_id",
+        ),
+        (
+            client
+                .export_patient(with_token(pb::ExportPatientRequest::default(), &token))
+                .await
+                .map(drop),
+            "patient_id",
+        ),
+        (
+            client
+                .search(with_token(
+                    pb::SearchRequest {
+                        patient_id: "p-1".into(),
+                        categories: vec![99],
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .map(drop),
+            "categories",
+        ),
+    ];
+    for (result, field) in refusals {
+        let status = result.expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(
+            status.message().starts_with(field),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    let watcher = f
+        .authority
+        .token(PrincipalKind::Application, "A81001", "", &["records.read"]);
+    let status = client
+        .watch_records(with_token(
+            pb::WatchRecordsRequest {
+                after_change_id: String::new(),
+                purpose: 99,
+            },
+            &watcher,
+        ))
+        .await
+        .expect_err("unknown purpose");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(outbox_rows(&f.store).await, 0, "nothing stored or audited");
+}
