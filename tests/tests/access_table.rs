@@ -236,6 +236,7 @@ async fn call(
                         kind: consent::CareRelationshipKind::CommunityCare as i32,
                         start_time: Some(days_ago(10)),
                         end_time: Some(days_ago(5)),
+                        ..Default::default()
                     },
                     token,
                 ))
@@ -267,7 +268,11 @@ async fn call(
             .map(drop),
         ("consent", "ListCareRelationships") => consent_client
             .list_care_relationships(with_token(
-                consent::ListCareRelationshipsRequest { patient_id },
+                consent::ListCareRelationshipsRequest {
+                    patient_id,
+                    include_ended: true,
+                    ..Default::default()
+                },
                 token,
             ))
             .await
@@ -300,7 +305,11 @@ async fn call(
             .map(drop),
         ("consent", "ListDirectives") => consent_client
             .list_directives(with_token(
-                consent::ListDirectivesRequest { patient_id },
+                consent::ListDirectivesRequest {
+                    patient_id,
+                    include_history: true,
+                    ..Default::default()
+                },
                 token,
             ))
             .await
@@ -323,6 +332,21 @@ async fn call(
                     purpose: Purpose::DirectCare as i32,
                     category: 0,
                     break_glass: None,
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .map(drop),
+        ("consent", "BatchEvaluate") => consent_client
+            .batch_evaluate(with_token(
+                consent::BatchEvaluateRequest {
+                    requests: vec![consent::EvaluateRequest {
+                        patient_id,
+                        actor: Some(principal_of(token).actor()),
+                        purpose: Purpose::DirectCare as i32,
+                        ..Default::default()
+                    }],
                 },
                 token,
             ))
@@ -598,6 +622,7 @@ async fn walk_the_table(backend: Backend) {
                 kind: consent::CareRelationshipKind::RegisteredGp as i32,
                 start_time: None,
                 end_time: None,
+                ..Default::default()
             },
             &pas,
         ))

@@ -121,6 +121,7 @@ async fn the_chain(backend: Backend) {
         kind: CareRelationshipKind::RegisteredGp as i32,
         start_time: None,
         end_time: None,
+        ..Default::default()
     };
     for (token, ods) in [(&ours.clinician, "A81001"), (&theirs.pas, "A81001")] {
         let status = consent_client

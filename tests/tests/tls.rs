@@ -173,6 +173,7 @@ async fn the_chain_over_mutual_tls() {
                 kind: CareRelationshipKind::RegisteredGp as i32,
                 start_time: None,
                 end_time: None,
+                ..Default::default()
             },
             &p.pas(&admin, "A81001").await,
         ))

@@ -242,6 +242,7 @@ fn event(id: &str, patient: &str) -> AuditEvent {
             patient_id: String::new(),
             display_name: "Dr Asha Patel".into(),
             organisation_name: "Leeds Health Centre".into(),
+            capabilities: vec![],
         }),
         patient_id: patient.into(),
         action: Action::Read as i32,

@@ -11,9 +11,9 @@ use chrono::{Duration, TimeZone, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use ed25519_dalek::{Signer, SigningKey, Verifier};
 use sharedcare_consent::domain::{
-    Actor, CareRelationship, CareRelationshipKind, Directive, DirectiveSource, Effect,
-    EvaluationRequest, OdsCode, PatientId, Period, Provenance, Purpose, RecordCategory,
-    RelationshipScopes, evaluate,
+    Actor, CareRelationship, CareRelationshipKind, Directive, DirectiveKind, DirectiveSource,
+    Effect, EvaluationRequest, OdsCode, PatientId, Period, Provenance, Purpose, RecordCategory,
+    Rules, evaluate,
 };
 
 fn ods(code: &str) -> OdsCode {
@@ -46,6 +46,9 @@ fn bench(c: &mut Criterion) {
                 start: now - Duration::days(100 + i as i64),
                 end: (i % 2 == 1).then(|| now + Duration::days(30)),
             },
+            staff_member: None,
+            team: None,
+            reason: None,
             recorded_by: "pas".into(),
             recorded_by_organisation: ods(org),
             ended_by: None,
@@ -58,6 +61,7 @@ fn bench(c: &mut Criterion) {
         .map(|i| Directive {
             id: format!("d{i}"),
             patient_id: patient.clone(),
+            kind: DirectiveKind::Patient,
             effect: if i % 3 == 0 {
                 Effect::Deny
             } else {
@@ -69,6 +73,7 @@ fn bench(c: &mut Criterion) {
                 Purpose::Planning
             }],
             organisation: Some(ods(orgs[i % orgs.len()])),
+            staff_member: (i % 6 == 0).then(|| format!("staff-{i}")),
             staff_role: (i % 4 == 0).then(|| "R8000".to_owned()),
             categories: vec![categories[i % categories.len()]],
             period: Period {
@@ -93,12 +98,14 @@ fn bench(c: &mut Criterion) {
             organisation: Some(ods("C83003")),
             role: "R8000".into(),
             patient: None,
+            may_break_glass: true,
         },
         purpose: Purpose::DirectCare,
         category: RecordCategory::MentalHealth,
         break_glass: None,
+        exemptions: vec![],
     };
-    let scopes = RelationshipScopes::default();
+    let scopes = Rules::default();
     let decision = evaluate(&request, &relationships, &directives, &scopes, now);
     assert_eq!(
         decision.outcome,

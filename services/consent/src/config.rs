@@ -40,6 +40,39 @@ pub struct ConsentSettings {
     /// docs/consent-rules.md).
     #[serde(default)]
     pub relationship_categories: std::collections::BTreeMap<String, Vec<String>>,
+    /// Break-glass (who may use it is the `break_glass` capability of
+    /// identity's role map).
+    pub break_glass: BreakGlassSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BreakGlassSettings {
+    /// How long a break-glass grant lasts, 1–1440 minutes.
+    pub grant_minutes: u32,
+    /// Whether break-glass overrides the patient's objection.
+    pub overrides_patient_deny: bool,
+}
+
+impl ConsentSettings {
+    /// The decision's configurable rules; the error names the key.
+    pub fn rules(&self) -> Result<crate::domain::Rules, ConfigError> {
+        let scopes =
+            crate::domain::RelationshipScopes::with_overrides(&self.relationship_categories)
+                .map_err(|e| ConfigError::invalid("consent.relationship_categories", e))?;
+        if !(1..=1440).contains(&self.break_glass.grant_minutes) {
+            return Err(ConfigError::invalid(
+                "consent.break_glass.grant_minutes",
+                "must be between 1 and 1440 (a day)",
+            ));
+        }
+        Ok(crate::domain::Rules {
+            scopes,
+            break_glass: crate::domain::BreakGlassRules {
+                grant_for: chrono::Duration::minutes(i64::from(self.break_glass.grant_minutes)),
+                overrides_patient_deny: self.break_glass.overrides_patient_deny,
+            },
+        })
+    }
 }
 
 const OWN_DEFAULTS: &str = r#"
@@ -48,6 +81,10 @@ audit_url = "http://127.0.0.1:50054"
 call_timeout_ms = 5000
 audit_max_lag_ms = 30000
 watch_heartbeat_ms = 500
+
+[consent.break_glass]
+grant_minutes = 60
+overrides_patient_deny = false
 "#;
 
 /// The shared defaults with consent's own port.
@@ -70,8 +107,7 @@ impl Validate for ConsentConfig {
         self.database.validate(crate::SERVICE_NAME)?;
         self.auth.validate()?;
         check_url("consent.audit_url", &self.consent.audit_url)?;
-        crate::domain::RelationshipScopes::with_overrides(&self.consent.relationship_categories)
-            .map_err(|e| ConfigError::invalid("consent.relationship_categories", e))?;
+        self.consent.rules()?;
         if self.consent.call_timeout_ms == 0 {
             return Err(ConfigError::invalid(
                 "consent.call_timeout_ms",

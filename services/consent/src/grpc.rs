@@ -21,9 +21,9 @@ use tonic::{Request, Response, Status};
 use crate::{
     domain::{
         Actor, BreakGlass, CareRelationship, CareRelationshipKind, Decision, Directive,
-        DirectiveSource, Effect, EvaluationRequest, MAX_ID_CHARS, MAX_NOTE_CHARS, OdsCode, Outcome,
-        PatientId, Period, Provenance, Purpose, RecordCategory, evaluate, optional_text,
-        required_id, to_micros,
+        DirectiveKind, DirectiveSource, Effect, EvaluationRequest, Exemption, MAX_ID_CHARS,
+        MAX_NOTE_CHARS, OdsCode, Outcome, PatientId, Period, Provenance, Purpose, RecordCategory,
+        Rules, consent_version, evaluate, optional_text, required_id, to_micros,
     },
     store::ConsentStore,
 };
@@ -35,9 +35,17 @@ pub struct ConsentGrpc {
     /// Every change and read is audited through it (kit::outbox).
     pub outbox: Arc<Outbox>,
     pub directory: Arc<dyn crate::Directory>,
-    /// What each relationship kind lets its organisation see.
-    pub scopes: Arc<crate::domain::RelationshipScopes>,
+    /// What each relationship kind lets its organisation see; break-glass.
+    pub rules: Arc<Rules>,
 }
+
+/// Most requests one BatchEvaluate takes.
+const MAX_BATCH: usize = 100;
+
+/// Signs list cursors. The lists are the patient's and the caller may read
+/// all of them, so a cursor hides nothing; the MAC only refuses a cursor
+/// altered or replayed against another request (kit::paging).
+const LIST_CURSOR_KEY: [u8; 32] = *b"sharedcare.consent.list-cursors!";
 
 /// What a consent change or read says in the audit trail.
 struct Change<'a> {
@@ -83,6 +91,10 @@ fn kind_from_pb(field: &str, value: i32) -> Result<CareRelationshipKind, Error> 
         Ok(K::CareHomePlacement) => Ok(CareRelationshipKind::CareHomePlacement),
         Ok(K::SocialCareTeam) => Ok(CareRelationshipKind::SocialCareTeam),
         Ok(K::CommunityCare) => Ok(CareRelationshipKind::CommunityCare),
+        Ok(K::BreakGlass) => Err(Error::invalid(
+            field,
+            "a break-glass grant is made by Evaluate when break-glass is asked for, not recorded",
+        )),
         Ok(K::Unspecified) => Err(Error::invalid(field, "is required")),
         Err(_) => Err(Error::invalid(field, format!("unknown value {value}"))),
     }
@@ -97,6 +109,7 @@ fn kind_to_pb(kind: CareRelationshipKind) -> pb::CareRelationshipKind {
         CareRelationshipKind::CareHomePlacement => K::CareHomePlacement,
         CareRelationshipKind::SocialCareTeam => K::SocialCareTeam,
         CareRelationshipKind::CommunityCare => K::CommunityCare,
+        CareRelationshipKind::BreakGlass => K::BreakGlass,
     }
 }
 
@@ -181,6 +194,10 @@ fn distinct<T: PartialEq>(values: impl IntoIterator<Item = T>) -> Vec<T> {
 
 fn relationship_to_pb(r: CareRelationship) -> pb::CareRelationship {
     pb::CareRelationship {
+        version: r.version(),
+        staff_principal_id: r.staff_member.unwrap_or_default(),
+        team: r.team.unwrap_or_default(),
+        reason: r.reason.unwrap_or_default(),
         relationship_id: r.id,
         patient_id: r.patient_id.as_str().to_owned(),
         organisation_ods_code: r.organisation.as_str().to_owned(),
@@ -195,6 +212,12 @@ fn relationship_to_pb(r: CareRelationship) -> pb::CareRelationship {
 
 fn directive_to_pb(d: Directive) -> pb::Directive {
     pb::Directive {
+        version: d.version(),
+        kind: match d.kind {
+            DirectiveKind::Patient => pb::DirectiveKind::Patient,
+            DirectiveKind::NationalOptOut => pb::DirectiveKind::NationalOptOut,
+        } as i32,
+        staff_principal_id: d.staff_member.unwrap_or_default(),
         directive_id: d.id,
         patient_id: d.patient_id.as_str().to_owned(),
         effect: effect_to_pb(d.effect) as i32,
@@ -227,6 +250,7 @@ fn directive_to_pb(d: Directive) -> pb::Directive {
         source: match d.provenance.source {
             DirectiveSource::Patient => pb::DirectiveSource::Patient,
             DirectiveSource::Clinician => pb::DirectiveSource::Clinician,
+            DirectiveSource::NationalOptOutService => pb::DirectiveSource::NationalOptOutService,
         } as i32,
         revoked_by: d.revoked_by.unwrap_or_default(),
     }
@@ -238,6 +262,21 @@ fn directive_from_pb(
     now: chrono::DateTime<Utc>,
 ) -> Result<Directive, Error> {
     let patient_id = PatientId::parse("directive.patient_id", &d.patient_id)?;
+    match pb::DirectiveKind::try_from(d.kind) {
+        Ok(pb::DirectiveKind::Unspecified | pb::DirectiveKind::Patient) => {}
+        Ok(pb::DirectiveKind::NationalOptOut) => {
+            return Err(Error::invalid(
+                "directive.kind",
+                "the National Data Opt-out is set with SetNationalOptOut",
+            ));
+        }
+        Err(_) => {
+            return Err(Error::invalid(
+                "directive.kind",
+                format!("unknown value {}", d.kind),
+            ));
+        }
+    }
     let effect = effect_from_pb("directive.effect", d.effect)?;
     let purposes = d
         .purposes
@@ -253,6 +292,11 @@ fn directive_from_pb(
     let organisation =
         OdsCode::parse_optional("directive.organisation_ods_code", &d.organisation_ods_code)?;
     let staff_role = optional_text("directive.staff_role", &d.staff_role, MAX_ID_CHARS)?;
+    let staff_member = optional_text(
+        "directive.staff_principal_id",
+        &d.staff_principal_id,
+        MAX_ID_CHARS,
+    )?;
     let categories = d
         .categories
         .iter()
@@ -277,9 +321,11 @@ fn directive_from_pb(
     Ok(Directive {
         id: new_id(),
         patient_id,
+        kind: DirectiveKind::Patient,
         effect,
         purposes: distinct(purposes),
         organisation,
+        staff_member,
         staff_role,
         categories: distinct(categories),
         period,
@@ -291,77 +337,222 @@ fn directive_from_pb(
     })
 }
 
-fn evaluation_from_pb(req: pb::EvaluateRequest) -> Result<EvaluationRequest, Error> {
+/// What Evaluate was asked: one request per category, in the order asked
+/// (the requests differ only in category).
+struct Asked {
+    requests: Vec<EvaluationRequest>,
+    /// As the caller sent it, for the audit of a break-glass grant.
+    actor: common::Actor,
+}
+
+fn evaluation_from_pb(req: pb::EvaluateRequest) -> Result<Asked, Error> {
     let patient_id = PatientId::parse("patient_id", &req.patient_id)?;
-    let actor = req
+    let pb_actor = req
         .actor
         .ok_or_else(|| Error::invalid("actor", "is required"))?;
-    let is_patient = actor.kind == PrincipalKind::Patient as i32;
+    let is_patient = pb_actor.kind == PrincipalKind::Patient as i32;
     let actor = Actor {
-        principal_id: optional_text("actor.principal_id", &actor.principal_id, MAX_ID_CHARS)?
+        principal_id: optional_text("actor.principal_id", &pb_actor.principal_id, MAX_ID_CHARS)?
             .unwrap_or_default(),
         // A patient acts for no organisation; everyone else for exactly one.
         organisation: if is_patient {
-            OdsCode::parse_optional("actor.organisation_ods_code", &actor.organisation_ods_code)?
+            OdsCode::parse_optional(
+                "actor.organisation_ods_code",
+                &pb_actor.organisation_ods_code,
+            )?
         } else {
             Some(OdsCode::parse(
                 "actor.organisation_ods_code",
-                &actor.organisation_ods_code,
+                &pb_actor.organisation_ods_code,
             )?)
         },
-        role: optional_text("actor.role", &actor.role, MAX_ID_CHARS)?.unwrap_or_default(),
+        role: optional_text("actor.role", &pb_actor.role, MAX_ID_CHARS)?.unwrap_or_default(),
         patient: if is_patient {
-            Some(PatientId::parse("actor.patient_id", &actor.patient_id)?)
+            Some(PatientId::parse("actor.patient_id", &pb_actor.patient_id)?)
         } else {
             None
         },
+        may_break_glass: !is_patient
+            && pb_actor
+                .capabilities
+                .iter()
+                .any(|c| c == sharedcare_kit::access::Capability::BreakGlass.as_str()),
     };
     let purpose = purpose_from_pb("purpose", req.purpose, "is required")?;
-    let category = category_from_pb("category", req.category)?.unwrap_or(RecordCategory::General);
+    let single = category_from_pb("category", req.category)?;
+    let mut categories = req
+        .categories
+        .iter()
+        .map(|&c| {
+            category_from_pb("categories", c)?.ok_or_else(|| {
+                Error::invalid("categories", "must not contain RECORD_CATEGORY_UNSPECIFIED")
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    match single {
+        Some(c) if !categories.is_empty() && !categories.contains(&c) => {
+            return Err(Error::invalid(
+                "category",
+                "must be unset or one of categories when categories are given",
+            ));
+        }
+        Some(c) if categories.is_empty() => categories.push(c),
+        _ if categories.is_empty() => categories.push(RecordCategory::General),
+        _ => {}
+    }
+    let categories = distinct(categories);
     let break_glass = req
         .break_glass
         .map(|b| BreakGlass::parse("break_glass.reason", &b.reason))
         .transpose()?;
-    Ok(EvaluationRequest {
+    if break_glass.is_some() {
+        BreakGlass::check("break_glass", purpose, &actor)?;
+    }
+    let legal_basis = optional_text("legal_basis", &req.legal_basis, MAX_NOTE_CHARS)?;
+    let mut exemptions = vec![];
+    for &e in &req.opt_out_exemptions {
+        let exemption = match pb::OptOutExemption::try_from(e) {
+            Ok(pb::OptOutExemption::LegalRequirement) => Exemption::LegalRequirement {
+                basis: legal_basis.clone().ok_or_else(|| {
+                    Error::invalid(
+                        "legal_basis",
+                        "is required with OPT_OUT_EXEMPTION_LEGAL_REQUIREMENT: say which law",
+                    )
+                })?,
+            },
+            Ok(pb::OptOutExemption::AnonymisedData) => Exemption::AnonymisedData,
+            Ok(pb::OptOutExemption::Unspecified) => {
+                return Err(Error::invalid(
+                    "opt_out_exemptions",
+                    "must not contain OPT_OUT_EXEMPTION_UNSPECIFIED",
+                ));
+            }
+            Err(_) => {
+                return Err(Error::invalid(
+                    "opt_out_exemptions",
+                    format!("unknown value {e}"),
+                ));
+            }
+        };
+        if !exemptions.contains(&exemption) {
+            exemptions.push(exemption);
+        }
+    }
+    if !exemptions.is_empty() && !DirectiveKind::OPT_OUT_PURPOSES.contains(&purpose) {
+        return Err(Error::invalid(
+            "opt_out_exemptions",
+            format!(
+                "the National Data Opt-out does not cover {}, so there is nothing to be exempt from",
+                purpose.as_str()
+            ),
+        ));
+    }
+    let base = EvaluationRequest {
         patient_id,
         actor,
         purpose,
-        category,
+        category: RecordCategory::General,
         break_glass,
+        exemptions,
+    };
+    Ok(Asked {
+        requests: categories
+            .into_iter()
+            .map(|category| EvaluationRequest {
+                category,
+                ..base.clone()
+            })
+            .collect(),
+        actor: pb_actor,
     })
 }
 
-fn decision_to_pb(
-    decision: Decision,
+/// `err` about request `index` of a batch: its field named within the batch.
+fn in_batch(index: usize, err: Error) -> Error {
+    let prefix = format!("requests[{index}]");
+    match &err.field {
+        Some(field) => {
+            let message = err
+                .message
+                .strip_prefix(&format!("{field}: "))
+                .unwrap_or(&err.message);
+            Error::invalid(format!("{prefix}.{field}"), message)
+        }
+        None => Error::new(err.code, format!("{prefix}: {}", err.message)),
+    }
+}
+
+fn reasons_to_pb(decision: &Decision) -> Vec<pb::Reason> {
+    decision
+        .reasons
+        .iter()
+        .map(|r| pb::Reason {
+            code: r.code.as_str().to_owned(),
+            message: r.message.clone(),
+            evidence_id: r.evidence_id.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
+fn obligations_to_pb(decision: &Decision) -> Vec<pb::Obligation> {
+    decision
+        .obligations
+        .iter()
+        .map(|o| pb::Obligation {
+            code: o.code.as_str().to_owned(),
+            message: o.message.clone(),
+        })
+        .collect()
+}
+
+fn outcome_to_pb(outcome: Outcome) -> pb::Decision {
+    match outcome {
+        Outcome::Permit => pb::Decision::Permit,
+        Outcome::Deny => pb::Decision::Deny,
+    }
+}
+
+/// The answer for every category: PERMIT only if each is permitted; the
+/// reasons and obligations of all (obligations once each).
+fn decisions_to_pb(
+    decided: Vec<(RecordCategory, Decision)>,
     decision_id: String,
     at: chrono::DateTime<Utc>,
     valid_until: Option<chrono::DateTime<Utc>>,
+    version: u64,
 ) -> pb::EvaluateResponse {
+    let permitted = decided.iter().all(|(_, d)| d.outcome == Outcome::Permit);
+    let mut reasons = vec![];
+    let mut obligations: Vec<pb::Obligation> = vec![];
+    for (_, d) in &decided {
+        reasons.extend(reasons_to_pb(d));
+        for o in obligations_to_pb(d) {
+            if !obligations.iter().any(|seen| seen.code == o.code) {
+                obligations.push(o);
+            }
+        }
+    }
     pb::EvaluateResponse {
-        decision: match decision.outcome {
-            Outcome::Permit => pb::Decision::Permit,
-            Outcome::Deny => pb::Decision::Deny,
-        } as i32,
-        reasons: decision
-            .reasons
-            .into_iter()
-            .map(|r| pb::Reason {
-                code: r.code.as_str().to_owned(),
-                message: r.message,
-                evidence_id: r.evidence_id.unwrap_or_default(),
-            })
-            .collect(),
-        obligations: decision
-            .obligations
-            .into_iter()
-            .map(|o| pb::Obligation {
-                code: o.code.as_str().to_owned(),
-                message: o.message,
-            })
-            .collect(),
+        decision: outcome_to_pb(if permitted {
+            Outcome::Permit
+        } else {
+            Outcome::Deny
+        }) as i32,
+        reasons,
+        obligations: if permitted { obligations } else { vec![] },
         decision_id,
         evaluate_time: Some(to_proto(at)),
         valid_until: valid_until.map(to_proto),
+        results: decided
+            .iter()
+            .map(|(category, d)| pb::CategoryDecision {
+                category: category_to_pb(*category) as i32,
+                decision: outcome_to_pb(d.outcome) as i32,
+                reasons: reasons_to_pb(d),
+                obligations: obligations_to_pb(d),
+            })
+            .collect(),
+        consent_version: version,
     }
 }
 
@@ -468,19 +659,19 @@ impl ConsentGrpc {
     async fn create_relationship(
         &self,
         grant: &Grant,
-        patient_id: PatientId,
-        organisation: OdsCode,
-        kind: CareRelationshipKind,
-        period: Period,
+        asserted: Asserted,
         reason: &str,
     ) -> Result<CareRelationship, Error> {
         let recorded_by = caller_organisation(grant)?;
         let relationship = CareRelationship {
             id: new_id(),
-            patient_id,
-            organisation,
-            kind,
-            period,
+            patient_id: asserted.patient_id,
+            organisation: asserted.organisation,
+            kind: asserted.kind,
+            period: asserted.period,
+            staff_member: asserted.staff_member,
+            team: asserted.team,
+            reason: None,
             recorded_by: grant.principal.id.clone(),
             recorded_by_organisation: recorded_by,
             ended_by: None,
@@ -499,11 +690,192 @@ impl ConsentGrpc {
         .await
     }
 
+    /// Decides every category `asked` names from the patient's consent now,
+    /// recording a break-glass grant first when the decision makes one.
+    async fn decide(&self, asked: Asked) -> Result<pb::EvaluateResponse, Error> {
+        let Some(first) = asked.requests.first() else {
+            return Err(Error::invalid("categories", "name at least one category"));
+        };
+        let (mut relationships, directives) = tokio::try_join!(
+            self.store.list_relationships(&first.patient_id),
+            self.store.list_directives(&first.patient_id),
+        )?;
+        let now = Utc::now();
+        let mut decided: Vec<(RecordCategory, Decision)> = asked
+            .requests
+            .iter()
+            .map(|r| {
+                let decision = evaluate(r, &relationships, &directives, &self.rules, now);
+                (r.category, decision)
+            })
+            .collect();
+        if let Some(period) = decided.iter().find_map(|(_, d)| d.new_grant) {
+            let grant = self.grant_break_glass(first, &asked.actor, period).await?;
+            for (_, d) in &mut decided {
+                for r in d.reasons.iter_mut() {
+                    if r.code == crate::domain::ReasonCode::BreakGlass {
+                        r.evidence_id = Some(grant.id.clone());
+                    }
+                }
+            }
+            relationships.push(grant);
+        }
+        let valid_until = crate::changes::valid_until(&relationships, &directives, now);
+        let version = consent_version(&relationships, &directives);
+        let decision_id = new_id();
+        // Debug, not info: one line per read on the hot path; the audit
+        // log keeps every decision's id and reason.
+        tracing::debug!(
+            decision_id = %decision_id,
+            outcomes = ?decided.iter().map(|(_, d)| d.outcome).collect::<Vec<_>>(),
+            "decided"
+        );
+        Ok(decisions_to_pb(
+            decided,
+            decision_id,
+            now,
+            valid_until,
+            version,
+        ))
+    }
+
+    /// Records a break-glass grant for the actor of `asked`, for `period`:
+    /// audited as the actor's, flagged break-glass, so that their
+    /// organisation's privacy officer sees it.
+    async fn grant_break_glass(
+        &self,
+        asked: &EvaluationRequest,
+        actor: &common::Actor,
+        period: Period,
+    ) -> Result<CareRelationship, Error> {
+        let organisation = asked.actor.organisation.clone().ok_or_else(|| {
+            Error::permission_denied("break-glass is only for staff acting for an organisation")
+        })?;
+        let grant = CareRelationship {
+            id: new_id(),
+            patient_id: asked.patient_id.clone(),
+            organisation: organisation.clone(),
+            kind: CareRelationshipKind::BreakGlass,
+            period,
+            staff_member: Some(asked.actor.principal_id.clone()),
+            team: None,
+            reason: asked.break_glass.as_ref().map(|b| b.reason.clone()),
+            recorded_by: asked.actor.principal_id.clone(),
+            recorded_by_organisation: organisation,
+            ended_by: None,
+        };
+        let event = sharedcare_proto::audit::v1::AuditEvent {
+            event_id: new_id(),
+            occur_time: Some(to_proto(Utc::now())),
+            actor: Some(actor.clone()),
+            patient_id: grant.patient_id.as_str().to_owned(),
+            action: Action::Create as i32,
+            resource_type: "CareRelationship".into(),
+            record_id: grant.id.clone(),
+            purpose: purpose_to_pb(asked.purpose) as i32,
+            outcome: AuditOutcome::Success as i32,
+            outcome_reason: "BREAK_GLASS".into(),
+            break_glass: true,
+            source_service: crate::SERVICE_NAME.into(),
+            trace_id: sharedcare_kit::telemetry::current_trace_id(),
+            ..Default::default()
+        };
+        let stored = self.store.insert_relationship(grant, event).await?;
+        self.outbox.wake();
+        Ok(stored)
+    }
+
     /// Audits a read before its answer is sent (fail closed).
     async fn audit_read(&self, change: Change<'_>) -> Result<(), Error> {
         self.outbox
             .record(&change.event(AuditOutcome::Success))
             .await
+    }
+}
+
+/// A relationship as an organisation asserts it (or a referral makes it).
+struct Asserted {
+    patient_id: PatientId,
+    organisation: OdsCode,
+    kind: CareRelationshipKind,
+    period: Period,
+    staff_member: Option<String>,
+    team: Option<String>,
+}
+
+/// A page of one of the patient's lists, newest first: its size, where it
+/// starts, and whether past entries (ended, revoked) are included.
+struct ListQuery {
+    size: usize,
+    /// The last entry of the previous page: (time, id).
+    after: Option<(i64, String)>,
+    all: bool,
+    query: Vec<u8>,
+}
+
+impl ListQuery {
+    fn parse(
+        rpc: &str,
+        patient: &PatientId,
+        page_size: u32,
+        page_token: &str,
+        all: bool,
+    ) -> Result<Self, Error> {
+        let size = sharedcare_kit::paging::page_size(
+            "page_size",
+            i32::try_from(page_size).unwrap_or(i32::MAX),
+            20,
+            100,
+        )?;
+        let query = format!("{rpc}\n{}\n{all}", patient.as_str()).into_bytes();
+        let cursors = sharedcare_kit::paging::CursorKey::new(LIST_CURSOR_KEY);
+        let after = match cursors.open("page_token", page_token, &query)? {
+            None => None,
+            Some(position) => {
+                let refused = || Error::invalid("page_token", "is not a cursor for this request");
+                let (micros, id) = position.split_at_checked(8).ok_or_else(refused)?;
+                let micros = i64::from_be_bytes(micros.try_into().map_err(|_| refused())?);
+                Some((
+                    micros,
+                    String::from_utf8(id.to_vec()).map_err(|_| refused())?,
+                ))
+            }
+        };
+        Ok(ListQuery {
+            size,
+            after,
+            all,
+            query,
+        })
+    }
+
+    /// This page of `items` (any order), newest `key` first, and the token
+    /// of the next page (empty on the last).
+    fn page<T>(
+        &self,
+        items: impl Iterator<Item = T>,
+        key: impl Fn(&T) -> (chrono::DateTime<Utc>, String),
+    ) -> (Vec<T>, String) {
+        let mut keyed: Vec<((i64, String), T)> = items
+            .map(|item| {
+                let (at, id) = key(&item);
+                ((at.timestamp_micros(), id), item)
+            })
+            .filter(|(k, _)| self.after.as_ref().is_none_or(|after| k < after))
+            .collect();
+        keyed.sort_by(|a, b| b.0.cmp(&a.0));
+        let more = keyed.len() > self.size;
+        keyed.truncate(self.size);
+        let next = match keyed.last() {
+            Some(((micros, id), _)) if more => {
+                let mut position = micros.to_be_bytes().to_vec();
+                position.extend_from_slice(id.as_bytes());
+                sharedcare_kit::paging::CursorKey::new(LIST_CURSOR_KEY)
+                    .issue(&self.query, &position)
+            }
+            _ => String::new(),
+        };
+        (keyed.into_iter().map(|(_, item)| item).collect(), next)
     }
 }
 
@@ -529,6 +901,9 @@ impl ConsentService for ConsentGrpc {
         let patient_id = PatientId::parse("patient_id", &req.patient_id)?;
         let organisation = OdsCode::parse("organisation_ods_code", &req.organisation_ods_code)?;
         let kind = kind_from_pb("kind", req.kind)?;
+        let staff_member =
+            optional_text("staff_principal_id", &req.staff_principal_id, MAX_ID_CHARS)?;
+        let team = optional_text("team", &req.team, MAX_NOTE_CHARS)?;
         if kind == CareRelationshipKind::Referral {
             return Err(Error::invalid(
                 "kind",
@@ -565,7 +940,18 @@ impl ConsentService for ConsentGrpc {
             return Err(Error::not_found("patient_id: no patient with this id").into());
         }
         let stored = self
-            .create_relationship(&grant, patient_id, organisation, kind, period, "ASSERTED")
+            .create_relationship(
+                &grant,
+                Asserted {
+                    patient_id,
+                    organisation,
+                    kind,
+                    period,
+                    staff_member,
+                    team,
+                },
+                "ASSERTED",
+            )
             .await?;
         Ok(Response::new(pb::RecordCareRelationshipResponse {
             relationship: Some(relationship_to_pb(stored)),
@@ -607,10 +993,14 @@ impl ConsentService for ConsentGrpc {
         let stored = self
             .create_relationship(
                 &grant,
-                patient_id,
-                organisation,
-                CareRelationshipKind::Referral,
-                period,
+                Asserted {
+                    patient_id,
+                    organisation,
+                    kind: CareRelationshipKind::Referral,
+                    period,
+                    staff_member: None,
+                    team: None,
+                },
                 "REFERRAL",
             )
             .await?;
@@ -678,10 +1068,26 @@ impl ConsentService for ConsentGrpc {
         request: Request<pb::ListCareRelationshipsRequest>,
     ) -> Result<Response<pb::ListCareRelationshipsResponse>, Status> {
         let grant = self.admitted(&request)?;
-        let patient = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
+        let req = request.into_inner();
+        let patient = PatientId::parse("patient_id", &req.patient_id)?;
+        let query = ListQuery::parse(
+            "ListCareRelationships",
+            &patient,
+            req.page_size,
+            &req.page_token,
+            req.include_ended,
+        )?;
         self.check_patient(&grant, &patient, "CareRelationship", Action::Read)
             .await?;
-        let relationships = self.store.list_relationships(&patient).await?;
+        let now = Utc::now();
+        let relationships = self
+            .store
+            .list_relationships(&patient)
+            .await?
+            .into_iter()
+            .filter(|r| query.all || r.period.end.is_none_or(|end| end > now));
+        let (relationships, next_page_token) =
+            query.page(relationships, |r| (r.period.start, r.id.clone()));
         self.audit_read(Change {
             grant: &grant,
             patient: &patient,
@@ -693,6 +1099,7 @@ impl ConsentService for ConsentGrpc {
         .await?;
         Ok(Response::new(pb::ListCareRelationshipsResponse {
             relationships: relationships.into_iter().map(relationship_to_pb).collect(),
+            next_page_token,
         }))
     }
 
@@ -751,13 +1158,20 @@ impl ConsentService for ConsentGrpc {
         self.check_patient(&grant, &patient, "Directive", Action::Delete)
             .await?;
         // Another patient's directive is not there for this request.
-        self.store
+        let found = self
+            .store
             .get_directive(&id)
             .await?
             .filter(|d| d.patient_id == patient)
             .ok_or_else(|| {
                 Error::not_found("no directive with this directive_id for this patient")
             })?;
+        if found.kind == DirectiveKind::NationalOptOut {
+            return Err(Error::failed_precondition(
+                "this is the patient's National Data Opt-out: withdraw it with SetNationalOptOut",
+            )
+            .into());
+        }
         let change = Change {
             grant: &grant,
             patient: &patient,
@@ -783,10 +1197,28 @@ impl ConsentService for ConsentGrpc {
         request: Request<pb::ListDirectivesRequest>,
     ) -> Result<Response<pb::ListDirectivesResponse>, Status> {
         let grant = self.admitted(&request)?;
-        let patient = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
+        let req = request.into_inner();
+        let patient = PatientId::parse("patient_id", &req.patient_id)?;
+        let query = ListQuery::parse(
+            "ListDirectives",
+            &patient,
+            req.page_size,
+            &req.page_token,
+            req.include_history,
+        )?;
         self.check_patient(&grant, &patient, "Directive", Action::Read)
             .await?;
-        let directives = self.store.list_directives(&patient).await?;
+        let now = Utc::now();
+        let directives = self
+            .store
+            .list_directives(&patient)
+            .await?
+            .into_iter()
+            .filter(|d| {
+                query.all || (d.revoked_at.is_none() && d.period.end.is_none_or(|end| end > now))
+            });
+        let (directives, next_page_token) =
+            query.page(directives, |d| (d.created_at, d.id.clone()));
         self.audit_read(Change {
             grant: &grant,
             patient: &patient,
@@ -798,6 +1230,7 @@ impl ConsentService for ConsentGrpc {
         .await?;
         Ok(Response::new(pb::ListDirectivesResponse {
             directives: directives.into_iter().map(directive_to_pb).collect(),
+            next_page_token,
         }))
     }
 
@@ -807,10 +1240,105 @@ impl ConsentService for ConsentGrpc {
         request: Request<pb::SetNationalOptOutRequest>,
     ) -> Result<Response<pb::SetNationalOptOutResponse>, Status> {
         let grant = self.admitted(&request)?;
-        let patient = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
+        let req = request.into_inner();
+        let patient = PatientId::parse("patient_id", &req.patient_id)?;
         self.check_patient(&grant, &patient, "Directive", Action::Update)
             .await?;
-        Err(Error::unimplemented("SetNationalOptOut", "the National Data Opt-out issue").into())
+        let by_patient = grant.principal.kind == PrincipalKind::Patient;
+        if !by_patient && !self.directory.patient_exists(&patient).await? {
+            return Err(Error::not_found("patient_id: no patient with this id").into());
+        }
+        let current = self
+            .store
+            .list_directives(&patient)
+            .await?
+            .into_iter()
+            .find(|d| d.kind == DirectiveKind::NationalOptOut && d.revoked_at.is_none());
+        let answer = |opted_out, directive: Option<Directive>| {
+            Response::new(pb::SetNationalOptOutResponse {
+                opted_out,
+                directive: directive.map(directive_to_pb),
+            })
+        };
+        fn change<'a>(
+            grant: &'a Grant,
+            patient: &'a PatientId,
+            action: Action,
+            id: &'a str,
+        ) -> Change<'a> {
+            Change {
+                grant,
+                patient,
+                action,
+                resource_type: "Directive",
+                id,
+                reason: "NATIONAL_OPT_OUT",
+            }
+        }
+        match (req.opted_out, current) {
+            (true, None) => {
+                let now = to_micros(Utc::now());
+                let opt_out = Directive {
+                    id: new_id(),
+                    patient_id: patient.clone(),
+                    kind: DirectiveKind::NationalOptOut,
+                    effect: Effect::Deny,
+                    purposes: DirectiveKind::OPT_OUT_PURPOSES.to_vec(),
+                    organisation: None,
+                    staff_member: None,
+                    staff_role: None,
+                    categories: vec![],
+                    // No end: it persists, after death too, until withdrawn.
+                    period: Period {
+                        start: now,
+                        end: None,
+                    },
+                    note: String::new(),
+                    created_at: now,
+                    revoked_at: None,
+                    provenance: Provenance {
+                        recorded_by: grant.principal.id.clone(),
+                        organisation: None,
+                        source: if by_patient {
+                            DirectiveSource::Patient
+                        } else {
+                            DirectiveSource::NationalOptOutService
+                        },
+                    },
+                    revoked_by: None,
+                };
+                let stored = self
+                    .audited(
+                        change(&grant, &patient, Action::Create, &opt_out.id),
+                        |event| self.store.insert_directive(opt_out.clone(), event),
+                    )
+                    .await?;
+                Ok(answer(true, Some(stored)))
+            }
+            (false, Some(current)) => {
+                let withdrawn = self
+                    .audited(
+                        change(&grant, &patient, Action::Delete, &current.id),
+                        |event| {
+                            self.store.revoke_directive(
+                                &current.id,
+                                to_micros(Utc::now()),
+                                &grant.principal.id,
+                                event,
+                            )
+                        },
+                    )
+                    .await?;
+                Ok(answer(false, Some(withdrawn)))
+            }
+            // Already as asked: nothing changes; the read is audited.
+            (opted_out, current) => {
+                let id = current.as_ref().map(|d| d.id.clone()).unwrap_or_default();
+                self.audit_read(change(&grant, &patient, Action::Read, &id))
+                    .await?;
+                Ok(answer(opted_out, current))
+            }
+        }
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "Evaluate"))]
@@ -820,28 +1348,35 @@ impl ConsentService for ConsentGrpc {
     ) -> Result<Response<pb::EvaluateResponse>, Status> {
         grant(&request)?;
         let asked = evaluation_from_pb(request.into_inner())?;
-        let (relationships, directives) = tokio::try_join!(
-            self.store.list_relationships(&asked.patient_id),
-            self.store.list_directives(&asked.patient_id),
-        )?;
-        let now = Utc::now();
-        let decision = evaluate(&asked, &relationships, &directives, &self.scopes, now);
-        let valid_until = crate::changes::valid_until(&relationships, &directives, now);
-        let decision_id = new_id();
-        // Debug, not info: one line per read on the hot path; the audit
-        // log keeps every decision's id and reason.
-        tracing::debug!(
-            decision_id = %decision_id,
-            outcome = ?decision.outcome,
-            reasons = ?decision.reasons.iter().map(|r| r.code.as_str()).collect::<Vec<_>>(),
-            "decided"
-        );
-        Ok(Response::new(decision_to_pb(
-            decision,
-            decision_id,
-            now,
-            valid_until,
-        )))
+        Ok(Response::new(self.decide(asked).await?))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "BatchEvaluate"))]
+    async fn batch_evaluate(
+        &self,
+        request: Request<pb::BatchEvaluateRequest>,
+    ) -> Result<Response<pb::BatchEvaluateResponse>, Status> {
+        grant(&request)?;
+        let requests = request.into_inner().requests;
+        if requests.is_empty() || requests.len() > MAX_BATCH {
+            return Err(Error::invalid(
+                "requests",
+                format!("must hold between 1 and {MAX_BATCH} requests"),
+            )
+            .into());
+        }
+        // Every request is checked before any is decided: a batch with a bad
+        // request records no break-glass grant.
+        let asked = requests
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| evaluation_from_pb(r).map_err(|e| in_batch(i, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut responses = Vec::with_capacity(asked.len());
+        for asked in asked {
+            responses.push(self.decide(asked).await?);
+        }
+        Ok(Response::new(pb::BatchEvaluateResponse { responses }))
     }
 
     type WatchChangesStream =

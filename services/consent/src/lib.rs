@@ -118,26 +118,27 @@ pub fn spec(
     verifier: Arc<Verifier>,
     limits: MessageLimits,
 ) -> ServiceSpec {
-    spec_with_scopes(
+    spec_with_rules(
         store,
         changes,
         outbox,
         directory,
         verifier,
         limits,
-        domain::RelationshipScopes::default(),
+        domain::Rules::default(),
     )
 }
 
-/// As `spec`, with what each relationship kind may see configured.
-pub fn spec_with_scopes(
+/// As `spec`, with the decision's rules configured (what each relationship
+/// kind may see, break-glass).
+pub fn spec_with_rules(
     store: Arc<dyn store::ConsentStore>,
     changes: Arc<changes::ChangeFeed>,
     outbox: Arc<Outbox>,
     directory: Arc<dyn Directory>,
     verifier: Arc<Verifier>,
     limits: MessageLimits,
-    scopes: domain::RelationshipScopes,
+    rules: domain::Rules,
 ) -> ServiceSpec {
     let closing = changes.clone();
     let server = ConsentServiceServer::new(grpc::ConsentGrpc {
@@ -145,7 +146,7 @@ pub fn spec_with_scopes(
         changes,
         outbox,
         directory,
-        scopes: Arc::new(scopes),
+        rules: Arc::new(rules),
     })
     .max_decoding_message_size(limits.max_bytes)
     .max_encoding_message_size(limits.max_bytes);
@@ -233,16 +234,18 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
             ..OutboxSettings::default()
         },
     );
-    let scopes = domain::RelationshipScopes::with_overrides(&cfg.consent.relationship_categories)
-        .map_err(|e| Error::invalid("consent.relationship_categories", e))?;
-    Ok(spec_with_scopes(
+    let rules = cfg
+        .consent
+        .rules()
+        .map_err(|e| Error::invalid("consent", e.to_string()))?;
+    Ok(spec_with_rules(
         store,
         changes,
         outbox,
         directory,
         verifier,
         MessageLimits::from(&cfg.server),
-        scopes,
+        rules,
     )
     .with_tls(tls))
 }

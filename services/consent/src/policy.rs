@@ -103,20 +103,25 @@ pub static ACCESS: AccessTable = AccessTable {
             method: "SetNationalOptOut",
             callers: &[
                 caller(Patient, "consent.write", Patients::Own),
-                staff_with(
-                    "consent.write",
-                    Capability::RecordDirectives,
-                    Patients::Related,
-                ),
+                // The national opt-out service, as a platform service.
+                caller(Service, "consent.national_opt_out", Patients::Any),
             ],
             purposes: "—",
-            audit: "the change (UNIMPLEMENTED until the opt-out issue)",
+            audit: "the change (CREATE or DELETE Directive, reason NATIONAL_OPT_OUT), or the read \
+                    when nothing changed",
         },
         Rule {
             method: "Evaluate",
             callers: &[caller(Service, "consent.evaluate", Patients::Any)],
             purposes: "the end user's, as the calling service states it",
-            audit: "by the calling service, with the decision id",
+            audit: "by the calling service, with the decision id; a break-glass grant by consent \
+                    (CREATE CareRelationship, flagged break-glass, naming the end user)",
+        },
+        Rule {
+            method: "BatchEvaluate",
+            callers: &[caller(Service, "consent.evaluate", Patients::Any)],
+            purposes: "the end user's, as the calling service states it",
+            audit: "as Evaluate, for each request",
         },
         Rule {
             method: "WatchChanges",

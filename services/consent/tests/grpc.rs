@@ -237,6 +237,8 @@ impl Fixture {
             .list_directives(with_token(
                 pb::ListDirectivesRequest {
                     patient_id: PATIENT.into(),
+                    include_history: true,
+                    ..Default::default()
                 },
                 &self.writer(),
             ))
@@ -269,6 +271,7 @@ fn relationship_request(org: &str) -> pb::RecordCareRelationshipRequest {
         kind: pb::CareRelationshipKind::RegisteredGp as i32,
         start_time: None,
         end_time: None,
+        ..Default::default()
     }
 }
 
@@ -294,6 +297,7 @@ fn evaluate_request(org: &str, purpose: Purpose) -> pb::EvaluateRequest {
         purpose: purpose as i32,
         category: RecordCategory::Unspecified as i32,
         break_glass: None,
+        ..Default::default()
     }
 }
 
@@ -335,6 +339,8 @@ async fn care_relationships_are_recorded_and_listed_newest_first() {
         .list_care_relationships(with_token(
             pb::ListCareRelationshipsRequest {
                 patient_id: PATIENT.into(),
+                include_ended: true,
+                ..Default::default()
             },
             &f.writer(),
         ))
@@ -478,14 +484,17 @@ async fn patient_directives_decide_objections_and_explicit_consent() {
         .await;
     assert_eq!(general.decision, pb::Decision::Permit as i32);
 
-    // Break-glass is not honoured yet, and the denial says so.
+    // Break-glass does not override the patient's objection.
     sexual_health.break_glass = Some(pb::BreakGlass {
         reason: "unconscious in A&E".into(),
     });
+    if let Some(actor) = sexual_health.actor.as_mut() {
+        actor.capabilities = vec!["break_glass".into()];
+    }
     let denied = f.evaluate(sexual_health.clone()).await;
     assert_eq!(
         reason_codes(&denied),
-        ["PATIENT_DIRECTIVE_DENY", "BREAK_GLASS_UNAVAILABLE"]
+        ["PATIENT_DIRECTIVE_DENY", "BREAK_GLASS_REFUSED"]
     );
 
     // Once withdrawn, the objection no longer applies.
@@ -715,6 +724,8 @@ async fn every_call_needs_a_token_with_its_scope() {
         .list_care_relationships(with_token(
             pb::ListCareRelationshipsRequest {
                 patient_id: PATIENT.into(),
+                include_ended: true,
+                ..Default::default()
             },
             &f.evaluator(),
         ))
@@ -723,22 +734,606 @@ async fn every_call_needs_a_token_with_its_scope() {
     assert_eq!(status.code(), Code::PermissionDenied);
 }
 
-#[tokio::test]
-async fn later_issues_say_they_are_not_implemented_yet() {
-    let f = Fixture::start().await;
-    let status = f
-        .client()
+fn research_consent() -> pb::Directive {
+    pb::Directive {
+        patient_id: PATIENT.into(),
+        effect: pb::Effect::Permit as i32,
+        purposes: vec![Purpose::Research as i32],
+        ..Default::default()
+    }
+}
+
+/// The national opt-out service, as a platform service.
+fn opt_out_service(f: &Fixture) -> String {
+    f.authority.token(
+        PrincipalKind::Service,
+        "X26",
+        "ndop",
+        &["consent.national_opt_out"],
+    )
+}
+
+async fn set_opt_out(
+    f: &Fixture,
+    patient: &str,
+    opted_out: bool,
+    token: &str,
+) -> Result<pb::SetNationalOptOutResponse, tonic::Status> {
+    f.client()
         .set_national_opt_out(with_token(
             pb::SetNationalOptOutRequest {
-                patient_id: PATIENT.into(),
-                opted_out: true,
+                patient_id: patient.into(),
+                opted_out,
+            },
+            token,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn the_national_opt_out_is_set_by_the_patient_or_its_service_and_refuses_research() {
+    let f = Fixture::start().await;
+    f.record_relationship("A81001").await;
+    f.record_directive(research_consent()).await;
+    let research = evaluate_request("A81001", Purpose::Research);
+    assert_eq!(
+        f.evaluate(research.clone()).await.decision,
+        pb::Decision::Permit as i32
+    );
+
+    // The patient opts out; asking twice changes nothing.
+    let set = set_opt_out(&f, PATIENT, true, &f.writer())
+        .await
+        .expect("set");
+    assert!(set.opted_out);
+    let opt_out = set.directive.expect("the opt-out");
+    assert_eq!(opt_out.kind, pb::DirectiveKind::NationalOptOut as i32);
+    assert_eq!(opt_out.source, pb::DirectiveSource::Patient as i32);
+    assert_eq!(opt_out.end_time, None, "it persists until withdrawn");
+    let again = set_opt_out(&f, PATIENT, true, &f.writer())
+        .await
+        .expect("set");
+    assert_eq!(
+        again.directive.expect("same").directive_id,
+        opt_out.directive_id
+    );
+
+    // Research is refused despite the patient's general consent; care is not
+    // touched.
+    let refused = f.evaluate(research.clone()).await;
+    assert_eq!(reason_codes(&refused), ["NATIONAL_OPT_OUT"]);
+    assert_eq!(refused.reasons[0].evidence_id, opt_out.directive_id);
+    assert_eq!(
+        f.evaluate(evaluate_request("A81001", Purpose::DirectCare))
+            .await
+            .decision,
+        pb::Decision::Permit as i32
+    );
+    // An exemption, claimed, lifts it and is named.
+    let anonymised = pb::EvaluateRequest {
+        opt_out_exemptions: vec![pb::OptOutExemption::AnonymisedData as i32],
+        ..research.clone()
+    };
+    let permitted = f.evaluate(anonymised).await;
+    assert_eq!(
+        reason_codes(&permitted),
+        ["PATIENT_DIRECTIVE_PERMIT", "OPT_OUT_EXEMPTION"]
+    );
+    let bad_inputs = [
+        (
+            pb::EvaluateRequest {
+                opt_out_exemptions: vec![pb::OptOutExemption::LegalRequirement as i32],
+                ..research.clone()
+            },
+            "legal_basis",
+        ),
+        (
+            pb::EvaluateRequest {
+                opt_out_exemptions: vec![pb::OptOutExemption::AnonymisedData as i32],
+                ..evaluate_request("A81001", Purpose::DirectCare)
+            },
+            "opt_out_exemptions",
+        ),
+        (
+            pb::EvaluateRequest {
+                opt_out_exemptions: vec![99],
+                ..research.clone()
+            },
+            "opt_out_exemptions",
+        ),
+    ];
+    for (request, field) in bad_inputs {
+        let status = f
+            .client()
+            .evaluate(with_token(request, &f.evaluator()))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert!(status.message().starts_with(field), "{}", status.message());
+    }
+
+    // Only SetNationalOptOut changes it.
+    let status = f.revoke(&opt_out.directive_id).await.expect_err("not here");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    let status = f
+        .client()
+        .record_directive(with_token(
+            pb::RecordDirectiveRequest {
+                directive: Some(pb::Directive {
+                    kind: pb::DirectiveKind::NationalOptOut as i32,
+                    ..deny_all()
+                }),
             },
             &f.writer(),
         ))
         .await
-        .expect_err("later");
-    assert_eq!(status.code(), Code::Unimplemented);
-    assert!(status.message().contains("National Data Opt-out issue"));
+        .expect_err("not a patient directive");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("directive.kind"));
+    // Not by a clinician, even one recording directives for the patient.
+    let status = set_opt_out(&f, PATIENT, false, &f.clinician("A81001"))
+        .await
+        .expect_err("not theirs to set");
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    // The national service withdraws it, and sets another patient's.
+    let service = opt_out_service(&f);
+    let withdrawn = set_opt_out(&f, PATIENT, false, &service)
+        .await
+        .expect("withdrawn");
+    assert!(!withdrawn.opted_out);
+    let withdrawn = withdrawn.directive.expect("the withdrawn opt-out");
+    assert_eq!(withdrawn.version, 2);
+    assert!(withdrawn.revoke_time.is_some());
+    assert_eq!(
+        f.evaluate(research).await.decision,
+        pb::Decision::Permit as i32
+    );
+    let other = set_opt_out(&f, OTHER_PATIENT, true, &service)
+        .await
+        .expect("set");
+    assert_eq!(
+        other.directive.expect("opt-out").source,
+        pb::DirectiveSource::NationalOptOutService as i32
+    );
+    let status = set_opt_out(&f, UNKNOWN_PATIENT, true, &service)
+        .await
+        .expect_err("unknown patient");
+    assert_eq!(status.code(), Code::NotFound);
+
+    let reasons: Vec<(i32, String)> = f
+        .audited()
+        .await
+        .into_iter()
+        .filter(|e| e.outcome_reason == "NATIONAL_OPT_OUT")
+        .map(|e| (e.action, e.patient_id))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (Action::Create as i32, PATIENT.to_owned()),
+            (Action::Read as i32, PATIENT.to_owned()),
+            (Action::Delete as i32, PATIENT.to_owned()),
+            (Action::Create as i32, OTHER_PATIENT.to_owned()),
+        ]
+    );
+}
+
+/// A&E staff whose role allows break-glass.
+fn emergency_request(principal: &str) -> pb::EvaluateRequest {
+    let mut request = evaluate_request("RR8", Purpose::EmergencyCare);
+    if let Some(actor) = request.actor.as_mut() {
+        actor.principal_id = principal.into();
+        actor.capabilities = vec!["break_glass".into()];
+    }
+    request
+}
+
+async fn relationship_count(f: &Fixture) -> usize {
+    let patient = PatientId::parse("patient_id", PATIENT).expect("valid");
+    f.store
+        .list_relationships(&patient)
+        .await
+        .expect("listed")
+        .len()
+}
+
+#[tokio::test]
+async fn break_glass_records_a_time_boxed_grant_audited_flagged_and_listed() {
+    let f = Fixture::start().await;
+    let version_before = f.evaluate(emergency_request("ae-1")).await.consent_version;
+
+    // Refused requests store nothing.
+    let no_reason = pb::EvaluateRequest {
+        break_glass: Some(pb::BreakGlass { reason: " ".into() }),
+        ..emergency_request("ae-1")
+    };
+    let for_research = pb::EvaluateRequest {
+        purpose: Purpose::Research as i32,
+        break_glass: Some(pb::BreakGlass {
+            reason: "curious".into(),
+        }),
+        ..emergency_request("ae-1")
+    };
+    let mut not_allowed = pb::EvaluateRequest {
+        break_glass: Some(pb::BreakGlass {
+            reason: "unconscious".into(),
+        }),
+        ..emergency_request("ae-1")
+    };
+    if let Some(actor) = not_allowed.actor.as_mut() {
+        actor.capabilities.clear();
+    }
+    for (request, code, field) in [
+        (no_reason, Code::InvalidArgument, "break_glass.reason"),
+        (for_research, Code::InvalidArgument, "break_glass"),
+        (not_allowed, Code::PermissionDenied, "break-glass"),
+    ] {
+        let status = f
+            .client()
+            .evaluate(with_token(request, &f.evaluator()))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), code, "{field}");
+        assert!(status.message().starts_with(field), "{}", status.message());
+    }
+    assert_eq!(relationship_count(&f).await, 0);
+
+    let asked = pb::EvaluateRequest {
+        break_glass: Some(pb::BreakGlass {
+            reason: "unconscious in A&E, no history available".into(),
+        }),
+        ..emergency_request("ae-1")
+    };
+    let granted = f.evaluate(asked.clone()).await;
+    assert_eq!(granted.decision, pb::Decision::Permit as i32);
+    assert_eq!(
+        reason_codes(&granted),
+        ["BREAK_GLASS", "NO_CARE_RELATIONSHIP"]
+    );
+    let obligations: Vec<&str> = granted
+        .obligations
+        .iter()
+        .map(|o| o.code.as_str())
+        .collect();
+    assert_eq!(
+        obligations,
+        ["AUDIT", "BREAK_GLASS", "NOTIFY_PRIVACY_OFFICER"]
+    );
+    assert_eq!(granted.consent_version, version_before + 1);
+    let lapses = granted.valid_until.expect("the grant lapses").seconds;
+    let in_an_hour = chrono::Utc::now().timestamp() + 3600;
+    assert!((in_an_hour - 5..=in_an_hour).contains(&lapses), "{lapses}");
+
+    // The grant is a relationship anyone entitled can see.
+    let listed = f
+        .client()
+        .list_care_relationships(with_token(
+            pb::ListCareRelationshipsRequest {
+                patient_id: PATIENT.into(),
+                ..Default::default()
+            },
+            &f.writer(),
+        ))
+        .await
+        .expect("listed")
+        .into_inner()
+        .relationships;
+    assert_eq!(listed.len(), 1);
+    let grant = &listed[0];
+    assert_eq!(grant.relationship_id, granted.reasons[0].evidence_id);
+    assert_eq!(grant.kind, pb::CareRelationshipKind::BreakGlass as i32);
+    assert_eq!(grant.staff_principal_id, "ae-1");
+    assert_eq!(grant.organisation_ods_code, "RR8");
+    assert_eq!(grant.reason, "unconscious in A&E, no history available");
+
+    // Audited as the clinician's, flagged, for their organisation.
+    let events = f.audited().await;
+    let event = events
+        .iter()
+        .find(|e| e.record_id == grant.relationship_id)
+        .expect("the grant is audited");
+    assert!(event.break_glass);
+    assert_eq!(event.outcome_reason, "BREAK_GLASS");
+    let actor = event.actor.as_ref().expect("actor");
+    assert_eq!(
+        (
+            actor.principal_id.as_str(),
+            actor.organisation_ods_code.as_str()
+        ),
+        ("ae-1", "RR8")
+    );
+
+    // The grant serves the same clinician without asking again; asking again
+    // makes no second grant; a colleague gets nothing from it.
+    let served = f.evaluate(emergency_request("ae-1")).await;
+    assert_eq!(reason_codes(&served), ["BREAK_GLASS_GRANT"]);
+    let again = f.evaluate(asked).await;
+    assert_eq!(again.decision, pb::Decision::Permit as i32);
+    assert_eq!(relationship_count(&f).await, 1);
+    let colleague = f.evaluate(emergency_request("ae-2")).await;
+    assert_eq!(reason_codes(&colleague), ["NO_CARE_RELATIONSHIP"]);
+}
+
+#[tokio::test]
+async fn evaluate_answers_per_category_and_in_batches() {
+    let f = Fixture::start().await;
+    let placement = pb::RecordCareRelationshipRequest {
+        kind: pb::CareRelationshipKind::CareHomePlacement as i32,
+        ..relationship_request("A81001")
+    };
+    f.client()
+        .record_care_relationship(with_token(placement, &f.pas("A81001")))
+        .await
+        .expect("recorded");
+    let asked = pb::EvaluateRequest {
+        categories: vec![
+            RecordCategory::General as i32,
+            RecordCategory::MentalHealth as i32,
+            RecordCategory::SocialCare as i32,
+        ],
+        ..evaluate_request("A81001", Purpose::DirectCare)
+    };
+    let answer = f.evaluate(asked.clone()).await;
+    assert_eq!(answer.decision, pb::Decision::Deny as i32);
+    assert!(answer.obligations.is_empty());
+    let each: Vec<(i32, i32)> = answer
+        .results
+        .iter()
+        .map(|r| (r.category, r.decision))
+        .collect();
+    assert_eq!(
+        each,
+        [
+            (RecordCategory::General as i32, pb::Decision::Permit as i32),
+            (
+                RecordCategory::MentalHealth as i32,
+                pb::Decision::Deny as i32
+            ),
+            (
+                RecordCategory::SocialCare as i32,
+                pb::Decision::Permit as i32
+            ),
+        ]
+    );
+    assert_eq!(answer.results[1].reasons[0].code, "RELATIONSHIP_SCOPE");
+    assert_eq!(answer.results[0].obligations[0].code, "AUDIT");
+
+    // The consent version moves with each change.
+    let before = answer.consent_version;
+    f.record_directive(deny_all()).await;
+    assert_eq!(f.evaluate(asked.clone()).await.consent_version, before + 1);
+
+    let bad = pb::EvaluateRequest {
+        category: RecordCategory::SexualHealth as i32,
+        ..asked.clone()
+    };
+    let status = f
+        .client()
+        .evaluate(with_token(bad, &f.evaluator()))
+        .await
+        .expect_err("category outside categories");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("category"));
+
+    // Many patients in one call, answered in order.
+    let other = pb::EvaluateRequest {
+        patient_id: OTHER_PATIENT.into(),
+        ..evaluate_request("A81001", Purpose::DirectCare)
+    };
+    let batch = f
+        .client()
+        .batch_evaluate(with_token(
+            pb::BatchEvaluateRequest {
+                requests: vec![asked.clone(), other.clone()],
+            },
+            &f.evaluator(),
+        ))
+        .await
+        .expect("answered")
+        .into_inner()
+        .responses;
+    assert_eq!(batch.len(), 2);
+    assert_eq!(reason_codes(&batch[0])[0], "PATIENT_DIRECTIVE_DENY");
+    assert_eq!(reason_codes(&batch[1]), ["NO_CARE_RELATIONSHIP"]);
+    let unspecified = pb::EvaluateRequest {
+        purpose: Purpose::Unspecified as i32,
+        ..other.clone()
+    };
+    for (requests, field) in [
+        (vec![], "requests"),
+        (vec![other.clone(); 101], "requests"),
+        (vec![other.clone(), unspecified], "requests[1].purpose"),
+    ] {
+        let status = f
+            .client()
+            .batch_evaluate(with_token(
+                pb::BatchEvaluateRequest { requests },
+                &f.evaluator(),
+            ))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert!(
+            status.message().starts_with(&format!("{field}:")),
+            "{}",
+            status.message()
+        );
+    }
+    // Only for services that ask for decisions.
+    let status = f
+        .client()
+        .batch_evaluate(with_token(
+            pb::BatchEvaluateRequest {
+                requests: vec![other],
+            },
+            &f.writer(),
+        ))
+        .await
+        .expect_err("a patient does not evaluate");
+    assert_eq!(status.code(), Code::PermissionDenied);
+}
+
+async fn list_directives(
+    f: &Fixture,
+    request: pb::ListDirectivesRequest,
+) -> Result<pb::ListDirectivesResponse, tonic::Status> {
+    f.client()
+        .list_directives(with_token(request, &f.writer()))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn lists_are_paged_current_by_default_with_history_on_request() {
+    let f = Fixture::start().await;
+    let mut recorded = vec![];
+    for _ in 0..5 {
+        recorded.push(f.record_directive(deny_all()).await.directive_id);
+    }
+    f.revoke(&recorded[1]).await.expect("revoked");
+
+    let current = list_directives(
+        &f,
+        pb::ListDirectivesRequest {
+            patient_id: PATIENT.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("listed");
+    assert_eq!(current.directives.len(), 4);
+    assert!(current.next_page_token.is_empty());
+    assert!(current.directives.iter().all(|d| d.version == 1));
+
+    // Two at a time, with history: every directive once, newest first.
+    let mut seen = vec![];
+    let mut token = String::new();
+    loop {
+        let page = list_directives(
+            &f,
+            pb::ListDirectivesRequest {
+                patient_id: PATIENT.into(),
+                page_size: 2,
+                page_token: token.clone(),
+                include_history: true,
+            },
+        )
+        .await
+        .expect("page");
+        assert!(page.directives.len() <= 2);
+        seen.extend(page.directives);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let ids: Vec<&str> = seen.iter().map(|d| d.directive_id.as_str()).collect();
+    let newest_first: Vec<&str> = recorded.iter().rev().map(String::as_str).collect();
+    assert_eq!(ids, newest_first);
+    assert_eq!(seen[3].version, 2, "the revoked one, as revoked");
+
+    // A cursor is only for the request it came from.
+    let first = list_directives(
+        &f,
+        pb::ListDirectivesRequest {
+            patient_id: PATIENT.into(),
+            page_size: 2,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("page");
+    for (request, field) in [
+        (
+            pb::ListDirectivesRequest {
+                patient_id: PATIENT.into(),
+                page_token: first.next_page_token.clone(),
+                include_history: true,
+                ..Default::default()
+            },
+            "page_token",
+        ),
+        (
+            pb::ListDirectivesRequest {
+                patient_id: PATIENT.into(),
+                page_token: "not-a-cursor".into(),
+                ..Default::default()
+            },
+            "page_token",
+        ),
+        (
+            pb::ListDirectivesRequest {
+                patient_id: PATIENT.into(),
+                page_size: 101,
+                ..Default::default()
+            },
+            "page_size",
+        ),
+    ] {
+        let status = list_directives(&f, request).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().starts_with(field), "{}", status.message());
+    }
+
+    // Relationships: a team and a staff member kept; ended ones on request.
+    let named = pb::RecordCareRelationshipRequest {
+        kind: pb::CareRelationshipKind::CommunityCare as i32,
+        staff_principal_id: "district-nurse-4".into(),
+        team: "District nursing (east)".into(),
+        ..relationship_request("A81001")
+    };
+    let named = f
+        .client()
+        .record_care_relationship(with_token(named, &f.pas("A81001")))
+        .await
+        .expect("recorded")
+        .into_inner()
+        .relationship
+        .expect("relationship");
+    assert_eq!(named.staff_principal_id, "district-nurse-4");
+    assert_eq!(named.team, "District nursing (east)");
+    let gp = f.record_relationship("A81001").await;
+    f.client()
+        .end_care_relationship(with_token(
+            pb::EndCareRelationshipRequest {
+                patient_id: PATIENT.into(),
+                relationship_id: gp.relationship_id.clone(),
+                end_time: None,
+            },
+            &f.pas("A81001"),
+        ))
+        .await
+        .expect("ended");
+    let list = |include_ended| {
+        let f = &f;
+        async move {
+            f.client()
+                .list_care_relationships(with_token(
+                    pb::ListCareRelationshipsRequest {
+                        patient_id: PATIENT.into(),
+                        include_ended,
+                        ..Default::default()
+                    },
+                    &f.writer(),
+                ))
+                .await
+                .expect("listed")
+                .into_inner()
+                .relationships
+        }
+    };
+    let current = list(false).await;
+    assert_eq!(current.len(), 1);
+    assert_eq!(current[0].relationship_id, named.relationship_id);
+    let all = list(true).await;
+    assert_eq!(all.len(), 2);
+    let ended = all
+        .iter()
+        .find(|r| r.relationship_id == gp.relationship_id)
+        .expect("listed");
+    assert_eq!(ended.version, 2);
 }
 
 /// The attacks of the trust-model issue, each refused, with nothing stored.
@@ -813,6 +1408,8 @@ async fn nobody_grants_themselves_a_relationship_or_overrides_a_patient() {
         .list_directives(with_token(
             pb::ListDirectivesRequest {
                 patient_id: PATIENT.into(),
+                include_history: true,
+                ..Default::default()
             },
             &stranger,
         ))
@@ -876,6 +1473,8 @@ async fn nobody_grants_themselves_a_relationship_or_overrides_a_patient() {
         .list_directives(with_token(
             pb::ListDirectivesRequest {
                 patient_id: PATIENT.into(),
+                include_history: true,
+                ..Default::default()
             },
             &admin,
         ))
@@ -1067,6 +1666,8 @@ async fn a_patient_sees_their_own_relationships_and_no_one_elses() {
         with_token(
             pb::ListCareRelationshipsRequest {
                 patient_id: patient.into(),
+                include_ended: true,
+                ..Default::default()
             },
             token,
         )
@@ -1148,6 +1749,8 @@ async fn no_audit_no_change() {
         .list_directives(with_token(
             pb::ListDirectivesRequest {
                 patient_id: PATIENT.into(),
+                include_history: true,
+                ..Default::default()
             },
             &f.writer(),
         ))

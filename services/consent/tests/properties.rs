@@ -1,15 +1,16 @@
 //! Properties of the consent decision, over generated patients: whatever
 //! their relationships and directives, a decision is deterministic, a DENY
 //! directive never turns a DENY into a PERMIT, revoking a directive restores
-//! the decision without it, and a relationship never opens a category its
-//! kind does not cover unless a PERMIT directive does.
+//! the decision without it, the National Data Opt-out never changes a
+//! direct-care decision, and a relationship never opens a category its kind
+//! does not cover unless a PERMIT directive (or break-glass) does.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
 use sharedcare_consent::domain::{
-    Actor, CareRelationship, CareRelationshipKind, Decision, Directive, DirectiveSource, Effect,
-    EvaluationRequest, OdsCode, Outcome, PatientId, Period, Provenance, Purpose, RecordCategory,
-    RelationshipScopes, evaluate,
+    Actor, BreakGlass, CareRelationship, CareRelationshipKind, Decision, Directive, DirectiveKind,
+    DirectiveSource, Effect, EvaluationRequest, Exemption, OdsCode, Outcome, PatientId, Period,
+    Provenance, Purpose, RecordCategory, RelationshipScopes, Rules, evaluate,
 };
 
 const ORGS: [&str; 3] = ["A81001", "B82002", "C83003"];
@@ -55,19 +56,37 @@ fn period() -> impl Strategy<Value = Period> {
     })
 }
 
+const STAFF: [&str; 2] = ["staff-1", "staff-2"];
+
+/// Any kind, break-glass grants included; some name a staff member.
 fn relationship() -> impl Strategy<Value = CareRelationship> {
-    (0usize..3, 0usize..6, period(), any::<u16>()).prop_map(|(org, kind, period, id)| {
-        CareRelationship {
-            id: format!("r{id}"),
-            patient_id: patient(),
-            organisation: ods(org),
-            kind: CareRelationshipKind::ALL[kind],
-            period,
-            recorded_by: "pas".into(),
-            recorded_by_organisation: ods(org),
-            ended_by: None,
-        }
-    })
+    (
+        0usize..3,
+        0usize..7,
+        period(),
+        any::<u16>(),
+        prop::option::of(0usize..2),
+    )
+        .prop_map(|(org, kind, period, id, staff)| {
+            let kind = CareRelationshipKind::ALL
+                .get(kind)
+                .copied()
+                .unwrap_or(CareRelationshipKind::BreakGlass);
+            let grant = kind == CareRelationshipKind::BreakGlass;
+            CareRelationship {
+                id: format!("r{id}"),
+                patient_id: patient(),
+                organisation: ods(org),
+                kind,
+                period,
+                staff_member: staff.or(grant.then_some(0)).map(|s| STAFF[s].to_owned()),
+                team: None,
+                reason: grant.then(|| "emergency".to_owned()),
+                recorded_by: "pas".into(),
+                recorded_by_organisation: ods(org),
+                ended_by: None,
+            }
+        })
 }
 
 fn directive(effect: Option<Effect>) -> impl Strategy<Value = Directive> {
@@ -80,49 +99,102 @@ fn directive(effect: Option<Effect>) -> impl Strategy<Value = Directive> {
         period(),
         prop::option::of(-5i64..5),
         any::<u16>(),
+        prop::option::of(0usize..2),
     )
         .prop_map(
-            move |(permit, purposes, org, role, categories, period, revoked, id)| Directive {
-                id: format!("d{id}"),
-                patient_id: patient(),
-                effect: effect.unwrap_or(if permit { Effect::Permit } else { Effect::Deny }),
-                purposes: purposes.into_iter().map(|p| PURPOSES[p]).collect(),
-                organisation: org.map(ods),
-                staff_role: role,
-                categories: categories.into_iter().map(|c| CATEGORIES[c]).collect(),
-                period,
-                note: String::new(),
-                created_at: now() - Duration::days(40),
-                revoked_at: revoked.map(|d| now() + Duration::days(d)),
-                provenance: Provenance {
-                    recorded_by: "patient".into(),
-                    organisation: None,
-                    source: DirectiveSource::Patient,
-                },
-                revoked_by: None,
+            move |(permit, purposes, org, role, categories, period, revoked, id, staff)| {
+                Directive {
+                    id: format!("d{id}"),
+                    patient_id: patient(),
+                    kind: DirectiveKind::Patient,
+                    effect: effect.unwrap_or(if permit { Effect::Permit } else { Effect::Deny }),
+                    purposes: purposes.into_iter().map(|p| PURPOSES[p]).collect(),
+                    organisation: org.map(ods),
+                    staff_member: staff.map(|s| STAFF[s].to_owned()),
+                    staff_role: role,
+                    categories: categories.into_iter().map(|c| CATEGORIES[c]).collect(),
+                    period,
+                    note: String::new(),
+                    created_at: now() - Duration::days(40),
+                    revoked_at: revoked.map(|d| now() + Duration::days(d)),
+                    provenance: Provenance {
+                        recorded_by: "patient".into(),
+                        organisation: None,
+                        source: DirectiveSource::Patient,
+                    },
+                    revoked_by: None,
+                }
             },
         )
 }
 
+/// Staff asking, sometimes with break-glass, sometimes claiming an
+/// opt-out exemption.
 fn request() -> impl Strategy<Value = EvaluationRequest> {
-    (0usize..3, any::<bool>(), 0usize..6, 0usize..5).prop_map(|(org, role, purpose, category)| {
-        EvaluationRequest {
-            patient_id: patient(),
-            actor: Actor {
-                principal_id: "staff-1".into(),
-                organisation: Some(ods(org)),
-                role: if role { "R8000".into() } else { "R8001".into() },
-                patient: None,
+    (
+        (0usize..3, any::<bool>(), 0usize..2, any::<bool>()),
+        0usize..6,
+        0usize..5,
+        any::<bool>(),
+        0usize..3,
+    )
+        .prop_map(
+            |((org, role, staff, allowed), purpose, category, glass, exemption)| {
+                EvaluationRequest {
+                    patient_id: patient(),
+                    actor: Actor {
+                        principal_id: STAFF[staff].into(),
+                        organisation: Some(ods(org)),
+                        role: if role { "R8000".into() } else { "R8001".into() },
+                        patient: None,
+                        may_break_glass: allowed,
+                    },
+                    purpose: PURPOSES[purpose],
+                    category: CATEGORIES[category],
+                    break_glass: glass.then(|| BreakGlass {
+                        reason: "emergency".into(),
+                    }),
+                    exemptions: match exemption {
+                        1 => vec![Exemption::AnonymisedData],
+                        2 => vec![Exemption::LegalRequirement {
+                            basis: "statute".into(),
+                        }],
+                        _ => vec![],
+                    },
+                }
             },
-            purpose: PURPOSES[purpose],
-            category: CATEGORIES[category],
-            break_glass: None,
-        }
-    })
+        )
+}
+
+fn opt_out() -> Directive {
+    Directive {
+        id: "opt-out".into(),
+        patient_id: patient(),
+        kind: DirectiveKind::NationalOptOut,
+        effect: Effect::Deny,
+        purposes: DirectiveKind::OPT_OUT_PURPOSES.to_vec(),
+        organisation: None,
+        staff_member: None,
+        staff_role: None,
+        categories: vec![],
+        period: Period {
+            start: now() - Duration::days(100),
+            end: None,
+        },
+        note: String::new(),
+        created_at: now() - Duration::days(100),
+        revoked_at: None,
+        provenance: Provenance {
+            recorded_by: "ndop".into(),
+            organisation: None,
+            source: DirectiveSource::NationalOptOutService,
+        },
+        revoked_by: None,
+    }
 }
 
 fn decide(r: &EvaluationRequest, rels: &[CareRelationship], dirs: &[Directive]) -> Decision {
-    evaluate(r, rels, dirs, &RelationshipScopes::default(), now())
+    evaluate(r, rels, dirs, &Rules::default(), now())
 }
 
 proptest! {
@@ -167,6 +239,35 @@ proptest! {
     }
 
     #[test]
+    fn an_opt_out_never_changes_a_care_decision(
+        r in request(),
+        rels in prop::collection::vec(relationship(), 0..4),
+        mut dirs in prop::collection::vec(directive(None), 0..6),
+    ) {
+        prop_assume!(!DirectiveKind::OPT_OUT_PURPOSES.contains(&r.purpose));
+        let without = decide(&r, &rels, &dirs);
+        dirs.push(opt_out());
+        prop_assert_eq!(decide(&r, &rels, &dirs), without);
+    }
+
+    #[test]
+    fn an_opt_out_refuses_unless_an_exemption_is_named(
+        r in request(),
+        rels in prop::collection::vec(relationship(), 0..4),
+        mut dirs in prop::collection::vec(directive(None), 0..6),
+    ) {
+        prop_assume!(DirectiveKind::OPT_OUT_PURPOSES.contains(&r.purpose));
+        dirs.push(opt_out());
+        let decision = decide(&r, &rels, &dirs);
+        if decision.outcome == Outcome::Permit {
+            prop_assert!(
+                decision.reasons.iter().any(|x| x.code.as_str() == "OPT_OUT_EXEMPTION"),
+                "{:?}", decision
+            );
+        }
+    }
+
+    #[test]
     fn a_relationship_never_opens_a_category_its_kind_does_not_cover_without_a_permit(
         r in request(),
         rels in prop::collection::vec(relationship(), 0..4),
@@ -176,12 +277,18 @@ proptest! {
         let scopes = RelationshipScopes::default();
         let decision = decide(&r, &rels, &dirs);
         if decision.outcome == Outcome::Permit {
-            let covered = rels.iter().any(|rel| {
-                Some(&rel.organisation) == r.actor.organisation.as_ref()
-                    && rel.is_current(now())
-                    && scopes.covers(rel.kind, r.category)
-            });
-            prop_assert!(covered, "{:?}", decision);
+            let emergency = matches!(r.purpose, Purpose::DirectCare | Purpose::EmergencyCare);
+            let actors = |rel: &&CareRelationship| {
+                rel.belongs_to(&r.actor) && rel.is_current(now())
+            };
+            let covered = rels.iter().filter(actors).any(|rel| scopes.covers(rel.kind, r.category));
+            let granted = emergency
+                && rels.iter().filter(actors).any(|rel| rel.kind == CareRelationshipKind::BreakGlass);
+            let broke_glass = emergency && r.break_glass.is_some() && r.actor.may_break_glass;
+            prop_assert!(covered || granted || broke_glass, "{:?}", decision);
+            if !covered && !granted {
+                prop_assert!(decision.new_grant.is_some(), "{:?}", decision);
+            }
         }
     }
 }

@@ -9,8 +9,8 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use sharedcare_consent::{
     config::ConsentConfig,
     domain::{
-        CareRelationship, CareRelationshipKind, Directive, DirectiveSource, Effect, OdsCode,
-        PatientId, Period, Provenance, Purpose, RecordCategory,
+        CareRelationship, CareRelationshipKind, Directive, DirectiveKind, DirectiveSource, Effect,
+        OdsCode, PatientId, Period, Provenance, Purpose, RecordCategory,
     },
     store::{self, Backend, Cached, ConsentStore, OUTBOX_TABLE, SqlStore},
 };
@@ -56,6 +56,9 @@ fn relationship(
         organisation: ods("A81001"),
         kind: CareRelationshipKind::HospitalEpisode,
         period: Period { start, end },
+        staff_member: None,
+        team: None,
+        reason: None,
         recorded_by: "principal-1".into(),
         recorded_by_organisation: ods("RR8"),
         ended_by: None,
@@ -66,9 +69,11 @@ fn directive(patient_id: &str, created_at: DateTime<Utc>) -> Directive {
     Directive {
         id: uuid::Uuid::now_v7().to_string(),
         patient_id: patient(patient_id),
+        kind: DirectiveKind::Patient,
         effect: Effect::Deny,
         purposes: vec![],
         organisation: None,
+        staff_member: None,
         staff_role: None,
         categories: vec![],
         period: Period {
@@ -93,8 +98,17 @@ async fn relationships_read_back_newest_first_and_per_patient(store: &dyn Consen
         t0() - Duration::days(400),
         Some(t0() - Duration::days(30)),
     );
-    let newest = relationship("p-1", t0() + Duration::microseconds(1_500), None);
-    let newer = relationship("p-1", t0() + Duration::microseconds(500), None);
+    // A break-glass grant keeps its staff member and reason; a team is kept.
+    let newest = CareRelationship {
+        kind: CareRelationshipKind::BreakGlass,
+        staff_member: Some("staff-9".into()),
+        reason: Some("unconscious in A&E — “no ID”".into()),
+        ..relationship("p-1", t0() + Duration::microseconds(1_500), None)
+    };
+    let newer = CareRelationship {
+        team: Some("Community mental health team (north)".into()),
+        ..relationship("p-1", t0() + Duration::microseconds(500), None)
+    };
     let someone_else = relationship("p-2", t0(), None);
     for r in [&older, &newest, &newer, &someone_else] {
         let stored = store
@@ -129,6 +143,7 @@ async fn directives_keep_every_field(store: &dyn ConsentStore) {
         effect: Effect::Permit,
         purposes: vec![Purpose::Research, Purpose::Planning],
         organisation: Some(ods("RR8")),
+        staff_member: Some("staff-7".into()),
         staff_role: Some("R8000".into()),
         categories: vec![RecordCategory::MentalHealth, RecordCategory::SocialCare],
         period: Period {
@@ -139,7 +154,10 @@ async fn directives_keep_every_field(store: &dyn ConsentStore) {
         ..directive("p-1", t0())
     };
     let minimal = directive("p-1", t0() + Duration::seconds(1));
-    let someone_else = directive("p-2", t0());
+    let someone_else = Directive {
+        kind: DirectiveKind::NationalOptOut,
+        ..directive("p-2", t0())
+    };
     for d in [&full, &minimal, &someone_else] {
         assert_eq!(
             &store

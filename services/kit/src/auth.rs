@@ -187,6 +187,11 @@ impl Principal {
             patient_id: self.patient.clone().unwrap_or_default(),
             display_name: self.display_name.clone(),
             organisation_name: self.organisation_name.clone(),
+            capabilities: self
+                .capabilities
+                .iter()
+                .map(|c| c.as_str().to_owned())
+                .collect(),
         }
     }
 }

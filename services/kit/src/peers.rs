@@ -102,6 +102,7 @@ impl ConsentGate for GrpcConsent {
             purpose: purpose as i32,
             category: category as i32,
             break_glass: None,
+            ..Default::default()
         };
         Box::pin(async move {
             let fail_closed = |e: Error| {
@@ -226,7 +227,11 @@ impl AccessEvent<'_> {
         AuditEvent {
             event_id: uuid::Uuid::now_v7().to_string(),
             occur_time: Some(crate::proto_time::to_proto(chrono::Utc::now())),
-            actor: Some(self.principal.actor()),
+            // Capabilities are for consent's decision, not the trail.
+            actor: Some(Actor {
+                capabilities: vec![],
+                ..self.principal.actor()
+            }),
             patient_id: self.patient_id.to_owned(),
             action: self.action as i32,
             resource_type: self.resource_type.to_owned(),

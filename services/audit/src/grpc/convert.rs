@@ -147,6 +147,8 @@ pub fn encode_event(e: &AuditEvent) -> pb::AuditEvent {
                 .unwrap_or_default(),
             display_name: e.actor.display_name.clone(),
             organisation_name: e.actor.organisation_name.clone(),
+            // Not kept: the trail records who acted, not what their role allows.
+            capabilities: vec![],
         }),
         patient_id: e.patient_id.as_str().to_owned(),
         action: encode_action(e.action) as i32,
@@ -334,6 +336,7 @@ mod tests {
                 patient_id: String::new(),
                 display_name: "Dr Asha Patel".into(),
                 organisation_name: "Leeds Health Centre".into(),
+                capabilities: vec![],
             }),
             patient_id: "patient-1".into(),
             action: pb::Action::Read as i32,

@@ -114,9 +114,13 @@ pub enum CareRelationshipKind {
     CareHomePlacement,
     CommunityCare,
     SocialCareTeam,
+    /// Emergency access granted by break-glass to one staff member, for a
+    /// configured time: recorded by Evaluate, never asserted.
+    BreakGlass,
 }
 
 impl CareRelationshipKind {
+    /// The kinds an organisation asserts (not break-glass grants).
     pub const ALL: [CareRelationshipKind; 6] = [
         CareRelationshipKind::RegisteredGp,
         CareRelationshipKind::HospitalEpisode,
@@ -134,6 +138,7 @@ impl CareRelationshipKind {
             CareRelationshipKind::CareHomePlacement => "care_home_placement",
             CareRelationshipKind::CommunityCare => "community_care",
             CareRelationshipKind::SocialCareTeam => "social_care_team",
+            CareRelationshipKind::BreakGlass => "break_glass",
         }
     }
 
@@ -145,6 +150,7 @@ impl CareRelationshipKind {
             "care_home_placement" => CareRelationshipKind::CareHomePlacement,
             "community_care" => CareRelationshipKind::CommunityCare,
             "social_care_team" => CareRelationshipKind::SocialCareTeam,
+            "break_glass" => CareRelationshipKind::BreakGlass,
             _ => return None,
         })
     }
@@ -158,6 +164,7 @@ impl CareRelationshipKind {
             CareRelationshipKind::CareHomePlacement => "care home placement",
             CareRelationshipKind::CommunityCare => "community care",
             CareRelationshipKind::SocialCareTeam => "social-care team",
+            CareRelationshipKind::BreakGlass => "break-glass",
         }
     }
 }
@@ -197,6 +204,8 @@ mod tests {
             CareRelationshipKind::Referral,
             CareRelationshipKind::CareHomePlacement,
             CareRelationshipKind::CommunityCare,
+            CareRelationshipKind::SocialCareTeam,
+            CareRelationshipKind::BreakGlass,
         ] {
             assert_eq!(CareRelationshipKind::from_stored(k.as_str()), Some(k));
         }

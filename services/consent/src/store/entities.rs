@@ -16,6 +16,9 @@ pub mod care_relationship {
         pub recorded_by: String,
         pub recorded_by_ods_code: String,
         pub ended_by: Option<String>,
+        pub staff_member: Option<String>,
+        pub team: Option<String>,
+        pub reason: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -47,9 +50,12 @@ pub mod directive {
         pub revoked_at: Option<DateTimeUtc>,
         pub recorded_by: String,
         pub recorded_by_ods_code: Option<String>,
-        /// "patient" or "clinician".
+        /// "patient", "clinician" or "national_opt_out_service".
         pub source: String,
         pub revoked_by: Option<String>,
+        pub staff_member: Option<String>,
+        /// "patient" or "national_opt_out".
+        pub kind: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

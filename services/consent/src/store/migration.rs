@@ -10,6 +10,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0001Initial),
             Box::new(M0002Provenance),
             Box::new(M0003AuditOutbox),
+            Box::new(M0004StaffAndKinds),
         ]
     }
 
@@ -149,5 +150,42 @@ impl MigrationTrait for M0003AuditOutbox {
         manager
             .create_table(sharedcare_kit::outbox::create_table(super::OUTBOX_TABLE))
             .await
+    }
+}
+
+/// Relationships and directives naming a staff member, relationship teams
+/// and break-glass reasons, and directive kinds (the National Data Opt-out).
+struct M0004StaffAndKinds;
+
+impl MigrationName for M0004StaffAndKinds {
+    fn name(&self) -> &str {
+        "m0004_staff_and_kinds"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for M0004StaffAndKinds {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let columns = [
+            ("consent_care_relationships", string_null("staff_member")),
+            ("consent_care_relationships", string_null("team")),
+            ("consent_care_relationships", string_null("reason")),
+            ("consent_directives", string_null("staff_member")),
+            (
+                "consent_directives",
+                string("kind").default("patient").to_owned(),
+            ),
+        ];
+        for (table, mut column) in columns {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(table)
+                        .add_column(&mut column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 }

@@ -12,8 +12,8 @@ use sharedcare_proto::audit::v1::AuditEvent;
 
 use super::{BoxFuture, ConsentStore, Migrator, OUTBOX_TABLE, entities::*};
 use crate::domain::{
-    CareRelationship, CareRelationshipKind, Directive, DirectiveSource, Effect, OdsCode, PatientId,
-    Period, Provenance, Purpose, RecordCategory,
+    CareRelationship, CareRelationshipKind, Directive, DirectiveKind, DirectiveSource, Effect,
+    OdsCode, PatientId, Period, Provenance, Purpose, RecordCategory,
 };
 
 #[derive(Clone)]
@@ -45,6 +45,9 @@ fn relationship_to_row(r: &CareRelationship) -> care_relationship::ActiveModel {
         recorded_by: Set(r.recorded_by.clone()),
         recorded_by_ods_code: Set(r.recorded_by_organisation.as_str().to_owned()),
         ended_by: Set(r.ended_by.clone()),
+        staff_member: Set(r.staff_member.clone()),
+        team: Set(r.team.clone()),
+        reason: Set(r.reason.clone()),
     }
 }
 
@@ -72,6 +75,9 @@ fn relationship_from_row(row: care_relationship::Model) -> Result<CareRelationsh
             start: row.start_time,
             end: row.end_time,
         },
+        staff_member: row.staff_member,
+        team: row.team,
+        reason: row.reason,
         recorded_by: row.recorded_by,
         recorded_by_organisation,
         ended_by: row.ended_by,
@@ -115,6 +121,8 @@ fn directive_to_row(d: &Directive) -> Result<directive::ActiveModel, Error> {
             .map(|o| o.as_str().to_owned())),
         source: Set(d.provenance.source.as_str().to_owned()),
         revoked_by: Set(d.revoked_by.clone()),
+        staff_member: Set(d.staff_member.clone()),
+        kind: Set(d.kind.as_str().to_owned()),
     })
 }
 
@@ -124,6 +132,8 @@ fn directive_from_row(row: directive::Model) -> Result<Directive, Error> {
         id: row.directive_id,
         patient_id: PatientId::parse("stored patient_id", &row.patient_id)
             .map_err(|e| Error::internal(READING, e))?,
+        kind: DirectiveKind::from_stored(&row.kind)
+            .ok_or_else(|| Error::internal(READING, "unknown kind"))?,
         effect: Effect::from_stored(&row.effect)
             .ok_or_else(|| Error::internal(READING, "unknown effect"))?,
         purposes: names_from_json(&row.purposes, Purpose::from_stored)?,
@@ -133,6 +143,7 @@ fn directive_from_row(row: directive::Model) -> Result<Directive, Error> {
             .map(|o| OdsCode::parse("stored organisation_ods_code", o))
             .transpose()
             .map_err(|e| Error::internal(READING, e))?,
+        staff_member: row.staff_member,
         staff_role: row.staff_role,
         categories: names_from_json(&row.categories, RecordCategory::from_stored)?,
         period: Period {

@@ -47,6 +47,8 @@ pub const KNOWN_SCOPES: &[&str] = &[
     "consent.read",
     "consent.write",
     "consent.evaluate",
+    // The national opt-out service: SetNationalOptOut for any patient.
+    "consent.national_opt_out",
     "audit.read",
     "audit.append",
 ];

@@ -292,6 +292,8 @@ pub async fn prepare(services: &Services, data_dir: &Path) -> anyhow::Result<Fix
             patient: patient_id.clone(),
             ods: ods.to_owned(),
             kind: care::KindArg::RegisteredGp,
+            staff: String::new(),
+            team: String::new(),
         },
     )
     .await

@@ -28,6 +28,12 @@ pub struct CareRelationshipArgs {
     /// What kind of care (a referral is made with `sharedcare refer`).
     #[arg(long, value_enum, default_value_t = KindArg::RegisteredGp)]
     pub kind: KindArg,
+    /// Only this staff member (principal id) of the organisation.
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub staff: String,
+    /// The team caring for the patient.
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub team: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,6 +92,8 @@ pub async fn record(
                 kind: args.kind.to_proto() as i32,
                 start_time: None,
                 end_time: None,
+                staff_principal_id: args.staff,
+                team: args.team,
             },
             services.token()?,
         )?)

@@ -5,7 +5,8 @@
 
 use clap::{Subcommand, ValueEnum};
 use sharedcare_proto::consent::v1::{
-    Directive, Effect, ListDirectivesRequest, RecordDirectiveRequest, RevokeDirectiveRequest,
+    Directive, DirectiveKind, Effect, ListDirectivesRequest, RecordDirectiveRequest,
+    RevokeDirectiveRequest, SetNationalOptOutRequest,
 };
 
 use crate::output::out;
@@ -29,11 +30,26 @@ pub enum DirectiveCommand {
         #[arg(long)]
         directive: String,
     },
-    /// List a patient's directives, revoked ones included.
+    /// List a patient's directives in force (or yet to start).
     List {
         /// Patient id.
         #[arg(long)]
         patient: String,
+        /// Every version: revoked and ended directives too.
+        #[arg(long)]
+        history: bool,
+    },
+    /// Register (or with --withdraw, withdraw) the patient's National Data
+    /// Opt-out: research, planning and commissioning are refused unless an
+    /// exemption holds; care is never touched. By the patient, or the
+    /// national opt-out service.
+    OptOut {
+        /// Patient id.
+        #[arg(long)]
+        patient: String,
+        /// Withdraw the opt-out instead.
+        #[arg(long)]
+        withdraw: bool,
     },
 }
 
@@ -135,25 +151,61 @@ pub async fn run(services: &Services, command: DirectiveCommand) -> anyhow::Resu
         DirectiveCommand::Revoke { patient, directive } => {
             print(&revoke(services, patient, directive).await?);
         }
-        DirectiveCommand::List { patient } => {
-            let directives = services
-                .consent()?
-                .list_directives(bearer(
-                    ListDirectivesRequest {
-                        patient_id: patient,
-                    },
-                    services.token()?,
-                )?)
-                .await
-                .grpc()?
-                .directives;
+        DirectiveCommand::List { patient, history } => {
+            let mut directives = vec![];
+            let mut page_token = String::new();
+            loop {
+                let page = services
+                    .consent()?
+                    .list_directives(bearer(
+                        ListDirectivesRequest {
+                            patient_id: patient.clone(),
+                            page_size: 100,
+                            page_token,
+                            include_history: history,
+                        },
+                        services.token()?,
+                    )?)
+                    .await
+                    .grpc()?;
+                directives.extend(page.directives);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             if directives.is_empty() {
-                out!("no directives recorded for this patient");
+                out!("no directives in force for this patient");
             }
             for (i, directive) in directives.iter().enumerate() {
                 if i > 0 {
                     out!();
                 }
+                print(directive);
+            }
+        }
+        DirectiveCommand::OptOut { patient, withdraw } => {
+            let response = services
+                .consent()?
+                .set_national_opt_out(bearer(
+                    SetNationalOptOutRequest {
+                        patient_id: patient,
+                        opted_out: !withdraw,
+                    },
+                    services.token()?,
+                )?)
+                .await
+                .grpc()?;
+            out!(
+                "National Data Opt-out: {}",
+                if response.opted_out {
+                    "registered"
+                } else {
+                    "not registered"
+                }
+            );
+            if let Some(directive) = &response.directive {
+                out!();
                 print(directive);
             }
         }
@@ -164,10 +216,16 @@ pub async fn run(services: &Services, command: DirectiveCommand) -> anyhow::Resu
 /// What the directive says, and who recorded it from which source.
 pub fn print(d: &Directive) {
     out!("directive_id: {}", d.directive_id);
+    if d.kind == DirectiveKind::NationalOptOut as i32 {
+        out!("kind:         National Data Opt-out");
+    }
     out!("patient_id:   {}", d.patient_id);
     out!("effect:       {}", labels::effect(d.effect));
     out!("purposes:     {}", labels::purposes(&d.purposes));
     out!("organisation: {}", or_any(&d.organisation_ods_code));
+    if !d.staff_principal_id.is_empty() {
+        out!("staff:        {}", d.staff_principal_id);
+    }
     out!("staff_role:   {}", or_any(&d.staff_role));
     out!("categories:   {}", labels::categories(&d.categories));
     if !d.note.is_empty() {

@@ -435,6 +435,8 @@ pub async fn import(services: &Services, args: ImportArgs) -> anyhow::Result<Imp
             .list_care_relationships(bearer(
                 ListCareRelationshipsRequest {
                     patient_id: patient.patient_id.clone(),
+                    page_size: 100,
+                    ..Default::default()
                 },
                 &token,
             )?)
@@ -460,6 +462,7 @@ pub async fn import(services: &Services, args: ImportArgs) -> anyhow::Result<Imp
                         kind: args.kind.to_proto() as i32,
                         start_time: None,
                         end_time: None,
+                        ..Default::default()
                     },
                     &token,
                 )?)

@@ -215,6 +215,8 @@ pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow:
         patient: patient_id.clone(),
         ods: HOME_PRACTICE.0.to_owned(),
         kind: care::KindArg::RegisteredGp,
+        staff: String::new(),
+        team: String::new(),
     };
     let relationship = care::record(&home_pas.services, assert_home())
         .await
