@@ -404,6 +404,7 @@ async fn call(
                     patient_id,
                     record_id: t.record_id.clone(),
                     purpose: 0,
+                    break_glass_reason: String::new(),
                 },
                 token,
             ))

@@ -197,6 +197,7 @@ async fn the_chain(backend: Backend) {
         patient_id: patient_id.clone(),
         record_id: record_id.into(),
         purpose: 0,
+        break_glass_reason: String::new(),
     };
     let read = records_client
         .get_record(with_token(get(&created.record_id), &ours.clinician))

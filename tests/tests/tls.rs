@@ -210,6 +210,7 @@ async fn the_chain_over_mutual_tls() {
                 patient_id: patient_id.clone(),
                 record_id: record.record_id,
                 purpose: 0,
+                break_glass_reason: String::new(),
             },
             &gp,
         ))
@@ -259,6 +260,7 @@ async fn the_chain_over_mutual_tls() {
             patient_id: "p".into(),
             record_id: "r".into(),
             purpose: 0,
+            break_glass_reason: String::new(),
         })
         .await
         .expect_err("no token");

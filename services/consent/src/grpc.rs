@@ -73,6 +73,7 @@ impl Change<'_> {
             resource_type: self.resource_type,
             record_id: self.id,
             source_service: crate::SERVICE_NAME,
+            break_glass: None,
         }
         .event(outcome, self.reason, "")
     }
@@ -1272,7 +1273,7 @@ impl ConsentService for ConsentGrpc {
                 action,
                 resource_type: "Directive",
                 id,
-                reason: "NATIONAL_OPT_OUT",
+                reason: "OPT_OUT_CHANGED",
             }
         }
         match (req.opted_out, current) {

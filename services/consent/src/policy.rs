@@ -107,7 +107,7 @@ pub static ACCESS: AccessTable = AccessTable {
                 caller(Service, "consent.national_opt_out", Patients::Any),
             ],
             purposes: "—",
-            audit: "the change (CREATE or DELETE Directive, reason NATIONAL_OPT_OUT), or the read \
+            audit: "the change (CREATE or DELETE Directive, reason OPT_OUT_CHANGED), or the read \
                     when nothing changed",
         },
         Rule {

@@ -906,7 +906,7 @@ async fn the_national_opt_out_is_set_by_the_patient_or_its_service_and_refuses_r
         .audited()
         .await
         .into_iter()
-        .filter(|e| e.outcome_reason == "NATIONAL_OPT_OUT")
+        .filter(|e| e.outcome_reason == "OPT_OUT_CHANGED")
         .map(|e| (e.action, e.patient_id))
         .collect();
     assert_eq!(

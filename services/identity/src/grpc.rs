@@ -150,6 +150,7 @@ fn patient_access<'a>(
         resource_type: "Patient",
         record_id: patient_id,
         source_service: crate::SERVICE_NAME,
+        break_glass: None,
     }
 }
 

@@ -71,6 +71,7 @@ impl ConsentGate for FakeConsent {
                     decision_id: "decision-permit".into(),
                     reasons: vec![("CARE_RELATIONSHIP".into(), "registered GP".into())],
                     valid_until: None,
+                    obligations: vec!["AUDIT".into()],
                 }),
                 Answer::Deny => Ok(Decision {
                     permitted: false,
@@ -80,6 +81,7 @@ impl ConsentGate for FakeConsent {
                         "no current care relationship".into(),
                     )],
                     valid_until: None,
+                    obligations: vec!["AUDIT".into()],
                 }),
                 Answer::Down => Err(Error::unavailable(
                     "consent could not be asked, so access is refused (test)",

@@ -279,6 +279,20 @@ impl ConsentGate for CachedConsent {
             Ok(decision)
         })
     }
+
+    fn evaluate_break_glass(
+        &self,
+        patient_id: &str,
+        actor: Actor,
+        purpose: Purpose,
+        category: RecordCategory,
+        reason: &str,
+    ) -> BoxFuture<'_, Decision> {
+        // Straight to consent, which records the grant; the grant itself
+        // reaches the cache as a change of the patient's consent.
+        self.inner
+            .evaluate_break_glass(patient_id, actor, purpose, category, reason)
+    }
 }
 
 /// Follows consent's change stream for as long as the cache lives,

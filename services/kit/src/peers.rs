@@ -11,7 +11,8 @@ use sharedcare_proto::{
     },
     common::v1::{Actor, Purpose, RecordCategory},
     consent::v1::{
-        Decision as PbDecision, EvaluateRequest, consent_service_client::ConsentServiceClient,
+        BreakGlass, Decision as PbDecision, EvaluateRequest, EvaluateResponse,
+        consent_service_client::ConsentServiceClient,
     },
 };
 use tonic::transport::Channel;
@@ -30,9 +31,24 @@ pub struct Decision {
     /// Unless the patient's consent changes first, the decision stands
     /// until then (None: no time limit known).
     pub valid_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// What the caller must do when acting on a permit (obligation codes,
+    /// all among [`Decision::OBLIGATIONS`]).
+    pub obligations: Vec<String>,
 }
 
 impl Decision {
+    /// The obligations a service acting on consent's decisions knows how to
+    /// meet: audit the access; flag it as break-glass, which is also how the
+    /// organisation's privacy officer hears of it (their audit view lists
+    /// flagged accesses). A permit with any other is refused: an obligation
+    /// nobody meets is a condition broken.
+    pub const OBLIGATIONS: [&str; 3] = ["AUDIT", "BREAK_GLASS", "NOTIFY_PRIVACY_OFFICER"];
+
+    /// Whether the access must be flagged as break-glass in the audit trail.
+    pub fn break_glass(&self) -> bool {
+        self.obligations.iter().any(|o| o == "BREAK_GLASS")
+    }
+
     /// The first reason's code, for the audit trail and ErrorInfo.
     pub fn reason_code(&self) -> String {
         self.reasons
@@ -65,6 +81,24 @@ pub trait ConsentGate: Send + Sync + 'static {
         purpose: Purpose,
         category: RecordCategory,
     ) -> BoxFuture<'_, Decision>;
+
+    /// As `evaluate`, asking for break-glass with `reason`. Never answered
+    /// from a cache: consent records the grant. A gate that cannot ask
+    /// refuses.
+    fn evaluate_break_glass(
+        &self,
+        _patient_id: &str,
+        _actor: Actor,
+        _purpose: Purpose,
+        _category: RecordCategory,
+        _reason: &str,
+    ) -> BoxFuture<'_, Decision> {
+        Box::pin(async {
+            Err(Error::unavailable(
+                "break-glass cannot be asked for through this consent gate",
+            ))
+        })
+    }
 }
 
 pub trait AuditSink: Send + Sync + 'static {
@@ -88,6 +122,51 @@ impl GrpcConsent {
     }
 }
 
+/// consent's answer as a [`Decision`].
+fn decision_from(response: EvaluateResponse) -> Decision {
+    let obligations: Vec<String> = response.obligations.into_iter().map(|o| o.code).collect();
+    let unmet = obligations
+        .iter()
+        .any(|o| !Decision::OBLIGATIONS.contains(&o.as_str()));
+    Decision {
+        // Anything but an explicit permit whose obligations can be met is a
+        // denial.
+        permitted: response.decision == PbDecision::Permit as i32 && !unmet,
+        decision_id: response.decision_id,
+        reasons: response
+            .reasons
+            .into_iter()
+            .map(|r| (r.code, r.message))
+            .collect(),
+        // An unreadable limit is treated as already reached.
+        valid_until: crate::proto_time::from_proto("valid_until", response.valid_until.as_ref())
+            .unwrap_or_else(|_| Some(chrono::Utc::now())),
+        obligations,
+    }
+}
+
+impl GrpcConsent {
+    async fn ask(&self, message: EvaluateRequest) -> Result<Decision, Error> {
+        let fail_closed = |e: Error| {
+            Error::unavailable(format!(
+                "consent could not be asked, so access is refused ({})",
+                e.message
+            ))
+        };
+        let request = crate::client::request(message, self.tokens.as_ref(), self.timeout)
+            .await
+            .map_err(fail_closed)?;
+        let response = self
+            .client
+            .clone()
+            .evaluate(request)
+            .await
+            .map_err(|s| fail_closed(Error::from(s)))?
+            .into_inner();
+        Ok(decision_from(response))
+    }
+}
+
 impl ConsentGate for GrpcConsent {
     fn evaluate(
         &self,
@@ -101,10 +180,33 @@ impl ConsentGate for GrpcConsent {
             actor: Some(actor),
             purpose: purpose as i32,
             category: category as i32,
-            break_glass: None,
+            ..Default::default()
+        };
+        Box::pin(self.ask(message))
+    }
+
+    fn evaluate_break_glass(
+        &self,
+        patient_id: &str,
+        actor: Actor,
+        purpose: Purpose,
+        category: RecordCategory,
+        reason: &str,
+    ) -> BoxFuture<'_, Decision> {
+        let message = EvaluateRequest {
+            patient_id: patient_id.to_owned(),
+            actor: Some(actor),
+            purpose: purpose as i32,
+            category: category as i32,
+            break_glass: Some(BreakGlass {
+                reason: reason.to_owned(),
+            }),
             ..Default::default()
         };
         Box::pin(async move {
+            // consent's refusal of the break-glass request itself (no
+            // reason, a role not allowed it, a purpose it is not for) is the
+            // caller's to hear, not an outage.
             let fail_closed = |e: Error| {
                 Error::unavailable(format!(
                     "consent could not be asked, so access is refused ({})",
@@ -114,29 +216,20 @@ impl ConsentGate for GrpcConsent {
             let request = crate::client::request(message, self.tokens.as_ref(), self.timeout)
                 .await
                 .map_err(fail_closed)?;
-            let response = self
-                .client
-                .clone()
-                .evaluate(request)
-                .await
-                .map_err(|s| fail_closed(Error::from(s)))?
-                .into_inner();
-            Ok(Decision {
-                // Anything but an explicit permit is a denial.
-                permitted: response.decision == PbDecision::Permit as i32,
-                decision_id: response.decision_id,
-                reasons: response
-                    .reasons
-                    .into_iter()
-                    .map(|r| (r.code, r.message))
-                    .collect(),
-                // An unreadable limit is treated as already reached.
-                valid_until: crate::proto_time::from_proto(
-                    "valid_until",
-                    response.valid_until.as_ref(),
-                )
-                .unwrap_or_else(|_| Some(chrono::Utc::now())),
-            })
+            match self.client.clone().evaluate(request).await {
+                Err(s) if s.code() == tonic::Code::InvalidArgument => Err(Error::invalid(
+                    "break_glass_reason",
+                    s.message()
+                        .split_once(": ")
+                        .map_or(s.message(), |(_, m)| m)
+                        .to_owned(),
+                )),
+                Err(s) if s.code() == tonic::Code::PermissionDenied => {
+                    Err(Error::permission_denied(s.message().to_owned()))
+                }
+                Err(s) => Err(fail_closed(Error::from(s))),
+                Ok(response) => Ok(decision_from(response.into_inner())),
+            }
         })
     }
 }
@@ -215,9 +308,23 @@ pub struct AccessEvent<'a> {
     pub record_id: &'a str,
     /// The service reporting it, e.g. "records".
     pub source_service: &'static str,
+    /// The end user asked for break-glass, with this reason.
+    pub break_glass: Option<&'a str>,
 }
 
 impl AccessEvent<'_> {
+    /// The event of an access consent decided: its reason and id, flagged
+    /// break-glass when the decision obliges it.
+    pub fn decided(
+        &self,
+        outcome: sharedcare_proto::audit::v1::Outcome,
+        decision: &Decision,
+    ) -> AuditEvent {
+        let mut event = self.event(outcome, &decision.reason_code(), &decision.decision_id);
+        event.break_glass = decision.break_glass();
+        event
+    }
+
     pub fn event(
         &self,
         outcome: sharedcare_proto::audit::v1::Outcome,

@@ -31,6 +31,11 @@ pub fn reason_text(code: &str) -> Option<&'static str> {
         "NO_CARE_RELATIONSHIP" => "they are not caring for the patient",
         "NO_LAWFUL_BASIS" => "there is no lawful basis for this purpose",
         "BREAK_GLASS_UNAVAILABLE" => "emergency access is not available to them",
+        "BREAK_GLASS" => "they used emergency access (break-glass) and gave a reason",
+        "BREAK_GLASS_GRANT" => "they had used emergency access (break-glass) and it had not lapsed",
+        "BREAK_GLASS_REFUSED" => "emergency access does not override the patient's wishes",
+        "RELATIONSHIP_SCOPE" => "their kind of care does not cover that part of the record",
+        "NATIONAL_OPT_OUT" => "the patient has registered a National Data Opt-out",
         // refusals before consent is asked
         "ACCESS_RULE" | "NO_ACCESS_RULE" => "their role does not allow it",
         "MISSING_SCOPE" => "their access token does not allow it",
@@ -46,6 +51,7 @@ pub fn reason_text(code: &str) -> Option<&'static str> {
         "LISTED" => "the list was read",
         "patient" => "recorded by the patient",
         "clinician" => "recorded by a clinician on the patient's behalf",
+        "OPT_OUT_CHANGED" => "the patient's National Data Opt-out was changed",
         _ => return None,
     })
 }

@@ -279,7 +279,16 @@ impl RecordsService for RecordsGrpc {
         let (principal, patient) = for_patient(grant, &req.patient_id)?;
         let id = RecordId::parse("record_id", &req.record_id)?;
         let purpose = principal.purpose_for("purpose", req.purpose)?;
-        let record = self.records.get(&principal, patient, id, purpose).await?;
+        let record = self
+            .records
+            .get(
+                &principal,
+                patient,
+                id,
+                purpose,
+                break_glass(&req.break_glass_reason),
+            )
+            .await?;
         Ok(Response::new(pb::GetRecordResponse {
             record: Some(record_to_pb(record)),
         }))
@@ -322,7 +331,7 @@ impl RecordsService for RecordsGrpc {
             .search(
                 &principal,
                 query,
-                purpose,
+                (purpose, break_glass(&req.break_glass_reason)),
                 size,
                 &req.page_token,
                 &search_digest(&req),
@@ -409,4 +418,9 @@ fn if_match(version: i64) -> Result<i64, Error> {
         ));
     }
     Ok(version)
+}
+
+/// The break-glass reason, when one is given (consent checks it).
+fn break_glass(reason: &str) -> Option<&str> {
+    Some(reason.trim()).filter(|r| !r.is_empty())
 }

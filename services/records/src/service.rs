@@ -84,6 +84,7 @@ fn access<'a>(
         resource_type,
         record_id,
         source_service: crate::SERVICE_NAME,
+        break_glass: None,
     }
 }
 
@@ -115,23 +116,26 @@ impl Records {
         access: &AccessEvent<'_>,
         category: Category,
     ) -> Result<Decision, Error> {
-        self.consent
-            .evaluate(
-                access.patient_id,
-                access.principal.actor(),
-                access.purpose,
-                category_to_pb(category),
-            )
-            .await
+        let (patient, actor, purpose) =
+            (access.patient_id, access.principal.actor(), access.purpose);
+        let category = category_to_pb(category);
+        match access.break_glass {
+            Some(reason) => {
+                self.consent
+                    .evaluate_break_glass(patient, actor, purpose, category, reason)
+                    .await
+            }
+            None => {
+                self.consent
+                    .evaluate(patient, actor, purpose, category)
+                    .await
+            }
+        }
     }
 
     /// Records a denial in the outbox (the answer is no even if that fails).
     async fn audit_denial(&self, access: &AccessEvent<'_>, decision: &Decision) {
-        let event = access.event(
-            Outcome::Denied,
-            &decision.reason_code(),
-            &decision.decision_id,
-        );
+        let event = access.decided(Outcome::Denied, decision);
         if let Err(e) = self.outbox.record(&event).await {
             tracing::warn!(error = %e.message, "a denial could not be audited");
         }
@@ -191,11 +195,7 @@ impl Records {
         decision: &Decision,
     ) -> Result<(), Error> {
         self.outbox
-            .record(&access.event(
-                Outcome::Success,
-                &decision.reason_code(),
-                &decision.decision_id,
-            ))
+            .record(&access.decided(Outcome::Success, decision))
             .await
     }
 
@@ -208,11 +208,7 @@ impl Records {
         access: &AccessEvent<'_>,
         decision: &Decision,
     ) -> Result<(), Error> {
-        let event = access.event(
-            Outcome::Success,
-            &decision.reason_code(),
-            &decision.decision_id,
-        );
+        let event = access.decided(Outcome::Success, decision);
         if self.store.audit_in_write() {
             write.audit = Some(AuditRow {
                 event_id: event.event_id.clone(),
@@ -306,21 +302,24 @@ impl Records {
             .store
             .version(patient, &row.record_id, row.version)
             .await?;
-        self.read(principal, patient, &row.record_id, stored, purpose)
+        self.read(principal, patient, &row.record_id, stored, (purpose, None))
             .await
     }
 
-    /// Reads the current version.
+    /// Reads the current version (with break-glass when `break_glass`
+    /// gives a reason).
     pub async fn get(
         &self,
         principal: &Principal,
         patient: PatientId,
         id: RecordId,
         purpose: Purpose,
+        break_glass: Option<&str>,
     ) -> Result<Record, Error> {
         self.outbox.admit()?;
         let found = self.store.current(&patient, &id).await?;
-        self.read(principal, &patient, &id, found, purpose).await
+        self.read(principal, &patient, &id, found, (purpose, break_glass))
+            .await
     }
 
     /// Consent about the version's metadata, then (permitted, not deleted)
@@ -331,13 +330,13 @@ impl Records {
         patient: &PatientId,
         id: &RecordId,
         found: Option<Stored>,
-        purpose: Purpose,
+        (purpose, break_glass): (Purpose, Option<&str>),
     ) -> Result<Record, Error> {
         let resource_type = found
             .as_ref()
             .map(|s| s.meta.resource_type.clone())
             .unwrap_or_default();
-        let access = access(
+        let mut access = access(
             principal,
             patient,
             Action::Read,
@@ -345,6 +344,7 @@ impl Records {
             &resource_type,
             id.as_str(),
         );
+        access.break_glass = break_glass;
         let Some(stored) = found else {
             return Err(self.absent(&access).await);
         };
@@ -585,7 +585,7 @@ impl Records {
         &self,
         principal: &Principal,
         mut query: SearchQuery,
-        purpose: Purpose,
+        (purpose, break_glass): (Purpose, Option<&str>),
         page_size: usize,
         cursor: &str,
         digest: &[u8],
@@ -596,7 +596,8 @@ impl Records {
             Some(position) => Some(sort_key_from(&position)?),
             None => None,
         };
-        let access = access(principal, &patient, Action::Search, purpose, "", "");
+        let mut access = access(principal, &patient, Action::Search, purpose, "", "");
+        access.break_glass = break_glass;
         let (permitted, decisions, general_denial) = self
             .permitted_categories(&access, &query.categories)
             .await?;
@@ -849,11 +850,7 @@ impl Records {
                 if one_type { first_type } else { "" },
                 "",
             )
-            .event(
-                Outcome::Success,
-                &decision.reason_code(),
-                &decision.decision_id,
-            );
+            .decided(Outcome::Success, decision);
             event.record_ids = rs.iter().map(|r| r.id.as_str().to_owned()).collect();
             events.push(event);
         }

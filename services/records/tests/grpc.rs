@@ -185,6 +185,7 @@ async fn without_consent_nothing_is_stored_or_served() {
                 patient_id: "p-1".into(),
                 record_id: "r-1".into(),
                 purpose: 0,
+                break_glass_reason: String::new(),
             },
             &token,
         ))
@@ -384,6 +385,7 @@ impl ConsentGate for PermitAll {
                 decision_id: "decision-1".into(),
                 reasons: vec![("CARE_RELATIONSHIP".into(), "a test permit".into())],
                 valid_until: None,
+                obligations: vec!["AUDIT".into()],
             })
         })
     }
@@ -465,6 +467,7 @@ async fn a_record_is_classified_by_its_codes_and_a_writers_label_only_raises_it(
                     patient_id: "p-1".into(),
                     record_id: created.record_id.clone(),
                     purpose: 0,
+                    break_glass_reason: String::new(),
                 },
                 &token,
             ))
@@ -514,6 +517,7 @@ async fn every_access_is_in_the_outbox_before_it_is_answered_and_reaches_audit()
                 patient_id: "p-1".into(),
                 record_id: record_id.into(),
                 purpose: 0,
+                break_glass_reason: String::new(),
             },
             &token,
         )
@@ -659,6 +663,7 @@ impl ConsentGate for Withholding {
                 decision_id: "decision-1".into(),
                 reasons: vec![("TEST".into(), "a test decision".into())],
                 valid_until: None,
+                obligations: vec!["AUDIT".into()],
             })
         })
     }
@@ -946,6 +951,7 @@ async fn versions_history_search_and_a_withheld_category_over_grpc() {
         patient_id: "p-1".into(),
         record_id: record_id.into(),
         purpose: 0,
+        break_glass_reason: String::new(),
     };
     let withheld = client
         .get_record(with_token(get(&hiv.record_id), &token))

@@ -246,6 +246,7 @@ fn kill_9_under_write_load_loses_no_acknowledged_write_or_audit_event() {
                         patient_id: setup.patient.clone(),
                         record_id: record_id.clone(),
                         purpose: Purpose::Unspecified as i32,
+                        break_glass_reason: String::new(),
                     },
                     &setup.clinician,
                 ))

@@ -120,6 +120,7 @@ impl Scenario {
                     patient_id: fixture.patient_id.clone(),
                     record_id: fixture.record_id.clone(),
                     purpose: Purpose::Unspecified as i32,
+                    break_glass_reason: String::new(),
                 },
             },
             Scenario::CreateRecord => Rpc::CreateRecord {

@@ -129,6 +129,16 @@ pub enum RecordCommand {
         /// Purpose of use [default: the token's].
         #[arg(long, value_enum)]
         purpose: Option<PurposeArg>,
+        /// Break-glass: emergency access without a care relationship, with
+        /// the reason it is needed now (direct or emergency care; roles
+        /// allowed it only; flagged in the audit trail).
+        #[arg(
+            long,
+            value_name = "REASON",
+            default_value = "",
+            hide_default_value = true
+        )]
+        break_glass: String,
     },
 }
 
@@ -167,16 +177,28 @@ pub async fn get(
     record: &str,
     purpose: Option<PurposeArg>,
 ) -> anyhow::Result<Record> {
+    get_request(
+        services,
+        token,
+        GetRecordRequest {
+            patient_id: patient.to_owned(),
+            record_id: record.to_owned(),
+            purpose: purpose_or_unspecified(purpose),
+            break_glass_reason: String::new(),
+        },
+    )
+    .await
+}
+
+/// Calls GetRecord with `request` as it is.
+pub async fn get_request(
+    services: &Services,
+    token: &str,
+    request: GetRecordRequest,
+) -> anyhow::Result<Record> {
     let response = services
         .records()?
-        .get_record(bearer(
-            GetRecordRequest {
-                patient_id: patient.to_owned(),
-                record_id: record.to_owned(),
-                purpose: purpose_or_unspecified(purpose),
-            },
-            token,
-        )?)
+        .get_record(bearer(request, token)?)
         .await
         .grpc()?;
     Ok(response.record.unwrap_or_default())
@@ -255,7 +277,20 @@ pub async fn run(services: &Services, command: RecordCommand) -> anyhow::Result<
             patient,
             record,
             purpose,
-        } => get(services, token, &patient, &record, purpose).await?,
+            break_glass,
+        } => {
+            get_request(
+                services,
+                token,
+                GetRecordRequest {
+                    patient_id: patient,
+                    record_id: record,
+                    purpose: purpose_or_unspecified(purpose),
+                    break_glass_reason: break_glass,
+                },
+            )
+            .await?
+        }
         RecordCommand::History {
             patient,
             record,
@@ -314,6 +349,7 @@ pub async fn run(services: &Services, command: RecordCommand) -> anyhow::Result<
                 fhir_categories,
                 updated_from: time_arg("--updated-from", updated_from.as_deref())?,
                 updated_to: time_arg("--updated-to", updated_to.as_deref())?,
+                break_glass_reason: String::new(),
             };
             let mut found = 0;
             loop {

@@ -1,0 +1,222 @@
+//! Break-glass end to end over real sockets with the four real services: an
+//! A&E clinician with no care relationship reads a patient's record by
+//! breaking glass, with a reason; consent records a time-boxed grant; the
+//! read is flagged in the audit trail, and the patient's access report says
+//! it was emergency access. A role not allowed break-glass is refused and
+//! nothing is stored.
+
+use sharedcare_kit::testing::with_token;
+use sharedcare_proto::{
+    audit::v1::{self as audit, Action, Outcome, audit_service_client::AuditServiceClient},
+    consent::v1::{self as consent, consent_service_client::ConsentServiceClient},
+    identity::v1::{self as identity, identity_service_client::IdentityServiceClient},
+    records::v1::{self as records, records_service_client::RecordsServiceClient},
+};
+use sharedcare_tests::{Backend, Platform};
+use tonic::Code;
+
+#[tokio::test]
+async fn an_emergency_read_by_break_glass_is_granted_flagged_and_reported() {
+    let p = Platform::start(Backend::Sqlite).await;
+    let admin = p.admin_token().await;
+    for ods in ["A81001", "RR8"] {
+        p.organisation(&admin, ods).await;
+    }
+    let gp_pas = p.pas(&admin, "A81001").await;
+    let gp = p.staff(&admin, "A81001", "R8000").await;
+    // R8000 carries break_glass in identity's default role map; R8001 does
+    // not.
+    let ae = p.staff(&admin, "RR8", "R8000").await;
+    let ae_clerk = p.staff(&admin, "RR8", "R8001").await;
+
+    let patient_id = IdentityServiceClient::new(p.identity.channel.clone())
+        .register_patient(with_token(
+            identity::RegisterPatientRequest {
+                nhs_number: "999 000 0018".into(),
+                demographics: Some(identity::Demographics {
+                    given_names: vec!["Siân".into()],
+                    family_name: "O'Brien".into(),
+                    birth_date: "1961-07-14".into(),
+                    gender: identity::Gender::Female as i32,
+                    postcode: "LS1 4AP".into(),
+                }),
+            },
+            &gp_pas,
+        ))
+        .await
+        .expect("registered")
+        .into_inner()
+        .patient
+        .expect("patient")
+        .patient_id;
+    ConsentServiceClient::new(p.consent.channel.clone())
+        .record_care_relationship(with_token(
+            consent::RecordCareRelationshipRequest {
+                patient_id: patient_id.clone(),
+                organisation_ods_code: "A81001".into(),
+                kind: consent::CareRelationshipKind::RegisteredGp as i32,
+                ..Default::default()
+            },
+            &gp_pas,
+        ))
+        .await
+        .expect("the GP cares for the patient");
+    let mut records_client = RecordsServiceClient::new(p.records.channel.clone());
+    let created = records_client
+        .create_record(with_token(
+            records::CreateRecordRequest {
+                patient_id: patient_id.clone(),
+                resource_json: serde_json::json!({
+                    "resourceType": "AllergyIntolerance",
+                    "patient": {"reference": format!("Patient/{patient_id}")},
+                    "code": {"coding": [{"system": "http://snomed.info/sct", "code": "91936005", "display": "Allergy to penicillin"}]}
+                })
+                .to_string(),
+                ..Default::default()
+            },
+            &gp,
+        ))
+        .await
+        .expect("created")
+        .into_inner()
+        .record
+        .expect("record");
+    let get = |reason: &str| records::GetRecordRequest {
+        patient_id: patient_id.clone(),
+        record_id: created.record_id.clone(),
+        purpose: 0,
+        break_glass_reason: reason.into(),
+    };
+
+    // Without break-glass, A&E has no relationship.
+    let status = records_client
+        .get_record(with_token(get(""), &ae))
+        .await
+        .expect_err("no relationship");
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    // A role not allowed break-glass is refused, and no grant is stored.
+    let status = records_client
+        .get_record(with_token(get("unconscious, allergies unknown"), &ae_clerk))
+        .await
+        .expect_err("not their role's");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status.message().contains("break-glass"),
+        "{}",
+        status.message()
+    );
+
+    // The clinician breaks glass, with a reason.
+    let read = records_client
+        .get_record(with_token(get("unconscious, allergies unknown"), &ae))
+        .await
+        .expect("emergency read")
+        .into_inner()
+        .record
+        .expect("record");
+    assert_eq!(read.resource_json, created.resource_json);
+    // Within the grant, the next read needs no second reason; still flagged.
+    records_client
+        .get_record(with_token(get(""), &ae))
+        .await
+        .expect("within the grant");
+
+    let the_patient = p.patient(&admin, &patient_id).await;
+    let grants: Vec<consent::CareRelationship> =
+        ConsentServiceClient::new(p.consent.channel.clone())
+            .list_care_relationships(with_token(
+                consent::ListCareRelationshipsRequest {
+                    patient_id: patient_id.clone(),
+                    ..Default::default()
+                },
+                &the_patient,
+            ))
+            .await
+            .expect("listed")
+            .into_inner()
+            .relationships
+            .into_iter()
+            .filter(|r| r.kind == consent::CareRelationshipKind::BreakGlass as i32)
+            .collect();
+    assert_eq!(grants.len(), 1, "one grant, reused");
+    assert_eq!(grants[0].organisation_ods_code, "RR8");
+    assert_eq!(grants[0].reason, "unconscious, allergies unknown");
+
+    // The patient's report: the grant and both reads, flagged, in words.
+    let audit_client = AuditServiceClient::new(p.audit.channel.clone());
+    let flagged = || async {
+        audit_client
+            .clone()
+            .access_report(with_token(
+                audit::AccessReportRequest {
+                    patient_id: patient_id.clone(),
+                    ..Default::default()
+                },
+                &the_patient,
+            ))
+            .await
+            .expect("report")
+            .into_inner()
+            .lines
+            .into_iter()
+            .filter(|l| l.break_glass)
+            .collect::<Vec<_>>()
+    };
+    let mut lines = flagged().await;
+    for _ in 0..500 {
+        if lines.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        lines = flagged().await;
+    }
+    let seen: Vec<(i32, String, i32, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l.action,
+                l.resource_type.clone(),
+                l.outcome,
+                l.outcome_reason.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                Action::Create as i32,
+                "CareRelationship".into(),
+                Outcome::Success as i32,
+                "BREAK_GLASS".into()
+            ),
+            (
+                Action::Read as i32,
+                "AllergyIntolerance".into(),
+                Outcome::Success as i32,
+                "BREAK_GLASS".into()
+            ),
+            (
+                Action::Read as i32,
+                "AllergyIntolerance".into(),
+                Outcome::Success as i32,
+                "BREAK_GLASS_GRANT".into()
+            ),
+        ]
+    );
+    for line in &lines {
+        assert_eq!(
+            line.actor
+                .as_ref()
+                .map(|a| a.organisation_ods_code.as_str()),
+            Some("RR8")
+        );
+        assert!(
+            line.summary.starts_with("EMERGENCY ACCESS (break-glass): "),
+            "{}",
+            line.summary
+        );
+    }
+    p.stop().await;
+}
