@@ -385,7 +385,11 @@ def test_config_file_is_rendered_mounted_and_named(rendered: Rendered, value_set
     consent = config_toml(rendered, "consent")
     assert consent["auth"]["client_id"] == "consent"
     assert consent["auth"]["client_secret"] == {"file": "/etc/sharedcare/auth/consent-client-secret"}
-    assert consent["consent"] == {"audit_url": url_of(scheme, "audit"), "call_timeout_ms": 5000}
+    assert consent["consent"] == {
+        "audit_url": url_of(scheme, "audit"),
+        "call_timeout_ms": 5000,
+        "break_glass": {"grant_minutes": 60, "overrides_patient_deny": False},
+    }
     for svc in ("identity", "audit"):
         assert "client_id" not in config_toml(rendered, svc)["auth"], svc
     # Every audit replica signs tree heads with the one key, under one name.
@@ -1110,6 +1114,19 @@ def test_consent_relationship_categories_reach_its_config(chart: helm.Chart) -> 
     }
 
 
+def test_consent_break_glass_settings_reach_its_config(chart: helm.Chart) -> None:
+    default = config_toml(render_with(chart, {}), "consent")["consent"]
+    assert default["break_glass"] == {"grant_minutes": 60, "overrides_patient_deny": False}
+    r = render_with(
+        chart,
+        {"services": {"consent": {"breakGlass": {"grantMinutes": 15, "overridesPatientDeny": True}}}},
+    )
+    assert config_toml(r, "consent")["consent"]["break_glass"] == {
+        "grant_minutes": 15,
+        "overrides_patient_deny": True,
+    }
+
+
 def test_records_previous_keys_are_mounted_and_named_with_an_existing_secret(chart: helm.Chart) -> None:
     production = _render_set("production")
     r = render_with(chart, merged(values_of("production"), {"services": {"records": {"previousKeyEncryptionKeys": True}}}))
@@ -1227,6 +1244,8 @@ def test_schema_accepts_the_shipped_values(chart: helm.Chart, value_set: str) ->
         ({"services": {"records": {"previousKeyEncryptionKeys": "yes"}}}, "/services/records/previousKeyEncryptionKeys"),
         ({"services": {"identity": {"previousKeyEncryptionKeys": True}}}, "previousKeyEncryptionKeys"),
         ({"services": {"consent": {"relationshipCategories": {"care_home": ["general"]}}}}, "'social_care_team'"),
+        ({"services": {"consent": {"breakGlass": {"grantMinutes": 0, "overridesPatientDeny": False}}}}, "grantMinutes"),
+        ({"services": {"consent": {"breakGlass": {"grantMinutes": 60, "overridesPatientDeny": "yes"}}}}, "overridesPatientDeny"),
         (
             {"services": {"consent": {"relationshipCategories": {"care_home_placement": ["secrets"]}}}},
             "/services/consent/relationshipCategories/care_home_placement/0",

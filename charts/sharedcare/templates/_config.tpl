@@ -87,6 +87,12 @@ file = {{ printf "%s/nhs-index-key" $authDir | toJson }}
 [consent]
 audit_url = {{ $cfg.auditUrl | default $url.audit | toJson }}
 call_timeout_ms = {{ $cfg.callTimeoutMs | int64 }}
+
+# Break-glass (services.consent.breakGlass); who may use it is the
+# break_glass capability of identity's role map.
+[consent.break_glass]
+grant_minutes = {{ $cfg.breakGlass.grantMinutes | int64 }}
+overrides_patient_deny = {{ $cfg.breakGlass.overridesPatientDeny | toJson }}
 {{- with $cfg.relationshipCategories }}
 
 # What each care relationship kind lets its organisation see
