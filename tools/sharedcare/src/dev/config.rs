@@ -29,6 +29,8 @@ pub struct DevSettings {
     pub log_level: String,
     /// "pretty" or "json".
     pub log_format: &'static str,
+    /// `consent_cache.max_age_ms` for records and identity, when given.
+    pub decision_cache_ms: Option<u64>,
 }
 
 /// The four configurations, validated.
@@ -75,6 +77,7 @@ impl DevSettings {
                 Ports::url(self.ports.audit),
             ),
         ]);
+        env.extend(self.decision_cache());
         Ok(env)
     }
 
@@ -119,7 +122,17 @@ impl DevSettings {
                 Ports::url(self.ports.audit),
             ),
         ]);
+        env.extend(self.decision_cache());
         Ok(env)
+    }
+
+    fn decision_cache(&self) -> Option<(String, String)> {
+        self.decision_cache_ms.map(|ms| {
+            (
+                "SHAREDCARE_CONSENT_CACHE__MAX_AGE_MS".into(),
+                ms.to_string(),
+            )
+        })
     }
 
     pub fn audit_env(&self) -> anyhow::Result<Env> {
@@ -175,6 +188,7 @@ mod tests {
             consent_secret: credentials.consent_secret,
             log_level: "info".into(),
             log_format: "pretty",
+            decision_cache_ms: None,
         }
     }
 
@@ -231,6 +245,20 @@ mod tests {
             .resolve_url("consent")
             .expect("url");
         assert!(url.expose().contains(dir.path().to_str().expect("utf-8")));
+    }
+
+    #[test]
+    fn the_decision_cache_can_be_turned_off_for_records_and_identity() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let configs = settings(dir.path()).load().expect("defaults");
+        assert!(configs.records.consent_cache.max_age_ms > 0);
+        let off = DevSettings {
+            decision_cache_ms: Some(0),
+            ..settings(dir.path())
+        };
+        let configs = off.load().expect("valid");
+        assert_eq!(configs.records.consent_cache.max_age_ms, 0);
+        assert_eq!(configs.identity.consent_cache.max_age_ms, 0);
     }
 
     #[test]

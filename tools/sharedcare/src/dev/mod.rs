@@ -32,6 +32,11 @@ pub struct DevArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormatArg::Pretty)]
     pub log_format: LogFormatArg,
+    /// How long records and identity keep consent's decisions, in
+    /// milliseconds (`consent_cache.max_age_ms`); 0 asks consent every time
+    /// (to measure what the cache saves) [default: the services' own].
+    #[arg(long, value_name = "MS")]
+    pub decision_cache_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -65,6 +70,7 @@ pub async fn run(args: DevArgs, base_port: u16) -> anyhow::Result<()> {
         consent_secret: credentials.consent_secret.clone(),
         log_level: args.log_level,
         log_format: args.log_format.as_config(),
+        decision_cache_ms: args.decision_cache_ms,
     };
     let configs = settings.load()?;
     let _telemetry = sharedcare_kit::telemetry::init("dev", &configs.identity.telemetry)
