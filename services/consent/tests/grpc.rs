@@ -1211,6 +1211,7 @@ impl Watch {
             if message.kind == pb::ChangeKind::Patient as i32 && self.acknowledging {
                 let _ = self.acks.send(pb::WatchChangesRequest {
                     acknowledged_sequence: message.sequence,
+                    ..Default::default()
                 });
             }
             if message.kind != pb::ChangeKind::Heartbeat as i32 {
@@ -1596,6 +1597,7 @@ async fn an_acknowledgement_of_a_change_never_reported_ends_the_stream() {
         .acks
         .send(pb::WatchChangesRequest {
             acknowledged_sequence: 999,
+            ..Default::default()
         })
         .expect("sent");
     let ended = loop {

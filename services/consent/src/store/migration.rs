@@ -10,6 +10,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0001Initial),
             Box::new(M0002Provenance),
             Box::new(M0003AuditOutbox),
+            Box::new(super::change_log::M0004ChangeLog),
         ]
     }
 
