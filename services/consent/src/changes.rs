@@ -203,6 +203,13 @@ impl ChangeFeed {
         // that read wakes the stream.
         let mut wake = self.wake.subscribe();
         wake.borrow_and_update();
+        // Closed before it subscribed: that wake-up is not its to hear.
+        if self.closing.load(Ordering::SeqCst) {
+            let _ = sender
+                .send(ended("consent is shutting down; watch another replica"))
+                .await;
+            return;
+        }
         let head = match self.log.latest_change().await {
             Ok(head) => head,
             Err(e) => {

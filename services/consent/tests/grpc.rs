@@ -1626,10 +1626,13 @@ struct Proxy {
     addr: std::net::SocketAddr,
     open: Arc<std::sync::atomic::AtomicBool>,
     cuts: tokio::sync::watch::Sender<u64>,
+    upstream: Arc<std::sync::Mutex<std::net::SocketAddr>>,
 }
 
 impl Proxy {
     async fn start(upstream: std::net::SocketAddr) -> Self {
+        let upstream = Arc::new(std::sync::Mutex::new(upstream));
+        let to = upstream.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -1645,6 +1648,7 @@ impl Proxy {
                 }
                 let mut cut = cut.clone();
                 cut.borrow_and_update();
+                let upstream = *to.lock().expect("lock");
                 tokio::spawn(async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
@@ -1656,7 +1660,17 @@ impl Proxy {
                 });
             }
         });
-        Proxy { addr, open, cuts }
+        Proxy {
+            addr,
+            open,
+            cuts,
+            upstream,
+        }
+    }
+
+    /// New connections go to `upstream` from now on.
+    fn redirect(&self, upstream: std::net::SocketAddr) {
+        *self.upstream.lock().expect("lock") = upstream;
     }
 
     fn channel(&self) -> Channel {
@@ -2007,4 +2021,77 @@ async fn a_decision_cache_resuming_drops_only_the_patients_that_changed_meanwhil
     assert!(!decision.permitted, "the change made while cut off applies");
     assert_eq!(decision.reason_code(), "PATIENT_DIRECTIVE_DENY");
     assert_eq!(counting.asked.load(SeqCst), 4);
+}
+
+/// A cursor consent refuses (the watcher now reaches a consent on another
+/// database, whose log is shorter): the decision cache drops everything and
+/// watches from now.
+#[tokio::test]
+async fn a_decision_cache_whose_cursor_is_refused_drops_everything() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let f = Fixture::start().await;
+    let other_db = TestDatabase::sqlite();
+    let (elsewhere, ..) = serve(other_db.url(), &f.authority).await;
+    let proxy = Proxy::start(f.server.addr).await;
+    let tokens: Arc<dyn ServiceTokens> = Arc::new(FixedToken(f.evaluator()));
+    let counting = Arc::new(Counting {
+        inner: GrpcConsent::new(
+            f.server.channel.clone(),
+            tokens.clone(),
+            Duration::from_secs(5),
+        ),
+        asked: Default::default(),
+    });
+    let gate = CachedConsent::start(
+        counting.clone(),
+        proxy.channel(),
+        tokens,
+        DecisionCacheSettings {
+            max_age: Duration::from_secs(60),
+            max_entries: 100,
+        },
+    );
+    let live = async |wanted: bool| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while gate.is_live() != wanted {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never became live = {wanted}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    live(true).await;
+    record_relationship_for(&f, OTHER_PATIENT).await;
+    record_relationship_for(&f, OTHER_PATIENT).await;
+    let ask = async || {
+        gate.evaluate(
+            OTHER_PATIENT,
+            Actor {
+                principal_id: "staff-A81001".into(),
+                kind: PrincipalKind::Staff as i32,
+                organisation_ods_code: "A81001".into(),
+                ..Default::default()
+            },
+            Purpose::DirectCare,
+            RecordCategory::General,
+        )
+        .await
+        .expect("answered")
+    };
+    assert!(ask().await.permitted);
+    assert!(ask().await.permitted);
+    assert_eq!(counting.asked.load(SeqCst), 1, "kept");
+
+    proxy.cut();
+    live(false).await;
+    proxy.redirect(elsewhere.addr);
+    proxy.restore();
+    live(true).await;
+    assert!(ask().await.permitted);
+    assert_eq!(
+        counting.asked.load(SeqCst),
+        2,
+        "nothing kept was vouched for"
+    );
 }
