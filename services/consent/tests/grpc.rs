@@ -1221,8 +1221,9 @@ impl Watch {
     }
 }
 
-/// A watch stream on `channel`, once READY (a PostgreSQL replica refuses
-/// streams until its listener is connected).
+/// A watch stream on `channel`, from now, once READY (retrying while
+/// consent is unavailable). It sends no first message, as watchers that
+/// predate resuming do: READY comes after a heartbeat interval.
 async fn watch(channel: Channel, token: &str, acknowledging: bool) -> Watch {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
