@@ -2,28 +2,26 @@
 //! just changed, for services that keep consent's decisions (records drops
 //! its cached decisions for the patient; see `kit::decisions`).
 //!
-//! Every committed change must reach every open stream, or the stream must
-//! end — a watcher that misses a change would go on using a decision that no
-//! longer holds. So:
-//! - on SQLite this process is the one writer: [`Notifying`] publishes each
-//!   change once the store (and the cache around it) has returned;
-//! - on PostgreSQL every replica writes: the store sends `pg_notify` in the
-//!   change's own transaction, and each replica's listener republishes what
-//!   the database delivers. While the listener is not connected the replica
-//!   refuses new streams, and when it loses the connection (notifications
-//!   may have been missed) it ends every open stream.
+//! Every write appends to the store's change log in its own transaction
+//! (`ConsentStore::changes_after`), numbered in commit order across
+//! replicas. A stream reads the log from its position: it replays what a
+//! resuming watcher missed, says READY, then reads again whenever woken —
+//! by this replica's own writes ([`Notifying`]), by PostgreSQL's
+//! notification of another replica's (a hint: a lost listener only delays
+//! things), and every heartbeat interval as a safety net. It subscribes to
+//! wake-ups before it first reads, so nothing falls between.
 //!
 //! A change applies to the very next request: [`Notifying`] answers the
 //! writer only once every stream open on this replica has acknowledged the
-//! change (the watcher has dropped what it kept). A stream that has not
-//! within a heartbeat interval is ended, and the writer waits until that
-//! watcher, hearing nothing, must have stopped using what it kept. Streams
-//! on other PostgreSQL replicas hear the change as soon as the database
-//! delivers it, without that wait.
+//! change's sequence (the watcher has dropped what it kept). A stream that
+//! has not within a heartbeat interval is ended, and the writer waits until
+//! that watcher, hearing nothing, must have stopped using what it kept.
+//! Streams on other PostgreSQL replicas hear the change when they are woken,
+//! without that wait.
 //!
-//! A stream starts with READY, reports PATIENT changes, sends a HEARTBEAT
-//! every interval so a watcher can tell a live stream from a silent dead
-//! one, and ends with UNAVAILABLE when it cannot promise it missed nothing.
+//! A stream sends PATIENT changes, READY once caught up, a HEARTBEAT every
+//! interval so a watcher can tell a live stream from a silent dead one, and
+//! ends with UNAVAILABLE when it cannot go on (the watcher resumes).
 
 use std::{
     collections::HashMap,
@@ -39,51 +37,40 @@ use futures::{StreamExt, stream::BoxStream};
 use sea_orm::sqlx::{PgPool, postgres::PgListener};
 use sharedcare_kit::Error;
 use sharedcare_proto::{audit::v1::AuditEvent, consent::v1 as pb};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, mpsc, watch};
 use tonic::{Status, Streaming};
 
 use crate::{
     domain::{CareRelationship, Directive, PatientId},
-    store::{BoxFuture, ConsentStore},
+    store::{BoxFuture, ConsentStore, LoggedChange},
 };
 
-/// The PostgreSQL channel the store notifies on (payload: the patient id).
+/// The PostgreSQL channel the store notifies on (payload: the sequence, a
+/// hint only).
 pub const PG_CHANNEL: &str = "sharedcare_consent_changes";
 
-/// Changes a slow stream may fall behind by before it is ended.
-const BACKLOG: usize = 4096;
+/// Log entries a stream reads at a time.
+const PAGE: u32 = 256;
 
 /// Heartbeat intervals of silence after which a watcher gives up on a
 /// stream (`kit::decisions` uses the same), plus one for the way there.
 const WATCHER_GIVES_UP_AFTER: u32 = 3 + 1;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// This patient's consent changed.
-    Patient(String),
-    /// Changes may have been missed: every stream ends.
-    Lost,
-    /// consent is shutting down: every stream ends.
-    Closing,
-}
-
 /// One open stream, as the writers waiting on acknowledgements see it.
 struct Watcher {
-    /// Starts at the last sequence published before the stream began: the
-    /// stream owes nothing for those.
+    /// Starts at the log's latest sequence when the stream began: the
+    /// stream owes nothing for those (a resuming watcher is not live until
+    /// it has replayed them).
     acknowledged: AtomicU64,
     cut: Notify,
 }
 
 pub struct ChangeFeed {
-    changes: broadcast::Sender<(u64, Change)>,
-    /// The last sequence published; held while publishing, so sequences go
-    /// out in order.
-    last: Mutex<u64>,
-    /// Whether every committed change reaches `changes` right now.
-    hearing: AtomicBool,
-    /// Whether this process makes every change itself (SQLite).
-    in_process: bool,
+    /// The store whose change log the streams read.
+    log: Arc<dyn ConsentStore>,
+    /// Bumped whenever the log may have grown.
+    wake: watch::Sender<u64>,
+    closing: AtomicBool,
     heartbeat: Duration,
     watchers: Mutex<HashMap<u64, Arc<Watcher>>>,
     next_watcher: AtomicU64,
@@ -92,12 +79,11 @@ pub struct ChangeFeed {
 }
 
 impl ChangeFeed {
-    fn new(in_process: bool, heartbeat: Duration) -> Self {
+    fn new(log: Arc<dyn ConsentStore>, heartbeat: Duration) -> Self {
         ChangeFeed {
-            changes: broadcast::channel(BACKLOG).0,
-            last: Mutex::new(0),
-            hearing: AtomicBool::new(in_process),
-            in_process,
+            log,
+            wake: watch::channel(0).0,
+            closing: AtomicBool::new(false),
             heartbeat,
             watchers: Mutex::new(HashMap::new()),
             next_watcher: AtomicU64::new(0),
@@ -105,48 +91,35 @@ impl ChangeFeed {
         }
     }
 
-    /// For a process that makes every change itself (SQLite).
-    pub fn in_process(heartbeat: Duration) -> Arc<Self> {
-        Arc::new(Self::new(true, heartbeat))
+    /// For a process that makes every change itself (SQLite, memory):
+    /// its own writes wake the streams.
+    pub fn in_process(log: Arc<dyn ConsentStore>, heartbeat: Duration) -> Arc<Self> {
+        Arc::new(Self::new(log, heartbeat))
     }
 
-    /// For replicas sharing PostgreSQL: hears the store's notifications on
-    /// one connection of `pool`, reconnecting when it drops, until the feed
-    /// is dropped or the pool closed.
-    pub fn postgres(pool: PgPool, heartbeat: Duration) -> Arc<Self> {
-        let feed = Arc::new(Self::new(false, heartbeat));
+    /// For replicas sharing PostgreSQL: also woken by the store's
+    /// notifications, heard on one connection of `pool` (reconnecting when
+    /// it drops) until the feed is dropped or the pool closed.
+    pub fn postgres(log: Arc<dyn ConsentStore>, pool: PgPool, heartbeat: Duration) -> Arc<Self> {
+        let feed = Arc::new(Self::new(log, heartbeat));
         tokio::spawn(listen(pool, Arc::downgrade(&feed)));
         feed
     }
 
-    /// Publishes `change` to every stream; returns its sequence.
-    pub fn publish(&self, change: Change) -> u64 {
-        // A panic elsewhere must not stop changes being reported.
-        let mut last = self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *last += 1;
-        // No receiver is fine: nobody is watching.
-        let _ = self.changes.send((*last, change));
-        *last
+    /// Tells every stream to read the log: it may have grown.
+    pub fn wake(&self) {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Ends every stream (at shutdown): watchers stop using what they kept.
+    /// Ends every stream (at shutdown): watchers stop using what they kept,
+    /// and resume elsewhere.
     pub fn close(&self) {
-        self.hearing.store(false, Ordering::SeqCst);
-        self.publish(Change::Closing);
-    }
-
-    fn set_hearing(&self, hearing: bool) {
-        self.hearing.store(hearing, Ordering::SeqCst);
-        if !hearing {
-            self.publish(Change::Lost);
-        }
+        self.closing.store(true, Ordering::SeqCst);
+        self.wake();
     }
 
     /// Waits until every stream that was open when change `sequence` was
-    /// published has acknowledged it; ends those that do not in time and
+    /// written has acknowledged it; ends those that do not in time and
     /// waits until their watchers must have given up.
     async fn settle(&self, sequence: u64) {
         let deadline = tokio::time::Instant::now() + self.heartbeat;
@@ -182,109 +155,211 @@ impl ChangeFeed {
         }
     }
 
-    /// A new watch stream: READY, then every change, with heartbeats;
-    /// `acks` carries the watcher's acknowledgements.
+    /// Ends every stream on this replica and waits until their watchers
+    /// must have given up (when a write's sequence cannot be known).
+    async fn cut_all(&self) {
+        if let Ok(watchers) = self.watchers.lock() {
+            for watcher in watchers.values() {
+                watcher.cut.notify_one();
+            }
+        }
+        tokio::time::sleep(self.heartbeat * WATCHER_GIVES_UP_AFTER).await;
+    }
+
+    /// A new watch stream: replays from the watcher's cursor, READY, then
+    /// every change, with heartbeats; `acks` carries the cursor (first
+    /// message) and the watcher's acknowledgements.
     pub fn watch(
         self: &Arc<Self>,
-        mut acks: Streaming<pb::WatchChangesRequest>,
+        acks: Streaming<pb::WatchChangesRequest>,
     ) -> Result<BoxStream<'static, Result<pb::WatchChangesResponse, Status>>, Error> {
-        // Subscribe and register together, between two publications.
-        let (mut changes, id, watcher) = {
-            let last = self
-                .last
-                .lock()
-                .map_err(|_| Error::unavailable("the change feed is unusable"))?;
-            let watcher = Arc::new(Watcher {
-                acknowledged: AtomicU64::new(*last),
-                cut: Notify::new(),
-            });
-            let id = self.next_watcher.fetch_add(1, Ordering::SeqCst);
-            if let Ok(mut watchers) = self.watchers.lock() {
-                watchers.insert(id, watcher.clone());
-            }
-            (self.changes.subscribe(), id, watcher)
-        };
-        let registered = Registered {
-            feed: self.clone(),
-            id,
-        };
-        if !self.hearing.load(Ordering::SeqCst) {
+        if self.closing.load(Ordering::SeqCst) {
             return Err(Error::unavailable(
-                "consent is not hearing changes from its database right now; watch again shortly",
+                "consent is shutting down; watch another replica",
             ));
         }
-        let heartbeat = self.heartbeat;
-        let (sender, receiver) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            let _registered = registered;
-            let ready = pb::WatchChangesResponse {
-                kind: pb::ChangeKind::Ready as i32,
-                heartbeat_interval_ms: u32::try_from(heartbeat.as_millis()).unwrap_or(u32::MAX),
-                ..Default::default()
-            };
-            if sender.send(Ok(ready)).await.is_err() {
-                return;
-            }
-            let mut ticks = tokio::time::interval(heartbeat);
-            ticks.reset();
-            // The latest sequence this stream has reported: nothing later
-            // can have been acted on.
-            let mut reported = watcher.acknowledged.load(Ordering::SeqCst);
-            let ended = |why: &str| Err(Status::unavailable(why.to_owned()));
-            loop {
-                let message = tokio::select! {
-                    change = changes.recv() => match change {
-                        Ok((sequence, Change::Patient(patient_id))) => {
-                            reported = sequence;
-                            Ok(pb::WatchChangesResponse {
-                                kind: pb::ChangeKind::Patient as i32,
-                                patient_id,
-                                sequence,
-                                ..Default::default()
-                            })
-                        }
-                        Ok((_, Change::Lost)) | Err(broadcast::error::RecvError::Lagged(_)) => ended(
-                            "consent may have missed changes: drop what you derived from its \
-                             decisions and watch again",
-                        ),
-                        Ok((_, Change::Closing)) => ended("consent is shutting down; watch another replica"),
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                    ack = acks.next() => match ack {
-                        Some(Ok(ack)) if ack.acknowledged_sequence > reported => {
-                            Err(Status::invalid_argument(format!(
-                                "acknowledged_sequence: {} was never reported on this stream (the \
-                                 latest is {reported})",
-                                ack.acknowledged_sequence
-                            )))
-                        }
-                        Some(Ok(ack)) => {
-                            watcher.acknowledged.fetch_max(ack.acknowledged_sequence, Ordering::SeqCst);
-                            _registered.feed.progress.notify_waiters();
-                            continue;
-                        }
-                        // The watcher has gone.
-                        Some(Err(_)) | None => return,
-                    },
-                    _ = ticks.tick() => Ok(pb::WatchChangesResponse {
-                        kind: pb::ChangeKind::Heartbeat as i32,
-                        ..Default::default()
-                    }),
-                    () = watcher.cut.notified() => ended(
-                        "this stream did not acknowledge a change in time: drop what you derived \
-                         from consent's decisions and watch again",
-                    ),
-                    () = sender.closed() => return,
-                };
-                let end = message.is_err();
-                if sender.send(message).await.is_err() || end {
-                    return;
-                }
-            }
-        });
+        let (sender, receiver) = mpsc::channel(64);
+        tokio::spawn(self.clone().stream(acks, sender));
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
             receiver,
         )))
+    }
+
+    async fn stream(
+        self: Arc<Self>,
+        mut acks: Streaming<pb::WatchChangesRequest>,
+        sender: mpsc::Sender<Result<pb::WatchChangesResponse, Status>>,
+    ) {
+        let ended = |why: &str| Err(Status::unavailable(why.to_owned()));
+        // Watchers that predate resuming send nothing before a change:
+        // without a first message soon, the stream starts from now.
+        let first = match tokio::time::timeout(self.heartbeat, acks.next()).await {
+            Ok(Some(Ok(first))) => Some(first),
+            // The watcher has gone.
+            Ok(Some(Err(_)) | None) => return,
+            Err(_elapsed) => None,
+        };
+        // Subscribed before the log is first read: a change committed after
+        // that read wakes the stream.
+        let mut wake = self.wake.subscribe();
+        wake.borrow_and_update();
+        // Closed before it subscribed: that wake-up is not its to hear.
+        if self.closing.load(Ordering::SeqCst) {
+            let _ = sender
+                .send(ended("consent is shutting down; watch another replica"))
+                .await;
+            return;
+        }
+        let head = match self.log.latest_change().await {
+            Ok(head) => head,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "could not read consent's change log");
+                let _ = sender
+                    .send(ended("consent could not read its change log; watch again"))
+                    .await;
+                return;
+            }
+        };
+        let resume = first.as_ref().map_or(0, |f| f.resume_after_sequence);
+        if resume > head {
+            let _ = sender
+                .send(Err(Status::invalid_argument(format!(
+                    "resume_after_sequence: {resume} is beyond the latest change ({head}); \
+                     drop what you derived from consent's decisions and watch from now"
+                ))))
+                .await;
+            return;
+        }
+        let watcher = Arc::new(Watcher {
+            acknowledged: AtomicU64::new(head),
+            cut: Notify::new(),
+        });
+        let id = self.next_watcher.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut watchers) = self.watchers.lock() {
+            watchers.insert(id, watcher.clone());
+        }
+        let _registered = Registered {
+            feed: self.clone(),
+            id,
+        };
+        // The latest sequence this stream has reported (or started after):
+        // nothing later can have been acted on.
+        let mut reported = if resume == 0 { head } else { resume };
+        if !self.deliver(&mut reported, &sender).await {
+            return;
+        }
+        let ready = pb::WatchChangesResponse {
+            kind: pb::ChangeKind::Ready as i32,
+            heartbeat_interval_ms: u32::try_from(self.heartbeat.as_millis()).unwrap_or(u32::MAX),
+            sequence: reported,
+            ..Default::default()
+        };
+        if sender.send(Ok(ready)).await.is_err() {
+            return;
+        }
+        let mut ack = first.map(|f| f.acknowledged_sequence).filter(|a| *a > 0);
+        let mut ticks = tokio::time::interval(self.heartbeat);
+        ticks.reset();
+        loop {
+            if let Some(acknowledged) = ack.take() {
+                if acknowledged > reported {
+                    let _ = sender
+                        .send(Err(Status::invalid_argument(format!(
+                            "acknowledged_sequence: {acknowledged} was never reported on this \
+                             stream (the latest is {reported})"
+                        ))))
+                        .await;
+                    return;
+                }
+                watcher
+                    .acknowledged
+                    .fetch_max(acknowledged, Ordering::SeqCst);
+                self.progress.notify_waiters();
+            }
+            let message = tokio::select! {
+                woken = wake.changed() => {
+                    if woken.is_err() || self.closing.load(Ordering::SeqCst) {
+                        ended("consent is shutting down; watch another replica")
+                    } else if self.deliver(&mut reported, &sender).await {
+                        continue;
+                    } else {
+                        return;
+                    }
+                }
+                next = acks.next() => match next {
+                    Some(Ok(next)) => {
+                        ack = Some(next.acknowledged_sequence);
+                        continue;
+                    }
+                    // The watcher has gone.
+                    Some(Err(_)) | None => return,
+                },
+                _ = ticks.tick() => {
+                    // The safety net: a wake-up may have been lost (another
+                    // replica's, while the listener was down).
+                    if !self.deliver(&mut reported, &sender).await {
+                        return;
+                    }
+                    Ok(pb::WatchChangesResponse {
+                        kind: pb::ChangeKind::Heartbeat as i32,
+                        ..Default::default()
+                    })
+                }
+                () = watcher.cut.notified() => ended(
+                    "this stream did not acknowledge a change in time: drop what you derived \
+                     from consent's decisions and watch again",
+                ),
+                () = sender.closed() => return,
+            };
+            let end = message.is_err();
+            if sender.send(message).await.is_err() || end {
+                return;
+            }
+        }
+    }
+
+    /// Sends every change in the log after `reported`, moving it on; false
+    /// when the stream has ended (the watcher gone, or the log unreadable).
+    async fn deliver(
+        &self,
+        reported: &mut u64,
+        sender: &mpsc::Sender<Result<pb::WatchChangesResponse, Status>>,
+    ) -> bool {
+        loop {
+            let page = match self.log.changes_after(*reported, PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "could not read consent's change log");
+                    let _ = sender
+                        .send(Err(Status::unavailable(
+                            "consent could not read its change log; watch again, resuming",
+                        )))
+                        .await;
+                    return false;
+                }
+            };
+            let full = page.len() >= PAGE as usize;
+            for LoggedChange {
+                sequence,
+                patient_id,
+                ..
+            } in page
+            {
+                let change = pb::WatchChangesResponse {
+                    kind: pb::ChangeKind::Patient as i32,
+                    patient_id: patient_id.as_str().to_owned(),
+                    sequence,
+                    ..Default::default()
+                };
+                if sender.send(Ok(change)).await.is_err() {
+                    return false;
+                }
+                *reported = sequence;
+            }
+            if !full {
+                return true;
+            }
+        }
     }
 }
 
@@ -303,7 +378,8 @@ impl Drop for Registered {
     }
 }
 
-/// Republishes PostgreSQL's notifications while the feed lives.
+/// Wakes the feed at each PostgreSQL notification while the feed lives.
+/// While the listener is down the streams' polling still finds every change.
 async fn listen(pool: PgPool, feed: Weak<ChangeFeed>) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -325,8 +401,9 @@ async fn listen(pool: PgPool, feed: Weak<ChangeFeed>) {
             }
         };
         backoff = Duration::from_millis(100);
+        // What was committed while it was down.
         if let Some(feed) = feed.upgrade() {
-            feed.set_hearing(true);
+            feed.wake();
         }
         loop {
             // Wakes now and then to notice the feed has gone.
@@ -336,12 +413,9 @@ async fn listen(pool: PgPool, feed: Weak<ChangeFeed>) {
             };
             match next {
                 Err(_elapsed) => {}
-                Ok(Ok(Some(notification))) => {
-                    feed.publish(Change::Patient(notification.payload().to_owned()));
-                }
-                // The connection dropped: what was notified meanwhile is lost.
+                Ok(Ok(Some(_notification))) => feed.wake(),
                 Ok(Ok(None)) | Ok(Err(_)) => {
-                    feed.set_hearing(false);
+                    tracing::warn!("consent's change listener lost its connection; reconnecting");
                     break;
                 }
             }
@@ -369,12 +443,10 @@ pub fn valid_until(
         .min()
 }
 
-/// Reports each change made through `inner` on `feed` and answers the
-/// writer once every stream on this replica has acknowledged it. On SQLite
-/// it publishes the change itself, once `inner` (and every cache beneath)
-/// has returned; on PostgreSQL the database delivers it to the feed. A write
-/// refused before it was stored is not reported; one whose outcome is not
-/// known is.
+/// Wakes `feed`'s streams after each write through `inner` (once `inner`,
+/// and every cache beneath, has returned) and answers the writer once every
+/// stream on this replica has acknowledged it. A write refused before it was
+/// stored is not waited for; one whose outcome is not known is.
 pub struct Notifying<S> {
     inner: S,
     feed: Arc<ChangeFeed>,
@@ -385,10 +457,8 @@ impl<S: ConsentStore> Notifying<S> {
         Notifying { inner, feed }
     }
 
-    async fn publishing<T>(&self, patient: String, write: BoxFuture<'_, T>) -> Result<T, Error> {
+    async fn publishing<T>(&self, write: BoxFuture<'_, T>) -> Result<T, Error> {
         use sharedcare_kit::error::Code;
-        // Listening before the write, so its notification cannot slip by.
-        let mut heard = self.feed.changes.subscribe();
         let result = write.await;
         let may_have_changed = match &result {
             Ok(_) => true,
@@ -397,41 +467,18 @@ impl<S: ConsentStore> Notifying<S> {
         if !may_have_changed {
             return result;
         }
-        let sequence = if self.feed.in_process {
-            Some(self.feed.publish(Change::Patient(patient)))
-        } else {
-            heard_back(&mut heard, &patient, self.feed.heartbeat).await
-        };
-        match sequence {
-            Some(sequence) => self.feed.settle(sequence).await,
-            // Not heard in time: the listener is down (and has ended every
-            // stream) or too slow — end them all and wait them out.
-            None => {
-                self.feed.publish(Change::Lost);
-                tokio::time::sleep(self.feed.heartbeat * WATCHER_GIVES_UP_AFTER).await;
+        self.feed.wake();
+        // The log's head now is this write's sequence or a later one: once
+        // a stream has acknowledged it, it has acted on this write too.
+        match self.inner.latest_change().await {
+            Ok(sequence) => self.feed.settle(sequence).await,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "could not read consent's change log after a write; ending this replica's change streams");
+                self.feed.cut_all().await;
             }
         }
         result
     }
-}
-
-/// The sequence under which the feed republished a change for `patient`.
-async fn heard_back(
-    heard: &mut broadcast::Receiver<(u64, Change)>,
-    patient: &str,
-    within: Duration,
-) -> Option<u64> {
-    let wait = async {
-        loop {
-            match heard.recv().await {
-                Ok((sequence, Change::Patient(p))) if p == patient => return Some(sequence),
-                Ok(_) => {}
-                // It may have been among those missed.
-                Err(_) => return None,
-            }
-        }
-    };
-    tokio::time::timeout(within, wait).await.ok().flatten()
 }
 
 impl<S: ConsentStore> ConsentStore for Notifying<S> {
@@ -440,8 +487,7 @@ impl<S: ConsentStore> ConsentStore for Notifying<S> {
         relationship: CareRelationship,
         audit: AuditEvent,
     ) -> BoxFuture<'_, CareRelationship> {
-        let patient = audit.patient_id.clone();
-        Box::pin(self.publishing(patient, self.inner.insert_relationship(relationship, audit)))
+        Box::pin(self.publishing(self.inner.insert_relationship(relationship, audit)))
     }
 
     fn get_relationship(&self, id: &str) -> BoxFuture<'_, Option<CareRelationship>> {
@@ -455,11 +501,10 @@ impl<S: ConsentStore> ConsentStore for Notifying<S> {
         by: &str,
         audit: AuditEvent,
     ) -> BoxFuture<'_, CareRelationship> {
-        let patient = audit.patient_id.clone();
         let id = id.to_owned();
         let by = by.to_owned();
         Box::pin(async move {
-            self.publishing(patient, self.inner.end_relationship(&id, at, &by, audit))
+            self.publishing(self.inner.end_relationship(&id, at, &by, audit))
                 .await
         })
     }
@@ -473,8 +518,7 @@ impl<S: ConsentStore> ConsentStore for Notifying<S> {
         directive: Directive,
         audit: AuditEvent,
     ) -> BoxFuture<'_, Directive> {
-        let patient = audit.patient_id.clone();
-        Box::pin(self.publishing(patient, self.inner.insert_directive(directive, audit)))
+        Box::pin(self.publishing(self.inner.insert_directive(directive, audit)))
     }
 
     fn get_directive(&self, id: &str) -> BoxFuture<'_, Option<Directive>> {
@@ -488,16 +532,23 @@ impl<S: ConsentStore> ConsentStore for Notifying<S> {
         by: &str,
         audit: AuditEvent,
     ) -> BoxFuture<'_, Directive> {
-        let patient = audit.patient_id.clone();
         let id = id.to_owned();
         let by = by.to_owned();
         Box::pin(async move {
-            self.publishing(patient, self.inner.revoke_directive(&id, at, &by, audit))
+            self.publishing(self.inner.revoke_directive(&id, at, &by, audit))
                 .await
         })
     }
 
     fn list_directives(&self, patient: &PatientId) -> BoxFuture<'_, Vec<Directive>> {
         self.inner.list_directives(patient)
+    }
+
+    fn changes_after(&self, after: u64, limit: u32) -> BoxFuture<'_, Vec<LoggedChange>> {
+        self.inner.changes_after(after, limit)
+    }
+
+    fn latest_change(&self) -> BoxFuture<'_, u64> {
+        self.inner.latest_change()
     }
 }

@@ -31,8 +31,9 @@ pub struct ConsentSettings {
     /// Refuse changes and reads once audit has been unreachable this long
     /// (their events wait, durable, in consent's outbox meanwhile).
     pub audit_max_lag_ms: u64,
-    /// How often a WatchChanges stream says it is alive; also how long a
-    /// change waits for streams to acknowledge it before ending them.
+    /// How often a WatchChanges stream says it is alive (and reads the
+    /// change log, in case a wake-up was missed); also how long a change
+    /// waits for streams to acknowledge it before ending them.
     pub watch_heartbeat_ms: u64,
     /// What a relationship kind lets its organisation see, replacing the
     /// built-in list for each kind named, e.g.

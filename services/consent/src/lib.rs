@@ -156,11 +156,10 @@ pub fn spec_with_rules(
 
 /// The store as the service uses it, with its change feed. On SQLite (and
 /// in memory) this process is the one writer: what Evaluate reads is kept
-/// in memory and dropped at each change (store::Cached), and the process
-/// itself tells the change feed. On PostgreSQL every replica writes, reads
-/// go to the database and the database tells each replica's feed (see
-/// `changes`). Either way a change is answered once this replica's streams
-/// have acknowledged it.
+/// in memory and dropped at each change (store::Cached). On PostgreSQL
+/// every replica writes and reads go to the database. Either way the feed
+/// streams the store's change log, and a change is answered once this
+/// replica's streams have acknowledged it (see `changes`).
 pub fn layered(
     store: impl Into<store::Backend>,
     heartbeat: Duration,
@@ -169,7 +168,8 @@ pub fn layered(
         store: S,
         heartbeat: Duration,
     ) -> (Arc<dyn store::ConsentStore>, Arc<changes::ChangeFeed>) {
-        let changes = changes::ChangeFeed::in_process(heartbeat);
+        let store = Arc::new(store);
+        let changes = changes::ChangeFeed::in_process(store.clone(), heartbeat);
         let store = changes::Notifying::new(store::Cached::new(store), changes.clone());
         (Arc::new(store), changes)
     }
@@ -181,7 +181,8 @@ pub fn layered(
                 return in_process(sql, heartbeat);
             }
             let pool = connection.get_postgres_connection_pool().clone();
-            let changes = changes::ChangeFeed::postgres(pool, heartbeat);
+            let sql = Arc::new(sql);
+            let changes = changes::ChangeFeed::postgres(sql.clone(), pool, heartbeat);
             let store = changes::Notifying::new(sql, changes.clone());
             (Arc::new(store), changes)
         }

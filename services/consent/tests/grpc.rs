@@ -1814,6 +1814,7 @@ impl Watch {
             if message.kind == pb::ChangeKind::Patient as i32 && self.acknowledging {
                 let _ = self.acks.send(pb::WatchChangesRequest {
                     acknowledged_sequence: message.sequence,
+                    ..Default::default()
                 });
             }
             if message.kind != pb::ChangeKind::Heartbeat as i32 {
@@ -1823,8 +1824,9 @@ impl Watch {
     }
 }
 
-/// A watch stream on `channel`, once READY (a PostgreSQL replica refuses
-/// streams until its listener is connected).
+/// A watch stream on `channel`, from now, once READY (retrying while
+/// consent is unavailable). It sends no first message, as watchers that
+/// predate resuming do: READY comes after a heartbeat interval.
 async fn watch(channel: Channel, token: &str, acknowledging: bool) -> Watch {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -2199,6 +2201,7 @@ async fn an_acknowledgement_of_a_change_never_reported_ends_the_stream() {
         .acks
         .send(pb::WatchChangesRequest {
             acknowledged_sequence: 999,
+            ..Default::default()
         })
         .expect("sent");
     let ended = loop {
@@ -2218,4 +2221,481 @@ async fn an_acknowledgement_of_a_change_never_reported_ends_the_stream() {
     let started = std::time::Instant::now();
     f.record_relationship("A81001").await;
     assert!(started.elapsed() < Duration::from_millis(HEARTBEAT_MS * 5));
+}
+
+/// A TCP proxy in front of a server, that can be cut (every connection
+/// through it dropped, new ones refused) and restored: a network failure
+/// between a watcher and consent.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    cuts: tokio::sync::watch::Sender<u64>,
+    upstream: Arc<std::sync::Mutex<std::net::SocketAddr>>,
+}
+
+impl Proxy {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        let upstream = Arc::new(std::sync::Mutex::new(upstream));
+        let to = upstream.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cuts, _) = tokio::sync::watch::channel(0);
+        let accepting = open.clone();
+        let cut = cuts.subscribe();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !accepting.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let mut cut = cut.clone();
+                cut.borrow_and_update();
+                let upstream = *to.lock().expect("lock");
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            open,
+            cuts,
+            upstream,
+        }
+    }
+
+    /// New connections go to `upstream` from now on.
+    fn redirect(&self, upstream: std::net::SocketAddr) {
+        *self.upstream.lock().expect("lock") = upstream;
+    }
+
+    fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("url")
+            .connect_lazy()
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `patient`'s care relationship with A81001, as its PAS records it.
+async fn record_relationship_for(f: &Fixture, patient: &str) {
+    f.client()
+        .record_care_relationship(with_token(
+            pb::RecordCareRelationshipRequest {
+                patient_id: patient.into(),
+                ..relationship_request("A81001")
+            },
+            &f.pas("A81001"),
+        ))
+        .await
+        .expect("recorded");
+}
+
+/// What a resuming watcher heard.
+#[derive(Default)]
+struct Heard {
+    /// Each PATIENT change: (sequence, patient).
+    changes: Vec<(u64, String)>,
+    /// Each READY's sequence.
+    ready: Vec<u64>,
+    /// The cursor sent on each stream after the first.
+    resumed_after: Vec<u64>,
+}
+
+/// A watcher that, whenever its stream ends, watches again resuming after
+/// the last change it heard (acknowledging each), until `stop`.
+async fn resuming_watcher(
+    channel: Channel,
+    token: String,
+    heard: Arc<std::sync::Mutex<Heard>>,
+    stop: stopping::Stop,
+) {
+    let mut cursor = 0;
+    let mut first = true;
+    while !stop.stopped() {
+        let (acks, to_send) = tokio::sync::mpsc::unbounded_channel();
+        let _ = acks.send(pb::WatchChangesRequest {
+            resume_after_sequence: cursor,
+            ..Default::default()
+        });
+        if !first {
+            heard.lock().expect("lock").resumed_after.push(cursor);
+        }
+        let request = with_token(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(to_send),
+            &token,
+        );
+        let Ok(response) = ConsentServiceClient::new(channel.clone())
+            .watch_changes(request)
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        first = false;
+        let mut stream = response.into_inner();
+        while let Ok(Ok(Some(message))) =
+            tokio::time::timeout(Duration::from_millis(HEARTBEAT_MS * 3), stream.message()).await
+        {
+            if stop.stopped() {
+                return;
+            }
+            let mut heard = heard.lock().expect("lock");
+            if message.kind == pb::ChangeKind::Patient as i32 {
+                heard.changes.push((message.sequence, message.patient_id));
+                cursor = message.sequence;
+                let _ = acks.send(pb::WatchChangesRequest {
+                    acknowledged_sequence: message.sequence,
+                    ..Default::default()
+                });
+            } else if message.kind == pb::ChangeKind::Ready as i32 {
+                heard.ready.push(message.sequence);
+                cursor = message.sequence;
+            }
+        }
+    }
+}
+
+/// A flag to stop a background task.
+mod stopping {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    #[derive(Clone, Default)]
+    pub struct Stop(Arc<AtomicBool>);
+
+    impl Stop {
+        pub fn stop(&self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+
+        pub fn stopped(&self) -> bool {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_watcher_cut_off_mid_stream_resumes_and_misses_no_change() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let f = Fixture::start().await;
+    let proxy = Proxy::start(f.server.addr).await;
+    let heard = Arc::new(std::sync::Mutex::new(Heard::default()));
+    let stop = stopping::Stop::default();
+    let watcher = tokio::spawn(resuming_watcher(
+        proxy.channel(),
+        f.evaluator(),
+        heard.clone(),
+        stop.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while heard.lock().expect("lock").ready.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never READY");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started_at = heard.lock().expect("lock").ready[0];
+
+    // A writer keeps changing patients' consent, before, during and after
+    // the cut.
+    const WRITES: usize = 30;
+    let written = Arc::new(AtomicUsize::new(0));
+    let patients: Vec<String> = (0..WRITES)
+        .map(|i| format!("0197a1c2-patient-{:02}", i % 10))
+        .collect();
+    let writer = {
+        let written = written.clone();
+        let patients = patients.clone();
+        let f = &f;
+        async move {
+            for patient in &patients {
+                record_relationship_for(f, patient).await;
+                written.fetch_add(1, SeqCst);
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        }
+    };
+    let network = async {
+        while written.load(SeqCst) < 5 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        proxy.cut();
+        while written.load(SeqCst) < 20 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        proxy.restore();
+    };
+    futures::future::join(writer, network).await;
+
+    // Caught up with the log's head, the watcher heard every change once.
+    let head = f.store.latest_change().await.expect("head");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while heard.lock().expect("lock").changes.last().map(|c| c.0) != Some(head) {
+        assert!(tokio::time::Instant::now() < deadline, "never caught up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.stop();
+    let heard = std::mem::take(&mut *heard.lock().expect("lock"));
+    let _ = watcher.await;
+    let sequences: Vec<u64> = heard.changes.iter().map(|c| c.0).collect();
+    let expected: Vec<u64> = (started_at + 1..=head).collect();
+    assert_eq!(sequences, expected, "no gap, no repeat");
+    assert_eq!(sequences.len(), WRITES);
+    let heard_patients: Vec<&str> = heard.changes.iter().map(|c| c.1.as_str()).collect();
+    assert_eq!(heard_patients, patients, "every change, in order");
+    // It did lose the stream, and resumed rather than starting again.
+    assert!(
+        heard.resumed_after.iter().any(|c| *c > started_at),
+        "{:?}",
+        heard.resumed_after
+    );
+    assert!(heard.ready.len() >= 2, "{:?}", heard.ready);
+}
+
+#[tokio::test]
+async fn a_cursor_beyond_the_log_is_refused_naming_the_field() {
+    let f = Fixture::start().await;
+    f.record_relationship("A81001").await;
+    let (acks, to_send) = tokio::sync::mpsc::unbounded_channel();
+    acks.send(pb::WatchChangesRequest {
+        resume_after_sequence: 1_000,
+        ..Default::default()
+    })
+    .expect("sent");
+    let mut stream = f
+        .client()
+        .watch_changes(with_token(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(to_send),
+            &f.evaluator(),
+        ))
+        .await
+        .expect("opened")
+        .into_inner();
+    let status = stream.message().await.expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("resume_after_sequence"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn a_resumed_stream_replays_what_was_missed_then_says_ready() {
+    let f = Fixture::start().await;
+    f.record_relationship("A81001").await;
+    let cursor = f.store.latest_change().await.expect("head");
+    f.record_directive(deny_all()).await;
+    record_relationship_for(&f, OTHER_PATIENT).await;
+    let (acks, to_send) = tokio::sync::mpsc::unbounded_channel();
+    acks.send(pb::WatchChangesRequest {
+        resume_after_sequence: cursor,
+        ..Default::default()
+    })
+    .expect("sent");
+    let mut watch = Watch {
+        stream: f
+            .client()
+            .watch_changes(with_token(
+                tokio_stream::wrappers::UnboundedReceiverStream::new(to_send),
+                &f.evaluator(),
+            ))
+            .await
+            .expect("opened")
+            .into_inner(),
+        acks,
+        acknowledging: true,
+    };
+    let replayed = [watch.next_change().await, watch.next_change().await];
+    assert_eq!(
+        replayed
+            .iter()
+            .map(|c| (c.kind, c.sequence, c.patient_id.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (pb::ChangeKind::Patient as i32, cursor + 1, PATIENT),
+            (pb::ChangeKind::Patient as i32, cursor + 2, OTHER_PATIENT),
+        ]
+    );
+    let ready = watch.next_change().await;
+    assert_eq!(ready.kind, pb::ChangeKind::Ready as i32);
+    assert_eq!(ready.sequence, cursor + 2);
+    // Then live changes, continuing the numbering.
+    let reader = tokio::spawn(async move { watch.next_change().await });
+    f.record_directive(deny_all()).await;
+    let live = reader.await.expect("reader");
+    assert_eq!(
+        (live.kind, live.sequence, live.patient_id.as_str()),
+        (pb::ChangeKind::Patient as i32, cursor + 3, PATIENT)
+    );
+}
+
+/// records' decision cache, watching through a network that fails: what it
+/// kept for a patient whose consent changed meanwhile is dropped (heard in
+/// the replay), what it kept for the others is still used after resuming,
+/// and nothing is used while it is cut off.
+#[tokio::test]
+async fn a_decision_cache_resuming_drops_only_the_patients_that_changed_meanwhile() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let f = Fixture::start().await;
+    let proxy = Proxy::start(f.server.addr).await;
+    let tokens: Arc<dyn ServiceTokens> = Arc::new(FixedToken(f.evaluator()));
+    let counting = Arc::new(Counting {
+        inner: GrpcConsent::new(
+            f.server.channel.clone(),
+            tokens.clone(),
+            Duration::from_secs(5),
+        ),
+        asked: Default::default(),
+    });
+    let gate = CachedConsent::start(
+        counting.clone(),
+        proxy.channel(),
+        tokens,
+        DecisionCacheSettings {
+            max_age: Duration::from_secs(60),
+            max_entries: 100,
+        },
+    );
+    let live = async |wanted: bool| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while gate.is_live() != wanted {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never became live = {wanted}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    live(true).await;
+    record_relationship_for(&f, PATIENT).await;
+    record_relationship_for(&f, OTHER_PATIENT).await;
+    let ask = async |patient: &str| {
+        gate.evaluate(
+            patient,
+            Actor {
+                principal_id: "staff-A81001".into(),
+                kind: PrincipalKind::Staff as i32,
+                organisation_ods_code: "A81001".into(),
+                ..Default::default()
+            },
+            Purpose::DirectCare,
+            RecordCategory::General,
+        )
+        .await
+        .expect("answered")
+    };
+    assert!(ask(PATIENT).await.permitted);
+    assert!(ask(OTHER_PATIENT).await.permitted);
+    assert!(ask(PATIENT).await.permitted);
+    assert!(ask(OTHER_PATIENT).await.permitted);
+    assert_eq!(counting.asked.load(SeqCst), 2, "both kept");
+
+    // Cut off: nothing is answered from memory, and the patient objects.
+    proxy.cut();
+    live(false).await;
+    assert!(ask(OTHER_PATIENT).await.permitted);
+    assert_eq!(counting.asked.load(SeqCst), 3, "not used while cut off");
+    f.record_directive(deny_all()).await;
+
+    // Resumed: the objection was heard in the replay; the other patient's
+    // kept decision is used again.
+    proxy.restore();
+    live(true).await;
+    assert!(ask(OTHER_PATIENT).await.permitted);
+    assert_eq!(counting.asked.load(SeqCst), 3, "kept across the resume");
+    let decision = ask(PATIENT).await;
+    assert!(!decision.permitted, "the change made while cut off applies");
+    assert_eq!(decision.reason_code(), "PATIENT_DIRECTIVE_DENY");
+    assert_eq!(counting.asked.load(SeqCst), 4);
+}
+
+/// A cursor consent refuses (the watcher now reaches a consent on another
+/// database, whose log is shorter): the decision cache drops everything and
+/// watches from now.
+#[tokio::test]
+async fn a_decision_cache_whose_cursor_is_refused_drops_everything() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let f = Fixture::start().await;
+    let other_db = TestDatabase::sqlite();
+    let (elsewhere, ..) = serve(other_db.url(), &f.authority).await;
+    let proxy = Proxy::start(f.server.addr).await;
+    let tokens: Arc<dyn ServiceTokens> = Arc::new(FixedToken(f.evaluator()));
+    let counting = Arc::new(Counting {
+        inner: GrpcConsent::new(
+            f.server.channel.clone(),
+            tokens.clone(),
+            Duration::from_secs(5),
+        ),
+        asked: Default::default(),
+    });
+    let gate = CachedConsent::start(
+        counting.clone(),
+        proxy.channel(),
+        tokens,
+        DecisionCacheSettings {
+            max_age: Duration::from_secs(60),
+            max_entries: 100,
+        },
+    );
+    let live = async |wanted: bool| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while gate.is_live() != wanted {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never became live = {wanted}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    live(true).await;
+    record_relationship_for(&f, OTHER_PATIENT).await;
+    record_relationship_for(&f, OTHER_PATIENT).await;
+    let ask = async || {
+        gate.evaluate(
+            OTHER_PATIENT,
+            Actor {
+                principal_id: "staff-A81001".into(),
+                kind: PrincipalKind::Staff as i32,
+                organisation_ods_code: "A81001".into(),
+                ..Default::default()
+            },
+            Purpose::DirectCare,
+            RecordCategory::General,
+        )
+        .await
+        .expect("answered")
+    };
+    assert!(ask().await.permitted);
+    assert!(ask().await.permitted);
+    assert_eq!(counting.asked.load(SeqCst), 1, "kept");
+
+    proxy.cut();
+    live(false).await;
+    proxy.redirect(elsewhere.addr);
+    proxy.restore();
+    live(true).await;
+    assert!(ask().await.permitted);
+    assert_eq!(
+        counting.asked.load(SeqCst),
+        2,
+        "nothing kept was vouched for"
+    );
 }

@@ -12,7 +12,7 @@ use sharedcare_consent::{
         CareRelationship, CareRelationshipKind, Directive, DirectiveKind, DirectiveSource, Effect,
         OdsCode, PatientId, Period, Provenance, Purpose, RecordCategory,
     },
-    store::{self, Backend, Cached, ConsentStore, OUTBOX_TABLE, SqlStore},
+    store::{self, Backend, Cached, ConsentStore, LoggedChange, OUTBOX_TABLE, SqlStore},
 };
 use sharedcare_kit::{
     error::Code,
@@ -399,6 +399,137 @@ async fn an_id_is_stored_once(store: &dyn ConsentStore) {
     );
 }
 
+/// Every change in the log, read a page of `page` at a time.
+async fn logged(store: &dyn ConsentStore, page: u32) -> Vec<LoggedChange> {
+    let mut all: Vec<LoggedChange> = Vec::new();
+    loop {
+        let after = all.last().map_or(0, |c| c.sequence);
+        let next = store.changes_after(after, page).await.expect("changes");
+        assert!(next.len() <= page as usize, "a page holds at most {page}");
+        if next.is_empty() {
+            return all;
+        }
+        all.extend(next);
+    }
+}
+
+async fn each_write_appends_one_change_for_its_patient_in_order(store: &dyn ConsentStore) {
+    assert_eq!(store.latest_change().await.expect("latest"), 0);
+    assert!(
+        store
+            .changes_after(0, 10)
+            .await
+            .expect("changes")
+            .is_empty()
+    );
+    let before = Utc::now() - Duration::seconds(1);
+
+    let r = relationship("p-1", t0(), None);
+    store
+        .insert_relationship(r.clone(), audit())
+        .await
+        .expect("insert");
+    let first = store.latest_change().await.expect("latest");
+    assert!(first > 0);
+    let d = directive("p-2", t0());
+    store
+        .insert_directive(d.clone(), audit())
+        .await
+        .expect("insert");
+    store
+        .end_relationship(&r.id, t0() + Duration::days(1), "principal-2", audit())
+        .await
+        .expect("end");
+    store
+        .revoke_directive(&d.id, t0() + Duration::days(1), "staff-2", audit())
+        .await
+        .expect("revoke");
+
+    let all = logged(store, 100).await;
+    let patients: Vec<&str> = all.iter().map(|c| c.patient_id.as_str()).collect();
+    assert_eq!(patients, ["p-1", "p-2", "p-1", "p-2"]);
+    let sequences: Vec<u64> = all.iter().map(|c| c.sequence).collect();
+    assert_eq!(sequences[0], first);
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
+    assert_eq!(
+        store.latest_change().await.expect("latest"),
+        sequences[3],
+        "the head is the last change"
+    );
+    assert!(all.iter().all(|c| c.committed_at >= before));
+
+    // Pages: after any sequence, what follows it, at most `limit`.
+    assert_eq!(logged(store, 1).await, all);
+    assert_eq!(logged(store, 3).await, all);
+    assert_eq!(
+        store
+            .changes_after(sequences[1], 10)
+            .await
+            .expect("changes"),
+        all[2..]
+    );
+    assert!(
+        store
+            .changes_after(sequences[3], 10)
+            .await
+            .expect("changes")
+            .is_empty()
+    );
+}
+
+async fn a_refused_write_appends_nothing(store: &dyn ConsentStore) {
+    let r = relationship("p-1", t0(), None);
+    store
+        .insert_relationship(r.clone(), audit())
+        .await
+        .expect("insert");
+    let d = directive("p-1", t0());
+    store
+        .insert_directive(d.clone(), audit())
+        .await
+        .expect("insert");
+    store
+        .revoke_directive(&d.id, t0(), "staff-2", audit())
+        .await
+        .expect("revoke");
+    store
+        .end_relationship(&r.id, t0() + Duration::days(1), "principal-2", audit())
+        .await
+        .expect("end");
+    let head = store.latest_change().await.expect("latest");
+    let before = logged(store, 100).await;
+    assert_eq!(before.len(), 4);
+
+    let refusals = [
+        store
+            .revoke_directive(&d.id, t0(), "staff-2", audit())
+            .await
+            .map(|_| ()),
+        store
+            .revoke_directive("no-such-directive", t0(), "staff-2", audit())
+            .await
+            .map(|_| ()),
+        store
+            .end_relationship(&r.id, t0() + Duration::days(2), "principal-2", audit())
+            .await
+            .map(|_| ()),
+        store
+            .end_relationship("no-such-relationship", t0(), "principal-2", audit())
+            .await
+            .map(|_| ()),
+        store.insert_directive(d.clone(), audit()).await.map(|_| ()),
+        store
+            .insert_relationship(r.clone(), audit())
+            .await
+            .map(|_| ()),
+    ];
+    for refused in refusals {
+        assert!(refused.is_err());
+    }
+    assert_eq!(store.latest_change().await.expect("latest"), head);
+    assert_eq!(logged(store, 100).await, before);
+}
+
 /// The store on `backend`, bare or inside the cache (which `layered` puts
 /// around the in-process backends, memory and SQLite).
 async fn open(backend: &TestBackend, cached: bool) -> Box<dyn ConsentStore> {
@@ -453,7 +584,67 @@ conformance!(
     a_relationship_ends_once,
     a_change_is_never_made_unaudited,
     an_id_is_stored_once,
+    each_write_appends_one_change_for_its_patient_in_order,
+    a_refused_write_appends_nothing,
 );
+
+/// Two replicas writing at once on PostgreSQL: a watcher reading the change
+/// log while they commit never skips a change (a later sequence committing
+/// before an earlier one would make it).
+#[tokio::test]
+async fn postgres_change_log_follows_commit_order_across_replicas() {
+    let Some(db) = TestDatabase::postgres("consent change log order").await else {
+        return;
+    };
+    let replicas = [
+        SqlStore::connect(db.url(), 4).await.expect("connect"),
+        SqlStore::connect(db.url(), 4).await.expect("connect"),
+    ];
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let writers = (0..8).map(|w| {
+        let store = &replicas[w % 2];
+        async move {
+            for i in 0..40 {
+                store
+                    .insert_directive(directive(&format!("p-{w}-{i}"), t0()), audit())
+                    .await
+                    .expect("write");
+            }
+        }
+    });
+    let watcher = async {
+        let mut seen = Vec::new();
+        let mut after = 0;
+        loop {
+            let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+            let page = replicas[0].changes_after(after, 50).await.expect("changes");
+            if let Some(last) = page.last() {
+                after = last.sequence;
+            }
+            let empty = page.is_empty();
+            seen.extend(page.into_iter().map(|c| c.sequence));
+            if finished && empty {
+                return seen;
+            }
+        }
+    };
+    let writing = async {
+        futures::future::join_all(writers).await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let (seen, ()) = futures::future::join(watcher, writing).await;
+    let all: Vec<u64> = logged(&replicas[1], 100)
+        .await
+        .iter()
+        .map(|c| c.sequence)
+        .collect();
+    assert_eq!(all.len(), 320);
+    assert_eq!(seen, all, "the watcher saw every change, in order");
+    for replica in replicas {
+        replica.close().await;
+    }
+    db.cleanup().await;
+}
 
 /// Reopening a database runs the migrations again (a no-op) and finds what
 /// was stored: an acknowledged write survives a restart.

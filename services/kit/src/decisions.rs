@@ -4,12 +4,18 @@
 //!
 //! The cache is used only while consent's change stream (`WatchChanges`) is
 //! live: READY received, a message heard within a few heartbeat intervals.
-//! A PATIENT change drops the patient's decisions at once; losing the stream
-//! drops everything. A decision is kept only if nothing was dropped while it
-//! was being asked for (an epoch counter, bumped by every drop, must be the
-//! same before and after), so an answer that raced a change is used once and
-//! not kept. Each entry also lapses at the decision's `valid_until` and at
-//! `max_age`, whichever is sooner.
+//! A PATIENT change drops the patient's decisions at once. The watcher
+//! remembers the sequence of the last change it acted on; when the stream
+//! is lost the cache goes unused (fail closed) and the watcher reconnects,
+//! resuming after that sequence: consent replays what was missed before
+//! READY, so the replayed patients' decisions are dropped and the others
+//! kept. If consent refuses the cursor (or cannot resume) everything is
+//! dropped and the watch starts from now. A decision is kept only if
+//! nothing was dropped, nor the stream lost, while it was being asked for
+//! (an epoch counter, bumped by each, must be the same before and after),
+//! so an answer that raced a change is used once and not kept. Each entry
+//! also lapses at the decision's `valid_until` and at `max_age`, whichever
+//! is sooner.
 
 use std::{
     collections::HashMap,
@@ -124,9 +130,12 @@ struct State {
     live: bool,
     last_heard: Instant,
     silent_limit: Duration,
-    /// Bumped by every drop: a decision asked for under an older epoch may
-    /// predate a change.
+    /// Bumped by every drop and every lost stream: a decision asked for
+    /// under an older epoch may predate a change.
     epoch: u64,
+    /// The sequence of the latest change acted on, to resume after (0:
+    /// none, watch from now).
+    cursor: u64,
     entries: usize,
     patients: HashMap<String, HashMap<Question, Entry>>,
 }
@@ -147,6 +156,13 @@ impl State {
         self.epoch += 1;
         self.patients.clear();
         self.entries = 0;
+    }
+
+    /// The stream is gone: nothing is used until a stream is live again, and
+    /// what is kept stays only if the next stream resumes.
+    fn lost(&mut self) {
+        self.live = false;
+        self.epoch += 1;
     }
 }
 
@@ -172,6 +188,7 @@ impl CachedConsent {
             last_heard: Instant::now(),
             silent_limit: Duration::ZERO,
             epoch: 0,
+            cursor: 0,
             entries: 0,
             patients: HashMap::new(),
         }));
@@ -296,7 +313,7 @@ impl ConsentGate for CachedConsent {
 }
 
 /// Follows consent's change stream for as long as the cache lives,
-/// reconnecting (with backoff) whenever it ends.
+/// reconnecting (with backoff) whenever it ends, resuming where it left off.
 async fn watch(
     client: ConsentServiceClient<Channel>,
     tokens: Arc<dyn ServiceTokens>,
@@ -312,8 +329,7 @@ async fn watch(
             return;
         };
         if let Ok(mut s) = held.lock() {
-            s.live = false;
-            s.drop_all();
+            s.lost();
         }
         drop(held);
         match outcome {
@@ -328,15 +344,25 @@ async fn watch(
     }
 }
 
-/// One stream, until it ends, errs or falls silent. Ok if it was live.
+/// One stream, until it ends, errs or falls silent. Ok if it was live (or
+/// consent refused the cursor: watch again at once, from now).
 async fn follow(
     mut client: ConsentServiceClient<Channel>,
     tokens: &dyn ServiceTokens,
     state: &Weak<Mutex<State>>,
 ) -> Result<(), Error> {
-    // Each PATIENT change is acknowledged once its decisions are dropped:
-    // consent answers the change's writer only then.
+    let cursor = state
+        .upgrade()
+        .and_then(|held| held.lock().ok().map(|s| s.cursor))
+        .unwrap_or(0);
+    // The first message carries the cursor; then each PATIENT change is
+    // acknowledged once its decisions are dropped: consent answers the
+    // change's writer only then.
     let (acks, to_send) = tokio::sync::mpsc::unbounded_channel::<WatchChangesRequest>();
+    let _ = acks.send(WatchChangesRequest {
+        resume_after_sequence: cursor,
+        ..Default::default()
+    });
     let request = crate::client::stream_request(
         tokio_stream::wrappers::UnboundedReceiverStream::new(to_send),
         tokens,
@@ -354,6 +380,22 @@ async fn follow(
         let message = match tokio::time::timeout(silent_limit, stream.message()).await {
             Ok(Ok(Some(message))) => message,
             Ok(Ok(None)) | Err(_) => break,
+            Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+                // The cursor (or an acknowledgement) does not fit consent's
+                // log: nothing kept can be vouched for.
+                tracing::warn!(error = %status.message(), "consent refused this change stream; watching from now");
+                if let Some(held) = state.upgrade()
+                    && let Ok(mut s) = held.lock()
+                {
+                    s.cursor = 0;
+                    s.drop_all();
+                }
+                return if cursor > 0 {
+                    Ok(())
+                } else {
+                    Err(status.into())
+                };
+            }
             Ok(Err(status)) => {
                 return if was_live { Ok(()) } else { Err(status.into()) };
             }
@@ -371,15 +413,24 @@ async fn follow(
                     Duration::from_millis(u64::from(message.heartbeat_interval_ms.max(1)));
                 silent_limit = interval * SILENT_INTERVALS;
                 s.silent_limit = silent_limit;
-                s.drop_all();
+                // Resumed: what was missed has been replayed (and dropped)
+                // before READY. Otherwise (no cursor, or a consent that
+                // does not resume and says 0) changes may have been missed.
+                let resumed = cursor > 0 && message.sequence >= cursor;
+                if !resumed {
+                    s.drop_all();
+                }
+                s.cursor = message.sequence;
                 s.live = true;
                 was_live = true;
             }
             Ok(ChangeKind::Heartbeat) => {}
             Ok(ChangeKind::Patient) => {
                 s.drop_patient(&message.patient_id);
+                s.cursor = s.cursor.max(message.sequence);
                 let _ = acks.send(WatchChangesRequest {
                     acknowledged_sequence: message.sequence,
+                    ..Default::default()
                 });
             }
             // Something this build does not understand may be a change.

@@ -15,7 +15,7 @@ use std::{collections::HashMap, sync::Mutex};
 use chrono::{DateTime, Utc};
 use sharedcare_proto::audit::v1::AuditEvent;
 
-use super::{BoxFuture, ConsentStore};
+use super::{BoxFuture, ConsentStore, LoggedChange};
 use crate::domain::{CareRelationship, Directive, PatientId};
 
 /// Patients held at most; past this the cache starts again empty.
@@ -181,5 +181,13 @@ impl<S: ConsentStore> ConsentStore for Cached<S> {
             )
             .await
         })
+    }
+
+    fn changes_after(&self, after: u64, limit: u32) -> BoxFuture<'_, Vec<LoggedChange>> {
+        self.inner.changes_after(after, limit)
+    }
+
+    fn latest_change(&self) -> BoxFuture<'_, u64> {
+        self.inner.latest_change()
     }
 }

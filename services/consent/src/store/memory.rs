@@ -15,7 +15,7 @@ use sea_orm::DatabaseConnection;
 use sharedcare_kit::{Error, db::WriteGate, memory::AuditedState};
 use sharedcare_proto::audit::v1::AuditEvent;
 
-use super::{BoxFuture, ConsentStore, OUTBOX_TABLE};
+use super::{BoxFuture, ConsentStore, LoggedChange, OUTBOX_TABLE};
 use crate::domain::{CareRelationship, Directive, PatientId};
 
 pub struct MemoryStore {
@@ -26,6 +26,20 @@ pub struct MemoryStore {
 struct Consents {
     relationships: Rows<CareRelationship>,
     directives: Rows<Directive>,
+    /// The change log: entry n has sequence n + 1 (nothing is removed).
+    log: Vec<LoggedChange>,
+}
+
+impl Consents {
+    /// Appends `patient`'s change, with the change itself (under one lock).
+    fn logged(&mut self, patient: &PatientId) {
+        let sequence = self.log.len() as u64 + 1;
+        self.log.push(LoggedChange {
+            sequence,
+            patient_id: patient.clone(),
+            committed_at: Utc::now(),
+        });
+    }
 }
 
 /// One kind of row, by id and by patient.
@@ -122,6 +136,7 @@ impl ConsentStore for MemoryStore {
                     },
                     |c| {
                         c.relationships.insert(&r.id, &r.patient_id, r.clone());
+                        c.logged(&r.patient_id);
                         Ok(r)
                     },
                 )
@@ -167,7 +182,9 @@ impl ConsentStore for MemoryStore {
                             .ok_or_else(no_relationship)?;
                         r.period.end = Some(at);
                         r.ended_by = Some(by);
-                        Ok(r.clone())
+                        let r = r.clone();
+                        c.logged(&r.patient_id);
+                        Ok(r)
                     },
                 )
                 .await
@@ -197,6 +214,7 @@ impl ConsentStore for MemoryStore {
                     },
                     |c| {
                         c.directives.insert(&d.id, &d.patient_id, d.clone());
+                        c.logged(&d.patient_id);
                         Ok(d)
                     },
                 )
@@ -236,7 +254,9 @@ impl ConsentStore for MemoryStore {
                         let d = c.directives.by_id.get_mut(&id).ok_or_else(no_directive)?;
                         d.revoked_at = Some(at);
                         d.revoked_by = Some(by);
-                        Ok(d.clone())
+                        let d = d.clone();
+                        c.logged(&d.patient_id);
+                        Ok(d)
                     },
                 )
                 .await
@@ -249,5 +269,23 @@ impl ConsentStore for MemoryStore {
             .lock()
             .map(|c| c.directives.of(patient, |d| d.created_at));
         Box::pin(async move { found })
+    }
+
+    fn changes_after(&self, after: u64, limit: u32) -> BoxFuture<'_, Vec<LoggedChange>> {
+        let found = self.state.lock().map(|c| {
+            let from = usize::try_from(after)
+                .unwrap_or(usize::MAX)
+                .min(c.log.len());
+            let to = from
+                .saturating_add(usize::try_from(limit).unwrap_or(usize::MAX))
+                .min(c.log.len());
+            c.log[from..to].to_vec()
+        });
+        Box::pin(async move { found })
+    }
+
+    fn latest_change(&self) -> BoxFuture<'_, u64> {
+        let latest = self.state.lock().map(|c| c.log.len() as u64);
+        Box::pin(async move { latest })
     }
 }

@@ -11,6 +11,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0002Provenance),
             Box::new(M0003AuditOutbox),
             Box::new(M0004StaffAndKinds),
+            Box::new(super::change_log::M0005ChangeLog),
         ]
     }
 

@@ -1,6 +1,7 @@
 //! Where consent keeps care relationships and directives.
 
 mod cached;
+mod change_log;
 mod entities;
 mod memory;
 mod migration;
@@ -26,6 +27,15 @@ use crate::domain::{CareRelationship, Directive, PatientId};
 pub const OUTBOX_TABLE: &str = "consent_audit_outbox";
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+/// One entry of the change log: this patient's consent changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedChange {
+    /// Its place in the log: increasing in commit order, across replicas.
+    pub sequence: u64,
+    pub patient_id: PatientId,
+    pub committed_at: DateTime<Utc>,
+}
 
 pub trait ConsentStore: Send + Sync + 'static {
     fn insert_relationship(
@@ -61,6 +71,79 @@ pub trait ConsentStore: Send + Sync + 'static {
     /// The patient's directives, revoked ones included, newest (latest
     /// recorded) first.
     fn list_directives(&self, patient: &PatientId) -> BoxFuture<'_, Vec<Directive>>;
+
+    /// The change log (WatchChanges replays it): every write above appends
+    /// one entry for its patient in the write's own transaction, and a write
+    /// refused appends nothing. Up to `limit` entries after sequence
+    /// `after`, oldest first; a sequence, once read, is never followed by a
+    /// smaller one committing later.
+    fn changes_after(&self, after: u64, limit: u32) -> BoxFuture<'_, Vec<LoggedChange>>;
+    /// The log's latest sequence (0 while it is empty).
+    fn latest_change(&self) -> BoxFuture<'_, u64>;
+}
+
+/// A shared store is a store (the change feed reads the log of the store
+/// the service writes through).
+impl<S: ConsentStore + ?Sized> ConsentStore for std::sync::Arc<S> {
+    fn insert_relationship(
+        &self,
+        relationship: CareRelationship,
+        audit: AuditEvent,
+    ) -> BoxFuture<'_, CareRelationship> {
+        (**self).insert_relationship(relationship, audit)
+    }
+
+    fn get_relationship(&self, id: &str) -> BoxFuture<'_, Option<CareRelationship>> {
+        (**self).get_relationship(id)
+    }
+
+    fn end_relationship(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        by: &str,
+        audit: AuditEvent,
+    ) -> BoxFuture<'_, CareRelationship> {
+        (**self).end_relationship(id, at, by, audit)
+    }
+
+    fn list_relationships(&self, patient: &PatientId) -> BoxFuture<'_, Vec<CareRelationship>> {
+        (**self).list_relationships(patient)
+    }
+
+    fn insert_directive(
+        &self,
+        directive: Directive,
+        audit: AuditEvent,
+    ) -> BoxFuture<'_, Directive> {
+        (**self).insert_directive(directive, audit)
+    }
+
+    fn get_directive(&self, id: &str) -> BoxFuture<'_, Option<Directive>> {
+        (**self).get_directive(id)
+    }
+
+    fn revoke_directive(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        by: &str,
+        audit: AuditEvent,
+    ) -> BoxFuture<'_, Directive> {
+        (**self).revoke_directive(id, at, by, audit)
+    }
+
+    fn list_directives(&self, patient: &PatientId) -> BoxFuture<'_, Vec<Directive>> {
+        (**self).list_directives(patient)
+    }
+
+    fn changes_after(&self, after: u64, limit: u32) -> BoxFuture<'_, Vec<LoggedChange>> {
+        (**self).changes_after(after, limit)
+    }
+
+    fn latest_change(&self) -> BoxFuture<'_, u64> {
+        (**self).latest_change()
+    }
 }
 
 /// The configured backend, as itself: `crate::layered` wraps each kind as

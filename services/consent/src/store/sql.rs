@@ -10,7 +10,9 @@ use sea_orm::{
 use sharedcare_kit::{Error, outbox};
 use sharedcare_proto::audit::v1::AuditEvent;
 
-use super::{BoxFuture, ConsentStore, Migrator, OUTBOX_TABLE, entities::*};
+use super::{
+    BoxFuture, ConsentStore, LoggedChange, Migrator, OUTBOX_TABLE, change_log, entities::*,
+};
 use crate::domain::{
     CareRelationship, CareRelationshipKind, Directive, DirectiveKind, DirectiveSource, Effect,
     OdsCode, PatientId, Period, Provenance, Purpose, RecordCategory,
@@ -168,14 +170,32 @@ fn directive_from_row(row: directive::Model) -> Result<Directive, Error> {
     })
 }
 
+/// What a write changed, by patient (for the change log).
+trait OfPatient {
+    fn patient(&self) -> &PatientId;
+}
+
+impl OfPatient for CareRelationship {
+    fn patient(&self) -> &PatientId {
+        &self.patient_id
+    }
+}
+
+impl OfPatient for Directive {
+    fn patient(&self) -> &PatientId {
+        &self.patient_id
+    }
+}
+
 impl SqlStore {
     /// The connection, for the audit outbox that shares the database.
     pub fn connection(&self) -> DatabaseConnection {
         self.db.clone()
     }
 
-    /// Runs `change` and records `audit` in the outbox in one transaction.
-    async fn audited<T>(
+    /// Runs `change` and records `audit` in the outbox and the change (for
+    /// its patient) in the change log, in one transaction.
+    async fn audited<T: OfPatient>(
         &self,
         context: &'static str,
         audit: &AuditEvent,
@@ -188,14 +208,16 @@ impl SqlStore {
             .map_err(|e| Error::internal(context, e))?;
         let done = change(&txn).await?;
         outbox::insert_in(&txn, OUTBOX_TABLE, audit).await?;
+        let sequence = change_log::append(&txn, context, done.patient()).await?;
         if txn.get_database_backend() == DbBackend::Postgres {
-            // Delivered to every replica's change feed if, and when, this commits.
+            // Wakes every replica's change feed if, and when, this commits
+            // (the streams read the log; the payload is only a hint).
             txn.execute_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "SELECT pg_notify($1, $2)",
                 [
                     crate::changes::PG_CHANNEL.into(),
-                    audit.patient_id.clone().into(),
+                    sequence.to_string().into(),
                 ],
             ))
             .await
@@ -381,5 +403,13 @@ impl ConsentStore for SqlStore {
                 .map(directive_from_row)
                 .collect()
         })
+    }
+
+    fn changes_after(&self, after: u64, limit: u32) -> BoxFuture<'_, Vec<LoggedChange>> {
+        Box::pin(change_log::after(&self.db, after, limit))
+    }
+
+    fn latest_change(&self) -> BoxFuture<'_, u64> {
+        Box::pin(change_log::latest(&self.db))
     }
 }
