@@ -1,9 +1,11 @@
-//! Break-glass end to end over real sockets with the four real services: an
-//! A&E clinician with no care relationship reads a patient's record by
-//! breaking glass, with a reason; consent records a time-boxed grant; the
-//! read is flagged in the audit trail, and the patient's access report says
-//! it was emergency access. A role not allowed break-glass is refused and
-//! nothing is stored.
+//! consent as records meets it, end to end over real sockets with the four
+//! real services: a change of consent is honoured by the very next GetRecord
+//! although records keeps consent's decisions; and break-glass — an A&E
+//! clinician with no care relationship reads a patient's record by breaking
+//! glass, with a reason; consent records a time-boxed grant; the read is
+//! flagged in the audit trail, and the patient's access report says it was
+//! emergency access. A role not allowed break-glass is refused and nothing
+//! is stored.
 
 use sharedcare_kit::testing::with_token;
 use sharedcare_proto::{
@@ -15,20 +17,9 @@ use sharedcare_proto::{
 use sharedcare_tests::{Backend, Platform};
 use tonic::Code;
 
-#[tokio::test]
-async fn an_emergency_read_by_break_glass_is_granted_flagged_and_reported() {
-    let p = Platform::start(Backend::Sqlite).await;
-    let admin = p.admin_token().await;
-    for ods in ["A81001", "RR8"] {
-        p.organisation(&admin, ods).await;
-    }
-    let gp_pas = p.pas(&admin, "A81001").await;
-    let gp = p.staff(&admin, "A81001", "R8000").await;
-    // R8000 carries break_glass in identity's default role map; R8001 does
-    // not.
-    let ae = p.staff(&admin, "RR8", "R8000").await;
-    let ae_clerk = p.staff(&admin, "RR8", "R8001").await;
-
+/// A patient registered by A81001's PAS, cared for by A81001, with one
+/// record written by its GP: (patient id, record).
+async fn cared_for_patient(p: &Platform, gp_pas: &str, gp: &str) -> (String, records::Record) {
     let patient_id = IdentityServiceClient::new(p.identity.channel.clone())
         .register_patient(with_token(
             identity::RegisterPatientRequest {
@@ -41,7 +32,7 @@ async fn an_emergency_read_by_break_glass_is_granted_flagged_and_reported() {
                     postcode: "LS1 4AP".into(),
                 }),
             },
-            &gp_pas,
+            gp_pas,
         ))
         .await
         .expect("registered")
@@ -57,12 +48,11 @@ async fn an_emergency_read_by_break_glass_is_granted_flagged_and_reported() {
                 kind: consent::CareRelationshipKind::RegisteredGp as i32,
                 ..Default::default()
             },
-            &gp_pas,
+            gp_pas,
         ))
         .await
         .expect("the GP cares for the patient");
-    let mut records_client = RecordsServiceClient::new(p.records.channel.clone());
-    let created = records_client
+    let created = RecordsServiceClient::new(p.records.channel.clone())
         .create_record(with_token(
             records::CreateRecordRequest {
                 patient_id: patient_id.clone(),
@@ -74,13 +64,103 @@ async fn an_emergency_read_by_break_glass_is_granted_flagged_and_reported() {
                 .to_string(),
                 ..Default::default()
             },
-            &gp,
+            gp,
         ))
         .await
         .expect("created")
         .into_inner()
         .record
         .expect("record");
+    (patient_id, created)
+}
+
+#[tokio::test]
+async fn a_change_of_consent_is_honoured_by_the_very_next_get_record() {
+    let p = Platform::start(Backend::Sqlite).await;
+    let admin = p.admin_token().await;
+    p.organisation(&admin, "A81001").await;
+    let gp_pas = p.pas(&admin, "A81001").await;
+    let gp = p.staff(&admin, "A81001", "R8000").await;
+    let (patient_id, created) = cared_for_patient(&p, &gp_pas, &gp).await;
+    let the_patient = p.patient(&admin, &patient_id).await;
+    let mut records_client = RecordsServiceClient::new(p.records.channel.clone());
+    let mut consent_client = ConsentServiceClient::new(p.consent.channel.clone());
+    let get = || records::GetRecordRequest {
+        patient_id: patient_id.clone(),
+        record_id: created.record_id.clone(),
+        purpose: 0,
+        break_glass_reason: String::new(),
+    };
+    for round in 0..10 {
+        // Warm: records now keeps the permit.
+        for _ in 0..3 {
+            records_client
+                .get_record(with_token(get(), &gp))
+                .await
+                .unwrap_or_else(|s| panic!("round {round}: permitted: {s:?}"));
+        }
+        // The patient objects; the very next read is refused.
+        let objection = consent_client
+            .record_directive(with_token(
+                consent::RecordDirectiveRequest {
+                    directive: Some(consent::Directive {
+                        patient_id: patient_id.clone(),
+                        effect: consent::Effect::Deny as i32,
+                        ..Default::default()
+                    }),
+                },
+                &the_patient,
+            ))
+            .await
+            .expect("recorded")
+            .into_inner()
+            .directive
+            .expect("directive");
+        let status = records_client
+            .get_record(with_token(get(), &gp))
+            .await
+            .expect_err("the objection applies at once");
+        assert_eq!(status.code(), Code::PermissionDenied, "round {round}");
+        assert!(
+            status.message().contains("PATIENT_DIRECTIVE_DENY"),
+            "{}",
+            status.message()
+        );
+        // Withdrawn: the very next read is permitted again.
+        consent_client
+            .revoke_directive(with_token(
+                consent::RevokeDirectiveRequest {
+                    directive_id: objection.directive_id,
+                    patient_id: patient_id.clone(),
+                },
+                &the_patient,
+            ))
+            .await
+            .expect("revoked");
+    }
+    records_client
+        .get_record(with_token(get(), &gp))
+        .await
+        .expect("permitted once more");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn an_emergency_read_by_break_glass_is_granted_flagged_and_reported() {
+    let p = Platform::start(Backend::Sqlite).await;
+    let admin = p.admin_token().await;
+    for ods in ["A81001", "RR8"] {
+        p.organisation(&admin, ods).await;
+    }
+    let gp_pas = p.pas(&admin, "A81001").await;
+    let gp = p.staff(&admin, "A81001", "R8000").await;
+    // R8000 carries break_glass in identity's default role map; R8001 does
+    // not.
+    let ae = p.staff(&admin, "RR8", "R8000").await;
+    let ae_clerk = p.staff(&admin, "RR8", "R8001").await;
+
+    let (patient_id, created) = cared_for_patient(&p, &gp_pas, &gp).await;
+    let mut records_client = RecordsServiceClient::new(p.records.channel.clone());
     let get = |reason: &str| records::GetRecordRequest {
         patient_id: patient_id.clone(),
         record_id: created.record_id.clone(),
