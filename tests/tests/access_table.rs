@@ -697,6 +697,20 @@ async fn walk_the_table(backend: Backend) {
             "platform auditor",
             p.staff(&admin, "X26", "platform-auditor").await,
         ),
+        (
+            "national opt-out service",
+            p.principal(
+                &admin,
+                identity::CreatePrincipalRequest {
+                    kind: PrincipalKind::Service as i32,
+                    display_name: "National opt-out service".into(),
+                    organisation_ods_code: "X26".into(),
+                    scopes: vec!["consent.national_opt_out".into()],
+                    ..Default::default()
+                },
+            )
+            .await,
+        ),
     ];
     let cast: Vec<Member> = cast_tokens
         .into_iter()
