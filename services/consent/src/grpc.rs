@@ -1130,6 +1130,15 @@ impl ConsentService for ConsentGrpc {
         let directive = directive_from_pb(directive, provenance, Utc::now())?;
         self.check_patient(&grant, &directive.patient_id, "Directive", Action::Create)
             .await?;
+        if let Some(organisation) = &directive.organisation
+            && !self.directory.organisation_exists(organisation).await?
+        {
+            return Err(Error::invalid(
+                "directive.organisation_ods_code",
+                format!("no organisation {organisation} is known"),
+            )
+            .into());
+        }
         let change = Change {
             grant: &grant,
             patient: &directive.patient_id,

@@ -584,6 +584,14 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
         ("directive.organisation_ods_code", |d| {
             d.organisation_ods_code = "R8".into()
         }),
+        // Well formed, but no such organisation.
+        ("directive.organisation_ods_code", |d| {
+            d.organisation_ods_code = "ZZ999".into()
+        }),
+        ("directive.staff_principal_id", |d| {
+            d.staff_principal_id = "s".repeat(65)
+        }),
+        ("directive.kind", |d| d.kind = 7),
         ("directive.staff_role", |d| d.staff_role = "r".repeat(65)),
         ("directive.end_time", |d| {
             d.start_time = Some(seconds_from_now(100));
