@@ -14,10 +14,19 @@
 //! A change applies to the very next request: [`Notifying`] answers the
 //! writer only once every stream open on this replica has acknowledged the
 //! change's sequence (the watcher has dropped what it kept). A stream that
-//! has not within a heartbeat interval is ended, and the writer waits until
-//! that watcher, hearing nothing, must have stopped using what it kept.
-//! Streams on other PostgreSQL replicas hear the change when they are woken,
-//! without that wait.
+//! has not within a heartbeat interval is ended, and every writer waits
+//! until that watcher, hearing nothing, must have stopped using what it kept.
+//!
+//! On PostgreSQL each replica also tails the log (woken as the streams are,
+//! and every heartbeat): for each change it drops the patient from its
+//! memory (`store::Cached`), waits for its own streams' acknowledgements as
+//! above, and only then counts the change applied, in `consent_replicas`.
+//! Every heartbeat, while it keeps up, it renews its lease there (three
+//! intervals by the database's clock) and uses its memory only until its
+//! own conservative reckoning of that lease ends; it drops the lease at
+//! close. A writer waits until every replica whose lease runs, its own
+//! included, has applied its change; one that cannot (lost the database,
+//! fell behind) stops renewing and is waited out within its lease.
 //!
 //! A stream sends PATIENT changes, READY once caught up, a HEARTBEAT every
 //! interval so a watcher can tell a live stream from a silent dead one, and
