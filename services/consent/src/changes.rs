@@ -14,10 +14,19 @@
 //! A change applies to the very next request: [`Notifying`] answers the
 //! writer only once every stream open on this replica has acknowledged the
 //! change's sequence (the watcher has dropped what it kept). A stream that
-//! has not within a heartbeat interval is ended, and the writer waits until
-//! that watcher, hearing nothing, must have stopped using what it kept.
-//! Streams on other PostgreSQL replicas hear the change when they are woken,
-//! without that wait.
+//! has not within a heartbeat interval is ended, and every writer waits
+//! until that watcher, hearing nothing, must have stopped using what it kept.
+//!
+//! On PostgreSQL each replica also tails the log (woken as the streams are,
+//! and every heartbeat): for each change it drops the patient from its
+//! memory (`store::Cached`), waits for its own streams' acknowledgements as
+//! above, and only then counts the change applied, in `consent_replicas`.
+//! Every heartbeat, while it keeps up, it renews its lease there (three
+//! intervals by the database's clock) and uses its memory only until its
+//! own conservative reckoning of that lease ends; it drops the lease at
+//! close. A writer waits until every replica whose lease runs, its own
+//! included, has applied its change; one that cannot (lost the database,
+//! fell behind) stops renewing and is waited out within its lease.
 //!
 //! A stream sends PATIENT changes, READY once caught up, a HEARTBEAT every
 //! interval so a watcher can tell a live stream from a silent dead one, and
@@ -34,7 +43,10 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, stream::BoxStream};
-use sea_orm::sqlx::{PgPool, postgres::PgListener};
+use sea_orm::{
+    DatabaseConnection,
+    sqlx::{PgPool, postgres::PgListener},
+};
 use sharedcare_kit::Error;
 use sharedcare_proto::{audit::v1::AuditEvent, consent::v1 as pb};
 use tokio::sync::{Notify, mpsc, watch};
@@ -42,7 +54,7 @@ use tonic::{Status, Streaming};
 
 use crate::{
     domain::{CareRelationship, Directive, PatientId},
-    store::{BoxFuture, ConsentStore, LoggedChange},
+    store::{BoxFuture, ConsentStore, LoggedChange, Memory, replicas},
 };
 
 /// The PostgreSQL channel the store notifies on (payload: the sequence, a
@@ -55,6 +67,29 @@ const PAGE: u32 = 256;
 /// Heartbeat intervals of silence after which a watcher gives up on a
 /// stream (`kit::decisions` uses the same), plus one for the way there.
 const WATCHER_GIVES_UP_AFTER: u32 = 3 + 1;
+
+/// How long a replica's lease runs, in heartbeat intervals (it is renewed
+/// every interval).
+const LEASE_HEARTBEATS: u32 = 3;
+
+/// How often a writer looks again at how far the replicas have applied.
+const REPLICA_POLL: Duration = Duration::from_millis(3);
+
+/// This process's part among replicas sharing PostgreSQL.
+struct Replica {
+    id: String,
+    db: DatabaseConnection,
+    /// The memory Evaluate reads from, dropped from as the log grows.
+    memory: Arc<Memory>,
+    /// The last change this replica has acted on: dropped from its memory
+    /// and acknowledged by its streams.
+    applied: AtomicU64,
+    /// Set once `applied` starts at the log's head.
+    tailing: AtomicBool,
+    lease: Duration,
+    /// Wakes the lease keeper at close, to give the lease up.
+    closed: Notify,
+}
 
 /// One open stream, as the writers waiting on acknowledgements see it.
 struct Watcher {
@@ -76,6 +111,12 @@ pub struct ChangeFeed {
     next_watcher: AtomicU64,
     /// Woken by every acknowledgement and every stream's end.
     progress: Notify,
+    /// Until when a watcher whose stream was cut may still use what it
+    /// kept: every writer then waits, not only the one that cut it (the
+    /// tail and a writer may wait on the same stream).
+    cut_until: Mutex<Option<tokio::time::Instant>>,
+    /// `None` for the one process writing the store (SQLite, memory).
+    replica: Option<Replica>,
 }
 
 impl ChangeFeed {
@@ -88,6 +129,8 @@ impl ChangeFeed {
             watchers: Mutex::new(HashMap::new()),
             next_watcher: AtomicU64::new(0),
             progress: Notify::new(),
+            cut_until: Mutex::new(None),
+            replica: None,
         }
     }
 
@@ -99,10 +142,31 @@ impl ChangeFeed {
 
     /// For replicas sharing PostgreSQL: also woken by the store's
     /// notifications, heard on one connection of `pool` (reconnecting when
-    /// it drops) until the feed is dropped or the pool closed.
-    pub fn postgres(log: Arc<dyn ConsentStore>, pool: PgPool, heartbeat: Duration) -> Arc<Self> {
-        let feed = Arc::new(Self::new(log, heartbeat));
+    /// it drops) until the feed is dropped or the pool closed. The replica
+    /// tails the log into `memory` and keeps its lease in `db`.
+    pub fn postgres(
+        log: Arc<dyn ConsentStore>,
+        db: DatabaseConnection,
+        memory: Arc<Memory>,
+        heartbeat: Duration,
+    ) -> Arc<Self> {
+        let pool = db.get_postgres_connection_pool().clone();
+        let mut feed = Self::new(log, heartbeat);
+        feed.replica = Some(Replica {
+            id: uuid::Uuid::now_v7().to_string(),
+            db,
+            memory,
+            applied: AtomicU64::new(0),
+            tailing: AtomicBool::new(false),
+            lease: heartbeat * LEASE_HEARTBEATS,
+            closed: Notify::new(),
+        });
+        let feed = Arc::new(feed);
+        // Subscribed before the tail first reads the log.
+        let wake = feed.wake.subscribe();
         tokio::spawn(listen(pool, Arc::downgrade(&feed)));
+        tokio::spawn(tail(Arc::downgrade(&feed), wake, heartbeat));
+        tokio::spawn(keep_lease(Arc::downgrade(&feed)));
         feed
     }
 
@@ -115,7 +179,60 @@ impl ChangeFeed {
     /// and resume elsewhere.
     pub fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
+        if let Some(replica) = &self.replica {
+            // Writers stop waiting for this replica once its row is gone:
+            // its memory must not be used from now on.
+            replica.memory.retire();
+            replica.closed.notify_one();
+        }
         self.wake();
+    }
+
+    /// Waits until every stream here, and on PostgreSQL every replica whose
+    /// lease runs, has acted on change `sequence`.
+    async fn publish(&self, sequence: u64) {
+        self.settle(sequence).await;
+        let Some(replica) = &self.replica else {
+            return;
+        };
+        loop {
+            match replicas::lagging(&replica.db, sequence).await {
+                Ok(false) => return,
+                Ok(true) => tokio::time::sleep(REPLICA_POLL).await,
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "could not read how far consent's replicas have applied a change; waiting their leases out");
+                    self.wait_out_leases(replica).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Long enough that any replica's lease running now has ended, or been
+    /// renewed by a replica that has applied what was committed before.
+    async fn wait_out_leases(&self, replica: &Replica) {
+        tokio::time::sleep(replica.lease + self.heartbeat * 2).await;
+    }
+
+    /// The tail's step: drops each logged change's patient from memory,
+    /// lets this replica's streams acknowledge it, then counts it applied.
+    async fn apply(&self, replica: &Replica) -> Result<(), Error> {
+        loop {
+            let after = replica.applied.load(Ordering::SeqCst);
+            let page = self.log.changes_after(after, PAGE).await?;
+            let Some(last) = page.last().map(|c| c.sequence) else {
+                return Ok(());
+            };
+            for change in &page {
+                replica.memory.forget(Some(change.patient_id.as_str()));
+            }
+            self.settle(last).await;
+            replica.applied.fetch_max(last, Ordering::SeqCst);
+            replicas::applied(&replica.db, &replica.id, last).await?;
+            if page.len() < PAGE as usize {
+                return Ok(());
+            }
+        }
     }
 
     /// Waits until every stream that was open when change `sequence` was
@@ -139,6 +256,7 @@ impl ChangeFeed {
                 })
                 .unwrap_or_default();
             if waiting.is_empty() {
+                self.wait_out_cuts().await;
                 return;
             }
             if tokio::time::timeout_at(deadline, progress).await.is_err() {
@@ -146,24 +264,43 @@ impl ChangeFeed {
                     streams = waiting.len(),
                     "change streams did not acknowledge a change in time; ending them"
                 );
-                for watcher in waiting {
-                    watcher.cut.notify_one();
-                }
-                tokio::time::sleep(self.heartbeat * WATCHER_GIVES_UP_AFTER).await;
+                self.cut(waiting.iter());
+                self.wait_out_cuts().await;
                 return;
             }
+        }
+    }
+
+    /// Ends `watchers`' streams; their watchers give up on what they kept
+    /// within `WATCHER_GIVES_UP_AFTER` intervals.
+    fn cut<'a>(&self, watchers: impl Iterator<Item = &'a Arc<Watcher>>) {
+        let given_up = tokio::time::Instant::now() + self.heartbeat * WATCHER_GIVES_UP_AFTER;
+        if let Ok(mut until) = self.cut_until.lock() {
+            *until = Some(until.map_or(given_up, |u| u.max(given_up)));
+        }
+        for watcher in watchers {
+            watcher.cut.notify_one();
+        }
+    }
+
+    /// Waits until every watcher whose stream was cut must have given up.
+    async fn wait_out_cuts(&self) {
+        let until = self.cut_until.lock().ok().and_then(|until| *until);
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
         }
     }
 
     /// Ends every stream on this replica and waits until their watchers
     /// must have given up (when a write's sequence cannot be known).
     async fn cut_all(&self) {
-        if let Ok(watchers) = self.watchers.lock() {
-            for watcher in watchers.values() {
-                watcher.cut.notify_one();
-            }
-        }
-        tokio::time::sleep(self.heartbeat * WATCHER_GIVES_UP_AFTER).await;
+        let watchers: Vec<Arc<Watcher>> = self
+            .watchers
+            .lock()
+            .map(|watchers| watchers.values().cloned().collect())
+            .unwrap_or_default();
+        self.cut(watchers.iter());
+        self.wait_out_cuts().await;
     }
 
     /// A new watch stream: replays from the watcher's cursor, READY, then
@@ -423,6 +560,105 @@ async fn listen(pool: PgPool, feed: Weak<ChangeFeed>) {
     }
 }
 
+/// Applies the log as it grows (woken with the streams, and every heartbeat
+/// interval in case a wake-up was lost) from its head when the replica
+/// started: memory starts empty, so nothing before needs dropping.
+async fn tail(feed: Weak<ChangeFeed>, mut wake: watch::Receiver<u64>, heartbeat: Duration) {
+    loop {
+        {
+            let Some(feed) = feed.upgrade() else {
+                return;
+            };
+            let Some(replica) = &feed.replica else {
+                return;
+            };
+            if feed.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            wake.borrow_and_update();
+            let step = if replica.tailing.load(Ordering::SeqCst) {
+                feed.apply(replica).await
+            } else {
+                feed.log.latest_change().await.map(|head| {
+                    replica.applied.fetch_max(head, Ordering::SeqCst);
+                    replica.tailing.store(true, Ordering::SeqCst);
+                })
+            };
+            if let Err(e) = step {
+                tracing::warn!(error = %e.message, "consent could not apply its change log; its memory lapses with its lease");
+            }
+        }
+        tokio::select! {
+            woken = wake.changed() => if woken.is_err() { return },
+            () = tokio::time::sleep(heartbeat) => {}
+        }
+    }
+}
+
+/// Renews this replica's lease every heartbeat interval while it keeps up
+/// with the log (it has applied what was the head an interval ago), so a
+/// replica that falls behind or loses the database stops using its memory
+/// and writers stop waiting for it within a lease; gives the lease up at
+/// close.
+async fn keep_lease(feed: Weak<ChangeFeed>) {
+    // The log's head at the last look: applied by the next one, or behind.
+    let mut head: Option<u64> = None;
+    let mut ticks = match feed.upgrade() {
+        Some(feed) => tokio::time::interval(feed.heartbeat),
+        None => return,
+    };
+    loop {
+        let closed = {
+            let Some(feed) = feed.upgrade() else {
+                return;
+            };
+            let Some(replica) = &feed.replica else {
+                return;
+            };
+            let closed = replica.closed.notified();
+            tokio::pin!(closed);
+            if !feed.closing.load(Ordering::SeqCst) {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    () = closed.as_mut() => {}
+                }
+            }
+            feed.closing.load(Ordering::SeqCst)
+        };
+        let Some(feed) = feed.upgrade() else {
+            return;
+        };
+        let Some(replica) = &feed.replica else {
+            return;
+        };
+        if closed {
+            if let Err(e) = replicas::remove(&replica.db, &replica.id).await {
+                tracing::warn!(error = %e.message, "consent could not give up its lease; writers wait it out");
+            }
+            return;
+        }
+        // The lease surely holds from before the request is sent.
+        let sent = std::time::Instant::now();
+        let applied = replica.applied.load(Ordering::SeqCst);
+        let keeping_up =
+            replica.tailing.load(Ordering::SeqCst) && head.is_some_and(|h| applied >= h);
+        head = feed.log.latest_change().await.ok();
+        if !keeping_up {
+            continue;
+        }
+        match replicas::renew(&replica.db, &replica.id, applied, replica.lease).await {
+            // A margin of one interval for the way there and clock drift.
+            Ok(()) => replica
+                .memory
+                .leased(sent, replica.lease.saturating_sub(feed.heartbeat)),
+            Err(e) => {
+                tracing::warn!(error = %e.message, "consent could not renew its lease; reading the database until it does");
+                replica.memory.lease_lost();
+            }
+        }
+    }
+}
+
 /// The earliest start or end of one of the patient's relationships or
 /// directives after `now`: until then, with no change, a decision stands.
 pub fn valid_until(
@@ -471,10 +707,13 @@ impl<S: ConsentStore> Notifying<S> {
         // The log's head now is this write's sequence or a later one: once
         // a stream has acknowledged it, it has acted on this write too.
         match self.inner.latest_change().await {
-            Ok(sequence) => self.feed.settle(sequence).await,
+            Ok(sequence) => self.feed.publish(sequence).await,
             Err(e) => {
                 tracing::warn!(error = %e.message, "could not read consent's change log after a write; ending this replica's change streams");
                 self.feed.cut_all().await;
+                if let Some(replica) = &self.feed.replica {
+                    self.feed.wait_out_leases(replica).await;
+                }
             }
         }
         result

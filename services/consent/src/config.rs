@@ -35,6 +35,9 @@ pub struct ConsentSettings {
     /// change log, in case a wake-up was missed); also how long a change
     /// waits for streams to acknowledge it before ending them.
     pub watch_heartbeat_ms: u64,
+    /// Patients whose relationships and directives are kept in memory at
+    /// most (the least recently used are dropped first).
+    pub cache_max_patients: usize,
     /// What a relationship kind lets its organisation see, replacing the
     /// built-in list for each kind named, e.g.
     /// `care_home_placement = ["general", "social_care"]` (see
@@ -82,6 +85,7 @@ audit_url = "http://127.0.0.1:50054"
 call_timeout_ms = 5000
 audit_max_lag_ms = 30000
 watch_heartbeat_ms = 500
+cache_max_patients = 100000
 
 [consent.break_glass]
 grant_minutes = 60
@@ -119,6 +123,12 @@ impl Validate for ConsentConfig {
             return Err(ConfigError::invalid(
                 "consent.watch_heartbeat_ms",
                 "must be between 1 and 60000",
+            ));
+        }
+        if self.consent.cache_max_patients == 0 {
+            return Err(ConfigError::invalid(
+                "consent.cache_max_patients",
+                "must be at least 1",
             ));
         }
         self.auth
@@ -235,6 +245,33 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_cache_of_no_patients_is_refused_by_name() {
+        let env = |value: &str| {
+            HashMap::from([
+                (
+                    "SHAREDCARE_AUTH__CLIENT_ID".to_owned(),
+                    "consent".to_owned(),
+                ),
+                (
+                    "SHAREDCARE_AUTH__CLIENT_SECRET__VALUE".to_owned(),
+                    "s3cret".to_owned(),
+                ),
+                (
+                    "SHAREDCARE_CONSENT__CACHE_MAX_PATIENTS".to_owned(),
+                    value.to_owned(),
+                ),
+            ])
+        };
+        let cfg = ConsentConfig::load(&env("5")).expect("valid");
+        assert_eq!(cfg.consent.cache_max_patients, 5);
+        let err = ConsentConfig::load(&env("0")).expect_err("refused");
+        assert!(
+            err.to_string().contains("consent.cache_max_patients"),
+            "{err}"
+        );
     }
 
     #[test]

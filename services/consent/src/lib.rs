@@ -154,39 +154,82 @@ pub fn spec_with_rules(
         .on_shutdown(move || closing.close())
 }
 
-/// The store as the service uses it, with its change feed. On SQLite (and
-/// in memory) this process is the one writer: what Evaluate reads is kept
-/// in memory and dropped at each change (store::Cached). On PostgreSQL
-/// every replica writes and reads go to the database. Either way the feed
-/// streams the store's change log, and a change is answered once this
-/// replica's streams have acknowledged it (see `changes`).
+/// How `layered` layers the store.
+#[derive(Debug, Clone, Copy)]
+pub struct Layering {
+    /// The change streams' heartbeat; on PostgreSQL also how often each
+    /// replica renews its lease (which runs for three).
+    pub heartbeat: Duration,
+    /// Patients whose consent is kept in memory at most.
+    pub cache_max_patients: usize,
+}
+
+impl Layering {
+    pub fn new(heartbeat: Duration) -> Self {
+        Layering {
+            heartbeat,
+            cache_max_patients: store::DEFAULT_MAX_PATIENTS,
+        }
+    }
+}
+
+/// The store as the service uses it, with its change feed: what Evaluate
+/// reads is kept in memory (store::Cached, least recently used patients
+/// evicted) and the feed streams the store's change log; a change is
+/// answered once it applies everywhere (see `changes`).
+///
+/// On SQLite (and in memory) this process is the one writer: its writes
+/// drop what they change. On PostgreSQL each replica tails the log into its
+/// memory and uses the memory only while its lease in the database holds;
+/// a writer waits until every leaseholder has applied its change.
 pub fn layered(
     store: impl Into<store::Backend>,
     heartbeat: Duration,
 ) -> (Arc<dyn store::ConsentStore>, Arc<changes::ChangeFeed>) {
+    layered_with(store, Layering::new(heartbeat))
+}
+
+/// As `layered`, configured.
+pub fn layered_with(
+    store: impl Into<store::Backend>,
+    layering: Layering,
+) -> (Arc<dyn store::ConsentStore>, Arc<changes::ChangeFeed>) {
     fn in_process<S: store::ConsentStore>(
         store: S,
-        heartbeat: Duration,
+        layering: Layering,
     ) -> (Arc<dyn store::ConsentStore>, Arc<changes::ChangeFeed>) {
         let store = Arc::new(store);
-        let changes = changes::ChangeFeed::in_process(store.clone(), heartbeat);
-        let store = changes::Notifying::new(store::Cached::new(store), changes.clone());
+        let changes = changes::ChangeFeed::in_process(store.clone(), layering.heartbeat);
+        let store = changes::Notifying::new(
+            store::Cached::new(store, layering.cache_max_patients),
+            changes.clone(),
+        );
         (Arc::new(store), changes)
     }
     match store.into() {
-        store::Backend::Memory(memory) => in_process(*memory, heartbeat),
+        store::Backend::Memory(memory) => in_process(*memory, layering),
         store::Backend::Sql(sql) => {
             let connection = sql.connection();
             if connection.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
-                return in_process(sql, heartbeat);
+                return in_process(sql, layering);
             }
-            let pool = connection.get_postgres_connection_pool().clone();
-            let sql = Arc::new(sql);
-            let changes = changes::ChangeFeed::postgres(sql.clone(), pool, heartbeat);
-            let store = changes::Notifying::new(sql, changes.clone());
-            (Arc::new(store), changes)
+            replicated(Arc::new(sql), connection, layering)
         }
     }
+}
+
+/// A replica sharing PostgreSQL (`db`, the database `store` is on): the
+/// store in leased memory, tailing the change log (what `layered` does on
+/// PostgreSQL; tests layer a store of their own).
+pub fn replicated(
+    store: Arc<dyn store::ConsentStore>,
+    db: sea_orm::DatabaseConnection,
+    layering: Layering,
+) -> (Arc<dyn store::ConsentStore>, Arc<changes::ChangeFeed>) {
+    let cached = store::Cached::leased(store.clone(), layering.cache_max_patients);
+    let changes = changes::ChangeFeed::postgres(store, db, cached.memory(), layering.heartbeat);
+    let store = changes::Notifying::new(cached, changes.clone());
+    (Arc::new(store), changes)
 }
 
 /// Opens the configured store and identity's key source: what main.rs runs.
@@ -208,9 +251,12 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
     )
     .await?;
     let (outbox_db, outbox_writes) = backend.outbox();
-    let (store, changes) = layered(
+    let (store, changes) = layered_with(
         backend,
-        Duration::from_millis(cfg.consent.watch_heartbeat_ms),
+        Layering {
+            heartbeat: Duration::from_millis(cfg.consent.watch_heartbeat_ms),
+            cache_max_patients: cfg.consent.cache_max_patients,
+        },
     );
     let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
     let channel = |url: &str| sharedcare_kit::tls::channel(url, tls.as_ref());

@@ -2707,3 +2707,332 @@ async fn a_decision_cache_whose_cursor_is_refused_drops_everything() {
         "nothing kept was vouched for"
     );
 }
+
+/// The SQL store, counting what Evaluate reads from it.
+struct CountingStore {
+    inner: Arc<SqlStore>,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingStore {
+    fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn read(&self) {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl ConsentStore for CountingStore {
+    fn insert_relationship(
+        &self,
+        relationship: sharedcare_consent::domain::CareRelationship,
+        audit: AuditEvent,
+    ) -> BoxFuture<'_, sharedcare_consent::domain::CareRelationship> {
+        self.inner.insert_relationship(relationship, audit)
+    }
+
+    fn get_relationship(
+        &self,
+        id: &str,
+    ) -> BoxFuture<'_, Option<sharedcare_consent::domain::CareRelationship>> {
+        self.inner.get_relationship(id)
+    }
+
+    fn end_relationship(
+        &self,
+        id: &str,
+        at: chrono::DateTime<chrono::Utc>,
+        by: &str,
+        audit: AuditEvent,
+    ) -> BoxFuture<'_, sharedcare_consent::domain::CareRelationship> {
+        self.inner.end_relationship(id, at, by, audit)
+    }
+
+    fn list_relationships(
+        &self,
+        patient: &PatientId,
+    ) -> BoxFuture<'_, Vec<sharedcare_consent::domain::CareRelationship>> {
+        self.read();
+        self.inner.list_relationships(patient)
+    }
+
+    fn insert_directive(
+        &self,
+        directive: sharedcare_consent::domain::Directive,
+        audit: AuditEvent,
+    ) -> BoxFuture<'_, sharedcare_consent::domain::Directive> {
+        self.inner.insert_directive(directive, audit)
+    }
+
+    fn get_directive(
+        &self,
+        id: &str,
+    ) -> BoxFuture<'_, Option<sharedcare_consent::domain::Directive>> {
+        self.inner.get_directive(id)
+    }
+
+    fn revoke_directive(
+        &self,
+        id: &str,
+        at: chrono::DateTime<chrono::Utc>,
+        by: &str,
+        audit: AuditEvent,
+    ) -> BoxFuture<'_, sharedcare_consent::domain::Directive> {
+        self.inner.revoke_directive(id, at, by, audit)
+    }
+
+    fn list_directives(
+        &self,
+        patient: &PatientId,
+    ) -> BoxFuture<'_, Vec<sharedcare_consent::domain::Directive>> {
+        self.read();
+        self.inner.list_directives(patient)
+    }
+
+    fn changes_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> BoxFuture<'_, Vec<sharedcare_consent::store::LoggedChange>> {
+        self.inner.changes_after(after, limit)
+    }
+
+    fn latest_change(&self) -> BoxFuture<'_, u64> {
+        self.inner.latest_change()
+    }
+}
+
+/// Another consent replica on the fixture's PostgreSQL database (at `url`,
+/// e.g. through a proxy), layered as `open` layers it over a store that
+/// counts Evaluate's reads.
+struct CountedReplica {
+    server: TestServer,
+    store: Arc<CountingStore>,
+    changes: Arc<sharedcare_consent::changes::ChangeFeed>,
+}
+
+impl CountedReplica {
+    async fn start(f: &Fixture, url: &str) -> Self {
+        let sql = Arc::new(SqlStore::connect(url, 4).await.expect("store"));
+        let store = Arc::new(CountingStore {
+            inner: sql.clone(),
+            reads: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let outbox = Outbox::start(
+            sql.connection(),
+            WriteGate::for_db(&sql.connection()),
+            OUTBOX_TABLE,
+            Arc::new(MemoryAudit::default()),
+            OutboxSettings::default(),
+        );
+        let (layered, changes) = sharedcare_consent::replicated(
+            store.clone(),
+            sql.connection(),
+            sharedcare_consent::Layering::new(Duration::from_millis(HEARTBEAT_MS)),
+        );
+        let server = spawn(spec(
+            layered,
+            changes.clone(),
+            outbox,
+            Arc::new(Known(&["A81001", "RR8", "B82002"])),
+            f.authority.verifier(),
+            MessageLimits { max_bytes: 4 << 20 },
+        ))
+        .await;
+        CountedReplica {
+            server,
+            store,
+            changes,
+        }
+    }
+
+    async fn evaluate(&self, f: &Fixture) -> Result<pb::EvaluateResponse, tonic::Status> {
+        let mut request = with_token(
+            evaluate_request("A81001", Purpose::DirectCare),
+            &f.evaluator(),
+        );
+        request.set_timeout(Duration::from_secs(2));
+        ConsentServiceClient::new(self.server.channel.clone())
+            .evaluate(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// A decision, from memory once its lease holds.
+    async fn warm(&self, f: &Fixture) -> pb::EvaluateResponse {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let first = self.evaluate(f).await.expect("decision");
+            let reads = self.store.reads();
+            let second = self.evaluate(f).await.expect("decision");
+            if self.store.reads() == reads {
+                assert_eq!(first.decision, second.decision);
+                return second;
+            }
+            assert!(std::time::Instant::now() < deadline, "never leased");
+            tokio::time::sleep(Duration::from_millis(HEARTBEAT_MS / 2)).await;
+        }
+    }
+}
+
+/// How many replicas hold a lease now, by the database's clock.
+async fn leaseholders(f: &Fixture) -> i64 {
+    use sea_orm::ConnectionTrait;
+    let row = f
+        .store
+        .connection()
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT COUNT(*) AS n FROM consent_replicas WHERE lease_until > now()",
+        ))
+        .await
+        .expect("query")
+        .expect("row");
+    row.try_get::<i64>("", "n").expect("count")
+}
+
+#[tokio::test]
+async fn a_change_through_one_replica_applies_to_the_very_next_decision_on_another() {
+    let Some(db) = TestDatabase::postgres("consent replica memory").await else {
+        return;
+    };
+    let f = Fixture::start_on(db).await;
+    let other = CountedReplica::start(&f, f.db.url()).await;
+    f.record_relationship("A81001").await;
+
+    // Warm: the second decision reads nothing from the database.
+    assert_eq!(other.warm(&f).await.decision, pb::Decision::Permit as i32);
+    assert_eq!(leaseholders(&f).await, 2);
+
+    for round in 0..30 {
+        let deny = f.record_directive(deny_all()).await;
+        // No pause: the write was answered once the other replica applied it.
+        let denied = other.evaluate(&f).await.expect("decision");
+        assert_eq!(denied.decision, pb::Decision::Deny as i32, "round {round}");
+        f.revoke(&deny.directive_id).await.expect("revoked");
+        let permitted = other.evaluate(&f).await.expect("decision");
+        assert_eq!(
+            permitted.decision,
+            pb::Decision::Permit as i32,
+            "round {round}"
+        );
+    }
+    // Still answered from memory between changes.
+    let reads = other.store.reads();
+    other.evaluate(&f).await.expect("decision");
+    assert_eq!(other.store.reads(), reads);
+
+    other.server.shutdown().await;
+    f.server.shutdown().await;
+    f.db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_replica_that_stops_renewing_is_waited_out_and_reads_the_database_meanwhile() {
+    let Some(db) = TestDatabase::postgres("consent replica lease lapses").await else {
+        return;
+    };
+    let f = Fixture::start_on(db).await;
+    let url = f.db.url().to_owned();
+    let (host, rest) = url
+        .split_once("@")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .expect("a postgres:// URL with user@host:port/db");
+    let upstream = tokio::net::lookup_host(host)
+        .await
+        .expect("resolve")
+        .next()
+        .expect("an address");
+    let proxy = Proxy::start(upstream).await;
+    let through_proxy = format!("postgres://postgres@{}/{rest}", proxy.addr);
+    let other = CountedReplica::start(&f, &through_proxy).await;
+    f.record_relationship("A81001").await;
+    assert_eq!(other.warm(&f).await.decision, pb::Decision::Permit as i32);
+
+    // The other replica loses the database: it cannot renew, so a writer
+    // waits for it no longer than its lease (three heartbeats).
+    proxy.cut();
+    let started = std::time::Instant::now();
+    f.record_directive(deny_all()).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(HEARTBEAT_MS * 3 + 700),
+        "answered after {took:?}"
+    );
+    // Its memory still says PERMIT, but it is not used without the lease:
+    // the decision comes from the database (unreachable: no answer).
+    if let Ok(decision) = other.evaluate(&f).await {
+        assert_eq!(decision.decision, pb::Decision::Deny as i32);
+    }
+
+    // Back on the database, the first decision it gives is the new one.
+    proxy.restore();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match other.evaluate(&f).await {
+            Ok(decision) => {
+                assert_eq!(decision.decision, pb::Decision::Deny as i32);
+                break;
+            }
+            Err(_) => assert!(std::time::Instant::now() < deadline, "never answered"),
+        }
+    }
+
+    other.server.shutdown().await;
+    f.server.shutdown().await;
+    f.db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_replica_gives_its_lease_up_at_close_and_reads_the_database_after() {
+    let Some(db) = TestDatabase::postgres("consent replica closes").await else {
+        return;
+    };
+    let f = Fixture::start_on(db).await;
+    let other = CountedReplica::start(&f, f.db.url()).await;
+    f.record_relationship("A81001").await;
+    other.warm(&f).await;
+    assert_eq!(leaseholders(&f).await, 2);
+
+    other.changes.close();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while leaseholders(&f).await != 1 {
+        assert!(std::time::Instant::now() < deadline, "lease kept");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let reads = other.store.reads();
+    other.evaluate(&f).await.expect("decision");
+    other.evaluate(&f).await.expect("decision");
+    assert_eq!(
+        other.store.reads(),
+        reads + 4,
+        "each decision reads both lists"
+    );
+
+    // A replica that stopped renewing without giving its lease up (one that
+    // died) holds writers up until its lease runs out, and no longer.
+    {
+        use sea_orm::ConnectionTrait;
+        f.store
+            .connection()
+            .execute_unprepared(
+                "INSERT INTO consent_replicas (replica_id, applied_sequence, lease_until) \
+                 VALUES ('gone', 0, now() + interval '400 milliseconds')",
+            )
+            .await
+            .expect("insert");
+    }
+    let started = std::time::Instant::now();
+    f.record_directive(deny_all()).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1400),
+        "answered after {took:?}"
+    );
+
+    other.server.shutdown().await;
+    f.server.shutdown().await;
+    f.db.cleanup().await;
+}

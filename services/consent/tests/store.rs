@@ -535,7 +535,10 @@ async fn a_refused_write_appends_nothing(store: &dyn ConsentStore) {
 async fn open(backend: &TestBackend, cached: bool) -> Box<dyn ConsentStore> {
     fn wrap<S: ConsentStore>(store: S, cached: bool) -> Box<dyn ConsentStore> {
         if cached {
-            Box::new(Cached::new(store))
+            Box::new(Cached::new(
+                store,
+                sharedcare_consent::store::DEFAULT_MAX_PATIENTS,
+            ))
         } else {
             Box::new(store)
         }

@@ -12,6 +12,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0003AuditOutbox),
             Box::new(M0004StaffAndKinds),
             Box::new(super::change_log::M0005ChangeLog),
+            Box::new(super::replicas::M0006Replicas),
         ]
     }
 

@@ -5,6 +5,7 @@ mod change_log;
 mod entities;
 mod memory;
 mod migration;
+pub mod replicas;
 mod sql;
 
 use std::{future::Future, pin::Pin};
@@ -13,7 +14,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 use sharedcare_kit::{Error, config::StorageBackend, db::WriteGate};
 
-pub use cached::Cached;
+pub use cached::{Cached, DEFAULT_MAX_PATIENTS, Memory};
 pub use memory::MemoryStore;
 pub use migration::Migrator;
 pub use sql::SqlStore;
