@@ -388,6 +388,7 @@ def test_config_file_is_rendered_mounted_and_named(rendered: Rendered, value_set
     assert consent["consent"] == {
         "audit_url": url_of(scheme, "audit"),
         "call_timeout_ms": 5000,
+        "cache_max_patients": 100000,
         "break_glass": {"grant_minutes": 60, "overrides_patient_deny": False},
     }
     for svc in ("identity", "audit"):
@@ -1245,6 +1246,7 @@ def test_schema_accepts_the_shipped_values(chart: helm.Chart, value_set: str) ->
         ({"services": {"identity": {"previousKeyEncryptionKeys": True}}}, "previousKeyEncryptionKeys"),
         ({"services": {"consent": {"relationshipCategories": {"care_home": ["general"]}}}}, "'social_care_team'"),
         ({"services": {"consent": {"breakGlass": {"grantMinutes": 0, "overridesPatientDeny": False}}}}, "grantMinutes"),
+        ({"services": {"consent": {"cacheMaxPatients": 0}}}, "/services/consent/cacheMaxPatients"),
         ({"services": {"consent": {"breakGlass": {"grantMinutes": 60, "overridesPatientDeny": "yes"}}}}, "overridesPatientDeny"),
         (
             {"services": {"consent": {"relationshipCategories": {"care_home_placement": ["secrets"]}}}},

@@ -87,6 +87,9 @@ file = {{ printf "%s/nhs-index-key" $authDir | toJson }}
 [consent]
 audit_url = {{ $cfg.auditUrl | default $url.audit | toJson }}
 call_timeout_ms = {{ $cfg.callTimeoutMs | int64 }}
+# Patients whose consent each replica keeps in memory (least recently used
+# dropped first): services.consent.cacheMaxPatients.
+cache_max_patients = {{ $cfg.cacheMaxPatients | int64 }}
 
 # Break-glass (services.consent.breakGlass); who may use it is the
 # break_glass capability of identity's role map.
