@@ -16,6 +16,7 @@ import copy
 import functools
 import hashlib
 import ipaddress
+import os
 import re
 import shutil
 import tomllib
@@ -1535,3 +1536,26 @@ def test_migration_job_validates_records_with_the_same_classification_map(chart:
     for svc in ("identity", "consent", "audit"):
         other = r.get("Job", f"{name_of(svc)}-migrate")["spec"]["template"]["spec"]
         assert not [v for v in other["volumes"] if v["name"] == "classification"], svc
+
+
+# --------------------------------------------------------------------------
+# The services read what the chart renders
+# --------------------------------------------------------------------------
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+
+
+@pytest.mark.parametrize("svc", SERVICES)
+def test_rendered_configs_are_the_golden_files_the_services_load(value_set: str, svc: str) -> None:
+    """Each value set's config file, byte for byte, is a file under golden/
+    that a Rust test (tests/tests/chart_configs.rs) loads through the
+    service's own configuration loader: a value the service refuses fails
+    there.
+    SHAREDCARE_BLESS=1 rewrites the files."""
+    text = _render_set(value_set).get("ConfigMap", name_of(svc))["data"][f"{svc}.toml"]
+    golden = GOLDEN_DIR / value_set / f"{svc}.toml"
+    if os.environ.get("SHAREDCARE_BLESS") == "1":
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text)
+    assert golden.exists(), f"{golden} is missing: run with SHAREDCARE_BLESS=1"
+    assert golden.read_text() == text, f"{golden} differs from the rendered config: run with SHAREDCARE_BLESS=1"
