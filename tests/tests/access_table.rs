@@ -492,6 +492,13 @@ async fn call(
             .list_entries(with_token(audit::ListEntriesRequest::default(), token))
             .await
             .map(drop),
+        ("audit", "ListBreakGlassAccesses") => audit_client
+            .list_break_glass_accesses(with_token(
+                audit::ListBreakGlassAccessesRequest::default(),
+                token,
+            ))
+            .await
+            .map(drop),
         ("audit", "SignedTreeHead") => audit_client
             .signed_tree_head(with_token(audit::SignedTreeHeadRequest::default(), token))
             .await

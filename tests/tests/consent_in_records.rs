@@ -4,8 +4,10 @@
 //! clinician with no care relationship reads a patient's record by breaking
 //! glass, with a reason; consent records a time-boxed grant; the read is
 //! flagged in the audit trail, and the patient's access report says it was
-//! emergency access. A role not allowed break-glass is refused and nothing
-//! is stored.
+//! emergency access; the privacy officer of the clinician's organisation
+//! finds it in their list of break-glass accesses, and another
+//! organisation's does not. A role not allowed break-glass is refused and
+//! nothing is stored.
 
 use sharedcare_kit::testing::with_token;
 use sharedcare_proto::{
@@ -16,6 +18,32 @@ use sharedcare_proto::{
 };
 use sharedcare_tests::{Backend, Platform};
 use tonic::Code;
+
+/// Every break-glass access `token` may list (its own organisation's for a
+/// privacy officer).
+async fn break_glass_accesses(p: &Platform, token: &str) -> Vec<audit::BreakGlassAccess> {
+    let mut client = AuditServiceClient::new(p.audit.channel.clone());
+    let mut accesses = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_break_glass_accesses(with_token(
+                audit::ListBreakGlassAccessesRequest {
+                    page_token,
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .expect("listed")
+            .into_inner();
+        accesses.extend(page.accesses);
+        if page.next_page_token.is_empty() {
+            return accesses;
+        }
+        page_token = page.next_page_token;
+    }
+}
 
 /// A patient registered by A81001's PAS, cared for by A81001, with one
 /// record written by its GP: (patient id, record).
@@ -298,5 +326,25 @@ async fn an_emergency_read_by_break_glass_is_granted_flagged_and_reported() {
             line.summary
         );
     }
+
+    // RR8's privacy officer, told of it (NOTIFY_PRIVACY_OFFICER), lists
+    // RR8's break-glass accesses: this patient's grant and both reads, the
+    // very lines of the patient's report. Events arrive through outboxes.
+    let rr8_officer = p.staff(&admin, "RR8", "privacy-officer").await;
+    let mut listed = break_glass_accesses(&p, &rr8_officer).await;
+    for _ in 0..500 {
+        if listed.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        listed = break_glass_accesses(&p, &rr8_officer).await;
+    }
+    assert!(listed.iter().all(|a| a.patient_id == patient_id));
+    let listed_lines: Vec<audit::AccessReportLine> =
+        listed.into_iter().filter_map(|a| a.line).collect();
+    assert_eq!(listed_lines, lines);
+    // A81001's privacy officer: their staff never broke glass.
+    let gp_officer = p.staff(&admin, "A81001", "privacy-officer").await;
+    assert!(break_glass_accesses(&p, &gp_officer).await.is_empty());
     p.stop().await;
 }

@@ -8,7 +8,9 @@
 //! only grows (consistency proofs) and that an entry is in it (inclusion
 //! proofs), and an auditor re-deriving the root from ListEntries finds any
 //! entry altered, removed or reordered in the database. Patients' logs are
-//! read back with Query and, as "who accessed my record", with AccessReport.
+//! read back with Query and, as "who accessed my record", with AccessReport;
+//! break-glass accesses across patients, for privacy officers, with
+//! ListBreakGlassAccesses.
 //!
 //! Who may do what is [`policy::ACCESS`]: platform services append (and the
 //! appending principal is recorded from their token, not from the event);

@@ -68,6 +68,12 @@ pub static ACCESS: AccessTable = AccessTable {
             audit: "— (as Query)",
         },
         Rule {
+            method: "ListBreakGlassAccesses",
+            callers: AUDITORS,
+            purposes: "—",
+            audit: "— (as Query)",
+        },
+        Rule {
             method: "SignedTreeHead",
             callers: PROVERS,
             purposes: "—",

@@ -21,9 +21,9 @@ use sharedcare_kit::{
 use sharedcare_proto::{
     audit::v1::{
         AccessReportLine, AccessReportRequest, Action, AppendBatchRequest, AppendRequest,
-        AuditEntry, AuditEvent, ConsistencyProofRequest, InclusionProofRequest, ListEntriesRequest,
-        Outcome, QueryRequest, SignedTreeHeadRequest, SignedTreeHeadResponse,
-        audit_service_client::AuditServiceClient,
+        AuditEntry, AuditEvent, BreakGlassAccess, ConsistencyProofRequest, InclusionProofRequest,
+        ListBreakGlassAccessesRequest, ListEntriesRequest, Outcome, QueryRequest,
+        SignedTreeHeadRequest, SignedTreeHeadResponse, audit_service_client::AuditServiceClient,
     },
     common::v1::{Actor, PrincipalKind, Purpose},
 };
@@ -1376,4 +1376,256 @@ async fn reading_needs_a_capability_or_a_patient_token() {
     });
     let status = h.report("p1", 10, &patient).await.expect_err("no scope");
     assert_denied(&status, &[SCOPE_READ]);
+}
+
+/// A break-glass event by staff at `org`: the grant consent records, or a
+/// read under it.
+fn broke_glass(id: &str, patient: &str, org: &str) -> AuditEvent {
+    let mut e = event_by(id, patient, org);
+    e.break_glass = true;
+    e.purpose = Purpose::EmergencyCare as i32;
+    e.outcome_reason = "BREAK_GLASS".into();
+    e
+}
+
+impl Harness {
+    /// One page of break-glass accesses.
+    async fn break_glass_page(
+        &self,
+        organisation: &str,
+        page_size: i32,
+        page_token: &str,
+        token: &str,
+    ) -> Result<sharedcare_proto::audit::v1::ListBreakGlassAccessesResponse, tonic::Status> {
+        self.client()
+            .list_break_glass_accesses(with_token(
+                ListBreakGlassAccessesRequest {
+                    organisation_ods_code: organisation.into(),
+                    page_size,
+                    page_token: page_token.into(),
+                },
+                token,
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Every break-glass access `token` may list for `organisation`, paging
+    /// `page_size` at a time.
+    async fn break_glass(
+        &self,
+        organisation: &str,
+        page_size: i32,
+        token: &str,
+    ) -> Result<Vec<BreakGlassAccess>, tonic::Status> {
+        let mut accesses = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .break_glass_page(organisation, page_size, &page_token, token)
+                .await?;
+            assert!(page.accesses.len() <= usize::try_from(page_size).expect("size"));
+            accesses.extend(page.accesses);
+            if page.next_page_token.is_empty() {
+                return Ok(accesses);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+}
+
+/// The patient ids of `accesses`, in order.
+fn patients_of(accesses: &[BreakGlassAccess]) -> Vec<&str> {
+    accesses.iter().map(|a| a.patient_id.as_str()).collect()
+}
+
+/// The break-glass log the listing tests read: RR8 broke glass for p1 and
+/// p2 (twice), A81001 for p4; everything else is unflagged.
+async fn a_log_with_break_glass(h: &Harness) {
+    h.append_all(vec![
+        event_by("plain-1", "p1", "RR8"),
+        broke_glass("rr8-p1", "p1", "RR8"),
+        broke_glass("rr8-p2", "p2", "RR8"),
+        event_by("plain-2", "p3", "RR8"),
+        broke_glass("a81-p4", "p4", "A81001"),
+        event_by_patient("plain-3", "p2"),
+    ])
+    .await;
+    let mut read = broke_glass("rr8-p2-read", "p2", "RR8");
+    read.outcome_reason = "BREAK_GLASS_GRANT".into();
+    h.append(read).await.expect("append");
+}
+
+#[tokio::test]
+async fn a_privacy_officer_lists_their_organisations_break_glass_accesses_across_patients() {
+    let h = Harness::start().await;
+    a_log_with_break_glass(&h).await;
+    let officer = h.officer("RR8");
+    for (named, page_size) in [("", 1), ("", 2), ("RR8", 100)] {
+        let accesses = h
+            .break_glass(named, page_size, &officer)
+            .await
+            .expect("listed");
+        assert_eq!(
+            patients_of(&accesses),
+            ["p1", "p2", "p2"],
+            "{named:?} {page_size} a page"
+        );
+        for access in &accesses {
+            let line = access.line.as_ref().expect("line");
+            assert!(line.break_glass);
+            assert_eq!(
+                line.actor.as_ref().expect("actor").organisation_ods_code,
+                "RR8"
+            );
+            assert!(
+                line.summary.starts_with("EMERGENCY ACCESS (break-glass): "),
+                "{}",
+                line.summary
+            );
+        }
+    }
+    // Each line is the access report's line for the same entry.
+    let accesses = h.break_glass("", 10, &officer).await.expect("listed");
+    let report = h.report("p2", 10, &h.reader()).await.expect("report");
+    let flagged: Vec<&AccessReportLine> = report.iter().filter(|l| l.break_glass).collect();
+    let listed: Vec<&AccessReportLine> = accesses[1..]
+        .iter()
+        .map(|a| a.line.as_ref().expect("line"))
+        .collect();
+    assert_eq!(listed, flagged);
+
+    // Another organisation's officer sees only theirs; one whose staff
+    // never broke glass sees nothing (not an error).
+    let theirs = h
+        .break_glass("", 10, &h.officer("A81001"))
+        .await
+        .expect("listed");
+    assert_eq!(patients_of(&theirs), ["p4"]);
+    let none = h
+        .break_glass("", 10, &h.officer("C83003"))
+        .await
+        .expect("listed");
+    assert!(none.is_empty());
+}
+
+#[tokio::test]
+async fn a_platform_auditor_lists_every_organisations_break_glass_accesses_or_one() {
+    let h = Harness::start().await;
+    a_log_with_break_glass(&h).await;
+    let auditor = h.reader();
+    let all = h.break_glass("", 2, &auditor).await.expect("listed");
+    assert_eq!(patients_of(&all), ["p1", "p2", "p4", "p2"]);
+    assert!(
+        all.iter()
+            .all(|a| a.line.as_ref().is_some_and(|l| l.break_glass))
+    );
+    let one = h.break_glass("A81001", 2, &auditor).await.expect("listed");
+    assert_eq!(patients_of(&one), ["p4"]);
+    let rr8 = h.break_glass("RR8", 1, &auditor).await.expect("listed");
+    assert_eq!(patients_of(&rr8), ["p1", "p2", "p2"]);
+    assert!(
+        h.break_glass("Q999", 10, &auditor)
+            .await
+            .expect("listed")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_privacy_officer_naming_another_organisation_is_refused() {
+    let h = Harness::start().await;
+    a_log_with_break_glass(&h).await;
+    for other in ["A81001", "rr8", "Q999"] {
+        let status = h
+            .break_glass_page(other, 10, "", &h.officer("RR8"))
+            .await
+            .expect_err(other);
+        assert_denied(
+            &status,
+            &["ListBreakGlassAccesses", "own organisation's break-glass"],
+        );
+        assert!(!status.message().contains(other), "{status:?}");
+    }
+}
+
+#[tokio::test]
+async fn patients_and_ordinary_staff_cannot_list_break_glass_accesses() {
+    let h = Harness::start().await;
+    a_log_with_break_glass(&h).await;
+    let application = h
+        .authority
+        .token(PrincipalKind::Application, "RR8", "", &[SCOPE_READ]);
+    let admin = h
+        .authority
+        .token(PrincipalKind::Admin, "X26", "", &[SCOPE_READ]);
+    for (who, token) in [
+        ("the patient", h.patient("p1")),
+        ("staff without a capability", h.staff("RR8", &[])),
+        (
+            "staff who may break glass",
+            h.staff("RR8", &[Capability::BreakGlass]),
+        ),
+        ("application", application),
+        ("admin", admin),
+        ("service", h.service_reader()),
+    ] {
+        let status = h.break_glass_page("", 10, "", &token).await.expect_err(who);
+        assert_denied(
+            &status,
+            &[
+                "ListBreakGlassAccesses may be called only by",
+                "privacy_officer",
+            ],
+        );
+        assert!(!status.message().contains("p1"), "{who}: {status:?}");
+    }
+}
+
+#[tokio::test]
+async fn listing_break_glass_accesses_refuses_bad_arguments_by_name() {
+    let h = Harness::start().await;
+    a_log_with_break_glass(&h).await;
+    let too_long = "Q".repeat(129);
+    let cases = [
+        ("page_size", "", 501, ""),
+        ("page_size", "", -1, ""),
+        ("page_token", "", 10, "not-a-token!"),
+        ("page_token", "", 10, "AAAA"),
+        ("organisation_ods_code", too_long.as_str(), 10, ""),
+        ("organisation_ods_code", "RR\n8", 10, ""),
+    ];
+    for (field, organisation, size, token) in cases {
+        for reader in [h.reader(), h.officer("RR8")] {
+            let status = h
+                .break_glass_page(organisation, size, token, &reader)
+                .await
+                .expect_err(field);
+            assert_invalid(&status, field);
+        }
+    }
+}
+
+/// The store finds break-glass entries by a column copied out of the event,
+/// which the leaf hash does not cover: a row whose column was altered is
+/// not listed unless its hashed event says break-glass by that organisation.
+#[tokio::test]
+async fn the_hashed_event_not_the_index_decides_what_is_listed() {
+    use sea_orm::{ConnectionTrait, Database};
+    let h = Harness::start().await;
+    a_log_with_break_glass(&h).await;
+    let db = Database::connect(h._db.url()).await.expect("connect");
+    db.execute_unprepared(
+        "UPDATE audit_entries SET break_glass_by = 'RR8' \
+         WHERE event_id IN ('plain-1', 'a81-p4')",
+    )
+    .await
+    .expect("alter the index");
+    let accesses = h
+        .break_glass("", 10, &h.officer("RR8"))
+        .await
+        .expect("listed");
+    assert_eq!(patients_of(&accesses), ["p1", "p2", "p2"]);
+    let all = h.break_glass("", 10, &h.reader()).await.expect("listed");
+    assert_eq!(patients_of(&all), ["p1", "p2", "p4", "p2"]);
 }

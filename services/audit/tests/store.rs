@@ -22,6 +22,40 @@ fn event(id: &str, patient: &str, bytes: &str) -> EncodedEvent {
         event_id: EventId::parse("event_id", id).expect("event id"),
         patient_id: PatientId::parse("patient_id", patient).expect("patient id"),
         bytes: bytes.as_bytes().to_vec(),
+        break_glass_by: None,
+    }
+}
+
+/// An event flagged break-glass by an actor at `organisation`.
+fn flagged(id: &str, patient: &str, organisation: &str) -> EncodedEvent {
+    EncodedEvent {
+        break_glass_by: Some(organisation.to_owned()),
+        ..event(id, patient, id)
+    }
+}
+
+/// Every page of break-glass entries for `organisation`, `n` at a time:
+/// the sequences, in order, and how many pages it took.
+async fn all_break_glass(
+    store: &dyn AuditLogStore,
+    organisation: Option<&str>,
+    n: i32,
+) -> (Vec<u64>, usize) {
+    let mut seen = Vec::new();
+    let mut token: Option<PageToken> = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .break_glass_entries(organisation.map(str::to_owned), token, size(n))
+            .await
+            .expect("page");
+        pages += 1;
+        assert!(page.entries.len() <= usize::try_from(n).expect("size"));
+        seen.extend(page.entries.iter().map(|e| e.sequence));
+        match page.next {
+            Some(next) => token = Some(next),
+            None => return (seen, pages),
+        }
     }
 }
 
@@ -283,6 +317,92 @@ async fn a_patients_entries_come_in_pages(store: &dyn AuditLogStore) {
     assert_eq!(nobody.next, None);
 }
 
+/// Break-glass entries are indexed by the acting organisation as they are
+/// appended, singly or in batches: each organisation's come back in log
+/// order, page by page, everyone's with no organisation named, and
+/// unflagged events never.
+async fn break_glass_entries_come_in_pages_by_organisation(store: &dyn AuditLogStore) {
+    assert_eq!(all_break_glass(store, None, 10).await, (vec![], 1));
+    let mut by_a = Vec::new();
+    let mut by_b = Vec::new();
+    for n in 0..5 {
+        store
+            .append(event(&format!("plain-{n}"), "p1", "plain"))
+            .await
+            .expect("append");
+        let a = store
+            .append(flagged(&format!("a-{n}"), &format!("p{n}"), "RR8"))
+            .await
+            .expect("append");
+        by_a.push(a.entry.sequence);
+        if n % 2 == 0 {
+            let b = store
+                .append_batch(vec![
+                    event(&format!("plain-b-{n}"), "p1", "plain"),
+                    flagged(&format!("b-{n}"), "p1", "A81001"),
+                ])
+                .await
+                .expect("batch");
+            by_b.push(b[1].entry.sequence);
+        }
+    }
+    // A replay of a flagged event is not indexed again.
+    let again = store
+        .append_batch(vec![
+            flagged("a-0", "p0", "RR8"),
+            flagged("a-5", "p5", "RR8"),
+        ])
+        .await
+        .expect("batch");
+    assert!(again[0].duplicate);
+    by_a.push(again[1].entry.sequence);
+    // An actor without an organisation (not expected of break-glass) is
+    // still listed for everyone, under "".
+    let nameless = store
+        .append(flagged("nameless", "p1", ""))
+        .await
+        .expect("append");
+
+    let (a, pages) = all_break_glass(store, Some("RR8"), 2).await;
+    assert_eq!(a, by_a);
+    assert_eq!(pages, 3, "6 entries, 2 a page, the last page says no more");
+    let (b, _) = all_break_glass(store, Some("A81001"), 1).await;
+    assert_eq!(b, by_b);
+    let mut everyone: Vec<u64> = by_a.iter().chain(&by_b).copied().collect();
+    everyone.push(nameless.entry.sequence);
+    everyone.sort_unstable();
+    for n in [1, 4, 100] {
+        assert_eq!(
+            all_break_glass(store, None, n).await.0,
+            everyone,
+            "{n} a page"
+        );
+    }
+    assert_eq!(
+        all_break_glass(store, Some(""), 10).await.0,
+        vec![nameless.entry.sequence]
+    );
+    // Exact matches only, and no unflagged entry anywhere.
+    assert_eq!(all_break_glass(store, Some("rr8"), 10).await, (vec![], 1));
+    assert_eq!(all_break_glass(store, Some("RR"), 10).await, (vec![], 1));
+    let page = store
+        .break_glass_entries(None, None, size(100))
+        .await
+        .expect("page");
+    assert!(
+        page.entries
+            .iter()
+            .all(|e| !e.event_id.as_str().starts_with("plain"))
+    );
+    // The entries are those appended, and the tree still matches the log.
+    let first = &page.entries[0];
+    assert_eq!(
+        store.entry(first.sequence).await.expect("entry").as_ref(),
+        Some(first)
+    );
+    verified_size(store).await;
+}
+
 /// Several tasks append at once: the log comes out numbered without gaps,
 /// every event exactly once, and the tree matches the entries.
 async fn concurrent_appends_never_fork_the_log(store: Arc<dyn AuditLogStore>) {
@@ -457,6 +577,7 @@ conformance!(
     borrowed a_batch_is_appended_in_order,
     borrowed a_batch_with_a_conflict_writes_nothing,
     borrowed a_patients_entries_come_in_pages,
+    borrowed break_glass_entries_come_in_pages_by_organisation,
     shared concurrent_appends_never_fork_the_log,
     shared a_conflict_fails_only_its_caller,
 );

@@ -39,8 +39,9 @@ pub struct Decision {
 impl Decision {
     /// The obligations a service acting on consent's decisions knows how to
     /// meet: audit the access; flag it as break-glass, which is also how the
-    /// organisation's privacy officer hears of it (their audit view lists
-    /// flagged accesses). A permit with any other is refused: an obligation
+    /// organisation's privacy officer hears of it (audit's
+    /// `ListBreakGlassAccesses` lists their organisation's flagged accesses,
+    /// across patients). A permit with any other is refused: an obligation
     /// nobody meets is a condition broken.
     pub const OBLIGATIONS: [&str; 3] = ["AUDIT", "BREAK_GLASS", "NOTIFY_PRIVACY_OFFICER"];
 

@@ -123,6 +123,7 @@ mod tests {
             event_id: EventId::parse("event_id", "ev-1").expect("id"),
             patient_id: PatientId::parse("patient_id", "p-1").expect("patient"),
             bytes: b"e".to_vec(),
+            break_glass_by: None,
         };
         let now = DateTime::from_timestamp(1_750_000_000, 123_456_789).expect("time");
         let entry = Entry::new(7, event, now);

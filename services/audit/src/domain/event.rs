@@ -143,12 +143,16 @@ pub struct AuditEvent {
 }
 
 /// An event ready to be logged: its canonical bytes (what is stored and
-/// hashed) and the two keys the log is indexed by, taken from the same event.
+/// hashed) and the keys the log is indexed by, taken from the same event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedEvent {
     pub event_id: EventId,
     pub patient_id: PatientId,
     pub bytes: Vec<u8>,
+    /// For a break-glass event, the acting organisation's ODS code (empty
+    /// for an actor with none): its privacy officer's feed is read by it.
+    /// `None` for every other event.
+    pub break_glass_by: Option<String>,
 }
 
 impl EncodedEvent {
@@ -159,11 +163,15 @@ impl EncodedEvent {
             event_id: event.event_id.clone(),
             patient_id: event.patient_id.clone(),
             bytes: encode(event),
+            break_glass_by: event
+                .break_glass
+                .then(|| event.actor.organisation_ods_code.clone()),
         }
     }
 
     /// Whether `existing` records exactly this event: an idempotent replay
-    /// when true, a conflicting reuse of the event id when false.
+    /// when true, a conflicting reuse of the event id when false
+    /// (`break_glass_by` is derived from the bytes, so they cover it).
     pub fn is_replay_of(&self, existing: &super::Entry) -> bool {
         existing.event_id == self.event_id
             && existing.patient_id == self.patient_id

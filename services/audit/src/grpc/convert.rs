@@ -198,6 +198,32 @@ pub fn encode_report_line(entry: &Entry) -> Result<pb::AccessReportLine, Error> 
     Ok(crate::report::line(sequence, stored_event(entry)?))
 }
 
+/// A break-glass entry for the feed, with its line built as the access
+/// report's are; `None` unless the stored event is flagged break-glass
+/// and, when `organisation` is named, its actor is that organisation's.
+/// The store found the entry by a column copied out of the event, which
+/// the leaf hash does not cover: the event's own bytes decide.
+pub fn encode_break_glass_access(
+    entry: &Entry,
+    organisation: Option<&str>,
+) -> Result<Option<pb::BreakGlassAccess>, Error> {
+    let event = stored_event(entry)?;
+    let by = event
+        .actor
+        .as_ref()
+        .map(|a| a.organisation_ods_code.as_str())
+        .unwrap_or_default();
+    if !event.break_glass || organisation.is_some_and(|o| o != by) {
+        return Ok(None);
+    }
+    let sequence = i64::try_from(entry.sequence)
+        .map_err(|_| Error::internal("reading the audit log", "sequence out of range"))?;
+    Ok(Some(pb::BreakGlassAccess {
+        patient_id: event.patient_id.clone(),
+        line: Some(crate::report::line(sequence, event)),
+    }))
+}
+
 /// The organisation of the actor of a stored entry ("" for a patient).
 pub fn actor_organisation(entry: &Entry) -> Result<String, Error> {
     Ok(stored_event(entry)?
@@ -363,6 +389,19 @@ mod tests {
         let wire = full_event();
         let event = decode("event", wire.clone()).expect("valid");
         assert_eq!(encode_event(&event), wire);
+    }
+
+    #[test]
+    fn a_break_glass_event_is_indexed_by_its_actors_organisation() {
+        let flagged = decode("event", full_event()).expect("valid");
+        assert_eq!(
+            encode_for_log(&flagged).break_glass_by.as_deref(),
+            Some("A81001")
+        );
+        let mut plain = full_event();
+        plain.break_glass = false;
+        let plain = decode("event", plain).expect("valid");
+        assert_eq!(encode_for_log(&plain).break_glass_by, None);
     }
 
     #[test]

@@ -14,14 +14,15 @@ use sharedcare_kit::{
 use sharedcare_proto::audit::v1::{
     AccessReportRequest, AccessReportResponse, AppendBatchRequest, AppendBatchResponse,
     AppendRequest, AppendResponse, ConsistencyProofRequest, ConsistencyProofResponse,
-    InclusionProofRequest, InclusionProofResponse, ListEntriesRequest, ListEntriesResponse,
-    QueryRequest, QueryResponse, SignedTreeHeadRequest, SignedTreeHeadResponse,
+    InclusionProofRequest, InclusionProofResponse, ListBreakGlassAccessesRequest,
+    ListBreakGlassAccessesResponse, ListEntriesRequest, ListEntriesResponse, QueryRequest,
+    QueryResponse, SignedTreeHeadRequest, SignedTreeHeadResponse,
     audit_service_server::AuditService,
 };
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::{Entry, MAX_BATCH, PageSize, PageToken, PatientId},
+    domain::{Entry, MAX_BATCH, MAX_ID_CHARS, PageSize, PageToken, PatientId, optional_text},
     heads::TreeHeads,
     store::{AuditLogStore, Page, Proofs},
 };
@@ -77,24 +78,8 @@ impl Visible {
                 Ok(Visible::All)
             }
             Patients::Any => Ok(Visible::All),
-            Patients::OwnOrganisationAccesses => {
-                let organisation = &grant.principal.organisation;
-                if organisation.trim().is_empty() {
-                    // Empty would match every patient's own accesses.
-                    return Err(Error::permission_denied(format!(
-                        "{}: a privacy officer's token must name their organisation",
-                        grant.method
-                    ))
-                    .with_reason("NO_ORGANISATION"));
-                }
-                Ok(Visible::AccessesBy(organisation.clone()))
-            }
-            // Not in audit's table: fail closed.
-            Patients::Related | Patients::None => Err(Error::permission_denied(format!(
-                "{}: this grant does not allow reading the audit log",
-                grant.method
-            ))
-            .with_reason("ACCESS_RULE")),
+            Patients::OwnOrganisationAccesses => Ok(Visible::AccessesBy(own_organisation(grant)?)),
+            Patients::Related | Patients::None => Err(not_in_table(grant)),
         }
     }
 
@@ -105,6 +90,50 @@ impl Visible {
                 Ok(convert::actor_organisation(entry)? == organisation.as_str())
             }
         }
+    }
+}
+
+/// A privacy officer's organisation, which their grant is bounded by.
+fn own_organisation(grant: &Grant) -> Result<String, Error> {
+    let organisation = &grant.principal.organisation;
+    if organisation.trim().is_empty() {
+        // Empty would match every patient's own accesses.
+        return Err(Error::permission_denied(format!(
+            "{}: a privacy officer's token must name their organisation",
+            grant.method
+        ))
+        .with_reason("NO_ORGANISATION"));
+    }
+    Ok(organisation.clone())
+}
+
+/// A grant audit's table never gives to readers: fail closed.
+fn not_in_table(grant: &Grant) -> Error {
+    Error::permission_denied(format!(
+        "{}: this grant does not allow reading the audit log",
+        grant.method
+    ))
+    .with_reason("ACCESS_RULE")
+}
+
+/// Whose break-glass accesses `grant` may list when it names `named` (""
+/// for none): `None` is every organisation's (a platform auditor only).
+fn break_glass_scope(grant: &Grant, named: &str) -> Result<Option<String>, Error> {
+    match grant.patients {
+        Patients::Any => Ok((!named.is_empty()).then(|| named.to_owned())),
+        Patients::OwnOrganisationAccesses => {
+            let own = own_organisation(grant)?;
+            if !named.is_empty() && named != own {
+                return Err(Error::permission_denied(format!(
+                    "{}: a privacy officer may list only their own organisation's \
+                     break-glass accesses",
+                    grant.method
+                ))
+                .with_reason("NOT_OWN_ORGANISATION"));
+            }
+            Ok(Some(own))
+        }
+        Patients::Own | Patients::Related | Patients::None => Err(not_in_table(grant)),
     }
 }
 
@@ -300,6 +329,45 @@ impl AuditService for AuditGrpc {
             lines,
             next_page_token: next_token(&page),
             tree_head,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListBreakGlassAccesses", accesses))]
+    async fn list_break_glass_accesses(
+        &self,
+        request: Request<ListBreakGlassAccessesRequest>,
+    ) -> Result<Response<ListBreakGlassAccessesResponse>, Status> {
+        let grant = grant(&request)?;
+        let req = request.into_inner();
+        let named = optional_text(
+            "organisation_ods_code",
+            &req.organisation_ods_code,
+            MAX_ID_CHARS,
+        )?;
+        let scope = break_glass_scope(&grant, &named)?;
+        let size = PageSize::parse("page_size", req.page_size)?;
+        let after = PageToken::parse("page_token", &req.page_token)?;
+        let page = self
+            .store
+            .break_glass_entries(scope.clone(), after, size)
+            .await?;
+        let mut accesses = Vec::with_capacity(page.entries.len());
+        for entry in &page.entries {
+            match convert::encode_break_glass_access(entry, scope.as_deref())? {
+                Some(access) => accesses.push(access),
+                // The index says break-glass, the hashed event does not
+                // (or names another organisation): a damaged or altered
+                // row, not listed. The sequence alone identifies it.
+                None => tracing::warn!(
+                    sequence = entry.sequence,
+                    "break-glass index disagrees with the stored event; entry not listed"
+                ),
+            }
+        }
+        tracing::Span::current().record("accesses", accesses.len());
+        Ok(Response::new(ListBreakGlassAccessesResponse {
+            accesses,
+            next_page_token: next_token(&page),
         }))
     }
 

@@ -4,8 +4,9 @@ pub mod entry {
     use sea_orm::entity::prelude::*;
 
     /// One row per log entry. The event is kept as its canonical protobuf
-    /// bytes (what the leaf hash covers); event and patient ids are copied
-    /// out of it into indexed columns.
+    /// bytes (what the leaf hash covers); event and patient ids, and for a
+    /// break-glass event the acting organisation, are copied out of it into
+    /// indexed columns.
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "audit_entries")]
     pub struct Model {
@@ -19,6 +20,9 @@ pub mod entry {
         /// Microseconds since the Unix epoch (exactly what is hashed).
         pub record_time_us: i64,
         pub event: Vec<u8>,
+        /// The acting organisation's ODS code when the event is flagged
+        /// break-glass; NULL otherwise.
+        pub break_glass_by: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

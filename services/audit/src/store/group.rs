@@ -139,6 +139,15 @@ impl AuditLogStore for GroupCommit {
         self.inner.patient_entries(patient, after, size)
     }
 
+    fn break_glass_entries(
+        &self,
+        organisation: Option<String>,
+        after: Option<PageToken>,
+        size: PageSize,
+    ) -> BoxFuture<'_, Page> {
+        self.inner.break_glass_entries(organisation, after, size)
+    }
+
     fn entries(&self, after_sequence: u64, limit: u64) -> BoxFuture<'_, Vec<Entry>> {
         self.inner.entries(after_sequence, limit)
     }

@@ -29,6 +29,10 @@ struct Log {
     by_event_id: HashMap<EventId, u64>,
     /// Patient id → their entries' sequences, ascending.
     by_patient: HashMap<PatientId, Vec<u64>>,
+    /// Acting organisation → its break-glass entries' sequences, ascending.
+    break_glass_by: HashMap<String, Vec<u64>>,
+    /// Every break-glass entry's sequence, ascending.
+    break_glass: Vec<u64>,
     /// Every node formed so far, leaves included.
     nodes: HashMap<NodeAddr, Hash>,
     frontier: Frontier,
@@ -40,6 +44,8 @@ impl Default for Log {
             entries: Vec::new(),
             by_event_id: HashMap::new(),
             by_patient: HashMap::new(),
+            break_glass_by: HashMap::new(),
+            break_glass: Vec::new(),
             nodes: HashMap::new(),
             frontier: Frontier::empty(),
         }
@@ -63,11 +69,11 @@ impl Log {
         let size = self.entries.len() as u64;
         let now = Utc::now();
         let mut appended = Vec::with_capacity(events.len());
-        let mut new: Vec<Entry> = Vec::new();
+        let mut new: Vec<(Entry, Option<String>)> = Vec::new();
         let mut in_batch: HashMap<EventId, usize> = HashMap::new();
         for (index, event) in events.into_iter().enumerate() {
             let existing = match in_batch.get(&event.event_id) {
-                Some(&i) => new.get(i),
+                Some(&i) => new.get(i).map(|(entry, _)| entry),
                 None => self
                     .by_event_id
                     .get(&event.event_id)
@@ -83,23 +89,31 @@ impl Log {
                 });
                 continue;
             }
+            let break_glass_by = event.break_glass_by.clone();
             let entry = Entry::new(size + 1 + new.len() as u64, event, now);
             in_batch.insert(entry.event_id.clone(), new.len());
             appended.push(Appended {
                 entry: entry.clone(),
                 duplicate: false,
             });
-            new.push(entry);
+            new.push((entry, break_glass_by));
         }
         // Extending a copy: a failure leaves the log as it was.
         let mut frontier = self.frontier.clone();
-        let leaves: Vec<Hash> = new.iter().map(Entry::leaf_hash).collect();
+        let leaves: Vec<Hash> = new.iter().map(|(entry, _)| entry.leaf_hash()).collect();
         let formed = frontier
             .extend(&leaves)
             .map_err(|e| Error::internal(APPENDING, e))?;
         self.frontier = frontier;
         self.nodes.extend(formed);
-        for entry in new {
+        for (entry, break_glass_by) in new {
+            if let Some(organisation) = break_glass_by {
+                self.break_glass_by
+                    .entry(organisation)
+                    .or_default()
+                    .push(entry.sequence);
+                self.break_glass.push(entry.sequence);
+            }
             self.by_event_id
                 .insert(entry.event_id.clone(), entry.sequence);
             self.by_patient
@@ -109,6 +123,24 @@ impl Log {
             self.entries.push(entry);
         }
         Ok(appended)
+    }
+
+    /// A page of the entries numbered `sequences` (ascending), after `after`.
+    fn page(&self, sequences: &[u64], after: Option<PageToken>, size: PageSize) -> Page {
+        let after = after.map_or(0, PageToken::after);
+        let start = sequences.partition_point(|&s| s <= after);
+        let size = usize::try_from(size.get()).unwrap_or(usize::MAX);
+        let rest = &sequences[start..];
+        let entries: Vec<Entry> = rest
+            .iter()
+            .take(size)
+            .filter_map(|&s| self.entry(s).cloned())
+            .collect();
+        let next = match (rest.len() > size, entries.last()) {
+            (true, Some(last)) => Some(PageToken::after_sequence(last.sequence)),
+            _ => None,
+        };
+        Page { entries, next }
     }
 }
 
@@ -143,21 +175,27 @@ impl AuditLogStore for MemoryStore {
         size: PageSize,
     ) -> BoxFuture<'_, Page> {
         let page = self.log.lock().map(|log| {
-            let after = after.map_or(0, PageToken::after);
             let sequences = log.by_patient.get(&patient).map_or(&[][..], Vec::as_slice);
-            let start = sequences.partition_point(|&s| s <= after);
-            let size = usize::try_from(size.get()).unwrap_or(usize::MAX);
-            let rest = &sequences[start..];
-            let entries: Vec<Entry> = rest
-                .iter()
-                .take(size)
-                .filter_map(|&s| log.entry(s).cloned())
-                .collect();
-            let next = match (rest.len() > size, entries.last()) {
-                (true, Some(last)) => Some(PageToken::after_sequence(last.sequence)),
-                _ => None,
+            log.page(sequences, after, size)
+        });
+        Box::pin(async move { page })
+    }
+
+    fn break_glass_entries(
+        &self,
+        organisation: Option<String>,
+        after: Option<PageToken>,
+        size: PageSize,
+    ) -> BoxFuture<'_, Page> {
+        let page = self.log.lock().map(|log| {
+            let sequences = match &organisation {
+                Some(organisation) => log
+                    .break_glass_by
+                    .get(organisation)
+                    .map_or(&[][..], Vec::as_slice),
+                None => log.break_glass.as_slice(),
             };
-            Page { entries, next }
+            log.page(sequences, after, size)
         });
         Box::pin(async move { page })
     }

@@ -66,6 +66,16 @@ pub trait AuditLogStore: Send + Sync + 'static {
         size: PageSize,
     ) -> BoxFuture<'_, Page>;
 
+    /// Entries of events flagged break-glass in log order, after `after`, at
+    /// most `size` of them: those by `organisation`'s actors (matched
+    /// exactly), or by anyone's when `None`. Unflagged events never appear.
+    fn break_glass_entries(
+        &self,
+        organisation: Option<String>,
+        after: Option<PageToken>,
+        size: PageSize,
+    ) -> BoxFuture<'_, Page>;
+
     /// The whole log in order: entries numbered above `after_sequence`, at most `limit`.
     fn entries(&self, after_sequence: u64, limit: u64) -> BoxFuture<'_, Vec<Entry>>;
 

@@ -108,6 +108,40 @@ impl SqlStore {
     }
 }
 
+impl SqlStore {
+    /// A page of the entries matching `filter`, in log order, after `after`.
+    fn page_where(
+        &self,
+        filter: Condition,
+        after: Option<PageToken>,
+        size: PageSize,
+    ) -> BoxFuture<'_, Page> {
+        Box::pin(async move {
+            let after = after.map_or(0, PageToken::after);
+            // One more than asked: whether it comes back says if more follow.
+            let rows = entry::Entity::find()
+                .filter(filter)
+                .filter(entry::Column::Sequence.gt(to_i64(after)))
+                .order_by_asc(entry::Column::Sequence)
+                .limit(size.get() + 1)
+                .all(&self.db)
+                .await
+                .map_err(|e| Error::internal(READING, e))?;
+            let mut entries = rows
+                .into_iter()
+                .map(entry_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let more = entries.len() as u64 > size.get();
+            entries.truncate(usize::try_from(size.get()).unwrap_or(usize::MAX));
+            let next = match (more, entries.last()) {
+                (true, Some(last)) => Some(PageToken::after_sequence(last.sequence)),
+                _ => None,
+            };
+            Ok(Page { entries, next })
+        })
+    }
+}
+
 /// The tree's size as stored: one more than the highest leaf index.
 async fn stored_size<C: ConnectionTrait>(db: &C) -> Result<u64, Error> {
     let top: Option<i64> = node::Entity::find()
@@ -212,10 +246,11 @@ async fn append_in(
             }
             return Err(naming.conflict(index));
         }
+        let break_glass_by = event.break_glass_by.clone();
         let entry = Entry::new(size + 1 + leaves.len() as u64, event, now);
         leaves.push(entry.leaf_hash());
         known.insert(entry.event_id.clone(), entry.clone());
-        rows.push(entry_to_row(&entry)?);
+        rows.push(entry_to_row(&entry, break_glass_by)?);
         appended.push(Appended {
             entry,
             duplicate: false,
@@ -254,7 +289,7 @@ async fn append_in(
     Ok((appended, frontier))
 }
 
-fn entry_to_row(e: &Entry) -> Result<entry::ActiveModel, Error> {
+fn entry_to_row(e: &Entry, break_glass_by: Option<String>) -> Result<entry::ActiveModel, Error> {
     let sequence = i64::try_from(e.sequence)
         .map_err(|_| Error::internal(APPENDING, "sequence out of range"))?;
     Ok(entry::ActiveModel {
@@ -263,6 +298,7 @@ fn entry_to_row(e: &Entry) -> Result<entry::ActiveModel, Error> {
         patient_id: Set(e.patient_id.as_str().to_owned()),
         record_time_us: Set(e.record_time.timestamp_micros()),
         event: Set(e.event.clone()),
+        break_glass_by: Set(break_glass_by),
     })
 }
 
@@ -306,29 +342,24 @@ impl AuditLogStore for SqlStore {
         after: Option<PageToken>,
         size: PageSize,
     ) -> BoxFuture<'_, Page> {
-        Box::pin(async move {
-            let after = after.map_or(0, PageToken::after);
-            // One more than asked: whether it comes back says if more follow.
-            let rows = entry::Entity::find()
-                .filter(entry::Column::PatientId.eq(patient.as_str()))
-                .filter(entry::Column::Sequence.gt(to_i64(after)))
-                .order_by_asc(entry::Column::Sequence)
-                .limit(size.get() + 1)
-                .all(&self.db)
-                .await
-                .map_err(|e| Error::internal(READING, e))?;
-            let mut entries = rows
-                .into_iter()
-                .map(entry_from_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            let more = entries.len() as u64 > size.get();
-            entries.truncate(usize::try_from(size.get()).unwrap_or(usize::MAX));
-            let next = match (more, entries.last()) {
-                (true, Some(last)) => Some(PageToken::after_sequence(last.sequence)),
-                _ => None,
-            };
-            Ok(Page { entries, next })
-        })
+        self.page_where(
+            Condition::all().add(entry::Column::PatientId.eq(patient.as_str())),
+            after,
+            size,
+        )
+    }
+
+    fn break_glass_entries(
+        &self,
+        organisation: Option<String>,
+        after: Option<PageToken>,
+        size: PageSize,
+    ) -> BoxFuture<'_, Page> {
+        let flagged = match organisation {
+            Some(organisation) => entry::Column::BreakGlassBy.eq(organisation),
+            None => entry::Column::BreakGlassBy.is_not_null(),
+        };
+        self.page_where(Condition::all().add(flagged), after, size)
     }
 
     fn entries(&self, after_sequence: u64, limit: u64) -> BoxFuture<'_, Vec<Entry>> {

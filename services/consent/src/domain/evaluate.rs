@@ -192,8 +192,8 @@ pub enum ObligationCode {
     /// Flag the access as break-glass in the audit trail (the patient's
     /// access report shows it).
     BreakGlass,
-    /// Tell the organisation's privacy officer: the flagged access is what
-    /// their audit view lists.
+    /// Tell the organisation's privacy officer: audit's
+    /// ListBreakGlassAccesses lists the flagged access for them.
     NotifyPrivacyOfficer,
 }
 
@@ -255,7 +255,7 @@ impl Decision {
                 code: ObligationCode::NotifyPrivacyOfficer,
                 message: format!(
                     "organisation {organisation}'s privacy officer must be told: the flagged \
-                     access is listed in their audit view"
+                     access is listed for them by audit's ListBreakGlassAccesses"
                 ),
             });
         }

@@ -305,6 +305,7 @@ async fn a_growing_log_verifies_again_and_a_wrong_key_is_refused() {
             patient_id: sharedcare_audit::domain::PatientId::parse("patient_id", "patient-0")
                 .expect("patient"),
             bytes: event(9).encode_to_vec(),
+            break_glass_by: None,
         })
         .await
         .expect("append");
