@@ -262,6 +262,63 @@ fn the_synthea_export_imports_once_and_exports_as_it_came_in() {
         "{history}"
     );
 
+    // An A&E clinician with no relationship breaks glass, with a reason; their
+    // privacy officer lists it.
+    cli(
+        &dev,
+        base_port,
+        Some(&admin),
+        &["org", "create", "--ods", "RR8", "--name", "Test Hospital"],
+    );
+    let staff = |role: &str| {
+        principal_token(
+            &dev,
+            base_port,
+            &admin,
+            &[
+                "--kind", "staff", "--ods", "RR8", "--name", role, "--role", role,
+            ],
+        )
+    };
+    let (clinician, officer) = (staff("R8000"), staff("privacy-officer"));
+    let emergency = cli(
+        &dev,
+        base_port,
+        Some(&clinician),
+        &[
+            "record",
+            "get",
+            "--patient",
+            &patient,
+            "--record",
+            &first_id,
+            "--break-glass",
+            "unconscious, no history available",
+        ],
+    );
+    assert!(emergency.contains("version:       2"), "{emergency}");
+    let mut listed = String::new();
+    for _ in 0..200 {
+        listed = cli(&dev, base_port, Some(&officer), &["audit", "break-glass"]);
+        if listed
+            .lines()
+            .filter(|l| l.contains("EMERGENCY ACCESS"))
+            .count()
+            >= 2
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert!(
+        listed
+            .lines()
+            .filter(|l| l.contains("EMERGENCY ACCESS") && l.contains(&patient))
+            .count()
+            >= 2,
+        "the grant and the read are listed for the privacy officer:\n{listed}"
+    );
+
     // Re-wrapping beside the running service: with one key, nothing to do,
     // and every version is looked at.
     let rewrap = cli(

@@ -23,8 +23,8 @@ use sharedcare_audit::{
     },
 };
 use sharedcare_proto::audit::v1::{
-    AuditEntry, ConsistencyProofRequest, InclusionProofRequest, ListEntriesRequest,
-    SignedTreeHeadRequest, audit_service_client::AuditServiceClient,
+    AuditEntry, ConsistencyProofRequest, InclusionProofRequest, ListBreakGlassAccessesRequest,
+    ListEntriesRequest, SignedTreeHeadRequest, audit_service_client::AuditServiceClient,
 };
 use tonic::transport::Channel;
 
@@ -43,6 +43,15 @@ pub enum AuditCommand {
     /// Print the verifier key of a tree-head signing key (PKCS#8 PEM), to
     /// give to auditors.
     VerifierKey(VerifierKeyArgs),
+    /// The break-glass accesses made by an organisation's staff, across
+    /// patients, oldest first: for its privacy officer (their own
+    /// organisation) or a platform auditor (any, or all).
+    BreakGlass {
+        /// ODS code of the organisation [default: the caller's own; every
+        /// organisation for a platform auditor].
+        #[arg(long, default_value = "", hide_default_value = true)]
+        ods: String,
+    },
 }
 
 /// The audit log's verifier key, given on the command line or in a file.
@@ -118,6 +127,41 @@ pub async fn run(services: &Services, command: AuditCommand) -> anyhow::Result<(
                 })?;
             for line in verified.report() {
                 out!("{line}");
+            }
+            Ok(())
+        }
+        AuditCommand::BreakGlass { ods } => {
+            let mut client = services.audit()?;
+            let mut page_token = String::new();
+            let mut listed = 0;
+            loop {
+                let page = client
+                    .list_break_glass_accesses(bearer(
+                        ListBreakGlassAccessesRequest {
+                            organisation_ods_code: ods.clone(),
+                            page_size: 500,
+                            page_token,
+                        },
+                        services.token()?,
+                    )?)
+                    .await
+                    .grpc()?;
+                for access in &page.accesses {
+                    let line = access.line.clone().unwrap_or_default();
+                    out!(
+                        "patient {}  {}",
+                        access.patient_id,
+                        crate::commands::access_report::format_line(&line)
+                    );
+                    listed += 1;
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            if listed == 0 {
+                out!("no break-glass accesses recorded");
             }
             Ok(())
         }
