@@ -11,6 +11,9 @@ use unicode_normalization::{UnicodeNormalization, char::is_combining_mark};
 /// spelling variant ("Jonh"/"John" 0.97); chosen so that distinct common
 /// names rarely pass.
 const SIMILAR_JARO_WINKLER: f64 = 0.92;
+/// The shortest names in which one typo still counts as similar ("Hatnah"
+/// for "Hannah"); in shorter ones it makes another name ("Jan", "Jon").
+const MIN_TYPO_LEN: usize = 5;
 /// The lower similarity enough for names that also sound alike ("Jane"
 /// and "Joan", 0.85, are two names).
 const PHONETIC_JARO_WINKLER: f64 = 0.88;
@@ -164,6 +167,13 @@ impl NameKey {
     fn similar(&self, other: &NameKey) -> bool {
         let jaro_winkler = strsim::jaro_winkler(&self.key, &other.key);
         if jaro_winkler >= SIMILAR_JARO_WINKLER {
+            return true;
+        }
+        // One slip of the keyboard (a letter changed, lost, doubled or two
+        // swapped) in a name long enough that it still says which name.
+        if self.key.len().min(other.key.len()) >= MIN_TYPO_LEN
+            && strsim::osa_distance(&self.key, &other.key) <= 1
+        {
             return true;
         }
         // A shared sound alone joins different names ("Jane", "Joan"); with
@@ -432,6 +442,8 @@ mod tests {
         assert_eq!(cmp("Jonh", "John"), NameAgreement::Similar);
         assert_eq!(cmp("Smyth", "Smith"), NameAgreement::Similar);
         assert_eq!(cmp("Catherine", "Katherine"), NameAgreement::Similar);
+        assert_eq!(cmp("Hatnah", "Hannah"), NameAgreement::Similar);
+        assert_eq!(cmp("Jan", "Jon"), NameAgreement::Disagree);
         assert_eq!(cmp("Oliver", "Olivia"), NameAgreement::Disagree);
         assert_eq!(cmp("Jack", "Jane"), NameAgreement::Disagree);
         assert_eq!(cmp("Jane", "Joan"), NameAgreement::Disagree);

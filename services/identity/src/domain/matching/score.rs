@@ -10,7 +10,7 @@
 use super::{DateAgreement, NameAgreement, NameKey, PostcodeAgreement, PreparedPerson};
 
 /// From this score, with no veto, a pair is a match.
-pub const MATCH_THRESHOLD: f64 = 0.64;
+pub const MATCH_THRESHOLD: f64 = 0.60;
 /// From this score (or a vetoed match) a pair is a possible match, for a
 /// person to decide.
 pub const POSSIBLE_THRESHOLD: f64 = 0.45;
@@ -292,30 +292,39 @@ pub fn score(a: &PreparedPerson, b: &PreparedPerson) -> MatchScore {
     scored
 }
 
-/// Pairs never matched automatically, however high their score.
+/// Pairs never matched automatically, however high their score. With one
+/// NHS number on both, one of given name, family name and date of birth
+/// may disagree (a new surname, a mistyped date); two may not (a mistyped
+/// number that is someone else's).
 fn veto(s: &MatchScore) -> Option<&'static str> {
     let nhs = s.agreement(Field::NhsNumber);
     if nhs == Agreement::Disagree {
         return Some("different NHS numbers");
     }
-    if s.agreement(Field::GivenName) == Agreement::Disagree {
+    let given_differ = s.agreement(Field::GivenName) == Agreement::Disagree;
+    let family_differ = s.agreement(Field::FamilyName) == Agreement::Disagree;
+    // a one-digit year slip is also a parent and child born on one day
+    let years_differ = s
+        .field(Field::BirthDate)
+        .is_some_and(|f| f.agreement == Agreement::Disagree || f.how == "one digit of year");
+    if nhs == Agreement::Agree {
+        let differing = [given_differ, family_differ, years_differ]
+            .iter()
+            .filter(|d| **d)
+            .count();
+        return (differing >= 2).then_some("the NHS number agrees but the details do not");
+    }
+    if given_differ {
         // twins: same family name, date of birth and address
-        return Some("given names differ");
+        Some("given names differ")
+    } else if years_differ {
+        // parent and child of one name
+        Some("dates of birth differ")
+    } else if family_differ {
+        Some("family names differ")
+    } else {
+        None
     }
-    match s.field(Field::BirthDate) {
-        Some(f) if f.agreement == Agreement::Disagree => {
-            // parent and child of one name
-            return Some("dates of birth differ");
-        }
-        Some(f) if f.how == "one digit of year" => {
-            return Some("birth years differ");
-        }
-        _ => {}
-    }
-    if s.agreement(Field::FamilyName) == Agreement::Disagree && nhs != Agreement::Agree {
-        return Some("family names differ");
-    }
-    None
 }
 
 /// The lowest and highest possible sums: every field disagreeing, every
@@ -372,14 +381,25 @@ fn names(a: &PreparedPerson, b: &PreparedPerson) -> (FieldResult, FieldResult) {
 }
 
 fn transposed(a: &PreparedPerson, b: &PreparedPerson) -> bool {
+    // Both names crossing over is strong evidence in itself, so one typo
+    // in a shorter name is allowed as well ("Hutn" for "Hunt").
     let close = |x: &NameKey, y: &NameKey| {
         matches!(
             x.compare(y, false),
             NameAgreement::Exact | NameAgreement::Similar
-        )
+        ) || (x.is_latin()
+            && y.is_latin()
+            && x.key().len().min(y.key().len()) >= 4
+            && strsim::osa_distance(x.key(), y.key()) <= 1)
     };
+    // the given name in the family slot may be a nickname of the other's
+    let close_given =
+        |x: &NameKey, y: &NameKey| close(x, y) || x.compare(y, true) == NameAgreement::Nickname;
     match (a.given.first(), b.given.first()) {
-        (Some(ag), Some(bg)) => close(ag, &b.family) && close(&a.family, bg),
+        (Some(ag), Some(bg)) => {
+            close(ag, &b.family) && close_given(&a.family, bg)
+                || close(&a.family, bg) && close_given(ag, &b.family)
+        }
         _ => false,
     }
 }
@@ -598,7 +618,17 @@ mod tests {
             Some(Agreement::Disagree)
         );
         assert_ne!(s.level(), PairLevel::Match);
-        // the same number and a moved house: a match
+        // one number, a new surname and a moved house: a match
+        let b = with_nhs(
+            person("Jane", "Smith", "1980-04-03", "M1 1AE"),
+            "9434765919",
+        );
+        let s = pair(a, b);
+        assert_eq!(
+            s.field(Field::FamilyName).map(|f| f.agreement),
+            Some(Agreement::Disagree)
+        );
+        assert_eq!(s.level(), PairLevel::Match);
         let a = with_nhs(jane(), "9434765919");
         let b = with_nhs(
             person("Jane", "O'Brien", "1980-04-03", "M1 1AE"),
