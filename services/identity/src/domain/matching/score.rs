@@ -604,7 +604,7 @@ mod tests {
             person("Mary", "Jones", "1970-01-01", "M1 1AE"),
             "9434765919",
         );
-        let s = pair(a, b);
+        let s = pair(a.clone(), b);
         assert_eq!(
             s.field(Field::NhsNumber).map(|f| f.agreement),
             Some(Agreement::Agree)
