@@ -484,8 +484,7 @@ impl EvalSet {
                 alterations,
             });
         }
-        let mut next_id = base.len();
-        for i in 0..people / 10 {
+        for (person_id, i) in (base.len()..).zip(0..people / 10) {
             let mut of = &base[g.rng.below(base.len())].person;
             if i % 4 == 2 {
                 // someone with a common family name, so the near-miss has one
@@ -509,12 +508,11 @@ impl EvalSet {
                 ),
             };
             queries.push(Record {
-                person_id: next_id,
+                person_id,
                 person,
                 kind,
                 alterations: Vec::new(),
             });
-            next_id += 1;
         }
         EvalSet {
             base,
@@ -603,10 +601,10 @@ impl Generator {
                 .chain(std::iter::once(&check))
                 .map(|d| char::from(b'0' + *d as u8))
                 .collect();
-            if let Ok(nhs) = NhsNumber::parse("nhs_number", &number) {
-                if self.nhs_issued.insert(number) {
-                    return nhs;
-                }
+            if let Ok(nhs) = NhsNumber::parse("nhs_number", &number)
+                && self.nhs_issued.insert(number)
+            {
+                return nhs;
             }
         }
     }
@@ -844,10 +842,10 @@ impl Generator {
                 1 => d2 = (self.rng.below(4) as u32) * 10 + day % 10,
                 _ => m2 = (m / 10) * 10 + self.rng.below(10) as u32,
             }
-            if (m2, d2) != (m, day) {
-                if let Some(date) = NaiveDate::from_ymd_opt(d.year(), m2, d2) {
-                    return PartialDate::full(date);
-                }
+            if (m2, d2) != (m, day)
+                && let Some(date) = NaiveDate::from_ymd_opt(d.year(), m2, d2)
+            {
+                return PartialDate::full(date);
             }
         }
         d

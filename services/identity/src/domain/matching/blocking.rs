@@ -60,13 +60,26 @@ pub fn blocking_keys(person: &PreparedPerson) -> Vec<String> {
             family.phonetic_key()
         ));
     }
+    // The two names' initials, in either order, survive a typo after the
+    // first letter and a transposition of given and family names.
+    let family_initial = person
+        .family
+        .initial()
+        .map(String::from)
+        .unwrap_or_default();
+    let initials = if given_initial <= family_initial {
+        format!("{given_initial}{family_initial}")
+    } else {
+        format!("{family_initial}{given_initial}")
+    };
+    if let Some(dob) = p.birth_date.swap_invariant_key() {
+        // date of birth and initials: typos in both names
+        keys.push(format!("di:{dob}:{initials}"));
+    }
     if let Some(postcode) = &p.postcode {
-        // where they live, the initial and the birth year: a name mistyped
-        // beyond its sound, at the same address
-        keys.push(format!(
-            "ps:{}:{given_initial}:{year:04}",
-            postcode.sector()
-        ));
+        // where they live, the initials and the birth year: names mistyped
+        // beyond their sound and a date mistyped, at the same address
+        keys.push(format!("ps:{}:{initials}:{year:04}", postcode.sector()));
     }
     keys.sort();
     keys.dedup();
@@ -107,6 +120,7 @@ mod tests {
             person("Katherine", "Smith", "1981-04-03", "M1 1AE"),
             person("Katherine", "Smith", "1980", ""),
             person("Ktaherine", "Smtih", "1980-04-03", "LS1 4AP"),
+            person("Smtih", "Katherine", "1980-04-13", "LS1 4AP"),
         ] {
             assert!(share_a_key(&original, &variant), "{:?}", variant.person());
         }

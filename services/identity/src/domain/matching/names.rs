@@ -171,9 +171,14 @@ impl NameKey {
         }
         // One slip of the keyboard (a letter changed, lost, doubled or two
         // swapped) in a name long enough that it still says which name.
-        if self.key.len().min(other.key.len()) >= MIN_TYPO_LEN
-            && strsim::osa_distance(&self.key, &other.key) <= 1
-        {
+        let shorter = self.key.len().min(other.key.len());
+        let slips = strsim::osa_distance(&self.key, &other.key);
+        if shorter >= MIN_TYPO_LEN && slips <= 1 {
+            return true;
+        }
+        // In a four-letter name only two letters swapped: a changed letter
+        // there is as often another name ("Jane", "Jade").
+        if shorter == 4 && slips == 1 && strsim::levenshtein(&self.key, &other.key) == 2 {
             return true;
         }
         // A shared sound alone joins different names ("Jane", "Joan"); with
@@ -444,6 +449,8 @@ mod tests {
         assert_eq!(cmp("Catherine", "Katherine"), NameAgreement::Similar);
         assert_eq!(cmp("Hatnah", "Hannah"), NameAgreement::Similar);
         assert_eq!(cmp("Jan", "Jon"), NameAgreement::Disagree);
+        assert_eq!(cmp("Hlal", "Hall"), NameAgreement::Similar);
+        assert_eq!(cmp("Jade", "Jane"), NameAgreement::Disagree);
         assert_eq!(cmp("Oliver", "Olivia"), NameAgreement::Disagree);
         assert_eq!(cmp("Jack", "Jane"), NameAgreement::Disagree);
         assert_eq!(cmp("Jane", "Joan"), NameAgreement::Disagree);

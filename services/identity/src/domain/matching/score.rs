@@ -301,7 +301,11 @@ fn veto(s: &MatchScore) -> Option<&'static str> {
     if nhs == Agreement::Disagree {
         return Some("different NHS numbers");
     }
-    let given_differ = s.agreement(Field::GivenName) == Agreement::Disagree;
+    // A first name that is only the other's middle name is a twin as often
+    // as someone going by their middle name.
+    let given_differ = s
+        .field(Field::GivenName)
+        .is_some_and(|f| f.agreement == Agreement::Disagree || f.how == "another given name");
     let family_differ = s.agreement(Field::FamilyName) == Agreement::Disagree;
     // a one-digit year slip is also a parent and child born on one day
     let years_differ = s
@@ -314,14 +318,14 @@ fn veto(s: &MatchScore) -> Option<&'static str> {
             .count();
         return (differing >= 2).then_some("the NHS number agrees but the details do not");
     }
+    // A family name alone may differ: a marriage not recorded as such, or
+    // a short name mistyped; the score weighs it.
     if given_differ {
         // twins: same family name, date of birth and address
         Some("given names differ")
     } else if years_differ {
         // parent and child of one name
         Some("dates of birth differ")
-    } else if family_differ {
-        Some("family names differ")
     } else {
         None
     }
@@ -418,17 +422,24 @@ fn compare_given(a: &[NameKey], b: &[NameKey]) -> FieldResult {
         NameAgreement::Initial => return partial("initial", GIVEN_INITIAL),
         NameAgreement::Disagree => {}
     }
-    // a middle name used as the first, or the first left out
-    let other_agrees = a.iter().enumerate().any(|(i, x)| {
-        b.iter().enumerate().any(|(j, y)| {
-            (i, j) != (0, 0)
-                && matches!(
-                    x.compare(y, true),
-                    NameAgreement::Exact | NameAgreement::Nickname
-                )
-        })
-    });
-    if other_agrees {
+    // The first names differ. Middle names that agree (with a first name
+    // mistyped beyond recognition) still say something; a first name that
+    // is the other's middle name too, but it is also the mark of a twin.
+    let agrees = |x: &NameKey, y: &NameKey| {
+        matches!(
+            x.compare(y, true),
+            NameAgreement::Exact | NameAgreement::Nickname
+        )
+    };
+    let middle_agrees = a
+        .iter()
+        .skip(1)
+        .any(|x| b.iter().skip(1).any(|y| agrees(x, y)));
+    let crossed = b.iter().skip(1).any(|y| agrees(first_a, y))
+        || a.iter().skip(1).any(|x| agrees(x, first_b));
+    if middle_agrees {
+        partial("middle name", GIVEN_OTHER_NAME)
+    } else if crossed {
         partial("another given name", GIVEN_OTHER_NAME)
     } else {
         result(
@@ -587,6 +598,14 @@ mod tests {
         let twin = person("Joan", "O'Brien", "1980-04-03", "LS1 4AP");
         let s = pair(jane(), twin);
         assert_ne!(s.level(), PairLevel::Match);
+        assert_eq!(s.veto, Some("given names differ"));
+        // one twin's first name the other's middle name
+        let twin = person("Mary Jane", "O'Brien", "1980-04-03", "LS1 4AP");
+        let s = pair(jane(), twin);
+        assert_eq!(
+            s.field(Field::GivenName).map(|f| f.how),
+            Some("another given name")
+        );
         assert_eq!(s.veto, Some("given names differ"));
         let mother = person("Jane", "O'Brien", "1956-09-17", "LS1 4AP");
         let s = pair(jane(), mother);
