@@ -43,6 +43,9 @@ struct Figures {
     /// The best score of a pair of different people that no veto stopped:
     /// the margin below the match threshold.
     best_unvetoed_other: f64,
+    /// Planted records by kind, and duplicates by each alteration they show.
+    planted_by_kind: BTreeMap<String, usize>,
+    duplicates_by_alteration: BTreeMap<&'static str, usize>,
     /// Duplicates not matched automatically, by their alterations.
     unmatched_duplicates: BTreeMap<String, usize>,
 }
@@ -132,10 +135,20 @@ fn ask(
                 .or_default() += 1;
         }
     }
+    if record.kind != Kind::Base {
+        *f.planted_by_kind
+            .entry(format!("{:?}", record.kind))
+            .or_default() += 1;
+    }
     match record.kind {
         Kind::Base => {}
         Kind::Duplicate => {
             f.duplicates += 1;
+            let mut shown = record.alterations.clone();
+            shown.dedup();
+            for alteration in shown {
+                *f.duplicates_by_alteration.entry(alteration).or_default() += 1;
+            }
             let original = record.person_id;
             if candidates.contains(&original) {
                 f.duplicates_blocked += 1;
@@ -169,6 +182,11 @@ fn report(f: &Figures) {
         f.duplicates,
         f.near_misses,
         f.base_people + f.near_misses
+    );
+    println!("  planted records by kind {:?}", f.planted_by_kind);
+    println!(
+        "  duplicates showing each alteration {:?}",
+        f.duplicates_by_alteration
     );
     println!(
         "  queries {}, candidate pairs scored {}, largest candidate set {}",
