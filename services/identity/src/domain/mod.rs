@@ -1,5 +1,6 @@
 //! identity's domain: plain Rust, no network, no database.
 
+pub mod matching;
 mod nhs_number;
 mod patient;
 mod principal;
