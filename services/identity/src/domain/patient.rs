@@ -125,46 +125,21 @@ impl Demographics {
     }
 }
 
-/// A name reduced for comparison: compatibility-decomposed (NFKD) with the
-/// combining marks dropped, lower case, no whitespace, typographic
-/// apostrophes made plain.
+/// A name reduced for comparison as matching folds it: case, spacing,
+/// accents, hyphens and apostrophes aside ("O'Brien" is "OBRIEN").
 pub fn fold_name(name: &str) -> String {
-    use unicode_normalization::{UnicodeNormalization, char::is_combining_mark};
-    name.nfkd()
-        .filter(|c| !is_combining_mark(*c) && !c.is_whitespace())
-        .map(|c| match c {
-            '\u{2018}' | '\u{2019}' | '\u{02BC}' => '\'',
-            c => c,
-        })
-        .flat_map(char::to_lowercase)
-        .collect()
+    super::matching::NameKey::new(name).key().to_owned()
 }
 
-/// Normalises a UK postcode to upper case with one space before the inward
-/// code ("ls14ap" → "LS1 4AP"). Empty means none given.
+/// The postcode as `matching::Postcode` normalises it ("LS1 4AP"); `None`
+/// when none is given.
 fn parse_postcode(field: &str, input: &str) -> Result<Option<String>, Error> {
-    let compact: String = input
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect::<String>()
-        .to_ascii_uppercase();
-    if compact.is_empty() {
+    if input.trim().is_empty() {
         return Ok(None);
     }
-    let valid_shape = (5..=7).contains(&compact.len())
-        && compact.bytes().all(|b| b.is_ascii_alphanumeric())
-        && compact.as_bytes()[0].is_ascii_alphabetic()
-        && {
-            let inward = &compact.as_bytes()[compact.len() - 3..];
-            inward[0].is_ascii_digit()
-                && inward[1].is_ascii_alphabetic()
-                && inward[2].is_ascii_alphabetic()
-        };
-    if !valid_shape {
-        return Err(Error::invalid(field, "is not a UK postcode"));
-    }
-    let split = compact.len() - 3;
-    Ok(Some(format!("{} {}", &compact[..split], &compact[split..])))
+    Ok(Some(
+        super::matching::Postcode::parse(field, input)?.to_string(),
+    ))
 }
 
 /// A patient in the index.
