@@ -32,6 +32,9 @@ pub struct IdentityConfig {
 pub struct IdentitySettings {
     /// Lifetime of issued access tokens.
     pub token_ttl_secs: i64,
+    /// IssueToken calls each client may make per minute (in a burst, then
+    /// evenly); past it RESOURCE_EXHAUSTED. Guessing secrets is slowed too.
+    pub token_requests_per_minute: u32,
     /// Ed25519 private key (PKCS#8 PEM), inline or as a file. Unset: one is
     /// generated on first start and kept in the data dir.
     #[serde(default)]
@@ -82,6 +85,7 @@ impl IdentitySettings {
 const OWN_DEFAULTS: &str = r#"
 [identity]
 token_ttl_secs = 900
+token_requests_per_minute = 60
 consent_url = "http://127.0.0.1:50052"
 audit_url = "http://127.0.0.1:50054"
 call_timeout_ms = 5000
@@ -111,6 +115,12 @@ impl Validate for IdentityConfig {
         self.auth.validate()?;
         self.tls.validate()?;
         self.consent_cache.validate()?;
+        if !(1..=60_000).contains(&self.identity.token_requests_per_minute) {
+            return Err(ConfigError::invalid(
+                "identity.token_requests_per_minute",
+                "must be between 1 and 60000",
+            ));
+        }
         if !(60..=86_400).contains(&self.identity.token_ttl_secs) {
             return Err(ConfigError::invalid(
                 "identity.token_ttl_secs",
@@ -182,6 +192,7 @@ mod tests {
         let cfg = IdentityConfig::load(&HashMap::new()).expect("defaults are valid");
         assert_eq!(cfg.server.listen.port(), 50051);
         assert_eq!(cfg.identity.token_ttl_secs, 900);
+        assert_eq!(cfg.identity.token_requests_per_minute, 60);
     }
 
     #[test]
@@ -265,5 +276,18 @@ mod tests {
         )]);
         let err = IdentityConfig::load(&env).expect_err("too short");
         assert!(err.to_string().contains("identity.token_ttl_secs"));
+    }
+
+    #[test]
+    fn a_bad_token_rate_is_named() {
+        let env = HashMap::from([(
+            "SHAREDCARE_IDENTITY__TOKEN_REQUESTS_PER_MINUTE".to_owned(),
+            "0".to_owned(),
+        )]);
+        let err = IdentityConfig::load(&env).expect_err("zero");
+        assert!(
+            err.to_string()
+                .contains("identity.token_requests_per_minute")
+        );
     }
 }

@@ -547,6 +547,7 @@ impl IdentityService for IdentityGrpc {
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
         let req = request.into_inner();
         let client_id = required_id("client_id", &req.client_id)?;
+        self.tokens.admit(&client_id)?;
         if req.client_secret.is_empty() {
             return Err(Error::invalid("client_secret", "is required").into());
         }

@@ -135,12 +135,15 @@ pub async fn open(cfg: &config::IdentityConfig) -> Result<ServiceSpec, Error> {
         bootstrap::apply(store.as_ref(), bootstrap::BootstrapFile::read(path)?).await?;
     }
     let key = load_signing_key(cfg)?;
-    let tokens = Arc::new(TokenIssuer::new(
-        key,
-        &cfg.auth.issuer,
-        &cfg.auth.audience,
-        cfg.identity.token_ttl_secs,
-    ));
+    let tokens = Arc::new(
+        TokenIssuer::new(
+            key,
+            &cfg.auth.issuer,
+            &cfg.auth.audience,
+            cfg.identity.token_ttl_secs,
+        )
+        .with_issue_limit(cfg.identity.token_requests_per_minute),
+    );
     let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
     let roles = cfg
         .identity

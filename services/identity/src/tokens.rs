@@ -25,7 +25,21 @@ pub struct TokenIssuer {
     issuer: String,
     audience: String,
     ttl_secs: i64,
+    limit: Option<IssueLimit>,
 }
+
+/// IssueToken calls per client: a burst of a minute's worth, then evenly.
+/// Keyed by the client id as asked (before the secret is checked), so
+/// guessing a client's secret is slowed as much as over-asking.
+struct IssueLimit {
+    limiter: governor::DefaultKeyedRateLimiter<String>,
+    per_minute: u32,
+    calls: std::sync::atomic::AtomicU64,
+}
+
+/// Calls between forgetting clients whose limit has refilled, so ids made
+/// up by a caller do not pile up.
+const FORGET_EVERY: u64 = 4096;
 
 /// A signed token and when it stops being valid.
 pub struct IssuedToken {
@@ -34,12 +48,45 @@ pub struct IssuedToken {
 }
 
 impl TokenIssuer {
+    /// Limits IssueToken to `per_minute` calls per client (none below 1).
+    pub fn with_issue_limit(mut self, per_minute: u32) -> Self {
+        self.limit = std::num::NonZeroU32::new(per_minute).map(|n| IssueLimit {
+            limiter: governor::RateLimiter::keyed(governor::Quota::per_minute(n)),
+            per_minute,
+            calls: std::sync::atomic::AtomicU64::new(0),
+        });
+        self
+    }
+
+    /// Whether `client_id` may ask for a token now: RESOURCE_EXHAUSTED past
+    /// its limit.
+    pub fn admit(&self, client_id: &str) -> Result<(), Error> {
+        let Some(limit) = &self.limit else {
+            return Ok(());
+        };
+        let calls = limit
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if calls % FORGET_EVERY == FORGET_EVERY - 1 {
+            limit.limiter.retain_recent();
+        }
+        limit.limiter.check_key(&client_id.to_owned()).map_err(|_| {
+            Error::resource_exhausted(format!(
+                "IssueToken: this client asked for more than {} tokens a minute; a token \
+                     lasts until it expires, so reuse it",
+                limit.per_minute
+            ))
+            .with_reason("RATE_LIMITED")
+        })
+    }
+
     pub fn new(key: SigningKey, issuer: &str, audience: &str, ttl_secs: i64) -> Self {
         TokenIssuer {
             key,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             ttl_secs,
+            limit: None,
         }
     }
 

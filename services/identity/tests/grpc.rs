@@ -91,6 +91,9 @@ impl ConsentGate for FakeConsent {
     }
 }
 
+/// IssueToken calls per client per minute in these tests.
+const ISSUE_LIMIT: u32 = 20;
+
 struct Fixture {
     server: TestServer,
     store: Arc<SqlStore>,
@@ -154,12 +157,15 @@ impl Fixture {
         )
         .await
         .expect("bootstrap");
-        let tokens = Arc::new(TokenIssuer::new(
-            SigningKey::generate(),
-            "sharedcare-identity",
-            "sharedcare",
-            900,
-        ));
+        let tokens = Arc::new(
+            TokenIssuer::new(
+                SigningKey::generate(),
+                "sharedcare-identity",
+                "sharedcare",
+                900,
+            )
+            .with_issue_limit(ISSUE_LIMIT),
+        );
         let consent = Arc::new(FakeConsent {
             answer: Mutex::new(Answer::Permit),
             asked: Mutex::new(vec![]),
@@ -1363,4 +1369,36 @@ async fn a_platform_service_resolves_a_patient_id_and_nonsense_is_refused() {
         .await
         .expect_err("staff");
     assert_eq!(status.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn issue_token_is_rate_limited_per_client() {
+    let f = Fixture::start().await;
+    for _ in 0..ISSUE_LIMIT {
+        f.issue("admin", ADMIN_SECRET, Purpose::Unspecified)
+            .await
+            .expect("within the limit");
+    }
+    let status = f
+        .issue("admin", ADMIN_SECRET, Purpose::Unspecified)
+        .await
+        .expect_err("past the limit");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        status.message().contains("20 tokens a minute"),
+        "{}",
+        status.message()
+    );
+    // A wrong secret counts the same: guessing is slowed as much.
+    let status = f
+        .issue("admin", "not-the-secret", Purpose::Unspecified)
+        .await
+        .expect_err("past the limit");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    // Another client is not held back by this one.
+    let status = f
+        .issue("someone-else", "guess", Purpose::Unspecified)
+        .await
+        .expect_err("unknown client");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
 }
