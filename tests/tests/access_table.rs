@@ -218,6 +218,15 @@ async fn call(
             ))
             .await
             .map(drop),
+        ("identity", "IntrospectToken") => identity_client
+            .introspect_token(with_token(
+                identity::IntrospectTokenRequest {
+                    token: token.to_owned(),
+                },
+                token,
+            ))
+            .await
+            .map(drop),
         ("consent", "RecordCareRelationship") => {
             // For the caller's own organisation (the allowed case); the
             // other organisation's case is its own test below.
@@ -703,6 +712,20 @@ async fn walk_the_table(backend: Backend) {
         (
             "platform auditor",
             p.staff(&admin, "X26", "platform-auditor").await,
+        ),
+        (
+            "introspecting service",
+            p.principal(
+                &admin,
+                identity::CreatePrincipalRequest {
+                    kind: PrincipalKind::Service as i32,
+                    display_name: "Resource server".into(),
+                    organisation_ods_code: "X26".into(),
+                    scopes: vec!["tokens.introspect".into()],
+                    ..Default::default()
+                },
+            )
+            .await,
         ),
         (
             "national opt-out service",

@@ -33,6 +33,8 @@ pub struct IdentityGrpc {
     tokens: Arc<TokenIssuer>,
     roles: RoleMap,
     peers: Peers,
+    /// Checks tokens this identity issued (IntrospectToken).
+    verifier: Arc<sharedcare_kit::auth::Verifier>,
 }
 
 impl IdentityGrpc {
@@ -41,12 +43,14 @@ impl IdentityGrpc {
         tokens: Arc<TokenIssuer>,
         roles: RoleMap,
         peers: Peers,
+        verifier: Arc<sharedcare_kit::auth::Verifier>,
     ) -> Self {
         IdentityGrpc {
             store,
             tokens,
             roles,
             peers,
+            verifier,
         }
     }
 
@@ -621,6 +625,31 @@ impl IdentityService for IdentityGrpc {
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
         Ok(Response::new(pb::GetJwksResponse {
             keys: self.tokens.jwks(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "IntrospectToken"))]
+    async fn introspect_token(
+        &self,
+        request: Request<pb::IntrospectTokenRequest>,
+    ) -> Result<Response<pb::IntrospectTokenResponse>, Status> {
+        grant(&request)?;
+        let token = request.into_inner().token;
+        if token.trim().is_empty() {
+            return Err(Error::invalid("token", "is required").into());
+        }
+        // Any failure is simply "not active": why is not the caller's to
+        // learn (RFC 7662 §2.2). Principals are never deleted, so a valid
+        // signature on an unexpired token is the whole test for now.
+        let Ok((principal, expires)) = self.verifier.verify_with_expiry(token.trim()).await else {
+            return Ok(Response::new(pb::IntrospectTokenResponse::default()));
+        };
+        Ok(Response::new(pb::IntrospectTokenResponse {
+            active: true,
+            scopes: principal.scopes.iter().cloned().collect(),
+            purposes: principal.purposes.iter().map(|p| *p as i32).collect(),
+            expire_time: chrono::DateTime::from_timestamp(expires, 0).map(to_proto),
+            actor: Some(principal.actor()),
         }))
     }
 }

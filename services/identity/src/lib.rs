@@ -105,9 +105,15 @@ pub fn spec(
         tokens.audience(),
         Duration::from_secs(60),
     ));
-    let server = IdentityServiceServer::new(grpc::IdentityGrpc::new(store, tokens, roles, peers))
-        .max_decoding_message_size(limits.max_bytes)
-        .max_encoding_message_size(limits.max_bytes);
+    let server = IdentityServiceServer::new(grpc::IdentityGrpc::new(
+        store,
+        tokens,
+        roles,
+        peers,
+        verifier.clone(),
+    ))
+    .max_decoding_message_size(limits.max_bytes)
+    .max_encoding_message_size(limits.max_bytes);
     ServiceSpec::new(SERVICE_NAME, server, verifier, &policy::ACCESS)
 }
 

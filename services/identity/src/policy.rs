@@ -87,5 +87,11 @@ pub static ACCESS: AccessTable = AccessTable {
             purposes: "—",
             audit: "—",
         },
+        Rule {
+            method: "IntrospectToken",
+            callers: &[caller(Service, "tokens.introspect", Patients::None)],
+            purposes: "—",
+            audit: "— (no patient data: who a token names and what it allows)",
+        },
     ],
 };

@@ -1402,3 +1402,79 @@ async fn issue_token_is_rate_limited_per_client() {
         .expect_err("unknown client");
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn introspect_token_says_whether_a_token_is_active_and_what_it_says() {
+    let f = Fixture::start().await;
+    let clinician = f.staff("A81001", "R8000").await;
+    let (service, secret) = f
+        .create(pb::CreatePrincipalRequest {
+            kind: PrincipalKind::Service as i32,
+            display_name: "Resource server".into(),
+            organisation_ods_code: "X26".into(),
+            scopes: vec!["tokens.introspect".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("service");
+    let service = f.token(&service.client_id, &secret).await;
+    let introspect = |token: &str, as_who: &str| {
+        let request = with_token(
+            pb::IntrospectTokenRequest {
+                token: token.into(),
+            },
+            as_who,
+        );
+        let mut client = f.client();
+        async move { client.introspect_token(request).await }
+    };
+
+    let active = introspect(&clinician, &service)
+        .await
+        .expect("answered")
+        .into_inner();
+    assert!(active.active);
+    let actor = active.actor.expect("actor");
+    assert_eq!(
+        (actor.organisation_ods_code.as_str(), actor.role.as_str()),
+        ("A81001", "R8000")
+    );
+    // Exactly what every service's auth layer reads from it.
+    assert_eq!(actor, f.verify(&clinician).await.actor());
+    assert!(active.scopes.contains(&"records.read".to_owned()));
+    assert_eq!(active.purposes, [Purpose::DirectCare as i32]);
+    let expires = active.expire_time.expect("expiry").seconds;
+    let now = chrono::Utc::now().timestamp();
+    assert!((now + 800..=now + 900).contains(&expires), "{expires}");
+
+    // Forged, altered or nonsense: inactive, and nothing more said.
+    let forged = sharedcare_kit::testing::TestAuthority::new().token(
+        PrincipalKind::Staff,
+        "A81001",
+        "R8000",
+        &["records.read"],
+    );
+    let mut altered = clinician.clone();
+    altered.pop();
+    altered.push(if clinician.ends_with('A') { 'B' } else { 'A' });
+    for token in [forged.as_str(), altered.as_str(), "not.a.token"] {
+        let answer = introspect(token, &service)
+            .await
+            .expect("answered")
+            .into_inner();
+        assert_eq!(answer, pb::IntrospectTokenResponse::default(), "{token}");
+    }
+
+    let status = introspect(" ", &service).await.expect_err("no token");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("token"),
+        "{}",
+        status.message()
+    );
+    // Only services holding tokens.introspect.
+    let status = introspect(&service, &clinician)
+        .await
+        .expect_err("staff may not");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+}

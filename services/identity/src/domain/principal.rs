@@ -49,6 +49,8 @@ pub const KNOWN_SCOPES: &[&str] = &[
     "consent.evaluate",
     // The national opt-out service: SetNationalOptOut for any patient.
     "consent.national_opt_out",
+    // A platform service asking whether a token is still active.
+    "tokens.introspect",
     "audit.read",
     "audit.append",
 ];
