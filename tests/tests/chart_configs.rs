@@ -1,9 +1,9 @@
 //! The services read what the Helm chart renders: every configuration file
 //! the chart's tests render (charts/tests/golden/<value set>/<service>.toml,
 //! kept identical to the rendering by `test_rendered_configs_are_the_golden_files_the_services_load`)
-//! loads and validates through the service's own loader: a value a service
-//! refuses, or a section it cannot read, fails here. (The loaders ignore
-//! keys they do not know, so a misspelt key is not caught yet.)
+//! loads and validates through the service's own loader, strictly: a key a
+//! service does not know (misspelt, or renamed on one side only), a value it
+//! refuses, or a section it cannot read, fails here.
 
 use std::{collections::HashMap, path::Path};
 
@@ -60,10 +60,10 @@ fn load(service: &str, file: &Path) -> Result<(), ConfigError> {
         file.to_string_lossy().into_owned(),
     )]);
     match service {
-        "identity" => sharedcare_identity::config::IdentityConfig::load(&env).map(drop),
-        "consent" => sharedcare_consent::config::ConsentConfig::load(&env).map(drop),
-        "records" => sharedcare_records::config::RecordsConfig::load(&env).map(drop),
-        "audit" => sharedcare_audit::config::AuditConfig::load(&env).map(drop),
+        "identity" => sharedcare_identity::config::IdentityConfig::load_strict(&env).map(drop),
+        "consent" => sharedcare_consent::config::ConsentConfig::load_strict(&env).map(drop),
+        "records" => sharedcare_records::config::RecordsConfig::load_strict(&env).map(drop),
+        "audit" => sharedcare_audit::config::AuditConfig::load_strict(&env).map(drop),
         other => panic!("no service {other}"),
     }
 }
@@ -84,4 +84,21 @@ fn every_rendered_configuration_loads_in_its_service() {
         }
     }
     assert!(loaded >= 16, "{loaded} files");
+}
+
+#[test]
+fn a_key_no_service_knows_is_named() {
+    let golden =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/tests/golden/default/consent.toml");
+    let root = tempfile::tempdir().expect("tempdir");
+    let misspelt = root.path().join("consent.toml");
+    let text = std::fs::read_to_string(golden)
+        .expect("golden file")
+        .replace("grant_minutes", "grant_minute");
+    std::fs::write(&misspelt, text).expect("write");
+    let err = load("consent", &misspelt).expect_err("an unknown key");
+    assert!(
+        err.to_string().contains("consent.break_glass.grant_minute"),
+        "{err}"
+    );
 }

@@ -85,6 +85,11 @@ impl AuditConfig {
     pub fn load(env: &dyn EnvSource) -> Result<Self, ConfigError> {
         sharedcare_kit::config::load(&defaults(), env)
     }
+
+    /// As `load`, refusing unknown keys (`kit::config::load_strict`).
+    pub fn load_strict(env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        sharedcare_kit::config::load_strict(&defaults(), env)
+    }
 }
 
 impl sharedcare_kit::server::ServiceConfig for AuditConfig {

@@ -105,6 +105,11 @@ impl IdentityConfig {
     pub fn load(env: &dyn EnvSource) -> Result<Self, ConfigError> {
         sharedcare_kit::config::load(&format!("{COMMON_DEFAULTS}{OWN_DEFAULTS}"), env)
     }
+
+    /// As `load`, refusing unknown keys (`kit::config::load_strict`).
+    pub fn load_strict(env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        sharedcare_kit::config::load_strict(&format!("{COMMON_DEFAULTS}{OWN_DEFAULTS}"), env)
+    }
 }
 
 impl Validate for IdentityConfig {

@@ -65,6 +65,37 @@ pub fn load<T: DeserializeOwned + Validate>(
     defaults: &str,
     env: &dyn EnvSource,
 ) -> Result<T, ConfigError> {
+    let value: T = sources(defaults, env)?.try_deserialize()?;
+    value.validate()?;
+    Ok(value)
+}
+
+/// As [`load`], refusing keys `T` does not know (a misspelt key would
+/// otherwise be ignored, its default silently used), naming them.
+pub fn load_strict<T: DeserializeOwned + Validate>(
+    defaults: &str,
+    env: &dyn EnvSource,
+) -> Result<T, ConfigError> {
+    let mut unknown = Vec::new();
+    let value: T = serde_ignored::deserialize(sources(defaults, env)?, |path| {
+        unknown.push(path.to_string())
+    })?;
+    if let Some(first) = unknown.first() {
+        return Err(ConfigError::invalid(
+            first.clone(),
+            format!(
+                "is not a configuration key (unknown: {})",
+                unknown.join(", ")
+            ),
+        ));
+    }
+    value.validate()?;
+    Ok(value)
+}
+
+/// The defaults, the file named by `SHAREDCARE_CONFIG_FILE`, then the
+/// `SHAREDCARE_*` variables, in that order of precedence.
+fn sources(defaults: &str, env: &dyn EnvSource) -> Result<config::Config, ConfigError> {
     let vars = env.vars();
     let mut builder = config::Config::builder()
         .add_source(config::File::from_str(defaults, config::FileFormat::Toml));
@@ -75,7 +106,7 @@ pub fn load<T: DeserializeOwned + Validate>(
         .into_iter()
         .filter(|(k, _)| k.starts_with("SHAREDCARE_") && k != CONFIG_FILE_VAR)
         .collect();
-    let settings = builder
+    Ok(builder
         .add_source(
             config::Environment::with_prefix("SHAREDCARE")
                 .prefix_separator("_")
@@ -83,10 +114,7 @@ pub fn load<T: DeserializeOwned + Validate>(
                 .try_parsing(true)
                 .source(Some(env_vars)),
         )
-        .build()?;
-    let value: T = settings.try_deserialize()?;
-    value.validate()?;
-    Ok(value)
+        .build()?)
 }
 
 /// A value that must never be printed: Debug and Display show `[redacted]`.

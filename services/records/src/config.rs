@@ -87,10 +87,20 @@ audit_max_lag_ms = 30000
 audit_max_pending = 100000
 "#;
 
+/// The shared defaults with records' own port and section.
+fn defaults() -> String {
+    let common = COMMON_DEFAULTS.replace("0.0.0.0:50051", "0.0.0.0:50053");
+    format!("{common}{OWN_DEFAULTS}")
+}
+
 impl RecordsConfig {
     pub fn load(env: &dyn EnvSource) -> Result<Self, ConfigError> {
-        let defaults = COMMON_DEFAULTS.replace("0.0.0.0:50051", "0.0.0.0:50053");
-        sharedcare_kit::config::load(&format!("{defaults}{OWN_DEFAULTS}"), env)
+        sharedcare_kit::config::load(&defaults(), env)
+    }
+
+    /// As `load`, refusing unknown keys (`kit::config::load_strict`).
+    pub fn load_strict(env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        sharedcare_kit::config::load_strict(&defaults(), env)
     }
 }
 
