@@ -146,23 +146,31 @@ fn decision_from(response: EvaluateResponse) -> Decision {
     }
 }
 
+/// consent could not answer: access is refused (fail closed).
+fn unavailable(e: Error) -> Error {
+    Error::unavailable(format!(
+        "consent could not be asked, so access is refused ({})",
+        e.message
+    ))
+}
+
 impl GrpcConsent {
-    async fn ask(&self, message: EvaluateRequest) -> Result<Decision, Error> {
-        let fail_closed = |e: Error| {
-            Error::unavailable(format!(
-                "consent could not be asked, so access is refused ({})",
-                e.message
-            ))
-        };
+    /// Asks consent; a status it answers with goes through `refused` (an
+    /// outage unless the caller knows better).
+    async fn ask(
+        &self,
+        message: EvaluateRequest,
+        refused: fn(tonic::Status) -> Error,
+    ) -> Result<Decision, Error> {
         let request = crate::client::request(message, self.tokens.as_ref(), self.timeout)
             .await
-            .map_err(fail_closed)?;
+            .map_err(unavailable)?;
         let response = self
             .client
             .clone()
             .evaluate(request)
             .await
-            .map_err(|s| fail_closed(Error::from(s)))?
+            .map_err(refused)?
             .into_inner();
         Ok(decision_from(response))
     }
@@ -183,7 +191,7 @@ impl ConsentGate for GrpcConsent {
             category: category as i32,
             ..Default::default()
         };
-        Box::pin(self.ask(message))
+        Box::pin(self.ask(message, |s| unavailable(Error::from(s))))
     }
 
     fn evaluate_break_glass(
@@ -204,34 +212,22 @@ impl ConsentGate for GrpcConsent {
             }),
             ..Default::default()
         };
-        Box::pin(async move {
-            // consent's refusal of the break-glass request itself (no
-            // reason, a role not allowed it, a purpose it is not for) is the
-            // caller's to hear, not an outage.
-            let fail_closed = |e: Error| {
-                Error::unavailable(format!(
-                    "consent could not be asked, so access is refused ({})",
-                    e.message
-                ))
-            };
-            let request = crate::client::request(message, self.tokens.as_ref(), self.timeout)
-                .await
-                .map_err(fail_closed)?;
-            match self.client.clone().evaluate(request).await {
-                Err(s) if s.code() == tonic::Code::InvalidArgument => Err(Error::invalid(
+        // consent's refusal of the break-glass request itself (no reason, a
+        // role not allowed it, a purpose it is not for) is the caller's to
+        // hear, not an outage.
+        Box::pin(self.ask(message, |s| {
+            match s.code() {
+                tonic::Code::InvalidArgument => Error::invalid(
                     "break_glass_reason",
                     s.message()
                         .split_once(": ")
                         .map_or(s.message(), |(_, m)| m)
                         .to_owned(),
-                )),
-                Err(s) if s.code() == tonic::Code::PermissionDenied => {
-                    Err(Error::permission_denied(s.message().to_owned()))
-                }
-                Err(s) => Err(fail_closed(Error::from(s))),
-                Ok(response) => Ok(decision_from(response.into_inner())),
+                ),
+                tonic::Code::PermissionDenied => Error::permission_denied(s.message().to_owned()),
+                _ => unavailable(Error::from(s)),
             }
-        })
+        }))
     }
 }
 
