@@ -812,6 +812,7 @@ struct ListQuery {
     after: Option<(i64, String)>,
     all: bool,
     query: Vec<u8>,
+    cursors: sharedcare_kit::paging::CursorKey,
 }
 
 impl ListQuery {
@@ -847,6 +848,7 @@ impl ListQuery {
             after,
             all,
             query,
+            cursors,
         })
     }
 
@@ -871,8 +873,7 @@ impl ListQuery {
             Some(((micros, id), _)) if more => {
                 let mut position = micros.to_be_bytes().to_vec();
                 position.extend_from_slice(id.as_bytes());
-                sharedcare_kit::paging::CursorKey::new(LIST_CURSOR_KEY)
-                    .issue(&self.query, &position)
+                self.cursors.issue(&self.query, &position)
             }
             _ => String::new(),
         };
