@@ -144,6 +144,7 @@ async fn call(
         ("identity", "RegisterPatient") => identity_client
             .register_patient(with_token(
                 identity::RegisterPatientRequest {
+                    confirm_new_patient: false,
                     nhs_number: NHS_NUMBER.into(),
                     demographics: Some(demographics()),
                 },
@@ -171,6 +172,7 @@ async fn call(
                     nhs_number: NHS_NUMBER.into(),
                     demographics: None,
                     max_results: 1,
+                    duplicates_of_patient_id: String::new(),
                 },
                 token,
             ))
@@ -213,6 +215,19 @@ async fn call(
                     organisation_ods_code: CARING.into(),
                     role: "R8000".into(),
                     ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .map(drop),
+        // The same patient twice: an allowed cell is INVALID_ARGUMENT and
+        // links nothing.
+        ("identity", "MarkNotSamePerson") => identity_client
+            .mark_not_same_person(with_token(
+                identity::MarkNotSamePersonRequest {
+                    patient_id: patient_id.clone(),
+                    other_patient_id: patient_id,
+                    reason: "checked".into(),
                 },
                 token,
             ))
@@ -600,6 +615,7 @@ async fn walk_the_table(backend: Backend) {
     let patient_id = identity_client
         .register_patient(with_token(
             identity::RegisterPatientRequest {
+                confirm_new_patient: false,
                 nhs_number: NHS_NUMBER.into(),
                 demographics: Some(demographics()),
             },
@@ -614,6 +630,7 @@ async fn walk_the_table(backend: Backend) {
     let other_patient_id = identity_client
         .register_patient(with_token(
             identity::RegisterPatientRequest {
+                confirm_new_patient: false,
                 nhs_number: "9990000026".into(),
                 demographics: Some(identity::Demographics {
                     family_name: "Other".into(),

@@ -61,6 +61,7 @@ async fn the_chain(backend: Backend) {
 
     // A patient is registered once.
     let register = || identity::RegisterPatientRequest {
+        confirm_new_patient: false,
         nhs_number: NHS_NUMBER.into(),
         demographics: Some(identity::Demographics {
             given_names: vec!["Jane".into()],

@@ -51,6 +51,7 @@ async fn cared_for_patient(p: &Platform, gp_pas: &str, gp: &str) -> (String, rec
     let patient_id = IdentityServiceClient::new(p.identity.channel.clone())
         .register_patient(with_token(
             identity::RegisterPatientRequest {
+                confirm_new_patient: false,
                 nhs_number: "999 000 0018".into(),
                 demographics: Some(identity::Demographics {
                     given_names: vec!["Siân".into()],

@@ -148,6 +148,7 @@ async fn the_chain_over_mutual_tls() {
     let patient_id = identity
         .register_patient(with_token(
             identity::RegisterPatientRequest {
+                confirm_new_patient: false,
                 nhs_number: "999 000 0018".into(),
                 demographics: Some(identity::Demographics {
                     given_names: vec!["Jane".into()],

@@ -13,7 +13,8 @@ pub static ACCESS: AccessTable = AccessTable {
                 caller(Application, "patients.write", Patients::Any),
             ],
             purposes: "—",
-            audit: "a registration (CREATE Patient), or the match it returned (READ Patient)",
+            audit: "a registration (CREATE Patient), the match it returned (READ Patient), or \
+                    the candidates an ambiguous answer showed (SEARCH Patient)",
         },
         Rule {
             method: "GetPatient",
@@ -33,13 +34,23 @@ pub static ACCESS: AccessTable = AccessTable {
         },
         Rule {
             method: "TracePatient",
+            callers: &[
+                staff_with("patients.read", Capability::TracePatients, Patients::Any),
+                caller(Application, "patients.read", Patients::Any),
+            ],
+            purposes: "one of the token's permitted purposes; staff see up to 50 candidates, \
+                       an application the one confident match or none",
+            audit: "every candidate returned (SEARCH Patient)",
+        },
+        Rule {
+            method: "MarkNotSamePerson",
             callers: &[staff_with(
-                "patients.read",
+                "patients.write",
                 Capability::TracePatients,
                 Patients::Any,
             )],
-            purposes: "direct care",
-            audit: "every trace (UNIMPLEMENTED until the tracing issue)",
+            purposes: "—",
+            audit: "each link, on both patients (UPDATE Patient)",
         },
         Rule {
             method: "MergePatients",

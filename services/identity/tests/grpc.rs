@@ -1,391 +1,9 @@
 //! identity over real gRPC sockets, with in-process fakes of consent and
 //! audit (the real ones are the cross-service tests' in `tests/`).
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+mod support;
 
-use sharedcare_identity::{
-    Peers, RoleMap, SelfTokens, TokenIssuer,
-    bootstrap::{self, BootstrapFile, BootstrapOrganisation, BootstrapPrincipal},
-    domain::NhsNumber,
-    spec,
-    store::{IdentityStore, OUTBOX_TABLE, SqlStore},
-};
-use sharedcare_kit::{
-    Error,
-    access::Capability,
-    auth::{Principal as Verified, Verifier},
-    crypto::{BlindIndex, Kek, Keyring},
-    db::WriteGate,
-    keys::{SigningKey, StaticKeySource},
-    outbox::{Outbox, OutboxSettings},
-    peers::{BoxFuture, ConsentGate, Decision},
-    server::MessageLimits,
-    testing::{
-        MemoryAudit, TestAuthority, TestDatabase, TestServer, outbox_drained, spawn, with_token,
-    },
-};
-use sharedcare_proto::{
-    audit::v1::{Action, AuditEvent, Outcome},
-    common::v1::{Actor, PrincipalKind, Purpose, RecordCategory},
-    identity::v1::{self as pb, identity_service_client::IdentityServiceClient},
-};
-use tonic::{Code, transport::Channel};
-
-const ADMIN_SECRET: &str = "admin-secret-for-tests-0123456789abcdef";
-
-/// What the fake consent answers.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Answer {
-    Permit,
-    Deny,
-    Down,
-}
-
-/// consent, as identity sees it: a decision per call, every call kept.
-struct FakeConsent {
-    answer: Mutex<Answer>,
-    asked: Mutex<Vec<(String, Actor, Purpose, RecordCategory)>>,
-}
-
-impl ConsentGate for FakeConsent {
-    fn evaluate(
-        &self,
-        patient_id: &str,
-        actor: Actor,
-        purpose: Purpose,
-        category: RecordCategory,
-    ) -> BoxFuture<'_, Decision> {
-        let patient_id = patient_id.to_owned();
-        Box::pin(async move {
-            self.asked
-                .lock()
-                .expect("lock")
-                .push((patient_id, actor, purpose, category));
-            match *self.answer.lock().expect("lock") {
-                Answer::Permit => Ok(Decision {
-                    permitted: true,
-                    decision_id: "decision-permit".into(),
-                    reasons: vec![("CARE_RELATIONSHIP".into(), "registered GP".into())],
-                    valid_until: None,
-                    obligations: vec!["AUDIT".into()],
-                }),
-                Answer::Deny => Ok(Decision {
-                    permitted: false,
-                    decision_id: "decision-deny".into(),
-                    reasons: vec![(
-                        "NO_CARE_RELATIONSHIP".into(),
-                        "no current care relationship".into(),
-                    )],
-                    valid_until: None,
-                    obligations: vec!["AUDIT".into()],
-                }),
-                Answer::Down => Err(Error::unavailable(
-                    "consent could not be asked, so access is refused (test)",
-                )),
-            }
-        })
-    }
-}
-
-/// IssueToken calls per client per minute in these tests.
-const ISSUE_LIMIT: u32 = 20;
-
-struct Fixture {
-    server: TestServer,
-    store: Arc<SqlStore>,
-    db: TestDatabase,
-    tokens: Arc<TokenIssuer>,
-    consent: Arc<FakeConsent>,
-    audit: Arc<MemoryAudit>,
-    outbox: Arc<Outbox>,
-}
-
-/// The role map of these tests: a clinician, a clerk and a tracer.
-fn roles() -> RoleMap {
-    let map: BTreeMap<String, Vec<String>> = [
-        ("R8000", vec!["record_directives", "refer"]),
-        ("R8008", vec!["assert_relationships"]),
-        ("R8004", vec![]),
-        ("tracer", vec!["trace_patients"]),
-    ]
-    .into_iter()
-    .map(|(role, caps)| {
-        (
-            role.to_owned(),
-            caps.into_iter().map(str::to_owned).collect(),
-        )
-    })
-    .collect();
-    RoleMap::parse("identity.roles", &map).expect("valid role map")
-}
-
-impl Fixture {
-    async fn start() -> Self {
-        let db = TestDatabase::sqlite();
-        let store = Arc::new(
-            SqlStore::connect(
-                db.url(),
-                4,
-                Keyring::new(Kek::generate(), []),
-                BlindIndex::generate(),
-            )
-            .await
-            .expect("store"),
-        );
-        bootstrap::apply(
-            store.as_ref(),
-            BootstrapFile {
-                organisations: vec![BootstrapOrganisation {
-                    ods_code: "X26".into(),
-                    name: "Platform".into(),
-                }],
-                principals: vec![BootstrapPrincipal {
-                    client_id: "admin".into(),
-                    client_secret: ADMIN_SECRET.into(),
-                    kind: "admin".into(),
-                    display_name: "Administrator".into(),
-                    organisation: "X26".into(),
-                    role: "admin".into(),
-                    scopes: vec![],
-                    purposes: vec![],
-                }],
-            },
-        )
-        .await
-        .expect("bootstrap");
-        let tokens = Arc::new(
-            TokenIssuer::new(
-                SigningKey::generate(),
-                "sharedcare-identity",
-                "sharedcare",
-                900,
-            )
-            .with_issue_limit(ISSUE_LIMIT),
-        );
-        let consent = Arc::new(FakeConsent {
-            answer: Mutex::new(Answer::Permit),
-            asked: Mutex::new(vec![]),
-        });
-        let audit = Arc::new(MemoryAudit::default());
-        let outbox = Outbox::start(
-            store.connection(),
-            WriteGate::for_db(&store.connection()),
-            OUTBOX_TABLE,
-            audit.clone(),
-            OutboxSettings {
-                max_lag: Duration::from_millis(200),
-                poll: Duration::from_millis(10),
-                ..OutboxSettings::default()
-            },
-        );
-        let server = spawn(spec(
-            store.clone(),
-            tokens.clone(),
-            roles(),
-            Peers {
-                consent: consent.clone(),
-                outbox: outbox.clone(),
-            },
-            MessageLimits {
-                max_bytes: 64 * 1024,
-            },
-        ))
-        .await;
-        Fixture {
-            server,
-            store,
-            db,
-            tokens,
-            consent,
-            audit,
-            outbox,
-        }
-    }
-
-    fn client(&self) -> IdentityServiceClient<Channel> {
-        IdentityServiceClient::new(self.server.channel.clone())
-    }
-
-    async fn issue(
-        &self,
-        client_id: &str,
-        secret: &str,
-        purpose: Purpose,
-    ) -> Result<String, tonic::Status> {
-        Ok(self
-            .client()
-            .issue_token(pb::IssueTokenRequest {
-                client_id: client_id.into(),
-                client_secret: secret.into(),
-                scopes: vec![],
-                purpose: purpose as i32,
-            })
-            .await?
-            .into_inner()
-            .access_token)
-    }
-
-    async fn token(&self, client_id: &str, secret: &str) -> String {
-        self.issue(client_id, secret, Purpose::Unspecified)
-            .await
-            .expect("token issued")
-    }
-
-    async fn admin(&self) -> String {
-        self.token("admin", ADMIN_SECRET).await
-    }
-
-    /// What a token says, as every service's auth layer reads it.
-    async fn verify(&self, token: &str) -> Verified {
-        Verifier::new(
-            Arc::new(StaticKeySource(self.tokens.jwks())),
-            self.tokens.issuer(),
-            self.tokens.audience(),
-            Duration::ZERO,
-        )
-        .verify(token)
-        .await
-        .expect("a valid token")
-    }
-
-    async fn organisation(&self, ods_code: &str) {
-        self.client()
-            .create_organisation(with_token(
-                pb::CreateOrganisationRequest {
-                    ods_code: ods_code.into(),
-                    name: format!("Organisation {ods_code}"),
-                },
-                &self.admin().await,
-            ))
-            .await
-            .expect("organisation");
-    }
-
-    /// Creates a principal as admin: (principal, client secret).
-    async fn create(
-        &self,
-        request: pb::CreatePrincipalRequest,
-    ) -> Result<(pb::Principal, String), tonic::Status> {
-        let created = self
-            .client()
-            .create_principal(with_token(request, &self.admin().await))
-            .await?
-            .into_inner();
-        Ok((created.principal.expect("principal"), created.client_secret))
-    }
-
-    /// A staff member at `ods_code` (created on first use) in `role`, and
-    /// their token.
-    async fn staff(&self, ods_code: &str, role: &str) -> String {
-        if self
-            .store
-            .get_organisation(&sharedcare_kit::ids::OdsCode::parse("o", ods_code).expect("ods"))
-            .await
-            .expect("read")
-            .is_none()
-        {
-            self.organisation(ods_code).await;
-        }
-        let (principal, secret) = self
-            .create(staff_request(ods_code, role))
-            .await
-            .expect("staff");
-        self.token(&principal.client_id, &secret).await
-    }
-
-    async fn register(&self, request: pb::RegisterPatientRequest, token: &str) -> pb::Patient {
-        self.client()
-            .register_patient(with_token(request, token))
-            .await
-            .expect("registered")
-            .into_inner()
-            .patient
-            .expect("patient")
-    }
-
-    /// What reached audit, once identity's outbox has delivered everything.
-    async fn events(&self) -> Vec<AuditEvent> {
-        outbox_drained(&self.store.connection(), OUTBOX_TABLE).await;
-        self.audit.delivered()
-    }
-
-    fn answer(&self, answer: Answer) {
-        *self.consent.answer.lock().expect("lock") = answer;
-    }
-
-    async fn principal_rows(&self) -> i64 {
-        use sea_orm::{ConnectionTrait, Statement};
-        let db = sea_orm::Database::connect(self.db.url())
-            .await
-            .expect("connect");
-        let row = db
-            .query_one_raw(Statement::from_string(
-                db.get_database_backend(),
-                "SELECT COUNT(*) AS n FROM identity_principals",
-            ))
-            .await
-            .expect("count")
-            .expect("a row");
-        let n: i64 = row.try_get("", "n").expect("n");
-        db.close().await.ok();
-        n
-    }
-}
-
-fn staff_request(ods_code: &str, role: &str) -> pb::CreatePrincipalRequest {
-    pb::CreatePrincipalRequest {
-        kind: PrincipalKind::Staff as i32,
-        display_name: "Dr Who".into(),
-        organisation_ods_code: ods_code.into(),
-        role: role.into(),
-        ..Default::default()
-    }
-}
-
-fn patient_request(patient_id: &str) -> pb::CreatePrincipalRequest {
-    pb::CreatePrincipalRequest {
-        kind: PrincipalKind::Patient as i32,
-        display_name: "Jane Smith".into(),
-        patient_id: patient_id.into(),
-        ..Default::default()
-    }
-}
-
-fn get(patient_id: &str) -> pb::GetPatientRequest {
-    pb::GetPatientRequest {
-        patient_id: patient_id.into(),
-    }
-}
-
-fn person(nhs: &str, given: &str, family: &str, birth_date: &str) -> pb::RegisterPatientRequest {
-    pb::RegisterPatientRequest {
-        nhs_number: nhs.into(),
-        demographics: Some(pb::Demographics {
-            given_names: vec![given.into()],
-            family_name: family.into(),
-            birth_date: birth_date.into(),
-            gender: pb::Gender::Unspecified as i32,
-            postcode: String::new(),
-        }),
-    }
-}
-
-fn jane(nhs: &str) -> pb::RegisterPatientRequest {
-    pb::RegisterPatientRequest {
-        nhs_number: nhs.into(),
-        demographics: Some(pb::Demographics {
-            given_names: vec!["Jane".into()],
-            family_name: "Smith".into(),
-            birth_date: "1980-02-29".into(),
-            gender: pb::Gender::Female as i32,
-            postcode: "ls1 4ap".into(),
-        }),
-    }
-}
+use support::*;
 
 #[tokio::test]
 async fn a_patient_is_registered_once_and_read_back() {
@@ -462,7 +80,7 @@ async fn a_patient_is_registered_once_and_read_back() {
 async fn invalid_nhs_numbers_are_refused_and_nothing_is_stored() {
     let f = Fixture::start().await;
     let token = f.staff("A81001", "R8000").await;
-    for bad in ["9434765918", "1111111111", "94347659", "abcdefghij", ""] {
+    for bad in ["9434765918", "1111111111", "94347659", "abcdefghij"] {
         let status = f
             .client()
             .register_patient(with_token(jane(bad), &token))
@@ -475,6 +93,18 @@ async fn invalid_nhs_numbers_are_refused_and_nothing_is_stored() {
             status.message()
         );
     }
+    // No number finds a registered patient or nothing: a new one needs one.
+    let status = f
+        .client()
+        .register_patient(with_token(jane(""), &token))
+        .await
+        .expect_err("no number");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().starts_with("nhs_number"),
+        "{}",
+        status.message()
+    );
     let mut missing = jane("9434765919");
     missing.demographics.as_mut().expect("d").birth_date = "29/02/1980".into();
     let status = f
@@ -678,11 +308,11 @@ async fn oversize_and_unimplemented_calls_fail_cleanly_and_the_server_keeps_serv
 
     let status = f
         .client()
-        .trace_patient(with_token(pb::TracePatientRequest::default(), &tracer))
+        .merge_patients(with_token(pb::MergePatientsRequest::default(), &tracer))
         .await
         .expect_err("later issue");
     assert_eq!(status.code(), Code::Unimplemented);
-    assert!(status.message().contains("TracePatient"));
+    assert!(status.message().contains("MergePatients"));
 
     f.client()
         .register_patient(with_token(jane("9434765919"), &staff))

@@ -8,7 +8,9 @@ use std::{collections::HashMap, sync::Arc};
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use sharedcare_identity::{
     config::IdentityConfig,
-    domain::{Demographics, Gender, NhsNumber, OdsCode, Organisation, Patient, Principal},
+    domain::{
+        Demographics, Gender, NhsNumber, NotSamePerson, OdsCode, Organisation, Patient, Principal,
+    },
     store::{self, IdentityStore, OUTBOX_TABLE, Registered},
 };
 use sharedcare_kit::{
@@ -346,6 +348,150 @@ async fn an_upsert_keeps_a_principals_id_and_creation(store: &dyn IdentityStore)
     );
 }
 
+fn person(given: &str, family: &str, birth: (i32, u32, u32), postcode: &str) -> Demographics {
+    Demographics {
+        given_names: vec![given.into()],
+        family_name: family.into(),
+        birth_date: NaiveDate::from_ymd_opt(birth.0, birth.1, birth.2).expect("date"),
+        gender: Gender::Female,
+        postcode: (!postcode.is_empty()).then(|| postcode.into()),
+    }
+}
+
+fn registered(nhs: usize, demographics: Demographics) -> Patient {
+    Patient {
+        demographics,
+        ..patient(nhs, "")
+    }
+}
+
+fn ids(patients: &[Patient]) -> Vec<&str> {
+    let mut ids: Vec<&str> = patients.iter().map(|p| p.id.as_str()).collect();
+    ids.sort();
+    ids
+}
+
+/// Candidates come from the blocking keys a patient was registered under:
+/// a variant of one person finds them, an unrelated person finds no one.
+async fn candidates_come_from_blocking_keys(store: &dyn IdentityStore) {
+    let kate = registered(1, person("Katherine", "Smith", (1980, 4, 3), "LS1 4AP"));
+    let twin = registered(2, person("Zoe", "Smith", (1980, 4, 3), "LS1 4AP"));
+    let other = registered(3, person("Oliver", "Jones", (1975, 11, 23), "M1 1AE"));
+    for p in [&kate, &twin, &other] {
+        store
+            .register_patient(p.clone(), audit())
+            .await
+            .expect("register");
+    }
+    // Kate, moved and going by her nickname, with day and month swapped.
+    let variant = registered(4, person("Kate", "Smyth", (1980, 3, 4), "M1 1AE"));
+    let found = store
+        .candidates(&variant.blocking_keys(), 100)
+        .await
+        .expect("candidates");
+    assert!(ids(&found).contains(&kate.id.as_str()), "{found:?}");
+    assert!(!ids(&found).contains(&other.id.as_str()));
+    // Found whole: what matching scores is the stored patient.
+    assert!(found.contains(&kate));
+    let stranger = registered(5, person("Ahmed", "Khan", (2001, 7, 9), "B1 1AA"));
+    assert_eq!(
+        store
+            .candidates(&stranger.blocking_keys(), 100)
+            .await
+            .expect("candidates"),
+        vec![]
+    );
+    assert_eq!(
+        store.candidates(&[], 100).await.expect("candidates"),
+        vec![]
+    );
+    // Never more than asked for.
+    let both = store
+        .candidates(&kate.blocking_keys(), 1)
+        .await
+        .expect("candidates");
+    assert_eq!(both.len(), 1);
+}
+
+/// A "not the same person" link is one per pair, whichever way round, kept
+/// with its reason, and stored with its audit events or not at all.
+async fn not_same_person_links_are_kept_once(store: &dyn IdentityStore) {
+    let a = patient(1, "Smith");
+    let b = patient(2, "Smith");
+    let c = patient(3, "Smith");
+    for p in [&a, &b, &c] {
+        store
+            .register_patient(p.clone(), audit())
+            .await
+            .expect("register");
+    }
+    let link = NotSamePerson::new(&b.id, &a.id, "twins", "staff-1", t0());
+    let taken = audit();
+    assert!(
+        store
+            .mark_not_same_person(link.clone(), vec![taken.clone(), audit()])
+            .await
+            .expect("mark")
+    );
+    assert!(
+        !store
+            .mark_not_same_person(
+                NotSamePerson::new(&a.id, &b.id, "again", "staff-2", t0()),
+                vec![audit(), audit()],
+            )
+            .await
+            .expect("mark again"),
+        "one link per pair"
+    );
+    assert_eq!(
+        store.not_same_person_links(&a.id).await.expect("links"),
+        vec![link.clone()]
+    );
+    assert_eq!(
+        store.not_same_person_links(&b.id).await.expect("links"),
+        vec![link]
+    );
+    assert_eq!(
+        store.not_same_person_links(&c.id).await.expect("links"),
+        vec![]
+    );
+    // An event id already used: nothing stored.
+    store
+        .mark_not_same_person(
+            NotSamePerson::new(&a.id, &c.id, "parent", "staff-1", t0()),
+            vec![audit(), taken],
+        )
+        .await
+        .expect_err("event id taken");
+    assert_eq!(
+        store.not_same_person_links(&c.id).await.expect("links"),
+        vec![]
+    );
+}
+
+/// A new patient registered apart from others carries its links from the
+/// start.
+async fn a_patient_may_be_registered_apart_from_others(store: &dyn IdentityStore) {
+    let a = patient(1, "Smith");
+    store
+        .register_patient(a.clone(), audit())
+        .await
+        .expect("register");
+    let b = patient(2, "Smith");
+    let link = NotSamePerson::new(&b.id, &a.id, "checked", "staff-1", t0());
+    assert_eq!(
+        store
+            .register_patient_apart(b.clone(), vec![link.clone()], audit())
+            .await
+            .expect("register"),
+        Registered::Created(b.clone())
+    );
+    assert_eq!(
+        store.not_same_person_links(&a.id).await.expect("links"),
+        vec![link]
+    );
+}
+
 /// The store `open` builds for `backend`.
 async fn open(backend: &TestBackend) -> store::Opened {
     store::open(
@@ -385,6 +531,9 @@ mod conforms {
         organisations_are_unique_by_ods_code,
         principals_are_unique_by_client_id_and_id,
         an_upsert_keeps_a_principals_id_and_creation,
+        candidates_come_from_blocking_keys,
+        not_same_person_links_are_kept_once,
+        a_patient_may_be_registered_apart_from_others,
     );
 }
 
@@ -460,4 +609,60 @@ async fn open_keeps_the_memory_backends_outbox_in_the_data_dir() {
         .await
         .expect("query");
     assert!(organisations.is_empty(), "the index is not on disk");
+}
+
+/// Patients registered before blocking keys were kept (M0004) are indexed
+/// when the SQL store next opens, so every patient can be a candidate.
+#[tokio::test]
+async fn patients_without_blocking_keys_are_indexed_on_open() {
+    use sea_orm::ConnectionTrait;
+    use sharedcare_kit::config::StorageBackend;
+    on_every_backend("identity key backfill", async |backend| {
+        if backend.backend() == StorageBackend::Memory {
+            return; // nothing at rest to backfill
+        }
+        let (kek, index) = (Kek::generate(), BlindIndex::generate());
+        let open_with_keys = async || {
+            store::open(
+                backend.backend(),
+                backend.url(),
+                4,
+                Keyring::new(kek.clone(), []),
+                index.clone(),
+            )
+            .await
+            .expect("open")
+        };
+        let first = open_with_keys().await;
+        let kate = registered(1, person("Katherine", "Smith", (1980, 4, 3), "LS1 4AP"));
+        first
+            .store
+            .register_patient(kate.clone(), audit())
+            .await
+            .expect("register");
+        first
+            .outbox
+            .execute_unprepared("DELETE FROM identity_patient_keys")
+            .await
+            .expect("forget the keys");
+        assert_eq!(
+            first
+                .store
+                .candidates(&kate.blocking_keys(), 10)
+                .await
+                .expect("candidates"),
+            vec![]
+        );
+        drop(first);
+        let reopened = open_with_keys().await;
+        assert_eq!(
+            reopened
+                .store
+                .candidates(&kate.blocking_keys(), 10)
+                .await
+                .expect("candidates"),
+            vec![kate]
+        );
+    })
+    .await;
 }

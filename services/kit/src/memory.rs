@@ -12,7 +12,7 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use sharedcare_proto::audit::v1::AuditEvent;
 
 use crate::{Error, db::WriteGate, outbox};
@@ -87,6 +87,18 @@ impl<S> AuditedState<S> {
         check: impl FnOnce(&S) -> Result<Option<T>, Error>,
         apply: impl FnOnce(&mut S) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        self.change_all(std::slice::from_ref(audit), check, apply)
+            .await
+    }
+
+    /// As [`change`](Self::change), for a change that touches several
+    /// patients: every event is made durable, in one transaction, first.
+    pub async fn change_all<T>(
+        &self,
+        audits: &[AuditEvent],
+        check: impl FnOnce(&S) -> Result<Option<T>, Error>,
+        apply: impl FnOnce(&mut S) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let _turn = self.writes.turn().await;
         let answer = {
             let state = self.lock()?;
@@ -95,7 +107,18 @@ impl<S> AuditedState<S> {
         if let Some(answer) = answer {
             return Ok(answer);
         }
-        outbox::insert_in(&self.outbox, self.table, audit).await?;
+        let context = "recording an audit event in the outbox";
+        let txn = self
+            .outbox
+            .begin()
+            .await
+            .map_err(|e| Error::internal(context, e))?;
+        for audit in audits {
+            outbox::insert_in(&txn, self.table, audit).await?;
+        }
+        txn.commit()
+            .await
+            .map_err(|e| Error::internal(context, e))?;
         let mut state = self.lock()?;
         apply(&mut state)
     }

@@ -52,6 +52,8 @@ pub fn reason_text(code: &str) -> Option<&'static str> {
         "patient" => "recorded by the patient",
         "clinician" => "recorded by a clinician on the patient's behalf",
         "OPT_OUT_CHANGED" => "the patient's National Data Opt-out was changed",
+        // the patient index
+        "NOT_SAME_PERSON" => "they recorded that another patient is not the same person",
         _ => return None,
     })
 }

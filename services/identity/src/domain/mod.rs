@@ -7,7 +7,7 @@ mod principal;
 mod roles;
 
 pub use nhs_number::NhsNumber;
-pub use patient::{Demographics, Gender, Patient, fold_name};
+pub use patient::{Demographics, Gender, NotSamePerson, Patient, fold_name};
 pub use principal::{
     ClientSecret, KNOWN_SCOPES, Organisation, Principal, default_purposes, default_scopes,
     parse_role, purposes_for_kind, purposes_from_names, purposes_from_pb, scopes_for_kind,

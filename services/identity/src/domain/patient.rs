@@ -1,7 +1,10 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use sharedcare_kit::Error;
 
-use super::NhsNumber;
+use super::{
+    NhsNumber,
+    matching::{Person, PreparedPerson, blocking_keys},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gender {
@@ -45,6 +48,7 @@ pub struct Demographics {
 }
 
 const MAX_NAME_CHARS: usize = 100;
+const MAX_GIVEN_NAMES: usize = 10;
 
 impl Demographics {
     /// Validates raw fields; `prefix` is the request path ("demographics").
@@ -57,39 +61,14 @@ impl Demographics {
         postcode: &str,
         today: NaiveDate,
     ) -> Result<Self, Error> {
-        let given_names: Vec<String> = given_names
-            .iter()
-            .map(|n| n.trim().to_owned())
-            .filter(|n| !n.is_empty())
-            .collect();
+        let given_names = parse_given_names(prefix, given_names)?;
         if given_names.is_empty() {
             return Err(Error::invalid(
                 format!("{prefix}.given_names"),
                 "at least one given name is required",
             ));
         }
-        if given_names
-            .iter()
-            .any(|n| n.chars().count() > MAX_NAME_CHARS)
-        {
-            return Err(Error::invalid(
-                format!("{prefix}.given_names"),
-                format!("a name is at most {MAX_NAME_CHARS} characters"),
-            ));
-        }
-        let family_name = family_name.trim().to_owned();
-        if family_name.is_empty() {
-            return Err(Error::invalid(
-                format!("{prefix}.family_name"),
-                "is required",
-            ));
-        }
-        if family_name.chars().count() > MAX_NAME_CHARS {
-            return Err(Error::invalid(
-                format!("{prefix}.family_name"),
-                format!("is at most {MAX_NAME_CHARS} characters"),
-            ));
-        }
+        let family_name = parse_family_name(prefix, family_name)?;
         let birth_date =
             NaiveDate::parse_from_str(birth_date.trim(), "%Y-%m-%d").map_err(|_| {
                 Error::invalid(
@@ -114,6 +93,50 @@ impl Demographics {
     }
 }
 
+/// Given names trimmed, empty ones dropped, each checked by [`parse_name`].
+pub(super) fn parse_given_names(
+    prefix: &str,
+    given_names: &[String],
+) -> Result<Vec<String>, Error> {
+    let field = format!("{prefix}.given_names");
+    if given_names.len() > MAX_GIVEN_NAMES {
+        return Err(Error::invalid(
+            field,
+            format!("at most {MAX_GIVEN_NAMES} given names"),
+        ));
+    }
+    given_names
+        .iter()
+        .filter(|n| !n.trim().is_empty())
+        .map(|n| parse_name(&field, n))
+        .collect()
+}
+
+/// The family name, required, checked by [`parse_name`].
+pub(super) fn parse_family_name(prefix: &str, family_name: &str) -> Result<String, Error> {
+    let field = format!("{prefix}.family_name");
+    if family_name.trim().is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    parse_name(&field, family_name)
+}
+
+/// A name trimmed and kept exactly as written, in any script ("Siân",
+/// "Nguyễn", "王"): no control characters, at most `MAX_NAME_CHARS`.
+fn parse_name(field: &str, name: &str) -> Result<String, Error> {
+    let name = name.trim();
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(Error::invalid(
+            field,
+            format!("a name is at most {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
 impl Demographics {
     /// Whether details given again for a registered NHS number are this
     /// patient's: the same date of birth and family name, the name compared
@@ -133,7 +156,7 @@ pub fn fold_name(name: &str) -> String {
 
 /// The postcode as `matching::Postcode` normalises it ("LS1 4AP"); `None`
 /// when none is given.
-fn parse_postcode(field: &str, input: &str) -> Result<Option<String>, Error> {
+pub(super) fn parse_postcode(field: &str, input: &str) -> Result<Option<String>, Error> {
     if input.trim().is_empty() {
         return Ok(None);
     }
@@ -151,6 +174,61 @@ pub struct Patient {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub superseded_by: Option<String>,
+}
+
+/// A person's decision that two patients are not the same person: every
+/// later match honours it. `patients` are in order, so a pair is one link
+/// whichever way round it was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotSamePerson {
+    pub patients: (String, String),
+    /// Why, in the words of whoever decided (sealed at rest).
+    pub reason: String,
+    /// The principal who decided.
+    pub recorded_by: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl NotSamePerson {
+    pub fn new(
+        a: &str,
+        b: &str,
+        reason: &str,
+        recorded_by: &str,
+        recorded_at: DateTime<Utc>,
+    ) -> Self {
+        let (a, b) = if a <= b { (a, b) } else { (b, a) };
+        NotSamePerson {
+            patients: (a.to_owned(), b.to_owned()),
+            reason: reason.to_owned(),
+            recorded_by: recorded_by.to_owned(),
+            recorded_at,
+        }
+    }
+
+    /// The other patient of the pair, if `id` is one of them.
+    pub fn other(&self, id: &str) -> Option<&str> {
+        if self.patients.0 == id {
+            Some(&self.patients.1)
+        } else if self.patients.1 == id {
+            Some(&self.patients.0)
+        } else {
+            None
+        }
+    }
+}
+
+impl Patient {
+    /// The patient as matching compares them.
+    pub fn person(&self) -> Person {
+        Person::from_demographics(&self.demographics, Some(self.nhs_number.clone()))
+    }
+
+    /// The keys a store finds this patient's candidates under (as blind
+    /// indexes where demographics are sealed).
+    pub fn blocking_keys(&self) -> Vec<String> {
+        blocking_keys(&PreparedPerson::new(self.person()))
+    }
 }
 
 #[cfg(test)]

@@ -73,3 +73,45 @@ pub mod principal {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// A patient's blocking keys, as blind indexes (M0004).
+pub mod patient_key {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "identity_patient_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub key_index: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub patient_id: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// "Not the same person" links, the pair in order (M0004).
+pub mod not_same_person {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "identity_not_same_person")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub patient_a: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub patient_b: String,
+        /// The reason, sealed: it may say something about the patients.
+        pub sealed_reason: Vec<u8>,
+        pub recorded_by: String,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -8,14 +8,14 @@
 //! the outbox, so a registration is never made unaudited. Patients are not
 //! sealed as the SQL store seals them: nothing here is at rest.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use sea_orm::DatabaseConnection;
 use sharedcare_kit::{Error, db::WriteGate, memory::AuditedState};
 use sharedcare_proto::audit::v1::AuditEvent;
 
 use super::{BoxFuture, IdentityStore, OUTBOX_TABLE, Registered};
-use crate::domain::{NhsNumber, OdsCode, Organisation, Patient, Principal};
+use crate::domain::{NhsNumber, NotSamePerson, OdsCode, Organisation, Patient, Principal};
 
 pub struct MemoryStore {
     state: AuditedState<Index>,
@@ -27,6 +27,10 @@ struct Index {
     patients: HashMap<String, Patient>,
     /// NHS number → patient id: one patient per number.
     by_nhs_number: HashMap<NhsNumber, String>,
+    /// Blocking key → patient ids.
+    by_blocking_key: HashMap<String, BTreeSet<String>>,
+    /// "Not the same person" links, by their ordered pair.
+    apart: HashMap<(String, String), NotSamePerson>,
     /// By ODS code.
     organisations: HashMap<String, Organisation>,
     /// By client id (principal ids are unique too; there are few).
@@ -38,6 +42,21 @@ impl Index {
         self.by_nhs_number
             .get(nhs)
             .and_then(|id| self.patients.get(id))
+    }
+
+    fn add_patient(&mut self, p: Patient, apart: Vec<NotSamePerson>) {
+        for key in p.blocking_keys() {
+            self.by_blocking_key
+                .entry(key)
+                .or_default()
+                .insert(p.id.clone());
+        }
+        for link in apart {
+            self.apart.entry(link.patients.clone()).or_insert(link);
+        }
+        self.by_nhs_number
+            .insert(p.nhs_number.clone(), p.id.clone());
+        self.patients.insert(p.id.clone(), p);
     }
 
     fn principal_id_taken(&self, id: &str) -> bool {
@@ -66,7 +85,12 @@ impl MemoryStore {
 }
 
 impl IdentityStore for MemoryStore {
-    fn register_patient(&self, p: Patient, audit: AuditEvent) -> BoxFuture<'_, Registered> {
+    fn register_patient_apart(
+        &self,
+        p: Patient,
+        apart: Vec<NotSamePerson>,
+        audit: AuditEvent,
+    ) -> BoxFuture<'_, Registered> {
         Box::pin(async move {
             let (id, nhs) = (p.id.clone(), p.nhs_number.clone());
             self.state
@@ -87,10 +111,7 @@ impl IdentityStore for MemoryStore {
                         Ok(None)
                     },
                     |index| {
-                        index
-                            .by_nhs_number
-                            .insert(p.nhs_number.clone(), p.id.clone());
-                        index.patients.insert(p.id.clone(), p.clone());
+                        index.add_patient(p.clone(), apart);
                         Ok(Registered::Created(p))
                     },
                 )
@@ -111,6 +132,56 @@ impl IdentityStore for MemoryStore {
             .state
             .lock()
             .map(|index| index.by_nhs_number(nhs).cloned());
+        Box::pin(async move { found })
+    }
+
+    fn candidates(&self, keys: &[String], limit: usize) -> BoxFuture<'_, Vec<Patient>> {
+        let found = self.state.lock().map(|index| {
+            let ids: BTreeSet<&String> = keys
+                .iter()
+                .filter_map(|k| index.by_blocking_key.get(k))
+                .flatten()
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| index.patients.get(id).cloned())
+                .take(limit)
+                .collect()
+        });
+        Box::pin(async move { found })
+    }
+
+    fn mark_not_same_person(
+        &self,
+        link: NotSamePerson,
+        audit: Vec<AuditEvent>,
+    ) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let pair = link.patients.clone();
+            let check = &pair;
+            self.state
+                .change_all(
+                    &audit,
+                    move |index| Ok(index.apart.contains_key(check).then_some(false)),
+                    |index| {
+                        index.apart.insert(link.patients.clone(), link);
+                        Ok(true)
+                    },
+                )
+                .await
+        })
+    }
+
+    fn not_same_person_links(&self, id: &str) -> BoxFuture<'_, Vec<NotSamePerson>> {
+        let found = self.state.lock().map(|index| {
+            let mut links: Vec<NotSamePerson> = index
+                .apart
+                .values()
+                .filter(|l| l.other(id).is_some())
+                .cloned()
+                .collect();
+            links.sort_by(|a, b| a.patients.cmp(&b.patients));
+            links
+        });
         Box::pin(async move { found })
     }
 

@@ -10,6 +10,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0001Initial),
             Box::new(M0002PatientPrincipals),
             Box::new(M0003AuditOutbox),
+            Box::new(M0004Matching),
         ]
     }
 
@@ -122,6 +123,69 @@ impl MigrationTrait for M0003AuditOutbox {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .create_table(sharedcare_kit::outbox::create_table(super::OUTBOX_TABLE))
+            .await
+    }
+}
+
+/// Matching: each patient's blocking keys as blind indexes (candidates by
+/// index, never a scan) and "not the same person" links. Patients
+/// registered before have their keys added when the store opens (the keys
+/// need the index key, which migrations do not have).
+struct M0004Matching;
+
+impl MigrationName for M0004Matching {
+    fn name(&self) -> &str {
+        "m0004_matching"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for M0004Matching {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("identity_patient_keys")
+                    .if_not_exists()
+                    .col(string("key_index"))
+                    .col(string("patient_id"))
+                    .primary_key(Index::create().col("key_index").col("patient_id"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("identity_patient_keys_by_patient")
+                    .table("identity_patient_keys")
+                    .col("patient_id")
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("identity_not_same_person")
+                    .if_not_exists()
+                    .col(string("patient_a"))
+                    .col(string("patient_b"))
+                    .col(blob("sealed_reason"))
+                    .col(string("recorded_by"))
+                    .col(timestamp_with_time_zone("created_at"))
+                    .primary_key(Index::create().col("patient_a").col("patient_b"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("identity_not_same_person_by_b")
+                    .table("identity_not_same_person")
+                    .col("patient_b")
+                    .if_not_exists()
+                    .to_owned(),
+            )
             .await
     }
 }

@@ -23,7 +23,7 @@ pub use sql::SqlStore;
 /// identity's audit outbox table (see `sharedcare_kit::outbox`).
 pub const OUTBOX_TABLE: &str = "identity_audit_outbox";
 
-use crate::domain::{NhsNumber, OdsCode, Organisation, Patient, Principal};
+use crate::domain::{NhsNumber, NotSamePerson, OdsCode, Organisation, Patient, Principal};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
 
@@ -38,9 +38,34 @@ pub trait IdentityStore: Send + Sync + 'static {
     /// Inserts the patient, with `audit` in the outbox in the same
     /// transaction, unless one with the same NHS number exists, in which
     /// case that one is returned (and `audit` is not stored).
-    fn register_patient(&self, patient: Patient, audit: AuditEvent) -> BoxFuture<'_, Registered>;
+    fn register_patient(&self, patient: Patient, audit: AuditEvent) -> BoxFuture<'_, Registered> {
+        self.register_patient_apart(patient, Vec::new(), audit)
+    }
+    /// As `register_patient`, recording with the new patient that it is not
+    /// the same person as the patients `apart` names (each link's patient
+    /// ids: the new patient's and another's).
+    fn register_patient_apart(
+        &self,
+        patient: Patient,
+        apart: Vec<NotSamePerson>,
+        audit: AuditEvent,
+    ) -> BoxFuture<'_, Registered>;
     fn get_patient(&self, id: &str) -> BoxFuture<'_, Option<Patient>>;
     fn find_patient_by_nhs_number(&self, nhs: &NhsNumber) -> BoxFuture<'_, Option<Patient>>;
+    /// Patients indexed under at least one of these blocking keys
+    /// (`Patient::blocking_keys`), at most `limit` of them: a trace's
+    /// candidates, found by index, never by a scan.
+    fn candidates(&self, keys: &[String], limit: usize) -> BoxFuture<'_, Vec<Patient>>;
+    /// Records the link with `audit` (an event per patient) in the outbox in
+    /// the same transaction; false, and nothing stored, if it was recorded
+    /// before. The caller checks that both patients exist.
+    fn mark_not_same_person(
+        &self,
+        link: NotSamePerson,
+        audit: Vec<AuditEvent>,
+    ) -> BoxFuture<'_, bool>;
+    /// The links naming this patient.
+    fn not_same_person_links(&self, id: &str) -> BoxFuture<'_, Vec<NotSamePerson>>;
 
     /// ALREADY_EXISTS if the ODS code is taken.
     fn create_organisation(&self, org: Organisation) -> BoxFuture<'_, Organisation>;

@@ -1,8 +1,10 @@
 //! The sea-orm store: SQLite (embedded default) or PostgreSQL.
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, SqlErr,
-    TransactionTrait, sea_query::OnConflict,
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QuerySelect, SqlErr, TransactionTrait,
+    sea_query::{OnConflict, Query},
 };
 use serde::{Deserialize, Serialize};
 use sharedcare_kit::{
@@ -14,7 +16,8 @@ use sharedcare_proto::audit::v1::AuditEvent;
 
 use super::{BoxFuture, IdentityStore, Migrator, OUTBOX_TABLE, Registered, entities::*};
 use crate::domain::{
-    Demographics, Gender, NhsNumber, OdsCode, Organisation, Patient, Principal, default_purposes,
+    Demographics, Gender, NhsNumber, NotSamePerson, OdsCode, Organisation, Patient, Principal,
+    default_purposes,
 };
 
 /// Patients are encrypted at rest: NHS number and demographics sealed in one
@@ -38,10 +41,19 @@ struct SealedPatient {
 }
 
 const NHS_INDEX_DOMAIN: &str = "sharedcare.identity/nhs_number";
+const BLOCKING_INDEX_DOMAIN: &str = "sharedcare.identity/blocking";
 
 fn patient_aad(patient_id: &str) -> Vec<u8> {
     format!("sharedcare.identity/patient/{patient_id}").into_bytes()
 }
+
+fn link_aad(a: &str, b: &str) -> Vec<u8> {
+    format!("sharedcare.identity/not-same-person/{a}/{b}").into_bytes()
+}
+
+/// Patients whose blocking keys are added in one statement when the store
+/// opens (the bind parameters stay well under SQLite's limit).
+const BACKFILL_BATCH: u64 = 500;
 
 impl SqlStore {
     pub async fn connect(
@@ -51,7 +63,100 @@ impl SqlStore {
         index: BlindIndex,
     ) -> Result<Self, Error> {
         let db = sharedcare_kit::db::connect::<Migrator>(url, max_connections).await?;
-        Ok(SqlStore { db, keys, index })
+        let store = SqlStore { db, keys, index };
+        store.index_unindexed_patients().await?;
+        Ok(store)
+    }
+
+    /// Adds the blocking keys of patients registered before they were kept
+    /// (M0004), a batch at a time.
+    async fn index_unindexed_patients(&self) -> Result<(), Error> {
+        const CONTEXT: &str = "indexing patients for matching";
+        loop {
+            let rows = patient::Entity::find()
+                .filter(
+                    patient::Column::PatientId.not_in_subquery(
+                        Query::select()
+                            .column(patient_key::Column::PatientId)
+                            .from(patient_key::Entity)
+                            .to_owned(),
+                    ),
+                )
+                .limit(BACKFILL_BATCH)
+                .all(&self.db)
+                .await
+                .map_err(|e| Error::internal(CONTEXT, e))?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut keys = Vec::new();
+            for row in rows {
+                keys.extend(self.key_rows(&self.patient_from_row(row)?)?);
+            }
+            if keys.is_empty() {
+                return Ok(());
+            }
+            self.insert_keys(&self.db, keys).await?;
+        }
+    }
+
+    fn key_rows(&self, p: &Patient) -> Result<Vec<patient_key::ActiveModel>, Error> {
+        p.blocking_keys()
+            .iter()
+            .map(|key| {
+                Ok(patient_key::ActiveModel {
+                    key_index: Set(self.index.index(BLOCKING_INDEX_DOMAIN, key.as_bytes())?),
+                    patient_id: Set(p.id.clone()),
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_keys<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        keys: Vec<patient_key::ActiveModel>,
+    ) -> Result<(), Error> {
+        patient_key::Entity::insert_many(keys)
+            .on_conflict(
+                OnConflict::columns([
+                    patient_key::Column::KeyIndex,
+                    patient_key::Column::PatientId,
+                ])
+                .do_nothing()
+                .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await
+            .map_err(|e| Error::internal("indexing a patient for matching", e))?;
+        Ok(())
+    }
+
+    fn link_to_row(&self, link: &NotSamePerson) -> Result<not_same_person::ActiveModel, Error> {
+        let (a, b) = &link.patients;
+        Ok(not_same_person::ActiveModel {
+            patient_a: Set(a.clone()),
+            patient_b: Set(b.clone()),
+            sealed_reason: Set(self.keys.seal(link.reason.as_bytes(), &link_aad(a, b))?),
+            recorded_by: Set(link.recorded_by.clone()),
+            created_at: Set(link.recorded_at),
+        })
+    }
+
+    fn link_from_row(&self, row: not_same_person::Model) -> Result<NotSamePerson, Error> {
+        let reason = self
+            .keys
+            .open(
+                &row.sealed_reason,
+                &link_aad(&row.patient_a, &row.patient_b),
+            )
+            .map_err(|e| e.context("reading a not-the-same-person link"))?;
+        Ok(NotSamePerson {
+            reason: String::from_utf8_lossy(&reason).into_owned(),
+            patients: (row.patient_a, row.patient_b),
+            recorded_by: row.recorded_by,
+            recorded_at: row.created_at,
+        })
     }
 
     fn nhs_index(&self, nhs: &NhsNumber) -> Result<String, Error> {
@@ -181,7 +286,12 @@ impl SqlStore {
 }
 
 impl IdentityStore for SqlStore {
-    fn register_patient(&self, p: Patient, audit: AuditEvent) -> BoxFuture<'_, Registered> {
+    fn register_patient_apart(
+        &self,
+        p: Patient,
+        apart: Vec<NotSamePerson>,
+        audit: AuditEvent,
+    ) -> BoxFuture<'_, Registered> {
         Box::pin(async move {
             const CONTEXT: &str = "registering a patient";
             if let Some(existing) = self.find_patient_by_nhs_number(&p.nhs_number).await? {
@@ -197,7 +307,27 @@ impl IdentityStore for SqlStore {
                 .await
             {
                 Ok(_) => {
-                    // The registration and its audit event commit together.
+                    // The registration, its keys, its links and its audit
+                    // event commit together.
+                    self.insert_keys(&txn, self.key_rows(&p)?).await?;
+                    if !apart.is_empty() {
+                        let links = apart
+                            .iter()
+                            .map(|l| self.link_to_row(l))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        not_same_person::Entity::insert_many(links)
+                            .on_conflict(
+                                OnConflict::columns([
+                                    not_same_person::Column::PatientA,
+                                    not_same_person::Column::PatientB,
+                                ])
+                                .do_nothing()
+                                .to_owned(),
+                            )
+                            .exec_without_returning(&txn)
+                            .await
+                            .map_err(|e| Error::internal(CONTEXT, e))?;
+                    }
                     outbox::insert_in(&txn, OUTBOX_TABLE, &audit).await?;
                     txn.commit()
                         .await
@@ -240,6 +370,95 @@ impl IdentityStore for SqlStore {
                 .map_err(|e| Error::internal("reading a patient", e))?
                 .map(|row| self.patient_from_row(row))
                 .transpose()
+        })
+    }
+
+    fn candidates(&self, keys: &[String], limit: usize) -> BoxFuture<'_, Vec<Patient>> {
+        let indexes: Result<Vec<String>, Error> = keys
+            .iter()
+            .map(|k| self.index.index(BLOCKING_INDEX_DOMAIN, k.as_bytes()))
+            .collect();
+        Box::pin(async move {
+            const CONTEXT: &str = "finding candidate patients";
+            let indexes = indexes?;
+            if indexes.is_empty() {
+                return Ok(Vec::new());
+            }
+            let ids: Vec<String> = patient_key::Entity::find()
+                .select_only()
+                .column(patient_key::Column::PatientId)
+                .distinct()
+                .filter(patient_key::Column::KeyIndex.is_in(indexes))
+                .limit(limit as u64)
+                .into_tuple()
+                .all(&self.db)
+                .await
+                .map_err(|e| Error::internal(CONTEXT, e))?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            patient::Entity::find()
+                .filter(patient::Column::PatientId.is_in(ids))
+                .all(&self.db)
+                .await
+                .map_err(|e| Error::internal(CONTEXT, e))?
+                .into_iter()
+                .map(|row| self.patient_from_row(row))
+                .collect()
+        })
+    }
+
+    fn mark_not_same_person(
+        &self,
+        link: NotSamePerson,
+        audit: Vec<AuditEvent>,
+    ) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            const CONTEXT: &str = "recording that two patients are not the same person";
+            let row = self.link_to_row(&link)?;
+            let txn = self
+                .db
+                .begin()
+                .await
+                .map_err(|e| Error::internal(CONTEXT, e))?;
+            match not_same_person::Entity::insert(row).exec(&txn).await {
+                Ok(_) => {
+                    for event in &audit {
+                        outbox::insert_in(&txn, OUTBOX_TABLE, event).await?;
+                    }
+                    txn.commit()
+                        .await
+                        .map_err(|e| Error::internal(CONTEXT, e))?;
+                    Ok(true)
+                }
+                Err(e) if is_unique_violation(&e) => {
+                    let _ = txn.rollback().await;
+                    Ok(false)
+                }
+                Err(e) => Err(Error::internal(CONTEXT, e)),
+            }
+        })
+    }
+
+    fn not_same_person_links(&self, id: &str) -> BoxFuture<'_, Vec<NotSamePerson>> {
+        let id = id.to_owned();
+        Box::pin(async move {
+            not_same_person::Entity::find()
+                .filter(
+                    Condition::any()
+                        .add(not_same_person::Column::PatientA.eq(id.clone()))
+                        .add(not_same_person::Column::PatientB.eq(id)),
+                )
+                .all(&self.db)
+                .await
+                .map_err(|e| Error::internal("reading not-the-same-person links", e))?
+                .into_iter()
+                .map(|row| self.link_from_row(row))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|mut links| {
+                    links.sort_by(|a, b| a.patients.cmp(&b.patients));
+                    links
+                })
         })
     }
 

@@ -76,6 +76,7 @@ pub async fn register(
         .identity()?
         .register_patient(bearer(
             RegisterPatientRequest {
+                confirm_new_patient: false,
                 nhs_number: args.nhs_number,
                 demographics: Some(Demographics {
                     given_names: args.given,

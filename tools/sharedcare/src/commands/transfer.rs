@@ -410,6 +410,7 @@ pub async fn import(services: &Services, args: ImportArgs) -> anyhow::Result<Imp
         let mut registered = None;
         for attempt in 0..5 {
             let request = RegisterPatientRequest {
+                confirm_new_patient: false,
                 nhs_number: test_nhs_number(&line.source_id, attempt),
                 demographics: Some(demographics.clone()),
             };

@@ -9,6 +9,7 @@ mod dates;
 mod names;
 mod person;
 mod postcode;
+mod rank;
 mod score;
 
 pub use blocking::blocking_keys;
@@ -16,6 +17,7 @@ pub use dates::{DateAgreement, PartialDate};
 pub use names::{NameAgreement, NameKey};
 pub use person::{Person, PreparedPerson};
 pub use postcode::{Postcode, PostcodeAgreement};
+pub use rank::{Ranked, rank, unique_match};
 pub use score::{
     Agreement, Decision, Field, FieldResult, MATCH_THRESHOLD, MatchScore, POSSIBLE_THRESHOLD,
     PairLevel, decide, score,

@@ -1,7 +1,13 @@
 //! The demographics matching works on, and their prepared comparison keys.
 
+use chrono::{Datelike, NaiveDate};
+use sharedcare_kit::Error;
+
 use super::{NameKey, PartialDate, Postcode};
-use crate::domain::{Demographics, Gender, NhsNumber};
+use crate::domain::{
+    Demographics, Gender, NhsNumber,
+    patient::{parse_family_name, parse_given_names},
+};
 
 /// What is known of a person, as registered or as asked about: names kept
 /// exactly as given, any part but the family name and birth year optional.
@@ -34,6 +40,55 @@ impl Person {
                 .and_then(|p| Postcode::parse("postcode", p).ok()),
             nhs_number,
         }
+    }
+}
+
+impl Person {
+    /// What a trace asks about, validated: the family name and birth date
+    /// (which may be a year, or a year and month) required, the rest
+    /// optional; `prefix` is the request path ("demographics").
+    #[allow(clippy::too_many_arguments)]
+    pub fn parse_query(
+        prefix: &str,
+        given_names: &[String],
+        family_name: &str,
+        birth_date: &str,
+        gender: Gender,
+        postcode: &str,
+        nhs_number: Option<NhsNumber>,
+        today: NaiveDate,
+    ) -> Result<Self, Error> {
+        let given_names = parse_given_names(prefix, given_names)?;
+        let family_name = parse_family_name(prefix, family_name)?;
+        let field = format!("{prefix}.birth_date");
+        if birth_date.trim().is_empty() {
+            return Err(Error::invalid(field, "is required"));
+        }
+        let birth_date = PartialDate::parse(&field, birth_date)?;
+        let in_future = match (birth_date.month(), birth_date.day()) {
+            (Some(m), Some(d)) => {
+                NaiveDate::from_ymd_opt(birth_date.year(), m, d).is_none_or(|date| date > today)
+            }
+            (Some(m), None) => (birth_date.year(), m) > (today.year(), today.month()),
+            _ => birth_date.year() > today.year(),
+        };
+        if in_future {
+            return Err(Error::invalid(field, "must not be in the future"));
+        }
+        let postcode = if postcode.trim().is_empty() {
+            None
+        } else {
+            Some(Postcode::parse(&format!("{prefix}.postcode"), postcode)?)
+        };
+        Ok(Person {
+            given_names,
+            family_name,
+            previous_family_names: Vec::new(),
+            birth_date,
+            gender,
+            postcode,
+            nhs_number,
+        })
     }
 }
 

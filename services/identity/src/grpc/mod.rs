@@ -1,9 +1,9 @@
 //! The gRPC edge of identity: decode → domain → encode. The only module that
 //! knows request and response types.
 
-use std::sync::Arc;
+mod matching;
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
 use sharedcare_kit::{
     Error,
@@ -22,11 +22,14 @@ use tonic::{Request, Response, Status};
 use crate::{
     Peers, TokenIssuer,
     domain::{
-        ClientSecret, Demographics, Gender, NhsNumber, OdsCode, Organisation, Patient, Principal,
-        RoleMap, parse_role, purposes_for_kind, purposes_from_pb, scopes_for_kind, validate_scopes,
+        ClientSecret, Demographics, Gender, NhsNumber, NotSamePerson, OdsCode, Organisation,
+        Patient, Principal, RoleMap, parse_role, purposes_for_kind, purposes_from_pb,
+        scopes_for_kind, validate_scopes,
     },
     store::{IdentityStore, Registered},
 };
+
+use matching::Found;
 
 pub struct IdentityGrpc {
     store: Arc<dyn IdentityStore>,
@@ -159,6 +162,9 @@ fn patient_access<'a>(
 }
 
 const MAX_ID_CHARS: usize = 64;
+/// Most candidates a confirmed new registration records as other people
+/// (as many as an AMBIGUOUS answer shows).
+const MAX_APART: usize = 50;
 const MAX_TEXT_CHARS: usize = 200;
 
 fn required_id(field: &str, value: &str) -> Result<String, Error> {
@@ -264,7 +270,11 @@ impl IdentityService for IdentityGrpc {
         // No registration that could not be audited in time.
         self.peers.outbox.admit()?;
         let req = request.into_inner();
-        let nhs_number = NhsNumber::parse("nhs_number", &req.nhs_number)?;
+        let nhs_number = if req.nhs_number.trim().is_empty() {
+            None
+        } else {
+            Some(NhsNumber::parse("nhs_number", &req.nhs_number)?)
+        };
         let d = req
             .demographics
             .ok_or_else(|| Error::invalid("demographics", "is required"))?;
@@ -278,39 +288,96 @@ impl IdentityService for IdentityGrpc {
             &d.postcode,
             now.date_naive(),
         )?;
-        let given = demographics.clone();
-        let purpose = grant.principal.purpose.unwrap_or(Purpose::Unspecified);
+        let caller = &grant.principal;
+        if req.confirm_new_patient {
+            Self::check_may_confirm(caller)?;
+        }
+        let purpose = caller.purpose.unwrap_or(Purpose::Unspecified);
+        let found = self
+            .find_registered(caller, purpose, nhs_number.as_ref(), &demographics)
+            .await?;
+        let answer = |patient: Option<Patient>, outcome, candidates| pb::RegisterPatientResponse {
+            created: outcome == pb::RegisterOutcome::Created,
+            patient: patient.map(patient_to_pb),
+            outcome: outcome as i32,
+            candidates,
+        };
+        let apart = match found {
+            Found::ByNhsNumber(p) => {
+                let access = patient_access(caller, &p.id, Action::Read, purpose);
+                self.audit(&access, Outcome::Success, "", "").await?;
+                return Ok(Response::new(answer(
+                    Some(p),
+                    pb::RegisterOutcome::MatchedNhsNumber,
+                    Vec::new(),
+                )));
+            }
+            Found::ByDemographics(m) => {
+                let access = patient_access(caller, &m.item.id, Action::Read, purpose);
+                self.audit(&access, Outcome::Success, "", "").await?;
+                let explained = Self::explain(&m);
+                return Ok(Response::new(answer(
+                    Some(m.item),
+                    pb::RegisterOutcome::MatchedDemographics,
+                    vec![explained],
+                )));
+            }
+            Found::Ambiguous(ranked) if req.confirm_new_patient && nhs_number.is_some() => ranked
+                .into_iter()
+                .take(MAX_APART)
+                .map(|r| r.item.id)
+                .collect(),
+            Found::Ambiguous(ranked) => {
+                let candidates = self.show_candidates(caller, purpose, ranked).await?;
+                return Ok(Response::new(answer(
+                    None,
+                    pb::RegisterOutcome::Ambiguous,
+                    candidates,
+                )));
+            }
+            Found::New { apart } => apart,
+        };
+        // Only `find_registered` returns New or Ambiguous with a number.
+        let Some(nhs_number) = nhs_number else {
+            return Err(Error::failed_precondition(
+                "nhs_number: a new patient needs an NHS number",
+            )
+            .into());
+        };
         let id = uuid::Uuid::now_v7().to_string();
+        let apart = apart
+            .iter()
+            .map(|other| {
+                NotSamePerson::new(&id, other, "registered as a new patient", &caller.id, now)
+            })
+            .collect();
         // A new registration and its audit event commit together.
-        let creation = patient_access(&grant.principal, &id, Action::Create, purpose).event(
-            Outcome::Success,
-            "",
-            "",
-        );
+        let creation =
+            patient_access(caller, &id, Action::Create, purpose).event(Outcome::Success, "", "");
         let registered = self
             .store
-            .register_patient(
+            .register_patient_apart(
                 Patient {
                     id: id.clone(),
                     nhs_number,
-                    demographics,
+                    demographics: demographics.clone(),
                     created_at: now,
                     updated_at: now,
                     superseded_by: None,
                 },
+                apart,
                 creation,
             )
             .await?;
-        let (patient, created) = match registered {
+        let response = match registered {
             Registered::Created(p) => {
                 self.peers.outbox.wake();
-                (p, true)
+                answer(Some(p), pb::RegisterOutcome::Created, Vec::new())
             }
+            // Registered with this number by someone else meanwhile.
             Registered::Existing(p) => {
-                let access = patient_access(&grant.principal, &p.id, Action::Read, purpose);
-                if !p.demographics.matches(&given) {
-                    // Nothing stored is revealed; the attempt is on the
-                    // patient's access report.
+                let access = patient_access(caller, &p.id, Action::Read, purpose);
+                if !p.demographics.matches(&demographics) {
                     return Err(self
                         .refuse(
                             &access,
@@ -325,13 +392,10 @@ impl IdentityService for IdentityGrpc {
                         .into());
                 }
                 self.audit(&access, Outcome::Success, "", "").await?;
-                (p, false)
+                answer(Some(p), pb::RegisterOutcome::MatchedNhsNumber, Vec::new())
             }
         };
-        Ok(Response::new(pb::RegisterPatientResponse {
-            patient: Some(patient_to_pb(patient)),
-            created,
-        }))
+        Ok(Response::new(response))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "GetPatient"))]
@@ -380,12 +444,29 @@ impl IdentityService for IdentityGrpc {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(rpc = "TracePatient"))]
     async fn trace_patient(
         &self,
         request: Request<pb::TracePatientRequest>,
     ) -> Result<Response<pb::TracePatientResponse>, Status> {
-        grant(&request)?;
-        Err(Error::unimplemented("TracePatient", "the patient tracing issue").into())
+        let grant = grant(&request)?;
+        // No trace whose results could not be audited in time.
+        self.peers.outbox.admit()?;
+        Ok(Response::new(
+            self.trace(&grant, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "MarkNotSamePerson"))]
+    async fn mark_not_same_person(
+        &self,
+        request: Request<pb::MarkNotSamePersonRequest>,
+    ) -> Result<Response<pb::MarkNotSamePersonResponse>, Status> {
+        let grant = grant(&request)?;
+        self.peers.outbox.admit()?;
+        Ok(Response::new(
+            self.mark_not_same(&grant, request.into_inner()).await?,
+        ))
     }
 
     async fn merge_patients(
