@@ -220,6 +220,26 @@ async fn call(
             ))
             .await
             .map(drop),
+        // Not merged: an allowed cell is FAILED_PRECONDITION and changes
+        // nothing.
+        ("identity", "UnmergePatients") => identity_client
+            .unmerge_patients(with_token(
+                identity::UnmergePatientsRequest {
+                    superseded_patient_id: patient_id,
+                },
+                token,
+            ))
+            .await
+            .map(drop),
+        ("identity", "WatchPatientMerges") => identity_client
+            .watch_patient_merges(with_token(
+                identity::WatchPatientMergesRequest {
+                    resume_after_sequence: 0,
+                },
+                token,
+            ))
+            .await
+            .map(drop),
         // The same patient twice: an allowed cell is INVALID_ARGUMENT and
         // links nothing.
         ("identity", "MarkNotSamePerson") => identity_client

@@ -60,7 +60,23 @@ pub static ACCESS: AccessTable = AccessTable {
                 Patients::Any,
             )],
             purposes: "—",
-            audit: "every merge (UNIMPLEMENTED until the merge issue)",
+            audit: "each merge, on both patients (UPDATE Patient)",
+        },
+        Rule {
+            method: "UnmergePatients",
+            callers: &[staff_with(
+                "patients.write",
+                Capability::TracePatients,
+                Patients::Any,
+            )],
+            purposes: "—",
+            audit: "each unmerge, on both patients (UPDATE Patient)",
+        },
+        Rule {
+            method: "WatchPatientMerges",
+            callers: &[caller(Service, "patients.read", Patients::None)],
+            purposes: "—",
+            audit: "— (patient ids only, to platform services; no personal data)",
         },
         Rule {
             method: "CreateOrganisation",

@@ -9,7 +9,8 @@ use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use sharedcare_identity::{
     config::IdentityConfig,
     domain::{
-        Demographics, Gender, NhsNumber, NotSamePerson, OdsCode, Organisation, Patient, Principal,
+        Demographics, Gender, MergeEvent, MergeKind, NhsNumber, NotSamePerson, OdsCode,
+        Organisation, Patient, Principal,
     },
     store::{self, IdentityStore, OUTBOX_TABLE, Registered},
 };
@@ -492,6 +493,178 @@ async fn a_patient_may_be_registered_apart_from_others(store: &dyn IdentityStore
     );
 }
 
+fn merge(kind: MergeKind, superseded: &Patient, surviving: &Patient) -> MergeEvent {
+    MergeEvent {
+        sequence: 0,
+        kind,
+        superseded: superseded.id.clone(),
+        surviving: surviving.id.clone(),
+        recorded_by: "staff-1".into(),
+        recorded_at: t0(),
+    }
+}
+
+fn code_and_message(e: sharedcare_kit::Error) -> (Code, String) {
+    (e.code, e.message)
+}
+
+/// A merge points the superseded patient at the survivor, logs it in order
+/// and can be undone; a refused merge stores nothing.
+async fn merges_are_logged_in_order_and_undone(store: &dyn IdentityStore) {
+    let [a, b, c, d] = [1, 2, 3, 4].map(|n| patient(n, "Smith"));
+    for p in [&a, &b, &c, &d] {
+        store
+            .register_patient(p.clone(), audit())
+            .await
+            .expect("register");
+    }
+    let first = store
+        .merge_patients(merge(MergeKind::Merged, &a, &b), vec![audit(), audit()])
+        .await
+        .expect("merge");
+    assert_eq!(first.kind, MergeKind::Merged);
+    assert!(first.sequence > 0);
+    let merged = store.get_patient(&a.id).await.expect("get").expect("a");
+    assert_eq!(merged.superseded_by.as_deref(), Some(b.id.as_str()));
+    assert_eq!(
+        store
+            .find_patient_by_nhs_number(&a.nhs_number)
+            .await
+            .expect("find")
+            .map(|p| p.superseded_by),
+        Some(Some(b.id.clone())),
+        "the old number still finds the old patient, pointing on"
+    );
+
+    // Refusals, each naming its field; nothing stored by any.
+    let refusals = [
+        (
+            merge(MergeKind::Merged, &a, &c),
+            Code::FailedPrecondition,
+            "superseded_patient_id",
+        ),
+        (
+            merge(MergeKind::Merged, &c, &a),
+            Code::FailedPrecondition,
+            "surviving_patient_id",
+        ),
+        (
+            merge(MergeKind::Merged, &patient(9, "Nobody"), &c),
+            Code::NotFound,
+            "superseded_patient_id",
+        ),
+        (
+            merge(MergeKind::Merged, &c, &patient(9, "Nobody")),
+            Code::NotFound,
+            "surviving_patient_id",
+        ),
+    ];
+    for (m, code, field) in refusals {
+        let (got, message) = code_and_message(
+            store
+                .merge_patients(m, vec![audit(), audit()])
+                .await
+                .expect_err(field),
+        );
+        assert_eq!(got, code, "{message}");
+        assert!(message.starts_with(field), "{message}");
+    }
+    store
+        .mark_not_same_person(
+            NotSamePerson::new(&c.id, &d.id, "twins", "staff-1", t0()),
+            vec![audit(), audit()],
+        )
+        .await
+        .expect("mark");
+    let (got, message) = code_and_message(
+        store
+            .merge_patients(merge(MergeKind::Merged, &c, &d), vec![audit(), audit()])
+            .await
+            .expect_err("kept apart"),
+    );
+    assert_eq!(got, Code::FailedPrecondition);
+    assert!(message.contains("not the same person"), "{message}");
+    assert_eq!(
+        store
+            .get_patient(&c.id)
+            .await
+            .expect("get")
+            .expect("c")
+            .superseded_by,
+        None
+    );
+    // An audit event that cannot be stored refuses the merge as well.
+    let taken = audit();
+    store
+        .merge_patients(
+            merge(MergeKind::Merged, &c, &b),
+            vec![taken.clone(), audit()],
+        )
+        .await
+        .expect("merge c");
+    store
+        .unmerge_patient(merge(MergeKind::Unmerged, &c, &b), vec![taken, audit()])
+        .await
+        .expect_err("event id taken");
+    assert_eq!(
+        store
+            .get_patient(&c.id)
+            .await
+            .expect("get")
+            .expect("c")
+            .superseded_by
+            .as_deref(),
+        Some(b.id.as_str())
+    );
+
+    // Unmerge: only a merged patient, only from where it points.
+    let (got, message) = code_and_message(
+        store
+            .unmerge_patient(merge(MergeKind::Unmerged, &d, &b), vec![audit(), audit()])
+            .await
+            .expect_err("not merged"),
+    );
+    assert_eq!(got, Code::FailedPrecondition, "{message}");
+    let undone = store
+        .unmerge_patient(merge(MergeKind::Unmerged, &a, &b), vec![audit(), audit()])
+        .await
+        .expect("unmerge");
+    assert_eq!(
+        store
+            .get_patient(&a.id)
+            .await
+            .expect("get")
+            .expect("a")
+            .superseded_by,
+        None
+    );
+
+    let log = store.merges_after(0, 10).await.expect("log");
+    let kinds: Vec<(MergeKind, &str)> = log
+        .iter()
+        .map(|m| (m.kind, m.superseded.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (MergeKind::Merged, a.id.as_str()),
+            (MergeKind::Merged, c.id.as_str()),
+            (MergeKind::Unmerged, a.id.as_str()),
+        ]
+    );
+    assert!(log.windows(2).all(|w| w[0].sequence < w[1].sequence));
+    assert_eq!(log[0], first);
+    assert_eq!(log[2], undone);
+    assert_eq!(
+        store.merges_after(log[0].sequence, 1).await.expect("log"),
+        vec![log[1].clone()]
+    );
+    assert_eq!(
+        store.merges_after(undone.sequence, 10).await.expect("log"),
+        vec![]
+    );
+}
+
 /// The store `open` builds for `backend`.
 async fn open(backend: &TestBackend) -> store::Opened {
     store::open(
@@ -534,6 +707,7 @@ mod conforms {
         candidates_come_from_blocking_keys,
         not_same_person_links_are_kept_once,
         a_patient_may_be_registered_apart_from_others,
+        merges_are_logged_in_order_and_undone,
     );
 }
 

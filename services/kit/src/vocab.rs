@@ -54,6 +54,8 @@ pub fn reason_text(code: &str) -> Option<&'static str> {
         "OPT_OUT_CHANGED" => "the patient's National Data Opt-out was changed",
         // the patient index
         "NOT_SAME_PERSON" => "they recorded that another patient is not the same person",
+        "MERGED" => "two records of the patient were merged into one",
+        "UNMERGED" => "a merge of two records made in error was undone",
         _ => return None,
     })
 }

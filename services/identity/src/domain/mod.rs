@@ -1,11 +1,13 @@
 //! identity's domain: plain Rust, no network, no database.
 
 pub mod matching;
+mod merge;
 mod nhs_number;
 mod patient;
 mod principal;
 mod roles;
 
+pub use merge::{MAX_MERGE_CHAIN, MergeEvent, MergeKind};
 pub use nhs_number::NhsNumber;
 pub use patient::{Demographics, Gender, NotSamePerson, Patient, fold_name};
 pub use principal::{

@@ -55,10 +55,15 @@ fn agreement_to_pb(agreement: Agreement) -> pb::FieldAgreement {
     }
 }
 
+/// A candidate as found: the patient standing for it now, and the id of
+/// the merged patient whose details matched, if that was one.
+pub(super) type Candidate = (Patient, Option<String>);
+
 /// A scored candidate as the caller sees it: score, level and every
 /// field's part in it.
-fn scored_to_pb(patient: Patient, score: &MatchScore) -> pb::TraceMatch {
+fn scored_to_pb((patient, resolved_from): Candidate, score: &MatchScore) -> pb::TraceMatch {
     pb::TraceMatch {
+        resolved_from_patient_id: resolved_from.unwrap_or_default(),
         patient: Some(patient_to_pb(patient)),
         score: score.score,
         level: match score.level() {
@@ -81,8 +86,9 @@ fn scored_to_pb(patient: Patient, score: &MatchScore) -> pb::TraceMatch {
 
 /// The patient an NHS number traced alone found: exact on the number, the
 /// only field compared.
-fn exact_number_to_pb(patient: Patient) -> pb::TraceMatch {
+fn exact_number_to_pb((patient, resolved_from): Candidate) -> pb::TraceMatch {
     pb::TraceMatch {
+        resolved_from_patient_id: resolved_from.unwrap_or_default(),
         patient: Some(patient_to_pb(patient)),
         score: 1.0,
         level: pb::MatchLevel::Match as i32,
@@ -133,7 +139,7 @@ fn query_person(
 /// name or birth date disagreeing. A valid number of their own is strong
 /// evidence of someone else, so anything less (a new surname, a twin) is
 /// not held up for a person to look at.
-fn may_be_under_another_number(candidate: &Ranked<Patient>) -> bool {
+fn may_be_under_another_number(candidate: &Ranked<Candidate>) -> bool {
     candidate.level() == PairLevel::Match
         && !candidate.score.fields.iter().any(|f| {
             matches!(
@@ -145,38 +151,50 @@ fn may_be_under_another_number(candidate: &Ranked<Patient>) -> bool {
 
 /// How RegisterPatient's find step came out.
 pub(super) enum Found {
-    /// The patient registered with this NHS number, details consistent.
+    /// The patient registered with this NHS number, details consistent
+    /// (or the one it was merged into).
     ByNhsNumber(Patient),
     /// The one confident demographic match.
-    ByDemographics(Ranked<Patient>),
+    ByDemographics(Ranked<Candidate>),
     /// For a person to choose among; nothing may be created automatically.
-    Ambiguous(Vec<Ranked<Patient>>),
+    Ambiguous(Vec<Ranked<Candidate>>),
     /// No one: create (the caller has an NHS number for them).
     New { apart: Vec<String> },
 }
 
 impl IdentityGrpc {
-    /// The patients sharing a blocking key with `query`, ranked, leaving out
-    /// superseded patients and the ids in `exclude`.
+    /// The patients sharing a blocking key with `query`, ranked, each as the
+    /// patient standing for it now (a merged patient's details still find
+    /// the survivor, once), leaving out the ids in `exclude`.
     async fn ranked_candidates(
         &self,
         query: &PreparedPerson,
         exclude: &BTreeSet<String>,
-    ) -> Result<Vec<Ranked<Patient>>, Error> {
+    ) -> Result<Vec<Ranked<Candidate>>, Error> {
         let candidates = self
             .store
             .candidates(&blocking_keys(query), MAX_CANDIDATES)
             .await?;
-        Ok(rank(
+        let ranked = rank(
             query,
-            candidates
-                .into_iter()
-                .filter(|p| p.superseded_by.is_none() && !exclude.contains(&p.id))
-                .map(|p| {
-                    let person = p.person();
-                    (p, person)
-                }),
-        ))
+            candidates.into_iter().map(|p| {
+                let person = p.person();
+                (p, person)
+            }),
+        );
+        let current = self
+            .current_of_each(ranked.iter().map(|r| r.item.clone()).collect())
+            .await?;
+        let mut seen = BTreeSet::new();
+        Ok(ranked
+            .into_iter()
+            .zip(current)
+            .filter(|(_, (p, _))| !exclude.contains(&p.id) && seen.insert(p.id.clone()))
+            .map(|(r, candidate)| Ranked {
+                item: candidate,
+                score: r.score,
+            })
+            .collect())
     }
 
     /// Puts every patient shown in `matches` on their access report (SEARCH
@@ -251,6 +269,9 @@ impl IdentityGrpc {
                 .filter_map(|l| l.other(&id).map(str::to_owned))
                 .collect();
             exclude.insert(id);
+            // The duplicates of the patient standing for it now.
+            let (patient, _) = self.current(patient).await?;
+            exclude.insert(patient.id.clone());
             let query = PreparedPerson::new(patient.person());
             self.ranked_candidates(&query, &exclude)
                 .await?
@@ -281,13 +302,10 @@ impl IdentityGrpc {
                      capability trace",
                 ));
             }
-            self.store
-                .find_patient_by_nhs_number(&nhs)
-                .await?
-                .filter(|p| p.superseded_by.is_none())
-                .map(exact_number_to_pb)
-                .into_iter()
-                .collect()
+            match self.store.find_patient_by_nhs_number(&nhs).await? {
+                Some(p) => vec![exact_number_to_pb(self.current(p).await?)],
+                None => Vec::new(),
+            }
         } else {
             return Err(Error::invalid(
                 "demographics",
@@ -331,7 +349,7 @@ impl IdentityGrpc {
                     )
                     .await);
             }
-            return Ok(Found::ByNhsNumber(existing));
+            return Ok(Found::ByNhsNumber(self.current(existing).await?.0));
         }
         let query = PreparedPerson::new(Person::from_demographics(given, None));
         let ranked = self.ranked_candidates(&query, &BTreeSet::new()).await?;
@@ -360,7 +378,7 @@ impl IdentityGrpc {
         &self,
         caller: &Caller,
         purpose: Purpose,
-        ranked: Vec<Ranked<Patient>>,
+        ranked: Vec<Ranked<Candidate>>,
     ) -> Result<Vec<pb::TraceMatch>, Error> {
         if !may_choose(caller) {
             return Ok(Vec::new());
@@ -375,7 +393,7 @@ impl IdentityGrpc {
     }
 
     /// A confident demographic match as RegisterPatient explains it.
-    pub(super) fn explain(found: &Ranked<Patient>) -> pb::TraceMatch {
+    pub(super) fn explain(found: &Ranked<Candidate>) -> pb::TraceMatch {
         scored_to_pb(found.item.clone(), &found.score)
     }
 

@@ -2,6 +2,7 @@
 //! knows request and response types.
 
 mod matching;
+mod merge;
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -38,6 +39,8 @@ pub struct IdentityGrpc {
     peers: Peers,
     /// Checks tokens this identity issued (IntrospectToken).
     verifier: Arc<sharedcare_kit::auth::Verifier>,
+    /// Wakes WatchPatientMerges streams when this replica merges.
+    merges: Arc<tokio::sync::Notify>,
 }
 
 impl IdentityGrpc {
@@ -54,6 +57,7 @@ impl IdentityGrpc {
             roles,
             peers,
             verifier,
+            merges: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -313,11 +317,11 @@ impl IdentityService for IdentityGrpc {
                 )));
             }
             Found::ByDemographics(m) => {
-                let access = patient_access(caller, &m.item.id, Action::Read, purpose);
+                let access = patient_access(caller, &m.item.0.id, Action::Read, purpose);
                 self.audit(&access, Outcome::Success, "", "").await?;
                 let explained = Self::explain(&m);
                 return Ok(Response::new(answer(
-                    Some(m.item),
+                    Some(m.item.0),
                     pb::RegisterOutcome::MatchedDemographics,
                     vec![explained],
                 )));
@@ -325,7 +329,7 @@ impl IdentityService for IdentityGrpc {
             Found::Ambiguous(ranked) if req.confirm_new_patient && nhs_number.is_some() => ranked
                 .into_iter()
                 .take(MAX_APART)
-                .map(|r| r.item.id)
+                .map(|r| r.item.0.id)
                 .collect(),
             Found::Ambiguous(ranked) => {
                 let candidates = self.show_candidates(caller, purpose, ranked).await?;
@@ -411,10 +415,23 @@ impl IdentityService for IdentityGrpc {
         let purpose = grant
             .principal
             .purpose_for("purpose", Purpose::Unspecified as i32)?;
-        let access = patient_access(&grant.principal, &id, Action::Read, purpose);
+        // A merged id is read as the patient standing for it now; consent
+        // decides for that one (it follows merges too).
+        let found = match self.store.get_patient(&id).await? {
+            Some(p) => Some(self.current(p).await?),
+            None => None,
+        };
+        let current_id = found.as_ref().map_or(id.clone(), |(p, _)| p.id.clone());
+        let access = patient_access(&grant.principal, &current_id, Action::Read, purpose);
         // Consent before NOT_FOUND: whether a patient exists is data too.
-        let decision_id = self.decide_read(&grant, &access).await?;
-        let Some(patient) = self.store.get_patient(&id).await? else {
+        // A patient's own token names the id it was issued for.
+        let own_by_old_id = grant.patients == Patients::Own && grant.check_own(&id).is_ok();
+        let decision_id = if own_by_old_id {
+            String::new()
+        } else {
+            self.decide_read(&grant, &access).await?
+        };
+        let Some((patient, resolved_from)) = found else {
             self.audit(&access, Outcome::Failed, "NOT_FOUND", &decision_id)
                 .await?;
             return Err(Error::not_found("no patient with this patient_id").into());
@@ -423,6 +440,7 @@ impl IdentityService for IdentityGrpc {
             .await?;
         Ok(Response::new(pb::GetPatientResponse {
             patient: Some(patient_to_pb(patient)),
+            resolved_from_patient_id: resolved_from.unwrap_or_default(),
         }))
     }
 
@@ -438,9 +456,12 @@ impl IdentityService for IdentityGrpc {
             .get_patient(&id)
             .await?
             .ok_or_else(|| Error::not_found("patient_id: no patient with this id"))?;
+        let superseded_by = patient.superseded_by.clone().unwrap_or_default();
+        let (current, _) = self.current(patient).await?;
         Ok(Response::new(pb::ResolvePatientResponse {
-            patient_id: patient.id,
-            superseded_by: patient.superseded_by.unwrap_or_default(),
+            patient_id: id,
+            superseded_by,
+            current_patient_id: current.id,
         }))
     }
 
@@ -469,12 +490,42 @@ impl IdentityService for IdentityGrpc {
         ))
     }
 
+    #[tracing::instrument(skip_all, fields(rpc = "MergePatients"))]
     async fn merge_patients(
         &self,
         request: Request<pb::MergePatientsRequest>,
     ) -> Result<Response<pb::MergePatientsResponse>, Status> {
+        let grant = grant(&request)?;
+        self.peers.outbox.admit()?;
+        Ok(Response::new(
+            self.merge(&grant, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "UnmergePatients"))]
+    async fn unmerge_patients(
+        &self,
+        request: Request<pb::UnmergePatientsRequest>,
+    ) -> Result<Response<pb::UnmergePatientsResponse>, Status> {
+        let grant = grant(&request)?;
+        self.peers.outbox.admit()?;
+        Ok(Response::new(
+            self.unmerge(&grant, request.into_inner()).await?,
+        ))
+    }
+
+    type WatchPatientMergesStream =
+        futures::stream::BoxStream<'static, Result<pb::PatientMergeEvent, Status>>;
+
+    #[tracing::instrument(skip_all, fields(rpc = "WatchPatientMerges"))]
+    async fn watch_patient_merges(
+        &self,
+        request: Request<pb::WatchPatientMergesRequest>,
+    ) -> Result<Response<Self::WatchPatientMergesStream>, Status> {
         grant(&request)?;
-        Err(Error::unimplemented("MergePatients", "the patient merge issue").into())
+        Ok(Response::new(
+            self.watch_merges(request.get_ref().resume_after_sequence),
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "CreateOrganisation"))]

@@ -115,3 +115,26 @@ pub mod not_same_person {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// The merge log (M0006): merges and unmerges in commit order.
+pub mod patient_merge {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "identity_patient_merges")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub sequence: i64,
+        /// "merged" or "unmerged".
+        pub kind: String,
+        pub superseded_patient_id: String,
+        pub surviving_patient_id: String,
+        pub recorded_by: String,
+        pub recorded_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -14,8 +14,10 @@ use sea_orm::DatabaseConnection;
 use sharedcare_kit::{Error, db::WriteGate, memory::AuditedState};
 use sharedcare_proto::audit::v1::AuditEvent;
 
-use super::{BoxFuture, IdentityStore, OUTBOX_TABLE, Registered};
-use crate::domain::{NhsNumber, NotSamePerson, OdsCode, Organisation, Patient, Principal};
+use super::{BoxFuture, IdentityStore, OUTBOX_TABLE, Registered, refusals};
+use crate::domain::{
+    MergeEvent, MergeKind, NhsNumber, NotSamePerson, OdsCode, Organisation, Patient, Principal,
+};
 
 pub struct MemoryStore {
     state: AuditedState<Index>,
@@ -31,6 +33,8 @@ struct Index {
     by_blocking_key: HashMap<String, BTreeSet<String>>,
     /// "Not the same person" links, by their ordered pair.
     apart: HashMap<(String, String), NotSamePerson>,
+    /// The merge log, in order.
+    merges: Vec<MergeEvent>,
     /// By ODS code.
     organisations: HashMap<String, Organisation>,
     /// By client id (principal ids are unique too; there are few).
@@ -57,6 +61,48 @@ impl Index {
         self.by_nhs_number
             .insert(p.nhs_number.clone(), p.id.clone());
         self.patients.insert(p.id.clone(), p);
+    }
+
+    /// Why `merge` may not be made, if it may not.
+    fn refuse_merge(&self, merge: &MergeEvent) -> Result<(), Error> {
+        for (field, id) in [
+            ("superseded_patient_id", &merge.superseded),
+            ("surviving_patient_id", &merge.surviving),
+        ] {
+            match self.patients.get(id) {
+                None => return Err(refusals::unknown(field)),
+                Some(p) if p.superseded_by.is_some() => {
+                    return Err(refusals::already_merged(field));
+                }
+                Some(_) => {}
+            }
+        }
+        let pair = NotSamePerson::new(
+            &merge.superseded,
+            &merge.surviving,
+            "",
+            "",
+            merge.recorded_at,
+        );
+        if self.apart.contains_key(&pair.patients) {
+            return Err(refusals::kept_apart());
+        }
+        Ok(())
+    }
+
+    /// Logs `event` with the next sequence and points the superseded
+    /// patient as it says.
+    fn apply_merge(&mut self, mut event: MergeEvent) -> MergeEvent {
+        event.sequence = self.merges.len() as u64 + 1;
+        if let Some(p) = self.patients.get_mut(&event.superseded) {
+            p.superseded_by = match event.kind {
+                MergeKind::Merged => Some(event.surviving.clone()),
+                MergeKind::Unmerged => None,
+            };
+            p.updated_at = event.recorded_at;
+        }
+        self.merges.push(event.clone());
+        event
     }
 
     fn principal_id_taken(&self, id: &str) -> bool {
@@ -181,6 +227,59 @@ impl IdentityStore for MemoryStore {
                 .collect();
             links.sort_by(|a, b| a.patients.cmp(&b.patients));
             links
+        });
+        Box::pin(async move { found })
+    }
+
+    fn merge_patients(
+        &self,
+        merge: MergeEvent,
+        audit: Vec<AuditEvent>,
+    ) -> BoxFuture<'_, MergeEvent> {
+        Box::pin(async move {
+            let checked = &merge;
+            self.state
+                .change_all(
+                    &audit,
+                    move |index| index.refuse_merge(checked).map(|()| None),
+                    |index| Ok(index.apply_merge(merge.clone())),
+                )
+                .await
+        })
+    }
+
+    fn unmerge_patient(
+        &self,
+        unmerge: MergeEvent,
+        audit: Vec<AuditEvent>,
+    ) -> BoxFuture<'_, MergeEvent> {
+        Box::pin(async move {
+            let checked = &unmerge;
+            self.state
+                .change_all(
+                    &audit,
+                    move |index| match index.patients.get(&checked.superseded) {
+                        None => Err(refusals::unknown("superseded_patient_id")),
+                        Some(p) if p.superseded_by.as_ref() != Some(&checked.surviving) => {
+                            Err(refusals::not_merged())
+                        }
+                        Some(_) => Ok(None),
+                    },
+                    |index| Ok(index.apply_merge(unmerge.clone())),
+                )
+                .await
+        })
+    }
+
+    fn merges_after(&self, after: u64, limit: u32) -> BoxFuture<'_, Vec<MergeEvent>> {
+        let found = self.state.lock().map(|index| {
+            index
+                .merges
+                .iter()
+                .filter(|m| m.sequence > after)
+                .take(limit as usize)
+                .cloned()
+                .collect()
         });
         Box::pin(async move { found })
     }

@@ -11,6 +11,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0002PatientPrincipals),
             Box::new(M0003AuditOutbox),
             Box::new(M0004Matching),
+            Box::new(M0006Merges),
         ]
     }
 
@@ -184,6 +185,36 @@ impl MigrationTrait for M0004Matching {
                     .table("identity_not_same_person")
                     .col("patient_b")
                     .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// The merge log: merges and unmerges in commit order, for
+/// WatchPatientMerges. (M0005 is the tokens' migration.)
+struct M0006Merges;
+
+impl MigrationName for M0006Merges {
+    fn name(&self) -> &str {
+        "m0006_merges"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for M0006Merges {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("identity_patient_merges")
+                    .if_not_exists()
+                    .col(big_integer("sequence").auto_increment().primary_key())
+                    .col(string("kind"))
+                    .col(string("superseded_patient_id"))
+                    .col(string("surviving_patient_id"))
+                    .col(string("recorded_by"))
+                    .col(timestamp_with_time_zone("recorded_at"))
                     .to_owned(),
             )
             .await

@@ -23,7 +23,9 @@ pub use sql::SqlStore;
 /// identity's audit outbox table (see `sharedcare_kit::outbox`).
 pub const OUTBOX_TABLE: &str = "identity_audit_outbox";
 
-use crate::domain::{NhsNumber, NotSamePerson, OdsCode, Organisation, Patient, Principal};
+use crate::domain::{
+    MergeEvent, NhsNumber, NotSamePerson, OdsCode, Organisation, Patient, Principal,
+};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
 
@@ -66,6 +68,28 @@ pub trait IdentityStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, bool>;
     /// The links naming this patient.
     fn not_same_person_links(&self, id: &str) -> BoxFuture<'_, Vec<NotSamePerson>>;
+
+    /// Points `merge.superseded` at `merge.surviving`, logs the merge and
+    /// puts `audit` in the outbox, in one transaction; the merge as logged.
+    /// NOT_FOUND if either patient is unknown; FAILED_PRECONDITION if either
+    /// is already superseded or the two are marked as not the same person
+    /// (each naming `superseded_patient_id` or `surviving_patient_id`).
+    /// Nothing is stored on any error.
+    fn merge_patients(
+        &self,
+        merge: MergeEvent,
+        audit: Vec<AuditEvent>,
+    ) -> BoxFuture<'_, MergeEvent>;
+    /// Undoes `unmerge.superseded`'s merge into `unmerge.surviving`, as
+    /// `merge_patients` does a merge. FAILED_PRECONDITION (naming
+    /// `superseded_patient_id`) if it is not merged into that patient.
+    fn unmerge_patient(
+        &self,
+        unmerge: MergeEvent,
+        audit: Vec<AuditEvent>,
+    ) -> BoxFuture<'_, MergeEvent>;
+    /// The merge log after `after`, oldest first, at most `limit`.
+    fn merges_after(&self, after: u64, limit: u32) -> BoxFuture<'_, Vec<MergeEvent>>;
 
     /// ALREADY_EXISTS if the ODS code is taken.
     fn create_organisation(&self, org: Organisation) -> BoxFuture<'_, Organisation>;
@@ -120,5 +144,32 @@ pub async fn open(
             "database.backend",
             format!("{} is not offered by identity", other.as_str()),
         )),
+    }
+}
+
+/// The refusals a merge or unmerge may meet, worded once for every backend.
+pub(crate) mod refusals {
+    use sharedcare_kit::Error;
+
+    pub fn unknown(field: &str) -> Error {
+        Error::not_found(format!("{field}: no patient with this id"))
+    }
+
+    pub fn already_merged(field: &str) -> Error {
+        Error::failed_precondition(format!(
+            "{field}: this patient is already merged into another"
+        ))
+    }
+
+    pub fn kept_apart() -> Error {
+        Error::failed_precondition(
+            "surviving_patient_id: marked as not the same person as superseded_patient_id",
+        )
+    }
+
+    pub fn not_merged() -> Error {
+        Error::failed_precondition(
+            "superseded_patient_id: this patient is not merged into that one",
+        )
     }
 }

@@ -1,10 +1,10 @@
 //! The sea-orm store: SQLite (embedded default) or PostgreSQL.
 
 use sea_orm::{
-    ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QuerySelect, SqlErr, TransactionTrait,
-    sea_query::{OnConflict, Query},
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    sea_query::{Expr, OnConflict, Query},
 };
 use serde::{Deserialize, Serialize};
 use sharedcare_kit::{
@@ -14,10 +14,10 @@ use sharedcare_kit::{
 };
 use sharedcare_proto::audit::v1::AuditEvent;
 
-use super::{BoxFuture, IdentityStore, Migrator, OUTBOX_TABLE, Registered, entities::*};
+use super::{BoxFuture, IdentityStore, Migrator, OUTBOX_TABLE, Registered, entities::*, refusals};
 use crate::domain::{
-    Demographics, Gender, NhsNumber, NotSamePerson, OdsCode, Organisation, Patient, Principal,
-    default_purposes,
+    Demographics, Gender, MergeEvent, MergeKind, NhsNumber, NotSamePerson, OdsCode, Organisation,
+    Patient, Principal, default_purposes,
 };
 
 /// Patients are encrypted at rest: NHS number and demographics sealed in one
@@ -50,6 +50,10 @@ fn patient_aad(patient_id: &str) -> Vec<u8> {
 fn link_aad(a: &str, b: &str) -> Vec<u8> {
     format!("sharedcare.identity/not-same-person/{a}/{b}").into_bytes()
 }
+
+/// The advisory lock that makes merges take turns on PostgreSQL, so the
+/// merge log's sequence follows commit order ("idmerge" in ASCII).
+const MERGE_LOCK: i64 = 0x0069_646d_6572_6765;
 
 /// Patients whose blocking keys are added in one statement when the store
 /// opens (the bind parameters stay well under SQLite's limit).
@@ -278,6 +282,112 @@ fn principal_from_row(row: principal::Model) -> Result<Principal, Error> {
     })
 }
 
+/// Runs `change` in a transaction that merges take turns in, then logs
+/// `event` and stores `audit`; nothing is stored if `change` fails.
+async fn logged_merge<F>(
+    db: &DatabaseConnection,
+    event: MergeEvent,
+    audit: &[AuditEvent],
+    change: F,
+) -> Result<MergeEvent, Error>
+where
+    F: for<'t> FnOnce(
+        &'t DatabaseTransaction,
+        &'t MergeEvent,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), Error>> + Send + 't>,
+    >,
+{
+    const CONTEXT: &str = "merging patients";
+    let txn = db.begin().await.map_err(|e| Error::internal(CONTEXT, e))?;
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MERGE_LOCK})"))
+            .await
+            .map_err(|e| Error::internal(CONTEXT, e))?;
+    }
+    if let Err(e) = change(&txn, &event).await {
+        let _ = txn.rollback().await;
+        return Err(e);
+    }
+    let inserted = patient_merge::Entity::insert(patient_merge::ActiveModel {
+        sequence: NotSet,
+        kind: Set(event.kind.as_str().to_owned()),
+        superseded_patient_id: Set(event.superseded.clone()),
+        surviving_patient_id: Set(event.surviving.clone()),
+        recorded_by: Set(event.recorded_by.clone()),
+        recorded_at: Set(event.recorded_at),
+    })
+    .exec(&txn)
+    .await
+    .map_err(|e| Error::internal(CONTEXT, e))?;
+    for e in audit {
+        outbox::insert_in(&txn, OUTBOX_TABLE, e).await?;
+    }
+    txn.commit()
+        .await
+        .map_err(|e| Error::internal(CONTEXT, e))?;
+    Ok(MergeEvent {
+        sequence: u64::try_from(inserted.last_insert_id)
+            .map_err(|_| Error::internal(CONTEXT, "a negative merge sequence"))?,
+        ..event
+    })
+}
+
+/// Sets `superseded_by` on `id` from `from` to `to`, if it is `from` now;
+/// whether it was.
+async fn repoint(
+    txn: &DatabaseTransaction,
+    id: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<bool, Error> {
+    let current = match from {
+        Some(from) => patient::Column::SupersededBy.eq(from),
+        None => patient::Column::SupersededBy.is_null(),
+    };
+    let updated = patient::Entity::update_many()
+        .col_expr(
+            patient::Column::SupersededBy,
+            Expr::value(to.map(str::to_owned)),
+        )
+        .col_expr(patient::Column::UpdatedAt, Expr::value(at))
+        .filter(patient::Column::PatientId.eq(id))
+        .filter(current)
+        .exec(txn)
+        .await
+        .map_err(|e| Error::internal("merging patients", e))?;
+    Ok(updated.rows_affected == 1)
+}
+
+/// `id`'s `superseded_by`, or `None` if there is no such patient.
+async fn superseded_by(
+    txn: &DatabaseTransaction,
+    id: &str,
+) -> Result<Option<Option<String>>, Error> {
+    patient::Entity::find_by_id(id.to_owned())
+        .select_only()
+        .column(patient::Column::SupersededBy)
+        .into_tuple::<Option<String>>()
+        .one(txn)
+        .await
+        .map_err(|e| Error::internal("merging patients", e))
+}
+
+fn merge_from_row(row: patient_merge::Model) -> Result<MergeEvent, Error> {
+    const CONTEXT: &str = "reading the merge log";
+    Ok(MergeEvent {
+        sequence: u64::try_from(row.sequence)
+            .map_err(|_| Error::internal(CONTEXT, "a negative sequence"))?,
+        kind: MergeKind::from_stored(&row.kind)
+            .ok_or_else(|| Error::internal(CONTEXT, "an unknown kind"))?,
+        superseded: row.superseded_patient_id,
+        surviving: row.surviving_patient_id,
+        recorded_by: row.recorded_by,
+        recorded_at: row.recorded_at,
+    })
+}
+
 impl SqlStore {
     /// The connection, for the audit outbox that shares the database.
     pub fn connection(&self) -> DatabaseConnection {
@@ -459,6 +569,85 @@ impl IdentityStore for SqlStore {
                     links.sort_by(|a, b| a.patients.cmp(&b.patients));
                     links
                 })
+        })
+    }
+
+    fn merge_patients(
+        &self,
+        merge: MergeEvent,
+        audit: Vec<AuditEvent>,
+    ) -> BoxFuture<'_, MergeEvent> {
+        Box::pin(async move {
+            logged_merge(&self.db, merge, &audit, |txn, m| {
+                Box::pin(async move {
+                    // The write first: on SQLite it takes the write lock, so
+                    // what is read next holds until commit.
+                    let at = m.recorded_at;
+                    if !repoint(txn, &m.superseded, None, Some(&m.surviving), at).await? {
+                        return Err(match superseded_by(txn, &m.superseded).await? {
+                            None => refusals::unknown("superseded_patient_id"),
+                            Some(_) => refusals::already_merged("superseded_patient_id"),
+                        });
+                    }
+                    match superseded_by(txn, &m.surviving).await? {
+                        None => return Err(refusals::unknown("surviving_patient_id")),
+                        Some(Some(_)) => {
+                            return Err(refusals::already_merged("surviving_patient_id"));
+                        }
+                        Some(None) => {}
+                    }
+                    let pair = NotSamePerson::new(&m.superseded, &m.surviving, "", "", at);
+                    let (a, b) = pair.patients;
+                    let apart = not_same_person::Entity::find_by_id((a, b))
+                        .one(txn)
+                        .await
+                        .map_err(|e| Error::internal("merging patients", e))?;
+                    if apart.is_some() {
+                        return Err(refusals::kept_apart());
+                    }
+                    Ok(())
+                })
+            })
+            .await
+        })
+    }
+
+    fn unmerge_patient(
+        &self,
+        unmerge: MergeEvent,
+        audit: Vec<AuditEvent>,
+    ) -> BoxFuture<'_, MergeEvent> {
+        Box::pin(async move {
+            logged_merge(&self.db, unmerge, &audit, |txn, m| {
+                Box::pin(async move {
+                    let at = m.recorded_at;
+                    if !repoint(txn, &m.superseded, Some(&m.surviving), None, at).await? {
+                        return Err(match superseded_by(txn, &m.superseded).await? {
+                            None => refusals::unknown("superseded_patient_id"),
+                            Some(_) => refusals::not_merged(),
+                        });
+                    }
+                    Ok(())
+                })
+            })
+            .await
+        })
+    }
+
+    fn merges_after(&self, after: u64, limit: u32) -> BoxFuture<'_, Vec<MergeEvent>> {
+        Box::pin(async move {
+            patient_merge::Entity::find()
+                .filter(
+                    patient_merge::Column::Sequence.gt(i64::try_from(after).unwrap_or(i64::MAX)),
+                )
+                .order_by_asc(patient_merge::Column::Sequence)
+                .limit(u64::from(limit))
+                .all(&self.db)
+                .await
+                .map_err(|e| Error::internal("reading the merge log", e))?
+                .into_iter()
+                .map(merge_from_row)
+                .collect()
         })
     }
 
