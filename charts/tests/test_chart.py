@@ -58,7 +58,7 @@ CALLS = {
 }
 CAPABILITIES = (
     "assert_relationships", "refer", "record_directives", "privacy_officer",
-    "platform_auditor", "trace_patients", "break_glass",
+    "platform_auditor", "trace_patients", "break_glass", "merge_patients",
 )
 CLASSIFICATION_DIR = "/etc/sharedcare/classification"
 REPO_CLASSIFICATION = REPO_DIR / "services" / "records" / "classification.toml"

@@ -697,10 +697,21 @@ impl ConsentGrpc {
         let Some(first) = asked.requests.first() else {
             return Err(Error::invalid("categories", "name at least one category"));
         };
-        let (mut relationships, directives) = tokio::try_join!(
-            self.store.list_relationships(&first.patient_id),
-            self.store.list_directives(&first.patient_id),
-        )?;
+        // A merged patient is one person: the consent recorded under any of
+        // their ids is weighed, as the current id's.
+        let family = self.directory.family(&first.patient_id)?;
+        let (mut relationships, directives) = self.consent_of(&family).await?;
+        let asked = Asked {
+            requests: asked
+                .requests
+                .into_iter()
+                .map(|r| as_current(r, &family))
+                .collect(),
+            ..asked
+        };
+        let Some(first) = asked.requests.first() else {
+            return Err(Error::invalid("categories", "name at least one category"));
+        };
         let now = Utc::now();
         let mut decided: Vec<(RecordCategory, Decision)> = asked
             .requests
@@ -738,6 +749,37 @@ impl ConsentGrpc {
             valid_until,
             version,
         ))
+    }
+
+    /// The relationships and directives recorded under every id of
+    /// `family`, each as the first (current) id's.
+    async fn consent_of(
+        &self,
+        family: &[PatientId],
+    ) -> Result<(Vec<CareRelationship>, Vec<Directive>), Error> {
+        let lists = futures::future::try_join_all(family.iter().map(|p| async move {
+            tokio::try_join!(
+                self.store.list_relationships(p),
+                self.store.list_directives(p)
+            )
+        }))
+        .await?;
+        let Some(current) = family.first() else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let mut relationships = Vec::new();
+        let mut directives = Vec::new();
+        for (r, d) in lists {
+            relationships.extend(r.into_iter().map(|mut r| {
+                r.patient_id = current.clone();
+                r
+            }));
+            directives.extend(d.into_iter().map(|mut d| {
+                d.patient_id = current.clone();
+                d
+            }));
+        }
+        Ok((relationships, directives))
     }
 
     /// Records a break-glass grant for the actor of `asked`, for `period`:
@@ -792,6 +834,18 @@ impl ConsentGrpc {
             .record(&change.event(AuditOutcome::Success))
             .await
     }
+}
+
+/// `r` about the current id of its patient's `family` (first), the actor
+/// too when they are that patient under any of its ids.
+fn as_current(mut r: EvaluationRequest, family: &[PatientId]) -> EvaluationRequest {
+    if let Some(current) = family.first() {
+        if r.actor.patient.as_ref().is_some_and(|p| family.contains(p)) {
+            r.actor.patient = Some(current.clone());
+        }
+        r.patient_id = current.clone();
+    }
+    r
 }
 
 /// A relationship as an organisation asserts it (or a referral makes it).

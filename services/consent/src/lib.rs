@@ -22,6 +22,7 @@ use sharedcare_kit::{
     Error,
     auth::Verifier,
     client::{ServiceTokens, TokenSource},
+    merges::PatientMerges,
     outbox::{Outbox, OutboxSettings},
     peers::{BoxFuture, GrpcAudit},
     server::{MessageLimits, ServiceSpec},
@@ -45,6 +46,14 @@ pub const SERVICE_NAME: &str = "consent";
 pub trait Directory: Send + Sync + 'static {
     fn organisation_exists(&self, code: &OdsCode) -> BoxFuture<'_, bool>;
     fn patient_exists(&self, patient: &PatientId) -> BoxFuture<'_, bool>;
+
+    /// Every id standing for the same person as `patient` (identity's
+    /// merges), the current one first: a decision weighs the consent
+    /// recorded under any of them. UNAVAILABLE while merges are not known.
+    /// Without merges followed, the patient alone.
+    fn family(&self, patient: &PatientId) -> Result<Vec<PatientId>, Error> {
+        Ok(vec![patient.clone()])
+    }
 }
 
 /// identity over gRPC, as this service.
@@ -52,12 +61,17 @@ pub struct IdentityDirectory {
     client: IdentityServiceClient<Channel>,
     tokens: Arc<dyn ServiceTokens>,
     timeout: Duration,
+    /// identity's merge log, followed for as long as this lives.
+    merges: PatientMerges,
 }
 
 impl IdentityDirectory {
+    /// identity over `channel`, as this service; starts following its
+    /// patient merges.
     pub fn new(channel: Channel, tokens: Arc<dyn ServiceTokens>, timeout: Duration) -> Self {
         IdentityDirectory {
-            client: IdentityServiceClient::new(channel),
+            client: IdentityServiceClient::new(channel.clone()),
+            merges: PatientMerges::follow(channel, tokens.clone()),
             tokens,
             timeout,
         }
@@ -77,6 +91,17 @@ impl IdentityDirectory {
 }
 
 impl Directory for IdentityDirectory {
+    fn family(&self, patient: &PatientId) -> Result<Vec<PatientId>, Error> {
+        self.merges
+            .family(patient.as_str())?
+            .iter()
+            .map(|id| {
+                PatientId::parse("patient_id", id)
+                    .map_err(|e| Error::internal("following patient merges", e))
+            })
+            .collect()
+    }
+
     fn organisation_exists(&self, code: &OdsCode) -> BoxFuture<'_, bool> {
         let message = GetOrganisationRequest {
             ods_code: code.as_str().to_owned(),

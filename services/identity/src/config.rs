@@ -81,7 +81,8 @@ impl IdentitySettings {
 // deployment, not a national standard: R8000 Clinical Practitioner Access
 // Role, R8001 Nurse Access Role, R8003 Health Professional Access Role, R8004
 // Healthcare Student Access Role, R8008 Admin/Clinical Support Access Role
-// (national RBAC), and two platform roles.
+// (national RBAC: registration clerks trace patients), and three platform
+// roles (merging duplicates is the data-quality team's).
 const OWN_DEFAULTS: &str = r#"
 [identity]
 token_ttl_secs = 900
@@ -96,9 +97,10 @@ R8000 = ["record_directives", "refer", "break_glass"]
 R8001 = ["record_directives", "refer"]
 R8003 = ["refer"]
 R8004 = []
-R8008 = ["assert_relationships"]
+R8008 = ["assert_relationships", "trace_patients"]
 privacy-officer = ["privacy_officer"]
 platform-auditor = ["platform_auditor"]
+data-quality = ["trace_patients", "merge_patients"]
 "#;
 
 impl IdentityConfig {

@@ -56,7 +56,7 @@ pub static ACCESS: AccessTable = AccessTable {
             method: "MergePatients",
             callers: &[staff_with(
                 "patients.write",
-                Capability::TracePatients,
+                Capability::MergePatients,
                 Patients::Any,
             )],
             purposes: "—",
@@ -66,7 +66,7 @@ pub static ACCESS: AccessTable = AccessTable {
             method: "UnmergePatients",
             callers: &[staff_with(
                 "patients.write",
-                Capability::TracePatients,
+                Capability::MergePatients,
                 Patients::Any,
             )],
             purposes: "—",

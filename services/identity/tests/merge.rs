@@ -56,7 +56,8 @@ impl Fixture {
 #[tokio::test]
 async fn a_merged_patient_is_reached_through_the_survivor_until_unmerged() {
     let f = Fixture::start().await;
-    let tracer = f.staff("A81001", "tracer").await;
+    let tracer = f.staff("A81001", "merger").await;
+    let only_traces = f.staff("A81001", "tracer").await;
     let clerk = f.staff("A81001", "R8000").await;
     let service = f.service_token().await;
     let old = f.register(kate(KATE), &tracer).await.patient_id;
@@ -197,12 +198,22 @@ async fn a_merged_patient_is_reached_through_the_survivor_until_unmerged() {
         assert_eq!(status.code(), code, "{status:?}");
         assert!(status.message().contains(field), "{}", status.message());
     }
-    let status = f
-        .client()
-        .merge_patients(with_token(merge(&third, &survivor), &clerk))
-        .await
-        .expect_err("clerk");
-    assert_eq!(status.code(), Code::PermissionDenied);
+    for (token, who) in [
+        (&clerk, "clerk"),
+        (&only_traces, "a tracer who may not merge"),
+    ] {
+        let status = f
+            .client()
+            .merge_patients(with_token(merge(&third, &survivor), token))
+            .await
+            .expect_err(who);
+        assert_eq!(status.code(), Code::PermissionDenied, "{who}");
+        assert!(
+            status.message().contains("merge_patients"),
+            "{}",
+            status.message()
+        );
+    }
     let status = f
         .client()
         .unmerge_patients(with_token(
@@ -260,7 +271,7 @@ async fn a_merged_patient_is_reached_through_the_survivor_until_unmerged() {
 #[tokio::test]
 async fn services_watch_the_merge_log_from_where_they_left_off() {
     let f = Fixture::start().await;
-    let tracer = f.staff("A81001", "tracer").await;
+    let tracer = f.staff("A81001", "merger").await;
     let service = f.service_token().await;
     let a = f.register(kate(KATE), &tracer).await.patient_id;
     let b = f

@@ -25,14 +25,18 @@ pub enum Capability {
     PrivacyOfficer,
     /// Read any audit entry.
     PlatformAuditor,
-    /// Trace patients by demographics and merge duplicates.
+    /// Trace patients by demographics, see candidates, and record that two
+    /// patients are not the same person.
     TracePatients,
     /// Emergency access without a relationship (the break-glass issue).
     BreakGlass,
+    /// Merge duplicate patients and undo merges: a duty of its own, since a
+    /// wrong merge puts one person's record in another's.
+    MergePatients,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 7] = [
+    pub const ALL: [Capability; 8] = [
         Capability::AssertRelationships,
         Capability::Refer,
         Capability::RecordDirectives,
@@ -40,6 +44,7 @@ impl Capability {
         Capability::PlatformAuditor,
         Capability::TracePatients,
         Capability::BreakGlass,
+        Capability::MergePatients,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +56,7 @@ impl Capability {
             Capability::PlatformAuditor => "platform_auditor",
             Capability::TracePatients => "trace_patients",
             Capability::BreakGlass => "break_glass",
+            Capability::MergePatients => "merge_patients",
         }
     }
 

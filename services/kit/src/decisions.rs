@@ -297,6 +297,14 @@ impl ConsentGate for CachedConsent {
         })
     }
 
+    fn forget(&self, patient_id: &str) {
+        if let Ok(mut state) = self.state.lock() {
+            state.drop_patient(patient_id);
+            // An answer already on its way was asked before: not kept.
+            state.epoch += 1;
+        }
+    }
+
     fn evaluate_break_glass(
         &self,
         patient_id: &str,

@@ -16,6 +16,7 @@ pub mod group;
 pub mod ids;
 pub mod keys;
 pub mod memory;
+pub mod merges;
 pub mod outbox;
 pub mod paging;
 pub mod peers;

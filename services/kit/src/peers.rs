@@ -83,6 +83,10 @@ pub trait ConsentGate: Send + Sync + 'static {
         category: RecordCategory,
     ) -> BoxFuture<'_, Decision>;
 
+    /// Drops anything kept about this patient's decisions (a merge made
+    /// them another person's). Nothing to do for a gate that keeps nothing.
+    fn forget(&self, _patient_id: &str) {}
+
     /// As `evaluate`, asking for break-glass with `reason`. Never answered
     /// from a cache: consent records the grant. A gate that cannot ask
     /// refuses.

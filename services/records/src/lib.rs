@@ -23,6 +23,7 @@ use sharedcare_kit::{
     config::StorageBackend,
     crypto::{Kek, Keyring},
     db::WriteGate,
+    merges::PatientMerges,
     outbox::{Outbox, OutboxSettings},
     paging::CursorKey,
     server::{MessageLimits, ServiceSpec},
@@ -190,7 +191,7 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
     );
     let audit = Arc::new(access::GrpcAudit::new(
         channel(&cfg.records.audit_url)?,
-        tokens,
+        tokens.clone(),
         timeout,
     ));
     let outbox = Outbox::start(
@@ -205,13 +206,17 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
             ..OutboxSettings::default()
         },
     );
-    let records = Arc::new(Records::new(
-        store,
-        consent,
-        outbox,
-        cursors,
-        cfg.records.max_resource_bytes,
-    ));
+    let merges = PatientMerges::follow(identity, tokens);
+    let records = Arc::new(
+        Records::new(
+            store,
+            consent,
+            outbox,
+            cursors,
+            cfg.records.max_resource_bytes,
+        )
+        .with_merges(merges),
+    );
     let verifier = sharedcare_kit::tls::remote_verifier(&cfg.auth, tls.as_ref())?;
     Ok(spec(
         records,

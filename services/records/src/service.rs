@@ -17,7 +17,9 @@
 use std::{collections::HashMap, sync::Arc};
 
 use prost::Message;
-use sharedcare_kit::{Error, auth::Principal, error::Code, outbox::Outbox, paging::CursorKey};
+use sharedcare_kit::{
+    Error, auth::Principal, error::Code, merges::PatientMerges, outbox::Outbox, paging::CursorKey,
+};
 use sharedcare_proto::{
     audit::v1::{Action, Outcome},
     common::v1::Purpose,
@@ -27,7 +29,8 @@ use crate::{
     access::{AccessEvent, ConsentGate, Decision, category_to_pb},
     domain::{Category, IdempotencyKey, PatientId, Record, RecordId, SearchIndex, ValidResource},
     store::{
-        AuditRow, IdempotencyRow, RecordMeta, RecordStore, SearchQuery, SortKey, Stored, Write,
+        AuditRow, Found, IdempotencyRow, RecordMeta, RecordStore, SearchQuery, SortKey, Stored,
+        Write,
     },
 };
 
@@ -39,6 +42,8 @@ pub struct Records {
     outbox: Arc<Outbox>,
     cursors: CursorKey,
     pub max_resource_bytes: usize,
+    /// identity's merges: a merged patient's records are the survivor's.
+    merges: PatientMerges,
 }
 
 /// A resource to store, checked and classified.
@@ -103,7 +108,89 @@ impl Records {
             outbox,
             cursors,
             max_resource_bytes,
+            merges: PatientMerges::none(),
         }
+    }
+
+    /// Follows `merges`: reads for either id of a merged patient reach the
+    /// records filed under both, new records are filed under the current
+    /// id, and decisions kept about the patients a merge touches are
+    /// dropped when it is heard.
+    pub fn with_merges(mut self, merges: PatientMerges) -> Self {
+        let mut heard = merges.subscribe();
+        let consent = Arc::downgrade(&self.consent);
+        tokio::spawn(async move {
+            loop {
+                match heard.recv().await {
+                    Ok(notice) => {
+                        let Some(consent) = consent.upgrade() else {
+                            return;
+                        };
+                        for id in &notice.family {
+                            consent.forget(id);
+                        }
+                    }
+                    // Missed some: they are old news by the time the
+                    // decisions they touch lapse (consent_cache.max_age_ms).
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        self.merges = merges;
+        self
+    }
+
+    /// The ids standing for the same person as `patient`, current first.
+    fn family(&self, patient: &PatientId) -> Result<Vec<PatientId>, Error> {
+        self.merges
+            .family(patient.as_str())?
+            .iter()
+            .map(|id| {
+                PatientId::parse("patient_id", id)
+                    .map_err(|e| Error::internal("following patient merges", e))
+            })
+            .collect()
+    }
+
+    /// The current version of record `id`, filed under any id of `patient`.
+    async fn find_current(
+        &self,
+        patient: &PatientId,
+        id: &RecordId,
+    ) -> Result<Option<Stored>, Error> {
+        for filed_under in self.family(patient)? {
+            if let Some(found) = self.store.current(&filed_under, id).await? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `store.search` over every id of the query's patient: each id's best
+    /// `limit`, merged in sort order (the key is global, so a cursor works
+    /// across them).
+    async fn search_family(
+        &self,
+        query: &SearchQuery,
+        after: Option<&SortKey>,
+        limit: usize,
+    ) -> Result<Vec<Found>, Error> {
+        let family = self.family(&query.patient_id)?;
+        if family.len() == 1 {
+            return self.store.search(query, after, limit).await;
+        }
+        let mut found = Vec::new();
+        for filed_under in family {
+            let query = SearchQuery {
+                patient_id: filed_under,
+                ..query.clone()
+            };
+            found.extend(self.store.search(&query, after, limit).await?);
+        }
+        found.sort_by(|a, b| b.key.cmp(&a.key));
+        found.truncate(limit);
+        Ok(found)
     }
 
     /// The outbox that holds this service's audit events.
@@ -234,6 +321,9 @@ impl Records {
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Record, Error> {
         self.outbox.admit()?;
+        // A merged id's new records are filed under the patient standing
+        // for it now.
+        let patient = self.family(&patient)?.swap_remove(0);
         if let Some(key) = &idempotency
             && let Some(row) = self.store.idempotency(key.scoped()).await?
         {
@@ -317,7 +407,7 @@ impl Records {
         break_glass: Option<&str>,
     ) -> Result<Record, Error> {
         self.outbox.admit()?;
-        let found = self.store.current(&patient, &id).await?;
+        let found = self.find_current(&patient, &id).await?;
         self.read(principal, &patient, &id, found, (purpose, break_glass))
             .await
     }
@@ -400,7 +490,7 @@ impl Records {
             &resource_type,
             id.as_str(),
         );
-        let found = self.store.current(&patient, &id).await?.map(|s| s.meta);
+        let found = self.find_current(&patient, &id).await?.map(|s| s.meta);
         let (current, mut decision) = self.current_for_change(&access, found, if_match).await?;
         if current.resource_type != resource_type {
             return Err(Error::invalid(
@@ -435,7 +525,7 @@ impl Records {
         if_match: i64,
     ) -> Result<Record, Error> {
         self.outbox.admit()?;
-        let found = self.store.current(&patient, &id).await?.map(|s| s.meta);
+        let found = self.find_current(&patient, &id).await?.map(|s| s.meta);
         let found_type = found
             .as_ref()
             .map(|m| m.resource_type.clone())
@@ -506,7 +596,7 @@ impl Records {
         cursor: &str,
     ) -> Result<Page, Error> {
         self.outbox.admit()?;
-        let current = self.store.current(&patient, &id).await?;
+        let current = self.find_current(&patient, &id).await?;
         let resource_type = current
             .as_ref()
             .map(|s| s.meta.resource_type.clone())
@@ -534,9 +624,10 @@ impl Records {
         let mut versions = Vec::new();
         // One more than a page, to know whether another page holds anything.
         'fill: loop {
+            // Where the record is filed (a merged patient's old id, maybe).
             let batch = self
                 .store
-                .history(&patient, &id, before, page_size + 1)
+                .history(&current.meta.patient_id, &id, before, page_size + 1)
                 .await?;
             let exhausted = batch.len() <= page_size;
             for stored in batch {
@@ -612,8 +703,7 @@ impl Records {
         }
         query.categories = permitted;
         let mut found = self
-            .store
-            .search(&query, after.as_ref(), page_size + 1)
+            .search_family(&query, after.as_ref(), page_size + 1)
             .await?;
         let next = if found.len() > page_size {
             found.truncate(page_size);
@@ -795,7 +885,7 @@ impl Records {
         after: Option<&SortKey>,
     ) -> Result<(Vec<Record>, Option<SortKey>), Error> {
         self.outbox.admit()?;
-        let found = self.store.search(query, after, EXPORT_PAGE).await?;
+        let found = self.search_family(query, after, EXPORT_PAGE).await?;
         let next = (found.len() == EXPORT_PAGE)
             .then(|| found.last().map(|f| f.key.clone()))
             .flatten();

@@ -106,13 +106,15 @@ pub struct Fixture {
     pub outbox: Arc<Outbox>,
 }
 
-/// The role map of these tests: a clinician, a clerk and a tracer.
+/// The role map of these tests: a clinician, a clerk, a tracer and a
+/// merger.
 pub fn roles() -> RoleMap {
     let map: BTreeMap<String, Vec<String>> = [
         ("R8000", vec!["record_directives", "refer"]),
         ("R8008", vec!["assert_relationships"]),
         ("R8004", vec![]),
         ("tracer", vec!["trace_patients"]),
+        ("merger", vec!["trace_patients", "merge_patients"]),
     ]
     .into_iter()
     .map(|(role, caps)| {
