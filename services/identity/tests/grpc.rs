@@ -223,6 +223,7 @@ impl Fixture {
                 client_secret: secret.into(),
                 scopes: vec![],
                 purpose: purpose as i32,
+                ..Default::default()
             })
             .await?
             .into_inner()
@@ -550,6 +551,7 @@ async fn tokens_need_matching_credentials_and_granted_scopes() {
             client_secret: "wrong".into(),
             scopes: vec![],
             purpose: 0,
+            ..Default::default()
         })
         .await
         .expect_err("wrong secret");
@@ -562,6 +564,7 @@ async fn tokens_need_matching_credentials_and_granted_scopes() {
             client_secret: ADMIN_SECRET.into(),
             scopes: vec!["records.write".into()],
             purpose: 0,
+            ..Default::default()
         })
         .await
         .expect_err("scope not granted");
@@ -843,6 +846,7 @@ async fn nonsense_is_refused_naming_the_field_and_nothing_is_stored() {
             client_secret: "x".into(),
             scopes: vec![],
             purpose: 0,
+            ..Default::default()
         })
         .await
         .expect_err("no client id");
@@ -977,6 +981,7 @@ async fn a_token_names_only_a_permitted_purpose() {
             client_secret: staff_secret.clone(),
             scopes: vec![],
             purpose: 42,
+            ..Default::default()
         })
         .await
         .expect_err("no such purpose");

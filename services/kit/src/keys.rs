@@ -171,6 +171,7 @@ mod tests {
             pat: String::new(),
             name: String::new(),
             org_name: String::new(),
+            act: None,
         }
     }
 

@@ -43,6 +43,7 @@ pub async fn issue(
             client_secret: client_secret.to_owned(),
             scopes,
             purpose: purpose_or_unspecified(purpose),
+            ..Default::default()
         }))
         .await
         .grpc()
