@@ -212,7 +212,7 @@ async fn a_revoked_staff_members_token_is_refused_everywhere_within_the_refresh_
         .await
         .expect("listed without a token")
         .into_inner();
-    assert_eq!(listed.principal_ids, [revoked_id.clone()]);
+    assert_eq!(listed.principal_ids, vec![revoked_id.clone()]);
 
     // records and consent: within the refresh interval and a call timeout.
     let bound = Duration::from_millis(REVOCATION_REFRESH_MS)

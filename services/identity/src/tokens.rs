@@ -478,7 +478,7 @@ mod tests {
             base: base.clone(),
             rotated: vec![],
         };
-        assert_eq!(kids(&set.published(t0, ttl)), kids(&[base.clone()]));
+        assert_eq!(kids(&set.published(t0, ttl)), kids(std::slice::from_ref(&base)));
         set.rotated.push((second.clone(), t0));
         assert_eq!(set.current().kid(), second.kid());
         let seconds = |s| t0 + chrono::Duration::seconds(s);
@@ -489,7 +489,7 @@ mod tests {
         );
         assert_eq!(
             kids(&set.published(seconds(ttl + RETIRED_KEY_GRACE_SECS), ttl)),
-            kids(&[second.clone()])
+            kids(std::slice::from_ref(&second))
         );
         // The second is retired by a third, from then on.
         set.rotated.push((third.clone(), seconds(100)));

@@ -124,7 +124,7 @@ async fn rotated_keys_survive_a_restart_and_old_tokens_still_verify() {
         .await
         .expect("token");
     let base = kid(&before);
-    assert_eq!(jwks(&server).await, [base.clone()]);
+    assert_eq!(jwks(&server).await, vec![base.clone()]);
 
     let rotated = client(&server)
         .rotate_signing_key(with_token(pb::RotateSigningKeyRequest {}, &before))
