@@ -478,7 +478,10 @@ mod tests {
             base: base.clone(),
             rotated: vec![],
         };
-        assert_eq!(kids(&set.published(t0, ttl)), kids(std::slice::from_ref(&base)));
+        assert_eq!(
+            kids(&set.published(t0, ttl)),
+            kids(std::slice::from_ref(&base))
+        );
         set.rotated.push((second.clone(), t0));
         assert_eq!(set.current().kid(), second.kid());
         let seconds = |s| t0 + chrono::Duration::seconds(s);

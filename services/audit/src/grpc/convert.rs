@@ -453,7 +453,34 @@ mod tests {
         actor.organisation_ods_code.clear();
         actor.role.clear();
         actor.patient_id = "patient-1".into();
+        // Only staff are acted for by an application.
+        actor.acting_application = None;
         actor
+    }
+
+    #[test]
+    fn an_acting_application_is_kept_and_only_for_staff() {
+        let event = decode("event", full_event()).expect("valid");
+        let app = event.actor.acting_application.as_ref().expect("kept");
+        assert_eq!(app.principal_id, "app-1");
+        assert_eq!(encode_event(&event), full_event());
+        let mut wire = full_event();
+        wire.actor.as_mut().expect("actor").kind = common::PrincipalKind::Application as i32;
+        let err = decode("event", wire).expect_err("an application acts for staff only");
+        assert_eq!(err.field.as_deref(), Some("event.actor.acting_application"));
+        let mut wire = full_event();
+        if let Some(app) = wire
+            .actor
+            .as_mut()
+            .and_then(|a| a.acting_application.as_mut())
+        {
+            app.principal_id.clear();
+        }
+        let err = decode("event", wire).expect_err("names its application");
+        assert_eq!(
+            err.field.as_deref(),
+            Some("event.actor.acting_application.principal_id")
+        );
     }
 
     #[test]
