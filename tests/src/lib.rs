@@ -19,6 +19,8 @@ use sharedcare_proto::{
 
 pub const ADMIN_CLIENT_ID: &str = "admin";
 pub const ADMIN_SECRET: &str = "e2e-admin-secret-0123456789abcdef0123456789abcdef";
+/// How often the services refresh identity's revocation list in tests.
+pub const REVOCATION_REFRESH_MS: u64 = 300;
 pub const RECORDS_SECRET: &str = "e2e-records-secret-0123456789abcdef0123456789abcd";
 const CONSENT_SECRET: &str = "e2e-consent-secret-0123456789abcdef0123456789abcd";
 
@@ -111,6 +113,13 @@ role = "service"
                 "262144".into(),
             ),
             ("SHAREDCARE_TELEMETRY__LOG_LEVEL".into(), "warn".into()),
+            // A revocation reaches every service within this (tests show
+            // the bound); a rotated key is fetched on its first token.
+            (
+                "SHAREDCARE_AUTH__REVOCATION_REFRESH_MS".into(),
+                REVOCATION_REFRESH_MS.to_string(),
+            ),
+            ("SHAREDCARE_AUTH__JWKS_MIN_REFRESH_MS".into(), "100".into()),
         ]);
         if let Backend::Postgres(db) = &backend {
             // All four share one fresh database: their tables and migration
@@ -279,6 +288,7 @@ role = "service"
                 client_secret: secret.into(),
                 scopes: vec![],
                 purpose: 0,
+                ..Default::default()
             })
             .await
             .expect("token issued")
@@ -329,11 +339,31 @@ role = "service"
                 client_secret: created.client_secret,
                 scopes: vec![],
                 purpose: purpose as i32,
+                ..Default::default()
             })
             .await
             .expect("token issued")
             .into_inner()
             .access_token
+    }
+
+    /// Creates a principal (as admin): its id, client id and secret.
+    pub async fn credentials(
+        &self,
+        admin: &str,
+        request: CreatePrincipalRequest,
+    ) -> (String, String, String) {
+        let created = IdentityServiceClient::new(self.identity.channel.clone())
+            .create_principal(with_token(request, admin))
+            .await
+            .expect("principal created")
+            .into_inner();
+        let principal = created.principal.expect("principal");
+        (
+            principal.principal_id,
+            principal.client_id,
+            created.client_secret,
+        )
     }
 
     /// A member of staff at `ods` in `role` (default scopes; capabilities

@@ -262,6 +262,21 @@ async fn call(
             ))
             .await
             .map(drop),
+        ("identity", "RotateSigningKey") => identity_client
+            .rotate_signing_key(with_token(identity::RotateSigningKeyRequest {}, token))
+            .await
+            .map(drop),
+        // No such principal: an allowed cell meets NOT_FOUND and revokes
+        // no one the walk still needs.
+        ("identity", "RevokePrincipal") => identity_client
+            .revoke_principal(with_token(
+                identity::RevokePrincipalRequest {
+                    principal_id: "no-such-principal".into(),
+                },
+                token,
+            ))
+            .await
+            .map(drop),
         ("consent", "RecordCareRelationship") => {
             // For the caller's own organisation (the allowed case); the
             // other organisation's case is its own test below.
@@ -812,7 +827,7 @@ async fn walk_the_table(backend: Backend) {
     for (service, table) in tables {
         for rule in table.rules {
             if rule.callers.is_empty() {
-                continue; // public: IssueToken and GetJwks, tested below
+                continue; // public: IssueToken, GetJwks, ListRevocations, tested below
             }
             for member in &cast {
                 let cell = format!("{service}/{} as {}", rule.method, member.name);
@@ -877,6 +892,10 @@ async fn walk_the_table(backend: Backend) {
         .get_jwks(identity::GetJwksRequest {})
         .await
         .expect("JWKS without a token");
+    IdentityServiceClient::new(p.identity.channel.clone())
+        .list_revocations(identity::ListRevocationsRequest {})
+        .await
+        .expect("revocations without a token");
 
     p.stop().await;
 }

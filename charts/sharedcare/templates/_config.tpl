@@ -42,6 +42,8 @@ issuer = {{ $root.Values.auth.issuer | toJson }}
 audience = {{ $root.Values.auth.audience | toJson }}
 identity_url = {{ include "sharedcare.identityUrl" $root | toJson }}
 jwks_min_refresh_ms = {{ $root.Values.auth.jwksMinRefreshMs | int64 }}
+revocation_refresh_ms = {{ $root.Values.auth.revocationRefreshMs | int64 }}
+revocation_max_stale_ms = {{ $root.Values.auth.revocationMaxStaleMs | int64 }}
 {{- if has $svc (splitList " " (include "sharedcare.clientServices" $root)) }}
 # {{ $svc }} calls the other services as this `service` principal.
 client_id = {{ $cfg.clientId | toJson }}

@@ -235,6 +235,7 @@ fn event(id: &str, patient: &str) -> AuditEvent {
             nanos: 250_000_001,
         }),
         actor: Some(Actor {
+            acting_application: None,
             principal_id: "staff-17".into(),
             kind: PrincipalKind::Staff as i32,
             organisation_ods_code: "A81001".into(),

@@ -22,7 +22,7 @@ use sharedcare_kit::{
     auth::Verifier,
     crypto::{BlindIndex, Kek, Keyring},
     db::WriteGate,
-    keys::{SigningKey, StaticKeySource},
+    keys::SigningKey,
     outbox::{Outbox, OutboxSettings},
     peers::{ConsentGate, GrpcAudit, GrpcConsent},
     server::{MessageLimits, ServiceSpec},
@@ -99,12 +99,27 @@ pub fn spec(
     peers: Peers,
     limits: MessageLimits,
 ) -> ServiceSpec {
-    let verifier = Arc::new(Verifier::new(
-        Arc::new(StaticKeySource(tokens.jwks())),
-        tokens.issuer(),
-        tokens.audience(),
-        Duration::from_secs(60),
-    ));
+    // Its own keys, re-read from the store for a key id another replica
+    // rotated in; its own revocations, read from the store on every request.
+    let verifier = Arc::new(
+        Verifier::new(
+            Arc::new(tokens::IssuerKeys {
+                issuer: tokens.clone(),
+                store: store.clone(),
+            }),
+            tokens.issuer(),
+            tokens.audience(),
+            Duration::from_secs(1),
+        )
+        .with_revocations(
+            Arc::new(tokens::StoreRevocations {
+                store: store.clone(),
+                ttl_secs: tokens.ttl_secs(),
+            }),
+            Duration::ZERO,
+            Duration::from_secs(60),
+        ),
+    );
     let server = IdentityServiceServer::new(grpc::IdentityGrpc::new(
         store,
         tokens,
@@ -150,6 +165,8 @@ pub async fn open(cfg: &config::IdentityConfig) -> Result<ServiceSpec, Error> {
         )
         .with_issue_limit(cfg.identity.token_requests_per_minute),
     );
+    // Keys made by rotations before this start sign and verify again.
+    tokens.load(store.as_ref()).await?;
     let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
     let roles = cfg
         .identity

@@ -120,5 +120,23 @@ pub static ACCESS: AccessTable = AccessTable {
             purposes: "—",
             audit: "— (no patient data: who a token names and what it allows)",
         },
+        Rule {
+            method: "RotateSigningKey",
+            callers: &[caller(Admin, "admin", Patients::None)],
+            purposes: "—",
+            audit: "— (no patient data; logged with the new key id)",
+        },
+        Rule {
+            method: "RevokePrincipal",
+            callers: &[caller(Admin, "admin", Patients::None)],
+            purposes: "—",
+            audit: "— (no patient data; logged with the principal id)",
+        },
+        Rule {
+            method: "ListRevocations",
+            callers: &[],
+            purposes: "—",
+            audit: "—",
+        },
     ],
 };

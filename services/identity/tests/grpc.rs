@@ -180,6 +180,7 @@ async fn tokens_need_matching_credentials_and_granted_scopes() {
             client_secret: "wrong".into(),
             scopes: vec![],
             purpose: 0,
+            ..Default::default()
         })
         .await
         .expect_err("wrong secret");
@@ -192,6 +193,7 @@ async fn tokens_need_matching_credentials_and_granted_scopes() {
             client_secret: ADMIN_SECRET.into(),
             scopes: vec!["records.write".into()],
             purpose: 0,
+            ..Default::default()
         })
         .await
         .expect_err("scope not granted");
@@ -464,6 +466,7 @@ async fn nonsense_is_refused_naming_the_field_and_nothing_is_stored() {
             client_secret: "x".into(),
             scopes: vec![],
             purpose: 0,
+            ..Default::default()
         })
         .await
         .expect_err("no client id");
@@ -598,6 +601,7 @@ async fn a_token_names_only_a_permitted_purpose() {
             client_secret: staff_secret.clone(),
             scopes: vec![],
             purpose: 42,
+            ..Default::default()
         })
         .await
         .expect_err("no such purpose");

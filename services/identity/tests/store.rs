@@ -12,7 +12,7 @@ use sharedcare_identity::{
         Demographics, Gender, MergeEvent, MergeKind, NhsNumber, NotSamePerson, OdsCode,
         Organisation, Patient, Principal,
     },
-    store::{self, IdentityStore, OUTBOX_TABLE, Registered},
+    store::{self, IdentityStore, OUTBOX_TABLE, Registered, StoredSigningKey},
 };
 use sharedcare_kit::{
     crypto::{BlindIndex, Kek, Keyring},
@@ -665,6 +665,72 @@ async fn merges_are_logged_in_order_and_undone(store: &dyn IdentityStore) {
     );
 }
 
+async fn principals_are_found_by_id(store: &dyn IdentityStore) {
+    let created = store.create_principal(staff("gp")).await.expect("create");
+    assert_eq!(
+        store.get_principal(&created.id).await.expect("get"),
+        Some(created)
+    );
+    assert_eq!(store.get_principal("no-such-id").await.expect("get"), None);
+}
+
+fn signing_key(created_at: DateTime<Utc>) -> StoredSigningKey {
+    let key = sharedcare_kit::keys::SigningKey::generate();
+    StoredSigningKey {
+        kid: key.kid().to_owned(),
+        pkcs8_pem: key.to_pkcs8_pem().expect("pem"),
+        created_at,
+    }
+}
+
+async fn rotated_signing_keys_are_kept_oldest_first(store: &dyn IdentityStore) {
+    assert_eq!(store.signing_keys().await.expect("list"), []);
+    let later = signing_key(t0() + Duration::seconds(60));
+    let earlier = signing_key(t0());
+    store.add_signing_key(later.clone()).await.expect("add");
+    store.add_signing_key(earlier.clone()).await.expect("add");
+    assert_eq!(
+        store.signing_keys().await.expect("list"),
+        [earlier.clone(), later]
+    );
+    let err = store
+        .add_signing_key(StoredSigningKey {
+            created_at: t0() + Duration::seconds(120),
+            ..earlier
+        })
+        .await
+        .expect_err("kid taken");
+    assert_eq!(err.code, Code::AlreadyExists);
+    assert_eq!(store.signing_keys().await.expect("list").len(), 2);
+}
+
+async fn a_principal_is_revoked_once(store: &dyn IdentityStore) {
+    let later = t0() + Duration::seconds(30);
+    assert_eq!(store.revocation("p1").await.expect("read"), None);
+    assert_eq!(
+        store.revoke_principal("p1", t0()).await.expect("revoke"),
+        (t0(), false)
+    );
+    // Again: the first revocation stands.
+    assert_eq!(
+        store.revoke_principal("p1", later).await.expect("revoke"),
+        (t0(), true)
+    );
+    store.revoke_principal("p2", later).await.expect("revoke");
+    assert_eq!(store.revocation("p1").await.expect("read"), Some(t0()));
+    assert_eq!(
+        store.revocations_since(t0()).await.expect("list"),
+        [("p1".to_owned(), t0()), ("p2".to_owned(), later)]
+    );
+    assert_eq!(
+        store
+            .revocations_since(t0() + Duration::seconds(1))
+            .await
+            .expect("list"),
+        [("p2".to_owned(), later)]
+    );
+}
+
 /// The store `open` builds for `backend`.
 async fn open(backend: &TestBackend) -> store::Opened {
     store::open(
@@ -708,6 +774,9 @@ mod conforms {
         not_same_person_links_are_kept_once,
         a_patient_may_be_registered_apart_from_others,
         merges_are_logged_in_order_and_undone,
+        principals_are_found_by_id,
+        rotated_signing_keys_are_kept_oldest_first,
+        a_principal_is_revoked_once,
     );
 }
 
@@ -837,6 +906,42 @@ async fn patients_without_blocking_keys_are_indexed_on_open() {
                 .expect("candidates"),
             vec![kate]
         );
+    })
+    .await;
+}
+
+/// A rotated key's private half is sealed at rest in the SQL store (the
+/// memory store keeps nothing at rest).
+#[tokio::test]
+async fn rotated_signing_keys_are_sealed_at_rest() {
+    use sea_orm::{ConnectionTrait, Statement};
+    on_every_backend("sealed signing keys", async |backend| {
+        let opened = open(backend).await;
+        let key = signing_key(t0());
+        opened
+            .store
+            .add_signing_key(key.clone())
+            .await
+            .expect("add");
+        let db = &opened.outbox;
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT kid, sealed FROM identity_signing_keys",
+            ))
+            .await
+            .expect("query");
+        let in_memory = backend.backend() == sharedcare_kit::config::StorageBackend::Memory;
+        assert_eq!(rows.len(), usize::from(!in_memory));
+        for row in rows {
+            let sealed: Vec<u8> = row.try_get("", "sealed").expect("sealed");
+            let seed = &key.pkcs8_pem.as_bytes()[30..60];
+            assert!(
+                !sealed.windows(seed.len()).any(|w| w == seed)
+                    && !String::from_utf8_lossy(&sealed).contains("PRIVATE KEY"),
+                "the private key is not stored in clear"
+            );
+        }
     })
     .await;
 }

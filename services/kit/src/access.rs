@@ -333,6 +333,7 @@ mod tests {
             patient: None,
             display_name: String::new(),
             organisation_name: String::new(),
+            acting_application: None,
         }
     }
 

@@ -15,7 +15,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use sharedcare_proto::{
     common::v1::{Actor, PrincipalKind, Purpose},
-    identity::v1::{GetJwksRequest, Jwk, identity_service_client::IdentityServiceClient},
+    identity::v1::{
+        GetJwksRequest, Jwk, ListRevocationsRequest, identity_service_client::IdentityServiceClient,
+    },
 };
 use tokio::sync::{Mutex, RwLock};
 use tonic::transport::Channel;
@@ -60,6 +62,25 @@ pub struct Claims {
     /// The name of the organisation in `org`, for access reports.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub org_name: String,
+    /// RFC 8693 `act`: the application acting for the subject, a member of
+    /// staff (IssueToken's `on_behalf_of_token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<ActClaim>,
+}
+
+/// The acting party of a token (RFC 8693 §4.1): an application.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ActClaim {
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+}
+
+/// An application acting for the staff member a token names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActingApplication {
+    pub id: String,
+    pub display_name: String,
 }
 
 /// The verified caller of a request, placed in its extensions by the auth layer.
@@ -81,6 +102,8 @@ pub struct Principal {
     /// Display names as the token gives them (informational, for reports).
     pub display_name: String,
     pub organisation_name: String,
+    /// The application acting for this member of staff, if one is.
+    pub acting_application: Option<ActingApplication>,
 }
 
 impl Principal {
@@ -108,6 +131,20 @@ impl Principal {
                 "a patient token must be bound to one patient, and only a patient token",
             ));
         }
+        let acting_application = match &claims.act {
+            None => None,
+            Some(act) if kind == PrincipalKind::Staff && !act.sub.is_empty() => {
+                Some(ActingApplication {
+                    id: act.sub.clone(),
+                    display_name: act.name.clone(),
+                })
+            }
+            Some(_) => {
+                return Err(Error::unauthenticated(
+                    "only a staff token may name an acting application",
+                ));
+            }
+        };
         Ok(Principal {
             id: claims.sub.clone(),
             kind,
@@ -127,7 +164,15 @@ impl Principal {
             patient,
             display_name: claims.name.clone(),
             organisation_name: claims.org_name.clone(),
+            acting_application,
         })
+    }
+
+    /// The principals whose revocation ends this token: its subject, and
+    /// the application acting for it.
+    pub fn principal_ids(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.id.as_str())
+            .chain(self.acting_application.as_ref().map(|a| a.id.as_str()))
     }
 
     /// The purpose a request acts for: the one it names, or the token's
@@ -192,6 +237,12 @@ impl Principal {
                 .iter()
                 .map(|c| c.as_str().to_owned())
                 .collect(),
+            acting_application: self.acting_application.as_ref().map(|a| {
+                sharedcare_proto::common::v1::ActingApplication {
+                    principal_id: a.id.clone(),
+                    display_name: a.display_name.clone(),
+                }
+            }),
         }
     }
 }
@@ -251,7 +302,13 @@ pub trait KeySource: Send + Sync + 'static {
     fn fetch(&self) -> BoxFuture<'_, Result<Vec<Jwk>, Error>>;
 }
 
-/// identity's GetJwks over gRPC.
+/// Where the list of revoked principals comes from.
+pub trait RevocationSource: Send + Sync + 'static {
+    /// The ids of the principals whose tokens are refused.
+    fn revoked(&self) -> BoxFuture<'_, Result<Vec<String>, Error>>;
+}
+
+/// identity's GetJwks (and ListRevocations) over gRPC.
 pub struct GrpcKeySource {
     client: IdentityServiceClient<Channel>,
 }
@@ -279,6 +336,127 @@ impl KeySource for GrpcKeySource {
     }
 }
 
+impl RevocationSource for GrpcKeySource {
+    fn revoked(&self) -> BoxFuture<'_, Result<Vec<String>, Error>> {
+        let mut client = self.client.clone();
+        Box::pin(async move {
+            let mut request = tonic::Request::new(ListRevocationsRequest {});
+            request.set_timeout(REVOCATION_CALL_TIMEOUT);
+            let response = client.list_revocations(request).await.map_err(|s| {
+                Error::unavailable(s.message().to_owned()).context("fetching revocations")
+            })?;
+            Ok(response.into_inner().principal_ids)
+        })
+    }
+}
+
+/// Deadline on one fetch of the revocation list: part of the bound on how
+/// long a revoked principal's token may still be accepted.
+pub const REVOCATION_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The revoked principals as last fetched, refreshed inline by the first
+/// request to find them older than `refresh` (others carry on with the list
+/// they have while it is not older than `max_stale`). Past `max_stale`
+/// every token is refused, UNAVAILABLE: a revocation could have been missed.
+struct Revocations {
+    source: Arc<dyn RevocationSource>,
+    refresh: Duration,
+    max_stale: Duration,
+    state: std::sync::RwLock<RevokedList>,
+    /// Held while fetching; when the last attempt began.
+    fetching: Mutex<Option<Instant>>,
+}
+
+#[derive(Default)]
+struct RevokedList {
+    ids: std::collections::HashSet<String>,
+    /// When the fetch that gave `ids` began (None: never fetched).
+    as_of: Option<Instant>,
+}
+
+/// Least time between two failed attempts at the list: identity down is not
+/// asked once per request.
+const REVOCATION_RETRY: Duration = Duration::from_secs(1);
+
+impl Revocations {
+    fn age(&self) -> Option<Duration> {
+        self.state
+            .read()
+            .ok()
+            .and_then(|s| s.as_of.map(|t| t.elapsed()))
+    }
+
+    async fn check<'a>(&self, mut ids: impl Iterator<Item = &'a str>) -> Result<(), Error> {
+        if self.age().is_none_or(|age| age >= self.refresh) {
+            self.refresh().await;
+        }
+        let state = self
+            .state
+            .read()
+            .map_err(|_| Error::internal("checking revocations", "lock poisoned"))?;
+        match state.as_of.map(|t| t.elapsed()) {
+            None => {
+                return Err(Error::unavailable(
+                    "the revocation list could not be fetched from identity yet, so no token \
+                     is accepted",
+                )
+                .with_reason("REVOCATIONS_UNAVAILABLE"));
+            }
+            Some(age) if age > self.max_stale => {
+                return Err(Error::unavailable(format!(
+                    "the revocation list from identity is {} s old, more than \
+                     auth.revocation_max_stale_ms allows, so no token is accepted",
+                    age.as_secs()
+                ))
+                .with_reason("REVOCATIONS_UNAVAILABLE"));
+            }
+            Some(_) => {}
+        }
+        if ids.any(|id| state.ids.contains(id)) {
+            return Err(
+                Error::unauthenticated("the token's principal has been revoked")
+                    .with_reason("PRINCIPAL_REVOKED"),
+            );
+        }
+        Ok(())
+    }
+
+    async fn refresh(&self) {
+        let stale = self.age().is_none_or(|age| age > self.max_stale);
+        // Within max_stale, one request refreshes and the rest go on with
+        // the list they have; past it, all wait for the answer.
+        let mut last = if stale {
+            self.fetching.lock().await
+        } else {
+            match self.fetching.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return,
+            }
+        };
+        // Refreshed while we waited, or tried and failed just now.
+        if self.age().is_some_and(|age| age < self.refresh)
+            || last.is_some_and(|t| t.elapsed() < REVOCATION_RETRY.min(self.refresh))
+        {
+            return;
+        }
+        let began = Instant::now();
+        *last = Some(began);
+        match self.source.revoked().await {
+            Ok(ids) => {
+                if let Ok(mut state) = self.state.write() {
+                    *state = RevokedList {
+                        ids: ids.into_iter().collect(),
+                        as_of: Some(began),
+                    };
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message, "the revocation list could not be refreshed")
+            }
+        }
+    }
+}
+
 /// Verifies tokens with cached keys, refetching when a token names a key id
 /// it has not seen (rotation), at most once per `min_refresh`.
 ///
@@ -288,6 +466,12 @@ impl KeySource for GrpcKeySource {
 /// only the very same bytes hit; a change of key set forgets them all.
 pub struct Verifier {
     source: Arc<dyn KeySource>,
+    /// The platform-wide audience, accepted by every service.
+    audience: String,
+    /// The service this verifier admits to (`ServiceSpec::new` binds it):
+    /// it accepts tokens for "<audience>/<service>" too.
+    service: std::sync::OnceLock<&'static str>,
+    revocations: Option<Revocations>,
     keys: RwLock<HashMap<String, DecodingKey>>,
     last_fetch: Mutex<Option<Instant>>,
     min_refresh: Duration,
@@ -314,11 +498,15 @@ impl Verifier {
     ) -> Self {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
+        // The audience is checked by `check_audience`, which names it.
+        validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 30;
         Verifier {
             source,
+            audience: audience.to_owned(),
+            service: std::sync::OnceLock::new(),
+            revocations: None,
             keys: RwLock::new(HashMap::new()),
             last_fetch: Mutex::new(None),
             min_refresh,
@@ -327,20 +515,98 @@ impl Verifier {
         }
     }
 
+    /// Refuses the tokens of revoked principals, as `source` lists them,
+    /// refreshed every `refresh`; past `max_stale` without a fresh list,
+    /// every token (see `Revocations`).
+    pub fn with_revocations(
+        mut self,
+        source: Arc<dyn RevocationSource>,
+        refresh: Duration,
+        max_stale: Duration,
+    ) -> Self {
+        self.revocations = Some(Revocations {
+            source,
+            refresh,
+            max_stale,
+            state: std::sync::RwLock::new(RevokedList::default()),
+            fetching: Mutex::new(None),
+        });
+        self
+    }
+
+    /// Binds the verifier to the service it admits to: tokens for that
+    /// service's own audience are accepted besides platform-wide ones.
+    /// Done once, by `ServiceSpec::new`; a second service is refused.
+    pub fn bind_service(&self, service: &'static str) {
+        if let Err(other) = self.service.set(service)
+            && self.service.get() != Some(&other)
+        {
+            tracing::warn!(
+                service,
+                "a verifier bound to another service was given to this one: it keeps the first"
+            );
+        }
+    }
+
+    /// The audience of tokens for one service of this platform.
+    pub fn service_audience(platform: &str, service: &str) -> String {
+        format!("{platform}/{service}")
+    }
+
     pub async fn verify(&self, token: &str) -> Result<Principal, Error> {
         let now = chrono::Utc::now().timestamp();
-        if let Some(principal) = self.remembered(token, now) {
-            return Ok(principal);
-        }
-        let (principal, expires) = self.verify_signed(token).await?;
-        self.remember(token, &principal, expires, now);
+        let principal = match self.remembered(token, now) {
+            Some(principal) => principal,
+            None => {
+                let (principal, expires) = self.verify_signed(token, false).await?;
+                self.remember(token, &principal, expires, now);
+                principal
+            }
+        };
+        self.check_revoked(&principal).await?;
         Ok(principal)
     }
 
     /// As `verify`, with the token's expiry (Unix seconds), always checked
-    /// afresh: for introspection.
+    /// afresh and for any of the platform's audiences: for introspection.
     pub async fn verify_with_expiry(&self, token: &str) -> Result<(Principal, i64), Error> {
-        self.verify_signed(token).await
+        let verified = self.verify_signed(token, true).await?;
+        self.check_revoked(&verified.0).await?;
+        Ok(verified)
+    }
+
+    async fn check_revoked(&self, principal: &Principal) -> Result<(), Error> {
+        match &self.revocations {
+            Some(revocations) => revocations.check(principal.principal_ids()).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The platform-wide audience, or this service's own (any service's
+    /// when `any_service`). UNAUTHENTICATED naming the token's audience.
+    fn check_audience(&self, aud: &str, any_service: bool) -> Result<(), Error> {
+        if aud == self.audience {
+            return Ok(());
+        }
+        let service = aud
+            .strip_prefix(self.audience.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+            .filter(|s| !s.is_empty());
+        match (service, self.service.get()) {
+            (Some(_), _) if any_service => Ok(()),
+            (Some(for_service), Some(ours)) if for_service == *ours => Ok(()),
+            (_, Some(ours)) => Err(Error::unauthenticated(format!(
+                "token is for audience `{aud}`; {ours} accepts only `{}` and `{}`",
+                self.audience,
+                Self::service_audience(&self.audience, ours)
+            ))
+            .with_reason("WRONG_AUDIENCE")),
+            (_, None) => Err(Error::unauthenticated(format!(
+                "token is for audience `{aud}`; this accepts only `{}`",
+                self.audience
+            ))
+            .with_reason("WRONG_AUDIENCE")),
+        }
     }
 
     pub(crate) fn remembered(&self, token: &str, now: i64) -> Option<Principal> {
@@ -376,7 +642,11 @@ impl Verifier {
     }
 
     /// The full check: header, key, signature, claims.
-    async fn verify_signed(&self, token: &str) -> Result<(Principal, i64), Error> {
+    async fn verify_signed(
+        &self,
+        token: &str,
+        any_service: bool,
+    ) -> Result<(Principal, i64), Error> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Error::unauthenticated("bearer token is not a well-formed JWT"))?;
         if header.alg != Algorithm::EdDSA {
@@ -391,11 +661,11 @@ impl Verifier {
             Error::unauthenticated(match e.kind() {
                 ErrorKind::ExpiredSignature => "token has expired",
                 ErrorKind::InvalidSignature => "token signature does not verify",
-                ErrorKind::InvalidAudience => "token is for another audience",
                 ErrorKind::InvalidIssuer => "token is from another issuer",
                 _ => "token is invalid",
             })
         })?;
+        self.check_audience(&data.claims.aud, any_service)?;
         Ok((Principal::from_claims(&data.claims)?, data.claims.exp))
     }
 
@@ -439,12 +709,24 @@ impl Verifier {
 /// as configured.
 pub fn remote_verifier(cfg: &crate::config::AuthConfig) -> Result<Arc<Verifier>, Error> {
     let identity = crate::client::lazy_channel(&cfg.identity_url)?;
-    Ok(Arc::new(Verifier::new(
-        Arc::new(GrpcKeySource::new(identity)),
+    Ok(Arc::new(grpc_verifier(cfg, identity)))
+}
+
+/// A verifier against identity over `identity`: its JWKS, and its
+/// revocation list refreshed as `cfg` says.
+pub fn grpc_verifier(cfg: &crate::config::AuthConfig, identity: Channel) -> Verifier {
+    let source = Arc::new(GrpcKeySource::new(identity));
+    Verifier::new(
+        source.clone(),
         &cfg.issuer,
         &cfg.audience,
         Duration::from_millis(cfg.jwks_min_refresh_ms),
-    )))
+    )
+    .with_revocations(
+        source,
+        Duration::from_millis(cfg.revocation_refresh_ms),
+        Duration::from_millis(cfg.revocation_max_stale_ms),
+    )
 }
 
 /// gRPC paths that need no token besides a service's public RPCs (token
@@ -597,6 +879,7 @@ mod tests {
             patient: None,
             display_name: String::new(),
             organisation_name: String::new(),
+            acting_application: None,
         }
     }
 
@@ -647,6 +930,7 @@ mod tests {
             pat: pat.into(),
             name: String::new(),
             org_name: String::new(),
+            act: None,
         };
         assert!(Principal::from_claims(&claims("patient", "p1")).is_ok());
         assert!(Principal::from_claims(&claims("patient", "")).is_err());

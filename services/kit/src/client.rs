@@ -83,6 +83,7 @@ impl TokenSource {
             // A service acts for no purpose of its own: its calls carry the
             // end user's.
             purpose: Purpose::Unspecified as i32,
+            ..Default::default()
         });
         request.set_timeout(Duration::from_secs(5));
         let response = self

@@ -395,6 +395,15 @@ pub struct AuthConfig {
     pub identity_url: String,
     /// Least time between two JWKS fetches triggered by unknown key ids.
     pub jwks_min_refresh_ms: u64,
+    /// How often the list of revoked principals is refreshed from identity:
+    /// a revoked principal's token is refused by this service at most this
+    /// long (plus a 5 s call timeout) after the revocation.
+    #[serde(default = "default_revocation_refresh_ms")]
+    pub revocation_refresh_ms: u64,
+    /// Past this age without a fresh revocation list (identity unreachable)
+    /// every token is refused, UNAVAILABLE: fail closed.
+    #[serde(default = "default_revocation_max_stale_ms")]
+    pub revocation_max_stale_ms: u64,
     /// This service's client credentials (services that call others).
     #[serde(default)]
     pub client_id: Option<String>,
@@ -402,8 +411,28 @@ pub struct AuthConfig {
     pub client_secret: SecretSource,
 }
 
+fn default_revocation_refresh_ms() -> u64 {
+    10_000
+}
+
+fn default_revocation_max_stale_ms() -> u64 {
+    60_000
+}
+
 impl AuthConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.revocation_refresh_ms == 0 {
+            return Err(ConfigError::invalid(
+                "auth.revocation_refresh_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.revocation_max_stale_ms < self.revocation_refresh_ms {
+            return Err(ConfigError::invalid(
+                "auth.revocation_max_stale_ms",
+                "must be at least auth.revocation_refresh_ms",
+            ));
+        }
         if self.issuer.is_empty() {
             return Err(ConfigError::invalid("auth.issuer", "must not be empty"));
         }
@@ -469,6 +498,8 @@ issuer = "sharedcare-identity"
 audience = "sharedcare"
 identity_url = "http://127.0.0.1:50051"
 jwks_min_refresh_ms = 10000
+revocation_refresh_ms = 10000
+revocation_max_stale_ms = 60000
 "#;
 
 #[cfg(test)]

@@ -171,6 +171,7 @@ mod tests {
             pat: String::new(),
             name: String::new(),
             org_name: String::new(),
+            act: None,
         }
     }
 
@@ -299,6 +300,110 @@ mod tests {
             .expect("valid");
         let err = v.verify(&old).await.expect_err("its key is gone");
         assert!(err.message.contains("unknown key"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn a_service_accepts_the_platform_audience_and_its_own_only() {
+        let key = SigningKey::generate();
+        let v = verifier(vec![key.jwk()]);
+        v.bind_service("audit");
+        let with_aud = |aud: &str| {
+            key.sign(&Claims {
+                aud: aud.into(),
+                ..claims(300)
+            })
+            .expect("sign")
+        };
+        for aud in ["sharedcare", "sharedcare/audit"] {
+            v.verify(&with_aud(aud)).await.expect("accepted");
+        }
+        for aud in ["sharedcare/records", "elsewhere", "sharedcare/"] {
+            let err = v.verify(&with_aud(aud)).await.expect_err("refused");
+            assert_eq!(err.code, crate::error::Code::Unauthenticated);
+            assert!(
+                err.message.contains(&format!("audience `{aud}`")),
+                "{}",
+                err.message
+            );
+        }
+        // Introspection judges any audience of the platform.
+        v.verify_with_expiry(&with_aud("sharedcare/records"))
+            .await
+            .expect("the platform's");
+    }
+
+    /// A revocation list that can change, or fail.
+    #[derive(Default)]
+    struct Revoked {
+        ids: std::sync::Mutex<Option<Vec<String>>>,
+    }
+
+    impl crate::auth::RevocationSource for Revoked {
+        fn revoked(&self) -> Pin<Box<dyn Future<Output = Result<Vec<String>, Error>> + Send + '_>> {
+            let ids = self.ids.lock().expect("lock").clone();
+            Box::pin(async move { ids.ok_or_else(|| Error::unavailable("identity is down")) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revoked_principal_is_refused_and_a_list_too_old_refuses_everyone() {
+        let key = SigningKey::generate();
+        let source = Arc::new(Revoked::default());
+        // Refreshed on every check.
+        let v = verifier(vec![key.jwk()]).with_revocations(
+            source.clone(),
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        );
+        let token = key.sign(&claims(300)).expect("sign");
+        let err = v.verify(&token).await.expect_err("never fetched");
+        assert_eq!(err.code, crate::error::Code::Unavailable);
+        assert!(err.message.contains("revocation list"), "{}", err.message);
+
+        *source.ids.lock().expect("lock") = Some(vec!["someone-else".into()]);
+        v.verify(&token).await.expect("not revoked");
+        *source.ids.lock().expect("lock") = Some(vec!["principal-1".into()]);
+        let err = v.verify(&token).await.expect_err("revoked");
+        assert_eq!(err.code, crate::error::Code::Unauthenticated);
+        assert!(err.message.contains("revoked"), "{}", err.message);
+        let err = v.verify_with_expiry(&token).await.expect_err("revoked");
+        assert_eq!(err.code, crate::error::Code::Unauthenticated);
+
+        // An acting application's revocation ends the token too.
+        let acting = key
+            .sign(&Claims {
+                sub: "staff-2".into(),
+                act: Some(crate::auth::ActClaim {
+                    sub: "principal-1".into(),
+                    name: String::new(),
+                }),
+                ..claims(300)
+            })
+            .expect("sign");
+        assert!(v.verify(&acting).await.is_err());
+
+        // identity unreachable for longer than the list may be old: fail
+        // closed.
+        let v = verifier(vec![key.jwk()]).with_revocations(
+            source.clone(),
+            Duration::ZERO,
+            Duration::from_millis(20),
+        );
+        let other = key
+            .sign(&Claims {
+                sub: "staff-3".into(),
+                ..claims(300)
+            })
+            .expect("sign");
+        *source.ids.lock().expect("lock") = Some(vec![]);
+        v.verify(&other).await.expect("fresh");
+        *source.ids.lock().expect("lock") = None;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let err = v.verify(&other).await.expect_err("list too old");
+        assert_eq!(err.code, crate::error::Code::Unavailable);
+        assert!(err.message.contains("revocation"), "{}", err.message);
+        *source.ids.lock().expect("lock") = Some(vec![]);
+        v.verify(&other).await.expect("back");
     }
 
     #[test]

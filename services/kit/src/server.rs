@@ -57,6 +57,9 @@ impl ServiceSpec {
             + 'static,
         S::Future: Send + 'static,
     {
+        // Tokens for this service's own audience are accepted besides
+        // platform-wide ones.
+        verifier.bind_service(name);
         ServiceSpec {
             name,
             grpc_services: vec![S::NAME],

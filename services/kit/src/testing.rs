@@ -200,6 +200,7 @@ impl TestAuthority {
                 } else {
                     format!("Organisation {}", t.org)
                 },
+                act: None,
             })
             .expect("sign test token")
     }

@@ -423,14 +423,9 @@ pub fn remote_verifier(
     cfg: &crate::config::AuthConfig,
     tls: Option<&Tls>,
 ) -> Result<Arc<crate::auth::Verifier>, Error> {
-    Ok(Arc::new(crate::auth::Verifier::new(
-        Arc::new(crate::auth::GrpcKeySource::new(channel(
-            &cfg.identity_url,
-            tls,
-        )?)),
-        &cfg.issuer,
-        &cfg.audience,
-        Duration::from_millis(cfg.jwks_min_refresh_ms),
+    Ok(Arc::new(crate::auth::grpc_verifier(
+        cfg,
+        channel(&cfg.identity_url, tls)?,
     )))
 }
 

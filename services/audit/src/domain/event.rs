@@ -114,6 +114,17 @@ pub struct Actor {
     /// The names the actor's token carried (optional; for access reports).
     pub display_name: String,
     pub organisation_name: String,
+    /// The application acting for a staff actor, if one was.
+    pub acting_application: Option<ActingApplication>,
+}
+
+/// An application acting for a named member of staff (its token's `act`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActingApplication {
+    /// Required.
+    pub principal_id: String,
+    /// Optional (empty when absent).
+    pub display_name: String,
 }
 
 /// One access, validated. Optional text fields are empty when absent.

@@ -10,7 +10,7 @@ mod page;
 
 pub use entry::{Entry, HASH_LEN, Hash, leaf_hash, leaf_input};
 pub use event::{
-    Action, Actor, AuditEvent, EncodedEvent, EventId, MAX_BATCH, MAX_ID_CHARS, MAX_TEXT_CHARS,
-    Outcome, PatientId, PrincipalKind, Purpose, optional_text, required_text,
+    ActingApplication, Action, Actor, AuditEvent, EncodedEvent, EventId, MAX_BATCH, MAX_ID_CHARS,
+    MAX_TEXT_CHARS, Outcome, PatientId, PrincipalKind, Purpose, optional_text, required_text,
 };
 pub use page::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageSize, PageToken};

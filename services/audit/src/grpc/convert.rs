@@ -12,8 +12,9 @@ use sharedcare_kit::{Error, proto_time};
 use sharedcare_proto::{audit::v1 as pb, common::v1 as common};
 
 use crate::domain::{
-    Action, Actor, AuditEvent, EncodedEvent, Entry, EventId, MAX_ID_CHARS, MAX_TEXT_CHARS, Outcome,
-    PatientId, PrincipalKind, Purpose, checkpoint::SignedHead, optional_text, required_text,
+    ActingApplication, Action, Actor, AuditEvent, EncodedEvent, Entry, EventId, MAX_ID_CHARS,
+    MAX_TEXT_CHARS, Outcome, PatientId, PrincipalKind, Purpose, checkpoint::SignedHead,
+    optional_text, required_text,
 };
 
 /// How far ahead of audit's clock an event's time may be (clock skew
@@ -122,6 +123,27 @@ fn decode_actor(prefix: &str, actor: common::Actor) -> Result<Actor, Error> {
             &actor.organisation_name,
             MAX_ID_CHARS,
         )?,
+        acting_application: match actor.acting_application {
+            None => None,
+            Some(_) if kind != PrincipalKind::Staff => {
+                return Err(Error::invalid(
+                    f("acting_application"),
+                    "is only for a staff actor",
+                ));
+            }
+            Some(app) => Some(ActingApplication {
+                principal_id: required_text(
+                    &f("acting_application.principal_id"),
+                    &app.principal_id,
+                    MAX_ID_CHARS,
+                )?,
+                display_name: optional_text(
+                    &f("acting_application.display_name"),
+                    &app.display_name,
+                    MAX_ID_CHARS,
+                )?,
+            }),
+        },
     })
 }
 
@@ -149,6 +171,12 @@ pub fn encode_event(e: &AuditEvent) -> pb::AuditEvent {
             organisation_name: e.actor.organisation_name.clone(),
             // Not kept: the trail records who acted, not what their role allows.
             capabilities: vec![],
+            acting_application: e.actor.acting_application.as_ref().map(|a| {
+                common::ActingApplication {
+                    principal_id: a.principal_id.clone(),
+                    display_name: a.display_name.clone(),
+                }
+            }),
         }),
         patient_id: e.patient_id.as_str().to_owned(),
         action: encode_action(e.action) as i32,
@@ -363,6 +391,10 @@ mod tests {
                 display_name: "Dr Asha Patel".into(),
                 organisation_name: "Leeds Health Centre".into(),
                 capabilities: vec![],
+                acting_application: Some(common::ActingApplication {
+                    principal_id: "app-1".into(),
+                    display_name: "Leeds EPR".into(),
+                }),
             }),
             patient_id: "patient-1".into(),
             action: pb::Action::Read as i32,
@@ -421,7 +453,34 @@ mod tests {
         actor.organisation_ods_code.clear();
         actor.role.clear();
         actor.patient_id = "patient-1".into();
+        // Only staff are acted for by an application.
+        actor.acting_application = None;
         actor
+    }
+
+    #[test]
+    fn an_acting_application_is_kept_and_only_for_staff() {
+        let event = decode("event", full_event()).expect("valid");
+        let app = event.actor.acting_application.as_ref().expect("kept");
+        assert_eq!(app.principal_id, "app-1");
+        assert_eq!(encode_event(&event), full_event());
+        let mut wire = full_event();
+        wire.actor.as_mut().expect("actor").kind = common::PrincipalKind::Application as i32;
+        let err = decode("event", wire).expect_err("an application acts for staff only");
+        assert_eq!(err.field.as_deref(), Some("event.actor.acting_application"));
+        let mut wire = full_event();
+        if let Some(app) = wire
+            .actor
+            .as_mut()
+            .and_then(|a| a.acting_application.as_mut())
+        {
+            app.principal_id.clear();
+        }
+        let err = decode("event", wire).expect_err("names its application");
+        assert_eq!(
+            err.field.as_deref(),
+            Some("event.actor.acting_application.principal_id")
+        );
     }
 
     #[test]

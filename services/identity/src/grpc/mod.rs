@@ -136,6 +136,86 @@ impl IdentityGrpc {
         }
     }
 
+    /// For an application acting for a member of staff: the staff member
+    /// (with the scopes and purposes both hold), the `act` claim naming the
+    /// application, and the staff token's expiry, which the new token does
+    /// not outlive. INVALID_ARGUMENT naming `on_behalf_of_token` otherwise.
+    async fn acting_for(
+        &self,
+        application: Principal,
+        staff_token: &str,
+    ) -> Result<
+        (
+            Principal,
+            Option<sharedcare_kit::auth::ActClaim>,
+            Option<chrono::DateTime<chrono::Utc>>,
+        ),
+        Error,
+    > {
+        const FIELD: &str = "on_behalf_of_token";
+        if application.kind != PrincipalKind::Application {
+            return Err(Error::invalid(
+                FIELD,
+                "only an application may act for a member of staff",
+            ));
+        }
+        let (verified, expires) = match self.verifier.verify_with_expiry(staff_token).await {
+            Ok(verified) => verified,
+            Err(e) if e.code == sharedcare_kit::error::Code::Unauthenticated => {
+                return Err(Error::invalid(
+                    FIELD,
+                    format!("does not verify: {}", e.message),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        if verified.kind != PrincipalKind::Staff || verified.acting_application.is_some() {
+            return Err(Error::invalid(FIELD, "must be a staff member's own token"));
+        }
+        let staff = self
+            .store
+            .get_principal(&verified.id)
+            .await?
+            .filter(|p| p.kind == PrincipalKind::Staff)
+            .ok_or_else(|| Error::invalid(FIELD, "names no staff member"))?;
+        if staff.organisation.is_none() || staff.organisation != application.organisation {
+            return Err(Error::invalid(
+                FIELD,
+                "names a member of staff at another organisation",
+            ));
+        }
+        let act = sharedcare_kit::auth::ActClaim {
+            sub: application.id.clone(),
+            name: application.display_name.clone(),
+        };
+        let subject = Principal {
+            scopes: staff
+                .scopes
+                .iter()
+                .filter(|s| application.scopes.contains(s))
+                .cloned()
+                .collect(),
+            purposes: staff
+                .purposes
+                .iter()
+                .filter(|p| application.purposes.contains(p))
+                .copied()
+                .collect(),
+            ..staff
+        };
+        if subject.purposes.is_empty() {
+            return Err(Error::permission_denied(
+                "the application and the member of staff share no purpose of use",
+            )
+            .with_reason("PURPOSE_NOT_PERMITTED"));
+        }
+        Ok((
+            subject,
+            Some(act),
+            chrono::DateTime::from_timestamp(expires, 0),
+        ))
+    }
+
     /// The capabilities a principal's tokens carry: its role's, for staff.
     fn capabilities(&self, principal: &Principal) -> BTreeSet<sharedcare_kit::access::Capability> {
         if principal.kind == PrincipalKind::Staff {
@@ -687,14 +767,46 @@ impl IdentityService for IdentityGrpc {
         if req.client_secret.is_empty() {
             return Err(Error::invalid("client_secret", "is required").into());
         }
+        let service = match req.audience.trim() {
+            "" => None,
+            asked => Some(
+                crate::tokens::SERVICE_AUDIENCES
+                    .iter()
+                    .copied()
+                    .find(|s| *s == asked)
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "audience",
+                            format!(
+                                "must be empty (every service) or one of {}",
+                                crate::tokens::SERVICE_AUDIENCES.join(", ")
+                            ),
+                        )
+                    })?,
+            ),
+        };
         let secret = ClientSecret::from_string(req.client_secret);
         // One answer for an unknown client and a wrong secret: no probing.
-        let principal = self
+        let client = self
             .store
             .get_principal_by_client_id(&client_id)
             .await?
             .filter(|p| secret.matches(&p.secret_hash))
             .ok_or_else(|| Error::unauthenticated("client credentials do not match"))?;
+        if self.store.revocation(&client.id).await?.is_some() {
+            return Err(Error::unauthenticated("this principal has been revoked")
+                .with_reason("PRINCIPAL_REVOKED")
+                .into());
+        }
+        // Who the token is for: the client, or the member of staff an
+        // application acts for (with the application named in `act`).
+        let (principal, acting, expires_by) = if req.on_behalf_of_token.trim().is_empty() {
+            (client, None, None)
+        } else {
+            self.acting_for(client, req.on_behalf_of_token.trim())
+                .await?
+        };
+        self.tokens.reload(self.store.as_ref()).await?;
         let scopes = if req.scopes.is_empty() {
             principal.scopes.clone()
         } else {
@@ -720,8 +832,13 @@ impl IdentityService for IdentityGrpc {
             Ok(p) if principal.purposes.contains(&p) => Some(p),
             Ok(p) => {
                 return Err(Error::permission_denied(format!(
-                    "purpose `{}` is not permitted to this client",
-                    purpose_to_str(p)
+                    "purpose `{}` is not permitted to this client{}",
+                    purpose_to_str(p),
+                    if acting.is_some() {
+                        " acting for this member of staff"
+                    } else {
+                        ""
+                    }
                 ))
                 .with_reason("PURPOSE_NOT_PERMITTED")
                 .into());
@@ -737,12 +854,17 @@ impl IdentityService for IdentityGrpc {
                 .unwrap_or_default(),
             None => String::new(),
         };
-        let issued = self.tokens.issue(
+        let issued = self.tokens.issue_with(
             &principal,
             &organisation_name,
             &scopes,
             purpose,
             &capabilities,
+            crate::tokens::Extras {
+                service,
+                acting_application: acting,
+                expires_by,
+            },
         )?;
         Ok(Response::new(pb::IssueTokenResponse {
             access_token: issued.token,
@@ -755,6 +877,8 @@ impl IdentityService for IdentityGrpc {
         &self,
         _request: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        // Keys another replica rotated in are published here too.
+        self.tokens.reload(self.store.as_ref()).await?;
         Ok(Response::new(pb::GetJwksResponse {
             keys: self.tokens.jwks(),
         }))
@@ -771,8 +895,8 @@ impl IdentityService for IdentityGrpc {
             return Err(Error::invalid("token", "is required").into());
         }
         // Any failure is simply "not active": why is not the caller's to
-        // learn (RFC 7662 §2.2). Principals are never deleted, so a valid
-        // signature on an unexpired token is the whole test for now.
+        // learn (RFC 7662 §2.2). The verifier refuses a revoked principal's
+        // token, reading identity's store afresh.
         let Ok((principal, expires)) = self.verifier.verify_with_expiry(token.trim()).await else {
             return Ok(Response::new(pb::IntrospectTokenResponse::default()));
         };
@@ -782,6 +906,56 @@ impl IdentityService for IdentityGrpc {
             purposes: principal.purposes.iter().map(|p| *p as i32).collect(),
             expire_time: chrono::DateTime::from_timestamp(expires, 0).map(to_proto),
             actor: Some(principal.actor()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "RotateSigningKey"))]
+    async fn rotate_signing_key(
+        &self,
+        request: Request<pb::RotateSigningKeyRequest>,
+    ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
+        grant(&request)?;
+        let (kid, retire) = self.tokens.rotate(self.store.as_ref()).await?;
+        Ok(Response::new(pb::RotateSigningKeyResponse {
+            kid,
+            published_kids: self.tokens.jwks().into_iter().map(|k| k.kid).collect(),
+            previous_keys_retire_time: Some(to_proto(retire)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "RevokePrincipal"))]
+    async fn revoke_principal(
+        &self,
+        request: Request<pb::RevokePrincipalRequest>,
+    ) -> Result<Response<pb::RevokePrincipalResponse>, Status> {
+        let grant = grant(&request)?;
+        let id = required_id("principal_id", &request.get_ref().principal_id)?;
+        if id == grant.principal.id {
+            // The platform would lose its administrator.
+            return Err(Error::invalid("principal_id", "is the caller's own").into());
+        }
+        if self.store.get_principal(&id).await?.is_none() {
+            return Err(Error::not_found("no principal with this principal_id").into());
+        }
+        let (revoked_at, already) = self.store.revoke_principal(&id, chrono::Utc::now()).await?;
+        tracing::info!(principal_id = %id, already, "principal revoked");
+        Ok(Response::new(pb::RevokePrincipalResponse {
+            principal_id: id,
+            revoke_time: Some(to_proto(revoked_at)),
+            already_revoked: already,
+        }))
+    }
+
+    async fn list_revocations(
+        &self,
+        _request: Request<pb::ListRevocationsRequest>,
+    ) -> Result<Response<pb::ListRevocationsResponse>, Status> {
+        let live = crate::tokens::StoreRevocations {
+            store: self.store.clone(),
+            ttl_secs: self.tokens.ttl_secs(),
+        };
+        Ok(Response::new(pb::ListRevocationsResponse {
+            principal_ids: live.live().await?,
         }))
     }
 }

@@ -138,3 +138,42 @@ pub mod patient_merge {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod signing_key {
+    use sea_orm::entity::prelude::*;
+
+    /// A token signing key made by a rotation (M0005).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "identity_signing_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub kid: String,
+        /// The PKCS#8 PEM private key, sealed with `kit::crypto` (bound to
+        /// the kid).
+        pub sealed: Vec<u8>,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod revocation {
+    use sea_orm::entity::prelude::*;
+
+    /// A revoked principal (M0005).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "identity_revocations")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub principal_id: String,
+        pub revoked_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

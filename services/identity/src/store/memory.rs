@@ -14,7 +14,9 @@ use sea_orm::DatabaseConnection;
 use sharedcare_kit::{Error, db::WriteGate, memory::AuditedState};
 use sharedcare_proto::audit::v1::AuditEvent;
 
-use super::{BoxFuture, IdentityStore, OUTBOX_TABLE, Registered, refusals};
+use chrono::{DateTime, Utc};
+
+use super::{BoxFuture, IdentityStore, OUTBOX_TABLE, Registered, StoredSigningKey, refusals};
 use crate::domain::{
     MergeEvent, MergeKind, NhsNumber, NotSamePerson, OdsCode, Organisation, Patient, Principal,
 };
@@ -39,6 +41,10 @@ struct Index {
     organisations: HashMap<String, Organisation>,
     /// By client id (principal ids are unique too; there are few).
     principals: HashMap<String, Principal>,
+    /// Rotated signing keys, oldest first.
+    signing_keys: Vec<StoredSigningKey>,
+    /// Principal id → when it was revoked.
+    revocations: HashMap<String, DateTime<Utc>>,
 }
 
 impl Index {
@@ -352,6 +358,74 @@ impl IdentityStore for MemoryStore {
             .state
             .lock()
             .map(|index| index.principals.get(client_id).cloned());
+        Box::pin(async move { found })
+    }
+
+    fn get_principal(&self, id: &str) -> BoxFuture<'_, Option<Principal>> {
+        let found = self
+            .state
+            .lock()
+            .map(|index| index.principals.values().find(|p| p.id == id).cloned());
+        Box::pin(async move { found })
+    }
+
+    fn add_signing_key(&self, key: StoredSigningKey) -> BoxFuture<'_, ()> {
+        let added = self.state.lock().and_then(|mut index| {
+            if index.signing_keys.iter().any(|k| k.kid == key.kid) {
+                return Err(Error::already_exists("a signing key with this kid exists"));
+            }
+            index.signing_keys.push(key);
+            index.signing_keys.sort_by_key(|k| k.created_at);
+            Ok(())
+        });
+        Box::pin(async move { added })
+    }
+
+    fn signing_keys(&self) -> BoxFuture<'_, Vec<StoredSigningKey>> {
+        let keys = self.state.lock().map(|index| index.signing_keys.clone());
+        Box::pin(async move { keys })
+    }
+
+    fn revoke_principal(
+        &self,
+        principal_id: &str,
+        at: DateTime<Utc>,
+    ) -> BoxFuture<'_, (DateTime<Utc>, bool)> {
+        let revoked =
+            self.state
+                .lock()
+                .map(|mut index| match index.revocations.get(principal_id) {
+                    Some(first) => (*first, true),
+                    None => {
+                        index.revocations.insert(principal_id.to_owned(), at);
+                        (at, false)
+                    }
+                });
+        Box::pin(async move { revoked })
+    }
+
+    fn revocation(&self, principal_id: &str) -> BoxFuture<'_, Option<DateTime<Utc>>> {
+        let found = self
+            .state
+            .lock()
+            .map(|index| index.revocations.get(principal_id).copied());
+        Box::pin(async move { found })
+    }
+
+    fn revocations_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> BoxFuture<'_, Vec<(String, DateTime<Utc>)>> {
+        let found = self.state.lock().map(|index| {
+            let mut found: Vec<_> = index
+                .revocations
+                .iter()
+                .filter(|(_, at)| **at >= since)
+                .map(|(id, at)| (id.clone(), *at))
+                .collect();
+            found.sort();
+            found
+        });
         Box::pin(async move { found })
     }
 }

@@ -11,6 +11,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0002PatientPrincipals),
             Box::new(M0003AuditOutbox),
             Box::new(M0004Matching),
+            Box::new(M0005Tokens),
             Box::new(M0006Merges),
         ]
     }
@@ -215,6 +216,42 @@ impl MigrationTrait for M0006Merges {
                     .col(string("surviving_patient_id"))
                     .col(string("recorded_by"))
                     .col(timestamp_with_time_zone("recorded_at"))
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// Rotated token signing keys and revoked principals.
+struct M0005Tokens;
+
+impl MigrationName for M0005Tokens {
+    fn name(&self) -> &str {
+        "m0005_tokens"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for M0005Tokens {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("identity_signing_keys")
+                    .if_not_exists()
+                    .col(string("kid").primary_key())
+                    .col(blob("sealed"))
+                    .col(timestamp_with_time_zone("created_at"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("identity_revocations")
+                    .if_not_exists()
+                    .col(string("principal_id").primary_key())
+                    .col(timestamp_with_time_zone("revoked_at"))
                     .to_owned(),
             )
             .await

@@ -7,6 +7,8 @@ mod sql;
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
+use chrono::{DateTime, Utc};
+
 use sea_orm::DatabaseConnection;
 use sharedcare_kit::{
     Error,
@@ -100,6 +102,49 @@ pub trait IdentityStore: Send + Sync + 'static {
     /// Inserts or replaces the principal with this client id (bootstrap).
     fn upsert_principal(&self, principal: Principal) -> BoxFuture<'_, Principal>;
     fn get_principal_by_client_id(&self, client_id: &str) -> BoxFuture<'_, Option<Principal>>;
+    fn get_principal(&self, id: &str) -> BoxFuture<'_, Option<Principal>>;
+
+    /// Keeps a token signing key made by a rotation (the SQL store seals its
+    /// private half). ALREADY_EXISTS if the key id is taken.
+    fn add_signing_key(&self, key: StoredSigningKey) -> BoxFuture<'_, ()>;
+    /// Every rotated signing key, oldest first.
+    fn signing_keys(&self) -> BoxFuture<'_, Vec<StoredSigningKey>>;
+
+    /// Revokes a principal at `at`, unless it was revoked before; either
+    /// way, when it was revoked and whether it was already. The principal
+    /// need not be checked here (the caller has).
+    fn revoke_principal(
+        &self,
+        principal_id: &str,
+        at: DateTime<Utc>,
+    ) -> BoxFuture<'_, (DateTime<Utc>, bool)>;
+    /// When the principal was revoked, if it was.
+    fn revocation(&self, principal_id: &str) -> BoxFuture<'_, Option<DateTime<Utc>>>;
+    /// The principals revoked at or after `since`, with when.
+    fn revocations_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> BoxFuture<'_, Vec<(String, DateTime<Utc>)>>;
+}
+
+/// A token signing key made by RotateSigningKey.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredSigningKey {
+    pub kid: String,
+    /// The Ed25519 private key as PKCS#8 PEM.
+    pub pkcs8_pem: String,
+    /// When it began signing (and the key before it stopped).
+    pub created_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for StoredSigningKey {
+    // The private key is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSigningKey")
+            .field("kid", &self.kid)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A store of the configured backend, and where its audit outbox lives.

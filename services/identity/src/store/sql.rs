@@ -1,5 +1,6 @@
 //! The sea-orm store: SQLite (embedded default) or PostgreSQL.
 
+use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
@@ -14,7 +15,10 @@ use sharedcare_kit::{
 };
 use sharedcare_proto::audit::v1::AuditEvent;
 
-use super::{BoxFuture, IdentityStore, Migrator, OUTBOX_TABLE, Registered, entities::*, refusals};
+use super::{
+    BoxFuture, IdentityStore, Migrator, OUTBOX_TABLE, Registered, StoredSigningKey, entities::*,
+    refusals,
+};
 use crate::domain::{
     Demographics, Gender, MergeEvent, MergeKind, NhsNumber, NotSamePerson, OdsCode, Organisation,
     Patient, Principal, default_purposes,
@@ -42,6 +46,10 @@ struct SealedPatient {
 
 const NHS_INDEX_DOMAIN: &str = "sharedcare.identity/nhs_number";
 const BLOCKING_INDEX_DOMAIN: &str = "sharedcare.identity/blocking";
+
+fn signing_key_aad(kid: &str) -> Vec<u8> {
+    format!("sharedcare.identity/signing-key/{kid}").into_bytes()
+}
 
 fn patient_aad(patient_id: &str) -> Vec<u8> {
     format!("sharedcare.identity/patient/{patient_id}").into_bytes()
@@ -736,6 +744,121 @@ impl IdentityStore for SqlStore {
                 .map_err(|e| Error::internal("reading a principal", e))?
                 .map(principal_from_row)
                 .transpose()
+        })
+    }
+
+    fn get_principal(&self, id: &str) -> BoxFuture<'_, Option<Principal>> {
+        let id = id.to_owned();
+        Box::pin(async move {
+            principal::Entity::find_by_id(id)
+                .one(&self.db)
+                .await
+                .map_err(|e| Error::internal("reading a principal", e))?
+                .map(principal_from_row)
+                .transpose()
+        })
+    }
+
+    fn add_signing_key(&self, key: StoredSigningKey) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let row = signing_key::ActiveModel {
+                kid: Set(key.kid.clone()),
+                sealed: Set(self
+                    .keys
+                    .seal(key.pkcs8_pem.as_bytes(), &signing_key_aad(&key.kid))?),
+                created_at: Set(key.created_at),
+            };
+            match signing_key::Entity::insert(row).exec(&self.db).await {
+                Ok(_) => Ok(()),
+                Err(e) if is_unique_violation(&e) => {
+                    Err(Error::already_exists("a signing key with this kid exists"))
+                }
+                Err(e) => Err(Error::internal("storing a signing key", e)),
+            }
+        })
+    }
+
+    fn signing_keys(&self) -> BoxFuture<'_, Vec<StoredSigningKey>> {
+        Box::pin(async move {
+            const CONTEXT: &str = "reading the signing keys";
+            signing_key::Entity::find()
+                .order_by_asc(signing_key::Column::CreatedAt)
+                .all(&self.db)
+                .await
+                .map_err(|e| Error::internal(CONTEXT, e))?
+                .into_iter()
+                .map(|row| {
+                    let pem = self
+                        .keys
+                        .open(&row.sealed, &signing_key_aad(&row.kid))
+                        .map_err(|e| e.context(CONTEXT))?;
+                    Ok(StoredSigningKey {
+                        pkcs8_pem: String::from_utf8(pem)
+                            .map_err(|e| Error::internal(CONTEXT, e))?,
+                        kid: row.kid,
+                        created_at: row.created_at,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn revoke_principal(
+        &self,
+        principal_id: &str,
+        at: DateTime<Utc>,
+    ) -> BoxFuture<'_, (DateTime<Utc>, bool)> {
+        let principal_id = principal_id.to_owned();
+        Box::pin(async move {
+            let row = revocation::ActiveModel {
+                principal_id: Set(principal_id.clone()),
+                revoked_at: Set(at),
+            };
+            // The first revocation stands: a second changes nothing.
+            let inserted = revocation::Entity::insert(row)
+                .on_conflict(
+                    OnConflict::column(revocation::Column::PrincipalId)
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .exec_without_returning(&self.db)
+                .await
+                .map_err(|e| Error::internal("revoking a principal", e))?;
+            if inserted == 1 {
+                return Ok((at, false));
+            }
+            let first = self.revocation(&principal_id).await?.ok_or_else(|| {
+                Error::internal("revoking a principal", "the revocation is missing")
+            })?;
+            Ok((first, true))
+        })
+    }
+
+    fn revocation(&self, principal_id: &str) -> BoxFuture<'_, Option<DateTime<Utc>>> {
+        let principal_id = principal_id.to_owned();
+        Box::pin(async move {
+            Ok(revocation::Entity::find_by_id(principal_id)
+                .one(&self.db)
+                .await
+                .map_err(|e| Error::internal("reading a revocation", e))?
+                .map(|row| row.revoked_at))
+        })
+    }
+
+    fn revocations_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> BoxFuture<'_, Vec<(String, DateTime<Utc>)>> {
+        Box::pin(async move {
+            Ok(revocation::Entity::find()
+                .filter(revocation::Column::RevokedAt.gte(since))
+                .order_by_asc(revocation::Column::PrincipalId)
+                .all(&self.db)
+                .await
+                .map_err(|e| Error::internal("reading revocations", e))?
+                .into_iter()
+                .map(|row| (row.principal_id, row.revoked_at))
+                .collect())
         })
     }
 }

@@ -227,6 +227,7 @@ impl Fixture {
                 client_secret: secret.into(),
                 scopes: vec![],
                 purpose: purpose as i32,
+                ..Default::default()
             })
             .await?
             .into_inner()

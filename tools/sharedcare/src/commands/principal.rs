@@ -4,7 +4,10 @@
 use clap::{Subcommand, ValueEnum};
 use sharedcare_proto::{
     common::v1::PrincipalKind,
-    identity::v1::{CreatePrincipalRequest, CreatePrincipalResponse},
+    identity::v1::{
+        CreatePrincipalRequest, CreatePrincipalResponse, RevokePrincipalRequest,
+        RotateSigningKeyRequest,
+    },
 };
 
 use crate::output::out;
@@ -18,6 +21,20 @@ use crate::{
 pub enum PrincipalCommand {
     /// Add a principal and print its client credentials (needs `admin`).
     Create(CreatePrincipalArgs),
+    /// Revoke a principal for good: no more tokens, and its tokens are
+    /// refused everywhere within the services' revocation refresh interval
+    /// (needs `admin`).
+    Revoke(RevokePrincipalArgs),
+    /// Sign new tokens with a new key; the old key's tokens stay valid
+    /// until they expire (needs `admin`).
+    RotateSigningKey,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RevokePrincipalArgs {
+    /// The principal's id (as `principal create` printed it).
+    #[arg(long)]
+    pub id: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -109,7 +126,11 @@ pub async fn create(
 }
 
 pub async fn run(services: &Services, command: PrincipalCommand) -> anyhow::Result<()> {
-    let PrincipalCommand::Create(args) = command;
+    let args = match command {
+        PrincipalCommand::Create(args) => args,
+        PrincipalCommand::Revoke(args) => return revoke(services, args).await,
+        PrincipalCommand::RotateSigningKey => return rotate(services).await,
+    };
     let created = create(services, args).await?;
     let principal = created.principal.unwrap_or_default();
     out!("principal_id:  {}", principal.principal_id);
@@ -130,6 +151,41 @@ pub async fn run(services: &Services, command: PrincipalCommand) -> anyhow::Resu
     Ok(())
 }
 
+async fn revoke(services: &Services, args: RevokePrincipalArgs) -> anyhow::Result<()> {
+    let revoked = services
+        .identity()?
+        .revoke_principal(bearer(
+            RevokePrincipalRequest {
+                principal_id: args.id,
+            },
+            services.token()?,
+        )?)
+        .await
+        .grpc()?;
+    out!("principal_id:    {}", revoked.principal_id);
+    out!(
+        "revoked_at:      {}",
+        labels::time(revoked.revoke_time.as_ref())
+    );
+    out!("already_revoked: {}", revoked.already_revoked);
+    Ok(())
+}
+
+async fn rotate(services: &Services) -> anyhow::Result<()> {
+    let rotated = services
+        .identity()?
+        .rotate_signing_key(bearer(RotateSigningKeyRequest {}, services.token()?)?)
+        .await
+        .grpc()?;
+    out!("kid:            {}", rotated.kid);
+    out!("published_kids: {}", rotated.published_kids.join(" "));
+    out!(
+        "old keys until: {}",
+        labels::time(rotated.previous_keys_retire_time.as_ref())
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -140,6 +196,21 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: CreatePrincipalArgs,
+    }
+
+    #[derive(Debug, Parser)]
+    struct Commands {
+        #[command(subcommand)]
+        command: PrincipalCommand,
+    }
+
+    #[test]
+    fn revoke_names_the_principal_and_rotation_takes_nothing() {
+        let cli = Commands::try_parse_from(["x", "revoke", "--id", "p-1"]).expect("parses");
+        assert!(matches!(cli.command, PrincipalCommand::Revoke(ref a) if a.id == "p-1"));
+        Commands::try_parse_from(["x", "revoke"]).expect_err("no id");
+        let cli = Commands::try_parse_from(["x", "rotate-signing-key"]).expect("parses");
+        assert!(matches!(cli.command, PrincipalCommand::RotateSigningKey));
     }
 
     #[test]

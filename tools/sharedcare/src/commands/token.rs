@@ -26,6 +26,20 @@ pub struct TokenArgs {
     /// first of them].
     #[arg(long, value_enum)]
     pub purpose: Option<PurposeArg>,
+    /// The one service the token is for (identity, consent, records or
+    /// audit); others refuse it [default: every service].
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub audience: String,
+    /// For an application acting for a member of staff at its organisation:
+    /// that staff member's current access token.
+    #[arg(
+        long,
+        env = "SHAREDCARE_ON_BEHALF_OF_TOKEN",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub on_behalf_of_token: String,
 }
 
 /// Calls IssueToken.
@@ -43,6 +57,7 @@ pub async fn issue(
             client_secret: client_secret.to_owned(),
             scopes,
             purpose: purpose_or_unspecified(purpose),
+            ..Default::default()
         }))
         .await
         .grpc()
@@ -50,14 +65,18 @@ pub async fn issue(
 
 /// Prints the token alone, so `$(sharedcare token ...)` captures it.
 pub async fn run(services: &Services, args: TokenArgs) -> anyhow::Result<()> {
-    let issued = issue(
-        services,
-        &args.client_id,
-        &args.client_secret,
-        args.scopes,
-        args.purpose,
-    )
-    .await?;
+    let issued = services
+        .identity()?
+        .issue_token(plain(IssueTokenRequest {
+            client_id: args.client_id,
+            client_secret: args.client_secret,
+            scopes: args.scopes,
+            purpose: purpose_or_unspecified(args.purpose),
+            audience: args.audience,
+            on_behalf_of_token: args.on_behalf_of_token,
+        }))
+        .await
+        .grpc()?;
     out!("{}", issued.access_token);
     Ok(())
 }
