@@ -567,19 +567,25 @@ impl ConsentGrpc {
     }
 
     /// Whether `organisation` has a current care relationship with the
-    /// patient at `now`.
+    /// patient at `now`, under any of their ids (merges).
     async fn is_related(
         &self,
         patient: &PatientId,
         organisation: &OdsCode,
         now: chrono::DateTime<Utc>,
     ) -> Result<bool, Error> {
-        Ok(self
-            .store
-            .list_relationships(patient)
-            .await?
-            .iter()
-            .any(|r| &r.organisation == organisation && r.is_current(now)))
+        for id in self.directory.family(patient)? {
+            if self
+                .store
+                .list_relationships(&id)
+                .await?
+                .iter()
+                .any(|r| &r.organisation == organisation && r.is_current(now))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The patient column of the access table: a patient names only their

@@ -273,13 +273,14 @@ pub async fn prepare(services: &Services, data_dir: &Path) -> anyhow::Result<Fix
     )
     .await?;
 
+    let nhs_number = nhs::random_test_number();
     let registered = patient::register(
         &pas,
         RegisterArgs {
-            nhs_number: nhs::random_test_number(),
+            birth_date: nhs::birth_date_for(&nhs_number),
+            nhs_number,
             given: vec!["Bench".into()],
             family: "Patient".into(),
-            birth_date: "1980-02-29".into(),
             gender: Some(GenderArg::Unknown),
             postcode: "LS1 4AP".into(),
         },

@@ -194,7 +194,7 @@ pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow:
             nhs_number: nhs_number.clone(),
             given: vec!["Jane".into()],
             family: "Demo".into(),
-            birth_date: "1980-02-29".into(),
+            birth_date: nhs::birth_date_for(&nhs_number),
             gender: Some(GenderArg::Female),
             postcode: "LS1 4AP".into(),
         },
