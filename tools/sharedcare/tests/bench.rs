@@ -1,8 +1,9 @@
 //! `sharedcare bench` end to end, briefly (one second, four calls in
 //! flight): the echo alone, plaintext and over mutual TLS; then
 //! `get-record` against a real `sharedcare dev` on free ports, with the
-//! setup through the platform's APIs. Checks the JSON report and that
-//! every call succeeded; never how fast (not a timed test).
+//! setup through the platform's APIs; `trace-patient` over a few hundred
+//! seeded people, twice (the second run reuses them). Checks the JSON
+//! report and that every call succeeded; never how fast (not a timed test).
 
 mod support;
 
@@ -147,6 +148,21 @@ fn get_record_against_dev() {
         ratio["calls_per_s"].as_f64().is_some_and(|v| v > 0.0),
         "{report:#}"
     );
+
+    // trace-patient brings get-patient along and is read against it; its
+    // people are registered once per data dir.
+    for _ in 0..2 {
+        let report = against_dev(&["--scenario", "trace-patient", "--seed-patients", "200"]);
+        assert_all_ok(&report, "get-patient", "plaintext");
+        assert_all_ok(&report, "trace-patient", "plaintext");
+        let ratios = report["ratios"].as_array().expect("ratios");
+        assert!(
+            ratios.iter().any(|r| r["name"] == "trace-patient"
+                && r["against"] == "get-patient"
+                && r["calls_per_s"].as_f64().is_some_and(|v| v > 0.0)),
+            "{report:#}"
+        );
+    }
 
     // Open loop: the calls start on schedule, so no more than the rate
     // allows over the second (plus the calls already due at its end).

@@ -12,6 +12,7 @@
 mod echo;
 mod import;
 mod load;
+mod people;
 mod report;
 mod rpc;
 mod scenario;
@@ -66,6 +67,10 @@ pub struct BenchArgs {
     /// Records added to the bench patient before the search scenario runs.
     #[arg(long, default_value_t = 100_000)]
     pub seed_records: u64,
+    /// People registered (once per data dir: a later run finds them) before
+    /// the trace-patient scenario runs.
+    #[arg(long, default_value_t = 100_000)]
+    pub seed_patients: u64,
     /// With this FHIR bulk export directory: also time `import` of it (as a
     /// fresh importer, so everything is stored anew) against a raw SQLite
     /// insert loop of the same rows, and report the ratio.
@@ -172,8 +177,11 @@ pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
     let services = services.with_tls(tls.clone());
     let mut scenarios: Vec<Scenario> = Vec::new();
     for scenario in &args.scenarios {
-        if *scenario != Scenario::Echo && !scenarios.contains(scenario) {
-            scenarios.push(*scenario);
+        // A scenario read against another brings it along, run first.
+        for scenario in scenario.yardstick().into_iter().chain([*scenario]) {
+            if scenario != Scenario::Echo && !scenarios.contains(&scenario) {
+                scenarios.push(scenario);
+            }
         }
     }
     if !scenarios.is_empty() {
@@ -187,14 +195,20 @@ pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
             check_target(url, args.allow_remote)?;
         }
     }
-    let fixture = match scenarios.is_empty() {
+    let tracing = scenarios.contains(&Scenario::TracePatient);
+    let mut fixture = match scenarios.is_empty() {
         true => None,
         false => Some(
-            scenario::prepare(&services, &args.data_dir)
+            scenario::prepare(&services, &args.data_dir, tracing)
                 .await
                 .context("setting up the scenario through the platform's APIs")?,
         ),
     };
+    if let Some(fixture) = &mut fixture
+        && tracing
+    {
+        fixture.traces = scenario::seed_patients(fixture, args.seed_patients).await?;
+    }
 
     if let Some(fixture) = &fixture
         && scenarios.contains(&Scenario::Search)
@@ -219,7 +233,9 @@ pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow!("{} has no target", scenario.name()))?
                 .to_owned();
             let rpc = Arc::new(scenario.rpc(fixture, &args.data_dir).await?);
-            runs.push(measure(scenario.name(), rpc, &url, &services, &plan).await?);
+            let mut run = measure(scenario.name(), rpc, &url, &services, &plan).await?;
+            run.yardstick = scenario.yardstick().map(|s| s.name().to_owned());
+            runs.push(run);
         }
     }
 

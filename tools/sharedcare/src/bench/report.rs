@@ -1,7 +1,9 @@
 //! The report: one row per run (calls, calls/s, latency percentiles, status
 //! counts) and, for every platform run, its figures as a ratio to the echo
-//! run over the same transport. A table for people, JSON (`--json`) for
-//! sessions that record figures.
+//! run over the same transport — and, for a run read against another
+//! scenario of the same run (its yardstick: trace-patient against
+//! get-patient), as a ratio to that one too. A table for people, JSON
+//! (`--json`) for sessions that record figures.
 //!
 //! Ratios read the same way for every figure: calls/s is the run's over
 //! echo's (0.25× means a quarter of echo's throughput); latency is the
@@ -47,6 +49,9 @@ pub struct Run {
     pub latency_ms: Latency,
     /// Status name → count; OK first in the table.
     pub statuses: BTreeMap<&'static str, u64>,
+    /// The run this one is also read against, by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub yardstick: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -59,10 +64,12 @@ pub struct Latency {
     pub mean: f64,
 }
 
-/// A run's figures over its echo's.
+/// A run's figures over its echo's, or its yardstick's.
 #[derive(Debug, Serialize)]
 pub struct Ratio {
     pub name: String,
+    /// `echo` or the yardstick's name.
+    pub against: String,
     pub transport: &'static str,
     pub calls_per_s: f64,
     pub p50: f64,
@@ -112,6 +119,23 @@ impl Run {
                     (code_name(code), *n)
                 })
                 .collect(),
+            yardstick: None,
+        }
+    }
+
+    /// This run's figures over `base`'s.
+    fn over(&self, base: &Run) -> Ratio {
+        let over = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        let (l, e) = (self.latency_ms, base.latency_ms);
+        Ratio {
+            name: self.name.clone(),
+            against: base.name.clone(),
+            transport: self.transport,
+            calls_per_s: over(self.calls_per_s, base.calls_per_s),
+            p50: over(l.p50, e.p50),
+            p90: over(l.p90, e.p90),
+            p99: over(l.p99, e.p99),
+            p99_9: over(l.p99_9, e.p99_9),
         }
     }
 
@@ -122,28 +146,23 @@ impl Run {
 
 impl Report {
     /// `runs` with a ratio for every platform run that has an echo run over
-    /// the same transport.
+    /// the same transport, then one for every run whose yardstick ran
+    /// over the same transport.
     pub fn new(settings: Settings, runs: Vec<Run>) -> Report {
-        let ratios = runs
-            .iter()
-            .filter(|run| !run.is_echo())
-            .filter_map(|run| {
-                let echo = runs
-                    .iter()
-                    .find(|e| e.is_echo() && e.transport == run.transport)?;
-                let over = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-                let (l, e) = (run.latency_ms, echo.latency_ms);
-                Some(Ratio {
-                    name: run.name.clone(),
-                    transport: run.transport,
-                    calls_per_s: over(run.calls_per_s, echo.calls_per_s),
-                    p50: over(l.p50, e.p50),
-                    p90: over(l.p90, e.p90),
-                    p99: over(l.p99, e.p99),
-                    p99_9: over(l.p99_9, e.p99_9),
-                })
-            })
-            .collect();
+        let to_echo = runs.iter().filter(|run| !run.is_echo()).filter_map(|run| {
+            let echo = runs
+                .iter()
+                .find(|e| e.is_echo() && e.transport == run.transport)?;
+            Some(run.over(echo))
+        });
+        let to_yardstick = runs.iter().filter_map(|run| {
+            let name = run.yardstick.as_deref()?;
+            let base = runs
+                .iter()
+                .find(|b| b.name == name && b.transport == run.transport)?;
+            Some(run.over(base))
+        });
+        let ratios = to_echo.chain(to_yardstick).collect();
         Report {
             settings,
             runs,
@@ -189,18 +208,27 @@ impl Report {
                 statuses(&run.statuses)
             ));
         }
-        if !self.ratios.is_empty() {
-            lines.push(String::new());
-            lines.push(format!(
-                "{:<14} {:<9} {:>10} {:>9} {:>9} {:>9} {:>9}",
-                "× echo", "transport", "calls/s", "p50", "p90", "p99", "p99.9"
-            ));
-            for r in &self.ratios {
+        let mut against: Option<&str> = None;
+        for r in &self.ratios {
+            // A heading for each base, as the ratios come grouped by it.
+            if against != Some(r.against.as_str()) {
+                against = Some(r.against.as_str());
+                lines.push(String::new());
                 lines.push(format!(
-                    "{:<14} {:<9} {:>9.3}× {:>8.1}× {:>8.1}× {:>8.1}× {:>8.1}×",
-                    r.name, r.transport, r.calls_per_s, r.p50, r.p90, r.p99, r.p99_9
+                    "{:<14} {:<9} {:>10} {:>9} {:>9} {:>9} {:>9}",
+                    format!("× {}", r.against),
+                    "transport",
+                    "calls/s",
+                    "p50",
+                    "p90",
+                    "p99",
+                    "p99.9"
                 ));
             }
+            lines.push(format!(
+                "{:<14} {:<9} {:>9.3}× {:>8.1}× {:>8.1}× {:>8.1}× {:>8.1}×",
+                r.name, r.transport, r.calls_per_s, r.p50, r.p90, r.p99, r.p99_9
+            ));
         }
         for run in &self.runs {
             let failed: u64 = run
@@ -256,6 +284,7 @@ mod tests {
                 mean: p50,
             },
             statuses: BTreeMap::from([("OK", 9), ("UNAVAILABLE", 1)]),
+            yardstick: None,
         }
     }
 
@@ -301,6 +330,36 @@ mod tests {
             table.contains("warning: 1 of get-record's 10 calls"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn a_run_with_a_yardstick_is_also_compared_with_it() {
+        let mut trace = run("trace-patient", "plaintext", 1_000.0, 8.0);
+        trace.yardstick = Some("get-patient".into());
+        let report = Report::new(
+            settings(),
+            vec![
+                run("echo", "plaintext", 20_000.0, 1.0),
+                run("get-patient", "plaintext", 4_000.0, 2.0),
+                trace,
+            ],
+        );
+        let ratios: Vec<(&str, &str, f64, f64)> = report
+            .ratios
+            .iter()
+            .map(|r| (r.name.as_str(), r.against.as_str(), r.calls_per_s, r.p50))
+            .collect();
+        assert_eq!(
+            ratios,
+            vec![
+                ("get-patient", "echo", 0.2, 2.0),
+                ("trace-patient", "echo", 0.05, 8.0),
+                ("trace-patient", "get-patient", 0.25, 4.0),
+            ]
+        );
+        let table = report.table().join("\n");
+        assert!(table.contains("× get-patient"), "{table}");
+        assert!(table.contains("0.250×"), "{table}");
     }
 
     #[test]

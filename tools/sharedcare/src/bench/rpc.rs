@@ -8,7 +8,9 @@ use sharedcare_proto::{
     audit::v1::{
         AppendBatchRequest, AppendRequest, AuditEvent, audit_service_client::AuditServiceClient,
     },
-    identity::v1::{GetPatientRequest, identity_service_client::IdentityServiceClient},
+    identity::v1::{
+        GetPatientRequest, TracePatientRequest, identity_service_client::IdentityServiceClient,
+    },
     records::v1::{
         CreateRecordRequest, GetRecordRequest, SearchRequest,
         records_service_client::RecordsServiceClient,
@@ -21,7 +23,14 @@ use tonic::{
 };
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use std::{path::Path, str::FromStr, sync::Arc};
+use std::{
+    path::Path,
+    str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use anyhow::{Context, anyhow};
 use sea_orm::sqlx;
@@ -48,6 +57,13 @@ pub enum Rpc {
     Search {
         auth: Authorization,
         request: SearchRequest,
+    },
+    /// Each call sends the next of `requests`, round the list, so the
+    /// traces ask about many people rather than one.
+    TracePatient {
+        auth: Authorization,
+        requests: Arc<[TracePatientRequest]>,
+        next: AtomicUsize,
     },
     /// Each call appends a copy of `event` with a fresh id and time.
     AuditAppend {
@@ -166,6 +182,7 @@ impl Rpc {
             Rpc::CreateRecord { .. } => "sharedcare.records.v1.RecordsService/CreateRecord",
             Rpc::GetPatient { .. } => "sharedcare.identity.v1.IdentityService/GetPatient",
             Rpc::Search { .. } => "sharedcare.records.v1.RecordsService/Search",
+            Rpc::TracePatient { .. } => "sharedcare.identity.v1.IdentityService/TracePatient",
             Rpc::AuditAppend { .. } => "sharedcare.audit.v1.AuditService/Append",
             Rpc::AuditAppendBatch { .. } => "sharedcare.audit.v1.AuditService/AppendBatch",
             Rpc::SqliteInsert(_) => "sqlx INSERT record + outbox row, COMMIT",
@@ -197,6 +214,23 @@ impl Rpc {
                 .get_patient(bearer(request.clone(), auth))
                 .await
                 .map(drop),
+            Rpc::TracePatient {
+                auth,
+                requests,
+                next,
+            } => {
+                let Some(request) =
+                    requests.get(next.fetch_add(1, Ordering::Relaxed) % requests.len().max(1))
+                else {
+                    return Err(Status::failed_precondition(
+                        "trace-patient: no traces to send",
+                    ));
+                };
+                IdentityServiceClient::new(channel)
+                    .trace_patient(bearer(request.clone(), auth))
+                    .await
+                    .map(drop)
+            }
             Rpc::AuditAppend { auth, event } => AuditServiceClient::new(channel)
                 .append(bearer(
                     AppendRequest {

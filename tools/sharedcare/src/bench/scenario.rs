@@ -5,21 +5,32 @@
 //! clinician writes one Observation. Every platform scenario then calls as
 //! that clinician, except `audit-append`, which appends as the records
 //! service (its secret is in bootstrap.toml too) an event about the
-//! clinician reading the patient's record.
+//! clinician reading the patient's record, and `trace-patient`, which
+//! traces as a staff member in the `patient-tracer` role (identity's role
+//! map must give it `trace_patients`; `sharedcare dev`'s does) the people
+//! the PAS registered first (see [`seed_patients`]).
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::ValueEnum;
+use futures::StreamExt;
 use serde::Serialize;
 use sharedcare_proto::{
     audit::v1::{Action, AuditEvent, Outcome},
     common::v1::{Actor, PrincipalKind, Purpose},
-    identity::v1::GetPatientRequest,
+    identity::v1::{
+        GetPatientRequest, RegisterOutcome, RegisterPatientRequest, TracePatientRequest,
+        identity_service_client::IdentityServiceClient,
+    },
     records::v1::{CreateRecordRequest, GetRecordRequest, SearchRequest},
 };
+use tonic::transport::Channel;
 
-use super::rpc::{RawInsert, Rpc, authorization};
+use super::{
+    people,
+    rpc::{Authorization, RawInsert, Rpc, authorization},
+};
 use crate::{
     bootstrap::{self, ADMIN_CLIENT_ID, RECORDS_CLIENT_ID},
     commands::{
@@ -29,7 +40,7 @@ use crate::{
         record, token,
     },
     connect::Services,
-    demo::nhs,
+    demo::{self, nhs},
     failure::status_code,
 };
 
@@ -42,6 +53,11 @@ pub enum Scenario {
     CreateRecord,
     /// GetPatient (demographics) as the clinician.
     GetPatient,
+    /// TracePatient by demographics as a staff member whose role has
+    /// `trace_patients`: a registered person asked about with a nickname or
+    /// a typo and no NHS number, among the `--seed-patients` people
+    /// registered first. Read against get-patient, which runs with it.
+    TracePatient,
     /// audit's Append of one event, as the records service.
     AuditAppend,
     /// audit's AppendBatch of 50 events, as records' outbox relay sends
@@ -66,11 +82,21 @@ impl Scenario {
             Scenario::GetRecord => "get-record",
             Scenario::CreateRecord => "create-record",
             Scenario::GetPatient => "get-patient",
+            Scenario::TracePatient => "trace-patient",
             Scenario::Search => "search",
             Scenario::AuditAppend => "audit-append",
             Scenario::AuditAppendBatch => "audit-append-batch",
             Scenario::SqliteInsert => "sqlite-insert",
             Scenario::Echo => "echo",
+        }
+    }
+
+    /// The scenario this one is read against in the same run (and brings
+    /// along): a trace is a GetPatient plus the matching.
+    pub fn yardstick(self) -> Option<Scenario> {
+        match self {
+            Scenario::TracePatient => Some(Scenario::GetPatient),
+            _ => None,
         }
     }
 
@@ -80,7 +106,7 @@ impl Scenario {
             Scenario::GetRecord | Scenario::CreateRecord | Scenario::Search => {
                 Some(&services.records_url)
             }
-            Scenario::GetPatient => Some(&services.identity_url),
+            Scenario::GetPatient | Scenario::TracePatient => Some(&services.identity_url),
             Scenario::AuditAppend | Scenario::AuditAppendBatch => Some(&services.audit_url),
             // Not a call: its workers ignore the connection they are given.
             Scenario::SqliteInsert => Some(&services.records_url),
@@ -148,6 +174,19 @@ impl Scenario {
                     patient_id: fixture.patient_id.clone(),
                 },
             },
+            Scenario::TracePatient => {
+                let Some(token) = &fixture.tracer_token else {
+                    bail!("trace-patient: the setup made no tracer");
+                };
+                if fixture.traces.is_empty() {
+                    bail!("trace-patient: no patients were seeded to trace (--seed-patients 0)");
+                }
+                Rpc::TracePatient {
+                    auth: authorization(token)?,
+                    requests: fixture.traces.clone(),
+                    next: Default::default(),
+                }
+            }
             Scenario::AuditAppend => Rpc::AuditAppend {
                 auth: authorization(&fixture.records_token)?,
                 event: Box::new(read_event),
@@ -164,6 +203,12 @@ impl Scenario {
 /// The bench practice: created on the first run, reused after.
 const PRACTICE: (&str, &str) = ("BENCH1", "sharedcare bench practice");
 const CLINICIAN_ROLE: &str = "R8000";
+/// The role trace-patient's staff member holds: one with `trace_patients`.
+const TRACER_ROLE: &str = crate::dev::config::TRACER_ROLE;
+/// Different traces trace-patient sends, round and round.
+const TRACES: usize = 10_000;
+/// RegisterPatient calls in flight while seeding.
+const SEEDING_IN_FLIGHT: usize = 64;
 const PAS_SCOPES: [&str; 6] = [
     "patients.read",
     "patients.write",
@@ -182,6 +227,12 @@ pub struct Fixture {
     pub clinician: Actor,
     pub clinician_token: String,
     pub records_token: String,
+    /// The bench practice's PAS, which registers the seeded people.
+    pub pas: Services,
+    /// For trace-patient only: its staff member's token.
+    pub tracer_token: Option<String>,
+    /// What trace-patient sends; empty until [`seed_patients`].
+    pub traces: Arc<[TracePatientRequest]>,
 }
 
 async fn issue(services: &Services, client_id: String, secret: String) -> anyhow::Result<String> {
@@ -254,8 +305,13 @@ pub async fn importer(
     Ok((PRACTICE.0, pas))
 }
 
-/// Sets up through the real APIs; says what it made on standard error.
-pub async fn prepare(services: &Services, data_dir: &Path) -> anyhow::Result<Fixture> {
+/// Sets up through the real APIs (with a tracer too when `tracer`); says
+/// what it made on standard error.
+pub async fn prepare(
+    services: &Services,
+    data_dir: &Path,
+    tracer: bool,
+) -> anyhow::Result<Fixture> {
     let (admin, records_token) = practice(services, data_dir).await?;
     let ods = PRACTICE.0;
     let pas = new_pas(services, &admin, "Bench PAS").await?;
@@ -273,16 +329,36 @@ pub async fn prepare(services: &Services, data_dir: &Path) -> anyhow::Result<Fix
     )
     .await?;
 
-    let nhs_number = nhs::random_test_number();
+    let tracer_token = match tracer {
+        false => None,
+        true => {
+            let created = principal::create(
+                &admin,
+                principal_args(KindArg::Staff, TRACER_ROLE, "Bench tracer", &[]),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "creating the bench tracer (staff in role {TRACER_ROLE}, which identity's \
+                     identity.roles must give trace_patients, as `sharedcare dev` does)"
+                )
+            })?;
+            let client_id = created.principal.unwrap_or_default().client_id;
+            Some(issue(services, client_id, created.client_secret).await?)
+        }
+    };
+
+    let (family, birth_date) = fresh_person();
     let registered = patient::register(
         &pas,
         RegisterArgs {
-            birth_date: nhs::birth_date_for(&nhs_number),
-            nhs_number,
+            nhs_number: nhs::random_test_number(),
             given: vec!["Bench".into()],
-            family: "Patient".into(),
+            family,
+            birth_date,
             gender: Some(GenderArg::Unknown),
             postcode: "LS1 4AP".into(),
+            confirm_new: false,
         },
     )
     .await
@@ -329,13 +405,128 @@ pub async fn prepare(services: &Services, data_dir: &Path) -> anyhow::Result<Fix
         },
         clinician_token,
         records_token,
+        pas,
+        tracer_token,
+        traces: Arc::from(Vec::new()),
     })
+}
+
+/// A family name and date of birth no earlier run gave its bench patient
+/// (see [`demo::fresh_family_name`]).
+fn fresh_person() -> (String, String) {
+    use rand::Rng;
+    let days = rand::thread_rng().gen_range(0..60 * 365);
+    let birth_date = chrono::NaiveDate::from_ymd_opt(1940, 1, 1)
+        .and_then(|d| d.checked_add_days(chrono::Days::new(days)))
+        .map_or_else(|| "1980-02-29".to_owned(), |d| d.to_string());
+    (demo::fresh_family_name(), birth_date)
+}
+
+/// How one seeded person's registration came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seeded {
+    Created,
+    /// Already registered (an earlier run).
+    Found,
+    /// Too like another seeded person to register without a person
+    /// choosing: left out.
+    Ambiguous,
+    /// The NHS number is registered with other details (a patient from
+    /// before the bench kept its own part of the test range).
+    NumberTaken,
+}
+
+async fn register_seeded(
+    identity: &IdentityServiceClient<Channel>,
+    auth: &Authorization,
+    person: &people::Person,
+) -> anyhow::Result<Seeded> {
+    let mut request = tonic::Request::new(RegisterPatientRequest {
+        nhs_number: person.nhs_number.clone(),
+        demographics: Some(person.demographics()),
+        confirm_new_patient: false,
+    });
+    request.metadata_mut().insert("authorization", auth.clone());
+    match identity.clone().register_patient(request).await {
+        Ok(answer) => Ok(match answer.into_inner().outcome() {
+            RegisterOutcome::Created => Seeded::Created,
+            RegisterOutcome::Ambiguous => Seeded::Ambiguous,
+            _ => Seeded::Found,
+        }),
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => Ok(Seeded::NumberTaken),
+        // The status only: its message names no patient.
+        Err(status) => Err(crate::failure::GrpcError(status)).context("seeding patients"),
+    }
+}
+
+/// Registers people `0..count` ([`people::people`]) through RegisterPatient
+/// as the bench PAS, many in flight, and returns the traces trace-patient
+/// sends about them. Registering is find-or-create, so a data dir seeded
+/// before is reused: when the last person is found registered, an earlier
+/// run registered them all and nothing more is sent; otherwise everyone is
+/// sent again and those already there are found.
+pub async fn seed_patients(
+    fixture: &Fixture,
+    count: u64,
+) -> anyhow::Result<Arc<[TracePatientRequest]>> {
+    let started = std::time::Instant::now();
+    let people = people::people(count);
+    if (people.len() as u64) < count {
+        bail!(
+            "--seed-patients {count}: the bench's part of the NHS number test range holds {}",
+            people::capacity()
+        );
+    }
+    let traces: Arc<[TracePatientRequest]> = people::traces(&people, TRACES).into();
+    let Some(last) = people.last() else {
+        return Ok(traces);
+    };
+    let identity = fixture.pas.identity()?;
+    let auth = authorization(fixture.pas.token()?)?;
+    let probe = register_seeded(&identity, &auth, last).await?;
+    if probe == Seeded::Found {
+        eprintln!(
+            "setup: the {count} bench patients were registered by an earlier run (the last \
+             of them is found by NHS number); reusing them"
+        );
+        return Ok(traces);
+    }
+    let rest = &people[..people.len() - 1];
+    let mut outcomes = futures::stream::iter(rest)
+        .map(|person| register_seeded(&identity, &auth, person))
+        .buffer_unordered(SEEDING_IN_FLIGHT);
+    let (mut done, mut created, mut found, mut ambiguous, mut taken) = (0u64, 0u64, 0, 0, 0);
+    let mut next = Some(Ok(probe));
+    while let Some(outcome) = match next.take() {
+        Some(probed) => Some(probed),
+        None => outcomes.next().await,
+    } {
+        match outcome? {
+            Seeded::Created => created += 1,
+            Seeded::Found => found += 1,
+            Seeded::Ambiguous => ambiguous += 1,
+            Seeded::NumberTaken => taken += 1,
+        }
+        done += 1;
+        if done % 10_000 == 0 {
+            eprintln!(
+                "setup: {done}/{count} patients ({:.0}/s)",
+                done as f64 / started.elapsed().as_secs_f64().max(1e-3)
+            );
+        }
+    }
+    eprintln!(
+        "setup: {count} bench patients in {:.1} s: {created} registered, {found} already \
+         there, {ambiguous} too like another to register automatically (left out), {taken} \
+         with a number taken by other details",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(traces)
 }
 
 /// Adds `count` records of mixed types and dates to the fixture's patient
 /// through CreateRecord, 64 at a time, for the search scenario.
 pub async fn seed(services: &Services, fixture: &Fixture, count: u64) -> anyhow::Result<()> {
-    use futures::StreamExt;
     let started = std::time::Instant::now();
     let records = services.records()?;
     let auth = authorization(&fixture.clinician_token)?;

@@ -193,10 +193,11 @@ pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow:
         RegisterArgs {
             nhs_number: nhs_number.clone(),
             given: vec!["Jane".into()],
-            family: "Demo".into(),
-            birth_date: nhs::birth_date_for(&nhs_number),
+            family: fresh_family_name(),
+            birth_date: "1980-02-29".into(),
             gender: Some(GenderArg::Female),
             postcode: "LS1 4AP".into(),
+            confirm_new: false,
         },
     )
     .await
@@ -613,4 +614,24 @@ fn hiv_condition(patient_id: &str) -> String {
         "recordedDate": "2025-01-15"
     })
     .to_string()
+}
+
+/// A made-up family name, new each run ("Kovatemi"): the demo's patient is
+/// a new person every time, and a new NHS number alone would not make one,
+/// as RegisterPatient leaves a confident demographic match under another
+/// number for a person to decide (AMBIGUOUS).
+pub fn fresh_family_name() -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (0..8)
+        .map(|i| {
+            let letters: &[u8] = if i % 2 == 0 {
+                b"bdfgklmnprstvz"
+            } else {
+                b"aeiou"
+            };
+            let c = char::from(letters[rng.gen_range(0..letters.len())]);
+            if i == 0 { c.to_ascii_uppercase() } else { c }
+        })
+        .collect()
 }

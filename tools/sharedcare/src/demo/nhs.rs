@@ -1,5 +1,8 @@
 //! NHS numbers from the test range (999 000 0000 – 999 999 9999) with a
-//! valid Modulus 11 check digit: never a real patient's.
+//! valid Modulus 11 check digit: never a real patient's. Random ones (the
+//! demo, the bench's own patient) come from 999 0xx xxxx – 999 7xx xxxx;
+//! 999 8xx xxxx – 999 9xx xxxx is kept for the people `bench` seeds, so a
+//! random number never takes one of theirs in a shared data dir.
 
 use rand::Rng;
 
@@ -11,6 +14,7 @@ pub fn random_test_number() -> String {
         for digit in digits.iter_mut().skip(3) {
             *digit = rng.gen_range(0..10);
         }
+        digits[3] = rng.gen_range(0..BENCH_FIRST_DIGIT);
         let Some(check) = check_digit(&digits) else {
             continue;
         };
@@ -26,23 +30,23 @@ pub fn random_test_number() -> String {
     }
 }
 
-/// A date of birth (1940–2009) that follows from a test number: a made-up
-/// person registered under a fresh random number also gets their own
-/// birthday, so identity does not take them for someone registered earlier
-/// with the same name under another number (a possible mistyped number,
-/// which it holds for a person to look at).
-pub fn birth_date_for(number: &str) -> String {
-    let n: u64 = number
-        .chars()
-        .filter_map(|c| c.to_digit(10))
-        .fold(0, |n, d| n * 10 + u64::from(d));
-    // Days 1-28 exist in every month.
-    format!(
-        "{}-{:02}-{:02}",
-        1940 + n % 70,
-        1 + (n / 70) % 12,
-        1 + (n / 840) % 28
-    )
+/// The fourth digit from which numbers are the bench's.
+const BENCH_FIRST_DIGIT: u8 = 8;
+
+/// Every valid number of the bench's part of the range, in order, without
+/// spaces ("9998000001", …).
+pub fn bench_numbers() -> impl Iterator<Item = String> {
+    let first = 999_000_000 + u32::from(BENCH_FIRST_DIGIT) * 100_000;
+    (first..=999_999_999u32).filter_map(|nine| {
+        let text = nine.to_string();
+        let mut digits = [0u8; 9];
+        for (digit, c) in digits.iter_mut().zip(text.bytes()) {
+            *digit = c - b'0';
+        }
+        let check = check_digit(&digits)?;
+        // one repeated digit is refused
+        (!digits.iter().all(|d| *d == check)).then(|| format!("{text}{check}"))
+    })
 }
 
 /// The Modulus 11 check digit of the first nine digits; `None` when the
@@ -65,15 +69,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn birth_dates_follow_from_numbers_and_are_valid() {
-        assert_eq!(birth_date_for("999 000 0018"), birth_date_for("9990000018"));
-        for _ in 0..200 {
-            let date = birth_date_for(&random_test_number());
-            chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d").expect("a real date");
-        }
-    }
-
-    #[test]
     fn the_check_digit_of_a_known_number() {
         assert_eq!(check_digit(&[9, 4, 3, 4, 7, 6, 5, 9, 1]), Some(9));
     }
@@ -91,6 +86,21 @@ mod tests {
             assert_eq!(&digits[..3], &[9, 9, 9], "{number}");
             let first_nine: [u8; 9] = digits[..9].try_into().expect("nine");
             assert_eq!(check_digit(&first_nine), Some(digits[9]), "{number}");
+            assert!(digits[3] < BENCH_FIRST_DIGIT, "not the bench's: {number}");
         }
+    }
+
+    #[test]
+    fn the_bench_numbers_are_valid_and_its_own() {
+        let numbers: Vec<String> = bench_numbers().collect();
+        assert!(numbers.len() > 150_000, "{}", numbers.len());
+        for number in numbers.iter().step_by(997) {
+            let digits: Vec<u8> = number.bytes().map(|c| c - b'0').collect();
+            assert_eq!(&digits[..3], &[9, 9, 9], "{number}");
+            assert!(digits[3] >= BENCH_FIRST_DIGIT, "{number}");
+            let first_nine: [u8; 9] = digits[..9].try_into().expect("nine");
+            assert_eq!(check_digit(&first_nine), Some(digits[9]), "{number}");
+        }
+        assert!(numbers.last().is_some_and(|n| n.starts_with("9999")));
     }
 }

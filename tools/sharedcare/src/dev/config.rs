@@ -2,6 +2,9 @@
 //! service's own `load` from an environment map: the very path its
 //! `main.rs` takes, with loopback ports, the data dir and dev's credentials.
 //! No TLS: dev serves plaintext on loopback only (`tls.enabled` stays off).
+//! One addition to identity's defaults: a `patient-tracer` staff role with
+//! `trace_patients` (none of the default roles has it), so patient tracing
+//! can be tried and benchmarked on dev.
 
 use std::{collections::HashMap, path::PathBuf};
 
@@ -9,12 +12,16 @@ use anyhow::anyhow;
 use sharedcare_audit::config::AuditConfig;
 use sharedcare_consent::config::ConsentConfig;
 use sharedcare_identity::config::IdentityConfig;
+use sharedcare_kit::config::Validate;
 use sharedcare_records::config::RecordsConfig;
 
 use crate::{
     bootstrap::{CONSENT_CLIENT_ID, RECORDS_CLIENT_ID},
     ports::Ports,
 };
+
+/// The staff role dev adds, with the `trace_patients` capability.
+pub const TRACER_ROLE: &str = "patient-tracer";
 
 /// What `dev` decides for every service.
 #[derive(Debug, Clone)]
@@ -51,8 +58,18 @@ impl DevSettings {
             let service = service.to_owned();
             move |e| anyhow!("{service} configuration: {e}")
         };
+        let mut identity =
+            IdentityConfig::load(&self.identity_env()?).map_err(named("identity"))?;
+        // Added to the loaded map rather than through the environment, which
+        // cannot carry a list.
+        identity
+            .identity
+            .roles
+            .entry(TRACER_ROLE.into())
+            .or_insert_with(|| vec!["trace_patients".into()]);
+        identity.validate().map_err(named("identity"))?;
         Ok(Configs {
-            identity: IdentityConfig::load(&self.identity_env()?).map_err(named("identity"))?,
+            identity,
             consent: ConsentConfig::load(&self.consent_env()?).map_err(named("consent"))?,
             records: RecordsConfig::load(&self.records_env()?).map_err(named("records"))?,
             audit: AuditConfig::load(&self.audit_env()?).map_err(named("audit"))?,
@@ -202,6 +219,13 @@ mod tests {
             "127.0.0.1:41000"
         );
         assert_eq!(configs.consent.server.listen.port(), 41001);
+        let roles = configs.identity.identity.role_map().expect("role map");
+        assert!(
+            roles
+                .capabilities(TRACER_ROLE)
+                .contains(&sharedcare_kit::access::Capability::TracePatients),
+            "dev has a role that traces patients"
+        );
         assert_eq!(configs.records.server.listen.port(), 41002);
         assert_eq!(configs.audit.server.listen.port(), 41003);
         assert_eq!(

@@ -7,7 +7,7 @@
 //! and the command exits non-zero naming it.
 
 mod banner;
-mod config;
+pub mod config;
 mod supervisor;
 
 use std::{io::ErrorKind, path::PathBuf};
