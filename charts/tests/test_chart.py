@@ -59,6 +59,7 @@ CALLS = {
 CAPABILITIES = (
     "assert_relationships", "refer", "record_directives", "privacy_officer",
     "platform_auditor", "trace_patients", "break_glass", "merge_patients",
+    "view_restricted",
 )
 CLASSIFICATION_DIR = "/etc/sharedcare/classification"
 REPO_CLASSIFICATION = REPO_DIR / "services" / "records" / "classification.toml"

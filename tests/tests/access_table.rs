@@ -220,6 +220,26 @@ async fn call(
             ))
             .await
             .map(drop),
+        // Not the current version: an allowed cell is FAILED_PRECONDITION
+        // and changes nothing.
+        ("identity", "UpdateDemographics") => identity_client
+            .update_demographics(with_token(
+                identity::UpdateDemographicsRequest {
+                    patient_id,
+                    demographics: Some(demographics()),
+                    if_match: 99,
+                },
+                token,
+            ))
+            .await
+            .map(drop),
+        ("identity", "ListPatientVersions") => identity_client
+            .list_patient_versions(with_token(
+                identity::ListPatientVersionsRequest { patient_id },
+                token,
+            ))
+            .await
+            .map(drop),
         // Not merged: an allowed cell is FAILED_PRECONDITION and changes
         // nothing.
         ("identity", "UnmergePatients") => identity_client
@@ -600,6 +620,7 @@ fn demographics() -> identity::Demographics {
         birth_date: "1961-07-14".into(),
         gender: identity::Gender::Female as i32,
         postcode: "LS1 4AP".into(),
+        ..Default::default()
     }
 }
 

@@ -69,6 +69,7 @@ async fn the_chain(backend: Backend) {
             birth_date: "1980-02-29".into(),
             gender: identity::Gender::Female as i32,
             postcode: "LS1 4AP".into(),
+            ..Default::default()
         }),
     };
     let registered = identity

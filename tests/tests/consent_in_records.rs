@@ -59,6 +59,7 @@ async fn cared_for_patient(p: &Platform, gp_pas: &str, gp: &str) -> (String, rec
                     birth_date: "1961-07-14".into(),
                     gender: identity::Gender::Female as i32,
                     postcode: "LS1 4AP".into(),
+                    ..Default::default()
                 }),
             },
             gp_pas,

@@ -25,6 +25,7 @@ fn register(nhs: &str, postcode: &str) -> identity::RegisterPatientRequest {
             birth_date: "1961-07-14".into(),
             gender: identity::Gender::Female as i32,
             postcode: postcode.into(),
+            ..Default::default()
         }),
         confirm_new_patient: false,
     }

@@ -156,6 +156,7 @@ async fn the_chain_over_mutual_tls() {
                     birth_date: "1980-02-29".into(),
                     gender: identity::Gender::Female as i32,
                     postcode: "LS1 4AP".into(),
+                    ..Default::default()
                 }),
             },
             &gp,

@@ -36,6 +36,7 @@ async fn cared_for_patient(p: &Platform, pas: &str) -> (String, String) {
                     birth_date: "1970-01-02".into(),
                     gender: identity::Gender::Female as i32,
                     postcode: String::new(),
+                    ..Default::default()
                 }),
             },
             pas,

@@ -27,6 +27,25 @@ pub static ACCESS: AccessTable = AccessTable {
             audit: "every read and every denial (READ Patient)",
         },
         Rule {
+            method: "UpdateDemographics",
+            callers: &[
+                caller(Staff, "patients.write", Patients::Related),
+                caller(Application, "patients.write", Patients::Related),
+            ],
+            purposes: "one of the token's permitted purposes; consent decides as for a record",
+            audit: "every change and every denial (UPDATE Patient)",
+        },
+        Rule {
+            method: "ListPatientVersions",
+            callers: &[
+                caller(Patient, "patients.read", Patients::Own),
+                caller(Staff, "patients.read", Patients::Related),
+                caller(Application, "patients.read", Patients::Related),
+            ],
+            purposes: "one of the token's permitted purposes; consent decides as for a record",
+            audit: "every read and every denial (READ Patient)",
+        },
+        Rule {
             method: "ResolvePatient",
             callers: &[caller(Service, "patients.read", Patients::Any)],
             purposes: "—",

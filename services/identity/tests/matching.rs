@@ -18,6 +18,7 @@ fn demographics(given: &str, family: &str, birth_date: &str, postcode: &str) -> 
         birth_date: birth_date.into(),
         gender: pb::Gender::Female as i32,
         postcode: postcode.into(),
+        ..Default::default()
     }
 }
 

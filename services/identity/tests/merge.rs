@@ -26,6 +26,7 @@ fn kate_at(nhs: &str, postcode: &str) -> pb::RegisterPatientRequest {
             birth_date: "1980-04-03".into(),
             gender: pb::Gender::Female as i32,
             postcode: postcode.into(),
+            ..Default::default()
         }),
         confirm_new_patient: false,
     }

@@ -70,10 +70,12 @@ fn patient(nhs: usize, family_name: &str) -> Patient {
             birth_date: NaiveDate::from_ymd_opt(1960, 2, 29).expect("date"),
             gender: Gender::Female,
             postcode: None,
+            ..Default::default()
         },
         created_at: t0(),
         updated_at: t0(),
         superseded_by: None,
+        version: 1,
     }
 }
 
@@ -176,6 +178,7 @@ async fn patients_keep_every_field(store: &dyn IdentityStore) {
             birth_date: NaiveDate::from_ymd_opt(2001, 12, 31).expect("date"),
             gender: Gender::Other,
             postcode: Some("LS1 4AP".into()),
+            ..Default::default()
         },
         updated_at: t0() + Duration::days(3),
         superseded_by: Some("survivor-id".into()),
@@ -356,6 +359,7 @@ fn person(given: &str, family: &str, birth: (i32, u32, u32), postcode: &str) -> 
         birth_date: NaiveDate::from_ymd_opt(birth.0, birth.1, birth.2).expect("date"),
         gender: Gender::Female,
         postcode: (!postcode.is_empty()).then(|| postcode.into()),
+        ..Default::default()
     }
 }
 
@@ -731,6 +735,124 @@ async fn a_principal_is_revoked_once(store: &dyn IdentityStore) {
     );
 }
 
+/// Demographics are versioned: a change replaces the version it names,
+/// keeps the one before, re-indexes the patient for matching, and keeps
+/// every detail; a stale or merged patient's change stores nothing.
+async fn demographics_are_versioned(store: &dyn IdentityStore) {
+    use sharedcare_identity::domain::{ContactPoint, ContactSystem, LocalIdentifier};
+    let first = registered(1, person("Katherine", "Smith", (1980, 4, 3), "LS1 4AP"));
+    store
+        .register_patient(first.clone(), audit())
+        .await
+        .expect("register");
+    let mut married = first.clone();
+    married.version = 2;
+    married.updated_at = t0() + Duration::days(1);
+    married.demographics = Demographics {
+        family_name: "Jones".into(),
+        previous_family_names: vec!["Smith".into()],
+        death_date: None,
+        address_lines: vec!["1 Park Row".into(), "Leeds".into()],
+        telecom: vec![ContactPoint {
+            system: ContactSystem::Email,
+            value: "k@example.org".into(),
+        }],
+        gp_practice: Some(ods("B82002")),
+        identifiers: vec![LocalIdentifier {
+            system: "https://trust.example/Id/mrn".into(),
+            value: "MRN-1".into(),
+            issuing_organisation: "RR8".into(),
+        }],
+        restricted: true,
+        ..first.demographics.clone()
+    };
+    assert_eq!(
+        store
+            .update_patient(married.clone(), audit())
+            .await
+            .expect("update"),
+        married
+    );
+    assert_eq!(
+        store.get_patient(&first.id).await.expect("get"),
+        Some(married.clone())
+    );
+    assert_eq!(
+        store
+            .patient_versions(&first.id, 10)
+            .await
+            .expect("versions"),
+        vec![married.clone(), first.clone()]
+    );
+    assert_eq!(
+        store
+            .patient_versions(&first.id, 1)
+            .await
+            .expect("versions"),
+        vec![married.clone()]
+    );
+    // Found by the new name, and by the old one (kept as previous).
+    let as_jones = registered(9, person("Katherine", "Jones", (1980, 4, 3), ""));
+    assert!(
+        ids(&store
+            .candidates(&as_jones.blocking_keys(), 10)
+            .await
+            .expect("found"))
+        .contains(&first.id.as_str())
+    );
+
+    // Stale: nothing stored.
+    let mut stale = married.clone();
+    stale.demographics.family_name = "Brown".into();
+    let (code, message) = code_and_message(
+        store
+            .update_patient(stale, audit())
+            .await
+            .expect_err("stale"),
+    );
+    assert_eq!(code, Code::FailedPrecondition);
+    assert!(
+        message.contains("if_match") && message.contains('2'),
+        "{message}"
+    );
+    let mut unknown = married.clone();
+    unknown.id = "no-such-patient".into();
+    let (code, _) = code_and_message(
+        store
+            .update_patient(unknown, audit())
+            .await
+            .expect_err("unknown"),
+    );
+    assert_eq!(code, Code::NotFound);
+    assert_eq!(
+        store.get_patient(&first.id).await.expect("get"),
+        Some(married.clone())
+    );
+    // Merged away: updated through the survivor only.
+    let other = patient(2, "Smith");
+    store
+        .register_patient(other.clone(), audit())
+        .await
+        .expect("register");
+    store
+        .merge_patients(
+            merge(MergeKind::Merged, &first, &other),
+            vec![audit(), audit()],
+        )
+        .await
+        .expect("merge");
+    let mut after_merge = store.get_patient(&first.id).await.expect("get").expect("p");
+    after_merge.version = 3;
+    let (code, message) = code_and_message(
+        store
+            .update_patient(after_merge, audit())
+            .await
+            .expect_err("merged"),
+    );
+    assert_eq!(code, Code::FailedPrecondition);
+    assert!(message.starts_with("patient_id"), "{message}");
+}
+
 /// The store `open` builds for `backend`.
 async fn open(backend: &TestBackend) -> store::Opened {
     store::open(
@@ -774,6 +896,7 @@ mod conforms {
         not_same_person_links_are_kept_once,
         a_patient_may_be_registered_apart_from_others,
         merges_are_logged_in_order_and_undone,
+        demographics_are_versioned,
         principals_are_found_by_id,
         rotated_signing_keys_are_kept_oldest_first,
         a_principal_is_revoked_once,
@@ -942,6 +1065,56 @@ async fn rotated_signing_keys_are_sealed_at_rest() {
                 "the private key is not stored in clear"
             );
         }
+    })
+    .await;
+}
+
+/// A patient from before versions were kept (no version rows) keeps its
+/// first version when it is first changed.
+#[tokio::test]
+async fn a_patient_from_before_versions_keeps_its_first_version() {
+    use sea_orm::ConnectionTrait;
+    use sharedcare_kit::config::StorageBackend;
+    on_every_backend("first version kept", async |backend| {
+        if backend.backend() == StorageBackend::Memory {
+            return; // nothing from before
+        }
+        let opened = open(backend).await;
+        let first = patient(1, "Smith");
+        opened
+            .store
+            .register_patient(first.clone(), audit())
+            .await
+            .expect("register");
+        opened
+            .outbox
+            .execute_unprepared("DELETE FROM identity_patient_versions")
+            .await
+            .expect("as before M0007");
+        assert_eq!(
+            opened
+                .store
+                .patient_versions(&first.id, 10)
+                .await
+                .expect("versions"),
+            vec![first.clone()]
+        );
+        let mut second = first.clone();
+        second.version = 2;
+        second.demographics.family_name = "Jones".into();
+        opened
+            .store
+            .update_patient(second.clone(), audit())
+            .await
+            .expect("update");
+        assert_eq!(
+            opened
+                .store
+                .patient_versions(&first.id, 10)
+                .await
+                .expect("versions"),
+            vec![second, first]
+        );
     })
     .await;
 }

@@ -33,10 +33,13 @@ pub enum Capability {
     /// Merge duplicate patients and undo merges: a duty of its own, since a
     /// wrong merge puts one person's record in another's.
     MergePatients,
+    /// See a restricted patient's address, telecom and GP practice, and
+    /// lift a restriction.
+    ViewRestricted,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 8] = [
+    pub const ALL: [Capability; 9] = [
         Capability::AssertRelationships,
         Capability::Refer,
         Capability::RecordDirectives,
@@ -45,6 +48,7 @@ impl Capability {
         Capability::TracePatients,
         Capability::BreakGlass,
         Capability::MergePatients,
+        Capability::ViewRestricted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +61,7 @@ impl Capability {
             Capability::TracePatients => "trace_patients",
             Capability::BreakGlass => "break_glass",
             Capability::MergePatients => "merge_patients",
+            Capability::ViewRestricted => "view_restricted",
         }
     }
 

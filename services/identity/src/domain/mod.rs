@@ -9,7 +9,10 @@ mod roles;
 
 pub use merge::{MAX_MERGE_CHAIN, MergeEvent, MergeKind};
 pub use nhs_number::NhsNumber;
-pub use patient::{Demographics, Gender, NotSamePerson, Patient, fold_name};
+pub use patient::{
+    ContactPoint, ContactSystem, Demographics, Gender, LocalIdentifier, NotSamePerson, Patient,
+    RawDetails, fold_name,
+};
 pub use principal::{
     ClientSecret, KNOWN_SCOPES, Organisation, Principal, default_purposes, default_scopes,
     parse_role, purposes_for_kind, purposes_from_names, purposes_from_pb, scopes_for_kind,

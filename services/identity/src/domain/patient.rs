@@ -1,13 +1,15 @@
 use chrono::{DateTime, NaiveDate, Utc};
-use sharedcare_kit::Error;
+use serde::{Deserialize, Serialize};
+use sharedcare_kit::{Error, ids::OdsCode};
 
 use super::{
     NhsNumber,
     matching::{Person, PreparedPerson, blocking_keys},
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Gender {
+    #[default]
     Unspecified,
     Male,
     Female,
@@ -38,13 +40,211 @@ impl Gender {
 }
 
 /// What a patient tells us about themselves, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Demographics {
     pub given_names: Vec<String>,
     pub family_name: String,
     pub birth_date: NaiveDate,
     pub gender: Gender,
     pub postcode: Option<String>,
+    /// Family names held before, newest first (matched too).
+    pub previous_family_names: Vec<String>,
+    pub death_date: Option<NaiveDate>,
+    /// Home address without the postcode.
+    pub address_lines: Vec<String>,
+    pub telecom: Vec<ContactPoint>,
+    /// The registered GP practice.
+    pub gp_practice: Option<OdsCode>,
+    /// Local identifiers (hospital numbers); the NHS number is apart.
+    pub identifiers: Vec<LocalIdentifier>,
+    /// Address, telecom and GP practice withheld from callers whose role
+    /// lacks `view_restricted`.
+    pub restricted: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContactSystem {
+    Phone,
+    Email,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactPoint {
+    pub system: ContactSystem,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalIdentifier {
+    pub system: String,
+    pub value: String,
+    pub issuing_organisation: String,
+}
+
+/// The rest of a patient's details as asked, before validation (the
+/// names, birth date, gender and postcode go to `Demographics::parse`).
+#[derive(Debug, Clone, Default)]
+pub struct RawDetails {
+    pub previous_family_names: Vec<String>,
+    pub death_date: String,
+    pub address_lines: Vec<String>,
+    /// System (None when unknown) and value.
+    pub telecom: Vec<(Option<ContactSystem>, String)>,
+    pub gp_practice: String,
+    /// System, value, issuing ODS code.
+    pub identifiers: Vec<(String, String, String)>,
+    pub restricted: bool,
+}
+
+const MAX_LIST: usize = 10;
+const MAX_ADDRESS_LINES: usize = 5;
+const MAX_LINE_CHARS: usize = 100;
+const MAX_SYSTEM_CHARS: usize = 200;
+const MAX_VALUE_CHARS: usize = 64;
+const MAX_EMAIL_CHARS: usize = 254;
+
+fn at_most<T>(field: &str, items: &[T], max: usize) -> Result<(), Error> {
+    if items.len() > max {
+        return Err(Error::invalid(field, format!("at most {max} entries")));
+    }
+    Ok(())
+}
+
+/// Trimmed text with no control characters, at most `max` characters;
+/// `None` when empty.
+fn plain_text(field: &str, value: &str, max: usize) -> Result<Option<String>, Error> {
+    let value = value.trim();
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    if value.chars().count() > max {
+        return Err(Error::invalid(
+            field,
+            format!("is at most {max} characters"),
+        ));
+    }
+    Ok((!value.is_empty()).then(|| value.to_owned()))
+}
+
+fn parse_contact(
+    field: &str,
+    system: Option<ContactSystem>,
+    value: &str,
+) -> Result<ContactPoint, Error> {
+    let Some(system) = system else {
+        return Err(Error::invalid(
+            format!("{field}.system"),
+            "must be PHONE or EMAIL",
+        ));
+    };
+    let value_field = format!("{field}.value");
+    let value = value.trim();
+    match system {
+        ContactSystem::Phone => {
+            let digits = value.chars().filter(char::is_ascii_digit).count();
+            let allowed = value
+                .chars()
+                .all(|c| c.is_ascii_digit() || " +()-".contains(c));
+            if !allowed || !(6..=15).contains(&digits) {
+                return Err(Error::invalid(
+                    value_field,
+                    "must be a phone number: 6 to 15 digits, with spaces, +, brackets or hyphens",
+                ));
+            }
+        }
+        ContactSystem::Email => {
+            let parts: Vec<&str> = value.split('@').collect();
+            let ok = parts.len() == 2
+                && !parts[0].is_empty()
+                && parts[1].contains('.')
+                && value.chars().count() <= MAX_EMAIL_CHARS
+                && !value.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !ok {
+                return Err(Error::invalid(value_field, "must be an email address"));
+            }
+        }
+    }
+    Ok(ContactPoint {
+        system,
+        value: value.to_owned(),
+    })
+}
+
+impl Demographics {
+    /// Adds the rest of the details to names, birth date, gender and
+    /// postcode already parsed; `prefix` is the request path.
+    pub fn with_details(
+        mut self,
+        prefix: &str,
+        raw: RawDetails,
+        today: NaiveDate,
+    ) -> Result<Self, Error> {
+        let field = format!("{prefix}.previous_family_names");
+        at_most(&field, &raw.previous_family_names, MAX_LIST)?;
+        self.previous_family_names = raw
+            .previous_family_names
+            .iter()
+            .filter(|n| !n.trim().is_empty())
+            .map(|n| parse_name(&field, n))
+            .collect::<Result<_, _>>()?;
+        let field = format!("{prefix}.death_date");
+        self.death_date = match raw.death_date.trim() {
+            "" => None,
+            text => {
+                let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                    .map_err(|_| Error::invalid(&field, "must be a date as YYYY-MM-DD"))?;
+                if date > today {
+                    return Err(Error::invalid(&field, "must not be in the future"));
+                }
+                if date < self.birth_date {
+                    return Err(Error::invalid(&field, "must not be before the birth date"));
+                }
+                Some(date)
+            }
+        };
+        let field = format!("{prefix}.address_lines");
+        at_most(&field, &raw.address_lines, MAX_ADDRESS_LINES)?;
+        self.address_lines = raw
+            .address_lines
+            .iter()
+            .map(|l| plain_text(&field, l, MAX_LINE_CHARS))
+            .filter_map(Result::transpose)
+            .collect::<Result<_, _>>()?;
+        let field = format!("{prefix}.telecom");
+        at_most(&field, &raw.telecom, MAX_LIST)?;
+        self.telecom = raw
+            .telecom
+            .iter()
+            .enumerate()
+            .map(|(i, (system, value))| parse_contact(&format!("{field}[{i}]"), *system, value))
+            .collect::<Result<_, _>>()?;
+        self.gp_practice =
+            OdsCode::parse_optional(&format!("{prefix}.gp_practice_ods_code"), &raw.gp_practice)?;
+        let field = format!("{prefix}.identifiers");
+        at_most(&field, &raw.identifiers, MAX_LIST)?;
+        self.identifiers = raw
+            .identifiers
+            .iter()
+            .enumerate()
+            .map(|(i, (system, value, issuer))| {
+                let at = format!("{field}[{i}]");
+                let system = plain_text(&format!("{at}.system"), system, MAX_SYSTEM_CHARS)?
+                    .filter(|s| s.contains(':'))
+                    .ok_or_else(|| Error::invalid(format!("{at}.system"), "must be a URI"))?;
+                let value = plain_text(&format!("{at}.value"), value, MAX_VALUE_CHARS)?
+                    .ok_or_else(|| Error::invalid(format!("{at}.value"), "is required"))?;
+                let issuer = OdsCode::parse(&format!("{at}.issuing_ods_code"), issuer)?;
+                Ok(LocalIdentifier {
+                    system,
+                    value,
+                    issuing_organisation: issuer.as_str().to_owned(),
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        self.restricted = raw.restricted;
+        Ok(self)
+    }
 }
 
 const MAX_NAME_CHARS: usize = 100;
@@ -89,6 +289,7 @@ impl Demographics {
             birth_date,
             gender,
             postcode,
+            ..Demographics::default()
         })
     }
 }
@@ -174,6 +375,8 @@ pub struct Patient {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub superseded_by: Option<String>,
+    /// 1 when registered, one more with every change of demographics.
+    pub version: i64,
 }
 
 /// A person's decision that two patients are not the same person: every

@@ -3,6 +3,7 @@
 
 mod matching;
 mod merge;
+mod versions;
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -23,9 +24,9 @@ use tonic::{Request, Response, Status};
 use crate::{
     Peers, TokenIssuer,
     domain::{
-        ClientSecret, Demographics, Gender, NhsNumber, NotSamePerson, OdsCode, Organisation,
-        Patient, Principal, RoleMap, parse_role, purposes_for_kind, purposes_from_pb,
-        scopes_for_kind, validate_scopes,
+        ClientSecret, ContactSystem, Demographics, Gender, NhsNumber, NotSamePerson, OdsCode,
+        Organisation, Patient, Principal, RawDetails, RoleMap, parse_role, purposes_for_kind,
+        purposes_from_pb, scopes_for_kind, validate_scopes,
     },
     store::{IdentityStore, Registered},
 };
@@ -301,20 +302,138 @@ fn gender_to_pb(gender: Gender) -> pb::Gender {
 }
 
 fn patient_to_pb(p: Patient) -> pb::Patient {
+    let d = p.demographics;
     pb::Patient {
         patient_id: p.id,
         nhs_number: p.nhs_number.as_str().to_owned(),
         demographics: Some(pb::Demographics {
-            given_names: p.demographics.given_names,
-            family_name: p.demographics.family_name,
-            birth_date: p.demographics.birth_date.format("%Y-%m-%d").to_string(),
-            gender: gender_to_pb(p.demographics.gender) as i32,
-            postcode: p.demographics.postcode.unwrap_or_default(),
+            given_names: d.given_names,
+            family_name: d.family_name,
+            birth_date: d.birth_date.format("%Y-%m-%d").to_string(),
+            gender: gender_to_pb(d.gender) as i32,
+            postcode: d.postcode.unwrap_or_default(),
+            previous_family_names: d.previous_family_names,
+            death_date: d
+                .death_date
+                .map(|date| date.format("%Y-%m-%d").to_string())
+                .unwrap_or_default(),
+            address_lines: d.address_lines,
+            telecom: d
+                .telecom
+                .into_iter()
+                .map(|c| pb::ContactPoint {
+                    system: match c.system {
+                        ContactSystem::Phone => pb::ContactSystem::Phone,
+                        ContactSystem::Email => pb::ContactSystem::Email,
+                    } as i32,
+                    value: c.value,
+                })
+                .collect(),
+            gp_practice_ods_code: d
+                .gp_practice
+                .map(|o| o.as_str().to_owned())
+                .unwrap_or_default(),
+            identifiers: d
+                .identifiers
+                .into_iter()
+                .map(|i| pb::LocalIdentifier {
+                    system: i.system,
+                    value: i.value,
+                    issuing_ods_code: i.issuing_organisation,
+                })
+                .collect(),
+            restricted: d.restricted,
         }),
         create_time: Some(to_proto(p.created_at)),
         update_time: Some(to_proto(p.updated_at)),
         superseded_by: p.superseded_by.unwrap_or_default(),
+        version: p.version,
+        details_withheld: false,
     }
+}
+
+/// Whether `caller` may see what a restricted record withholds.
+fn may_see_restricted(caller: &Caller) -> bool {
+    caller.has(sharedcare_kit::access::Capability::ViewRestricted)
+}
+
+/// A restricted patient as `caller` may see them: without address,
+/// telecom and GP practice unless their role has `view_restricted`.
+fn withhold(caller: &Caller, patient: &mut pb::Patient) {
+    let restricted = patient.demographics.as_ref().is_some_and(|d| d.restricted);
+    if !restricted || may_see_restricted(caller) {
+        return;
+    }
+    if let Some(d) = patient.demographics.as_mut() {
+        d.postcode.clear();
+        d.address_lines.clear();
+        d.telecom.clear();
+        d.gp_practice_ods_code.clear();
+    }
+    patient.details_withheld = true;
+}
+
+/// A candidate as `caller` may see it: a restricted patient's details
+/// withheld, and with them how the postcode compared.
+fn withhold_match(caller: &Caller, m: &mut pb::TraceMatch) {
+    if let Some(p) = m.patient.as_mut() {
+        withhold(caller, p);
+        if p.details_withheld {
+            m.fields.retain(|f| f.field != "postcode");
+        }
+    }
+}
+
+/// Demographics as a request gives them, validated; `prefix` is their path.
+fn demographics_from_pb(
+    prefix: &str,
+    d: &pb::Demographics,
+    today: chrono::NaiveDate,
+) -> Result<Demographics, Error> {
+    let telecom = d
+        .telecom
+        .iter()
+        .map(|c| {
+            let system = match pb::ContactSystem::try_from(c.system) {
+                Ok(pb::ContactSystem::Phone) => Some(ContactSystem::Phone),
+                Ok(pb::ContactSystem::Email) => Some(ContactSystem::Email),
+                _ => None,
+            };
+            (system, c.value.clone())
+        })
+        .collect();
+    Demographics::parse(
+        prefix,
+        &d.given_names,
+        &d.family_name,
+        &d.birth_date,
+        gender_from_pb(&format!("{prefix}.gender"), d.gender)?,
+        &d.postcode,
+        today,
+    )?
+    .with_details(
+        prefix,
+        RawDetails {
+            previous_family_names: d.previous_family_names.clone(),
+            death_date: d.death_date.clone(),
+            address_lines: d.address_lines.clone(),
+            telecom,
+            gp_practice: d.gp_practice_ods_code.clone(),
+            identifiers: d
+                .identifiers
+                .iter()
+                .map(|i| {
+                    (
+                        i.system.clone(),
+                        i.value.clone(),
+                        i.issuing_ods_code.clone(),
+                    )
+                })
+                .collect(),
+            restricted: d.restricted,
+        },
+        today,
+    )
 }
 
 fn organisation_to_pb(o: Organisation) -> pb::Organisation {
@@ -363,15 +482,7 @@ impl IdentityService for IdentityGrpc {
             .demographics
             .ok_or_else(|| Error::invalid("demographics", "is required"))?;
         let now = chrono::Utc::now();
-        let demographics = Demographics::parse(
-            "demographics",
-            &d.given_names,
-            &d.family_name,
-            &d.birth_date,
-            gender_from_pb("demographics.gender", d.gender)?,
-            &d.postcode,
-            now.date_naive(),
-        )?;
+        let demographics = demographics_from_pb("demographics", &d, now.date_naive())?;
         let caller = &grant.principal;
         if req.confirm_new_patient {
             Self::check_may_confirm(caller)?;
@@ -380,11 +491,20 @@ impl IdentityService for IdentityGrpc {
         let found = self
             .find_registered(caller, purpose, nhs_number.as_ref(), &demographics)
             .await?;
-        let answer = |patient: Option<Patient>, outcome, candidates| pb::RegisterPatientResponse {
-            created: outcome == pb::RegisterOutcome::Created,
-            patient: patient.map(patient_to_pb),
-            outcome: outcome as i32,
-            candidates,
+        let answer = |patient: Option<Patient>, outcome, mut candidates: Vec<pb::TraceMatch>| {
+            let mut patient = patient.map(patient_to_pb);
+            if let Some(p) = patient.as_mut() {
+                withhold(caller, p);
+            }
+            for m in &mut candidates {
+                withhold_match(caller, m);
+            }
+            pb::RegisterPatientResponse {
+                created: outcome == pb::RegisterOutcome::Created,
+                patient,
+                outcome: outcome as i32,
+                candidates,
+            }
         };
         let apart = match found {
             Found::ByNhsNumber(p) => {
@@ -448,6 +568,7 @@ impl IdentityService for IdentityGrpc {
                     created_at: now,
                     updated_at: now,
                     superseded_by: None,
+                    version: 1,
                 },
                 apart,
                 creation,
@@ -518,8 +639,10 @@ impl IdentityService for IdentityGrpc {
         };
         self.audit(&access, Outcome::Success, "", &decision_id)
             .await?;
+        let mut patient = patient_to_pb(patient);
+        withhold(&grant.principal, &mut patient);
         Ok(Response::new(pb::GetPatientResponse {
-            patient: Some(patient_to_pb(patient)),
+            patient: Some(patient),
             resolved_from_patient_id: resolved_from.unwrap_or_default(),
         }))
     }
@@ -553,9 +676,11 @@ impl IdentityService for IdentityGrpc {
         let grant = grant(&request)?;
         // No trace whose results could not be audited in time.
         self.peers.outbox.admit()?;
-        Ok(Response::new(
-            self.trace(&grant, request.into_inner()).await?,
-        ))
+        let mut found = self.trace(&grant, request.into_inner()).await?;
+        for m in &mut found.matches {
+            withhold_match(&grant.principal, m);
+        }
+        Ok(Response::new(found))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "MarkNotSamePerson"))]
@@ -570,6 +695,31 @@ impl IdentityService for IdentityGrpc {
         ))
     }
 
+    #[tracing::instrument(skip_all, fields(rpc = "UpdateDemographics"))]
+    async fn update_demographics(
+        &self,
+        request: Request<pb::UpdateDemographicsRequest>,
+    ) -> Result<Response<pb::UpdateDemographicsResponse>, Status> {
+        let grant = grant(&request)?;
+        self.peers.outbox.admit()?;
+        Ok(Response::new(
+            self.update_demographics_for(&grant, request.into_inner())
+                .await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListPatientVersions"))]
+    async fn list_patient_versions(
+        &self,
+        request: Request<pb::ListPatientVersionsRequest>,
+    ) -> Result<Response<pb::ListPatientVersionsResponse>, Status> {
+        let grant = grant(&request)?;
+        self.peers.outbox.admit()?;
+        Ok(Response::new(
+            self.list_versions_for(&grant, request.into_inner()).await?,
+        ))
+    }
+
     #[tracing::instrument(skip_all, fields(rpc = "MergePatients"))]
     async fn merge_patients(
         &self,
@@ -577,9 +727,11 @@ impl IdentityService for IdentityGrpc {
     ) -> Result<Response<pb::MergePatientsResponse>, Status> {
         let grant = grant(&request)?;
         self.peers.outbox.admit()?;
-        Ok(Response::new(
-            self.merge(&grant, request.into_inner()).await?,
-        ))
+        let mut merged = self.merge(&grant, request.into_inner()).await?;
+        if let Some(p) = merged.surviving.as_mut() {
+            withhold(&grant.principal, p);
+        }
+        Ok(Response::new(merged))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "UnmergePatients"))]
@@ -589,9 +741,11 @@ impl IdentityService for IdentityGrpc {
     ) -> Result<Response<pb::UnmergePatientsResponse>, Status> {
         let grant = grant(&request)?;
         self.peers.outbox.admit()?;
-        Ok(Response::new(
-            self.unmerge(&grant, request.into_inner()).await?,
-        ))
+        let mut unmerged = self.unmerge(&grant, request.into_inner()).await?;
+        if let Some(p) = unmerged.patient.as_mut() {
+            withhold(&grant.principal, p);
+        }
+        Ok(Response::new(unmerged))
     }
 
     type WatchPatientMergesStream =

@@ -37,6 +37,8 @@ struct Index {
     apart: HashMap<(String, String), NotSamePerson>,
     /// The merge log, in order.
     merges: Vec<MergeEvent>,
+    /// Every version of each patient, oldest first.
+    versions: HashMap<String, Vec<Patient>>,
     /// By ODS code.
     organisations: HashMap<String, Organisation>,
     /// By client id (principal ids are unique too; there are few).
@@ -54,13 +56,29 @@ impl Index {
             .and_then(|id| self.patients.get(id))
     }
 
-    fn add_patient(&mut self, p: Patient, apart: Vec<NotSamePerson>) {
+    fn index_keys(&mut self, p: &Patient) {
         for key in p.blocking_keys() {
             self.by_blocking_key
                 .entry(key)
                 .or_default()
                 .insert(p.id.clone());
         }
+    }
+
+    fn unindex_keys(&mut self, p: &Patient) {
+        for key in p.blocking_keys() {
+            if let Some(ids) = self.by_blocking_key.get_mut(&key) {
+                ids.remove(&p.id);
+                if ids.is_empty() {
+                    self.by_blocking_key.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn add_patient(&mut self, p: Patient, apart: Vec<NotSamePerson>) {
+        self.index_keys(&p);
+        self.versions.insert(p.id.clone(), vec![p.clone()]);
         for link in apart {
             self.apart.entry(link.patients.clone()).or_insert(link);
         }
@@ -184,6 +202,51 @@ impl IdentityStore for MemoryStore {
             .state
             .lock()
             .map(|index| index.by_nhs_number(nhs).cloned());
+        Box::pin(async move { found })
+    }
+
+    fn update_patient(&self, p: Patient, audit: AuditEvent) -> BoxFuture<'_, Patient> {
+        Box::pin(async move {
+            let checked = p.clone();
+            self.state
+                .change(
+                    &audit,
+                    move |index| match index.patients.get(&checked.id) {
+                        None => Err(Error::not_found("patient_id: no patient with this id")),
+                        Some(current) if current.superseded_by.is_some() => {
+                            Err(refusals::merged_away())
+                        }
+                        Some(current) if current.version != checked.version - 1 => {
+                            Err(refusals::stale(current.version))
+                        }
+                        Some(_) => Ok(None),
+                    },
+                    |index| {
+                        if let Some(old) = index.patients.get(&p.id).cloned() {
+                            index.unindex_keys(&old);
+                        }
+                        index.index_keys(&p);
+                        index
+                            .versions
+                            .entry(p.id.clone())
+                            .or_default()
+                            .push(p.clone());
+                        index.patients.insert(p.id.clone(), p.clone());
+                        Ok(p)
+                    },
+                )
+                .await
+        })
+    }
+
+    fn patient_versions(&self, id: &str, limit: usize) -> BoxFuture<'_, Vec<Patient>> {
+        let found = self.state.lock().map(|index| {
+            index
+                .versions
+                .get(id)
+                .map(|v| v.iter().rev().take(limit).cloned().collect())
+                .unwrap_or_default()
+        });
         Box::pin(async move { found })
     }
 

@@ -13,6 +13,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0004Matching),
             Box::new(M0005Tokens),
             Box::new(M0006Merges),
+            Box::new(M0007PatientVersions),
         ]
     }
 
@@ -252,6 +253,45 @@ impl MigrationTrait for M0005Tokens {
                     .if_not_exists()
                     .col(string("principal_id").primary_key())
                     .col(timestamp_with_time_zone("revoked_at"))
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// Versioned demographics: the current version on the patient, every
+/// version (sealed) beside it. Patients from before are at version 1.
+struct M0007PatientVersions;
+
+impl MigrationName for M0007PatientVersions {
+    fn name(&self) -> &str {
+        "m0007_patient_versions"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for M0007PatientVersions {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table("identity_patients")
+                    .add_column(big_integer("version").default(1))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table("identity_patient_versions")
+                    .if_not_exists()
+                    .col(string("patient_id"))
+                    .col(big_integer("version"))
+                    .col(blob("sealed"))
+                    .col(string_null("superseded_by"))
+                    .col(timestamp_with_time_zone("created_at"))
+                    .col(timestamp_with_time_zone("updated_at"))
+                    .primary_key(Index::create().col("patient_id").col("version"))
                     .to_owned(),
             )
             .await

@@ -56,6 +56,16 @@ pub trait IdentityStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, Registered>;
     fn get_patient(&self, id: &str) -> BoxFuture<'_, Option<Patient>>;
     fn find_patient_by_nhs_number(&self, nhs: &NhsNumber) -> BoxFuture<'_, Option<Patient>>;
+    /// Stores `patient` as its next version (`patient.version`, one more
+    /// than the current), keeping the one it replaces in its history and
+    /// re-indexing its blocking keys, with `audit` in the outbox, in one
+    /// transaction. NOT_FOUND if there is no such patient;
+    /// FAILED_PRECONDITION (naming `if_match` and the current version) if
+    /// the current version is another, or (naming `patient_id`) if it was
+    /// merged into another patient. Nothing stored on any error.
+    fn update_patient(&self, patient: Patient, audit: AuditEvent) -> BoxFuture<'_, Patient>;
+    /// The patient's versions, newest first, at most `limit`.
+    fn patient_versions(&self, id: &str, limit: usize) -> BoxFuture<'_, Vec<Patient>>;
     /// Patients indexed under at least one of these blocking keys
     /// (`Patient::blocking_keys`), at most `limit` of them: a trace's
     /// candidates, found by index, never by a scan.
@@ -209,6 +219,18 @@ pub(crate) mod refusals {
     pub fn kept_apart() -> Error {
         Error::failed_precondition(
             "surviving_patient_id: marked as not the same person as superseded_patient_id",
+        )
+    }
+
+    pub fn stale(current: i64) -> Error {
+        Error::failed_precondition(format!(
+            "if_match: the current version is {current}; read the patient again"
+        ))
+    }
+
+    pub fn merged_away() -> Error {
+        Error::failed_precondition(
+            "patient_id: this patient was merged into another; update that one",
         )
     }
 

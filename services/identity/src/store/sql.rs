@@ -20,8 +20,8 @@ use super::{
     refusals,
 };
 use crate::domain::{
-    Demographics, Gender, MergeEvent, MergeKind, NhsNumber, NotSamePerson, OdsCode, Organisation,
-    Patient, Principal, default_purposes,
+    ContactPoint, Demographics, Gender, LocalIdentifier, MergeEvent, MergeKind, NhsNumber,
+    NotSamePerson, OdsCode, Organisation, Patient, Principal, default_purposes,
 };
 
 /// Patients are encrypted at rest: NHS number and demographics sealed in one
@@ -42,6 +42,21 @@ struct SealedPatient {
     birth_date: chrono::NaiveDate,
     gender: String,
     postcode: Option<String>,
+    // Added with UpdateDemographics; rows from before read as empty.
+    #[serde(default)]
+    previous_family_names: Vec<String>,
+    #[serde(default)]
+    death_date: Option<chrono::NaiveDate>,
+    #[serde(default)]
+    address_lines: Vec<String>,
+    #[serde(default)]
+    telecom: Vec<ContactPoint>,
+    #[serde(default)]
+    gp_practice: Option<String>,
+    #[serde(default)]
+    identifiers: Vec<LocalIdentifier>,
+    #[serde(default)]
+    restricted: bool,
 }
 
 const NHS_INDEX_DOMAIN: &str = "sharedcare.identity/nhs_number";
@@ -53,6 +68,10 @@ fn signing_key_aad(kid: &str) -> Vec<u8> {
 
 fn patient_aad(patient_id: &str) -> Vec<u8> {
     format!("sharedcare.identity/patient/{patient_id}").into_bytes()
+}
+
+fn version_aad(patient_id: &str, version: i64) -> Vec<u8> {
+    format!("sharedcare.identity/patient/{patient_id}/version/{version}").into_bytes()
 }
 
 fn link_aad(a: &str, b: &str) -> Vec<u8> {
@@ -175,49 +194,123 @@ impl SqlStore {
         self.index.index(NHS_INDEX_DOMAIN, nhs.as_str().as_bytes())
     }
 
-    fn patient_to_row(&self, p: &Patient) -> Result<patient::ActiveModel, Error> {
+    /// The patient's NHS number and demographics sealed, bound to `aad`.
+    fn seal_patient(&self, p: &Patient, aad: &[u8]) -> Result<Vec<u8>, Error> {
+        let d = &p.demographics;
         let sealed = SealedPatient {
             nhs_number: p.nhs_number.as_str().to_owned(),
-            given_names: p.demographics.given_names.clone(),
-            family_name: p.demographics.family_name.clone(),
-            birth_date: p.demographics.birth_date,
-            gender: p.demographics.gender.as_str().to_owned(),
-            postcode: p.demographics.postcode.clone(),
+            given_names: d.given_names.clone(),
+            family_name: d.family_name.clone(),
+            birth_date: d.birth_date,
+            gender: d.gender.as_str().to_owned(),
+            postcode: d.postcode.clone(),
+            previous_family_names: d.previous_family_names.clone(),
+            death_date: d.death_date,
+            address_lines: d.address_lines.clone(),
+            telecom: d.telecom.clone(),
+            gp_practice: d.gp_practice.as_ref().map(|o| o.as_str().to_owned()),
+            identifiers: d.identifiers.clone(),
+            restricted: d.restricted,
         };
         let plaintext =
             serde_json::to_vec(&sealed).map_err(|e| Error::internal("storing a patient", e))?;
+        self.keys.seal(&plaintext, aad)
+    }
+
+    fn patient_to_row(&self, p: &Patient) -> Result<patient::ActiveModel, Error> {
         Ok(patient::ActiveModel {
             patient_id: Set(p.id.clone()),
             nhs_index: Set(self.nhs_index(&p.nhs_number)?),
-            sealed: Set(self.keys.seal(&plaintext, &patient_aad(&p.id))?),
+            sealed: Set(self.seal_patient(p, &patient_aad(&p.id))?),
+            superseded_by: Set(p.superseded_by.clone()),
+            created_at: Set(p.created_at),
+            updated_at: Set(p.updated_at),
+            version: Set(p.version),
+        })
+    }
+
+    fn version_to_row(&self, p: &Patient) -> Result<patient_version::ActiveModel, Error> {
+        Ok(patient_version::ActiveModel {
+            patient_id: Set(p.id.clone()),
+            version: Set(p.version),
+            sealed: Set(self.seal_patient(p, &version_aad(&p.id, p.version))?),
             superseded_by: Set(p.superseded_by.clone()),
             created_at: Set(p.created_at),
             updated_at: Set(p.updated_at),
         })
     }
 
-    fn patient_from_row(&self, row: patient::Model) -> Result<Patient, Error> {
+    #[allow(clippy::too_many_arguments)]
+    fn open_patient(
+        &self,
+        id: String,
+        sealed: &[u8],
+        aad: &[u8],
+        created_at: chrono::DateTime<chrono::Utc>,
+        updated_at: chrono::DateTime<chrono::Utc>,
+        superseded_by: Option<String>,
+        version: i64,
+    ) -> Result<Patient, Error> {
+        const CONTEXT: &str = "reading a patient";
         let plaintext = self
             .keys
-            .open(&row.sealed, &patient_aad(&row.patient_id))
-            .map_err(|e| e.context("reading a patient"))?;
-        let sealed: SealedPatient = serde_json::from_slice(&plaintext)
-            .map_err(|e| Error::internal("reading a patient", e))?;
+            .open(sealed, aad)
+            .map_err(|e| e.context(CONTEXT))?;
+        let sealed: SealedPatient =
+            serde_json::from_slice(&plaintext).map_err(|e| Error::internal(CONTEXT, e))?;
         Ok(Patient {
-            id: row.patient_id,
+            id,
             nhs_number: NhsNumber::parse("stored nhs_number", &sealed.nhs_number)
-                .map_err(|e| Error::internal("reading a patient", e))?,
+                .map_err(|e| Error::internal(CONTEXT, e))?,
             demographics: Demographics {
                 given_names: sealed.given_names,
                 family_name: sealed.family_name,
                 birth_date: sealed.birth_date,
                 gender: Gender::from_stored(&sealed.gender),
                 postcode: sealed.postcode,
+                previous_family_names: sealed.previous_family_names,
+                death_date: sealed.death_date,
+                address_lines: sealed.address_lines,
+                telecom: sealed.telecom,
+                gp_practice: sealed
+                    .gp_practice
+                    .map(|o| OdsCode::parse("stored gp_practice", &o))
+                    .transpose()
+                    .map_err(|e| Error::internal(CONTEXT, e))?,
+                identifiers: sealed.identifiers,
+                restricted: sealed.restricted,
             },
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            superseded_by: row.superseded_by,
+            created_at,
+            updated_at,
+            superseded_by,
+            version,
         })
+    }
+
+    fn patient_from_row(&self, row: patient::Model) -> Result<Patient, Error> {
+        let aad = patient_aad(&row.patient_id);
+        self.open_patient(
+            row.patient_id,
+            &row.sealed,
+            &aad,
+            row.created_at,
+            row.updated_at,
+            row.superseded_by,
+            row.version,
+        )
+    }
+
+    fn version_from_row(&self, row: patient_version::Model) -> Result<Patient, Error> {
+        let aad = version_aad(&row.patient_id, row.version);
+        self.open_patient(
+            row.patient_id,
+            &row.sealed,
+            &aad,
+            row.created_at,
+            row.updated_at,
+            row.superseded_by,
+            row.version,
+        )
     }
 }
 
@@ -425,8 +518,12 @@ impl IdentityStore for SqlStore {
                 .await
             {
                 Ok(_) => {
-                    // The registration, its keys, its links and its audit
-                    // event commit together.
+                    // The registration, its first version, its keys, its
+                    // links and its audit event commit together.
+                    patient_version::Entity::insert(self.version_to_row(&p)?)
+                        .exec_without_returning(&txn)
+                        .await
+                        .map_err(|e| Error::internal(CONTEXT, e))?;
                     self.insert_keys(&txn, self.key_rows(&p)?).await?;
                     if !apart.is_empty() {
                         let links = apart
@@ -488,6 +585,106 @@ impl IdentityStore for SqlStore {
                 .map_err(|e| Error::internal("reading a patient", e))?
                 .map(|row| self.patient_from_row(row))
                 .transpose()
+        })
+    }
+
+    fn update_patient(&self, p: Patient, audit: AuditEvent) -> BoxFuture<'_, Patient> {
+        Box::pin(async move {
+            const CONTEXT: &str = "updating a patient";
+            let sealed = self.seal_patient(&p, &patient_aad(&p.id))?;
+            let txn = self
+                .db
+                .begin()
+                .await
+                .map_err(|e| Error::internal(CONTEXT, e))?;
+            // The write first (SQLite's write lock), conditional on the
+            // version being replaced and on the patient standing alone.
+            let updated = patient::Entity::update_many()
+                .col_expr(patient::Column::Sealed, Expr::value(sealed))
+                .col_expr(patient::Column::UpdatedAt, Expr::value(p.updated_at))
+                .col_expr(patient::Column::Version, Expr::value(p.version))
+                .filter(patient::Column::PatientId.eq(p.id.clone()))
+                .filter(patient::Column::Version.eq(p.version - 1))
+                .filter(patient::Column::SupersededBy.is_null())
+                .exec(&txn)
+                .await
+                .map_err(|e| Error::internal(CONTEXT, e))?;
+            if updated.rows_affected != 1 {
+                let current = patient::Entity::find_by_id(p.id.clone())
+                    .one(&txn)
+                    .await
+                    .map_err(|e| Error::internal(CONTEXT, e))?;
+                let _ = txn.rollback().await;
+                return Err(match current {
+                    None => Error::not_found("patient_id: no patient with this id"),
+                    Some(c) if c.superseded_by.is_some() => refusals::merged_away(),
+                    Some(c) => refusals::stale(c.version),
+                });
+            }
+            // A patient from before versions were kept has its first one
+            // kept now, from what it was.
+            if p.version == 2 {
+                let before = patient_version::Entity::find_by_id((p.id.clone(), 1))
+                    .one(&txn)
+                    .await
+                    .map_err(|e| Error::internal(CONTEXT, e))?;
+                if before.is_none() {
+                    let _ = txn.rollback().await;
+                    let old = self
+                        .get_patient(&p.id)
+                        .await?
+                        .ok_or_else(|| Error::internal(CONTEXT, "the patient is gone"))?;
+                    patient_version::Entity::insert(self.version_to_row(&old)?)
+                        .on_conflict(
+                            OnConflict::columns([
+                                patient_version::Column::PatientId,
+                                patient_version::Column::Version,
+                            ])
+                            .do_nothing()
+                            .to_owned(),
+                        )
+                        .exec_without_returning(&self.db)
+                        .await
+                        .map_err(|e| Error::internal(CONTEXT, e))?;
+                    return self.update_patient(p, audit).await;
+                }
+            }
+            patient_version::Entity::insert(self.version_to_row(&p)?)
+                .exec_without_returning(&txn)
+                .await
+                .map_err(|e| Error::internal(CONTEXT, e))?;
+            patient_key::Entity::delete_many()
+                .filter(patient_key::Column::PatientId.eq(p.id.clone()))
+                .exec(&txn)
+                .await
+                .map_err(|e| Error::internal(CONTEXT, e))?;
+            self.insert_keys(&txn, self.key_rows(&p)?).await?;
+            outbox::insert_in(&txn, OUTBOX_TABLE, &audit).await?;
+            txn.commit()
+                .await
+                .map_err(|e| Error::internal(CONTEXT, e))?;
+            Ok(p)
+        })
+    }
+
+    fn patient_versions(&self, id: &str, limit: usize) -> BoxFuture<'_, Vec<Patient>> {
+        let id = id.to_owned();
+        Box::pin(async move {
+            const CONTEXT: &str = "reading a patient's versions";
+            let rows = patient_version::Entity::find()
+                .filter(patient_version::Column::PatientId.eq(id.clone()))
+                .order_by_desc(patient_version::Column::Version)
+                .limit(limit as u64)
+                .all(&self.db)
+                .await
+                .map_err(|e| Error::internal(CONTEXT, e))?;
+            if rows.is_empty() {
+                // Registered before versions were kept: its one version.
+                return Ok(self.get_patient(&id).await?.into_iter().collect());
+            }
+            rows.into_iter()
+                .map(|row| self.version_from_row(row))
+                .collect()
         })
     }
 

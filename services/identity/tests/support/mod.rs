@@ -115,6 +115,7 @@ pub fn roles() -> RoleMap {
         ("R8004", vec![]),
         ("tracer", vec!["trace_patients"]),
         ("merger", vec!["trace_patients", "merge_patients"]),
+        ("guardian", vec!["view_restricted"]),
     ]
     .into_iter()
     .map(|(role, caps)| {
@@ -381,6 +382,7 @@ pub fn person(
             birth_date: birth_date.into(),
             gender: pb::Gender::Unspecified as i32,
             postcode: String::new(),
+            ..Default::default()
         }),
     }
 }
@@ -395,6 +397,7 @@ pub fn jane(nhs: &str) -> pb::RegisterPatientRequest {
             birth_date: "1980-02-29".into(),
             gender: pb::Gender::Female as i32,
             postcode: "ls1 4ap".into(),
+            ..Default::default()
         }),
     }
 }

@@ -434,6 +434,7 @@ impl Person {
             birth_date: self.birth_date.clone(),
             gender: self.gender as i32,
             postcode: self.postcode.clone(),
+            ..Default::default()
         }
     }
 }
@@ -536,6 +537,7 @@ pub fn traces(people: &[Person], count: usize) -> Vec<TracePatientRequest> {
                     birth_date: p.birth_date.clone(),
                     gender: p.gender as i32,
                     postcode,
+                    ..Default::default()
                 }),
                 max_results: 0,
                 duplicates_of_patient_id: String::new(),

@@ -93,6 +93,7 @@ impl TraceArgs {
                 birth_date: self.birth_date.unwrap_or_default(),
                 gender: self.gender.map_or(Gender::Unspecified, GenderArg::to_proto) as i32,
                 postcode: self.postcode.unwrap_or_default(),
+                ..Default::default()
             }),
             max_results: self.max.unwrap_or(0),
             duplicates_of_patient_id: self.duplicates_of.unwrap_or_default(),
@@ -165,6 +166,7 @@ pub async fn register(
                     birth_date: args.birth_date,
                     gender: args.gender.map_or(Gender::Unspecified, GenderArg::to_proto) as i32,
                     postcode: args.postcode,
+                    ..Default::default()
                 }),
             },
             services.token()?,

@@ -180,6 +180,7 @@ fn demographics(patient: &Value) -> Option<Demographics> {
         gender: gender as i32,
         // The export's addresses are not UK postcodes.
         postcode: String::new(),
+        ..Default::default()
     })
 }
 

@@ -31,7 +31,7 @@ impl Person {
         Person {
             given_names: demographics.given_names.clone(),
             family_name: demographics.family_name.clone(),
-            previous_family_names: Vec::new(),
+            previous_family_names: demographics.previous_family_names.clone(),
             birth_date: PartialDate::full(demographics.birth_date),
             gender: demographics.gender,
             postcode: demographics
@@ -159,6 +159,7 @@ mod tests {
             birth_date: NaiveDate::from_ymd_opt(1980, 2, 29).expect("date"),
             gender: Gender::Female,
             postcode: Some("LS1 4AP".into()),
+            ..Demographics::default()
         };
         let person = Person::from_demographics(&demographics, None);
         assert_eq!(person.given_names, vec!["Siân"]);

@@ -1,0 +1,124 @@
+//! UpdateDemographics and ListPatientVersions: demographics as versions,
+//! each change kept, a restricted record's withheld details left alone by
+//! those who may not see them.
+
+use sharedcare_kit::{
+    Error,
+    access::{Grant, Patients},
+};
+use sharedcare_proto::{
+    audit::v1::{Action, Outcome},
+    common::v1::Purpose,
+    identity::v1 as pb,
+};
+
+use super::{
+    IdentityGrpc, demographics_from_pb, may_see_restricted, patient_access, patient_to_pb,
+    required_id, withhold,
+};
+use crate::domain::{Demographics, Patient};
+
+/// Versions ListPatientVersions returns at most.
+const MAX_VERSIONS: usize = 100;
+
+/// What a caller who may not see a restricted record's details sends back
+/// cannot hold them: those stay as they are.
+fn keep_withheld(current: &Demographics, mut given: Demographics) -> Demographics {
+    given.postcode = current.postcode.clone();
+    given.address_lines = current.address_lines.clone();
+    given.telecom = current.telecom.clone();
+    given.gp_practice = current.gp_practice.clone();
+    given
+}
+
+impl IdentityGrpc {
+    pub(super) async fn update_demographics_for(
+        &self,
+        grant: &Grant,
+        req: pb::UpdateDemographicsRequest,
+    ) -> Result<pb::UpdateDemographicsResponse, Error> {
+        let caller = &grant.principal;
+        let id = required_id("patient_id", &req.patient_id)?;
+        if req.if_match < 1 {
+            return Err(Error::invalid(
+                "if_match",
+                "is required: the version being replaced (Patient.version)",
+            ));
+        }
+        let d = req
+            .demographics
+            .ok_or_else(|| Error::invalid("demographics", "is required"))?;
+        let now = chrono::Utc::now();
+        let given = demographics_from_pb("demographics", &d, now.date_naive())?;
+        let purpose = caller.purpose_for("purpose", Purpose::Unspecified as i32)?;
+        let access = patient_access(caller, &id, Action::Update, purpose);
+        // Consent before NOT_FOUND, as for a read.
+        let decision_id = self.decide_read(grant, &access).await?;
+        let Some(current) = self.store.get_patient(&id).await? else {
+            self.audit(&access, Outcome::Failed, "NOT_FOUND", &decision_id)
+                .await?;
+            return Err(Error::not_found("patient_id: no patient with this id"));
+        };
+        let demographics = if current.demographics.restricted && !may_see_restricted(caller) {
+            if !given.restricted {
+                return Err(Error::failed_precondition(
+                    "demographics.restricted: only a role with view_restricted lifts a \
+                     restriction",
+                ));
+            }
+            keep_withheld(&current.demographics, given)
+        } else {
+            given
+        };
+        let updated = Patient {
+            demographics,
+            updated_at: now,
+            version: req.if_match + 1,
+            ..current
+        };
+        let event = access.event(Outcome::Success, "", &decision_id);
+        let stored = self.store.update_patient(updated, event).await?;
+        self.peers.outbox.wake();
+        let mut patient = patient_to_pb(stored);
+        withhold(caller, &mut patient);
+        Ok(pb::UpdateDemographicsResponse {
+            patient: Some(patient),
+        })
+    }
+
+    pub(super) async fn list_versions_for(
+        &self,
+        grant: &Grant,
+        req: pb::ListPatientVersionsRequest,
+    ) -> Result<pb::ListPatientVersionsResponse, Error> {
+        let caller = &grant.principal;
+        let id = required_id("patient_id", &req.patient_id)?;
+        let purpose = caller.purpose_for("purpose", Purpose::Unspecified as i32)?;
+        let access = patient_access(caller, &id, Action::Read, purpose);
+        let decision_id = match grant.patients {
+            Patients::Own => {
+                grant.check_own(&id)?;
+                String::new()
+            }
+            _ => self.decide_read(grant, &access).await?,
+        };
+        let versions = self.store.patient_versions(&id, MAX_VERSIONS).await?;
+        if versions.is_empty() {
+            self.audit(&access, Outcome::Failed, "NOT_FOUND", &decision_id)
+                .await?;
+            return Err(Error::not_found("patient_id: no patient with this id"));
+        }
+        self.audit(&access, Outcome::Success, "", &decision_id)
+            .await?;
+        Ok(pb::ListPatientVersionsResponse {
+            versions: versions
+                .into_iter()
+                .map(|p| {
+                    let mut p = patient_to_pb(p);
+                    withhold(caller, &mut p);
+                    p
+                })
+                .collect(),
+        })
+    }
+}
