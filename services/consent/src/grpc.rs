@@ -574,7 +574,7 @@ impl ConsentGrpc {
         organisation: &OdsCode,
         now: chrono::DateTime<Utc>,
     ) -> Result<bool, Error> {
-        for id in self.directory.family(patient)? {
+        for id in self.directory.family(patient).await? {
             if self
                 .store
                 .list_relationships(&id)
@@ -705,7 +705,7 @@ impl ConsentGrpc {
         };
         // A merged patient is one person: the consent recorded under any of
         // their ids is weighed, as the current id's.
-        let family = self.directory.family(&first.patient_id)?;
+        let family = self.directory.family(&first.patient_id).await?;
         let (mut relationships, directives) = self.consent_of(&family).await?;
         let asked = Asked {
             requests: asked

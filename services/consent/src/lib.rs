@@ -51,8 +51,9 @@ pub trait Directory: Send + Sync + 'static {
     /// merges), the current one first: a decision weighs the consent
     /// recorded under any of them. UNAVAILABLE while merges are not known.
     /// Without merges followed, the patient alone.
-    fn family(&self, patient: &PatientId) -> Result<Vec<PatientId>, Error> {
-        Ok(vec![patient.clone()])
+    fn family(&self, patient: &PatientId) -> BoxFuture<'_, Vec<PatientId>> {
+        let alone = vec![patient.clone()];
+        Box::pin(async move { Ok(alone) })
     }
 }
 
@@ -91,15 +92,19 @@ impl IdentityDirectory {
 }
 
 impl Directory for IdentityDirectory {
-    fn family(&self, patient: &PatientId) -> Result<Vec<PatientId>, Error> {
-        self.merges
-            .family(patient.as_str())?
-            .iter()
-            .map(|id| {
-                PatientId::parse("patient_id", id)
-                    .map_err(|e| Error::internal("following patient merges", e))
-            })
-            .collect()
+    fn family(&self, patient: &PatientId) -> BoxFuture<'_, Vec<PatientId>> {
+        let patient = patient.as_str().to_owned();
+        Box::pin(async move {
+            self.merges
+                .family(&patient)
+                .await?
+                .iter()
+                .map(|id| {
+                    PatientId::parse("patient_id", id)
+                        .map_err(|e| Error::internal("following patient merges", e))
+                })
+                .collect()
+        })
     }
 
     fn organisation_exists(&self, code: &OdsCode) -> BoxFuture<'_, bool> {

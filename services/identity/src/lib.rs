@@ -13,6 +13,7 @@ pub mod domain;
 mod grpc;
 pub mod policy;
 pub mod store;
+pub mod synthetic;
 pub mod tokens;
 
 use std::{sync::Arc, time::Duration};

@@ -29,6 +29,10 @@ use crate::{Error, client::ServiceTokens};
 /// identity says it is alive at least this often (its watch heartbeat is
 /// 5 s); three missed and the merges known here are not vouched for.
 const SILENT_LIMIT: Duration = Duration::from_secs(15);
+/// How long a question waits for merges to become known before it is
+/// refused: a service that has just started (or lost its stream) is
+/// usually caught up within milliseconds.
+pub const READY_WAIT: Duration = Duration::from_secs(3);
 /// The most merges followed from one id: a survivor is never superseded,
 /// so a longer chain is a fault.
 const MAX_CHAIN: usize = 32;
@@ -170,20 +174,32 @@ impl PatientMerges {
     }
 
     /// Every id standing for the same person as `id`: the current one
-    /// first, then each merged into it. UNAVAILABLE while merges are not
-    /// known.
-    pub fn family(&self, id: &str) -> Result<Vec<String>, Error> {
-        match self.fresh()? {
-            Some(state) => state.family(id),
-            None => Ok(vec![id.to_owned()]),
-        }
+    /// first, then each merged into it. Waits up to [`READY_WAIT`] for
+    /// merges to become known (a service just started, a stream just
+    /// resumed), then UNAVAILABLE.
+    pub async fn family(&self, id: &str) -> Result<Vec<String>, Error> {
+        self.known(|state| state.family(id)).await
     }
 
-    /// The id standing for `id` now. UNAVAILABLE while merges are not known.
-    pub fn current(&self, id: &str) -> Result<String, Error> {
-        match self.fresh()? {
-            Some(state) => state.current(id),
-            None => Ok(id.to_owned()),
+    /// The id standing for `id` now; as [`family`](Self::family) while
+    /// merges are not known.
+    pub async fn current(&self, id: &str) -> Result<String, Error> {
+        self.known(|state| state.current(id)).await
+    }
+
+    async fn known<T>(&self, answer: impl Fn(&State) -> Result<T, Error>) -> Result<T, Error> {
+        let deadline = Instant::now() + READY_WAIT;
+        loop {
+            let unknown = match self.fresh() {
+                Ok(Some(state)) => return answer(&state),
+                // Not following: every id alone.
+                Ok(None) => return answer(&State::default()),
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                return Err(unknown);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -335,20 +351,20 @@ mod tests {
         assert_eq!(s.sequence, 4);
     }
 
-    #[test]
-    fn not_following_merges_every_id_stands_for_itself() {
+    #[tokio::test]
+    async fn not_following_merges_every_id_stands_for_itself() {
         let merges = PatientMerges::none();
-        assert_eq!(merges.family("a").expect("family"), ["a"]);
-        assert_eq!(merges.current("a").expect("current"), "a");
+        assert_eq!(merges.family("a").await.expect("family"), ["a"]);
+        assert_eq!(merges.current("a").await.expect("current"), "a");
     }
 
     #[tokio::test]
-    async fn merges_not_yet_known_are_unavailable() {
+    async fn merges_not_known_in_time_are_unavailable() {
         let merges = PatientMerges {
             state: Some(Arc::new(Mutex::new(State::default()))),
             notices: broadcast::channel(1).0,
         };
-        let err = merges.family("a").expect_err("not ready");
+        let err = merges.family("a").await.expect_err("not ready");
         assert_eq!(err.code, crate::error::Code::Unavailable);
     }
 }

@@ -142,9 +142,10 @@ impl Records {
     }
 
     /// The ids standing for the same person as `patient`, current first.
-    fn family(&self, patient: &PatientId) -> Result<Vec<PatientId>, Error> {
+    async fn family(&self, patient: &PatientId) -> Result<Vec<PatientId>, Error> {
         self.merges
-            .family(patient.as_str())?
+            .family(patient.as_str())
+            .await?
             .iter()
             .map(|id| {
                 PatientId::parse("patient_id", id)
@@ -159,7 +160,7 @@ impl Records {
         patient: &PatientId,
         id: &RecordId,
     ) -> Result<Option<Stored>, Error> {
-        for filed_under in self.family(patient)? {
+        for filed_under in self.family(patient).await? {
             if let Some(found) = self.store.current(&filed_under, id).await? {
                 return Ok(Some(found));
             }
@@ -176,7 +177,7 @@ impl Records {
         after: Option<&SortKey>,
         limit: usize,
     ) -> Result<Vec<Found>, Error> {
-        let family = self.family(&query.patient_id)?;
+        let family = self.family(&query.patient_id).await?;
         if family.len() == 1 {
             return self.store.search(query, after, limit).await;
         }
@@ -323,7 +324,7 @@ impl Records {
         self.outbox.admit()?;
         // A merged id's new records are filed under the patient standing
         // for it now.
-        let patient = self.family(&patient)?.swap_remove(0);
+        let patient = self.family(&patient).await?.swap_remove(0);
         if let Some(key) = &idempotency
             && let Some(row) = self.store.idempotency(key.scoped()).await?
         {
