@@ -93,18 +93,8 @@ impl IdentityDirectory {
 
 impl Directory for IdentityDirectory {
     fn family(&self, patient: &PatientId) -> BoxFuture<'_, Vec<PatientId>> {
-        let patient = patient.as_str().to_owned();
-        Box::pin(async move {
-            self.merges
-                .family(&patient)
-                .await?
-                .iter()
-                .map(|id| {
-                    PatientId::parse("patient_id", id)
-                        .map_err(|e| Error::internal("following patient merges", e))
-                })
-                .collect()
-        })
+        let patient = patient.clone();
+        Box::pin(async move { self.merges.family(&patient).await })
     }
 
     fn organisation_exists(&self, code: &OdsCode) -> BoxFuture<'_, bool> {

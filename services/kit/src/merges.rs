@@ -24,7 +24,7 @@ use sharedcare_proto::identity::v1::{
 use tokio::sync::broadcast;
 use tonic::transport::Channel;
 
-use crate::{Error, client::ServiceTokens};
+use crate::{Error, client::ServiceTokens, ids::PatientId};
 
 /// identity says it is alive at least this often (its watch heartbeat is
 /// 5 s); three missed and the merges known here are not vouched for.
@@ -177,14 +177,15 @@ impl PatientMerges {
     /// first, then each merged into it. Waits up to [`READY_WAIT`] for
     /// merges to become known (a service just started, a stream just
     /// resumed), then UNAVAILABLE.
-    pub async fn family(&self, id: &str) -> Result<Vec<String>, Error> {
-        self.known(|state| state.family(id)).await
-    }
-
-    /// The id standing for `id` now; as [`family`](Self::family) while
-    /// merges are not known.
-    pub async fn current(&self, id: &str) -> Result<String, Error> {
-        self.known(|state| state.current(id)).await
+    pub async fn family(&self, id: &PatientId) -> Result<Vec<PatientId>, Error> {
+        self.known(|state| state.family(id.as_str()))
+            .await?
+            .iter()
+            .map(|id| {
+                PatientId::parse("patient_id", id)
+                    .map_err(|e| Error::internal("following patient merges", e))
+            })
+            .collect()
     }
 
     async fn known<T>(&self, answer: impl Fn(&State) -> Result<T, Error>) -> Result<T, Error> {
@@ -351,11 +352,14 @@ mod tests {
         assert_eq!(s.sequence, 4);
     }
 
+    fn id(s: &str) -> PatientId {
+        PatientId::parse("patient_id", s).expect("valid")
+    }
+
     #[tokio::test]
     async fn not_following_merges_every_id_stands_for_itself() {
         let merges = PatientMerges::none();
-        assert_eq!(merges.family("a").await.expect("family"), ["a"]);
-        assert_eq!(merges.current("a").await.expect("current"), "a");
+        assert_eq!(merges.family(&id("a")).await.expect("family"), [id("a")]);
     }
 
     #[tokio::test]
@@ -364,7 +368,7 @@ mod tests {
             state: Some(Arc::new(Mutex::new(State::default()))),
             notices: broadcast::channel(1).0,
         };
-        let err = merges.family("a").await.expect_err("not ready");
+        let err = merges.family(&id("a")).await.expect_err("not ready");
         assert_eq!(err.code, crate::error::Code::Unavailable);
     }
 }

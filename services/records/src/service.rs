@@ -141,26 +141,13 @@ impl Records {
         self
     }
 
-    /// The ids standing for the same person as `patient`, current first.
-    async fn family(&self, patient: &PatientId) -> Result<Vec<PatientId>, Error> {
-        self.merges
-            .family(patient.as_str())
-            .await?
-            .iter()
-            .map(|id| {
-                PatientId::parse("patient_id", id)
-                    .map_err(|e| Error::internal("following patient merges", e))
-            })
-            .collect()
-    }
-
     /// The current version of record `id`, filed under any id of `patient`.
     async fn find_current(
         &self,
         patient: &PatientId,
         id: &RecordId,
     ) -> Result<Option<Stored>, Error> {
-        for filed_under in self.family(patient).await? {
+        for filed_under in self.merges.family(patient).await? {
             if let Some(found) = self.store.current(&filed_under, id).await? {
                 return Ok(Some(found));
             }
@@ -177,7 +164,7 @@ impl Records {
         after: Option<&SortKey>,
         limit: usize,
     ) -> Result<Vec<Found>, Error> {
-        let family = self.family(&query.patient_id).await?;
+        let family = self.merges.family(&query.patient_id).await?;
         if family.len() == 1 {
             return self.store.search(query, after, limit).await;
         }
@@ -324,7 +311,13 @@ impl Records {
         self.outbox.admit()?;
         // A merged id's new records are filed under the patient standing
         // for it now.
-        let patient = self.family(&patient).await?.swap_remove(0);
+        let patient = self
+            .merges
+            .family(&patient)
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or(patient);
         if let Some(key) = &idempotency
             && let Some(row) = self.store.idempotency(key.scoped()).await?
         {

@@ -11,7 +11,7 @@ pub use merge::{MAX_MERGE_CHAIN, MergeEvent, MergeKind};
 pub use nhs_number::NhsNumber;
 pub use patient::{
     ContactPoint, ContactSystem, Demographics, Gender, LocalIdentifier, NotSamePerson, Patient,
-    RawDetails, fold_name,
+    RawDetails, fold_name, plain_text,
 };
 pub use principal::{
     ClientSecret, KNOWN_SCOPES, Organisation, Principal, default_purposes, default_scopes,

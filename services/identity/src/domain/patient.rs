@@ -113,7 +113,7 @@ fn at_most<T>(field: &str, items: &[T], max: usize) -> Result<(), Error> {
 
 /// Trimmed text with no control characters, at most `max` characters;
 /// `None` when empty.
-fn plain_text(field: &str, value: &str, max: usize) -> Result<Option<String>, Error> {
+pub fn plain_text(field: &str, value: &str, max: usize) -> Result<Option<String>, Error> {
     let value = value.trim();
     if value.chars().any(char::is_control) {
         return Err(Error::invalid(field, "must not contain control characters"));
@@ -400,13 +400,18 @@ impl NotSamePerson {
         recorded_by: &str,
         recorded_at: DateTime<Utc>,
     ) -> Self {
-        let (a, b) = if a <= b { (a, b) } else { (b, a) };
         NotSamePerson {
-            patients: (a.to_owned(), b.to_owned()),
+            patients: Self::pair(a, b),
             reason: reason.to_owned(),
             recorded_by: recorded_by.to_owned(),
             recorded_at,
         }
+    }
+
+    /// Two patients as a link names them, in order.
+    pub fn pair(a: &str, b: &str) -> (String, String) {
+        let (a, b) = if a <= b { (a, b) } else { (b, a) };
+        (a.to_owned(), b.to_owned())
     }
 
     /// The other patient of the pair, if `id` is one of them.

@@ -16,14 +16,18 @@ use sharedcare_proto::{
     identity::v1 as pb,
 };
 
-use super::{IdentityGrpc, gender_from_pb, patient_access, patient_to_pb, required_id};
+use super::{
+    IdentityGrpc, gender_from_pb, patient_access, patient_to_pb, required_id, two_patient_ids,
+};
 use crate::domain::{
     Demographics, NhsNumber, NotSamePerson, Patient,
     matching::{
         Agreement, Field, MatchScore, PairLevel, Person, PreparedPerson, Ranked, blocking_keys,
         rank, unique_match,
     },
+    plain_text,
 };
+use crate::store::refusals;
 
 /// Most candidates scored for one trace: blocking keys are narrow (a few
 /// per name, date and place), so more than this means keys too common to
@@ -258,9 +262,11 @@ impl IdentityGrpc {
                 .with_reason("ACCESS_RULE"));
             }
             let id = required_id("duplicates_of_patient_id", duplicates_of)?;
-            let patient = self.store.get_patient(&id).await?.ok_or_else(|| {
-                Error::not_found("duplicates_of_patient_id: no patient with this id")
-            })?;
+            let patient = self
+                .store
+                .get_patient(&id)
+                .await?
+                .ok_or_else(|| refusals::unknown("duplicates_of_patient_id"))?;
             let mut exclude: BTreeSet<String> = self
                 .store
                 .not_same_person_links(&id)
@@ -316,6 +322,31 @@ impl IdentityGrpc {
         Ok(pb::TracePatientResponse { matches })
     }
 
+    /// Whether details given with a registered NHS number are that
+    /// patient's; if not, FAILED_PRECONDITION revealing nothing stored, and
+    /// the attempt is on the patient's access report.
+    pub(super) async fn check_registered_details(
+        &self,
+        caller: &Caller,
+        purpose: Purpose,
+        registered: &Patient,
+        given: &Demographics,
+    ) -> Result<(), Error> {
+        if registered.demographics.matches(given) {
+            return Ok(());
+        }
+        let access = patient_access(caller, &registered.id, Action::Read, purpose);
+        Err(self
+            .refuse(
+                &access,
+                Error::failed_precondition("this NHS number is registered with other details")
+                    .with_reason("DETAILS_DO_NOT_MATCH"),
+                "DETAILS_DO_NOT_MATCH",
+                "",
+            )
+            .await)
+    }
+
     /// RegisterPatient's find step. An NHS number on file decides by
     /// itself (consistent details, or FAILED_PRECONDITION); otherwise the
     /// demographics are matched without it: with a new NHS number someone
@@ -333,22 +364,8 @@ impl IdentityGrpc {
         if let Some(nhs) = nhs_number
             && let Some(existing) = self.store.find_patient_by_nhs_number(nhs).await?
         {
-            if !existing.demographics.matches(given) {
-                // Nothing stored is revealed; the attempt is on the
-                // patient's access report.
-                let access = patient_access(caller, &existing.id, Action::Read, purpose);
-                return Err(self
-                    .refuse(
-                        &access,
-                        Error::failed_precondition(
-                            "this NHS number is registered with other details",
-                        )
-                        .with_reason("DETAILS_DO_NOT_MATCH"),
-                        "DETAILS_DO_NOT_MATCH",
-                        "",
-                    )
-                    .await);
-            }
+            self.check_registered_details(caller, purpose, &existing, given)
+                .await?;
             return Ok(Found::ByNhsNumber(self.current(existing).await?.0));
         }
         let query = PreparedPerson::new(Person::from_demographics(given, None));
@@ -416,35 +433,15 @@ impl IdentityGrpc {
         req: pb::MarkNotSamePersonRequest,
     ) -> Result<pb::MarkNotSamePersonResponse, Error> {
         let caller = &grant.principal;
-        let a = required_id("patient_id", &req.patient_id)?;
-        let b = required_id("other_patient_id", &req.other_patient_id)?;
-        if a == b {
-            return Err(Error::invalid(
-                "other_patient_id",
-                "must name another patient than patient_id",
-            ));
-        }
-        let reason = req.reason.trim();
-        if reason.is_empty() {
-            return Err(Error::invalid("reason", "is required"));
-        }
-        if reason.chars().count() > MAX_REASON_CHARS {
-            return Err(Error::invalid(
-                "reason",
-                format!("is at most {MAX_REASON_CHARS} characters"),
-            ));
-        }
-        if reason.chars().any(char::is_control) {
-            return Err(Error::invalid(
-                "reason",
-                "must not contain control characters",
-            ));
-        }
+        let (a, b) = two_patient_ids(
+            ("patient_id", &req.patient_id),
+            ("other_patient_id", &req.other_patient_id),
+        )?;
+        let reason = plain_text("reason", &req.reason, MAX_REASON_CHARS)?
+            .ok_or_else(|| Error::invalid("reason", "is required"))?;
         for (field, id) in [("patient_id", &a), ("other_patient_id", &b)] {
             if self.store.get_patient(id).await?.is_none() {
-                return Err(Error::not_found(format!(
-                    "{field}: no patient with this id"
-                )));
+                return Err(refusals::unknown(field));
             }
         }
         let purpose = caller.purpose_for("purpose", Purpose::Unspecified as i32)?;
@@ -458,7 +455,7 @@ impl IdentityGrpc {
                 )
             })
             .collect();
-        let link = NotSamePerson::new(&a, &b, reason, &caller.id, chrono::Utc::now());
+        let link = NotSamePerson::new(&a, &b, &reason, &caller.id, chrono::Utc::now());
         let created = self.store.mark_not_same_person(link, audit).await?;
         if created {
             self.peers.outbox.wake();

@@ -1,7 +1,7 @@
 //! Merges over gRPC: MergePatients, UnmergePatients, WatchPatientMerges,
 //! and following a merged id to the patient that stands for it now.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use futures::StreamExt;
 use sharedcare_kit::{Error, access::Grant, proto_time::to_proto};
@@ -11,7 +11,7 @@ use sharedcare_proto::{
     identity::v1 as pb,
 };
 
-use super::{IdentityGrpc, patient_access, patient_to_pb, required_id};
+use super::{IdentityGrpc, patient_access, patient_to_pb, required_id, two_patient_ids};
 use crate::domain::{MAX_MERGE_CHAIN, MergeEvent, MergeKind, Patient};
 
 /// Merges replayed or sent per read of the log.
@@ -42,19 +42,6 @@ fn marker(kind: pb::MergeEventKind, sequence: u64) -> pb::PatientMergeEvent {
     }
 }
 
-/// The two ids of a merge request, present and different.
-fn merge_ids(superseded: &str, surviving: &str) -> Result<(String, String), Error> {
-    let superseded = required_id("superseded_patient_id", superseded)?;
-    let surviving = required_id("surviving_patient_id", surviving)?;
-    if superseded == surviving {
-        return Err(Error::invalid(
-            "surviving_patient_id",
-            "must name another patient than superseded_patient_id",
-        ));
-    }
-    Ok((superseded, surviving))
-}
-
 impl IdentityGrpc {
     /// The patient standing for `patient` now: itself, or the end of its
     /// chain of merges; with `patient`'s id when that is another.
@@ -79,28 +66,14 @@ impl IdentityGrpc {
         ))
     }
 
-    /// `current` for many patients, each looked up once.
+    /// `current` for each of `patients`.
     pub(super) async fn current_of_each(
         &self,
         patients: Vec<Patient>,
     ) -> Result<Vec<(Patient, Option<String>)>, Error> {
-        let mut seen: HashMap<String, Patient> = HashMap::new();
         let mut out = Vec::with_capacity(patients.len());
         for p in patients {
-            if p.superseded_by.is_none() {
-                out.push((p, None));
-                continue;
-            }
-            let asked = p.id.clone();
-            let current = match seen.get(&asked) {
-                Some(c) => c.clone(),
-                None => {
-                    let (c, _) = self.current(p).await?;
-                    seen.insert(asked.clone(), c.clone());
-                    c
-                }
-            };
-            out.push((current, Some(asked)));
+            out.push(self.current(p).await?);
         }
         Ok(out)
     }
@@ -136,8 +109,10 @@ impl IdentityGrpc {
         grant: &Grant,
         req: pb::MergePatientsRequest,
     ) -> Result<pb::MergePatientsResponse, Error> {
-        let (superseded, surviving) =
-            merge_ids(&req.superseded_patient_id, &req.surviving_patient_id)?;
+        let (superseded, surviving) = two_patient_ids(
+            ("superseded_patient_id", &req.superseded_patient_id),
+            ("surviving_patient_id", &req.surviving_patient_id),
+        )?;
         let audit = self.merge_audit(grant, [&superseded, &surviving], "MERGED")?;
         let logged = self
             .store

@@ -266,6 +266,22 @@ fn required_id(field: &str, value: &str) -> Result<String, Error> {
     Ok(value.to_owned())
 }
 
+/// Two patient ids a request names, each present, and not the same.
+fn two_patient_ids(
+    (first_field, first): (&str, &str),
+    (second_field, second): (&str, &str),
+) -> Result<(String, String), Error> {
+    let first = required_id(first_field, first)?;
+    let second = required_id(second_field, second)?;
+    if first == second {
+        return Err(Error::invalid(
+            second_field,
+            format!("must name another patient than {first_field}"),
+        ));
+    }
+    Ok((first, second))
+}
+
 fn required_text(field: &str, value: &str) -> Result<String, Error> {
     let value = value.trim();
     if value.is_empty() {
@@ -581,21 +597,9 @@ impl IdentityService for IdentityGrpc {
             }
             // Registered with this number by someone else meanwhile.
             Registered::Existing(p) => {
+                self.check_registered_details(caller, purpose, &p, &demographics)
+                    .await?;
                 let access = patient_access(caller, &p.id, Action::Read, purpose);
-                if !p.demographics.matches(&demographics) {
-                    return Err(self
-                        .refuse(
-                            &access,
-                            Error::failed_precondition(
-                                "this NHS number is registered with other details",
-                            )
-                            .with_reason("DETAILS_DO_NOT_MATCH"),
-                            "DETAILS_DO_NOT_MATCH",
-                            "",
-                        )
-                        .await
-                        .into());
-                }
                 self.audit(&access, Outcome::Success, "", "").await?;
                 answer(Some(p), pb::RegisterOutcome::MatchedNhsNumber, Vec::new())
             }

@@ -16,7 +16,10 @@ use super::{
     IdentityGrpc, demographics_from_pb, may_see_restricted, patient_access, patient_to_pb,
     required_id, withhold,
 };
-use crate::domain::{Demographics, Patient};
+use crate::{
+    domain::{Demographics, Patient},
+    store::refusals,
+};
 
 /// Versions ListPatientVersions returns at most.
 const MAX_VERSIONS: usize = 100;
@@ -57,7 +60,7 @@ impl IdentityGrpc {
         let Some(current) = self.store.get_patient(&id).await? else {
             self.audit(&access, Outcome::Failed, "NOT_FOUND", &decision_id)
                 .await?;
-            return Err(Error::not_found("patient_id: no patient with this id"));
+            return Err(refusals::unknown("patient_id"));
         };
         let demographics = if current.demographics.restricted && !may_see_restricted(caller) {
             if !given.restricted {
@@ -106,7 +109,7 @@ impl IdentityGrpc {
         if versions.is_empty() {
             self.audit(&access, Outcome::Failed, "NOT_FOUND", &decision_id)
                 .await?;
-            return Err(Error::not_found("patient_id: no patient with this id"));
+            return Err(refusals::unknown("patient_id"));
         }
         self.audit(&access, Outcome::Success, "", &decision_id)
             .await?;

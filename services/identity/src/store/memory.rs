@@ -101,14 +101,10 @@ impl Index {
                 Some(_) => {}
             }
         }
-        let pair = NotSamePerson::new(
-            &merge.superseded,
-            &merge.surviving,
-            "",
-            "",
-            merge.recorded_at,
-        );
-        if self.apart.contains_key(&pair.patients) {
+        if self
+            .apart
+            .contains_key(&NotSamePerson::pair(&merge.superseded, &merge.surviving))
+        {
             return Err(refusals::kept_apart());
         }
         Ok(())
@@ -212,7 +208,7 @@ impl IdentityStore for MemoryStore {
                 .change(
                     &audit,
                     move |index| match index.patients.get(&checked.id) {
-                        None => Err(Error::not_found("patient_id: no patient with this id")),
+                        None => Err(refusals::unknown("patient_id")),
                         Some(current) if current.superseded_by.is_some() => {
                             Err(refusals::merged_away())
                         }

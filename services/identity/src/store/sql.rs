@@ -616,7 +616,7 @@ impl IdentityStore for SqlStore {
                     .map_err(|e| Error::internal(CONTEXT, e))?;
                 let _ = txn.rollback().await;
                 return Err(match current {
-                    None => Error::not_found("patient_id: no patient with this id"),
+                    None => refusals::unknown("patient_id"),
                     Some(c) if c.superseded_by.is_some() => refusals::merged_away(),
                     Some(c) => refusals::stale(c.version),
                 });
@@ -801,9 +801,8 @@ impl IdentityStore for SqlStore {
                         }
                         Some(None) => {}
                     }
-                    let pair = NotSamePerson::new(&m.superseded, &m.surviving, "", "", at);
-                    let (a, b) = pair.patients;
-                    let apart = not_same_person::Entity::find_by_id((a, b))
+                    let pair = NotSamePerson::pair(&m.superseded, &m.surviving);
+                    let apart = not_same_person::Entity::find_by_id(pair)
                         .one(txn)
                         .await
                         .map_err(|e| Error::internal("merging patients", e))?;
