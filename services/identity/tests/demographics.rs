@@ -382,3 +382,118 @@ async fn bad_details_are_refused_naming_the_field_and_nothing_is_stored() {
     }
     assert!(f.events().await.is_empty(), "nothing registered or audited");
 }
+
+#[tokio::test]
+async fn nonsense_updates_and_version_lists_are_refused_and_change_nothing() {
+    let f = Fixture::start().await;
+    let clinician = f.staff("A81001", "R8000").await;
+    let registered = f.register(register(full_details()), &clinician).await;
+    let id = registered.patient_id.clone();
+    let before = f.events().await.len();
+    let bad_updates = [
+        (
+            update(&id, 0, full_details()),
+            Code::InvalidArgument,
+            "if_match",
+        ),
+        (
+            update("", 1, full_details()),
+            Code::InvalidArgument,
+            "patient_id",
+        ),
+        (
+            pb::UpdateDemographicsRequest {
+                demographics: None,
+                ..update(&id, 1, full_details())
+            },
+            Code::InvalidArgument,
+            "demographics",
+        ),
+        (
+            update(
+                &id,
+                1,
+                pb::Demographics {
+                    telecom: vec![pb::ContactPoint {
+                        system: pb::ContactSystem::Email as i32,
+                        value: "nobody".into(),
+                    }],
+                    ..full_details()
+                },
+            ),
+            Code::InvalidArgument,
+            "demographics.telecom[0].value",
+        ),
+        (
+            update(
+                &id,
+                1,
+                pb::Demographics {
+                    birth_date: "2999-01-01".into(),
+                    ..full_details()
+                },
+            ),
+            Code::InvalidArgument,
+            "demographics.birth_date",
+        ),
+    ];
+    for (request, code, field) in bad_updates {
+        let status = f
+            .client()
+            .update_demographics(with_token(request, &clinician))
+            .await
+            .expect_err(field);
+        assert_eq!(status.code(), code, "{field}: {status:?}");
+        assert!(
+            status.message().starts_with(field),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    // An unknown patient: NOT_FOUND, the attempt audited, nothing changed.
+    let status = f
+        .client()
+        .update_demographics(with_token(
+            update("no-such-patient", 1, full_details()),
+            &clinician,
+        ))
+        .await
+        .expect_err("unknown");
+    assert_eq!(status.code(), Code::NotFound);
+    for (patient_id, code) in [
+        ("", Code::InvalidArgument),
+        ("no-such-patient", Code::NotFound),
+    ] {
+        let status = f
+            .client()
+            .list_patient_versions(with_token(
+                pb::ListPatientVersionsRequest {
+                    patient_id: patient_id.into(),
+                },
+                &clinician,
+            ))
+            .await
+            .expect_err(patient_id);
+        assert_eq!(status.code(), code, "{patient_id:?}");
+        assert!(
+            status.message().starts_with("patient_id"),
+            "{}",
+            status.message()
+        );
+    }
+    let now = f
+        .client()
+        .get_patient(with_token(get(&id), &clinician))
+        .await
+        .expect("read")
+        .into_inner()
+        .patient
+        .expect("patient");
+    assert_eq!(now.version, 1, "nothing changed");
+    assert_eq!(now.demographics, Some(full_details()));
+    let changes = f.events().await[before..]
+        .iter()
+        .filter(|e| e.action == Action::Update as i32 && e.outcome == Outcome::Success as i32)
+        .count();
+    assert_eq!(changes, 0, "no change audited as made");
+}

@@ -215,18 +215,24 @@ async fn a_merged_patient_is_reached_through_the_survivor_until_unmerged() {
             status.message()
         );
     }
-    let status = f
-        .client()
-        .unmerge_patients(with_token(
-            pb::UnmergePatientsRequest {
-                superseded_patient_id: third.clone(),
-            },
-            &tracer,
-        ))
-        .await
-        .expect_err("not merged");
-    assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(status.message().contains("superseded_patient_id"));
+    for (superseded, code) in [
+        (third.as_str(), Code::FailedPrecondition),
+        ("", Code::InvalidArgument),
+        ("no-such-patient", Code::NotFound),
+    ] {
+        let status = f
+            .client()
+            .unmerge_patients(with_token(
+                pb::UnmergePatientsRequest {
+                    superseded_patient_id: superseded.into(),
+                },
+                &tracer,
+            ))
+            .await
+            .expect_err("not merged");
+        assert_eq!(status.code(), code, "{superseded:?}");
+        assert!(status.message().contains("superseded_patient_id"));
+    }
 
     // Undone: the old id is its own patient again.
     let unmerged = f
