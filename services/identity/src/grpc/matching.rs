@@ -65,10 +65,17 @@ pub(super) type Candidate = (Patient, Option<String>);
 
 /// A scored candidate as the caller sees it: score, level and every
 /// field's part in it.
-fn scored_to_pb((patient, resolved_from): Candidate, score: &MatchScore) -> pb::TraceMatch {
+/// A restricted record's postcode comparison is withheld with its postcode.
+fn scored_to_pb(
+    (patient, resolved_from): Candidate,
+    score: &MatchScore,
+    caller: &Caller,
+) -> pb::TraceMatch {
+    let patient = patient_to_pb(patient, caller);
+    let withheld = patient.details_withheld;
     pb::TraceMatch {
         resolved_from_patient_id: resolved_from.unwrap_or_default(),
-        patient: Some(patient_to_pb(patient)),
+        patient: Some(patient),
         score: score.score,
         level: match score.level() {
             PairLevel::Match => pb::MatchLevel::Match,
@@ -77,6 +84,7 @@ fn scored_to_pb((patient, resolved_from): Candidate, score: &MatchScore) -> pb::
         fields: score
             .fields
             .iter()
+            .filter(|f| !(withheld && f.field == Field::Postcode))
             .map(|f| pb::FieldComparison {
                 field: field_name(f.field).into(),
                 agreement: agreement_to_pb(f.agreement) as i32,
@@ -90,10 +98,10 @@ fn scored_to_pb((patient, resolved_from): Candidate, score: &MatchScore) -> pb::
 
 /// The patient an NHS number traced alone found: exact on the number, the
 /// only field compared.
-fn exact_number_to_pb((patient, resolved_from): Candidate) -> pb::TraceMatch {
+fn exact_number_to_pb((patient, resolved_from): Candidate, caller: &Caller) -> pb::TraceMatch {
     pb::TraceMatch {
         resolved_from_patient_id: resolved_from.unwrap_or_default(),
-        patient: Some(patient_to_pb(patient)),
+        patient: Some(patient_to_pb(patient, caller)),
         score: 1.0,
         level: pb::MatchLevel::Match as i32,
         fields: vec![pb::FieldComparison {
@@ -283,7 +291,7 @@ impl IdentityGrpc {
                 .await?
                 .into_iter()
                 .take(max_results)
-                .map(|r| scored_to_pb(r.item, &r.score))
+                .map(|r| scored_to_pb(r.item, &r.score, caller))
                 .collect()
         } else if let Some(d) = &req.demographics {
             let query = PreparedPerson::new(query_person(d, nhs_number, today)?);
@@ -292,11 +300,11 @@ impl IdentityGrpc {
                 ranked
                     .into_iter()
                     .take(max_results)
-                    .map(|r| scored_to_pb(r.item, &r.score))
+                    .map(|r| scored_to_pb(r.item, &r.score, caller))
                     .collect()
             } else {
                 unique_match(&ranked)
-                    .map(|r| scored_to_pb(r.item.clone(), &r.score))
+                    .map(|r| scored_to_pb(r.item.clone(), &r.score, caller))
                     .into_iter()
                     .collect()
             }
@@ -309,7 +317,7 @@ impl IdentityGrpc {
                 ));
             }
             match self.store.find_patient_by_nhs_number(&nhs).await? {
-                Some(p) => vec![exact_number_to_pb(self.current(p).await?)],
+                Some(p) => vec![exact_number_to_pb(self.current(p).await?, caller)],
                 None => Vec::new(),
             }
         } else {
@@ -403,15 +411,15 @@ impl IdentityGrpc {
         let shown: Vec<pb::TraceMatch> = ranked
             .into_iter()
             .take(MAX_RESULTS)
-            .map(|r| scored_to_pb(r.item, &r.score))
+            .map(|r| scored_to_pb(r.item, &r.score, caller))
             .collect();
         self.audit_shown(caller, purpose, &shown).await?;
         Ok(shown)
     }
 
     /// A confident demographic match as RegisterPatient explains it.
-    pub(super) fn explain(found: &Ranked<Candidate>) -> pb::TraceMatch {
-        scored_to_pb(found.item.clone(), &found.score)
+    pub(super) fn explain(found: &Ranked<Candidate>, caller: &Caller) -> pb::TraceMatch {
+        scored_to_pb(found.item.clone(), &found.score, caller)
     }
 
     /// Whether `confirm_new_patient` may be honoured for this caller.

@@ -135,7 +135,7 @@ impl IdentityGrpc {
             .await?
             .ok_or_else(|| Error::internal("merging patients", "the survivor is gone"))?;
         Ok(pb::MergePatientsResponse {
-            surviving: Some(patient_to_pb(patient)),
+            surviving: Some(patient_to_pb(patient, &grant.principal)),
             sequence: logged.sequence,
         })
     }
@@ -176,7 +176,7 @@ impl IdentityGrpc {
             .await?
             .ok_or_else(|| Error::internal("unmerging a patient", "the patient is gone"))?;
         Ok(pb::UnmergePatientsResponse {
-            patient: Some(patient_to_pb(patient)),
+            patient: Some(patient_to_pb(patient, &grant.principal)),
             sequence: logged.sequence,
         })
     }

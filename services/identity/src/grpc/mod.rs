@@ -317,7 +317,16 @@ fn gender_to_pb(gender: Gender) -> pb::Gender {
     }
 }
 
-fn patient_to_pb(p: Patient) -> pb::Patient {
+/// A patient as `caller` may see them: a restricted record's address,
+/// telecom and GP practice withheld unless their role has
+/// `view_restricted`. Every patient a response carries goes through here.
+fn patient_to_pb(p: Patient, caller: &Caller) -> pb::Patient {
+    let mut patient = patient_fields(p);
+    withhold(caller, &mut patient);
+    patient
+}
+
+fn patient_fields(p: Patient) -> pb::Patient {
     let d = p.demographics;
     pb::Patient {
         patient_id: p.id,
@@ -373,8 +382,6 @@ fn may_see_restricted(caller: &Caller) -> bool {
     caller.has(sharedcare_kit::access::Capability::ViewRestricted)
 }
 
-/// A restricted patient as `caller` may see them: without address,
-/// telecom and GP practice unless their role has `view_restricted`.
 fn withhold(caller: &Caller, patient: &mut pb::Patient) {
     let restricted = patient.demographics.as_ref().is_some_and(|d| d.restricted);
     if !restricted || may_see_restricted(caller) {
@@ -387,17 +394,6 @@ fn withhold(caller: &Caller, patient: &mut pb::Patient) {
         d.gp_practice_ods_code.clear();
     }
     patient.details_withheld = true;
-}
-
-/// A candidate as `caller` may see it: a restricted patient's details
-/// withheld, and with them how the postcode compared.
-fn withhold_match(caller: &Caller, m: &mut pb::TraceMatch) {
-    if let Some(p) = m.patient.as_mut() {
-        withhold(caller, p);
-        if p.details_withheld {
-            m.fields.retain(|f| f.field != "postcode");
-        }
-    }
 }
 
 /// Demographics as a request gives them, validated; `prefix` is their path.
@@ -507,14 +503,8 @@ impl IdentityService for IdentityGrpc {
         let found = self
             .find_registered(caller, purpose, nhs_number.as_ref(), &demographics)
             .await?;
-        let answer = |patient: Option<Patient>, outcome, mut candidates: Vec<pb::TraceMatch>| {
-            let mut patient = patient.map(patient_to_pb);
-            if let Some(p) = patient.as_mut() {
-                withhold(caller, p);
-            }
-            for m in &mut candidates {
-                withhold_match(caller, m);
-            }
+        let answer = |patient: Option<Patient>, outcome, candidates: Vec<pb::TraceMatch>| {
+            let patient = patient.map(|p| patient_to_pb(p, caller));
             pb::RegisterPatientResponse {
                 created: outcome == pb::RegisterOutcome::Created,
                 patient,
@@ -535,7 +525,7 @@ impl IdentityService for IdentityGrpc {
             Found::ByDemographics(m) => {
                 let access = patient_access(caller, &m.item.0.id, Action::Read, purpose);
                 self.audit(&access, Outcome::Success, "", "").await?;
-                let explained = Self::explain(&m);
+                let explained = Self::explain(&m, caller);
                 return Ok(Response::new(answer(
                     Some(m.item.0),
                     pb::RegisterOutcome::MatchedDemographics,
@@ -643,10 +633,8 @@ impl IdentityService for IdentityGrpc {
         };
         self.audit(&access, Outcome::Success, "", &decision_id)
             .await?;
-        let mut patient = patient_to_pb(patient);
-        withhold(&grant.principal, &mut patient);
         Ok(Response::new(pb::GetPatientResponse {
-            patient: Some(patient),
+            patient: Some(patient_to_pb(patient, &grant.principal)),
             resolved_from_patient_id: resolved_from.unwrap_or_default(),
         }))
     }
@@ -680,11 +668,9 @@ impl IdentityService for IdentityGrpc {
         let grant = grant(&request)?;
         // No trace whose results could not be audited in time.
         self.peers.outbox.admit()?;
-        let mut found = self.trace(&grant, request.into_inner()).await?;
-        for m in &mut found.matches {
-            withhold_match(&grant.principal, m);
-        }
-        Ok(Response::new(found))
+        Ok(Response::new(
+            self.trace(&grant, request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "MarkNotSamePerson"))]
@@ -731,11 +717,9 @@ impl IdentityService for IdentityGrpc {
     ) -> Result<Response<pb::MergePatientsResponse>, Status> {
         let grant = grant(&request)?;
         self.peers.outbox.admit()?;
-        let mut merged = self.merge(&grant, request.into_inner()).await?;
-        if let Some(p) = merged.surviving.as_mut() {
-            withhold(&grant.principal, p);
-        }
-        Ok(Response::new(merged))
+        Ok(Response::new(
+            self.merge(&grant, request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "UnmergePatients"))]
@@ -745,11 +729,9 @@ impl IdentityService for IdentityGrpc {
     ) -> Result<Response<pb::UnmergePatientsResponse>, Status> {
         let grant = grant(&request)?;
         self.peers.outbox.admit()?;
-        let mut unmerged = self.unmerge(&grant, request.into_inner()).await?;
-        if let Some(p) = unmerged.patient.as_mut() {
-            withhold(&grant.principal, p);
-        }
-        Ok(Response::new(unmerged))
+        Ok(Response::new(
+            self.unmerge(&grant, request.into_inner()).await?,
+        ))
     }
 
     type WatchPatientMergesStream =

@@ -14,7 +14,7 @@ use sharedcare_proto::{
 
 use super::{
     IdentityGrpc, demographics_from_pb, may_see_restricted, patient_access, patient_to_pb,
-    required_id, withhold,
+    required_id,
 };
 use crate::{
     domain::{Demographics, Patient},
@@ -82,10 +82,8 @@ impl IdentityGrpc {
         let event = access.event(Outcome::Success, "", &decision_id);
         let stored = self.store.update_patient(updated, event).await?;
         self.peers.outbox.wake();
-        let mut patient = patient_to_pb(stored);
-        withhold(caller, &mut patient);
         Ok(pb::UpdateDemographicsResponse {
-            patient: Some(patient),
+            patient: Some(patient_to_pb(stored, caller)),
         })
     }
 
@@ -116,11 +114,7 @@ impl IdentityGrpc {
         Ok(pb::ListPatientVersionsResponse {
             versions: versions
                 .into_iter()
-                .map(|p| {
-                    let mut p = patient_to_pb(p);
-                    withhold(caller, &mut p);
-                    p
-                })
+                .map(|p| patient_to_pb(p, caller))
                 .collect(),
         })
     }
