@@ -670,6 +670,18 @@ impl ConsentGrpc {
         reason: &str,
     ) -> Result<CareRelationship, Error> {
         let recorded_by = caller_organisation(grant)?;
+        self.insert_relationship(grant, asserted, recorded_by, reason)
+            .await
+    }
+
+    /// Stores a relationship recorded on `recorded_by`'s behalf, audited.
+    async fn insert_relationship(
+        &self,
+        grant: &Grant,
+        asserted: Asserted,
+        recorded_by: OdsCode,
+        reason: &str,
+    ) -> Result<CareRelationship, Error> {
         let relationship = CareRelationship {
             id: new_id(),
             patient_id: asserted.patient_id,
@@ -695,6 +707,76 @@ impl ConsentGrpc {
             self.store.insert_relationship(relationship.clone(), event)
         })
         .await
+    }
+
+    /// Makes the patient's registered-GP relationships match identity's
+    /// registration: `practice`'s open from `since`, every other practice's
+    /// ended then. Returns the open one and those ended.
+    async fn match_registration(
+        &self,
+        grant: &Grant,
+        patient_id: PatientId,
+        practice: Option<OdsCode>,
+        since: chrono::DateTime<Utc>,
+    ) -> Result<(Option<CareRelationship>, Vec<CareRelationship>), Error> {
+        let now = Utc::now();
+        let open: Vec<CareRelationship> = self
+            .store
+            .list_relationships(&patient_id)
+            .await?
+            .into_iter()
+            .filter(|r| r.kind == CareRelationshipKind::RegisteredGp && r.period.end.is_none())
+            .collect();
+        let mut kept = None;
+        let mut ended = Vec::new();
+        for r in open {
+            if kept.is_none() && Some(&r.organisation) == practice.as_ref() {
+                kept = Some(r);
+                continue;
+            }
+            // Never before it began (a registration recorded out of order).
+            let end = to_micros(since.max(r.period.start).min(now));
+            let change = Change {
+                grant,
+                patient: &patient_id,
+                action: Action::Update,
+                resource_type: "CareRelationship",
+                id: &r.id,
+                reason: "GP_REGISTRATION_MOVED",
+            };
+            let done = self
+                .audited(change, |event| {
+                    self.store
+                        .end_relationship(&r.id, end, &grant.principal.id, event)
+                })
+                .await?;
+            ended.push(done);
+        }
+        let current = match (kept, practice) {
+            (Some(r), _) => Some(r),
+            (None, Some(practice)) => Some(
+                self.insert_relationship(
+                    grant,
+                    Asserted {
+                        patient_id,
+                        organisation: practice.clone(),
+                        kind: CareRelationshipKind::RegisteredGp,
+                        period: Period {
+                            start: to_micros(since.min(now)),
+                            end: None,
+                        },
+                        staff_member: None,
+                        team: None,
+                    },
+                    // The practice registered the patient; identity carried it.
+                    practice,
+                    "GP_REGISTRATION",
+                )
+                .await?,
+            ),
+            (None, None) => None,
+        };
+        Ok((current, ended))
     }
 
     /// Decides every category `asked` names from the patient's consent now,
@@ -1121,6 +1203,33 @@ impl ConsentService for ConsentGrpc {
             .await?;
         Ok(Response::new(pb::EndCareRelationshipResponse {
             relationship: Some(relationship_to_pb(ended)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "RecordGpRegistration"))]
+    async fn record_gp_registration(
+        &self,
+        request: Request<pb::RecordGpRegistrationRequest>,
+    ) -> Result<Response<pb::RecordGpRegistrationResponse>, Status> {
+        let grant = self.admitted(&request)?;
+        let req = request.into_inner();
+        let patient_id = PatientId::parse("patient_id", &req.patient_id)?;
+        let practice = if req.organisation_ods_code.is_empty() {
+            None
+        } else {
+            Some(OdsCode::parse(
+                "organisation_ods_code",
+                &req.organisation_ods_code,
+            )?)
+        };
+        let since =
+            from_proto("registered_time", req.registered_time.as_ref())?.unwrap_or_else(Utc::now);
+        let (current, ended) = self
+            .match_registration(&grant, patient_id, practice, since)
+            .await?;
+        Ok(Response::new(pb::RecordGpRegistrationResponse {
+            relationship: current.map(relationship_to_pb),
+            ended: ended.into_iter().map(relationship_to_pb).collect(),
         }))
     }
 

@@ -61,6 +61,14 @@ pub static ACCESS: AccessTable = AccessTable {
             audit: "the read (READ CareRelationship)",
         },
         Rule {
+            method: "RecordGpRegistration",
+            callers: &[caller(Service, "consent.registrations", Patients::Any)],
+            purposes: "—",
+            audit: "the registered-GP relationship made (CREATE CareRelationship, reason \
+                    GP_REGISTRATION) and each other practice's ended (UPDATE, reason \
+                    GP_REGISTRATION_MOVED), naming identity as recorder",
+        },
+        Rule {
             method: "RecordDirective",
             callers: &[
                 caller(Patient, "consent.write", Patients::Own),

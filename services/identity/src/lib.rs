@@ -12,6 +12,7 @@ pub mod config;
 pub mod domain;
 mod grpc;
 pub mod policy;
+pub mod registrations;
 pub mod store;
 pub mod synthetic;
 pub mod tokens;
@@ -42,6 +43,8 @@ pub struct Peers {
     pub consent: Arc<dyn ConsentGate>,
     /// identity's audit outbox, delivered to audit by its relay.
     pub outbox: Arc<Outbox>,
+    /// Where changes of registered GP practice go: consent.
+    pub registrations: Arc<dyn registrations::RegistrationSink>,
 }
 
 impl Peers {
@@ -62,6 +65,11 @@ impl Peers {
         let consent_channel =
             lazy_channel(&settings.consent_url).map_err(|e| e.context("identity.consent_url"))?;
         Ok(Peers {
+            registrations: Arc::new(registrations::GrpcRegistrations::new(
+                consent_channel.clone(),
+                own.clone(),
+                timeout,
+            )),
             consent: cfg.consent_cache.gate(
                 Arc::new(GrpcConsent::new(
                     consent_channel.clone(),

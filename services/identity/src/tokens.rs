@@ -396,7 +396,10 @@ impl sharedcare_kit::auth::RevocationSource for StoreRevocations {
 }
 
 /// The scopes identity's own token carries: asking consent, writing audit.
-const SELF_SCOPES: &[&str] = &["consent.evaluate", "audit.append"];
+// `consent.registrations` is identity's alone (not in KNOWN_SCOPES, so no
+// principal can be given it): only the patient index says where a patient
+// is registered with a GP.
+const SELF_SCOPES: &[&str] = &["consent.evaluate", "audit.append", "consent.registrations"];
 
 /// identity's own service token, signed by itself (identity has no client
 /// credentials to exchange): subject "identity", no organisation, no

@@ -30,7 +30,8 @@ fn full_details() -> pb::Demographics {
                 value: "zoe@example.org".into(),
             },
         ],
-        gp_practice_ods_code: "B82002".into(),
+        // Registered at the practice that registers her in these tests.
+        gp_practice_ods_code: "A81001".into(),
         identifiers: vec![pb::LocalIdentifier {
             system: "https://trust.example/Id/mrn".into(),
             value: "MRN-0042".into(),
@@ -61,7 +62,8 @@ async fn demographics_change_only_from_the_version_in_hand_and_history_is_kept()
     let f = Fixture::start().await;
     let clinician = f.staff("A81001", "R8000").await;
     let tracer = f.staff("A81001", "tracer").await;
-    let first = f.register(register(full_details()), &clinician).await;
+    let registrar = f.staff("A81001", "R8008").await;
+    let first = f.register(register(full_details()), &registrar).await;
     assert_eq!(first.version, 1);
     let kept = first.demographics.clone().expect("demographics");
     assert_eq!(kept, full_details(), "every detail kept, names intact");
@@ -163,13 +165,14 @@ async fn a_restricted_record_withholds_address_telecom_and_gp_practice() {
     let clinician = f.staff("A81001", "R8000").await;
     let guardian = f.staff("A81001", "guardian").await;
     let tracer = f.staff("A81001", "tracer").await;
+    let registrar = f.staff("A81001", "R8008").await;
     let restricted = pb::Demographics {
         restricted: true,
         ..full_details()
     };
     let registered = f
         .client()
-        .register_patient(with_token(register(restricted.clone()), &clinician))
+        .register_patient(with_token(register(restricted.clone()), &registrar))
         .await
         .expect("registered")
         .into_inner()
@@ -387,7 +390,8 @@ async fn bad_details_are_refused_naming_the_field_and_nothing_is_stored() {
 async fn nonsense_updates_and_version_lists_are_refused_and_change_nothing() {
     let f = Fixture::start().await;
     let clinician = f.staff("A81001", "R8000").await;
-    let registered = f.register(register(full_details()), &clinician).await;
+    let registrar = f.staff("A81001", "R8008").await;
+    let registered = f.register(register(full_details()), &registrar).await;
     let id = registered.patient_id.clone();
     let before = f.events().await.len();
     let bad_updates = [

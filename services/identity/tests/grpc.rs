@@ -922,7 +922,12 @@ async fn identity_calls_consent_and_audit_with_a_service_token_it_signs_itself()
     assert_eq!(claims.kind, PrincipalKind::Service);
     assert_eq!(
         claims.scopes,
-        ["consent.evaluate".to_owned(), "audit.append".to_owned()].into()
+        [
+            "consent.evaluate".to_owned(),
+            "audit.append".to_owned(),
+            "consent.registrations".to_owned()
+        ]
+        .into()
     );
     assert!(claims.purposes.is_empty());
     assert!(claims.capabilities.is_empty());

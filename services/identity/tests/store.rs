@@ -12,7 +12,9 @@ use sharedcare_identity::{
         Demographics, Gender, MergeEvent, MergeKind, NhsNumber, NotSamePerson, OdsCode,
         Organisation, Patient, Principal,
     },
-    store::{self, IdentityStore, OUTBOX_TABLE, Registered, StoredSigningKey},
+    store::{
+        self, IdentityStore, OUTBOX_TABLE, PendingRegistration, Registered, StoredSigningKey,
+    },
 };
 use sharedcare_kit::{
     crypto::{BlindIndex, Kek, Keyring},
@@ -853,6 +855,111 @@ async fn demographics_are_versioned(store: &dyn IdentityStore) {
     assert!(message.starts_with("patient_id"), "{message}");
 }
 
+/// A registration with a practice, and each version that changes it,
+/// queue the patient for consent; the queue leases what it hands out and
+/// forgets a patient only for the latest version queued.
+async fn gp_registrations_are_queued_for_consent(store: &dyn IdentityStore) {
+    let pending = |p: &Patient, version: i64| PendingRegistration {
+        patient_id: p.id.clone(),
+        version,
+    };
+    let lease = || Utc::now() + Duration::seconds(30);
+    let mut with_gp = registered(1, person("Ann", "Smith", (1960, 2, 29), ""));
+    with_gp.demographics.gp_practice = Some(ods("A81001"));
+    let without = patient(2, "Jones");
+    for p in [&with_gp, &without] {
+        store
+            .register_patient(p.clone(), audit())
+            .await
+            .expect("register");
+    }
+    let claimed = store.claim_registrations(10, lease()).await.expect("claim");
+    assert_eq!(claimed, vec![pending(&with_gp, 1)], "only the one with a GP");
+    assert!(
+        store
+            .claim_registrations(10, lease())
+            .await
+            .expect("claim")
+            .is_empty(),
+        "leased: not handed out twice"
+    );
+
+    // Changed again before consent heard: the later version is queued, and
+    // delivering the earlier one does not forget it.
+    let mut renamed = with_gp.clone();
+    renamed.version = 2;
+    renamed.demographics.given_names = vec!["Anne".into()];
+    store
+        .update_patient(renamed.clone(), audit())
+        .await
+        .expect("renamed");
+    let mut moved = renamed.clone();
+    moved.version = 3;
+    moved.demographics.gp_practice = Some(ods("B82002"));
+    store
+        .update_patient(moved.clone(), audit())
+        .await
+        .expect("moved");
+    store
+        .registration_delivered(&pending(&with_gp, 1))
+        .await
+        .expect("delivered");
+    assert_eq!(
+        store.claim_registrations(10, lease()).await.expect("claim"),
+        vec![pending(&with_gp, 3)],
+        "a change re-queues, free of the old lease"
+    );
+    store
+        .registration_delivered(&pending(&with_gp, 3))
+        .await
+        .expect("delivered");
+
+    // A version that leaves the practice alone queues nothing; one that
+    // removes it does. A lease that has run out is handed out again.
+    let mut renamed_again = moved.clone();
+    renamed_again.version = 4;
+    renamed_again.demographics.given_names = vec!["Ann".into()];
+    store
+        .update_patient(renamed_again.clone(), audit())
+        .await
+        .expect("renamed");
+    assert!(
+        store
+            .claim_registrations(10, lease())
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let mut deregistered = renamed_again.clone();
+    deregistered.version = 5;
+    deregistered.demographics.gp_practice = None;
+    store
+        .update_patient(deregistered, audit())
+        .await
+        .expect("deregistered");
+    let expired = Utc::now() - Duration::seconds(1);
+    assert_eq!(
+        store.claim_registrations(10, expired).await.expect("claim"),
+        vec![pending(&with_gp, 5)]
+    );
+    assert_eq!(
+        store.claim_registrations(10, lease()).await.expect("claim"),
+        vec![pending(&with_gp, 5)],
+        "its lease ran out"
+    );
+    store
+        .registration_delivered(&pending(&with_gp, 5))
+        .await
+        .expect("delivered");
+    assert!(
+        store
+            .claim_registrations(10, expired)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+}
+
 /// The store `open` builds for `backend`.
 async fn open(backend: &TestBackend) -> store::Opened {
     store::open(
@@ -900,6 +1007,7 @@ mod conforms {
         principals_are_found_by_id,
         rotated_signing_keys_are_kept_oldest_first,
         a_principal_is_revoked_once,
+        gp_registrations_are_queued_for_consent,
     );
 }
 

@@ -42,6 +42,8 @@ pub struct IdentityGrpc {
     verifier: Arc<sharedcare_kit::auth::Verifier>,
     /// Wakes WatchPatientMerges streams when this replica merges.
     merges: Arc<tokio::sync::Notify>,
+    /// Carries changes of registered GP practice to consent.
+    registrations: Arc<crate::registrations::RegistrationRelay>,
 }
 
 impl IdentityGrpc {
@@ -52,6 +54,8 @@ impl IdentityGrpc {
         peers: Peers,
         verifier: Arc<sharedcare_kit::auth::Verifier>,
     ) -> Self {
+        let registrations =
+            crate::registrations::RegistrationRelay::start(store.clone(), peers.registrations.clone());
         IdentityGrpc {
             store,
             tokens,
@@ -59,6 +63,7 @@ impl IdentityGrpc {
             peers,
             verifier,
             merges: Arc::new(tokio::sync::Notify::new()),
+            registrations,
         }
     }
 
@@ -377,6 +382,37 @@ fn patient_fields(p: Patient) -> pb::Patient {
     }
 }
 
+/// A change of registered GP practice makes or moves the practice's
+/// registered-GP care relationship in consent, so only one who could assert
+/// that relationship makes it: staff with `assert_relationships`, or an
+/// application with `consent.write`, acting for the practice itself —
+/// registering the patient with it, or ending its own registration.
+fn check_registration_change(
+    caller: &Caller,
+    field: &str,
+    before: Option<&OdsCode>,
+    after: Option<&OdsCode>,
+) -> Result<(), Error> {
+    if before == after {
+        return Ok(());
+    }
+    let asserts = match caller.kind {
+        PrincipalKind::Staff => caller.has(sharedcare_kit::access::Capability::AssertRelationships),
+        PrincipalKind::Application => caller.scopes.contains("consent.write"),
+        _ => false,
+    };
+    let own = |code: Option<&OdsCode>| code.is_none_or(|c| c.as_str() == caller.organisation);
+    if asserts && own(after) && (after.is_some() || own(before)) {
+        return Ok(());
+    }
+    Err(Error::permission_denied(format!(
+        "{field}: a patient's registered GP practice is changed only by the practice itself \
+         (registering the patient, or ending its own registration), by staff with \
+         assert_relationships or an application with consent.write acting for it"
+    ))
+    .with_reason("NOT_OWN_ORGANISATION"))
+}
+
 /// Whether `caller` may see what a restricted record withholds.
 fn may_see_restricted(caller: &Caller) -> bool {
     caller.has(sharedcare_kit::access::Capability::ViewRestricted)
@@ -554,6 +590,12 @@ impl IdentityService for IdentityGrpc {
             )
             .into());
         };
+        check_registration_change(
+            caller,
+            "demographics.gp_practice_ods_code",
+            None,
+            demographics.gp_practice.as_ref(),
+        )?;
         let id = uuid::Uuid::now_v7().to_string();
         let apart = apart
             .iter()
@@ -583,6 +625,7 @@ impl IdentityService for IdentityGrpc {
         let response = match registered {
             Registered::Created(p) => {
                 self.peers.outbox.wake();
+                self.registrations.wake();
                 answer(Some(p), pb::RegisterOutcome::Created, Vec::new())
             }
             // Registered with this number by someone else meanwhile.

@@ -13,7 +13,7 @@ use sharedcare_proto::{
 };
 
 use super::{
-    IdentityGrpc, demographics_from_pb, may_see_restricted, patient_access, patient_to_pb,
+    IdentityGrpc, check_registration_change, demographics_from_pb, may_see_restricted, patient_access, patient_to_pb,
     required_id,
 };
 use crate::{
@@ -73,6 +73,16 @@ impl IdentityGrpc {
         } else {
             given
         };
+        if let Err(refused) = check_registration_change(
+            caller,
+            "demographics.gp_practice_ods_code",
+            current.demographics.gp_practice.as_ref(),
+            demographics.gp_practice.as_ref(),
+        ) {
+            return Err(self
+                .refuse(&access, refused, "NOT_OWN_ORGANISATION", &decision_id)
+                .await);
+        }
         let updated = Patient {
             demographics,
             updated_at: now,
@@ -82,6 +92,7 @@ impl IdentityGrpc {
         let event = access.event(Outcome::Success, "", &decision_id);
         let stored = self.store.update_patient(updated, event).await?;
         self.peers.outbox.wake();
+        self.registrations.wake();
         Ok(pb::UpdateDemographicsResponse {
             patient: Some(patient_to_pb(stored, caller)),
         })

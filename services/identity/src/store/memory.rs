@@ -16,7 +16,10 @@ use sharedcare_proto::audit::v1::AuditEvent;
 
 use chrono::{DateTime, Utc};
 
-use super::{BoxFuture, IdentityStore, OUTBOX_TABLE, Registered, StoredSigningKey, refusals};
+use super::{
+    BoxFuture, IdentityStore, OUTBOX_TABLE, PendingRegistration, Registered, StoredSigningKey,
+    refusals,
+};
 use crate::domain::{
     MergeEvent, MergeKind, NhsNumber, NotSamePerson, OdsCode, Organisation, Patient, Principal,
 };
@@ -47,6 +50,14 @@ struct Index {
     signing_keys: Vec<StoredSigningKey>,
     /// Principal id → when it was revoked.
     revocations: HashMap<String, DateTime<Utc>>,
+    /// GP registrations waiting for consent, by patient id.
+    registrations: HashMap<String, QueuedRegistration>,
+}
+
+struct QueuedRegistration {
+    version: i64,
+    queued_at: DateTime<Utc>,
+    leased_until: Option<DateTime<Utc>>,
 }
 
 impl Index {
@@ -76,7 +87,21 @@ impl Index {
         }
     }
 
+    fn queue_registration(&mut self, p: &Patient) {
+        self.registrations.insert(
+            p.id.clone(),
+            QueuedRegistration {
+                version: p.version,
+                queued_at: Utc::now(),
+                leased_until: None,
+            },
+        );
+    }
+
     fn add_patient(&mut self, p: Patient, apart: Vec<NotSamePerson>) {
+        if p.demographics.gp_practice.is_some() {
+            self.queue_registration(&p);
+        }
         self.index_keys(&p);
         self.versions.insert(p.id.clone(), vec![p.clone()]);
         for link in apart {
@@ -220,6 +245,9 @@ impl IdentityStore for MemoryStore {
                     |index| {
                         if let Some(old) = index.patients.get(&p.id).cloned() {
                             index.unindex_keys(&old);
+                            if old.demographics.gp_practice != p.demographics.gp_practice {
+                                index.queue_registration(&p);
+                            }
                         }
                         index.index_keys(&p);
                         index
@@ -233,6 +261,46 @@ impl IdentityStore for MemoryStore {
                 )
                 .await
         })
+    }
+
+    fn claim_registrations(
+        &self,
+        limit: u32,
+        leased_until: DateTime<Utc>,
+    ) -> BoxFuture<'_, Vec<PendingRegistration>> {
+        let claimed = self.state.lock().map(|mut index| {
+            let now = Utc::now();
+            let mut free: Vec<(&String, &mut QueuedRegistration)> = index
+                .registrations
+                .iter_mut()
+                .filter(|(_, q)| q.leased_until.is_none_or(|until| until < now))
+                .collect();
+            free.sort_by_key(|(_, q)| q.queued_at);
+            free.into_iter()
+                .take(limit as usize)
+                .map(|(id, q)| {
+                    q.leased_until = Some(leased_until);
+                    PendingRegistration {
+                        patient_id: id.clone(),
+                        version: q.version,
+                    }
+                })
+                .collect()
+        });
+        Box::pin(async move { claimed })
+    }
+
+    fn registration_delivered(&self, pending: &PendingRegistration) -> BoxFuture<'_, ()> {
+        let done = self.state.lock().map(|mut index| {
+            if index
+                .registrations
+                .get(&pending.patient_id)
+                .is_some_and(|q| q.version == pending.version)
+            {
+                index.registrations.remove(&pending.patient_id);
+            }
+        });
+        Box::pin(async move { done })
     }
 
     fn patient_versions(&self, id: &str, limit: usize) -> BoxFuture<'_, Vec<Patient>> {

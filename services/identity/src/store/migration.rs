@@ -14,6 +14,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0005Tokens),
             Box::new(M0006Merges),
             Box::new(M0007PatientVersions),
+            Box::new(M0008GpRegistrations),
         ]
     }
 
@@ -292,6 +293,35 @@ impl MigrationTrait for M0007PatientVersions {
                     .col(timestamp_with_time_zone("created_at"))
                     .col(timestamp_with_time_zone("updated_at"))
                     .primary_key(Index::create().col("patient_id").col("version"))
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// Patients whose registered GP practice changed and consent has yet to
+/// hear of: one row per patient, the version that changed it, leased to
+/// the replica delivering it.
+struct M0008GpRegistrations;
+
+impl MigrationName for M0008GpRegistrations {
+    fn name(&self) -> &str {
+        "m0008_gp_registrations"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for M0008GpRegistrations {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(super::REGISTRATIONS_TABLE)
+                    .if_not_exists()
+                    .col(string("patient_id").primary_key())
+                    .col(big_integer("version"))
+                    .col(timestamp_with_time_zone("queued_at"))
+                    .col(timestamp_with_time_zone_null("leased_until"))
                     .to_owned(),
             )
             .await

@@ -25,6 +25,17 @@ pub use sql::SqlStore;
 /// identity's audit outbox table (see `sharedcare_kit::outbox`).
 pub const OUTBOX_TABLE: &str = "identity_audit_outbox";
 
+/// Changes of registered GP practice waiting for consent (`registrations`).
+pub const REGISTRATIONS_TABLE: &str = "identity_gp_registrations";
+
+/// A patient whose registered GP practice changed at `version`, waiting to
+/// be delivered to consent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRegistration {
+    pub patient_id: String,
+    pub version: i64,
+}
+
 use crate::domain::{
     MergeEvent, NhsNumber, NotSamePerson, OdsCode, Organisation, Patient, Principal,
 };
@@ -57,13 +68,26 @@ pub trait IdentityStore: Send + Sync + 'static {
     fn get_patient(&self, id: &str) -> BoxFuture<'_, Option<Patient>>;
     fn find_patient_by_nhs_number(&self, nhs: &NhsNumber) -> BoxFuture<'_, Option<Patient>>;
     /// Stores `patient` as its next version (`patient.version`, one more
-    /// than the current), keeping the one it replaces in its history and
-    /// re-indexing its blocking keys, with `audit` in the outbox, in one
-    /// transaction. NOT_FOUND if there is no such patient;
+    /// than the current), keeping the one it replaces in its history,
+    /// re-indexing its blocking keys and queueing a change of GP practice
+    /// for consent, with `audit` in the outbox, in one transaction. NOT_FOUND if there is no such patient;
     /// FAILED_PRECONDITION (naming `if_match` and the current version) if
     /// the current version is another, or (naming `patient_id`) if it was
     /// merged into another patient. Nothing stored on any error.
     fn update_patient(&self, patient: Patient, audit: AuditEvent) -> BoxFuture<'_, Patient>;
+    /// Up to `limit` patients whose registered GP practice changed and
+    /// consent has yet to hear of, oldest change first, each leased to this
+    /// caller until `leased_until` (no other replica takes it meanwhile).
+    /// Registering a patient with a practice, or a version that changes it,
+    /// queues the patient in the same transaction.
+    fn claim_registrations(
+        &self,
+        limit: u32,
+        leased_until: DateTime<Utc>,
+    ) -> BoxFuture<'_, Vec<PendingRegistration>>;
+    /// consent has the registration as it stood at `pending.version`: the
+    /// patient leaves the queue, unless a later change queued it again.
+    fn registration_delivered(&self, pending: &PendingRegistration) -> BoxFuture<'_, ()>;
     /// The patient's versions, newest first, at most `limit`.
     fn patient_versions(&self, id: &str, limit: usize) -> BoxFuture<'_, Vec<Patient>>;
     /// Patients indexed under at least one of these blocking keys

@@ -5,7 +5,7 @@ use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
-    sea_query::{Expr, OnConflict, Query},
+    sea_query::{Alias, Expr, ExprTrait, OnConflict, Order, Query},
 };
 use serde::{Deserialize, Serialize};
 use sharedcare_kit::{
@@ -16,8 +16,8 @@ use sharedcare_kit::{
 use sharedcare_proto::audit::v1::AuditEvent;
 
 use super::{
-    BoxFuture, IdentityStore, Migrator, OUTBOX_TABLE, Registered, StoredSigningKey, entities::*,
-    refusals,
+    BoxFuture, IdentityStore, Migrator, OUTBOX_TABLE, PendingRegistration, REGISTRATIONS_TABLE,
+    Registered, StoredSigningKey, entities::*, refusals,
 };
 use crate::domain::{
     ContactPoint, Demographics, Gender, LocalIdentifier, MergeEvent, MergeKind, NhsNumber,
@@ -489,6 +489,34 @@ fn merge_from_row(row: patient_merge::Model) -> Result<MergeEvent, Error> {
     })
 }
 
+/// Queues the patient's registration at `version` for consent, within the
+/// change's own transaction (a later change replaces an earlier one).
+async fn queue_registration<C: ConnectionTrait>(
+    txn: &C,
+    patient_id: &str,
+    version: i64,
+) -> Result<(), Error> {
+    let insert = Query::insert()
+        .into_table(Alias::new(REGISTRATIONS_TABLE))
+        .columns([
+            Alias::new("patient_id"),
+            Alias::new("version"),
+            Alias::new("queued_at"),
+        ])
+        .values_panic([patient_id.into(), version.into(), Utc::now().into()])
+        .on_conflict(
+            OnConflict::column(Alias::new("patient_id"))
+                .update_columns([Alias::new("version"), Alias::new("queued_at")])
+                .value(Alias::new("leased_until"), Expr::value(None::<DateTime<Utc>>))
+                .to_owned(),
+        )
+        .to_owned();
+    txn.execute(&insert)
+        .await
+        .map_err(|e| Error::internal("queueing a GP registration for consent", e))?;
+    Ok(())
+}
+
 impl SqlStore {
     /// The connection, for the audit outbox that shares the database.
     pub fn connection(&self) -> DatabaseConnection {
@@ -542,6 +570,9 @@ impl IdentityStore for SqlStore {
                             .exec_without_returning(&txn)
                             .await
                             .map_err(|e| Error::internal(CONTEXT, e))?;
+                    }
+                    if p.demographics.gp_practice.is_some() {
+                        queue_registration(&txn, &p.id, p.version).await?;
                     }
                     outbox::insert_in(&txn, OUTBOX_TABLE, &audit).await?;
                     txn.commit()
@@ -621,33 +652,31 @@ impl IdentityStore for SqlStore {
                     Some(c) => refusals::stale(c.version),
                 });
             }
+            let before = patient_version::Entity::find_by_id((p.id.clone(), p.version - 1))
+                .one(&txn)
+                .await
+                .map_err(|e| Error::internal(CONTEXT, e))?;
             // A patient from before versions were kept has its first one
             // kept now, from what it was.
-            if p.version == 2 {
-                let before = patient_version::Entity::find_by_id((p.id.clone(), 1))
-                    .one(&txn)
+            if p.version == 2 && before.is_none() {
+                let _ = txn.rollback().await;
+                let old = self
+                    .get_patient(&p.id)
+                    .await?
+                    .ok_or_else(|| Error::internal(CONTEXT, "the patient is gone"))?;
+                patient_version::Entity::insert(self.version_to_row(&old)?)
+                    .on_conflict(
+                        OnConflict::columns([
+                            patient_version::Column::PatientId,
+                            patient_version::Column::Version,
+                        ])
+                        .do_nothing()
+                        .to_owned(),
+                    )
+                    .exec_without_returning(&self.db)
                     .await
                     .map_err(|e| Error::internal(CONTEXT, e))?;
-                if before.is_none() {
-                    let _ = txn.rollback().await;
-                    let old = self
-                        .get_patient(&p.id)
-                        .await?
-                        .ok_or_else(|| Error::internal(CONTEXT, "the patient is gone"))?;
-                    patient_version::Entity::insert(self.version_to_row(&old)?)
-                        .on_conflict(
-                            OnConflict::columns([
-                                patient_version::Column::PatientId,
-                                patient_version::Column::Version,
-                            ])
-                            .do_nothing()
-                            .to_owned(),
-                        )
-                        .exec_without_returning(&self.db)
-                        .await
-                        .map_err(|e| Error::internal(CONTEXT, e))?;
-                    return self.update_patient(p, audit).await;
-                }
+                return self.update_patient(p, audit).await;
             }
             patient_version::Entity::insert(self.version_to_row(&p)?)
                 .exec_without_returning(&txn)
@@ -659,11 +688,90 @@ impl IdentityStore for SqlStore {
                 .await
                 .map_err(|e| Error::internal(CONTEXT, e))?;
             self.insert_keys(&txn, self.key_rows(&p)?).await?;
+            let practice_before = match before {
+                Some(row) => self.version_from_row(row)?.demographics.gp_practice,
+                None => None,
+            };
+            if practice_before != p.demographics.gp_practice {
+                queue_registration(&txn, &p.id, p.version).await?;
+            }
             outbox::insert_in(&txn, OUTBOX_TABLE, &audit).await?;
             txn.commit()
                 .await
                 .map_err(|e| Error::internal(CONTEXT, e))?;
             Ok(p)
+        })
+    }
+
+    fn claim_registrations(
+        &self,
+        limit: u32,
+        leased_until: DateTime<Utc>,
+    ) -> BoxFuture<'_, Vec<PendingRegistration>> {
+        Box::pin(async move {
+            const CONTEXT: &str = "claiming GP registrations for consent";
+            let now = Utc::now();
+            let free = || {
+                Expr::col(Alias::new("leased_until"))
+                    .is_null()
+                    .or(Expr::col(Alias::new("leased_until")).lt(now))
+            };
+            let select = Query::select()
+                .columns([Alias::new("patient_id"), Alias::new("version")])
+                .from(Alias::new(REGISTRATIONS_TABLE))
+                .and_where(free())
+                .order_by(Alias::new("queued_at"), Order::Asc)
+                .limit(u64::from(limit))
+                .to_owned();
+            let rows = self
+                .db
+                .query_all(&select)
+                .await
+                .map_err(|e| Error::internal(CONTEXT, e))?;
+            let mut claimed = Vec::with_capacity(rows.len());
+            for row in rows {
+                let pending = PendingRegistration {
+                    patient_id: row
+                        .try_get("", "patient_id")
+                        .map_err(|e| Error::internal(CONTEXT, e))?,
+                    version: row
+                        .try_get("", "version")
+                        .map_err(|e| Error::internal(CONTEXT, e))?,
+                };
+                // Taken only if no other replica took it meanwhile.
+                let lease = Query::update()
+                    .table(Alias::new(REGISTRATIONS_TABLE))
+                    .value(Alias::new("leased_until"), leased_until)
+                    .and_where(Expr::col(Alias::new("patient_id")).eq(pending.patient_id.clone()))
+                    .and_where(Expr::col(Alias::new("version")).eq(pending.version))
+                    .and_where(free())
+                    .to_owned();
+                let leased = self
+                    .db
+                    .execute(&lease)
+                    .await
+                    .map_err(|e| Error::internal(CONTEXT, e))?;
+                if leased.rows_affected() == 1 {
+                    claimed.push(pending);
+                }
+            }
+            Ok(claimed)
+        })
+    }
+
+    fn registration_delivered(&self, pending: &PendingRegistration) -> BoxFuture<'_, ()> {
+        let pending = pending.clone();
+        Box::pin(async move {
+            let delete = Query::delete()
+                .from_table(Alias::new(REGISTRATIONS_TABLE))
+                .and_where(Expr::col(Alias::new("patient_id")).eq(pending.patient_id))
+                .and_where(Expr::col(Alias::new("version")).eq(pending.version))
+                .to_owned();
+            self.db
+                .execute(&delete)
+                .await
+                .map_err(|e| Error::internal("forgetting a delivered GP registration", e))?;
+            Ok(())
         })
     }
 

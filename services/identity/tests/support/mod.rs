@@ -11,6 +11,7 @@ pub use std::{
 
 pub use sharedcare_identity::{
     Peers, RoleMap, SelfTokens, TokenIssuer,
+    registrations::{GpRegistration, RegistrationSink},
     bootstrap::{self, BootstrapFile, BootstrapOrganisation, BootstrapPrincipal},
     domain::NhsNumber,
     spec,
@@ -93,6 +94,43 @@ impl ConsentGate for FakeConsent {
     }
 }
 
+/// consent as the registration relay sees it: every registration kept, or
+/// unreachable.
+#[derive(Default)]
+pub struct RecordedRegistrations {
+    pub received: Mutex<Vec<GpRegistration>>,
+    pub down: std::sync::atomic::AtomicBool,
+}
+
+impl RegistrationSink for RecordedRegistrations {
+    fn record(&self, registration: GpRegistration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::unavailable("consent is down (test)"));
+            }
+            self.received.lock().expect("lock").push(registration);
+            Ok(())
+        })
+    }
+}
+
+impl RecordedRegistrations {
+    /// What consent has been told, as (patient id, practice) pairs.
+    pub fn told(&self) -> Vec<(String, Option<String>)> {
+        self.received
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|r| {
+                (
+                    r.patient_id.clone(),
+                    r.practice.as_ref().map(|p| p.as_str().to_owned()),
+                )
+            })
+            .collect()
+    }
+}
+
 /// IssueToken calls per client per minute in these tests.
 pub const ISSUE_LIMIT: u32 = 20;
 
@@ -104,6 +142,7 @@ pub struct Fixture {
     pub consent: Arc<FakeConsent>,
     pub audit: Arc<MemoryAudit>,
     pub outbox: Arc<Outbox>,
+    pub registrations: Arc<RecordedRegistrations>,
 }
 
 /// The role map of these tests: a clinician, a clerk, a tracer and a
@@ -187,6 +226,7 @@ impl Fixture {
                 ..OutboxSettings::default()
             },
         );
+        let registrations = Arc::new(RecordedRegistrations::default());
         let server = spawn(spec(
             store.clone(),
             tokens.clone(),
@@ -194,6 +234,7 @@ impl Fixture {
             Peers {
                 consent: consent.clone(),
                 outbox: outbox.clone(),
+                registrations: registrations.clone(),
             },
             MessageLimits {
                 max_bytes: 64 * 1024,
@@ -208,6 +249,7 @@ impl Fixture {
             consent,
             audit,
             outbox,
+            registrations,
         }
     }
 
