@@ -280,6 +280,32 @@ role = "service"
         .expect("audit wrote its verifier key")
     }
 
+    /// identity's own service token, signed with the key identity keeps in
+    /// the data dir: what identity presents when it calls consent.
+    pub async fn identity_self_token(&self) -> String {
+        let env = HashMap::from([(
+            "SHAREDCARE_DATABASE__DATA_DIR".to_owned(),
+            self.data_dir.path().display().to_string(),
+        )]);
+        let cfg = sharedcare_identity::config::IdentityConfig::load(&env).expect("identity config");
+        let key = sharedcare_kit::keys::SigningKey::configured_or_kept(
+            &Default::default(),
+            "identity.signing_key",
+            &self.data_dir.path().join("identity-signing-key.pem"),
+        )
+        .expect("identity's signing key");
+        let issuer = sharedcare_identity::TokenIssuer::new(
+            key,
+            &cfg.auth.issuer,
+            &cfg.auth.audience,
+            cfg.identity.token_ttl_secs,
+        );
+        sharedcare_identity::SelfTokens::new(std::sync::Arc::new(issuer))
+            .token()
+            .await
+            .expect("identity's own token")
+    }
+
     /// A token for a client, from identity.
     pub async fn token(&self, client_id: &str, secret: &str) -> String {
         IdentityServiceClient::new(self.identity.channel.clone())

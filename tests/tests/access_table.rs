@@ -356,6 +356,21 @@ async fn call(
             ))
             .await
             .map(drop),
+        ("consent", "RecordGpRegistration") => {
+            // Registered where she already is (the allowed case changes
+            // nothing: A81001 is her registered GP).
+            consent_client
+                .record_gp_registration(with_token(
+                    consent::RecordGpRegistrationRequest {
+                        patient_id,
+                        organisation_ods_code: CARING.into(),
+                        registered_time: None,
+                    },
+                    token,
+                ))
+                .await
+                .map(drop)
+        }
         ("consent", "RecordDirective") => consent_client
             .record_directive(with_token(
                 consent::RecordDirectiveRequest {
@@ -800,6 +815,7 @@ async fn walk_the_table(backend: Backend) {
             )
             .await,
         ),
+        ("identity service", p.identity_self_token().await),
         (
             "national opt-out service",
             p.principal(

@@ -137,7 +137,9 @@ async fn only_the_practice_itself_registers_a_patient_with_it_and_consent_hears_
         .events()
         .await
         .into_iter()
-        .filter(|e| e.outcome == Outcome::Denied as i32 && e.outcome_reason == "NOT_OWN_ORGANISATION")
+        .filter(|e| {
+            e.outcome == Outcome::Denied as i32 && e.outcome_reason == "NOT_OWN_ORGANISATION"
+        })
         .count();
     assert_eq!(refusals, 2, "each refused change is audited");
 
@@ -181,4 +183,67 @@ async fn a_registration_made_while_consent_is_down_reaches_it_once_it_is_back() 
         .store(false, std::sync::atomic::Ordering::SeqCst);
     // Within the relay's longest back-off (5 s).
     told(&f, &[(jane.patient_id.clone(), practice("A81001"))]).await;
+}
+
+#[tokio::test]
+async fn a_practice_registering_a_patient_it_finds_registers_them_with_itself() {
+    let f = Fixture::start().await;
+    let first = f.staff("A81001", "R8008").await;
+    let jane = f
+        .register(registering("9434765919", "A81001"), &first)
+        .await;
+    let id = jane.patient_id.clone();
+
+    // She registers at another practice: it finds her, and she is now its.
+    let second = f.staff("B82002", "R8008").await;
+    let answer = f
+        .client()
+        .register_patient(with_token(registering("9434765919", "B82002"), &second))
+        .await
+        .expect("found")
+        .into_inner();
+    assert_eq!(answer.outcome, pb::RegisterOutcome::MatchedNhsNumber as i32);
+    let moved = answer.patient.expect("patient");
+    assert_eq!((moved.patient_id.as_str(), moved.version), (id.as_str(), 2));
+    assert_eq!(
+        moved
+            .demographics
+            .expect("demographics")
+            .gp_practice_ods_code,
+        "B82002"
+    );
+    told(
+        &f,
+        &[
+            (id.clone(), practice("A81001")),
+            (id.clone(), practice("B82002")),
+        ],
+    )
+    .await;
+
+    // Finding her elsewhere, naming a practice one may not register her
+    // with, changes nothing: she is returned as she stands.
+    for (token, gp) in [
+        (f.staff("C83003", "R8000").await, "C83003"),
+        (f.staff("C83003", "R8008").await, "A81001"),
+    ] {
+        let found = f
+            .client()
+            .register_patient(with_token(registering("9434765919", gp), &token))
+            .await
+            .expect("found")
+            .into_inner()
+            .patient
+            .expect("patient");
+        assert_eq!(found.version, 2, "{gp}");
+        assert_eq!(
+            found
+                .demographics
+                .expect("demographics")
+                .gp_practice_ods_code,
+            "B82002"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(f.registrations.told().len(), 2, "consent told nothing more");
 }

@@ -12,9 +12,7 @@ use sharedcare_identity::{
         Demographics, Gender, MergeEvent, MergeKind, NhsNumber, NotSamePerson, OdsCode,
         Organisation, Patient, Principal,
     },
-    store::{
-        self, IdentityStore, OUTBOX_TABLE, PendingRegistration, Registered, StoredSigningKey,
-    },
+    store::{self, IdentityStore, OUTBOX_TABLE, PendingRegistration, Registered, StoredSigningKey},
 };
 use sharedcare_kit::{
     crypto::{BlindIndex, Kek, Keyring},
@@ -874,7 +872,11 @@ async fn gp_registrations_are_queued_for_consent(store: &dyn IdentityStore) {
             .expect("register");
     }
     let claimed = store.claim_registrations(10, lease()).await.expect("claim");
-    assert_eq!(claimed, vec![pending(&with_gp, 1)], "only the one with a GP");
+    assert_eq!(
+        claimed,
+        vec![pending(&with_gp, 1)],
+        "only the one with a GP"
+    );
     assert!(
         store
             .claim_registrations(10, lease())

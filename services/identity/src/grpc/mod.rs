@@ -54,8 +54,10 @@ impl IdentityGrpc {
         peers: Peers,
         verifier: Arc<sharedcare_kit::auth::Verifier>,
     ) -> Self {
-        let registrations =
-            crate::registrations::RegistrationRelay::start(store.clone(), peers.registrations.clone());
+        let registrations = crate::registrations::RegistrationRelay::start(
+            store.clone(),
+            peers.registrations.clone(),
+        );
         IdentityGrpc {
             store,
             tokens,
@@ -552,6 +554,9 @@ impl IdentityService for IdentityGrpc {
             Found::ByNhsNumber(p) => {
                 let access = patient_access(caller, &p.id, Action::Read, purpose);
                 self.audit(&access, Outcome::Success, "", "").await?;
+                let p = self
+                    .register_found_with_practice(caller, purpose, p, &demographics)
+                    .await?;
                 return Ok(Response::new(answer(
                     Some(p),
                     pb::RegisterOutcome::MatchedNhsNumber,
@@ -562,8 +567,11 @@ impl IdentityService for IdentityGrpc {
                 let access = patient_access(caller, &m.item.0.id, Action::Read, purpose);
                 self.audit(&access, Outcome::Success, "", "").await?;
                 let explained = Self::explain(&m, caller);
+                let p = self
+                    .register_found_with_practice(caller, purpose, m.item.0, &demographics)
+                    .await?;
                 return Ok(Response::new(answer(
-                    Some(m.item.0),
+                    Some(p),
                     pb::RegisterOutcome::MatchedDemographics,
                     vec![explained],
                 )));

@@ -5,6 +5,7 @@
 use sharedcare_kit::{
     Error,
     access::{Grant, Patients},
+    auth::Principal as Caller,
 };
 use sharedcare_proto::{
     audit::v1::{Action, Outcome},
@@ -13,8 +14,8 @@ use sharedcare_proto::{
 };
 
 use super::{
-    IdentityGrpc, check_registration_change, demographics_from_pb, may_see_restricted, patient_access, patient_to_pb,
-    required_id,
+    IdentityGrpc, check_registration_change, demographics_from_pb, may_see_restricted,
+    patient_access, patient_to_pb, required_id,
 };
 use crate::{
     domain::{Demographics, Patient},
@@ -96,6 +97,69 @@ impl IdentityGrpc {
         Ok(pb::UpdateDemographicsResponse {
             patient: Some(patient_to_pb(stored, caller)),
         })
+    }
+
+    /// A practice registering a patient it found registers them with
+    /// itself: when the request names the caller's own practice, the caller
+    /// may make that registration, and the patient is registered elsewhere
+    /// or nowhere, the found patient's next version carries the practice
+    /// (audited as a change) and consent hears of it. Otherwise the patient
+    /// is returned as found, as any find does.
+    pub(super) async fn register_found_with_practice(
+        &self,
+        caller: &Caller,
+        purpose: Purpose,
+        found: Patient,
+        given: &Demographics,
+    ) -> Result<Patient, Error> {
+        // A change may race another: read again and retry, a few times.
+        let mut found = found;
+        for _ in 0..3 {
+            let Some(practice) = given.gp_practice.as_ref() else {
+                return Ok(found);
+            };
+            let current = found.demographics.gp_practice.as_ref();
+            if current == Some(practice)
+                || (found.demographics.restricted && !may_see_restricted(caller))
+                || check_registration_change(caller, "", current, Some(practice)).is_err()
+            {
+                return Ok(found);
+            }
+            let now = chrono::Utc::now();
+            let registered = Patient {
+                demographics: Demographics {
+                    gp_practice: Some(practice.clone()),
+                    ..found.demographics.clone()
+                },
+                updated_at: now,
+                version: found.version + 1,
+                ..found.clone()
+            };
+            let event = patient_access(caller, &found.id, Action::Update, purpose).event(
+                Outcome::Success,
+                "GP_REGISTRATION",
+                "",
+            );
+            match self.store.update_patient(registered, event).await {
+                Ok(stored) => {
+                    self.peers.outbox.wake();
+                    self.registrations.wake();
+                    return Ok(stored);
+                }
+                Err(e) if e.code == sharedcare_kit::error::Code::FailedPrecondition => {
+                    found = self
+                        .store
+                        .get_patient(&found.id)
+                        .await?
+                        .ok_or_else(|| refusals::unknown("patient_id"))?;
+                    found = self.current(found).await?.0;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::unavailable(
+            "the patient changed while being registered with the practice; try again",
+        ))
     }
 
     pub(super) async fn list_versions_for(

@@ -507,7 +507,10 @@ async fn queue_registration<C: ConnectionTrait>(
         .on_conflict(
             OnConflict::column(Alias::new("patient_id"))
                 .update_columns([Alias::new("version"), Alias::new("queued_at")])
-                .value(Alias::new("leased_until"), Expr::value(None::<DateTime<Utc>>))
+                .value(
+                    Alias::new("leased_until"),
+                    Expr::value(None::<DateTime<Utc>>),
+                )
                 .to_owned(),
         )
         .to_owned();

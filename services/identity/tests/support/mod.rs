@@ -11,9 +11,9 @@ pub use std::{
 
 pub use sharedcare_identity::{
     Peers, RoleMap, SelfTokens, TokenIssuer,
-    registrations::{GpRegistration, RegistrationSink},
     bootstrap::{self, BootstrapFile, BootstrapOrganisation, BootstrapPrincipal},
     domain::NhsNumber,
+    registrations::{GpRegistration, RegistrationSink},
     spec,
     store::{IdentityStore, OUTBOX_TABLE, SqlStore},
 };
