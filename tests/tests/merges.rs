@@ -162,6 +162,29 @@ async fn a_merged_patient_is_one_person_to_records_and_consent() {
         written.record_id
     );
 
+    // The survivor's relationships include the one recorded under the old
+    // id, as the survivor's.
+    let listed = consent_client
+        .list_care_relationships(with_token(
+            consent::ListCareRelationshipsRequest {
+                patient_id: survivor.clone(),
+                ..Default::default()
+            },
+            &pas,
+        ))
+        .await
+        .expect("listed through the survivor")
+        .into_inner()
+        .relationships;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (
+            listed[0].patient_id.as_str(),
+            listed[0].organisation_ods_code.as_str()
+        ),
+        (survivor.as_str(), "A81001")
+    );
+
     // A new record for the old id is filed under the survivor.
     let filed = records_client
         .create_record(with_token(allergy(&old), &gp))
@@ -205,5 +228,19 @@ async fn a_merged_patient_is_one_person_to_records_and_consent() {
         "{}",
         status.message()
     );
+    // Listed through the old id too.
+    let directives = consent_client
+        .list_directives(with_token(
+            consent::ListDirectivesRequest {
+                patient_id: old.clone(),
+                ..Default::default()
+            },
+            &gp,
+        ))
+        .await
+        .expect("listed through the old id")
+        .into_inner()
+        .directives;
+    assert_eq!(directives.len(), 1);
     p.stop().await;
 }

@@ -220,5 +220,36 @@ async fn the_registered_gp_relationship_follows_the_patients_registration() {
         ]
     );
 
+    // Her practice ends her registration: no practice is her GP now (she
+    // may still read her relationships).
+    let herself = p.patient(&admin, &sian).await;
+    let mut current = moved.patient.expect("patient");
+    let mut details = current.demographics.take().expect("demographics");
+    details.gp_practice_ods_code.clear();
+    identity_client
+        .update_demographics(with_token(
+            identity::UpdateDemographicsRequest {
+                patient_id: sian.clone(),
+                demographics: Some(details),
+                if_match: current.version,
+            },
+            &second_pas,
+        ))
+        .await
+        .expect("deregistered");
+    eventually("the registration ending in consent", async || {
+        registered_gps(&mut consent_client, &sian, &herself)
+            .await
+            .iter()
+            .all(|(_, open, _)| !open)
+            .then_some(())
+    })
+    .await;
+    let status = records_client
+        .search(with_token(search(&sian), &second_gp))
+        .await
+        .expect_err("no longer anyone's registered patient");
+    assert_eq!(status.code(), Code::PermissionDenied);
+
     p.stop().await;
 }

@@ -720,10 +720,9 @@ impl ConsentGrpc {
         since: chrono::DateTime<Utc>,
     ) -> Result<(Option<CareRelationship>, Vec<CareRelationship>), Error> {
         let now = Utc::now();
-        let open: Vec<CareRelationship> = self
-            .store
-            .list_relationships(&patient_id)
-            .await?
+        // Under any of the person's ids (merges).
+        let (relationships, _) = self.consent_of_person(&patient_id).await?;
+        let open: Vec<CareRelationship> = relationships
             .into_iter()
             .filter(|r| r.kind == CareRelationshipKind::RegisteredGp && r.period.end.is_none())
             .collect();
@@ -841,6 +840,16 @@ impl ConsentGrpc {
 
     /// The relationships and directives recorded under every id of
     /// `family`, each as the first (current) id's.
+    /// The relationships and directives recorded under any of the ids of
+    /// the person `patient` is (merges), as the current id's.
+    async fn consent_of_person(
+        &self,
+        patient: &PatientId,
+    ) -> Result<(Vec<CareRelationship>, Vec<Directive>), Error> {
+        let family = self.directory.family(patient).await?;
+        self.consent_of(&family).await
+    }
+
     async fn consent_of(
         &self,
         family: &[PatientId],
@@ -1251,10 +1260,9 @@ impl ConsentService for ConsentGrpc {
         self.check_patient(&grant, &patient, "CareRelationship", Action::Read)
             .await?;
         let now = Utc::now();
-        let relationships = self
-            .store
-            .list_relationships(&patient)
-            .await?
+        // A merged patient is one person: every id's relationships.
+        let (relationships, _) = self.consent_of_person(&patient).await?;
+        let relationships = relationships
             .into_iter()
             .filter(|r| query.all || r.period.end.is_none_or(|end| end > now));
         let (relationships, next_page_token) =
@@ -1389,14 +1397,10 @@ impl ConsentService for ConsentGrpc {
         self.check_patient(&grant, &patient, "Directive", Action::Read)
             .await?;
         let now = Utc::now();
-        let directives = self
-            .store
-            .list_directives(&patient)
-            .await?
-            .into_iter()
-            .filter(|d| {
-                query.all || (d.revoked_at.is_none() && d.period.end.is_none_or(|end| end > now))
-            });
+        let (_, directives) = self.consent_of_person(&patient).await?;
+        let directives = directives.into_iter().filter(|d| {
+            query.all || (d.revoked_at.is_none() && d.period.end.is_none_or(|end| end > now))
+        });
         let (directives, next_page_token) =
             query.page(directives, |d| (d.created_at, d.id.clone()));
         self.audit_read(Change {

@@ -3036,3 +3036,42 @@ async fn a_replica_gives_its_lease_up_at_close_and_reads_the_database_after() {
     f.server.shutdown().await;
     f.db.cleanup().await;
 }
+
+/// After a merge a service's gate forgets the patient, and keeps none of
+/// their answers for a while: consent hears of the merge on its own stream,
+/// and an answer it gives before it has must not outlive that moment.
+#[tokio::test]
+async fn a_forgotten_patients_answers_are_asked_afresh_until_the_merge_settles() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let f = Fixture::start().await;
+    let (counting, gate) = cached_gate(&f).await;
+    f.record_relationship("A81001").await;
+    let ask = async |patient: &str| {
+        gate.evaluate(
+            patient,
+            Actor {
+                principal_id: "staff-A81001".into(),
+                kind: PrincipalKind::Staff as i32,
+                organisation_ods_code: "A81001".into(),
+                ..Default::default()
+            },
+            Purpose::DirectCare,
+            RecordCategory::General,
+        )
+        .await
+        .expect("answered")
+    };
+    assert!(ask(PATIENT).await.permitted);
+    assert!(ask(PATIENT).await.permitted);
+    assert_eq!(counting.asked.load(SeqCst), 1, "kept");
+
+    gate.forget(PATIENT);
+    for n in 2..=4 {
+        assert!(ask(PATIENT).await.permitted);
+        assert_eq!(counting.asked.load(SeqCst), n, "asked afresh each time");
+    }
+    // Another patient's answers are kept as before.
+    ask(OTHER_PATIENT).await;
+    ask(OTHER_PATIENT).await;
+    assert_eq!(counting.asked.load(SeqCst), 5);
+}

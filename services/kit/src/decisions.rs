@@ -107,6 +107,11 @@ pub struct DecisionCacheSettings {
     pub max_entries: usize,
 }
 
+/// After a merge, how long a patient's answers are asked afresh every time:
+/// as long as a service may go on not knowing of a merge before it counts
+/// its merge stream as stale (`kit::merges`).
+const MERGE_SETTLING: Duration = crate::merges::SILENT_LIMIT;
+
 /// Heartbeat intervals of silence after which the stream counts as lost
 /// (consent's change feed counts on it).
 const SILENT_INTERVALS: u32 = 3;
@@ -138,6 +143,10 @@ struct State {
     cursor: u64,
     entries: usize,
     patients: HashMap<String, HashMap<Question, Entry>>,
+    /// Patients forgotten for a merge, with when their answers may be kept
+    /// again: consent hears of the merge on its own stream, a moment later,
+    /// and an answer it gives before then must not be kept.
+    unsettled: HashMap<String, Instant>,
 }
 
 impl State {
@@ -191,6 +200,7 @@ impl CachedConsent {
             cursor: 0,
             entries: 0,
             patients: HashMap::new(),
+            unsettled: HashMap::new(),
         }));
         tokio::spawn(watch(
             ConsentServiceClient::new(channel),
@@ -247,6 +257,10 @@ impl CachedConsent {
         if state.epoch != epoch || !state.usable(now) {
             return;
         }
+        state.unsettled.retain(|_, until| *until > now);
+        if state.unsettled.contains_key(patient_id) {
+            return;
+        }
         if state.entries >= self.settings.max_entries {
             state.patients.clear();
             state.entries = 0;
@@ -300,8 +314,12 @@ impl ConsentGate for CachedConsent {
     fn forget(&self, patient_id: &str) {
         if let Ok(mut state) = self.state.lock() {
             state.drop_patient(patient_id);
-            // An answer already on its way was asked before: not kept.
+            // An answer already on its way was asked before: not kept; nor
+            // one consent gives before it too has heard of the merge.
             state.epoch += 1;
+            state
+                .unsettled
+                .insert(patient_id.to_owned(), Instant::now() + MERGE_SETTLING);
         }
     }
 

@@ -28,7 +28,7 @@ use crate::{Error, client::ServiceTokens, ids::PatientId};
 
 /// identity says it is alive at least this often (its watch heartbeat is
 /// 5 s); three missed and the merges known here are not vouched for.
-const SILENT_LIMIT: Duration = Duration::from_secs(15);
+pub(crate) const SILENT_LIMIT: Duration = Duration::from_secs(15);
 /// How long a question waits for merges to become known before it is
 /// refused: a service that has just started (or lost its stream) is
 /// usually caught up within milliseconds.
