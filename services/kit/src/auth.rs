@@ -458,7 +458,8 @@ impl Revocations {
 }
 
 /// Verifies tokens with cached keys, refetching when a token names a key id
-/// it has not seen (rotation), at most once per `min_refresh`.
+/// it has not seen (rotation), at most once per `min_refresh` (a token that
+/// arrives sooner waits for the next fetch).
 ///
 /// A token that verified is remembered until it expires: clients present
 /// the same token for its whole life, and a map lookup costs a fraction of
@@ -675,12 +676,17 @@ impl Verifier {
         }
         {
             let mut last = self.last_fetch.lock().await;
-            let due = last.is_none_or(|t| t.elapsed() >= self.min_refresh);
             // Another caller may have fetched while we waited for the lock.
             if let Some(key) = self.keys.read().await.get(kid) {
                 return Ok(key.clone());
             }
-            if due {
+            // A key minted just after the last fetch (a rotation) is waited
+            // for, never refused: at most `min_refresh`, the bound on how
+            // often unknown key ids may make identity be asked.
+            if let Some(wait) = last.and_then(|t| self.min_refresh.checked_sub(t.elapsed())) {
+                tokio::time::sleep(wait).await;
+            }
+            {
                 let fetched = self.source.fetch().await?;
                 *last = Some(Instant::now());
                 let mut keys = self.keys.write().await;

@@ -393,7 +393,8 @@ pub struct AuthConfig {
     pub audience: String,
     /// identity's gRPC URL, for the JWKS and this service's own tokens.
     pub identity_url: String,
-    /// Least time between two JWKS fetches triggered by unknown key ids.
+    /// Least time between two JWKS fetches triggered by unknown key ids; a
+    /// token with a new key id waits at most this long for its key.
     pub jwks_min_refresh_ms: u64,
     /// How often the list of revoked principals is refreshed from identity:
     /// a revoked principal's token is refused by this service at most this
@@ -497,7 +498,7 @@ max_connections = 8
 issuer = "sharedcare-identity"
 audience = "sharedcare"
 identity_url = "http://127.0.0.1:50051"
-jwks_min_refresh_ms = 10000
+jwks_min_refresh_ms = 1000
 revocation_refresh_ms = 10000
 revocation_max_stale_ms = 60000
 "#;
