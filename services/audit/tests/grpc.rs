@@ -258,6 +258,7 @@ fn event(id: &str, patient: &str) -> AuditEvent {
         decision_id: "decision-1".into(),
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         appended_by: String::new(),
+        trace_parent: String::new(),
     }
 }
 

@@ -918,6 +918,7 @@ impl ConsentGrpc {
             break_glass: true,
             source_service: crate::SERVICE_NAME.into(),
             trace_id: sharedcare_kit::telemetry::current_trace_id(),
+            trace_parent: sharedcare_kit::telemetry::current_trace_parent(),
             ..Default::default()
         };
         let stored = self.store.insert_relationship(grant, event).await?;

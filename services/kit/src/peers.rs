@@ -353,6 +353,7 @@ impl AccessEvent<'_> {
             trace_id: crate::telemetry::current_trace_id(),
             appended_by: String::new(),
             record_ids: Vec::new(),
+            trace_parent: crate::telemetry::current_trace_parent(),
         }
     }
 }

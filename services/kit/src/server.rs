@@ -115,6 +115,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha()?);
 
     let layers = ServiceBuilder::new()
+        .map_result(record_status)
         .map_result(normalise_status)
         .load_shed()
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
@@ -223,6 +224,22 @@ fn normalise_status(result: Result<HttpResponse, BoxError>) -> Result<HttpRespon
         }
         other => other,
     }
+}
+
+/// Puts the answer's gRPC status code on the request's span. An answer
+/// without `grpc-status` in its headers carries it in the trailers, which
+/// tonic sends only for a response that began well: OK.
+fn record_status(result: Result<HttpResponse, BoxError>) -> Result<HttpResponse, BoxError> {
+    if let Ok(response) = &result {
+        let code = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0);
+        tracing::Span::current().record("rpc.grpc.status_code", code);
+    }
+    result
 }
 
 /// prost's words for a message that does not decode, as in `grpc-message`.

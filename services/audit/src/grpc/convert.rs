@@ -191,6 +191,8 @@ pub fn encode_event(e: &AuditEvent) -> pb::AuditEvent {
         decision_id: e.decision_id.clone(),
         trace_id: e.trace_id.clone(),
         appended_by: e.appended_by.clone(),
+        // Transport only: never in the leaf.
+        trace_parent: String::new(),
     }
 }
 
@@ -409,6 +411,7 @@ mod tests {
             decision_id: "dec-1".into(),
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
             appended_by: "svc-records".into(),
+            trace_parent: String::new(),
         }
     }
 

@@ -229,6 +229,18 @@ fn next_token(page: &Page) -> String {
     page.next.map(PageToken::encode).unwrap_or_default()
 }
 
+/// A span for storing one event, in the trace of the request that made it.
+/// A malformed or oversized `traceparent` is ignored: tracing never refuses.
+fn continued(trace_parent: &str) -> tracing::Span {
+    const MAX_TRACE_PARENT: usize = 128;
+    let trace_parent = if trace_parent.len() <= MAX_TRACE_PARENT {
+        trace_parent
+    } else {
+        ""
+    };
+    sharedcare_kit::telemetry::continued_span("audit store event", trace_parent)
+}
+
 #[tonic::async_trait]
 impl AuditService for AuditGrpc {
     #[tracing::instrument(skip_all, fields(rpc = "Append"))]
@@ -237,8 +249,9 @@ impl AuditService for AuditGrpc {
         request: Request<AppendRequest>,
     ) -> Result<Response<AppendResponse>, Status> {
         let grant = grant(&request)?;
-        let event =
-            convert::decode_event("event", request.into_inner().event, &grant.principal.id)?;
+        let event = request.into_inner().event;
+        let _continued = continued(event.as_ref().map_or("", |e| e.trace_parent.as_str()));
+        let event = convert::decode_event("event", event, &grant.principal.id)?;
         let appended = self.store.append(convert::encode_for_log(&event)).await?;
         tracing::debug!(
             sequence = appended.entry.sequence,
@@ -267,6 +280,10 @@ impl AuditService for AuditGrpc {
                 Error::invalid("events", format!("must hold at most {MAX_BATCH} events")).into(),
             );
         }
+        // Each event's work joins the trace of the request that made it
+        // (its span lasts until the batch is committed).
+        let _continued: Vec<tracing::Span> =
+            events.iter().map(|e| continued(&e.trace_parent)).collect();
         // Every event is validated before anything is written.
         let encoded = events
             .into_iter()
