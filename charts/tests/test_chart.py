@@ -64,6 +64,7 @@ CAPABILITIES = (
 CLASSIFICATION_DIR = "/etc/sharedcare/classification"
 REPO_CLASSIFICATION = REPO_DIR / "services" / "records" / "classification.toml"
 CHART_CLASSIFICATION = CHART_DIR / "files" / "classification.toml"
+METRICS_PORT = 9464
 OLDEST_KUBERNETES = "1.30"
 NEWEST_KUBERNETES = kubernetes_validate.utils.latest_version()
 
@@ -311,7 +312,10 @@ def test_probes_are_native_grpc_on_the_service_port(rendered: Rendered, value_se
     for svc in SERVICES:
         c = container(rendered.get("Deployment", name_of(svc)))
         assert c["command"] == [f"/usr/local/bin/sharedcare-{svc}"]
-        assert c["ports"] == [{"name": "grpc", "containerPort": PORTS[svc], "protocol": "TCP"}]
+        assert c["ports"] == [
+            {"name": "grpc", "containerPort": PORTS[svc], "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ]
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             action = set(c[probe]) - {"periodSeconds", "failureThreshold", "timeoutSeconds"}
             if value_set in TLS_SETS:
@@ -326,9 +330,13 @@ def test_probes_are_native_grpc_on_the_service_port(rendered: Rendered, value_se
 def test_services_expose_grpc_with_h2c(rendered: Rendered, value_set: str) -> None:
     for svc in SERVICES:
         service = rendered.get("Service", name_of(svc))
-        [port] = service["spec"]["ports"]
+        port, metrics = service["spec"]["ports"]
+        assert port["name"] == "grpc"
         assert port["port"] == PORTS[svc] and port["targetPort"] == "grpc"
         assert port["appProtocol"] == ("https" if value_set in TLS_SETS else "kubernetes.io/h2c")
+        # Prometheus text over plain HTTP, on every value set (metrics.enabled
+        # defaults to true).
+        assert metrics == {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP", "appProtocol": "http"}
 
 
 def test_kind_values_use_fixed_node_ports() -> None:
