@@ -2116,3 +2116,185 @@ def test_migration_jobs_carry_the_same_telemetry_env() -> None:
     for job in r.kind("Job"):
         svc = job["metadata"]["labels"]["app.kubernetes.io/component"].removesuffix("-migrate")
         assert env_of(job["spec"]["template"]["spec"]["containers"][0]) == env_of(container(r.get("Deployment", name_of(svc))))
+
+
+# --------------------------------------------------------------------------
+# tools/kind.sh: what it installs, rendered and validated here (it cannot run
+# without a container engine)
+# --------------------------------------------------------------------------
+
+KIND_SH = REPO_DIR / "tools" / "kind.sh"
+K8S_DIR = REPO_DIR / "k8s"
+
+
+@functools.lru_cache(maxsize=None)
+def kind_sh() -> dict[str, str]:
+    """kind.sh's `readonly NAME=value` constants, ${...} expanded."""
+    consts: dict[str, str] = {}
+    for name, value in re.findall(r"^readonly (\w+)=(.*)$", KIND_SH.read_text(), re.M):
+        value = value.strip().strip('"')
+        consts[name] = re.sub(r"\$\{(\w+)\}", lambda m: consts[m.group(1)], value)
+    return consts
+
+
+def kind_install(with_observability: bool) -> Rendered:
+    """The chart as `tools/kind.sh up [--with-observability]` installs it:
+    its release, namespace, value files and --set-string image.tag."""
+    consts = kind_sh()
+    text = KIND_SH.read_text()
+    assert 'hc upgrade --install "$RELEASE" "$CHART"' in text
+    assert '--namespace "$NAMESPACE"' in text and '--set-string "image.tag=${tag}"' in text
+    assert 'local values=(-f "$VALUES")' in text and 'values+=(-f "$OBSERVABILITY_VALUES")' in text
+    files = [consts["VALUES"]] + ([consts["OBSERVABILITY_VALUES"]] if with_observability else [])
+    values: dict[str, Any] = {}
+    for f in files:
+        values = merged(values, yaml.safe_load((REPO_DIR / f).read_text()))
+    values = merged(values, {"image": {"tag": "dev-0123456789ab"}})
+    assert (REPO_DIR / consts["CHART"] / "Chart.yaml").exists()
+    with helm.Chart.load(REPO_DIR / consts["CHART"]) as loaded:
+        return Rendered(loaded.render(values, name=consts["RELEASE"], namespace=consts["NAMESPACE"]))
+
+
+def kind_observability_objects() -> list[dict[str, Any]]:
+    """Everything `kubectl apply -k k8s/observability` applies."""
+    kustomization = yaml.safe_load((K8S_DIR / "observability" / "kustomization.yaml").read_text())
+    listed = kustomization["resources"]
+    on_disk = sorted(p.name for p in (K8S_DIR / "observability").glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(listed) == on_disk, "a manifest in k8s/observability is not in its kustomization"
+    return [doc for name in listed for doc in yaml.safe_load_all((K8S_DIR / "observability" / name).read_text()) if doc]
+
+
+def assert_restricted(obj: dict[str, Any]) -> None:
+    """The restricted Pod Security Standard both namespaces enforce."""
+    spec = obj["spec"]["template"]["spec"]
+    pod = spec.get("securityContext", {})
+    for c in spec["containers"]:
+        where = f"{obj['metadata']['name']}/{c['name']}"
+        sc = c.get("securityContext", {})
+        assert sc.get("runAsNonRoot", pod.get("runAsNonRoot")) is True, where
+        assert sc.get("runAsUser", pod.get("runAsUser", 1)) != 0, where
+        assert sc.get("allowPrivilegeEscalation") is False, where
+        assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
+        assert (sc.get("seccompProfile") or pod.get("seccompProfile")) == {"type": "RuntimeDefault"}, where
+        assert not sc.get("privileged"), where
+
+
+@pytest.mark.parametrize("with_observability", [False, True])
+@pytest.mark.parametrize("kube_version", [OLDEST_KUBERNETES, NEWEST_KUBERNETES])
+def test_everything_kind_sh_applies_is_valid_kubernetes(with_observability: bool, kube_version: str) -> None:
+    objects = list(kind_install(with_observability).objects)
+    objects += list(yaml.safe_load_all((K8S_DIR / "namespace.yaml").read_text()))
+    if with_observability:
+        objects += kind_observability_objects()
+    for obj in objects:
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(obj, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{where} is not valid Kubernetes {kube_version}: {e.message} at {list(e.path)}")
+        if obj["kind"] == "Deployment":
+            assert_restricted(obj)
+
+
+@pytest.mark.parametrize("with_observability", [False, True])
+def test_kind_sh_steps_match_the_chart(with_observability: bool) -> None:
+    consts = kind_sh()
+    r = kind_install(with_observability)
+    release, namespace = consts["RELEASE"], consts["NAMESPACE"]
+    assert yaml.safe_load((K8S_DIR / "namespace.yaml").read_text())["metadata"]["name"] == namespace
+    # The auth Secret kind.sh tells the user to read.
+    secret = r.get("Secret", consts["AUTH_SECRET"])
+    assert "admin-client-secret" in secret["data"]
+    # The image it builds, loads and pins by tag; never pulled.
+    deployments = r.kind("Deployment")
+    assert {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in deployments} == set(SERVICES)
+    for d in deployments:
+        # kind.sh waits for the Deployments by this label.
+        assert d["metadata"]["labels"]["app.kubernetes.io/instance"] == release
+        c = container(d)
+        assert c["image"] == f"{consts['IMAGE_REPO']}:dev-0123456789ab"
+        assert c["imagePullPolicy"] == "Never"
+    assert consts["IMAGE"] == f"{consts['IMAGE_REPO']}:dev"
+    # The ports it prints are the host ports kind maps to the Services' node ports.
+    cluster = yaml.safe_load((K8S_DIR / "kind-cluster.yaml").read_text())
+    assert cluster["name"] == consts["CLUSTER"]
+    mapping = {m["containerPort"]: m["hostPort"] for m in cluster["nodes"][0]["extraPortMappings"]}
+    printed = re.findall(r"^  (\w+) +localhost:(\d+)$", KIND_SH.read_text(), re.M)
+    assert {svc for svc, _ in printed} == set(SERVICES)
+    for svc, host_port in printed:
+        service = r.get("Service", f"{release}-{svc}")
+        [grpc] = [p for p in service["spec"]["ports"] if p["name"] == "grpc"]
+        assert mapping[grpc["nodePort"]] == int(host_port) == PORTS[svc], svc
+    # `helm test` has its pod.
+    assert r.kind("Pod")
+
+
+def test_kind_observability_stack_matches_the_chart() -> None:
+    consts = kind_sh()
+    r = kind_install(True)
+    objects = kind_observability_objects()
+    by_kind = lambda kind: {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+    deployments = by_kind("Deployment")
+    # kind.sh waits for each of them, and for nothing else.
+    assert consts["OBSERVABILITY_DEPLOYMENTS"].split() == list(deployments)
+    pod_labels_of = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in deployments.items()}
+    ns_labels = {"kubernetes.io/metadata.name": "observability"}
+
+    # Traces: OTEL_* and the config file's otlp_endpoint both name the collector's Service.
+    collector = by_kind("Service")["otel-collector"]
+    [otlp] = collector["spec"]["ports"]
+    url = f"http://otel-collector.observability.svc.cluster.local:{otlp['port']}"
+    for svc in SERVICES:
+        env = {e["name"]: e.get("value") for e in container(r.get("Deployment", f"{consts['RELEASE']}-{svc}"))["env"]}
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == url
+        assert config_toml_of(r, consts["RELEASE"], svc)["telemetry"]["otlp_endpoint"] == url
+        policy = [p for p in r.kind("NetworkPolicy") if p["metadata"]["name"] == f"{consts['RELEASE']}-{svc}"][0]["spec"]
+        collector_pod = {"namespace": "observability", "namespace_labels": ns_labels, "labels": pod_labels_of["otel-collector"]}
+        assert rules_allow(policy["egress"], "to", collector_pod, otlp["port"]), svc
+        # Metrics: the Prometheus pod may scrape, the rest of the stack may not.
+        prometheus_pod = {"namespace": "observability", "namespace_labels": ns_labels, "labels": pod_labels_of["prometheus"]}
+        grafana_pod = {"namespace": "observability", "namespace_labels": ns_labels, "labels": pod_labels_of["grafana"]}
+        assert rules_allow(policy["ingress"], "from", prometheus_pod, METRICS_PORT), svc
+        assert not rules_allow(policy["ingress"], "from", grafana_pod, METRICS_PORT), svc
+        annotations = r.get("Deployment", f"{consts['RELEASE']}-{svc}")["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == str(METRICS_PORT)
+
+    # Prometheus discovers pods in the release's namespace, with a Role there.
+    config = yaml.safe_load(by_kind("ConfigMap")["prometheus-config"]["data"]["prometheus.yml"])
+    [job] = config["scrape_configs"]
+    [sd] = job["kubernetes_sd_configs"]
+    assert sd["role"] == "pod" and sd["namespaces"]["names"] == [consts["NAMESPACE"]]
+    keep_port = [rc for rc in job["relabel_configs"] if rc.get("source_labels") == ["__meta_kubernetes_pod_container_port_name"]]
+    assert keep_port and keep_port[0]["regex"] == "metrics"
+    # The series keep their own `service` label: no relabelling writes it.
+    assert not [rc for rc in job["relabel_configs"] if rc.get("target_label") == "service"]
+    role = by_kind("Role")["prometheus-discovery"]
+    assert role["metadata"]["namespace"] == consts["NAMESPACE"]
+    binding = by_kind("RoleBinding")["prometheus-discovery"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "observability"}]
+    assert deployments["prometheus"]["spec"]["template"]["spec"]["serviceAccountName"] == "prometheus"
+    # kind.sh applies the namespace before k8s/observability (the Role lives there).
+    text = KIND_SH.read_text()
+    assert text.index("kc apply -f k8s/namespace.yaml") < text.index("kc apply -k k8s/observability")
+
+    # Grafana mounts the dashboard ConfigMap the chart renders into its namespace.
+    [dashboard] = [cm for cm in r.kind("ConfigMap") if cm["metadata"]["name"].endswith("-dashboard")]
+    assert dashboard["metadata"]["namespace"] == "observability"
+    volumes = {v["name"]: v for v in deployments["grafana"]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["dashboards"]["configMap"] == {"name": dashboard["metadata"]["name"], "optional": True}
+    provisioning = by_kind("ConfigMap")["grafana-provisioning"]["data"]
+    [datasource] = yaml.safe_load(provisioning["datasources.yaml"])["datasources"]
+    prometheus_service = by_kind("Service")["prometheus"]
+    assert datasource["url"] == f"http://prometheus.observability.svc.cluster.local:{prometheus_service['spec']['ports'][0]['port']}"
+    [provider] = yaml.safe_load(provisioning["dashboards.yaml"])["providers"]
+    mounts = {m["name"]: m["mountPath"] for m in container(deployments["grafana"])["volumeMounts"]}
+    assert provider["options"]["path"] == mounts["dashboards"]
+    # Jaeger's UI node port is mapped on the host.
+    cluster = yaml.safe_load((K8S_DIR / "kind-cluster.yaml").read_text())
+    mapping = {m["containerPort"]: m["hostPort"] for m in cluster["nodes"][0]["extraPortMappings"]}
+    [ui] = by_kind("Service")["jaeger-ui"]["spec"]["ports"]
+    assert mapping[ui["nodePort"]] == 16686
+
+
+def config_toml_of(r: Rendered, release: str, svc: str) -> dict[str, Any]:
+    return tomllib.loads(r.get("ConfigMap", f"{release}-{svc}")["data"][f"{svc}.toml"])
