@@ -16,6 +16,7 @@ import copy
 import functools
 import hashlib
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import jsonschema
 import kubernetes_validate
 import kubernetes_validate.utils as kv_utils
 import pytest
@@ -45,6 +47,8 @@ VALUE_FILES = {
         REPO_DIR / "k8s" / "kind-observability-values.yaml",
     ],
     "production": CHART_DIR / "ci" / "production-values.yaml",
+    # Every monitoring toggle on: ServiceMonitor, PrometheusRule, dashboard, OTEL_*.
+    "observability": CHART_DIR / "ci" / "observability-values.yaml",
 }
 # Who calls whom, from the deploy contract: identity asks consent before it
 # serves demographics and audits the read; consent checks organisations with
@@ -64,6 +68,7 @@ CAPABILITIES = (
 CLASSIFICATION_DIR = "/etc/sharedcare/classification"
 REPO_CLASSIFICATION = REPO_DIR / "services" / "records" / "classification.toml"
 CHART_CLASSIFICATION = CHART_DIR / "files" / "classification.toml"
+METRICS_PORT = 9464
 OLDEST_KUBERNETES = "1.30"
 NEWEST_KUBERNETES = kubernetes_validate.utils.latest_version()
 
@@ -236,6 +241,10 @@ def test_manifests_are_valid_kubernetes(rendered: Rendered, kube_version: str) -
     assert rendered.objects
     for obj in rendered.objects:
         where = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["apiVersion"] in CRD_KINDS:
+            # Not a built-in kind: its CRD's schema (test_..._validate_against_their_crds).
+            validate_crd_object(obj)
+            continue
         try:
             kubernetes_validate.validate(obj, kube_version, strict=True)
         except kubernetes_validate.ValidationError as e:
@@ -249,6 +258,7 @@ def test_the_kinds_each_value_set_renders() -> None:
         "Deployment", "PodDisruptionBudget", "NetworkPolicy", "Pod",
     }
     assert "PodDisruptionBudget" not in kinds["kind"]
+    assert kinds["observability"] == kinds["default"] | {"ServiceMonitor", "PrometheusRule"}
     assert {"HorizontalPodAutoscaler", "Job"} <= kinds["production"]
     assert not {"Secret", "PersistentVolumeClaim"} & kinds["production"]
 
@@ -311,7 +321,10 @@ def test_probes_are_native_grpc_on_the_service_port(rendered: Rendered, value_se
     for svc in SERVICES:
         c = container(rendered.get("Deployment", name_of(svc)))
         assert c["command"] == [f"/usr/local/bin/sharedcare-{svc}"]
-        assert c["ports"] == [{"name": "grpc", "containerPort": PORTS[svc], "protocol": "TCP"}]
+        assert c["ports"] == [
+            {"name": "grpc", "containerPort": PORTS[svc], "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ]
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             action = set(c[probe]) - {"periodSeconds", "failureThreshold", "timeoutSeconds"}
             if value_set in TLS_SETS:
@@ -326,9 +339,13 @@ def test_probes_are_native_grpc_on_the_service_port(rendered: Rendered, value_se
 def test_services_expose_grpc_with_h2c(rendered: Rendered, value_set: str) -> None:
     for svc in SERVICES:
         service = rendered.get("Service", name_of(svc))
-        [port] = service["spec"]["ports"]
+        port, metrics = service["spec"]["ports"]
+        assert port["name"] == "grpc"
         assert port["port"] == PORTS[svc] and port["targetPort"] == "grpc"
         assert port["appProtocol"] == ("https" if value_set in TLS_SETS else "kubernetes.io/h2c")
+        # Prometheus text over plain HTTP, on every value set (metrics.enabled
+        # defaults to true).
+        assert metrics == {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP", "appProtocol": "http"}
 
 
 def test_kind_values_use_fixed_node_ports() -> None:
@@ -1560,3 +1577,724 @@ def test_rendered_configs_are_the_golden_files_the_services_load(value_set: str,
         golden.write_text(text)
     assert golden.exists(), f"{golden} is missing: run with SHAREDCARE_BLESS=1"
     assert golden.read_text() == text, f"{golden} differs from the rendered config: run with SHAREDCARE_BLESS=1"
+
+
+
+# --------------------------------------------------------------------------
+# Metrics, dashboard, alerts and traces (issue 11)
+# --------------------------------------------------------------------------
+
+CRD_DIR = Path(__file__).resolve().parent / "crds"
+# apiVersion -> kind -> the vendored openAPIV3Schema (prometheus-operator).
+CRD_KINDS = {
+    "monitoring.coreos.com/v1": {
+        "ServiceMonitor": "servicemonitors.monitoring.coreos.com.v1.json",
+        "PrometheusRule": "prometheusrules.monitoring.coreos.com.v1.json",
+    },
+}
+# The services' metrics contract: name -> (type, labels besides `service`).
+METRICS = {
+    "sharedcare_rpc_requests_total": ("counter", {"method", "code"}),
+    "sharedcare_rpc_duration_seconds": ("histogram", {"method"}),
+    "sharedcare_outbox_pending_events": ("gauge", set()),
+    "sharedcare_outbox_oldest_event_age_seconds": ("gauge", set()),
+    "sharedcare_outbox_delivery_failing_seconds": ("gauge", set()),
+    "sharedcare_audit_batch_size": ("histogram", set()),
+    "sharedcare_audit_commit_duration_seconds": ("histogram", set()),
+    "sharedcare_audit_tree_size": ("gauge", set()),
+    "sharedcare_consent_cache_lookups_total": ("counter", {"result"}),
+    "sharedcare_db_pool_connections": ("gauge", {"state"}),
+    "sharedcare_token_verifications_total": ("counter", {"result"}),
+}
+SERIES = {
+    series
+    for name, (kind, _) in METRICS.items()
+    for series in ([f"{name}_bucket", f"{name}_sum", f"{name}_count"] if kind == "histogram" else [name])
+}
+# Labels a query may name: the series' own, `le`, and what a scrape adds.
+QUERY_LABELS = {"service", "le", "namespace", "job", "pod", "instance"} | {
+    label for _, labels in METRICS.values() for label in labels
+}
+MONITORING_ON = {
+    "metrics": {
+        "serviceMonitor": {"enabled": True},
+        "dashboard": {"enabled": True},
+        "rules": {"enabled": True},
+    }
+}
+
+
+def _strict(node: Any) -> Any:
+    """An openAPIV3Schema made strict like kubernetes-validate's: objects with
+    declared properties accept no others (the API server would prune them
+    silently, which hides a typo)."""
+    if isinstance(node, dict):
+        node = {k: _strict(v) for k, v in node.items()}
+        if (
+            node.get("type") == "object"
+            and "properties" in node
+            and "additionalProperties" not in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            node["additionalProperties"] = False
+        return node
+    if isinstance(node, list):
+        return [_strict(v) for v in node]
+    return node
+
+
+@functools.lru_cache(maxsize=None)
+def crd_validator(api_version: str, kind: str) -> jsonschema.protocols.Validator:
+    schema = json.loads((CRD_DIR / CRD_KINDS[api_version][kind]).read_text())
+    schema = _strict({k: v for k, v in schema.items() if k not in ("$comment", "x-source")})
+    return jsonschema.Draft4Validator(schema)
+
+
+def validate_crd_object(obj: dict[str, Any]) -> None:
+    where = f"{obj['kind']}/{obj['metadata']['name']}"
+    errors = sorted(crd_validator(obj["apiVersion"], obj["kind"]).iter_errors(obj), key=lambda e: list(e.path))
+    assert not errors, f"{where}: " + "; ".join(f"{e.message} at {list(e.path)}" for e in errors)
+    # metadata is free-form in a CRD's schema: check what the API server would.
+    meta = obj["metadata"]
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", meta["name"]) and len(meta["name"]) <= 253, where
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", meta["namespace"]), where
+    for key, value in {**meta.get("labels", {}), **meta.get("annotations", {})}.items():
+        assert isinstance(key, str) and isinstance(value, str), (where, key)
+
+
+def test_the_vendored_crd_schemas_say_where_they_come_from() -> None:
+    for files in CRD_KINDS.values():
+        for name in files.values():
+            schema = json.loads((CRD_DIR / name).read_text())
+            assert schema["x-source"]["repository"] == "https://github.com/prometheus-operator/prometheus-operator"
+            assert re.fullmatch(r"[0-9a-f]{40}", schema["x-source"]["commit"])
+            assert schema["type"] == "object" and "spec" in schema["properties"]
+
+
+def test_the_crd_validation_catches_mistakes() -> None:
+    """The vendored schemas do refuse a wrong ServiceMonitor and PrometheusRule."""
+    r = _render_set("observability")
+    monitor = copy.deepcopy(r.kind("ServiceMonitor")[0])
+    monitor["spec"]["endpoints"][0]["prot"] = "metrics"
+    with pytest.raises(AssertionError, match="prot"):
+        validate_crd_object(monitor)
+    rule = copy.deepcopy(r.kind("PrometheusRule")[0])
+    rule["spec"]["groups"][0]["rules"][0]["for"] = "one minute"
+    with pytest.raises(AssertionError, match="for"):
+        validate_crd_object(rule)
+
+
+def test_defaults_serve_metrics_with_scrape_annotations_and_a_port() -> None:
+    r = _render_set("default")
+    for svc in SERVICES:
+        deployment = r.get("Deployment", name_of(svc))
+        c = container(deployment)
+        assert env_of(c)["SHAREDCARE_TELEMETRY__METRICS_ADDR"] == {
+            "name": "SHAREDCARE_TELEMETRY__METRICS_ADDR", "value": f"0.0.0.0:{METRICS_PORT}",
+        }
+        assert {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"} in c["ports"]
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(METRICS_PORT)
+        assert annotations["prometheus.io/path"] == "/metrics"
+        ports = {p["name"]: p for p in r.get("Service", name_of(svc))["spec"]["ports"]}
+        assert ports["metrics"]["port"] == METRICS_PORT and ports["metrics"]["targetPort"] == "metrics"
+        # No OTEL_* unless asked for.
+        assert not [name for name in env_of(c) if name.startswith("OTEL_")], svc
+    # Nothing that needs a CRD or Grafana by default.
+    assert not r.kind("ServiceMonitor") and not r.kind("PrometheusRule")
+    assert not [cm for cm in r.kind("ConfigMap") if "grafana_dashboard" in cm["metadata"]["labels"]]
+
+
+def test_metrics_port_and_path_are_configurable(chart: helm.Chart) -> None:
+    r = render_with(chart, merged(MONITORING_ON, {"metrics": {"port": 9100, "path": "/prom"}}))
+    for svc in SERVICES:
+        deployment = r.get("Deployment", name_of(svc))
+        assert env_of(container(deployment))["SHAREDCARE_TELEMETRY__METRICS_ADDR"]["value"] == "0.0.0.0:9100"
+        assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9100"
+        assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"] == "/prom"
+        assert rules_allow(policy_for(r, svc)["ingress"], "from", PROMETHEUS, 9100), svc
+    [endpoint] = r.kind("ServiceMonitor")[0]["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/prom"
+    message = render_error(chart, {"metrics": {"port": PORTS["audit"]}})
+    assert "metrics.port=50054 is services.audit.port too" in message
+
+
+def test_metrics_can_be_switched_off(chart: helm.Chart) -> None:
+    r = render_with(chart, merged(MONITORING_ON, {"metrics": {"enabled": False}}))
+    for svc in SERVICES:
+        deployment = r.get("Deployment", name_of(svc))
+        c = container(deployment)
+        assert "SHAREDCARE_TELEMETRY__METRICS_ADDR" not in env_of(c)
+        assert [p["name"] for p in c["ports"]] == ["grpc"]
+        assert not [a for a in deployment["spec"]["template"]["metadata"]["annotations"] if a.startswith("prometheus.io/")]
+        assert [p["name"] for p in r.get("Service", name_of(svc))["spec"]["ports"]] == ["grpc"]
+        assert not rules_allow(policy_for(r, svc)["ingress"], "from", PROMETHEUS, METRICS_PORT), svc
+    # The monitoring objects need the metrics: they go with them.
+    assert not r.kind("ServiceMonitor") and not r.kind("PrometheusRule")
+    assert not [cm for cm in r.kind("ConfigMap") if cm["metadata"]["name"].endswith("-dashboard")]
+    for kube_version in (OLDEST_KUBERNETES, NEWEST_KUBERNETES):
+        for obj in r.objects:
+            kubernetes_validate.validate(obj, kube_version, strict=True)
+
+
+def test_scrape_annotations_can_be_left_off_for_a_service_monitor() -> None:
+    r = _render_set("observability")
+    for svc in SERVICES:
+        deployment = r.get("Deployment", name_of(svc))
+        assert not [a for a in deployment["spec"]["template"]["metadata"]["annotations"] if a.startswith("prometheus.io/")]
+        # The port is still served and exposed for the ServiceMonitor.
+        assert "metrics" in [p["name"] for p in r.get("Service", name_of(svc))["spec"]["ports"]]
+
+
+PROMETHEUS = {
+    "namespace": "monitoring",
+    "namespace_labels": {"kubernetes.io/metadata.name": "monitoring"},
+    "labels": {"app.kubernetes.io/name": "prometheus"},
+}
+STRANGER = {
+    "namespace": "elsewhere",
+    "namespace_labels": {"kubernetes.io/metadata.name": "elsewhere"},
+    "labels": {"app": "anything"},
+}
+
+
+def test_network_policy_lets_scrapers_reach_only_the_metrics_port() -> None:
+    default, observability, production = (_render_set(n) for n in ("default", "observability", "production"))
+    for svc in SERVICES:
+        # Empty networkPolicy.metrics.from: the metrics port from anywhere,
+        # the gRPC port still only from the callers.
+        ingress = policy_for(default, svc)["ingress"]
+        assert rules_allow(ingress, "from", STRANGER, METRICS_PORT), svc
+        assert not rules_allow(ingress, "from", STRANGER, PORTS[svc]), svc
+        assert rules_allow(policy_for(production, svc)["ingress"], "from", PROMETHEUS, METRICS_PORT), svc
+        # Named scrapers: only they.
+        ingress = policy_for(observability, svc)["ingress"]
+        assert rules_allow(ingress, "from", PROMETHEUS, METRICS_PORT), svc
+        assert not rules_allow(ingress, "from", STRANGER, METRICS_PORT), svc
+        assert not rules_allow(ingress, "from", PROMETHEUS, PORTS[svc]), svc
+        assert not rules_allow(ingress, "from", in_release("records"), METRICS_PORT), svc
+    # allowExternal opens the gRPC port, not the metrics port.
+    kind_obs = _render_set("kind-observability")
+    for svc in SERVICES:
+        ingress = policy_for(kind_obs, svc)["ingress"]
+        assert rules_allow(ingress, "from", STRANGER, PORTS[svc]), svc
+        assert not rules_allow(ingress, "from", STRANGER, METRICS_PORT), svc
+
+
+def test_the_service_monitor_selects_every_service_and_keeps_their_service_label() -> None:
+    r = _render_set("observability")
+    [monitor] = r.kind("ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    spec = monitor["spec"]
+    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert spec["jobLabel"] == "app.kubernetes.io/component"
+    for svc in SERVICES:
+        service = r.get("Service", name_of(svc))
+        labels = service["metadata"]["labels"]
+        assert spec["selector"]["matchLabels"].items() <= labels.items(), svc
+        [expression] = spec["selector"]["matchExpressions"]
+        assert expression["operator"] == "In" and labels[expression["key"]] in expression["values"], svc
+        assert "metrics" in [p["name"] for p in service["spec"]["ports"]]
+    [endpoint] = spec["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    assert endpoint["interval"] == "30s" and endpoint["scrapeTimeout"] == "10s"
+    # The operator's target label `service` (the Kubernetes Service's name)
+    # would push the series' own `service` aside into exported_service.
+    assert endpoint["relabelings"][0] == {"action": "labeldrop", "regex": "service"}
+    # Nothing else in the release is selected by it (the test pod has no Service).
+    selected = [
+        o for o in r.kind("Service")
+        if spec["selector"]["matchLabels"].items() <= o["metadata"]["labels"].items()
+        and o["metadata"]["labels"]["app.kubernetes.io/component"] in spec["selector"]["matchExpressions"][0]["values"]
+    ]
+    assert len(selected) == len(SERVICES)
+
+
+def test_monitoring_objects_validate_against_their_crds(chart: helm.Chart) -> None:
+    values = merged(
+        MONITORING_ON,
+        {"metrics": {
+            "serviceMonitor": {
+                "namespace": "monitoring", "labels": {"release": "prom"}, "interval": "", "scrapeTimeout": "",
+                "relabelings": [{"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}],
+                "metricRelabelings": [{"action": "drop", "sourceLabels": ["__name__"], "regex": "sharedcare_db_.*"}],
+            },
+            "rules": {"namespace": "monitoring", "latency": {"excludeMethods": ""}},
+        }},
+    )
+    r = render_with(chart, values)
+    objects = r.kind("ServiceMonitor") + r.kind("PrometheusRule")
+    assert len(objects) == 2
+    for obj in objects:
+        validate_crd_object(obj)
+        assert obj["metadata"]["namespace"] == "monitoring"
+    [endpoint] = r.kind("ServiceMonitor")[0]["spec"]["endpoints"]
+    assert "interval" not in endpoint and "scrapeTimeout" not in endpoint
+    assert endpoint["relabelings"][1]["targetLabel"] == "node"
+    assert endpoint["metricRelabelings"][0]["action"] == "drop"
+    [latency] = [rule for rule in prometheus_rules(r) if rule["alert"] == "SharedcareLatencyHigh"]
+    assert "method!~" not in latency["expr"]
+
+
+def prometheus_rules(r: Rendered) -> list[dict[str, Any]]:
+    return [rule for obj in r.kind("PrometheusRule") for group in obj["spec"]["groups"] for rule in group["rules"]]
+
+
+def dashboard_of(r: Rendered) -> dict[str, Any]:
+    [cm] = [cm for cm in r.kind("ConfigMap") if cm["metadata"]["name"].endswith("-dashboard")]
+    return json.loads(cm["data"]["sharedcare.json"])
+
+
+def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
+    exprs = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            exprs.append(target["expr"])
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            exprs.append(variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"])
+    return exprs
+
+
+def test_the_dashboard_is_a_sidecar_configmap_of_the_charts_file() -> None:
+    r = _render_set("observability")
+    [cm] = [cm for cm in r.kind("ConfigMap") if cm["metadata"]["name"] == f"{FULLNAME}-dashboard"]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "sharedcare"}
+    assert set(cm["data"]) == {"sharedcare.json"}
+    # Byte for byte the chart's file (loaded with .Files.Get, not templated).
+    assert cm["data"]["sharedcare.json"] == (CHART_DIR / "files" / "grafana-dashboard.json").read_text()
+    dashboard = json.loads(cm["data"]["sharedcare.json"])
+    assert dashboard["uid"] == "sharedcare-overview" and dashboard["title"] == "sharedcare"
+    # Any Prometheus data source: the panels name the dashboard's variable.
+    for panel in dashboard["panels"]:
+        if panel["type"] != "row":
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_the_dashboard_has_the_panels_an_operator_needs() -> None:
+    dashboard = dashboard_of(_render_set("observability"))
+    by_title = {p["title"]: " ".join(t["expr"] for t in p.get("targets", [])) for p in dashboard["panels"]}
+    wanted = {
+        "Request rate by service and method": ["sharedcare_rpc_requests_total", "by (service, method)"],
+        "Error rate (non-OK) by service": ['code!="OK"', "by (service)"],
+        "Latency p50 and p99 by service": ["histogram_quantile(0.5,", "histogram_quantile(0.99,", "sharedcare_rpc_duration_seconds_bucket"],
+        "Outbox pending events": ["sharedcare_outbox_pending_events"],
+        "Oldest undelivered event age": ["sharedcare_outbox_oldest_event_age_seconds"],
+        "Audit delivery failing for": ["sharedcare_outbox_delivery_failing_seconds"],
+        "Batch size": ["sharedcare_audit_batch_size_bucket"],
+        "Commit latency": ["sharedcare_audit_commit_duration_seconds_bucket"],
+        "Tree size": ["sharedcare_audit_tree_size"],
+    }
+    for title, fragments in wanted.items():
+        assert title in by_title, title
+        for fragment in fragments:
+            assert fragment in by_title[title], (title, fragment)
+    # Every series of the contract is on the dashboard somewhere.
+    used = {name for expr in dashboard_exprs(dashboard) for name in re.findall(r"sharedcare_[a-z_]+", expr)}
+    for name, (kind, _) in METRICS.items():
+        assert (f"{name}_bucket" if kind == "histogram" else name) in used, name
+
+
+def promql_problems(expr: str) -> list[str]:
+    """A light PromQL check: brackets balance outside string literals, every
+    range function has a [range], matchers are `label op "string"`, and
+    every label named (matchers, by/without) is one the series have."""
+    problems = []
+    stack = []
+    pairs = {")": "(", "]": "[", "}": "{"}
+    code = []  # the expression with string literals blanked
+    i = 0
+    while i < len(expr):
+        ch = expr[i]
+        if ch in "\"'`":
+            end = i + 1
+            while end < len(expr) and expr[end] != ch:
+                end += 2 if expr[end] == "\\" and ch != "`" else 1
+            if end >= len(expr):
+                return [f"unterminated string at {i}"]
+            code.append('""')
+            i = end + 1
+            continue
+        if ch in "([{":
+            stack.append(ch)
+        elif ch in ")]}":
+            if not stack or stack.pop() != pairs[ch]:
+                problems.append(f"unbalanced {ch!r} at {i}")
+        code.append(ch)
+        i += 1
+    if stack:
+        problems.append(f"unclosed {stack}")
+    text = "".join(code)
+    if "()" in text.replace(" ", "").replace("sum()", ""):
+        problems.append("empty parentheses")
+    for fn in re.finditer(r"\b(rate|irate|increase|deriv|delta|idelta|avg_over_time|max_over_time)\s*\(", text):
+        rest = text[fn.end():]
+        depth, j = 1, 0
+        while depth and j < len(rest):
+            depth += {"(": 1, ")": -1}.get(rest[j], 0)
+            j += 1
+        if not re.search(r"\[\s*(\d+(ms|s|m|h|d|w|y))+\s*\]|\[\$\w+\]", rest[:j]):
+            problems.append(f"{fn.group(1)}() without a range")
+    for selector in re.findall(r"\{([^{}]*)\}", text):
+        for matcher in filter(None, (m.strip() for m in selector.split(","))):
+            m = re.fullmatch(r'([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*""', matcher)
+            if not m:
+                problems.append(f"bad matcher {matcher!r}")
+            elif m.group(1) not in QUERY_LABELS:
+                problems.append(f"unknown label {m.group(1)!r}")
+    for grouping in re.findall(r"\b(?:by|without)\s*\(([^()]*)\)", text):
+        for label in filter(None, (l.strip() for l in grouping.split(","))):
+            if label not in QUERY_LABELS:
+                problems.append(f"unknown label {label!r} in by()")
+    return problems
+
+
+def test_the_promql_check_finds_mistakes() -> None:
+    assert not promql_problems('sum by (service) (rate(sharedcare_rpc_requests_total{code!="OK"}[5m])) > 0.05')
+    assert promql_problems("sum(rate(sharedcare_rpc_requests_total[5m])")
+    assert promql_problems("rate(sharedcare_rpc_requests_total)")
+    assert promql_problems('sharedcare_rpc_requests_total{code="OK}')
+    assert promql_problems('sharedcare_rpc_requests_total{patient="x"}')
+    assert promql_problems("sum by (patient) (sharedcare_audit_tree_size)")
+
+
+def all_promql(r: Rendered) -> list[tuple[str, str]]:
+    out = [(f"rule {rule['alert']}", rule["expr"]) for rule in prometheus_rules(r)]
+    out += [("dashboard", expr) for expr in dashboard_exprs(dashboard_of(r))]
+    return out
+
+
+def test_every_query_names_only_the_services_metrics_and_parses() -> None:
+    r = _render_set("observability")
+    exprs = all_promql(r)
+    assert len([w for w, _ in exprs if w.startswith("rule")]) == 5
+    for where, expr in exprs:
+        names = re.findall(r"sharedcare_[a-z_]+", expr)
+        assert names, (where, expr)
+        unknown = set(names) - SERIES
+        assert not unknown, (where, unknown)
+        assert not promql_problems(expr), (where, expr, promql_problems(expr))
+
+
+def test_alerts_cover_what_an_operator_must_know() -> None:
+    rules = {rule["alert"]: rule for rule in prometheus_rules(_render_set("observability"))}
+    assert set(rules) == {
+        "SharedcareAuditUnreachable", "SharedcareOutboxBacklog", "SharedcareOutboxGrowing",
+        "SharedcareServerErrors", "SharedcareLatencyHigh",
+    }
+    for name, rule in rules.items():
+        assert rule["labels"]["severity"] in ("warning", "critical"), name
+        assert rule["labels"]["team"] == "platform", name
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
+        assert re.fullmatch(r"(\d+(ms|s|m|h|d|w|y))+", rule["for"]), name
+    assert rules["SharedcareAuditUnreachable"]["labels"]["severity"] == "critical"
+    assert rules["SharedcareAuditUnreachable"]["expr"].endswith("(sharedcare_outbox_delivery_failing_seconds) > 60")
+    assert rules["SharedcareOutboxBacklog"]["expr"].endswith("(sharedcare_outbox_oldest_event_age_seconds) > 300")
+    assert "deriv(sharedcare_outbox_pending_events[15m])" in rules["SharedcareOutboxGrowing"]["expr"]
+    # Server-side failures page; refusals that are the platform working do not.
+    errors = rules["SharedcareServerErrors"]["expr"]
+    assert rules["SharedcareServerErrors"]["labels"]["severity"] == "critical"
+    [codes] = re.findall(r'code=~"([^"]+)"', errors)
+    assert set(codes.split("|")) == {"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED", "DATA_LOSS"}
+    for refusal in ("PERMISSION_DENIED", "NOT_FOUND", "INVALID_ARGUMENT", "UNAUTHENTICATED", "FAILED_PRECONDITION"):
+        assert refusal not in errors
+    assert "> 0.05" in errors and "> 0.1" in errors
+    latency = rules["SharedcareLatencyHigh"]["expr"]
+    assert latency.startswith("histogram_quantile(0.99,") and latency.endswith("> 1")
+    assert 'method!~".*Watch.*"' in latency
+
+
+def test_alert_thresholds_come_from_values(chart: helm.Chart) -> None:
+    r = render_with(chart, merged(MONITORING_ON, {"metrics": {"rules": {
+        "auditUnreachable": {"failingSeconds": 30, "for": "30s"},
+        "outboxBacklog": {"oldestEventAgeSeconds": 900, "for": "2m"},
+        "outboxGrowing": {"minPending": 50, "window": "30m", "for": "30m"},
+        "errorRate": {"codes": ["INTERNAL"], "ratio": 0.01, "minRequestsPerSecond": 1, "window": "10m", "for": "5m"},
+        "latency": {"p99Seconds": 0.25, "window": "10m", "for": "20m"},
+        "alertLabels": {"severity": "none", "team": "care"},
+    }}}))
+    rules = {rule["alert"]: rule for rule in prometheus_rules(r)}
+    assert rules["SharedcareAuditUnreachable"]["expr"].endswith("> 30") and rules["SharedcareAuditUnreachable"]["for"] == "30s"
+    assert rules["SharedcareOutboxBacklog"]["expr"].endswith("> 900") and rules["SharedcareOutboxBacklog"]["for"] == "2m"
+    assert "[30m]" in rules["SharedcareOutboxGrowing"]["expr"] and "> 50" in rules["SharedcareOutboxGrowing"]["expr"]
+    errors = rules["SharedcareServerErrors"]["expr"]
+    assert 'code=~"INTERNAL"' in errors and "[10m]" in errors and "> 0.01" in errors and "> 1" in errors
+    assert rules["SharedcareLatencyHigh"]["expr"].endswith("> 0.25") and rules["SharedcareLatencyHigh"]["for"] == "20m"
+    # The chart's severity stands; other alert labels are added.
+    assert rules["SharedcareAuditUnreachable"]["labels"] == {"severity": "critical", "team": "care"}
+    for _, expr in all_promql(render_with(chart, merged(MONITORING_ON, {}))):
+        assert not promql_problems(expr), expr
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"metrics": {"port": 0}}, "/metrics/port"),
+        ({"metrics": {"path": "metrics"}}, "/metrics/path"),
+        ({"metrics": {"rules": {"errorRate": {"codes": ["OK"]}}}}, "/metrics/rules/errorRate/codes/0"),
+        ({"metrics": {"rules": {"errorRate": {"ratio": 2}}}}, "/metrics/rules/errorRate/ratio"),
+        ({"metrics": {"rules": {"latency": {"for": "ten minutes"}}}}, "/metrics/rules/latency/for"),
+        ({"metrics": {"serviceMonitor": {"interval": "30"}}}, "/metrics/serviceMonitor/interval"),
+        ({"metrics": {"dashboard": {"labels": {"grafana_dashboard": 1}}}}, "/metrics/dashboard/labels/grafana_dashboard"),
+        ({"metrics": {"alerts": {}}}, "alerts"),
+        ({"otel": {"protocol": "http/json"}}, "/otel/protocol"),
+        ({"otel": {"sampler": "sometimes"}}, "/otel/sampler"),
+        ({"otel": {"samplerArg": "1.5"}}, "/otel/samplerArg"),
+        ({"otel": {"endpoint": "collector:4317"}}, "/otel/endpoint"),
+        ({"otel": {"resourceAttributes": {"team": "a,b"}}}, "/otel/resourceAttributes/team"),
+        ({"networkPolicy": {"metrics": {"from": {}}}}, "/networkPolicy/metrics/from"),
+    ],
+)
+def test_schema_rejects_bad_monitoring_values(chart: helm.Chart, values: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(helm.HelmValuesError) as caught:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    assert complaint in str(caught.value)
+
+
+def test_otel_env_is_rendered_on_every_service() -> None:
+    r = _render_set("observability")
+    for svc in SERVICES:
+        env = env_of(container(r.get("Deployment", name_of(svc))))
+        values = {name: e.get("value") for name, e in env.items()}
+        assert values["OTEL_SERVICE_NAME"] == f"sharedcare-{svc}"
+        assert values["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317"
+        assert values["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
+        assert values["OTEL_TRACES_EXPORTER"] == "otlp"
+        assert values["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+        assert values["OTEL_TRACES_SAMPLER_ARG"] == "0.25"
+        assert env["K8S_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        # $(K8S_POD_NAME) is expanded by the kubelet only if defined earlier.
+        names = list(env)
+        assert names.index("K8S_POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+        attributes = dict(pair.split("=", 1) for pair in values["OTEL_RESOURCE_ATTRIBUTES"].split(","))
+        assert attributes == {
+            "service.namespace": "sharedcare",
+            "service.version": "0.1.0",
+            "k8s.namespace.name": NAMESPACE,
+            "k8s.deployment.name": name_of(svc),
+            "k8s.pod.name": "$(K8S_POD_NAME)",
+            "deployment.environment.name": "staging",
+            "team": "platform",
+        }
+        # The trace exporter may reach the collector (and only on its port).
+        egress = policy_for(r, svc)["egress"]
+        collector = {"namespace": "observability", "namespace_labels": {"kubernetes.io/metadata.name": "observability"}, "labels": {}}
+        assert rules_allow(egress, "to", collector, 4317), svc
+        assert not rules_allow(egress, "to", STRANGER, 4317), svc
+        # The config file keeps telemetry.otlpEndpoint's own way (unset here).
+        assert "otlp_endpoint" not in config_toml(r, svc)["telemetry"]
+
+
+def test_otel_is_off_by_default_and_needs_an_endpoint_on_the_allowed_port(chart: helm.Chart) -> None:
+    assert "OTEL_SERVICE_NAME" not in env_of(container(_render_set("production").get("Deployment", name_of("records"))))
+    assert "otel.enabled=true needs otel.endpoint" in render_error(chart, {"otel": {"enabled": True}})
+    message = render_error(chart, {"otel": {"enabled": True, "endpoint": "http://collector:4318", "protocol": "http/protobuf"}})
+    assert "set networkPolicy.otlp.port=4318" in message
+    message = render_error(chart, {"defaults": {"telemetry": {"otlpEndpoint": "http://collector:55680"}}})
+    assert re.search(r"services\.[a-z]+\.telemetry\.otlpEndpoint \(http://collector:55680\) is on port 55680", message), message
+    r = render_with(chart, {
+        "otel": {"enabled": True, "endpoint": "http://collector:4318", "protocol": "http/protobuf", "samplerArg": ""},
+        "networkPolicy": {"otlp": {"port": 4318}},
+    })
+    env = env_of(container(r.get("Deployment", name_of("audit"))))
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"]["value"] == "http/protobuf"
+    assert "OTEL_TRACES_SAMPLER_ARG" not in env
+    assert rules_allow(policy_for(r, "audit")["egress"], "to", STRANGER, 4318)
+    # No port in the URL: the scheme's, which the chart cannot check.
+    render_with(chart, {"otel": {"enabled": True, "endpoint": "https://otel.example.net"}})
+
+
+def test_migration_jobs_carry_the_same_telemetry_env() -> None:
+    values = merged(values_of("production"), values_of("observability"))
+    with helm.Chart.load(CHART_DIR) as loaded:
+        r = render_with(loaded, values)
+    for job in r.kind("Job"):
+        svc = job["metadata"]["labels"]["app.kubernetes.io/component"].removesuffix("-migrate")
+        assert env_of(job["spec"]["template"]["spec"]["containers"][0]) == env_of(container(r.get("Deployment", name_of(svc))))
+
+
+# --------------------------------------------------------------------------
+# tools/kind.sh: what it installs, rendered and validated here (it cannot run
+# without a container engine)
+# --------------------------------------------------------------------------
+
+KIND_SH = REPO_DIR / "tools" / "kind.sh"
+K8S_DIR = REPO_DIR / "k8s"
+
+
+@functools.lru_cache(maxsize=None)
+def kind_sh() -> dict[str, str]:
+    """kind.sh's `readonly NAME=value` constants, ${...} expanded."""
+    consts: dict[str, str] = {}
+    for name, value in re.findall(r"^readonly (\w+)=(.*)$", KIND_SH.read_text(), re.M):
+        value = value.strip().strip('"')
+        consts[name] = re.sub(r"\$\{(\w+)\}", lambda m: consts[m.group(1)], value)
+    return consts
+
+
+def kind_install(with_observability: bool) -> Rendered:
+    """The chart as `tools/kind.sh up [--with-observability]` installs it:
+    its release, namespace, value files and --set-string image.tag."""
+    consts = kind_sh()
+    text = KIND_SH.read_text()
+    assert 'hc upgrade --install "$RELEASE" "$CHART"' in text
+    assert '--namespace "$NAMESPACE"' in text and '--set-string "image.tag=${tag}"' in text
+    assert 'local values=(-f "$VALUES")' in text and 'values+=(-f "$OBSERVABILITY_VALUES")' in text
+    files = [consts["VALUES"]] + ([consts["OBSERVABILITY_VALUES"]] if with_observability else [])
+    values: dict[str, Any] = {}
+    for f in files:
+        values = merged(values, yaml.safe_load((REPO_DIR / f).read_text()))
+    values = merged(values, {"image": {"tag": "dev-0123456789ab"}})
+    assert (REPO_DIR / consts["CHART"] / "Chart.yaml").exists()
+    with helm.Chart.load(REPO_DIR / consts["CHART"]) as loaded:
+        return Rendered(loaded.render(values, name=consts["RELEASE"], namespace=consts["NAMESPACE"]))
+
+
+def kind_observability_objects() -> list[dict[str, Any]]:
+    """Everything `kubectl apply -k k8s/observability` applies."""
+    kustomization = yaml.safe_load((K8S_DIR / "observability" / "kustomization.yaml").read_text())
+    listed = kustomization["resources"]
+    on_disk = sorted(p.name for p in (K8S_DIR / "observability").glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(listed) == on_disk, "a manifest in k8s/observability is not in its kustomization"
+    return [doc for name in listed for doc in yaml.safe_load_all((K8S_DIR / "observability" / name).read_text()) if doc]
+
+
+def assert_restricted(obj: dict[str, Any]) -> None:
+    """The restricted Pod Security Standard both namespaces enforce."""
+    spec = obj["spec"]["template"]["spec"]
+    pod = spec.get("securityContext", {})
+    for c in spec["containers"]:
+        where = f"{obj['metadata']['name']}/{c['name']}"
+        sc = c.get("securityContext", {})
+        assert sc.get("runAsNonRoot", pod.get("runAsNonRoot")) is True, where
+        assert sc.get("runAsUser", pod.get("runAsUser", 1)) != 0, where
+        assert sc.get("allowPrivilegeEscalation") is False, where
+        assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
+        assert (sc.get("seccompProfile") or pod.get("seccompProfile")) == {"type": "RuntimeDefault"}, where
+        assert not sc.get("privileged"), where
+
+
+@pytest.mark.parametrize("with_observability", [False, True])
+@pytest.mark.parametrize("kube_version", [OLDEST_KUBERNETES, NEWEST_KUBERNETES])
+def test_everything_kind_sh_applies_is_valid_kubernetes(with_observability: bool, kube_version: str) -> None:
+    objects = list(kind_install(with_observability).objects)
+    objects += list(yaml.safe_load_all((K8S_DIR / "namespace.yaml").read_text()))
+    if with_observability:
+        objects += kind_observability_objects()
+    for obj in objects:
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(obj, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{where} is not valid Kubernetes {kube_version}: {e.message} at {list(e.path)}")
+        if obj["kind"] == "Deployment":
+            assert_restricted(obj)
+
+
+@pytest.mark.parametrize("with_observability", [False, True])
+def test_kind_sh_steps_match_the_chart(with_observability: bool) -> None:
+    consts = kind_sh()
+    r = kind_install(with_observability)
+    release, namespace = consts["RELEASE"], consts["NAMESPACE"]
+    assert yaml.safe_load((K8S_DIR / "namespace.yaml").read_text())["metadata"]["name"] == namespace
+    # The auth Secret kind.sh tells the user to read.
+    secret = r.get("Secret", consts["AUTH_SECRET"])
+    assert "admin-client-secret" in secret["data"]
+    # The image it builds, loads and pins by tag; never pulled.
+    deployments = r.kind("Deployment")
+    assert {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in deployments} == set(SERVICES)
+    for d in deployments:
+        # kind.sh waits for the Deployments by this label.
+        assert d["metadata"]["labels"]["app.kubernetes.io/instance"] == release
+        c = container(d)
+        assert c["image"] == f"{consts['IMAGE_REPO']}:dev-0123456789ab"
+        assert c["imagePullPolicy"] == "Never"
+    assert consts["IMAGE"] == f"{consts['IMAGE_REPO']}:dev"
+    # The ports it prints are the host ports kind maps to the Services' node ports.
+    cluster = yaml.safe_load((K8S_DIR / "kind-cluster.yaml").read_text())
+    assert cluster["name"] == consts["CLUSTER"]
+    mapping = {m["containerPort"]: m["hostPort"] for m in cluster["nodes"][0]["extraPortMappings"]}
+    printed = re.findall(r"^  (\w+) +localhost:(\d+)$", KIND_SH.read_text(), re.M)
+    assert {svc for svc, _ in printed} == set(SERVICES)
+    for svc, host_port in printed:
+        service = r.get("Service", f"{release}-{svc}")
+        [grpc] = [p for p in service["spec"]["ports"] if p["name"] == "grpc"]
+        assert mapping[grpc["nodePort"]] == int(host_port) == PORTS[svc], svc
+    # `helm test` has its pod.
+    assert r.kind("Pod")
+
+
+def test_kind_observability_stack_matches_the_chart() -> None:
+    consts = kind_sh()
+    r = kind_install(True)
+    objects = kind_observability_objects()
+    by_kind = lambda kind: {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+    deployments = by_kind("Deployment")
+    # kind.sh waits for each of them, and for nothing else.
+    assert consts["OBSERVABILITY_DEPLOYMENTS"].split() == list(deployments)
+    pod_labels_of = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in deployments.items()}
+    ns_labels = {"kubernetes.io/metadata.name": "observability"}
+
+    # Traces: OTEL_* and the config file's otlp_endpoint both name the collector's Service.
+    collector = by_kind("Service")["otel-collector"]
+    [otlp] = collector["spec"]["ports"]
+    url = f"http://otel-collector.observability.svc.cluster.local:{otlp['port']}"
+    for svc in SERVICES:
+        env = {e["name"]: e.get("value") for e in container(r.get("Deployment", f"{consts['RELEASE']}-{svc}"))["env"]}
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == url
+        assert config_toml_of(r, consts["RELEASE"], svc)["telemetry"]["otlp_endpoint"] == url
+        policy = [p for p in r.kind("NetworkPolicy") if p["metadata"]["name"] == f"{consts['RELEASE']}-{svc}"][0]["spec"]
+        collector_pod = {"namespace": "observability", "namespace_labels": ns_labels, "labels": pod_labels_of["otel-collector"]}
+        assert rules_allow(policy["egress"], "to", collector_pod, otlp["port"]), svc
+        # Metrics: the Prometheus pod may scrape, the rest of the stack may not.
+        prometheus_pod = {"namespace": "observability", "namespace_labels": ns_labels, "labels": pod_labels_of["prometheus"]}
+        grafana_pod = {"namespace": "observability", "namespace_labels": ns_labels, "labels": pod_labels_of["grafana"]}
+        assert rules_allow(policy["ingress"], "from", prometheus_pod, METRICS_PORT), svc
+        assert not rules_allow(policy["ingress"], "from", grafana_pod, METRICS_PORT), svc
+        annotations = r.get("Deployment", f"{consts['RELEASE']}-{svc}")["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == str(METRICS_PORT)
+
+    # Prometheus discovers pods in the release's namespace, with a Role there.
+    config = yaml.safe_load(by_kind("ConfigMap")["prometheus-config"]["data"]["prometheus.yml"])
+    [job] = config["scrape_configs"]
+    [sd] = job["kubernetes_sd_configs"]
+    assert sd["role"] == "pod" and sd["namespaces"]["names"] == [consts["NAMESPACE"]]
+    keep_port = [rc for rc in job["relabel_configs"] if rc.get("source_labels") == ["__meta_kubernetes_pod_container_port_name"]]
+    assert keep_port and keep_port[0]["regex"] == "metrics"
+    # The series keep their own `service` label: no relabelling writes it.
+    assert not [rc for rc in job["relabel_configs"] if rc.get("target_label") == "service"]
+    role = by_kind("Role")["prometheus-discovery"]
+    assert role["metadata"]["namespace"] == consts["NAMESPACE"]
+    binding = by_kind("RoleBinding")["prometheus-discovery"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "observability"}]
+    assert deployments["prometheus"]["spec"]["template"]["spec"]["serviceAccountName"] == "prometheus"
+    # kind.sh applies the namespace before k8s/observability (the Role lives there).
+    text = KIND_SH.read_text()
+    assert text.index("kc apply -f k8s/namespace.yaml") < text.index("kc apply -k k8s/observability")
+
+    # Grafana mounts the dashboard ConfigMap the chart renders into its namespace.
+    [dashboard] = [cm for cm in r.kind("ConfigMap") if cm["metadata"]["name"].endswith("-dashboard")]
+    assert dashboard["metadata"]["namespace"] == "observability"
+    volumes = {v["name"]: v for v in deployments["grafana"]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["dashboards"]["configMap"] == {"name": dashboard["metadata"]["name"], "optional": True}
+    provisioning = by_kind("ConfigMap")["grafana-provisioning"]["data"]
+    [datasource] = yaml.safe_load(provisioning["datasources.yaml"])["datasources"]
+    prometheus_service = by_kind("Service")["prometheus"]
+    assert datasource["url"] == f"http://prometheus.observability.svc.cluster.local:{prometheus_service['spec']['ports'][0]['port']}"
+    [provider] = yaml.safe_load(provisioning["dashboards.yaml"])["providers"]
+    mounts = {m["name"]: m["mountPath"] for m in container(deployments["grafana"])["volumeMounts"]}
+    assert provider["options"]["path"] == mounts["dashboards"]
+    # Jaeger's UI node port is mapped on the host.
+    cluster = yaml.safe_load((K8S_DIR / "kind-cluster.yaml").read_text())
+    mapping = {m["containerPort"]: m["hostPort"] for m in cluster["nodes"][0]["extraPortMappings"]}
+    [ui] = by_kind("Service")["jaeger-ui"]["spec"]["ports"]
+    assert mapping[ui["nodePort"]] == 16686
+
+
+def config_toml_of(r: Rendered, release: str, svc: str) -> dict[str, Any]:
+    return tomllib.loads(r.get("ConfigMap", f"{release}-{svc}")["data"][f"{svc}.toml"])

@@ -249,7 +249,8 @@ by the chart tests). Takes the root context.
 
 {{/*
 Egress rules every sharedcare pod needs, as a YAML list: DNS, PostgreSQL
-(postgres backend), the OTLP collector (when the service exports) and
+(postgres backend), the OTLP collector (when the service exports:
+telemetry.otlpEndpoint or otel.enabled) and
 networkPolicy.extraEgress. Call with (dict "root" $ "cfg" <serviceConfig map>).
 */}}
 {{- define "sharedcare.commonEgress" -}}
@@ -265,10 +266,23 @@ networkPolicy.extraEgress. Call with (dict "root" $ "cfg" <serviceConfig map>).
 {{- with $np.postgres.to -}}{{- $_ := set $rule "to" . -}}{{- end -}}
 {{- $rules = append $rules $rule -}}
 {{- end -}}
-{{- if .cfg.telemetry.otlpEndpoint -}}
+{{- if or .cfg.telemetry.otlpEndpoint .root.Values.otel.enabled -}}
 {{- $rule := dict "ports" (list (dict "port" ($np.otlp.port | int) "protocol" "TCP")) -}}
 {{- with $np.otlp.to -}}{{- $_ := set $rule "to" . -}}{{- end -}}
 {{- $rules = append $rules $rule -}}
 {{- end -}}
 {{- toYaml (concat $rules $np.extraEgress) -}}
+{{- end -}}
+
+{{/* The port of an http(s) URL, or "" when it names none. Call with the URL. */}}
+{{- define "sharedcare.urlPort" -}}
+{{- $host := (urlParse .).host -}}
+{{- if regexMatch ":[0-9]+$" $host -}}
+{{- regexFind "[0-9]+$" $host -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Namespace of an optional monitoring object: its own, or the release's. Call with (dict "root" $ "namespace" <value>). */}}
+{{- define "sharedcare.monitoringNamespace" -}}
+{{- .namespace | default .root.Release.Namespace -}}
 {{- end -}}

@@ -28,8 +28,54 @@ true
 - name: SHAREDCARE_AUTH__CLIENT_SECRET__VALUE
   value: "unused: the migrate subcommand calls no other service"
 {{- end }}
+{{- if $root.Values.metrics.enabled }}
+# Prometheus text at GET {{ $root.Values.metrics.path }} on its own port (metrics.port).
+- name: SHAREDCARE_TELEMETRY__METRICS_ADDR
+  value: {{ printf "0.0.0.0:%d" (int $root.Values.metrics.port) | quote }}
+{{- end }}
+{{- include "sharedcare.otelEnv" . }}
 {{- with $cfg.extraEnv }}
 {{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The standard OpenTelemetry variables (otel.*), for a service's pods. The pod
+name comes from the downward API and is expanded into
+OTEL_RESOURCE_ATTRIBUTES by the kubelet ($(VAR) needs VAR defined first).
+*/}}
+{{- define "sharedcare.otelEnv" -}}
+{{- $root := .root -}}
+{{- $otel := $root.Values.otel -}}
+{{- if $otel.enabled }}
+# Traces by the standard OpenTelemetry variables (otel.*).
+- name: OTEL_SERVICE_NAME
+  value: {{ printf "sharedcare-%s" .cfg.name | quote }}
+- name: OTEL_TRACES_EXPORTER
+  value: "otlp"
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $otel.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ $otel.protocol | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $otel.sampler | quote }}
+{{- with $otel.samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ . | quote }}
+{{- end }}
+- name: K8S_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- $attrs := list "service.namespace=sharedcare" (printf "service.version=%s" (include "sharedcare.version" $root)) (printf "k8s.namespace.name=%s" $root.Release.Namespace) (printf "k8s.deployment.name=%s" .cfg.fullname) "k8s.pod.name=$(K8S_POD_NAME)" -}}
+{{- with $otel.environment }}
+{{- $attrs = append $attrs (printf "deployment.environment.name=%s" .) -}}
+{{- end }}
+{{- range $key, $value := $otel.resourceAttributes }}
+{{- $attrs = append $attrs (printf "%s=%s" $key $value) -}}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $attrs | quote }}
 {{- end }}
 {{- end -}}
 

@@ -112,6 +112,34 @@ replace, and a generated (development) Secret has nothing worth rotating.
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- /* 6. Metrics and traces. */ -}}
+{{- if $values.metrics.enabled -}}
+{{- range $svc := $enabled -}}
+{{- $cfg := include "sharedcare.serviceConfig" (dict "root" $ "svc" $svc) | fromYaml -}}
+{{- if eq (int $cfg.port) (int $values.metrics.port) -}}
+{{- fail (printf "metrics.port=%d is services.%s.port too: the metrics port must differ from every gRPC port" (int $values.metrics.port) $svc) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and $values.otel.enabled (not $values.otel.endpoint) -}}
+{{- fail "otel.enabled=true needs otel.endpoint: the OTLP collector's URL (OTEL_EXPORTER_OTLP_ENDPOINT), e.g. http://otel-collector.observability:4317" -}}
+{{- end -}}
+{{- /* The NetworkPolicy opens egress on networkPolicy.otlp.port only: an
+endpoint on another port would be silently blocked. */ -}}
+{{- if $values.networkPolicy.enabled -}}
+{{- $endpoints := dict -}}
+{{- if $values.otel.enabled -}}{{- $_ := set $endpoints "otel.endpoint" $values.otel.endpoint -}}{{- end -}}
+{{- range $svc := $enabled -}}
+{{- $cfg := include "sharedcare.serviceConfig" (dict "root" $ "svc" $svc) | fromYaml -}}
+{{- with $cfg.telemetry.otlpEndpoint -}}{{- $_ := set $endpoints (printf "services.%s.telemetry.otlpEndpoint" $svc) . -}}{{- end -}}
+{{- end -}}
+{{- range $key, $url := $endpoints -}}
+{{- $port := include "sharedcare.urlPort" $url -}}
+{{- if and $port (ne (int $port) (int $values.networkPolicy.otlp.port)) -}}
+{{- fail (printf "%s (%s) is on port %s but networkPolicy.otlp.port is %d: the NetworkPolicy would block it; set networkPolicy.otlp.port=%s" $key $url $port (int $values.networkPolicy.otlp.port) $port) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if eq $values.services.consent.clientId $values.services.records.clientId -}}
 {{- fail (printf "services.consent.clientId and services.records.clientId are both %q: each service calls the others as its own principal" $values.services.records.clientId) -}}
 {{- end -}}
