@@ -166,6 +166,44 @@ struct Cast {
     auditor: Actor,
 }
 
+/// A line Jane's access report must hold.
+struct Expected<'a> {
+    what: &'static str,
+    who: &'a Actor,
+    /// Any action when unset.
+    action: Option<Action>,
+    /// Any resource type when empty.
+    resource_type: &'static str,
+    outcome: Outcome,
+    break_glass: bool,
+}
+
+impl Expected<'_> {
+    fn found_in(&self, l: &AccessReportLine) -> bool {
+        l.actor.as_ref().map(|a| a.principal_id.as_str()) == Some(self.who.principal_id.as_str())
+            && self.action.is_none_or(|a| l.action == a as i32)
+            && (self.resource_type.is_empty() || l.resource_type == self.resource_type)
+            && l.outcome == self.outcome as i32
+            && (!self.break_glass || l.break_glass)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} ({} {} by {}, {})",
+            self.what,
+            self.action
+                .map_or("any action".to_owned(), |a| labels::action(a as i32)),
+            if self.resource_type.is_empty() {
+                "of any record"
+            } else {
+                self.resource_type
+            },
+            self.who.who,
+            labels::outcome(self.outcome as i32)
+        )
+    }
+}
+
 /// The three entries the GP writes.
 struct Written {
     observation: Record,
@@ -677,57 +715,49 @@ pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow:
     n.step("Jane reads who has looked at her record, in plain words")
         .await?;
     call("audit.AccessReport", &jane_login.who, "her own record");
-    let expected: [(&str, &Actor, Option<Action>, &str, Outcome, bool); 5] = [
-        (
-            "the hospital refused the sexual-health record",
-            &cast.hospital_doctor,
-            Some(Action::Read),
-            "Condition",
-            Outcome::Denied,
-            false,
-        ),
-        (
-            "the care home refused it",
-            &cast.carer,
-            Some(Action::Read),
-            "Condition",
-            Outcome::Denied,
-            false,
-        ),
-        (
-            "the researcher refused",
-            &cast.researcher,
-            None,
-            "",
-            Outcome::Denied,
-            false,
-        ),
-        (
-            "A&E's break-glass read, flagged",
-            &cast.emergency_doctor,
-            Some(Action::Read),
-            "Observation",
-            Outcome::Success,
-            true,
-        ),
-        (
-            "the care home's read of the referral",
-            &cast.carer,
-            None,
-            "ServiceRequest",
-            Outcome::Success,
-            false,
-        ),
+    let expected = [
+        Expected {
+            what: "the hospital refused the sexual-health record",
+            who: &cast.hospital_doctor,
+            action: Some(Action::Read),
+            resource_type: "Condition",
+            outcome: Outcome::Denied,
+            break_glass: false,
+        },
+        Expected {
+            what: "the care home refused it",
+            who: &cast.carer,
+            action: Some(Action::Read),
+            resource_type: "Condition",
+            outcome: Outcome::Denied,
+            break_glass: false,
+        },
+        Expected {
+            what: "the researcher refused",
+            who: &cast.researcher,
+            action: None,
+            resource_type: "",
+            outcome: Outcome::Denied,
+            break_glass: false,
+        },
+        Expected {
+            what: "A&E's break-glass read, flagged",
+            who: &cast.emergency_doctor,
+            action: Some(Action::Read),
+            resource_type: "Observation",
+            outcome: Outcome::Success,
+            break_glass: true,
+        },
+        Expected {
+            what: "the care home's read of the referral",
+            who: &cast.carer,
+            action: None,
+            resource_type: "ServiceRequest",
+            outcome: Outcome::Success,
+            break_glass: false,
+        },
     ];
-    let matches = |l: &AccessReportLine,
-                   e: &(&str, &Actor, Option<Action>, &str, Outcome, bool)| {
-        let (_, who, action, resource_type, outcome, break_glass) = e;
-        l.actor.as_ref().map(|a| a.principal_id.as_str()) == Some(who.principal_id.as_str())
-            && action.is_none_or(|a| l.action == a as i32)
-            && (resource_type.is_empty() || l.resource_type == *resource_type)
-            && l.outcome == *outcome as i32
-            && (!break_glass || l.break_glass)
-    };
+    let matches = |l: &AccessReportLine, e: &Expected<'_>| e.found_in(l);
     let report = eventually(async || {
         let lines = access_report::fetch(services, jane_login.token()?, &patient_id, None).await?;
         let complete = expected.iter().all(|e| lines.iter().any(|l| matches(l, e)));
@@ -744,15 +774,7 @@ pub async fn run(services: &Services, args: DemoArgs, base_port: u16) -> anyhow:
             let missing: Vec<String> = expected
                 .iter()
                 .filter(|e| !lines.iter().any(|l| matches(l, e)))
-                .map(|e| {
-                    format!(
-                        "{} ({} {} {})",
-                        e.0,
-                        e.2.map_or("any action".to_owned(), |a| labels::action(a as i32)),
-                        if e.3.is_empty() { "of any record" } else { e.3 },
-                        labels::outcome(e.4 as i32)
-                    )
-                })
+                .map(Expected::describe)
                 .collect();
             return Err(e.context(format!(
                 "the story went wrong: Jane's access report lacks {}",
