@@ -107,7 +107,9 @@ pub enum Command {
     /// Check the tamper-evident audit log as an outside auditor would.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
-    /// Walk the whole chain against a running `sharedcare dev`.
+    /// The platform's story, narrated call by call against a running
+    /// platform (`sharedcare dev`, or a cluster): who asks, what they are
+    /// allowed, and why.
     Demo(DemoArgs),
     /// Closed-loop load on one RPC of a running platform, reported beside
     /// (and as a ratio to) a bare echo server it runs itself.

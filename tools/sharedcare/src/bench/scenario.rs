@@ -358,6 +358,7 @@ pub async fn prepare(
             birth_date,
             gender: Some(GenderArg::Unknown),
             postcode: "LS1 4AP".into(),
+            gp_practice: String::new(),
             confirm_new: false,
         },
     )

@@ -7,7 +7,7 @@
 use clap::{Args, ValueEnum};
 use sharedcare_proto::consent::v1::{
     CareRelationship, CareRelationshipKind, EndCareRelationshipRequest,
-    RecordCareRelationshipRequest, ReferPatientRequest,
+    ListCareRelationshipsRequest, RecordCareRelationshipRequest, ReferPatientRequest,
 };
 
 use crate::output::out;
@@ -118,6 +118,33 @@ pub async fn refer(services: &Services, args: ReferArgs) -> anyhow::Result<CareR
         .await
         .grpc()?;
     Ok(response.relationship.unwrap_or_default())
+}
+
+/// Calls ListCareRelationships page after page: the patient's current
+/// care relationships.
+pub async fn list(services: &Services, patient: &str) -> anyhow::Result<Vec<CareRelationship>> {
+    let mut client = services.consent()?;
+    let mut page_token = String::new();
+    let mut relationships = Vec::new();
+    loop {
+        let page = client
+            .list_care_relationships(bearer(
+                ListCareRelationshipsRequest {
+                    patient_id: patient.to_owned(),
+                    page_size: 100,
+                    page_token,
+                    include_ended: false,
+                },
+                services.token()?,
+            )?)
+            .await
+            .grpc()?;
+        relationships.extend(page.relationships);
+        if page.next_page_token.is_empty() {
+            return Ok(relationships);
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// Calls EndCareRelationship, ending it now.

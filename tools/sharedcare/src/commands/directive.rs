@@ -6,7 +6,7 @@
 use clap::{Subcommand, ValueEnum};
 use sharedcare_proto::consent::v1::{
     Directive, DirectiveKind, Effect, ListDirectivesRequest, RecordDirectiveRequest,
-    RevokeDirectiveRequest, SetNationalOptOutRequest,
+    RevokeDirectiveRequest, SetNationalOptOutRequest, SetNationalOptOutResponse,
 };
 
 use crate::output::out;
@@ -145,6 +145,26 @@ pub async fn revoke(
     Ok(response.directive.unwrap_or_default())
 }
 
+/// Calls SetNationalOptOut: registers the opt-out (`opted_out`) or
+/// withdraws it.
+pub async fn set_national_opt_out(
+    services: &Services,
+    patient: String,
+    opted_out: bool,
+) -> anyhow::Result<SetNationalOptOutResponse> {
+    services
+        .consent()?
+        .set_national_opt_out(bearer(
+            SetNationalOptOutRequest {
+                patient_id: patient,
+                opted_out,
+            },
+            services.token()?,
+        )?)
+        .await
+        .grpc()
+}
+
 pub async fn run(services: &Services, command: DirectiveCommand) -> anyhow::Result<()> {
     match command {
         DirectiveCommand::Record(args) => print(&record(services, args).await?),
@@ -185,17 +205,7 @@ pub async fn run(services: &Services, command: DirectiveCommand) -> anyhow::Resu
             }
         }
         DirectiveCommand::OptOut { patient, withdraw } => {
-            let response = services
-                .consent()?
-                .set_national_opt_out(bearer(
-                    SetNationalOptOutRequest {
-                        patient_id: patient,
-                        opted_out: !withdraw,
-                    },
-                    services.token()?,
-                )?)
-                .await
-                .grpc()?;
+            let response = set_national_opt_out(services, patient, !withdraw).await?;
             out!(
                 "National Data Opt-out: {}",
                 if response.opted_out {

@@ -123,6 +123,12 @@ pub struct RegisterArgs {
     /// Home postcode, e.g. "LS1 4AP".
     #[arg(long, default_value = "")]
     pub postcode: String,
+    /// ODS code of the GP practice the patient registers with: only that
+    /// practice itself (its PAS, or staff whose role may assert
+    /// relationships) may name it, and identity then opens the practice's
+    /// registered-GP care relationship in consent.
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub gp_practice: String,
     /// After an ambiguous answer, having looked: none of the candidates is
     /// this person, register a new patient (and record that they are not
     /// the candidates). Staff whose role has trace_patients.
@@ -166,6 +172,7 @@ pub async fn register(
                     birth_date: args.birth_date,
                     gender: args.gender.map_or(Gender::Unspecified, GenderArg::to_proto) as i32,
                     postcode: args.postcode,
+                    gp_practice_ods_code: args.gp_practice,
                     ..Default::default()
                 }),
             },
@@ -279,7 +286,7 @@ fn print_registered(registered: RegisterPatientResponse) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn level(value: i32) -> &'static str {
+pub(crate) fn level(value: i32) -> &'static str {
     match MatchLevel::try_from(value) {
         Ok(MatchLevel::Match) => "match",
         Ok(MatchLevel::Possible) => "possible",
@@ -289,7 +296,7 @@ fn level(value: i32) -> &'static str {
 
 /// A field as a few letters, and how it compared: `=` agreed, `~` agreed
 /// in part (and how), `≠` disagreed, `?` not compared.
-fn fields(fields: &[FieldComparison]) -> String {
+pub(crate) fn fields(fields: &[FieldComparison]) -> String {
     fields
         .iter()
         .map(|f| {

@@ -204,6 +204,28 @@ pub async fn get_request(
     Ok(response.record.unwrap_or_default())
 }
 
+/// Calls Search with `request`, page after page until the last; every
+/// record found, in the order records returned them.
+pub async fn search(
+    services: &Services,
+    token: &str,
+    mut request: SearchRequest,
+) -> anyhow::Result<Vec<Record>> {
+    let mut found = Vec::new();
+    loop {
+        let page = services
+            .records()?
+            .search(bearer(request.clone(), token)?)
+            .await
+            .grpc()?;
+        found.extend(page.records);
+        if page.next_page_token.is_empty() {
+            return Ok(found);
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
 pub async fn run(services: &Services, command: RecordCommand) -> anyhow::Result<()> {
     let token = services.token()?;
     let record = match command {
@@ -336,7 +358,7 @@ pub async fn run(services: &Services, command: RecordCommand) -> anyhow::Result<
             full,
             purpose,
         } => {
-            let mut request = SearchRequest {
+            let request = SearchRequest {
                 patient_id: patient,
                 resource_types: types,
                 page_size,
@@ -351,35 +373,24 @@ pub async fn run(services: &Services, command: RecordCommand) -> anyhow::Result<
                 updated_to: time_arg("--updated-to", updated_to.as_deref())?,
                 break_glass_reason: String::new(),
             };
-            let mut found = 0;
-            loop {
-                let page = services
-                    .records()?
-                    .search(bearer(request.clone(), token)?)
-                    .await
-                    .grpc()?;
-                for record in &page.records {
-                    found += 1;
-                    if full {
-                        print_record(record);
-                        out!("");
-                    } else {
-                        out!(
-                            "{}  {:<20} v{:<3} {:<14} {}",
-                            record.record_id,
-                            record.resource_type,
-                            record.version,
-                            labels::category(record.category),
-                            labels::time(record.last_updated.as_ref())
-                        );
-                    }
+            let found = search(services, token, request).await?;
+            for record in &found {
+                if full {
+                    print_record(record);
+                    out!("");
+                } else {
+                    out!(
+                        "{}  {:<20} v{:<3} {:<14} {}",
+                        record.record_id,
+                        record.resource_type,
+                        record.version,
+                        labels::category(record.category),
+                        labels::time(record.last_updated.as_ref())
+                    );
                 }
-                if page.next_page_token.is_empty() {
-                    out!("{found} record(s)");
-                    return Ok(());
-                }
-                request.page_token = page.next_page_token;
             }
+            out!("{} record(s)", found.len());
+            return Ok(());
         }
     };
     print_record(&record);
@@ -435,81 +446,5 @@ pub fn print_record(record: &Record) {
     } else {
         // As stored: member order and number text are the writer's.
         out!("{}", record.resource_json);
-    }
-}
-
-/// JSON laid out over lines, two spaces a level, without re-reading it:
-/// member order, number text and escapes stay exactly as stored.
-pub fn pretty_json(json: &str) -> String {
-    let mut out = String::with_capacity(json.len() * 2);
-    let mut depth = 0usize;
-    let (mut in_string, mut escaped) = (false, false);
-    let newline = |out: &mut String, depth: usize| {
-        out.push('\n');
-        out.push_str(&"  ".repeat(depth));
-    };
-    let mut chars = json.chars().peekable();
-    while let Some(c) = chars.next() {
-        if in_string {
-            out.push(c);
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            c if c.is_whitespace() => {}
-            '"' => {
-                in_string = true;
-                out.push(c);
-            }
-            '{' | '[' => {
-                out.push(c);
-                while chars.peek().is_some_and(|n| n.is_whitespace()) {
-                    chars.next();
-                }
-                if chars.peek().is_some_and(|n| *n == '}' || *n == ']') {
-                    continue; // empty: stays `{}` / `[]`
-                }
-                depth += 1;
-                newline(&mut out, depth);
-            }
-            '}' | ']' => {
-                if !(out.ends_with('{') || out.ends_with('[')) {
-                    depth = depth.saturating_sub(1);
-                    newline(&mut out, depth);
-                }
-                out.push(c);
-            }
-            ',' => {
-                out.push(c);
-                newline(&mut out, depth);
-            }
-            ':' => out.push_str(": "),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::pretty_json;
-
-    #[test]
-    fn pretty_json_keeps_order_numbers_and_escapes() {
-        let json = r#"{"z":1.50,"a":[1,{"b":"x\"y,{"}],"e":{},"f":[]}"#;
-        assert_eq!(
-            pretty_json(json),
-            "{\n  \"z\": 1.50,\n  \"a\": [\n    1,\n    {\n      \"b\": \"x\\\"y,{\"\n    }\n  ],\n  \"e\": {},\n  \"f\": []\n}"
-        );
-        let back: serde_json::Value = serde_json::from_str(&pretty_json(json)).expect("json");
-        assert_eq!(
-            back,
-            serde_json::from_str::<serde_json::Value>(json).expect("json")
-        );
     }
 }

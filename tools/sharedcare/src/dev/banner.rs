@@ -54,7 +54,7 @@ pub fn render(ports: Ports, data_dir: &Path, credentials: &PlatformCredentials) 
         format!("  {token_command}"),
         "Make the other commands use it:".to_owned(),
         format!("  export SHAREDCARE_TOKEN=$({token_command})"),
-        "Walk the whole chain (a practice and its PAS, a clinician, a patient, consent, records, the patient's access report):"
+        "See the platform's story, narrated step by step (add --step to pause between steps):"
             .to_owned(),
         format!(
             "  sharedcare{port_flag} demo --data-dir {}",

@@ -23,8 +23,9 @@ use sharedcare_audit::{
     },
 };
 use sharedcare_proto::audit::v1::{
-    AuditEntry, ConsistencyProofRequest, InclusionProofRequest, ListBreakGlassAccessesRequest,
-    ListEntriesRequest, SignedTreeHeadRequest, audit_service_client::AuditServiceClient,
+    AuditEntry, BreakGlassAccess, ConsistencyProofRequest, InclusionProofRequest,
+    ListBreakGlassAccessesRequest, ListEntriesRequest, SignedTreeHeadRequest,
+    audit_service_client::AuditServiceClient,
 };
 use tonic::transport::Channel;
 
@@ -131,36 +132,16 @@ pub async fn run(services: &Services, command: AuditCommand) -> anyhow::Result<(
             Ok(())
         }
         AuditCommand::BreakGlass { ods } => {
-            let mut client = services.audit()?;
-            let mut page_token = String::new();
-            let mut listed = 0;
-            loop {
-                let page = client
-                    .list_break_glass_accesses(bearer(
-                        ListBreakGlassAccessesRequest {
-                            organisation_ods_code: ods.clone(),
-                            page_size: 500,
-                            page_token,
-                        },
-                        services.token()?,
-                    )?)
-                    .await
-                    .grpc()?;
-                for access in &page.accesses {
-                    let line = access.line.clone().unwrap_or_default();
-                    out!(
-                        "patient {}  {}",
-                        access.patient_id,
-                        crate::commands::access_report::format_line(&line)
-                    );
-                    listed += 1;
-                }
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
+            let accesses = list_break_glass(services, &ods).await?;
+            for access in &accesses {
+                let line = access.line.clone().unwrap_or_default();
+                out!(
+                    "patient {}  {}",
+                    access.patient_id,
+                    crate::commands::access_report::format_line(&line)
+                );
             }
-            if listed == 0 {
+            if accesses.is_empty() {
                 out!("no break-glass accesses recorded");
             }
             Ok(())
@@ -174,6 +155,36 @@ pub async fn run(services: &Services, command: AuditCommand) -> anyhow::Result<(
             out!("{}", signer.verifier());
             Ok(())
         }
+    }
+}
+
+/// Calls ListBreakGlassAccesses page after page: the break-glass accesses
+/// made by `ods`'s staff (empty: the caller's own organisation, or every
+/// one for a platform auditor), oldest first.
+pub async fn list_break_glass(
+    services: &Services,
+    ods: &str,
+) -> anyhow::Result<Vec<BreakGlassAccess>> {
+    let mut client = services.audit()?;
+    let mut page_token = String::new();
+    let mut accesses = Vec::new();
+    loop {
+        let page = client
+            .list_break_glass_accesses(bearer(
+                ListBreakGlassAccessesRequest {
+                    organisation_ods_code: ods.to_owned(),
+                    page_size: 500,
+                    page_token,
+                },
+                services.token()?,
+            )?)
+            .await
+            .grpc()?;
+        accesses.extend(page.accesses);
+        if page.next_page_token.is_empty() {
+            return Ok(accesses);
+        }
+        page_token = page.next_page_token;
     }
 }
 
