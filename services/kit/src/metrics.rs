@@ -577,3 +577,81 @@ impl http_body::Body for WatchedBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "\
+# HELP sharedcare_rpc_requests_total RPCs answered.
+# TYPE sharedcare_rpc_requests_total counter
+sharedcare_rpc_requests_total{service=\"records\",method=\"GetRecord\",code=\"OK\"} 2
+sharedcare_rpc_requests_total{service=\"audit\",method=\"AppendBatch\",code=\"OK\"} 6
+
+# TYPE sharedcare_audit_tree_size gauge
+sharedcare_audit_tree_size{service=\"audit\"} 6
+
+# TYPE sharedcare_rpc_duration_seconds histogram
+sharedcare_rpc_duration_seconds_bucket{service=\"audit\",method=\"Check\",le=\"0.5\"} 1
+sharedcare_rpc_duration_seconds_bucket{service=\"records\",method=\"Check\",le=\"0.5\"} 1
+sharedcare_rpc_duration_seconds_count{service=\"records\",method=\"Check\"} 1
+";
+
+    #[test]
+    fn a_service_sees_only_its_own_series_and_their_families() {
+        assert_eq!(
+            only_service(TEXT, "records"),
+            "\
+# HELP sharedcare_rpc_requests_total RPCs answered.
+# TYPE sharedcare_rpc_requests_total counter
+sharedcare_rpc_requests_total{service=\"records\",method=\"GetRecord\",code=\"OK\"} 2
+# TYPE sharedcare_rpc_duration_seconds histogram
+sharedcare_rpc_duration_seconds_bucket{service=\"records\",method=\"Check\",le=\"0.5\"} 1
+sharedcare_rpc_duration_seconds_count{service=\"records\",method=\"Check\"} 1
+"
+        );
+        let audit = only_service(TEXT, "audit");
+        assert!(audit.contains("# TYPE sharedcare_audit_tree_size gauge\n"));
+        assert!(!audit.contains("records"));
+        assert_eq!(only_service(TEXT, "identity"), "");
+        // A service whose name another's begins with is not confused.
+        assert_eq!(only_service(TEXT, "aud"), "");
+    }
+
+    #[test]
+    fn the_method_label_is_a_known_rpc_name_or_unknown() {
+        static TABLE: AccessTable = AccessTable {
+            service: "sharedcare.records.v1.RecordsService",
+            rules: &[crate::access::Rule {
+                method: "GetRecord",
+                callers: &[],
+                purposes: "",
+                audit: "",
+            }],
+        };
+        let label = |path| method_label(&TABLE, path);
+        assert_eq!(label("/sharedcare.records.v1.RecordsService/GetRecord"), "GetRecord");
+        assert_eq!(label("/grpc.health.v1.Health/Check"), "Check");
+        // A caller cannot put anything of its own in a label.
+        assert_eq!(label("/sharedcare.records.v1.RecordsService/9990000018"), "unknown");
+        assert_eq!(label("/anything/else"), "unknown");
+    }
+
+    #[test]
+    fn status_codes_have_grpc_names() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(status_of(&headers), None);
+        headers.insert("grpc-status", http::HeaderValue::from_static("7"));
+        assert_eq!(status_of(&headers), Some("PERMISSION_DENIED"));
+        headers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        assert_eq!(status_of(&headers), Some("OK"));
+        assert_eq!(code_name(tonic::Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
+    }
+
+    #[test]
+    fn a_second_install_is_harmless() {
+        let first = install().expect("installed") as *const PrometheusHandle;
+        let second = install().expect("installed again") as *const PrometheusHandle;
+        assert_eq!(first, second);
+    }
+}
