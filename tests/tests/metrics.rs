@@ -146,34 +146,57 @@ async fn each_service_serves_its_own_metrics_with_counted_rpcs_and_no_identifier
     let delta = |name: &str, labels: &[(&str, &str)]| {
         count(&after, name, labels) - count(&before, name, labels)
     };
-    let rpc = |code| [("service", "records"), ("method", "GetRecord"), ("code", code)];
+    let rpc = |code| {
+        [
+            ("service", "records"),
+            ("method", "GetRecord"),
+            ("code", code),
+        ]
+    };
     assert_eq!(delta("sharedcare_rpc_requests_total", &rpc("OK")), 2.0);
-    assert_eq!(delta("sharedcare_rpc_requests_total", &rpc(refused_code)), 1.0);
+    assert_eq!(
+        delta("sharedcare_rpc_requests_total", &rpc(refused_code)),
+        1.0
+    );
     assert!(
         delta("sharedcare_rpc_requests_total", &rpc("UNAUTHENTICATED")) >= 1.0,
         "the forged token's call is counted"
     );
     let get_record = [("service", "records"), ("method", "GetRecord")];
     assert!(delta("sharedcare_rpc_duration_seconds_count", &get_record) >= 4.0);
-    assert!(after.value("sharedcare_rpc_duration_seconds_sum", &get_record).is_some());
+    assert!(
+        after
+            .value("sharedcare_rpc_duration_seconds_sum", &get_record)
+            .is_some()
+    );
     let buckets: Vec<_> = after
         .find("sharedcare_rpc_duration_seconds_bucket", &get_record)
         .collect();
     assert!(buckets.len() > 5, "a histogram with buckets: {buckets:?}");
     let inf = after.value(
         "sharedcare_rpc_duration_seconds_bucket",
-        &[("service", "records"), ("method", "GetRecord"), ("le", "+Inf")],
+        &[
+            ("service", "records"),
+            ("method", "GetRecord"),
+            ("le", "+Inf"),
+        ],
     );
     assert_eq!(
         inf,
         after.value("sharedcare_rpc_duration_seconds_count", &get_record)
     );
     assert_eq!(
-        after.types.get("sharedcare_rpc_duration_seconds").map(String::as_str),
+        after
+            .types
+            .get("sharedcare_rpc_duration_seconds")
+            .map(String::as_str),
         Some("histogram")
     );
     assert_eq!(
-        after.types.get("sharedcare_rpc_requests_total").map(String::as_str),
+        after
+            .types
+            .get("sharedcare_rpc_requests_total")
+            .map(String::as_str),
         Some("counter")
     );
     // Tokens: the GP's and the stranger's verified, the forged one not.
@@ -219,7 +242,11 @@ async fn each_service_serves_its_own_metrics_with_counted_rpcs_and_no_identifier
 
     // audit: the reads' events committed, and the log's size.
     let audit = eventually(metrics_addr(&p.audit), "audit committed events", |s| {
-        count(s, "sharedcare_audit_batch_size_count", &[("service", "audit")]) >= 1.0
+        count(
+            s,
+            "sharedcare_audit_batch_size_count",
+            &[("service", "audit")],
+        ) >= 1.0
             && count(s, "sharedcare_audit_tree_size", &[("service", "audit")]) >= 3.0
     })
     .await;
@@ -240,7 +267,11 @@ async fn each_service_serves_its_own_metrics_with_counted_rpcs_and_no_identifier
         count(
             &audit,
             "sharedcare_rpc_requests_total",
-            &[("service", "audit"), ("method", "AppendBatch"), ("code", "OK")]
+            &[
+                ("service", "audit"),
+                ("method", "AppendBatch"),
+                ("code", "OK")
+            ]
         ) >= 1.0,
         "records' relay appends to audit"
     );
@@ -305,7 +336,13 @@ async fn each_service_serves_its_own_metrics_with_counted_rpcs_and_no_identifier
         ) > 0.0
     })
     .await;
-    assert!(count(&down, "sharedcare_outbox_pending_events", &[("service", "records")]) >= 1.0);
+    assert!(
+        count(
+            &down,
+            "sharedcare_outbox_pending_events",
+            &[("service", "records")]
+        ) >= 1.0
+    );
     assert!(
         count(
             &down,

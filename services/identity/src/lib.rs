@@ -25,9 +25,9 @@ use sharedcare_kit::{
     crypto::{BlindIndex, Kek, Keyring},
     db::WriteGate,
     keys::SigningKey,
+    metrics::PoolSampler,
     outbox::{Outbox, OutboxSettings},
     peers::{ConsentGate, GrpcAudit, GrpcConsent},
-    metrics::PoolSampler,
     server::{MessageLimits, ServiceSpec},
 };
 use sharedcare_proto::identity::v1::identity_service_server::IdentityServiceServer;

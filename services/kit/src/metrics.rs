@@ -64,7 +64,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// Events per commit: one lone append up to the sequencer's largest group.
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
+];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static INSTALLING: Mutex<()> = Mutex::new(());
@@ -103,7 +105,10 @@ pub fn install() -> Result<&'static PrometheusHandle, Error> {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(RPC_REQUESTS, "RPCs answered, by method and gRPC status code.");
+    describe_counter!(
+        RPC_REQUESTS,
+        "RPCs answered, by method and gRPC status code."
+    );
     describe_histogram!(
         RPC_DURATION,
         Unit::Seconds,
@@ -165,8 +170,7 @@ impl Sampler for PoolSampler {
         let idle = idle as f64;
         let in_use = (f64::from(size) - idle).max(0.0);
         metrics::gauge!(DB_POOL_CONNECTIONS, "service" => service, "state" => "idle").set(idle);
-        metrics::gauge!(DB_POOL_CONNECTIONS, "service" => service, "state" => "in_use")
-            .set(in_use);
+        metrics::gauge!(DB_POOL_CONNECTIONS, "service" => service, "state" => "in_use").set(in_use);
         Box::pin(async { Ok(()) })
     }
 }
@@ -180,8 +184,7 @@ pub fn token_verified(service: &'static str, valid: bool) {
 /// Counts a lookup in the consent decision cache.
 pub fn consent_cache_lookup(service: &'static str, hit: bool) {
     let result = if hit { "hit" } else { "miss" };
-    metrics::counter!(CONSENT_CACHE_LOOKUPS, "service" => service, "result" => result)
-        .increment(1);
+    metrics::counter!(CONSENT_CACHE_LOOKUPS, "service" => service, "result" => result).increment(1);
 }
 
 /// Where a service's metrics endpoint listens.
@@ -275,10 +278,11 @@ async fn accept(listener: TcpListener, scrape: Arc<Scrape>) {
 }
 
 async fn serve_connection(tcp: tokio::net::TcpStream, scrape: Arc<Scrape>) {
-    let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-        let scrape = scrape.clone();
-        async move { Ok::<_, Infallible>(respond(&scrape, &request).await) }
-    });
+    let service =
+        hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let scrape = scrape.clone();
+            async move { Ok::<_, Infallible>(respond(&scrape, &request).await) }
+        });
     let io = hyper_util::rt::TokioIo::new(tcp);
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -498,7 +502,12 @@ impl Rpc {
             self.finish("UNKNOWN");
             return response;
         }
-        response.map(|body| tonic::body::Body::new(WatchedBody { inner: body, rpc: self }))
+        response.map(|body| {
+            tonic::body::Body::new(WatchedBody {
+                inner: body,
+                rpc: self,
+            })
+        })
     }
 }
 
@@ -630,10 +639,16 @@ sharedcare_rpc_duration_seconds_count{service=\"records\",method=\"Check\"} 1
             }],
         };
         let label = |path| method_label(&TABLE, path);
-        assert_eq!(label("/sharedcare.records.v1.RecordsService/GetRecord"), "GetRecord");
+        assert_eq!(
+            label("/sharedcare.records.v1.RecordsService/GetRecord"),
+            "GetRecord"
+        );
         assert_eq!(label("/grpc.health.v1.Health/Check"), "Check");
         // A caller cannot put anything of its own in a label.
-        assert_eq!(label("/sharedcare.records.v1.RecordsService/9990000018"), "unknown");
+        assert_eq!(
+            label("/sharedcare.records.v1.RecordsService/9990000018"),
+            "unknown"
+        );
         assert_eq!(label("/anything/else"), "unknown");
     }
 
@@ -645,7 +660,10 @@ sharedcare_rpc_duration_seconds_count{service=\"records\",method=\"Check\"} 1
         assert_eq!(status_of(&headers), Some("PERMISSION_DENIED"));
         headers.insert("grpc-status", http::HeaderValue::from_static("0"));
         assert_eq!(status_of(&headers), Some("OK"));
-        assert_eq!(code_name(tonic::Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
+        assert_eq!(
+            code_name(tonic::Code::ResourceExhausted),
+            "RESOURCE_EXHAUSTED"
+        );
     }
 
     #[test]

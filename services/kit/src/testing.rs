@@ -575,14 +575,21 @@ fn parse_sample(line: &str) -> Sample {
     let (name, labels, rest) = match line.find('{') {
         Some(open) => {
             let close = line.rfind('}').unwrap_or_else(|| malformed(line));
-            (&line[..open], parse_labels(&line[open + 1..close]), &line[close + 1..])
+            (
+                &line[..open],
+                parse_labels(&line[open + 1..close]),
+                &line[close + 1..],
+            )
         }
         None => {
             let (name, rest) = line.split_once(' ').unwrap_or_else(|| malformed(line));
             (name, Default::default(), rest)
         }
     };
-    let value = rest.split_whitespace().next().unwrap_or_else(|| malformed(line));
+    let value = rest
+        .split_whitespace()
+        .next()
+        .unwrap_or_else(|| malformed(line));
     let value = match value {
         "+Inf" => f64::INFINITY,
         "-Inf" => f64::NEG_INFINITY,
@@ -618,7 +625,10 @@ fn parse_labels(text: &str) -> std::collections::BTreeMap<String, String> {
         assert_eq!(chars.next(), Some('"'), "label {key} in {text}");
         let mut value = String::new();
         loop {
-            match chars.next().unwrap_or_else(|| panic!("unterminated label in {text}")) {
+            match chars
+                .next()
+                .unwrap_or_else(|| panic!("unterminated label in {text}"))
+            {
                 '"' => break,
                 '\\' => match chars.next() {
                     Some('n') => value.push('\n'),
@@ -653,7 +663,11 @@ pub fn assert_no_identifiers(scraped: &Scraped, forbidden: &[&str]) {
                 .map(str::len)
                 .max()
                 .unwrap_or(0);
-            assert!(run < 10, "{} {key}={value} looks like an NHS number", sample.name);
+            assert!(
+                run < 10,
+                "{} {key}={value} looks like an NHS number",
+                sample.name
+            );
             assert!(
                 uuid::Uuid::parse_str(value).is_err(),
                 "{} {key}={value} looks like an id",

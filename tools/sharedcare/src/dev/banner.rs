@@ -158,7 +158,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("  audit      http://127.0.0.1:41003   metrics http://127.0.0.1:9467/metrics"),
+            text.contains(
+                "  audit      http://127.0.0.1:41003   metrics http://127.0.0.1:9467/metrics"
+            ),
             "{text}"
         );
     }

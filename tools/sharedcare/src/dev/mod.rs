@@ -104,13 +104,11 @@ pub async fn run(args: DevArgs, base_port: u16) -> anyhow::Result<()> {
     }
     .into_iter();
     // Each service's metrics listener, in the order they open.
-    let mut with_metrics = move |spec: sharedcare_kit::server::ServiceSpec| match metrics
-        .next()
-        .flatten()
-    {
-        Some(listener) => spec.with_metrics_listener(listener),
-        None => spec,
-    };
+    let mut with_metrics =
+        move |spec: sharedcare_kit::server::ServiceSpec| match metrics.next().flatten() {
+            Some(listener) => spec.with_metrics_listener(listener),
+            None => spec,
+        };
 
     let mut supervisor = Supervisor::new();
     let opened = async {
