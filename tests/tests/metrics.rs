@@ -11,7 +11,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use sharedcare_kit::{
     metrics::code_name,
-    testing::{Scraped, assert_no_identifiers, scrape, scrape_raw, with_token},
+    testing::{Scraped, TestDatabase, assert_no_identifiers, scrape, scrape_raw, with_token},
 };
 use sharedcare_proto::{
     consent::v1::{self as consent, consent_service_client::ConsentServiceClient},
@@ -106,7 +106,24 @@ async fn cared_for_patient(p: &Platform, gp_pas: &str, gp: &str) -> (String, Str
 
 #[tokio::test]
 async fn each_service_serves_its_own_metrics_with_counted_rpcs_and_no_identifiers() {
-    let p = Platform::start(Backend::Sqlite).await;
+    counted_rpcs_and_no_identifiers(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn metrics_on_postgres() {
+    let Some(db) = TestDatabase::postgres("metrics_on_postgres").await else {
+        return;
+    };
+    counted_rpcs_and_no_identifiers(Backend::Postgres(db)).await;
+}
+
+/// One process has one recorder, and every platform's records is "records":
+/// the tests take turns, so that counts before and after are theirs alone.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn counted_rpcs_and_no_identifiers(backend: Backend) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let p = Platform::start(backend).await;
     let admin = p.admin_token().await;
     p.organisation(&admin, "A81001").await;
     p.organisation(&admin, "B82002").await;
