@@ -113,6 +113,12 @@ role = "service"
                 "262144".into(),
             ),
             ("SHAREDCARE_TELEMETRY__LOG_LEVEL".into(), "warn".into()),
+            // Each service serves its metrics on a port of its own
+            // (`TestServer::metrics_addr`), as a deployment configures it.
+            (
+                "SHAREDCARE_TELEMETRY__METRICS_ADDR".into(),
+                "127.0.0.1:0".into(),
+            ),
             // A revocation reaches every service within this (tests show
             // the bound); a rotated key is fetched on its first token.
             (

@@ -286,5 +286,6 @@ fn quiet() -> TelemetryConfig {
         log_level: "warn".into(),
         log_format: LogFormat::Json,
         otlp_endpoint: None,
+        metrics_addr: None,
     }
 }

@@ -63,7 +63,7 @@ pub async fn open(cfg: &config::AuditConfig) -> Result<ServiceSpec, sharedcare_k
         .database
         .resolve_url(SERVICE_NAME)
         .map_err(|e| sharedcare_kit::Error::invalid("database.url", e.to_string()))?;
-    let store = store::open(
+    let (store, db) = store::open_with_db(
         cfg.database.backend,
         url.expose(),
         cfg.database.max_connections,
@@ -71,13 +71,21 @@ pub async fn open(cfg: &config::AuditConfig) -> Result<ServiceSpec, sharedcare_k
     .await?;
     // Every append goes through one sequencer: many callers, one transaction.
     let store: Arc<dyn store::AuditLogStore> = Arc::new(store::GroupCommit::new(store));
+    let tree_size = Arc::new(store::TreeSize(store.clone()));
     let heads = heads::TreeHeads::new(store.clone(), log_signer(cfg)?);
     heads.publish_every(std::time::Duration::from_millis(
         cfg.audit.tree_head_interval_ms,
     ));
     let tls = sharedcare_kit::tls::Tls::from_config(&cfg.tls)?;
     let verifier = sharedcare_kit::tls::remote_verifier(&cfg.auth, tls.as_ref())?;
-    Ok(spec(store, heads, verifier, MessageLimits::from(&cfg.server)).with_tls(tls))
+    let mut spec = spec(store, heads, verifier, MessageLimits::from(&cfg.server))
+        .with_tls(tls)
+        .with_metrics_addr(cfg.telemetry.metrics_addr)
+        .sample(tree_size);
+    if let Some(db) = db {
+        spec = spec.sample(Arc::new(sharedcare_kit::metrics::PoolSampler(db)));
+    }
+    Ok(spec)
 }
 
 /// The configured tree-head key, or the one kept in the data dir, whose

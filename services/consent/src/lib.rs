@@ -23,6 +23,7 @@ use sharedcare_kit::{
     auth::Verifier,
     client::{ServiceTokens, TokenSource},
     merges::PatientMerges,
+    metrics::PoolSampler,
     outbox::{Outbox, OutboxSettings},
     peers::{BoxFuture, GrpcAudit},
     server::{MessageLimits, ServiceSpec},
@@ -271,6 +272,7 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
     )
     .await?;
     let (outbox_db, outbox_writes) = backend.outbox();
+    let pool = PoolSampler(outbox_db.clone());
     let (store, changes) = layered_with(
         backend,
         Layering {
@@ -308,11 +310,14 @@ pub async fn open(cfg: &config::ConsentConfig) -> Result<ServiceSpec, Error> {
     Ok(spec_with_rules(
         store,
         changes,
-        outbox,
+        outbox.clone(),
         directory,
         verifier,
         MessageLimits::from(&cfg.server),
         rules,
     )
-    .with_tls(tls))
+    .with_tls(tls)
+    .with_metrics_addr(cfg.telemetry.metrics_addr)
+    .sample(outbox)
+    .sample(Arc::new(pool)))
 }

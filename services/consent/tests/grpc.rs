@@ -2026,6 +2026,7 @@ async fn cached_gate(f: &Fixture) -> (Arc<Counting>, Arc<CachedConsent>) {
         asked: Default::default(),
     });
     let gate = CachedConsent::start(
+        "records",
         counting.clone(),
         f.server.channel.clone(),
         tokens,
@@ -2574,6 +2575,7 @@ async fn a_decision_cache_resuming_drops_only_the_patients_that_changed_meanwhil
         asked: Default::default(),
     });
     let gate = CachedConsent::start(
+        "records",
         counting.clone(),
         proxy.channel(),
         tokens,
@@ -2655,6 +2657,7 @@ async fn a_decision_cache_whose_cursor_is_refused_drops_everything() {
         asked: Default::default(),
     });
     let gate = CachedConsent::start(
+        "records",
         counting.clone(),
         proxy.channel(),
         tokens,

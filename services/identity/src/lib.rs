@@ -25,6 +25,7 @@ use sharedcare_kit::{
     crypto::{BlindIndex, Kek, Keyring},
     db::WriteGate,
     keys::SigningKey,
+    metrics::PoolSampler,
     outbox::{Outbox, OutboxSettings},
     peers::{ConsentGate, GrpcAudit, GrpcConsent},
     server::{MessageLimits, ServiceSpec},
@@ -71,6 +72,7 @@ impl Peers {
                 timeout,
             )),
             consent: cfg.consent_cache.gate(
+                SERVICE_NAME,
                 Arc::new(GrpcConsent::new(
                     consent_channel.clone(),
                     own.clone(),
@@ -181,7 +183,9 @@ pub async fn open(cfg: &config::IdentityConfig) -> Result<ServiceSpec, Error> {
         .identity
         .role_map()
         .map_err(|e| Error::invalid("identity.roles", e.to_string()))?;
+    let pool = PoolSampler(outbox.clone());
     let peers = Peers::grpc(cfg, tokens.clone(), tls.as_ref(), outbox, writes)?;
+    let outbox = peers.outbox.clone();
     Ok(spec(
         store,
         tokens,
@@ -189,7 +193,10 @@ pub async fn open(cfg: &config::IdentityConfig) -> Result<ServiceSpec, Error> {
         peers,
         MessageLimits::from(&cfg.server),
     )
-    .with_tls(tls))
+    .with_tls(tls)
+    .with_metrics_addr(cfg.telemetry.metrics_addr)
+    .sample(outbox)
+    .sample(Arc::new(pool)))
 }
 
 /// The keys that protect patients at rest: configured, or kept in the data dir.

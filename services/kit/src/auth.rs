@@ -555,6 +555,17 @@ impl Verifier {
     }
 
     pub async fn verify(&self, token: &str) -> Result<Principal, Error> {
+        let verified = self.verify_unmetered(token).await;
+        crate::metrics::token_verified(self.metrics_label(), verified.is_ok());
+        verified
+    }
+
+    /// The service label of this verifier's metrics.
+    fn metrics_label(&self) -> &'static str {
+        self.service.get().copied().unwrap_or("unbound")
+    }
+
+    async fn verify_unmetered(&self, token: &str) -> Result<Principal, Error> {
         let now = chrono::Utc::now().timestamp();
         let principal = match self.remembered(token, now) {
             Some(principal) => principal,
@@ -571,9 +582,12 @@ impl Verifier {
     /// As `verify`, with the token's expiry (Unix seconds), always checked
     /// afresh and for any of the platform's audiences: for introspection.
     pub async fn verify_with_expiry(&self, token: &str) -> Result<(Principal, i64), Error> {
-        let verified = self.verify_signed(token, true).await?;
-        self.check_revoked(&verified.0).await?;
-        Ok(verified)
+        let verified = match self.verify_signed(token, true).await {
+            Ok(verified) => self.check_revoked(&verified.0).await.map(|()| verified),
+            Err(e) => Err(e),
+        };
+        crate::metrics::token_verified(self.metrics_label(), verified.is_ok());
+        verified
     }
 
     async fn check_revoked(&self, principal: &Principal) -> Result<(), Error> {

@@ -239,6 +239,9 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// OTLP/gRPC collector, e.g. "http://otel-collector:4317". Unset: no export.
     pub otlp_endpoint: Option<String>,
+    /// Where Prometheus scrapes this service's metrics (`GET /metrics`),
+    /// e.g. "0.0.0.0:9464". Unset: no metrics are served (nor recorded).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl TelemetryConfig {

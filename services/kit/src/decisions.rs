@@ -76,9 +76,11 @@ impl ConsentCacheConfig {
     }
 
     /// `inner`, keeping its decisions as configured (unless `max_age_ms` is
-    /// 0), watching consent's changes over `channel`.
+    /// 0), watching consent's changes over `channel`; `service` (the one
+    /// asking) labels the cache's metrics.
     pub fn gate(
         &self,
+        service: &'static str,
         inner: Arc<dyn ConsentGate>,
         channel: Channel,
         tokens: Arc<dyn ServiceTokens>,
@@ -87,6 +89,7 @@ impl ConsentCacheConfig {
             return inner;
         }
         CachedConsent::start(
+            service,
             inner,
             channel,
             tokens,
@@ -178,6 +181,8 @@ impl State {
 /// A [`ConsentGate`] that keeps `inner`'s decisions while consent's change
 /// stream says they still hold.
 pub struct CachedConsent {
+    /// The service asking: the label of its lookups' metric.
+    service: &'static str,
     inner: Arc<dyn ConsentGate>,
     state: Arc<Mutex<State>>,
     settings: DecisionCacheSettings,
@@ -187,6 +192,7 @@ impl CachedConsent {
     /// Wraps `inner` and starts watching consent's changes over `channel`
     /// (as this service, with `tokens`), until the gate is dropped.
     pub fn start(
+        service: &'static str,
         inner: Arc<dyn ConsentGate>,
         channel: Channel,
         tokens: Arc<dyn ServiceTokens>,
@@ -208,6 +214,7 @@ impl CachedConsent {
             Arc::downgrade(&state),
         ));
         Arc::new(CachedConsent {
+            service,
             inner,
             state,
             settings,
@@ -295,9 +302,14 @@ impl ConsentGate for CachedConsent {
             category: category as i32,
         };
         let epoch = match self.lookup(patient_id, &question) {
-            Ok(kept) => return Box::pin(async move { Ok(kept) }),
+            Ok(kept) => {
+                crate::metrics::consent_cache_lookup(self.service, true);
+                return Box::pin(async move { Ok(kept) });
+            }
             Err(epoch) => epoch,
         };
+        // Asked of consent, whether or not the cache was usable.
+        crate::metrics::consent_cache_lookup(self.service, false);
         let patient_id = patient_id.to_owned();
         Box::pin(async move {
             let decision = self

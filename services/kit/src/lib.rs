@@ -17,6 +17,7 @@ pub mod ids;
 pub mod keys;
 pub mod memory;
 pub mod merges;
+pub mod metrics;
 pub mod outbox;
 pub mod paging;
 pub mod peers;

@@ -197,6 +197,54 @@ impl Outbox {
     }
 }
 
+/// The outbox's gauges, read at each scrape: events waiting, the age of the
+/// oldest, and how long delivery has been failing.
+impl crate::metrics::Sampler for Outbox {
+    fn sample(&self, service: &'static str) -> BoxFuture<'_, ()> {
+        use crate::metrics::{OUTBOX_FAILING, OUTBOX_OLDEST_AGE, OUTBOX_PENDING};
+        Box::pin(async move {
+            let failing = self
+                .health
+                .lock()
+                .ok()
+                .and_then(|h| h.failing_since)
+                .map_or(0.0, |since| since.elapsed().as_secs_f64());
+            metrics::gauge!(OUTBOX_FAILING, "service" => service).set(failing);
+            metrics::gauge!(OUTBOX_PENDING, "service" => service).set(self.pending() as f64);
+            let age = oldest_pending_age(self).await?;
+            metrics::gauge!(OUTBOX_OLDEST_AGE, "service" => service)
+                .set(age.map_or(0.0, |age| age.as_secs_f64()));
+            Ok(())
+        })
+    }
+}
+
+/// How long the oldest event still to deliver (not parked) has waited.
+async fn oldest_pending_age(outbox: &Outbox) -> Result<Option<Duration>, Error> {
+    let context = "reading the audit outbox's oldest event";
+    let select = Query::select()
+        .column(Alias::new("created_at"))
+        .from(Alias::new(outbox.table))
+        .and_where(Expr::col(Alias::new("parked_reason")).is_null())
+        .order_by(Alias::new("sequence"), Order::Asc)
+        .limit(1)
+        .to_owned();
+    let Some(row) = outbox
+        .db
+        .query_one(&select)
+        .await
+        .map_err(|e| Error::internal(context, e))?
+    else {
+        return Ok(None);
+    };
+    let created: chrono::DateTime<chrono::Utc> = row
+        .try_get("", "created_at")
+        .map_err(|e| Error::internal(context, e))?;
+    Ok(Some(
+        (chrono::Utc::now() - created).to_std().unwrap_or_default(),
+    ))
+}
+
 /// Puts `event` in the outbox table `table` within the caller's own
 /// transaction `txn`: a change and its audit event commit together (then
 /// call [`Outbox::wake`]).

@@ -15,6 +15,7 @@ use crate::{
     access::AccessTable,
     auth::{AuthLayer, Verifier},
     config::ServerConfig,
+    metrics::{MetricsListen, RpcMetricsLayer, Sampler},
 };
 
 /// What a service contributes to its server.
@@ -34,6 +35,10 @@ pub struct ServiceSpec {
     /// Run when shutdown begins, e.g. to end streams that would otherwise
     /// hold the drain open.
     pub on_shutdown: Vec<Box<dyn FnOnce() + Send>>,
+    /// Where to serve this service's metrics; `None`: not served.
+    pub metrics: Option<MetricsListen>,
+    /// Gauges read afresh at each scrape (outbox, database pool, ...).
+    pub samplers: Vec<Arc<dyn Sampler>>,
 }
 
 impl ServiceSpec {
@@ -68,7 +73,28 @@ impl ServiceSpec {
             access,
             tls: None,
             on_shutdown: Vec::new(),
+            metrics: None,
+            samplers: Vec::new(),
         }
+    }
+
+    /// Serves metrics at `addr` (`telemetry.metrics_addr`) when given.
+    pub fn with_metrics_addr(mut self, addr: Option<SocketAddr>) -> Self {
+        self.metrics = addr.map(MetricsListen::Addr);
+        self
+    }
+
+    /// Serves metrics on a listener already bound (dev binds every port
+    /// before starting anything; tests bind port 0).
+    pub fn with_metrics_listener(mut self, listener: TcpListener) -> Self {
+        self.metrics = Some(MetricsListen::Listener(listener));
+        self
+    }
+
+    /// Reads `sampler` before each scrape of this service's metrics.
+    pub fn sample(mut self, sampler: Arc<dyn Sampler>) -> Self {
+        self.samplers.push(sampler);
+        self
     }
 
     /// Runs `hook` when shutdown begins.
@@ -114,7 +140,15 @@ pub async fn serve(
         .add_service(reflection_v1()?)
         .add_service(reflection_v1alpha()?);
 
+    // Ended (its connections too) when this function returns.
+    let _metrics = match spec.metrics {
+        Some(listen) => Some(crate::metrics::start(spec.name, listen, spec.samplers).await?),
+        None => None,
+    };
+
+    // Metrics outermost: they see the status callers get, normalised.
     let layers = ServiceBuilder::new()
+        .layer(RpcMetricsLayer::new(spec.name, spec.access))
         .map_result(record_status)
         .map_result(normalise_status)
         .load_shed()

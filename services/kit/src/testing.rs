@@ -22,6 +22,8 @@ use crate::{
 /// A service running on a loopback port for the length of a test.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where its metrics are served, when its spec asked for them.
+    pub metrics_addr: Option<SocketAddr>,
     pub channel: Channel,
     /// Whether it serves TLS (its URL is then https://).
     pub tls: bool,
@@ -82,8 +84,21 @@ pub async fn reserve_port() -> TcpListener {
 }
 
 /// Starts a service on a listener from [`reserve_port`].
-pub async fn spawn_on(spec: ServiceSpec, cfg: ServerConfig, listener: TcpListener) -> TestServer {
+pub async fn spawn_on(
+    mut spec: ServiceSpec,
+    cfg: ServerConfig,
+    listener: TcpListener,
+) -> TestServer {
     let addr = listener.local_addr().expect("local addr");
+    // Bound here, so that a configured port 0 is known to the test.
+    if let Some(crate::metrics::MetricsListen::Addr(metrics)) = spec.metrics {
+        let bound = TcpListener::bind(metrics).await.expect("bind metrics");
+        spec = spec.with_metrics_listener(bound);
+    }
+    let metrics_addr = match &spec.metrics {
+        Some(crate::metrics::MetricsListen::Listener(l)) => Some(l.local_addr().expect("addr")),
+        _ => None,
+    };
     let (stop, stopped) = oneshot::channel::<()>();
     let client = spec.tls.clone();
     let handle = tokio::spawn(async move {
@@ -105,6 +120,7 @@ pub async fn spawn_on(spec: ServiceSpec, cfg: ServerConfig, listener: TcpListene
         .expect("service became healthy");
     TestServer {
         addr,
+        metrics_addr,
         channel,
         tls: client.is_some(),
         stop: std::sync::Mutex::new(Some(stop)),
@@ -460,5 +476,210 @@ mod tests {
             super::with_database("postgres://127.0.0.1?sslmode=disable", "sc_x"),
             "postgres://127.0.0.1/sc_x?sslmode=disable"
         );
+    }
+}
+
+/// `GET /metrics` at `addr` over plain HTTP/1.1: the status code and body.
+pub async fn scrape_raw(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the metrics endpoint");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut response))
+        .await
+        .expect("answered within ten seconds")
+        .expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    (status, body.to_owned())
+}
+
+/// Scrapes `addr` and parses what it says (a 200 is required).
+pub async fn scrape(addr: SocketAddr) -> Scraped {
+    let (status, body) = scrape_raw(addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    Scraped::parse(&body)
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed Prometheus text exposition (format 0.0.4): its samples, and the
+/// TYPE of each metric family.
+#[derive(Debug, Clone, Default)]
+pub struct Scraped {
+    pub samples: Vec<Sample>,
+    pub types: std::collections::HashMap<String, String>,
+}
+
+impl Scraped {
+    /// Parses `text`, panicking (naming the line) on anything malformed.
+    pub fn parse(text: &str) -> Self {
+        let mut scraped = Scraped::default();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+                scraped.types.insert(name.to_owned(), kind.to_owned());
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            scraped.samples.push(parse_sample(line));
+        }
+        scraped
+    }
+
+    /// The samples named `name` whose labels include every pair of `labels`.
+    pub fn find<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples.iter().filter(move |s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+
+    /// The value of the one sample named `name` with `labels`, if any.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<_> = self.find(name, labels).collect();
+        assert!(found.len() <= 1, "{name} {labels:?} matches {found:?}");
+        found.first().map(|s| s.value)
+    }
+}
+
+fn parse_sample(line: &str) -> Sample {
+    fn malformed<T>(line: &str) -> T {
+        panic!("not a Prometheus sample: {line}")
+    }
+    let (name, labels, rest) = match line.find('{') {
+        Some(open) => {
+            let close = line.rfind('}').unwrap_or_else(|| malformed(line));
+            (
+                &line[..open],
+                parse_labels(&line[open + 1..close]),
+                &line[close + 1..],
+            )
+        }
+        None => {
+            let (name, rest) = line.split_once(' ').unwrap_or_else(|| malformed(line));
+            (name, Default::default(), rest)
+        }
+    };
+    let value = rest
+        .split_whitespace()
+        .next()
+        .unwrap_or_else(|| malformed(line));
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().unwrap_or_else(|_| malformed(line)),
+    };
+    let valid_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+    if !valid_name {
+        malformed::<()>(line);
+    }
+    Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    }
+}
+
+/// `k="v",k2="v2"`, with `\"`, `\\` and `\n` escapes in values.
+fn parse_labels(text: &str) -> std::collections::BTreeMap<String, String> {
+    let mut labels = std::collections::BTreeMap::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.peek() == Some(&',') || chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=')).collect();
+        if key.is_empty() {
+            break;
+        }
+        assert_eq!(chars.next(), Some('='), "label {key} in {text}");
+        assert_eq!(chars.next(), Some('"'), "label {key} in {text}");
+        let mut value = String::new();
+        loop {
+            match chars
+                .next()
+                .unwrap_or_else(|| panic!("unterminated label in {text}"))
+            {
+                '"' => break,
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(c) => value.push(c),
+                    None => panic!("unterminated label in {text}"),
+                },
+                c => value.push(c),
+            }
+        }
+        labels.insert(key, value);
+    }
+    labels
+}
+
+/// The label names a metric of this platform may carry.
+pub const METRIC_LABELS: &[&str] = &["service", "method", "code", "result", "state", "le"];
+
+/// Panics if any sample carries a label outside [`METRIC_LABELS`], or a
+/// value that looks like an identifier: ten digits in a row (an NHS
+/// number, spaced or not), a UUID, or anything in `forbidden`.
+pub fn assert_no_identifiers(scraped: &Scraped, forbidden: &[&str]) {
+    for sample in &scraped.samples {
+        for (key, value) in &sample.labels {
+            assert!(
+                METRIC_LABELS.contains(&key.as_str()),
+                "{} has a label {key} outside the allowed set",
+                sample.name
+            );
+            let digits: String = value.chars().filter(|c| !c.is_whitespace()).collect();
+            let run = digits
+                .split(|c: char| !c.is_ascii_digit())
+                .map(str::len)
+                .max()
+                .unwrap_or(0);
+            assert!(
+                run < 10,
+                "{} {key}={value} looks like an NHS number",
+                sample.name
+            );
+            assert!(
+                uuid::Uuid::parse_str(value).is_err(),
+                "{} {key}={value} looks like an id",
+                sample.name
+            );
+            for word in forbidden {
+                assert!(
+                    !value.contains(word),
+                    "{} {key}={value} holds {word}",
+                    sample.name
+                );
+            }
+        }
     }
 }

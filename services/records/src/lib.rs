@@ -24,6 +24,7 @@ use sharedcare_kit::{
     crypto::{Kek, Keyring},
     db::WriteGate,
     merges::PatientMerges,
+    metrics::PoolSampler,
     outbox::{Outbox, OutboxSettings},
     paging::CursorKey,
     server::{MessageLimits, ServiceSpec},
@@ -181,6 +182,7 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
     let timeout = Duration::from_millis(cfg.records.call_timeout_ms);
     let consent_channel = channel(&cfg.records.consent_url)?;
     let consent = cfg.consent_cache.gate(
+        SERVICE_NAME,
         Arc::new(access::GrpcConsent::new(
             consent_channel.clone(),
             tokens.clone(),
@@ -194,6 +196,7 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
         tokens.clone(),
         timeout,
     ));
+    let pool = PoolSampler(outbox_db.clone());
     let outbox = Outbox::start(
         outbox_db,
         outbox_gate,
@@ -211,7 +214,7 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
         Records::new(
             store,
             consent,
-            outbox,
+            outbox.clone(),
             cursors,
             cfg.records.max_resource_bytes,
         )
@@ -224,5 +227,8 @@ pub async fn open(cfg: &config::RecordsConfig) -> Result<ServiceSpec, Error> {
         verifier,
         MessageLimits::from(&cfg.server),
     )
-    .with_tls(tls))
+    .with_tls(tls)
+    .with_metrics_addr(cfg.telemetry.metrics_addr)
+    .sample(outbox)
+    .sample(Arc::new(pool)))
 }

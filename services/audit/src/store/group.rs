@@ -3,7 +3,7 @@
 //! (one transaction, one fsync), then answers each caller with its own part.
 //! A decorator: it wraps any [`AuditLogStore`] and is one itself.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use sharedcare_kit::{Error, error::Code, group::next_group};
 use tokio::sync::{mpsc, oneshot};
@@ -66,6 +66,7 @@ async fn sequencer(inner: Arc<dyn AuditLogStore>, mut queue: mpsc::Receiver<Requ
 /// refused (a conflicting replay), each caller is appended on its own so
 /// nobody else's append fails with it.
 async fn commit(inner: &dyn AuditLogStore, group: Vec<Request>) {
+    let inner = &Measured(inner);
     if group.len() == 1 {
         for request in group {
             let result = alone(inner, request.events, request.single).await;
@@ -98,7 +99,7 @@ async fn commit(inner: &dyn AuditLogStore, group: Vec<Request>) {
 }
 
 async fn alone(
-    inner: &dyn AuditLogStore,
+    inner: &Measured<'_>,
     mut events: Vec<EncodedEvent>,
     single: bool,
 ) -> Result<Vec<Appended>, Error> {
@@ -108,6 +109,53 @@ async fn alone(
             events.extend(last);
             inner.append_batch(events).await
         }
+    }
+}
+
+/// The inner store's appends, each one commit, timed and counted:
+/// `sharedcare_audit_commit_duration_seconds` and
+/// `sharedcare_audit_batch_size` (events per commit).
+struct Measured<'a>(&'a dyn AuditLogStore);
+
+impl Measured<'_> {
+    async fn append(&self, event: EncodedEvent) -> Result<Appended, Error> {
+        let started = Instant::now();
+        let appended = self.0.append(event).await;
+        committed(appended.is_ok(), 1, started);
+        appended
+    }
+
+    async fn append_batch(&self, events: Vec<EncodedEvent>) -> Result<Vec<Appended>, Error> {
+        let started = Instant::now();
+        let count = events.len();
+        let appended = self.0.append_batch(events).await;
+        committed(appended.is_ok(), count, started);
+        appended
+    }
+}
+
+/// Records a commit that succeeded (a refused one committed nothing).
+fn committed(ok: bool, events: usize, started: Instant) {
+    use sharedcare_kit::metrics::{AUDIT_BATCH_SIZE, AUDIT_COMMIT_DURATION};
+    if ok {
+        let service = crate::SERVICE_NAME;
+        metrics::histogram!(AUDIT_COMMIT_DURATION, "service" => service)
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(AUDIT_BATCH_SIZE, "service" => service).record(events as f64);
+    }
+}
+
+/// The log's size, read at each scrape: `sharedcare_audit_tree_size`.
+pub struct TreeSize(pub Arc<dyn AuditLogStore>);
+
+impl sharedcare_kit::metrics::Sampler for TreeSize {
+    fn sample(&self, service: &'static str) -> sharedcare_kit::peers::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let size = self.0.tree_size().await?;
+            metrics::gauge!(sharedcare_kit::metrics::AUDIT_TREE_SIZE, "service" => service)
+                .set(size as f64);
+            Ok(())
+        })
     }
 }
 

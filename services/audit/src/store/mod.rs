@@ -15,7 +15,7 @@ use crate::domain::{
     merkle::{self, NodeAddr, RangeError, TreeError},
 };
 
-pub use group::GroupCommit;
+pub use group::{GroupCommit, TreeSize};
 pub use memory::MemoryStore;
 pub use migration::Migrator;
 pub use sql::SqlStore;
@@ -122,11 +122,23 @@ pub async fn open(
     url: &str,
     max_connections: u32,
 ) -> Result<Arc<dyn AuditLogStore>, Error> {
+    Ok(open_with_db(backend, url, max_connections).await?.0)
+}
+
+/// As [`open`], with the store's database connection when it has one (for
+/// its pool's metrics).
+pub async fn open_with_db(
+    backend: StorageBackend,
+    url: &str,
+    max_connections: u32,
+) -> Result<(Arc<dyn AuditLogStore>, Option<sea_orm::DatabaseConnection>), Error> {
     match backend {
         StorageBackend::Sqlite | StorageBackend::Postgres => {
-            Ok(Arc::new(SqlStore::connect(url, max_connections).await?))
+            let sql = SqlStore::connect(url, max_connections).await?;
+            let db = sql.connection();
+            Ok((Arc::new(sql), Some(db)))
         }
-        StorageBackend::Memory => Ok(Arc::new(MemoryStore::new())),
+        StorageBackend::Memory => Ok((Arc::new(MemoryStore::new()), None)),
         other => Err(Error::invalid(
             "database.backend",
             format!("{} is not offered by audit", other.as_str()),

@@ -55,6 +55,11 @@ impl SqlStore {
         Ok(Self::from_connection(db))
     }
 
+    /// The store's database connection (a handle on its pool).
+    pub fn connection(&self) -> DatabaseConnection {
+        self.db.clone()
+    }
+
     /// Wraps a connection whose schema is already up to date.
     pub fn from_connection(db: DatabaseConnection) -> Self {
         SqlStore {

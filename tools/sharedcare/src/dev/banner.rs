@@ -9,7 +9,20 @@ use crate::{
 
 /// Where each service listens, the data dir, the admin credentials and how
 /// to use them.
-pub fn render(ports: Ports, data_dir: &Path, credentials: &PlatformCredentials) -> String {
+/// With `metrics`, where each service's Prometheus metrics are too.
+pub fn render(
+    ports: Ports,
+    metrics: Option<Ports>,
+    data_dir: &Path,
+    credentials: &PlatformCredentials,
+) -> String {
+    let service = |name: &str, port: u16, metrics_port: Option<u16>| {
+        let url = Ports::url(port);
+        match metrics_port {
+            Some(m) => format!("  {name:<10} {url:<24} metrics {}/metrics", Ports::url(m)),
+            None => format!("  {name:<10} {url}"),
+        }
+    };
     let port_flag = if ports.identity == DEFAULT_BASE_PORT {
         String::new()
     } else {
@@ -31,10 +44,10 @@ pub fn render(ports: Ports, data_dir: &Path, credentials: &PlatformCredentials) 
         String::new(),
         "sharedcare dev: all four services are serving (Ctrl-C stops them all)".to_owned(),
         String::new(),
-        format!("  identity   {}", Ports::url(ports.identity)),
-        format!("  consent    {}", Ports::url(ports.consent)),
-        format!("  records    {}", Ports::url(ports.records)),
-        format!("  audit      {}", Ports::url(ports.audit)),
+        service("identity", ports.identity, metrics.map(|m| m.identity)),
+        service("consent", ports.consent, metrics.map(|m| m.consent)),
+        service("records", ports.records, metrics.map(|m| m.records)),
+        service("audit", ports.audit, metrics.map(|m| m.audit)),
         String::new(),
         format!(
             "  data dir   {}  (one SQLite file per service)",
@@ -84,7 +97,12 @@ mod tests {
             consent_secret: "ef".repeat(32),
             origin: Origin::Extended(vec!["consent"]),
         };
-        let text = render(Ports::from_base(41000), Path::new("/tmp/d"), &credentials);
+        let text = render(
+            Ports::from_base(41000),
+            None,
+            Path::new("/tmp/d"),
+            &credentials,
+        );
         assert!(
             text.contains("  identity   http://127.0.0.1:41000"),
             "{text}"
@@ -116,5 +134,34 @@ mod tests {
             "export SHAREDCARE_TOKEN=$(sharedcare --base-port 41000 token --client-id admin --client-secret {})",
             "ab".repeat(32)
         )));
+    }
+
+    #[test]
+    fn the_banner_says_where_metrics_are_when_served() {
+        let credentials = PlatformCredentials {
+            path: "/tmp/d/bootstrap.toml".into(),
+            admin_secret: "ab".repeat(32),
+            records_secret: "cd".repeat(32),
+            consent_secret: "ef".repeat(32),
+            origin: Origin::Created,
+        };
+        let text = render(
+            Ports::from_base(41000),
+            Some(Ports::from_base(9464)),
+            Path::new("/tmp/d"),
+            &credentials,
+        );
+        assert!(
+            text.contains(
+                "  identity   http://127.0.0.1:41000   metrics http://127.0.0.1:9464/metrics"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  audit      http://127.0.0.1:41003   metrics http://127.0.0.1:9467/metrics"
+            ),
+            "{text}"
+        );
     }
 }

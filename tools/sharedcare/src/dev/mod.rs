@@ -37,6 +37,17 @@ pub struct DevArgs {
     /// (to measure what the cache saves) [default: the services' own].
     #[arg(long, value_name = "MS")]
     pub decision_cache_ms: Option<u64>,
+    /// Serve each service's Prometheus metrics (`GET /metrics`) on loopback:
+    /// identity on BASE_PORT, consent, records and audit on the three after
+    /// it [default BASE_PORT: 9464].
+    #[arg(
+        long,
+        value_name = "BASE_PORT",
+        num_args = 0..=1,
+        default_missing_value = "9464",
+        value_parser = clap::value_parser!(u16).range(1..=65532)
+    )]
+    pub metrics: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,6 +92,23 @@ pub async fn run(args: DevArgs, base_port: u16) -> anyhow::Result<()> {
     let consent_listener = bind("consent", ports.consent).await?;
     let records_listener = bind("records", ports.records).await?;
     let audit_listener = bind("audit", ports.audit).await?;
+    let metrics_ports = args.metrics.map(Ports::from_base);
+    let mut metrics = match metrics_ports {
+        Some(m) => vec![
+            Some(bind("identity's metrics", m.identity).await?),
+            Some(bind("consent's metrics", m.consent).await?),
+            Some(bind("records' metrics", m.records).await?),
+            Some(bind("audit's metrics", m.audit).await?),
+        ],
+        None => vec![None, None, None, None],
+    }
+    .into_iter();
+    // Each service's metrics listener, in the order they open.
+    let mut with_metrics =
+        move |spec: sharedcare_kit::server::ServiceSpec| match metrics.next().flatten() {
+            Some(listener) => spec.with_metrics_listener(listener),
+            None => spec,
+        };
 
     let mut supervisor = Supervisor::new();
     let opened = async {
@@ -89,7 +117,7 @@ pub async fn run(args: DevArgs, base_port: u16) -> anyhow::Result<()> {
             .map_err(|e| (sharedcare_identity::SERVICE_NAME, e))?;
         supervisor.serve(
             sharedcare_identity::SERVICE_NAME,
-            spec,
+            with_metrics(spec),
             configs.identity.server.clone(),
             identity_listener,
         );
@@ -98,7 +126,7 @@ pub async fn run(args: DevArgs, base_port: u16) -> anyhow::Result<()> {
             .map_err(|e| (sharedcare_consent::SERVICE_NAME, e))?;
         supervisor.serve(
             sharedcare_consent::SERVICE_NAME,
-            spec,
+            with_metrics(spec),
             configs.consent.server.clone(),
             consent_listener,
         );
@@ -107,7 +135,7 @@ pub async fn run(args: DevArgs, base_port: u16) -> anyhow::Result<()> {
             .map_err(|e| (sharedcare_records::SERVICE_NAME, e))?;
         supervisor.serve(
             sharedcare_records::SERVICE_NAME,
-            spec,
+            with_metrics(spec),
             configs.records.server.clone(),
             records_listener,
         );
@@ -116,7 +144,7 @@ pub async fn run(args: DevArgs, base_port: u16) -> anyhow::Result<()> {
             .map_err(|e| (sharedcare_audit::SERVICE_NAME, e))?;
         supervisor.serve(
             sharedcare_audit::SERVICE_NAME,
-            spec,
+            with_metrics(spec),
             configs.audit.server.clone(),
             audit_listener,
         );
@@ -128,7 +156,7 @@ pub async fn run(args: DevArgs, base_port: u16) -> anyhow::Result<()> {
     match opened {
         Ok(()) => tokio::select! {
             ready = all_serving(ports) => match ready {
-                Ok(()) => out!("{}", banner::render(ports, &data_dir, &credentials)),
+                Ok(()) => out!("{}", banner::render(ports, metrics_ports, &data_dir, &credentials)),
                 Err(name) => {
                     eprintln!("sharedcare dev: {name} never reported SERVING");
                     failed.push(name);
@@ -176,7 +204,8 @@ async fn bind(service: &str, port: u16) -> anyhow::Result<TcpListener> {
         .map_err(|e| match e.kind() {
             ErrorKind::AddrInUse => anyhow!(
                 "port {port} ({service}) is already in use: is another `sharedcare dev` \
-                 running? Stop it, or choose other ports with --base-port"
+                 running? Stop it, or choose other ports with --base-port (or --metrics \
+                 <BASE_PORT>)"
             ),
             _ => anyhow!("binding 127.0.0.1:{port} for {service}: {e}"),
         })

@@ -64,6 +64,11 @@ pub struct Dev {
 
 impl Dev {
     pub fn start(data_dir: &Path, logs: &Path, base_port: u16) -> Self {
+        Self::start_with(data_dir, logs, base_port, &[])
+    }
+
+    /// As `start`, with more of dev's options.
+    pub fn start_with(data_dir: &Path, logs: &Path, base_port: u16, extra: &[&str]) -> Self {
         let stdout = std::fs::File::create(logs.join("dev.stdout")).expect("stdout log");
         let stderr = std::fs::File::create(logs.join("dev.stderr")).expect("stderr log");
         let child = Command::new(BIN)
@@ -71,6 +76,7 @@ impl Dev {
             .arg(data_dir)
             .args(["--base-port", &base_port.to_string()])
             .args(["--log-level", "warn", "--log-format", "json"])
+            .args(extra)
             .env_remove("SHAREDCARE_CONFIG_FILE")
             .stdin(Stdio::null())
             .stdout(stdout)
