@@ -80,8 +80,9 @@ WORKDIR /var/lib/sharedcare
 # beat the config file, so an image default would silently override the
 # chart's configuration.
 
-# identity, consent, records, audit (gRPC over h2c).
-EXPOSE 50051-50054
+# identity, consent, records, audit (gRPC over h2c); Prometheus metrics
+# (telemetry.metrics_addr, the chart's default port).
+EXPOSE 50051-50054 9464
 
 USER 65532:65532
 CMD ["sharedcare", "--help"]

@@ -7,22 +7,11 @@
 //!
 //! Its own test binary: telemetry is installed once per process.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
-    },
-    common::v1::{AnyValue, any_value::Value},
-};
 use sharedcare_kit::{
     config::{LogFormat, TelemetryConfig},
-    testing::with_token,
+    testing::{ExportedSpan as Exported, OtlpReceiver, with_token},
 };
 use sharedcare_proto::{
     consent::v1::{self as consent, consent_service_client::ConsentServiceClient},
@@ -36,82 +25,11 @@ const FAMILY: &str = "Tracewell";
 const GIVEN: &str = "Ottoline";
 const BIRTH: &str = "1957-03-09";
 
-/// One exported span, as far as these tests look.
-#[derive(Debug, Clone)]
-struct Exported {
-    trace_id: Vec<u8>,
-    span_id: Vec<u8>,
-    parent_span_id: Vec<u8>,
-    name: String,
-    attributes: HashMap<String, String>,
-}
-
-/// An OTLP/gRPC trace receiver that keeps every span.
-#[derive(Default, Clone)]
-struct Receiver {
-    spans: Arc<Mutex<Vec<Exported>>>,
-}
-
-fn text(value: Option<AnyValue>) -> String {
-    match value.and_then(|v| v.value) {
-        Some(Value::StringValue(s)) => s,
-        Some(Value::IntValue(i)) => i.to_string(),
-        Some(Value::BoolValue(b)) => b.to_string(),
-        Some(Value::DoubleValue(d)) => d.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut kept = self.spans.lock().expect("lock");
-        for resource in request.into_inner().resource_spans {
-            for scope in resource.scope_spans {
-                for span in scope.spans {
-                    kept.push(Exported {
-                        trace_id: span.trace_id,
-                        span_id: span.span_id,
-                        parent_span_id: span.parent_span_id,
-                        name: span.name,
-                        attributes: span
-                            .attributes
-                            .into_iter()
-                            .map(|kv| (kv.key, text(kv.value)))
-                            .collect(),
-                    });
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-/// Starts the receiver on a loopback port; its URL.
-async fn receive(receiver: Receiver) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    url
-}
-
 // Several threads: the exporter's flush blocks its caller while the
 // receiver, on this runtime too, takes the spans.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_get_record_is_one_trace_across_records_consent_and_audit() {
-    let receiver = Receiver::default();
-    let url = receive(receiver.clone()).await;
+    let (receiver, url) = OtlpReceiver::start().await;
     let telemetry = Arc::new(
         sharedcare_kit::telemetry::init(
             "platform",
@@ -210,7 +128,7 @@ async fn one_get_record_is_one_trace_across_records_consent_and_audit() {
         tokio::task::spawn_blocking(move || flushing.flush())
             .await
             .expect("flushed");
-        let spans = receiver.spans.lock().expect("lock").clone();
+        let spans = receiver.spans();
         let read = spans
             .iter()
             .find(|s| is(s, "sharedcare.records.v1.RecordsService", "GetRecord"));
@@ -265,7 +183,7 @@ async fn one_get_record_is_one_trace_across_records_consent_and_audit() {
     assert!(ids.contains(stored.parent_span_id.as_slice()));
 
     // Nothing personal in anything exported, from any trace.
-    let everything = receiver.spans.lock().expect("lock").clone();
+    let everything = receiver.spans();
     let secrets = [NHS, FAMILY, GIVEN, BIRTH, patient_id.as_str(), "Heart rate"];
     for span in &everything {
         let exported = format!("{} {:?}", span.name, span.attributes);

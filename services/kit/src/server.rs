@@ -260,7 +260,8 @@ fn normalise_status(result: Result<HttpResponse, BoxError>) -> Result<HttpRespon
     }
 }
 
-/// Puts the answer's gRPC status code on the request's span. An answer
+/// Puts the answer's gRPC status code on the request's span, and logs it
+/// (target `sharedcare::rpc`, debug). An answer
 /// without `grpc-status` in its headers carries it in the trailers, which
 /// tonic sends only for a response that began well: OK.
 fn record_status(result: Result<HttpResponse, BoxError>) -> Result<HttpResponse, BoxError> {
@@ -272,6 +273,9 @@ fn record_status(result: Result<HttpResponse, BoxError>) -> Result<HttpResponse,
             .and_then(|v| v.parse::<i64>().ok())
             .unwrap_or(0);
         tracing::Span::current().record("rpc.grpc.status_code", code);
+        // The request log: one line per answer, in the request's span (so
+        // with its service, method and trace id), at debug.
+        tracing::debug!(target: "sharedcare::rpc", code, "answered");
     }
     result
 }

@@ -683,3 +683,128 @@ pub fn assert_no_identifiers(scraped: &Scraped, forbidden: &[&str]) {
         }
     }
 }
+
+/// An OTLP/gRPC trace receiver on a loopback port, keeping every span it is
+/// sent: what tests point `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `telemetry.otlp_endpoint`) at to see what the services export.
+#[derive(Default, Clone)]
+pub struct OtlpReceiver {
+    spans: Arc<std::sync::Mutex<Vec<ExportedSpan>>>,
+}
+
+/// One exported span, as tests look at it.
+#[derive(Debug, Clone)]
+pub struct ExportedSpan {
+    pub trace_id: Vec<u8>,
+    pub span_id: Vec<u8>,
+    pub parent_span_id: Vec<u8>,
+    pub name: String,
+    /// Attribute values as text.
+    pub attributes: std::collections::HashMap<String, String>,
+    /// Each event's name and attributes, as text.
+    pub events: Vec<String>,
+    /// The exporting resource's `service.name`.
+    pub service: String,
+}
+
+fn otlp_text(value: Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    match value.and_then(|v| v.value) {
+        Some(Value::StringValue(s)) => s,
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for OtlpReceiver
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let mut kept = self
+            .spans
+            .lock()
+            .map_err(|_| tonic::Status::internal("poisoned"))?;
+        for resource in request.into_inner().resource_spans {
+            let service = resource
+                .resource
+                .into_iter()
+                .flat_map(|r| r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .map(|kv| otlp_text(kv.value))
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    kept.push(ExportedSpan {
+                        trace_id: span.trace_id,
+                        span_id: span.span_id,
+                        parent_span_id: span.parent_span_id,
+                        name: span.name,
+                        attributes: span
+                            .attributes
+                            .into_iter()
+                            .map(|kv| (kv.key, otlp_text(kv.value)))
+                            .collect(),
+                        events: span
+                            .events
+                            .into_iter()
+                            .map(|e| {
+                                let attributes: Vec<String> = e
+                                    .attributes
+                                    .into_iter()
+                                    .map(|kv| format!("{}={}", kv.key, otlp_text(kv.value)))
+                                    .collect();
+                                format!("{} {}", e.name, attributes.join(" "))
+                            })
+                            .collect(),
+                        service: service.clone(),
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse {
+                partial_success: None,
+            },
+        ))
+    }
+}
+
+impl OtlpReceiver {
+    /// Serves a new receiver on 127.0.0.1; it and its `http://` URL.
+    pub async fn start() -> (Self, String) {
+        let receiver = OtlpReceiver::default();
+        let listener = reserve_port().await;
+        let url = format!(
+            "http://{}",
+            listener.local_addr().expect("receiver address")
+        );
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(
+                        receiver.clone(),
+                    ),
+                )
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (receiver, url)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ExportedSpan> {
+        self.spans.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}

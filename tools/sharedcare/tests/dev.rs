@@ -519,3 +519,64 @@ fn demo_step_waits_for_enter_between_steps_and_a_wrong_secret_fails() {
         dev.output()
     );
 }
+
+/// dev configured from the shell as any service is: `--database-url` puts
+/// all four on PostgreSQL (one database, each service's own tables), and
+/// the whole story runs on it; nothing is written to SQLite files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_runs_the_demo_on_postgresql_from_a_database_url() {
+    let Some(database) = sharedcare_kit::testing::TestDatabase::postgres("dev on PostgreSQL").await
+    else {
+        return;
+    };
+    let temp = tempfile::tempdir().expect("temp dir");
+    let data_dir = temp.path().join("data");
+    let base_port = free_base_port();
+    let mut dev = Dev::start_in(
+        &data_dir,
+        temp.path(),
+        base_port,
+        "warn",
+        &["--database-url", database.url()],
+        &[],
+    );
+    // dev's own health polling runs its own runtime.
+    tokio::task::block_in_place(|| dev.wait_until_serving(base_port));
+    let stdout = tokio::task::block_in_place(|| run_demo(&dev, &data_dir, base_port));
+    assert_demo_tells_the_story(&stdout);
+    let status = tokio::task::block_in_place(|| dev.terminate());
+    assert!(status.success(), "{status}\n{}", dev.output());
+
+    let stored: Vec<String> = std::fs::read_dir(&data_dir)
+        .expect("data dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".db"))
+        .collect();
+    for service in ["identity", "consent", "records", "audit"] {
+        assert!(
+            !stored.contains(&format!("{service}.db")),
+            "{service} wrote SQLite although told PostgreSQL: {stored:?}"
+        );
+    }
+    use sea_orm::ConnectionTrait;
+    let db = sea_orm::Database::connect(database.url())
+        .await
+        .expect("connect");
+    for table in [
+        "identity_patients",
+        "consent_care_relationships",
+        "records_resource_versions",
+        "audit_entries",
+    ] {
+        let found = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                format!("SELECT count(*) AS n FROM {table}"),
+            ))
+            .await;
+        assert!(found.is_ok(), "{table} in PostgreSQL: {found:?}");
+    }
+    db.close().await.ok();
+    database.cleanup().await;
+}

@@ -32,10 +32,15 @@ pub struct DevSettings {
     pub bootstrap_file: PathBuf,
     pub records_secret: String,
     pub consent_secret: String,
-    /// An `EnvFilter` directive.
-    pub log_level: String,
-    /// "pretty" or "json".
-    pub log_format: &'static str,
+    /// An `EnvFilter` directive; unset, the shell's or `info`.
+    pub log_level: Option<String>,
+    /// "pretty" or "json"; unset, the shell's or "pretty".
+    pub log_format: Option<&'static str>,
+    /// The `SHAREDCARE_*` settings dev was started with, given to every
+    /// service as its own `main.rs` would take them from its environment
+    /// (a database URL, telemetry, cache sizes...); dev's own wiring
+    /// (ports, peers, data dir, credentials) is laid over them.
+    pub shell: Env,
     /// `consent_cache.max_age_ms` for records and identity, when given.
     pub decision_cache_ms: Option<u64>,
 }
@@ -156,10 +161,34 @@ impl DevSettings {
         self.common(self.ports.audit)
     }
 
-    /// What every service gets: its loopback port, no shutdown drain (no
-    /// load balancer to wait for), the data dir, identity's URL, the logs.
+    /// What every service gets: the shell's settings, then its loopback
+    /// port, no shutdown drain (no load balancer to wait for), the data
+    /// dir, identity's URL, the logs.
     fn common(&self, port: u16) -> anyhow::Result<Env> {
-        Ok(HashMap::from([
+        let mut env = self.shell.clone();
+        let logs = [
+            (
+                "SHAREDCARE_TELEMETRY__LOG_LEVEL",
+                self.log_level.clone(),
+                "info",
+            ),
+            (
+                "SHAREDCARE_TELEMETRY__LOG_FORMAT",
+                self.log_format.map(str::to_owned),
+                "pretty",
+            ),
+        ];
+        for (key, given, default) in logs {
+            match given {
+                Some(value) => {
+                    env.insert(key.into(), value);
+                }
+                None => {
+                    env.entry(key.into()).or_insert_with(|| default.into());
+                }
+            }
+        }
+        env.extend(HashMap::from([
             (
                 "SHAREDCARE_SERVER__LISTEN".into(),
                 format!("127.0.0.1:{port}"),
@@ -173,15 +202,8 @@ impl DevSettings {
                 "SHAREDCARE_AUTH__IDENTITY_URL".into(),
                 Ports::url(self.ports.identity),
             ),
-            (
-                "SHAREDCARE_TELEMETRY__LOG_LEVEL".into(),
-                self.log_level.clone(),
-            ),
-            (
-                "SHAREDCARE_TELEMETRY__LOG_FORMAT".into(),
-                self.log_format.into(),
-            ),
-        ]))
+        ]));
+        Ok(env)
     }
 }
 
@@ -203,8 +225,9 @@ mod tests {
             bootstrap_file: credentials.path,
             records_secret: credentials.records_secret,
             consent_secret: credentials.consent_secret,
-            log_level: "info".into(),
-            log_format: "pretty",
+            log_level: Some("info".into()),
+            log_format: Some("pretty"),
+            shell: Env::new(),
             decision_cache_ms: None,
         }
     }
@@ -286,10 +309,78 @@ mod tests {
     }
 
     #[test]
+    fn the_shells_settings_reach_every_service_under_devs_wiring() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let shell = Env::from([
+            ("SHAREDCARE_DATABASE__BACKEND".into(), "postgres".into()),
+            (
+                "SHAREDCARE_DATABASE__URL__VALUE".into(),
+                "postgres://postgres@127.0.0.1:5432/sharedcare".into(),
+            ),
+            ("SHAREDCARE_TELEMETRY__LOG_LEVEL".into(), "debug".into()),
+            (
+                "SHAREDCARE_TELEMETRY__METRICS_ADDR".into(),
+                "127.0.0.1:9999".into(),
+            ),
+            // dev's own wiring wins: its ports are what its banner prints.
+            ("SHAREDCARE_SERVER__LISTEN".into(), "0.0.0.0:1".into()),
+        ]);
+        let configs = DevSettings {
+            log_level: None,
+            log_format: None,
+            shell,
+            ..settings(dir.path())
+        }
+        .load()
+        .expect("valid");
+        for (name, database, telemetry, listen) in [
+            (
+                "identity",
+                &configs.identity.database,
+                &configs.identity.telemetry,
+                &configs.identity.server.listen,
+            ),
+            (
+                "consent",
+                &configs.consent.database,
+                &configs.consent.telemetry,
+                &configs.consent.server.listen,
+            ),
+            (
+                "records",
+                &configs.records.database,
+                &configs.records.telemetry,
+                &configs.records.server.listen,
+            ),
+            (
+                "audit",
+                &configs.audit.database,
+                &configs.audit.telemetry,
+                &configs.audit.server.listen,
+            ),
+        ] {
+            assert_eq!(
+                database.backend,
+                sharedcare_kit::config::StorageBackend::Postgres,
+                "{name}"
+            );
+            let url = database.resolve_url(name).expect("url");
+            assert!(url.expose().starts_with("postgres://"), "{name}");
+            assert_eq!(telemetry.log_level, "debug", "{name}");
+            assert_eq!(
+                telemetry.log_format,
+                sharedcare_kit::config::LogFormat::Pretty
+            );
+            assert_eq!(listen.ip().to_string(), "127.0.0.1", "{name}: {listen}");
+            assert_ne!(listen.port(), 1, "{name}: dev's port, not the shell's");
+        }
+    }
+
+    #[test]
     fn a_bad_log_level_names_the_service_and_key() {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut s = settings(dir.path());
-        s.log_level = "[".into();
+        s.log_level = Some("[".into());
         let err = s.load().expect_err("invalid filter");
         let text = err.to_string();
         assert!(text.contains("identity configuration"), "{text}");

@@ -26,12 +26,20 @@ pub struct DevArgs {
     /// Directory for the SQLite files, the signing key and bootstrap.toml.
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Log filter, e.g. `info` or `info,sharedcare_records=debug`.
-    #[arg(long, default_value = "info")]
-    pub log_level: String,
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormatArg::Pretty)]
-    pub log_format: LogFormatArg,
+    /// Log filter, e.g. `info` or `info,sharedcare_records=debug`
+    /// [default: SHAREDCARE_TELEMETRY__LOG_LEVEL, or info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log format [default: SHAREDCARE_TELEMETRY__LOG_FORMAT, or pretty].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    /// Keep every service's data in this PostgreSQL database instead of
+    /// SQLite files (the four share it, each with its own tables), e.g.
+    /// `postgres://postgres@127.0.0.1:5432/sharedcare`. The same as
+    /// SHAREDCARE_DATABASE__BACKEND=postgres with
+    /// SHAREDCARE_DATABASE__URL__VALUE set.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
     /// How long records and identity keep consent's decisions, in
     /// milliseconds (`consent_cache.max_age_ms`); 0 asks consent every time
     /// (to measure what the cache saves) [default: the services' own].
@@ -65,6 +73,26 @@ impl LogFormatArg {
     }
 }
 
+/// The `SHAREDCARE_*` settings of dev's own environment that configure the
+/// services (not the CLI's client settings, nor a config file meant for
+/// one service), with `--database-url` laid over them.
+fn shell_settings(
+    vars: impl Iterator<Item = (String, String)>,
+    database_url: Option<&str>,
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let mut shell: std::collections::HashMap<String, String> = vars
+        .filter(|(key, _)| key.starts_with("SHAREDCARE_") && key.contains("__"))
+        .collect();
+    if let Some(url) = database_url {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            anyhow::bail!("--database-url must be a postgres:// URL");
+        }
+        shell.insert("SHAREDCARE_DATABASE__BACKEND".into(), "postgres".into());
+        shell.insert("SHAREDCARE_DATABASE__URL__VALUE".into(), url.into());
+    }
+    Ok(shell)
+}
+
 /// Runs until Ctrl-C or SIGTERM; an error when any service failed.
 pub async fn run(args: DevArgs, base_port: u16) -> anyhow::Result<()> {
     let ports = Ports::from_base(base_port);
@@ -80,7 +108,8 @@ pub async fn run(args: DevArgs, base_port: u16) -> anyhow::Result<()> {
         records_secret: credentials.records_secret.clone(),
         consent_secret: credentials.consent_secret.clone(),
         log_level: args.log_level,
-        log_format: args.log_format.as_config(),
+        log_format: args.log_format.map(LogFormatArg::as_config),
+        shell: shell_settings(std::env::vars(), args.database_url.as_deref())?,
         decision_cache_ms: args.decision_cache_ms,
     };
     let configs = settings.load()?;

@@ -69,15 +69,29 @@ impl Dev {
 
     /// As `start`, with more of dev's options.
     pub fn start_with(data_dir: &Path, logs: &Path, base_port: u16, extra: &[&str]) -> Self {
+        Self::start_in(data_dir, logs, base_port, "warn", extra, &[])
+    }
+
+    /// As `start_with`, logging at `log_level`, with `env` set in dev's
+    /// environment as a shell would (e.g. `OTEL_*`, `SHAREDCARE_*`).
+    pub fn start_in(
+        data_dir: &Path,
+        logs: &Path,
+        base_port: u16,
+        log_level: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let stdout = std::fs::File::create(logs.join("dev.stdout")).expect("stdout log");
         let stderr = std::fs::File::create(logs.join("dev.stderr")).expect("stderr log");
         let child = Command::new(BIN)
             .args(["dev", "--data-dir"])
             .arg(data_dir)
             .args(["--base-port", &base_port.to_string()])
-            .args(["--log-level", "warn", "--log-format", "json"])
+            .args(["--log-level", log_level, "--log-format", "json"])
             .args(extra)
             .env_remove("SHAREDCARE_CONFIG_FILE")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
