@@ -11,10 +11,12 @@ use sharedcare_kit::{
 };
 use sharedcare_proto::{
     common::v1::{PrincipalKind, Purpose},
+    consent::v1::{self as consent, consent_service_client::ConsentServiceClient},
     identity::v1::{
-        CreateOrganisationRequest, CreatePrincipalRequest, IssueTokenRequest,
+        self as identity, CreateOrganisationRequest, CreatePrincipalRequest, IssueTokenRequest,
         identity_service_client::IdentityServiceClient,
     },
+    records::v1::{self as records, records_service_client::RecordsServiceClient},
 };
 
 pub const ADMIN_CLIENT_ID: &str = "admin";
@@ -310,6 +312,67 @@ role = "service"
             .token()
             .await
             .expect("identity's own token")
+    }
+
+    /// Siân O'Brien (NHS number 999 000 0018), registered by the GP
+    /// practice A81001's PAS `gp_pas`, which asserts it is her registered
+    /// GP; `gp` writes her an AllergyIntolerance. Her patient id and the
+    /// record.
+    pub async fn cared_for_patient(&self, gp_pas: &str, gp: &str) -> (String, records::Record) {
+        let patient_id = IdentityServiceClient::new(self.identity.channel.clone())
+            .register_patient(with_token(
+                identity::RegisterPatientRequest {
+                    confirm_new_patient: false,
+                    nhs_number: "999 000 0018".into(),
+                    demographics: Some(identity::Demographics {
+                        given_names: vec!["Siân".into()],
+                        family_name: "O'Brien".into(),
+                        birth_date: "1961-07-14".into(),
+                        gender: identity::Gender::Female as i32,
+                        postcode: "LS1 4AP".into(),
+                        ..Default::default()
+                    }),
+                },
+                gp_pas,
+            ))
+            .await
+            .expect("registered")
+            .into_inner()
+            .patient
+            .expect("patient")
+            .patient_id;
+        ConsentServiceClient::new(self.consent.channel.clone())
+            .record_care_relationship(with_token(
+                consent::RecordCareRelationshipRequest {
+                    patient_id: patient_id.clone(),
+                    organisation_ods_code: "A81001".into(),
+                    kind: consent::CareRelationshipKind::RegisteredGp as i32,
+                    ..Default::default()
+                },
+                gp_pas,
+            ))
+            .await
+            .expect("the GP cares for the patient");
+        let created = RecordsServiceClient::new(self.records.channel.clone())
+            .create_record(with_token(
+                records::CreateRecordRequest {
+                    patient_id: patient_id.clone(),
+                    resource_json: serde_json::json!({
+                        "resourceType": "AllergyIntolerance",
+                        "patient": {"reference": format!("Patient/{patient_id}")},
+                        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "91936005", "display": "Allergy to penicillin"}]}
+                    })
+                    .to_string(),
+                    ..Default::default()
+                },
+                gp,
+            ))
+            .await
+            .expect("created")
+            .into_inner()
+            .record
+            .expect("record");
+        (patient_id, created)
     }
 
     /// A token for a client, from identity.

@@ -13,7 +13,6 @@ use sharedcare_kit::testing::with_token;
 use sharedcare_proto::{
     audit::v1::{self as audit, Action, Outcome, audit_service_client::AuditServiceClient},
     consent::v1::{self as consent, consent_service_client::ConsentServiceClient},
-    identity::v1::{self as identity, identity_service_client::IdentityServiceClient},
     records::v1::{self as records, records_service_client::RecordsServiceClient},
 };
 use sharedcare_tests::{Backend, Platform};
@@ -45,65 +44,6 @@ async fn break_glass_accesses(p: &Platform, token: &str) -> Vec<audit::BreakGlas
     }
 }
 
-/// A patient registered by A81001's PAS, cared for by A81001, with one
-/// record written by its GP: (patient id, record).
-async fn cared_for_patient(p: &Platform, gp_pas: &str, gp: &str) -> (String, records::Record) {
-    let patient_id = IdentityServiceClient::new(p.identity.channel.clone())
-        .register_patient(with_token(
-            identity::RegisterPatientRequest {
-                confirm_new_patient: false,
-                nhs_number: "999 000 0018".into(),
-                demographics: Some(identity::Demographics {
-                    given_names: vec!["Siân".into()],
-                    family_name: "O'Brien".into(),
-                    birth_date: "1961-07-14".into(),
-                    gender: identity::Gender::Female as i32,
-                    postcode: "LS1 4AP".into(),
-                    ..Default::default()
-                }),
-            },
-            gp_pas,
-        ))
-        .await
-        .expect("registered")
-        .into_inner()
-        .patient
-        .expect("patient")
-        .patient_id;
-    ConsentServiceClient::new(p.consent.channel.clone())
-        .record_care_relationship(with_token(
-            consent::RecordCareRelationshipRequest {
-                patient_id: patient_id.clone(),
-                organisation_ods_code: "A81001".into(),
-                kind: consent::CareRelationshipKind::RegisteredGp as i32,
-                ..Default::default()
-            },
-            gp_pas,
-        ))
-        .await
-        .expect("the GP cares for the patient");
-    let created = RecordsServiceClient::new(p.records.channel.clone())
-        .create_record(with_token(
-            records::CreateRecordRequest {
-                patient_id: patient_id.clone(),
-                resource_json: serde_json::json!({
-                    "resourceType": "AllergyIntolerance",
-                    "patient": {"reference": format!("Patient/{patient_id}")},
-                    "code": {"coding": [{"system": "http://snomed.info/sct", "code": "91936005", "display": "Allergy to penicillin"}]}
-                })
-                .to_string(),
-                ..Default::default()
-            },
-            gp,
-        ))
-        .await
-        .expect("created")
-        .into_inner()
-        .record
-        .expect("record");
-    (patient_id, created)
-}
-
 #[tokio::test]
 async fn a_change_of_consent_is_honoured_by_the_very_next_get_record() {
     let p = Platform::start(Backend::Sqlite).await;
@@ -111,7 +51,7 @@ async fn a_change_of_consent_is_honoured_by_the_very_next_get_record() {
     p.organisation(&admin, "A81001").await;
     let gp_pas = p.pas(&admin, "A81001").await;
     let gp = p.staff(&admin, "A81001", "R8000").await;
-    let (patient_id, created) = cared_for_patient(&p, &gp_pas, &gp).await;
+    let (patient_id, created) = p.cared_for_patient(&gp_pas, &gp).await;
     let the_patient = p.patient(&admin, &patient_id).await;
     let mut records_client = RecordsServiceClient::new(p.records.channel.clone());
     let mut consent_client = ConsentServiceClient::new(p.consent.channel.clone());
@@ -189,7 +129,7 @@ async fn an_emergency_read_by_break_glass_is_granted_flagged_and_reported() {
     let ae = p.staff(&admin, "RR8", "R8000").await;
     let ae_clerk = p.staff(&admin, "RR8", "R8001").await;
 
-    let (patient_id, created) = cared_for_patient(&p, &gp_pas, &gp).await;
+    let (patient_id, created) = p.cared_for_patient(&gp_pas, &gp).await;
     let mut records_client = RecordsServiceClient::new(p.records.channel.clone());
     let get = |reason: &str| records::GetRecordRequest {
         patient_id: patient_id.clone(),

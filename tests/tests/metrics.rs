@@ -10,13 +10,11 @@
 use std::{net::SocketAddr, time::Duration};
 
 use sharedcare_kit::{
-    metrics::code_name,
+    error::code_name,
     testing::{Scraped, TestDatabase, assert_no_identifiers, scrape, scrape_raw, with_token},
 };
-use sharedcare_proto::{
-    consent::v1::{self as consent, consent_service_client::ConsentServiceClient},
-    identity::v1::{self as identity, identity_service_client::IdentityServiceClient},
-    records::v1::{self as records, records_service_client::RecordsServiceClient},
+use sharedcare_proto::records::v1::{
+    self as records, records_service_client::RecordsServiceClient,
 };
 use sharedcare_tests::{Backend, Platform};
 
@@ -42,66 +40,6 @@ async fn eventually(addr: SocketAddr, what: &str, done: impl Fn(&Scraped) -> boo
         assert!(tokio::time::Instant::now() < deadline, "never: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// A patient registered and cared for by A81001, with one record written by
-/// its GP: (patient id, record id).
-async fn cared_for_patient(p: &Platform, gp_pas: &str, gp: &str) -> (String, String) {
-    let patient_id = IdentityServiceClient::new(p.identity.channel.clone())
-        .register_patient(with_token(
-            identity::RegisterPatientRequest {
-                confirm_new_patient: false,
-                nhs_number: NHS_NUMBER.into(),
-                demographics: Some(identity::Demographics {
-                    given_names: vec!["Siân".into()],
-                    family_name: "O'Brien".into(),
-                    birth_date: "1961-07-14".into(),
-                    gender: identity::Gender::Female as i32,
-                    postcode: "LS1 4AP".into(),
-                    ..Default::default()
-                }),
-            },
-            gp_pas,
-        ))
-        .await
-        .expect("registered")
-        .into_inner()
-        .patient
-        .expect("patient")
-        .patient_id;
-    ConsentServiceClient::new(p.consent.channel.clone())
-        .record_care_relationship(with_token(
-            consent::RecordCareRelationshipRequest {
-                patient_id: patient_id.clone(),
-                organisation_ods_code: "A81001".into(),
-                kind: consent::CareRelationshipKind::RegisteredGp as i32,
-                ..Default::default()
-            },
-            gp_pas,
-        ))
-        .await
-        .expect("the GP cares for the patient");
-    let record_id = RecordsServiceClient::new(p.records.channel.clone())
-        .create_record(with_token(
-            records::CreateRecordRequest {
-                patient_id: patient_id.clone(),
-                resource_json: serde_json::json!({
-                    "resourceType": "AllergyIntolerance",
-                    "patient": {"reference": format!("Patient/{patient_id}")},
-                    "code": {"coding": [{"system": "http://snomed.info/sct", "code": "91936005", "display": "Allergy to penicillin"}]}
-                })
-                .to_string(),
-                ..Default::default()
-            },
-            gp,
-        ))
-        .await
-        .expect("created")
-        .into_inner()
-        .record
-        .expect("record")
-        .record_id;
-    (patient_id, record_id)
 }
 
 #[tokio::test]
@@ -130,7 +68,8 @@ async fn counted_rpcs_and_no_identifiers(backend: Backend) {
     let gp_pas = p.pas(&admin, "A81001").await;
     let gp = p.staff(&admin, "A81001", "R8000").await;
     let stranger = p.staff(&admin, "B82002", "R8000").await;
-    let (patient_id, record_id) = cared_for_patient(&p, &gp_pas, &gp).await;
+    let (patient_id, record) = p.cared_for_patient(&gp_pas, &gp).await;
+    let record_id = record.record_id;
     let records_metrics = metrics_addr(&p.records);
     let before = scrape(records_metrics).await;
 

@@ -43,6 +43,7 @@ use http_body_util::Full;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::{net::TcpListener, task::JoinSet};
 
+use crate::error::code_name;
 use crate::{Error, access::AccessTable, peers::BoxFuture};
 
 pub const RPC_REQUESTS: &str = "sharedcare_rpc_requests_total";
@@ -522,30 +523,6 @@ impl Drop for Rpc {
 fn status_of(headers: &http::HeaderMap) -> Option<&'static str> {
     let value = headers.get("grpc-status")?;
     Some(code_name(tonic::Code::from_bytes(value.as_bytes())))
-}
-
-/// gRPC's own name for a status code.
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 /// A response body that reads the status from its trailers.
