@@ -354,19 +354,7 @@ role = "service"
             .await
             .expect("the GP cares for the patient");
         let created = RecordsServiceClient::new(self.records.channel.clone())
-            .create_record(with_token(
-                records::CreateRecordRequest {
-                    patient_id: patient_id.clone(),
-                    resource_json: serde_json::json!({
-                        "resourceType": "AllergyIntolerance",
-                        "patient": {"reference": format!("Patient/{patient_id}")},
-                        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "91936005", "display": "Allergy to penicillin"}]}
-                    })
-                    .to_string(),
-                    ..Default::default()
-                },
-                gp,
-            ))
+            .create_record(with_token(allergy(&patient_id), gp))
             .await
             .expect("created")
             .into_inner()
@@ -561,4 +549,38 @@ async fn spawn_audit(
         listener,
     )
     .await
+}
+
+/// A penicillin allergy for the patient (general category).
+pub fn allergy(patient_id: &str) -> records::CreateRecordRequest {
+    records::CreateRecordRequest {
+        patient_id: patient_id.into(),
+        resource_json: serde_json::json!({
+            "resourceType": "AllergyIntolerance",
+            "patient": {"reference": format!("Patient/{patient_id}")},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "91936005", "display": "Allergy to penicillin"}]}
+        })
+        .to_string(),
+        ..Default::default()
+    }
+}
+
+/// The first page of everything on the patient's record.
+pub fn search(patient_id: &str) -> records::SearchRequest {
+    records::SearchRequest {
+        patient_id: patient_id.into(),
+        ..Default::default()
+    }
+}
+
+/// Retries `attempt` until it gives `Some` (what one service does reaches
+/// another a moment later), for up to 10 s.
+pub async fn eventually<T, F: AsyncFnMut() -> Option<T>>(what: &str, mut attempt: F) -> T {
+    for _ in 0..200 {
+        if let Some(done) = attempt().await {
+            return done;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within 10 s");
 }

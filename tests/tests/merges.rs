@@ -5,15 +5,13 @@
 //! id reach the survivor, an objection recorded under either id applies to
 //! both, and a new record for the old id is filed under the survivor.
 
-use std::time::Duration;
-
 use sharedcare_kit::testing::with_token;
 use sharedcare_proto::{
     consent::v1::{self as consent, consent_service_client::ConsentServiceClient},
     identity::v1::{self as identity, identity_service_client::IdentityServiceClient},
     records::v1::{self as records, records_service_client::RecordsServiceClient},
 };
-use sharedcare_tests::{Backend, Platform};
+use sharedcare_tests::{Backend, Platform, allergy, eventually, search};
 use tonic::Code;
 
 fn register(nhs: &str, postcode: &str) -> identity::RegisterPatientRequest {
@@ -29,38 +27,6 @@ fn register(nhs: &str, postcode: &str) -> identity::RegisterPatientRequest {
         }),
         confirm_new_patient: false,
     }
-}
-
-fn allergy(patient_id: &str) -> records::CreateRecordRequest {
-    records::CreateRecordRequest {
-        patient_id: patient_id.into(),
-        resource_json: serde_json::json!({
-            "resourceType": "AllergyIntolerance",
-            "patient": {"reference": format!("Patient/{patient_id}")},
-            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "91936005", "display": "Allergy to penicillin"}]}
-        })
-        .to_string(),
-        ..Default::default()
-    }
-}
-
-fn search(patient_id: &str) -> records::SearchRequest {
-    records::SearchRequest {
-        patient_id: patient_id.into(),
-        ..Default::default()
-    }
-}
-
-/// Retries `attempt` until it gives `Some` (the merge travels to records
-/// and consent as a stream event), for up to 10 s.
-async fn eventually<T, F: AsyncFnMut() -> Option<T>>(what: &str, mut attempt: F) -> T {
-    for _ in 0..200 {
-        if let Some(done) = attempt().await {
-            return done;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what} did not happen within 10 s");
 }
 
 #[tokio::test]

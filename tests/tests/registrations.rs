@@ -6,15 +6,13 @@
 //! RecordGpRegistration is idempotent and refuses bad input naming the
 //! field, changing nothing.
 
-use std::time::Duration;
-
 use sharedcare_kit::testing::with_token;
 use sharedcare_proto::{
     consent::v1::{self as consent, consent_service_client::ConsentServiceClient},
     identity::v1::{self as identity, identity_service_client::IdentityServiceClient},
-    records::v1::{self as records, records_service_client::RecordsServiceClient},
+    records::v1::records_service_client::RecordsServiceClient,
 };
-use sharedcare_tests::{Backend, Platform};
+use sharedcare_tests::{Backend, Platform, allergy, eventually, search};
 use tonic::Code;
 
 const NHS: &str = "999 000 0018";
@@ -33,38 +31,6 @@ fn register(practice: &str) -> identity::RegisterPatientRequest {
         }),
         confirm_new_patient: false,
     }
-}
-
-fn allergy(patient_id: &str) -> records::CreateRecordRequest {
-    records::CreateRecordRequest {
-        patient_id: patient_id.into(),
-        resource_json: serde_json::json!({
-            "resourceType": "AllergyIntolerance",
-            "patient": {"reference": format!("Patient/{patient_id}")},
-            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "91936005", "display": "Allergy to penicillin"}]}
-        })
-        .to_string(),
-        ..Default::default()
-    }
-}
-
-fn search(patient_id: &str) -> records::SearchRequest {
-    records::SearchRequest {
-        patient_id: patient_id.into(),
-        ..Default::default()
-    }
-}
-
-/// Retries `attempt` until it gives `Some` (identity's relay carries the
-/// registration to consent), for up to 10 s.
-async fn eventually<T, F: AsyncFnMut() -> Option<T>>(what: &str, mut attempt: F) -> T {
-    for _ in 0..200 {
-        if let Some(done) = attempt().await {
-            return done;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what} did not happen within 10 s");
 }
 
 /// The patient's registered-GP relationships, ended ones too, as
