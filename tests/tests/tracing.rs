@@ -163,14 +163,39 @@ async fn one_get_record_is_one_trace_across_records_consent_and_audit() {
             .map(String::as_str),
         Some("0")
     );
-    let evaluate = trace
-        .iter()
-        .find(|s| is(s, "sharedcare.consent.v1.ConsentService", "Evaluate"))
-        .unwrap_or_else(|| panic!("consent's decision is not in the trace: {names:?}"));
-    let ids: BTreeSet<&[u8]> = trace.iter().map(|s| s.span_id.as_slice()).collect();
+    const SERVER: i32 = 2;
+    const CLIENT: i32 = 3;
+    assert_eq!(read.kind, SERVER);
+    let evaluate = |kind: i32| {
+        trace
+            .iter()
+            .find(|s| is(s, "sharedcare.consent.v1.ConsentService", "Evaluate") && s.kind == kind)
+            .unwrap_or_else(|| panic!("consent's decision is not in the trace: {names:?}"))
+    };
+    let (asked, decided) = (evaluate(CLIENT), evaluate(SERVER));
+    // Walks up from `span` to the trace's root: whether `ancestor` is on
+    // the way.
+    let descends = |span: &Exported, ancestor: &Exported| {
+        let mut parent = span.parent_span_id.clone();
+        while !parent.is_empty() {
+            if parent == ancestor.span_id {
+                return true;
+            }
+            parent = trace
+                .iter()
+                .find(|s| s.span_id == parent)
+                .map(|s| s.parent_span_id.clone())
+                .unwrap_or_default();
+        }
+        false
+    };
     assert!(
-        ids.contains(evaluate.parent_span_id.as_slice()),
-        "consent's span hangs under records'"
+        descends(asked, read),
+        "records' call to consent is within its request"
+    );
+    assert_eq!(
+        decided.parent_span_id, asked.span_id,
+        "consent's span continues records' call"
     );
     assert!(
         trace.iter().any(|s| s.name.starts_with("sea_orm.")),
@@ -180,7 +205,10 @@ async fn one_get_record_is_one_trace_across_records_consent_and_audit() {
         .iter()
         .find(|s| s.name == "audit store event")
         .unwrap_or_else(|| panic!("audit's storing of the event is not in the trace: {names:?}"));
-    assert!(ids.contains(stored.parent_span_id.as_slice()));
+    assert!(
+        descends(stored, read),
+        "audit's storing of the access's event is within the request's trace tree"
+    );
 
     // Nothing personal in anything exported, from any trace.
     let everything = receiver.spans();

@@ -36,6 +36,7 @@ use sharedcare_proto::{
     },
 };
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::domain::{OdsCode, PatientId};
 
@@ -102,30 +103,44 @@ impl Directory for IdentityDirectory {
         let message = GetOrganisationRequest {
             ods_code: code.as_str().to_owned(),
         };
-        Box::pin(async move {
-            let request =
-                sharedcare_kit::client::request(message, self.tokens.as_ref(), self.timeout)
-                    .await?;
-            Self::found(
-                self.client.clone().get_organisation(request).await,
-                "organisation",
-            )
-        })
+        Box::pin(
+            async move {
+                let request =
+                    sharedcare_kit::client::request(message, self.tokens.as_ref(), self.timeout)
+                        .await?;
+                Self::found(
+                    sharedcare_kit::client::answered(
+                        self.client.clone().get_organisation(request).await,
+                    ),
+                    "organisation",
+                )
+            }
+            .instrument(sharedcare_kit::client::call_span(
+                "sharedcare.identity.v1.IdentityService/GetOrganisation",
+            )),
+        )
     }
 
     fn patient_exists(&self, patient: &PatientId) -> BoxFuture<'_, bool> {
         let message = ResolvePatientRequest {
             patient_id: patient.as_str().to_owned(),
         };
-        Box::pin(async move {
-            let request =
-                sharedcare_kit::client::request(message, self.tokens.as_ref(), self.timeout)
-                    .await?;
-            Self::found(
-                self.client.clone().resolve_patient(request).await,
-                "patient",
-            )
-        })
+        Box::pin(
+            async move {
+                let request =
+                    sharedcare_kit::client::request(message, self.tokens.as_ref(), self.timeout)
+                        .await?;
+                Self::found(
+                    sharedcare_kit::client::answered(
+                        self.client.clone().resolve_patient(request).await,
+                    ),
+                    "patient",
+                )
+            }
+            .instrument(sharedcare_kit::client::call_span(
+                "sharedcare.identity.v1.IdentityService/ResolvePatient",
+            )),
+        )
     }
 }
 

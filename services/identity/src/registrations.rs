@@ -24,6 +24,7 @@ use sharedcare_proto::consent::v1::{
 };
 use tokio::sync::Notify;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::{
     domain::OdsCode,
@@ -74,25 +75,29 @@ impl GrpcRegistrations {
 
 impl RegistrationSink for GrpcRegistrations {
     fn record(&self, registration: GpRegistration) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let message = RecordGpRegistrationRequest {
-                patient_id: registration.patient_id,
-                organisation_ods_code: registration
-                    .practice
-                    .map(|p| p.as_str().to_owned())
-                    .unwrap_or_default(),
-                registered_time: Some(to_proto(registration.since)),
-            };
-            let request =
-                sharedcare_kit::client::request(message, self.tokens.as_ref(), self.timeout)
-                    .await?;
-            self.client
-                .clone()
-                .record_gp_registration(request)
-                .await
+        Box::pin(
+            async move {
+                let message = RecordGpRegistrationRequest {
+                    patient_id: registration.patient_id,
+                    organisation_ods_code: registration
+                        .practice
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_default(),
+                    registered_time: Some(to_proto(registration.since)),
+                };
+                let request =
+                    sharedcare_kit::client::request(message, self.tokens.as_ref(), self.timeout)
+                        .await?;
+                sharedcare_kit::client::answered(
+                    self.client.clone().record_gp_registration(request).await,
+                )
                 .map_err(Error::from)?;
-            Ok(())
-        })
+                Ok(())
+            }
+            .instrument(sharedcare_kit::client::call_span(
+                "sharedcare.consent.v1.ConsentService/RecordGpRegistration",
+            )),
+        )
     }
 }
 

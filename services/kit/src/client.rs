@@ -102,6 +102,33 @@ impl TokenSource {
     }
 }
 
+/// The client span of one call to `path` (`<rpc.service>/<rpc.method>`),
+/// after OpenTelemetry's `rpc.*` conventions: build the request inside it
+/// (so its `traceparent` names this span, the callee's parent) and make the
+/// call inside it; [`answered`] records the status code.
+pub fn call_span(path: &'static str) -> tracing::Span {
+    let (service, method) = path.split_once('/').unwrap_or((path, ""));
+    tracing::info_span!(
+        "grpc.call",
+        otel.name = path,
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+    )
+}
+
+/// Records a call's status code on the current (client) span.
+pub fn answered<T>(result: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
+    let code = match &result {
+        Ok(_) => 0,
+        Err(status) => status.code() as i32,
+    };
+    tracing::Span::current().record("rpc.grpc.status_code", code);
+    result
+}
+
 /// An outgoing request carrying this service's token, the current trace
 /// context and a deadline.
 pub async fn request<T>(

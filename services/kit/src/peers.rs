@@ -16,6 +16,7 @@ use sharedcare_proto::{
     },
 };
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::{Error, client::ServiceTokens};
 
@@ -166,17 +167,19 @@ impl GrpcConsent {
         message: EvaluateRequest,
         refused: fn(tonic::Status) -> Error,
     ) -> Result<Decision, Error> {
-        let request = crate::client::request(message, self.tokens.as_ref(), self.timeout)
-            .await
-            .map_err(unavailable)?;
-        let response = self
-            .client
-            .clone()
-            .evaluate(request)
-            .await
-            .map_err(refused)?
-            .into_inner();
-        Ok(decision_from(response))
+        async {
+            let request = crate::client::request(message, self.tokens.as_ref(), self.timeout)
+                .await
+                .map_err(unavailable)?;
+            let response = crate::client::answered(self.client.clone().evaluate(request).await)
+                .map_err(refused)?
+                .into_inner();
+            Ok(decision_from(response))
+        }
+        .instrument(crate::client::call_span(
+            "sharedcare.consent.v1.ConsentService/Evaluate",
+        ))
+        .await
     }
 }
 
@@ -254,46 +257,50 @@ impl GrpcAudit {
 
 impl AuditSink for GrpcAudit {
     fn append(&self, event: AuditEvent) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let fail_closed = |e: Error| {
-                Error::unavailable(format!(
-                    "the access could not be audited, so it is refused ({})",
-                    e.message
-                ))
-            };
-            let request = crate::client::request(
-                AppendRequest { event: Some(event) },
-                self.tokens.as_ref(),
-                self.timeout,
-            )
-            .await
-            .map_err(fail_closed)?;
-            self.client
-                .clone()
-                .append(request)
+        Box::pin(
+            async move {
+                let fail_closed = |e: Error| {
+                    Error::unavailable(format!(
+                        "the access could not be audited, so it is refused ({})",
+                        e.message
+                    ))
+                };
+                let request = crate::client::request(
+                    AppendRequest { event: Some(event) },
+                    self.tokens.as_ref(),
+                    self.timeout,
+                )
                 .await
-                .map_err(|s| fail_closed(Error::from(s)))?;
-            Ok(())
-        })
+                .map_err(fail_closed)?;
+                crate::client::answered(self.client.clone().append(request).await)
+                    .map_err(|s| fail_closed(Error::from(s)))?;
+                Ok(())
+            }
+            .instrument(crate::client::call_span(
+                "sharedcare.audit.v1.AuditService/Append",
+            )),
+        )
     }
 }
 
 impl crate::outbox::BatchSink for GrpcAudit {
     fn append_batch(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let request = crate::client::request(
-                AppendBatchRequest { events },
-                self.tokens.as_ref(),
-                self.timeout,
-            )
-            .await?;
-            self.client
-                .clone()
-                .append_batch(request)
-                .await
-                .map_err(Error::from)?;
-            Ok(())
-        })
+        Box::pin(
+            async move {
+                let request = crate::client::request(
+                    AppendBatchRequest { events },
+                    self.tokens.as_ref(),
+                    self.timeout,
+                )
+                .await?;
+                crate::client::answered(self.client.clone().append_batch(request).await)
+                    .map_err(Error::from)?;
+                Ok(())
+            }
+            .instrument(crate::client::call_span(
+                "sharedcare.audit.v1.AuditService/AppendBatch",
+            )),
+        )
     }
 }
 

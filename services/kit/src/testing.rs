@@ -705,6 +705,8 @@ pub struct ExportedSpan {
     pub events: Vec<String>,
     /// The exporting resource's `service.name`.
     pub service: String,
+    /// OTLP's span kind: 2 server, 3 client.
+    pub kind: i32,
 }
 
 fn otlp_text(value: Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
@@ -770,6 +772,7 @@ impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Tra
                             })
                             .collect(),
                         service: service.clone(),
+                        kind: span.kind,
                     });
                 }
             }
