@@ -9,7 +9,9 @@ use opentelemetry::{
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, Layer as _, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer as _, filter::FilterExt as _, layer::SubscriberExt, util::SubscriberInitExt,
+};
 
 use crate::config::{LogFormat, TelemetryConfig};
 
@@ -93,26 +95,23 @@ pub fn init(service: &str, cfg: &TelemetryConfig) -> Result<TelemetryGuard, Init
                         && cx.lookup_current().is_none())
             }))
     });
-    let (json, pretty) = match cfg.log_format {
-        LogFormat::Json => (
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_filter(filter),
-            ),
-            None,
-        ),
-        LogFormat::Pretty => (
-            None,
-            Some(tracing_subscriber::fmt::layer().with_filter(filter)),
-        ),
+    // Storage spans are for traces: logs gain nothing from them, and a
+    // span no layer wants is never made (a query's cost is untouched when
+    // traces are off).
+    let filter = filter.and(tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.is_span() && meta.target().starts_with("sea_orm"))
+    }));
+    let logs = match cfg.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),
     };
     let _ = tracing_subscriber::registry()
         .with(otel_layer)
-        .with(json)
-        .with(pretty)
+        .with(logs.with_filter(filter))
         .try_init();
     Ok(TelemetryGuard { provider })
 }
