@@ -721,7 +721,7 @@ impl ConsentGrpc {
     ) -> Result<(Option<CareRelationship>, Vec<CareRelationship>), Error> {
         let now = Utc::now();
         // Under any of the person's ids (merges).
-        let (relationships, _) = self.consent_of_person(&patient_id).await?;
+        let relationships = self.relationships_of_person(&patient_id).await?;
         let open: Vec<CareRelationship> = relationships
             .into_iter()
             .filter(|r| r.kind == CareRelationshipKind::RegisteredGp && r.period.end.is_none())
@@ -838,45 +838,48 @@ impl ConsentGrpc {
         ))
     }
 
-    /// The relationships and directives recorded under every id of
-    /// `family`, each as the first (current) id's.
-    /// The relationships and directives recorded under any of the ids of
-    /// the person `patient` is (merges), as the current id's.
-    async fn consent_of_person(
+    /// The relationships recorded under any of the ids of the person
+    /// `patient` is (merges), as the current id's.
+    async fn relationships_of_person(
         &self,
         patient: &PatientId,
-    ) -> Result<(Vec<CareRelationship>, Vec<Directive>), Error> {
+    ) -> Result<Vec<CareRelationship>, Error> {
         let family = self.directory.family(patient).await?;
-        self.consent_of(&family).await
+        self.relationships_of(&family).await
     }
 
+    /// The directives recorded under any of the ids of the person `patient`
+    /// is (merges), as the current id's.
+    async fn directives_of_person(&self, patient: &PatientId) -> Result<Vec<Directive>, Error> {
+        let family = self.directory.family(patient).await?;
+        self.directives_of(&family).await
+    }
+
+    /// The relationships and directives recorded under every id of
+    /// `family`, each as the first (current) id's.
     async fn consent_of(
         &self,
         family: &[PatientId],
     ) -> Result<(Vec<CareRelationship>, Vec<Directive>), Error> {
-        let lists = futures::future::try_join_all(family.iter().map(|p| async move {
-            tokio::try_join!(
-                self.store.list_relationships(p),
-                self.store.list_directives(p)
-            )
+        tokio::try_join!(self.relationships_of(family), self.directives_of(family))
+    }
+
+    async fn relationships_of(&self, family: &[PatientId]) -> Result<Vec<CareRelationship>, Error> {
+        let lists =
+            futures::future::try_join_all(family.iter().map(|p| self.store.list_relationships(p)))
+                .await?;
+        Ok(relabelled_as_current(family, lists, |r, id| {
+            r.patient_id = id
         }))
-        .await?;
-        let Some(current) = family.first() else {
-            return Ok((Vec::new(), Vec::new()));
-        };
-        let mut relationships = Vec::new();
-        let mut directives = Vec::new();
-        for (r, d) in lists {
-            relationships.extend(r.into_iter().map(|mut r| {
-                r.patient_id = current.clone();
-                r
-            }));
-            directives.extend(d.into_iter().map(|mut d| {
-                d.patient_id = current.clone();
-                d
-            }));
-        }
-        Ok((relationships, directives))
+    }
+
+    async fn directives_of(&self, family: &[PatientId]) -> Result<Vec<Directive>, Error> {
+        let lists =
+            futures::future::try_join_all(family.iter().map(|p| self.store.list_directives(p)))
+                .await?;
+        Ok(relabelled_as_current(family, lists, |d, id| {
+            d.patient_id = id
+        }))
     }
 
     /// Records a break-glass grant for the actor of `asked`, for `period`:
@@ -1031,6 +1034,26 @@ impl ListQuery {
         };
         (keyed.into_iter().map(|(_, item)| item).collect(), next)
     }
+}
+
+/// Each id's list of a merged person, flattened, every entry relabelled
+/// (by `relabel`) as the family's first, current id's.
+fn relabelled_as_current<T>(
+    family: &[PatientId],
+    lists: Vec<Vec<T>>,
+    relabel: impl Fn(&mut T, PatientId),
+) -> Vec<T> {
+    let Some(current) = family.first() else {
+        return Vec::new();
+    };
+    lists
+        .into_iter()
+        .flatten()
+        .map(|mut item| {
+            relabel(&mut item, current.clone());
+            item
+        })
+        .collect()
 }
 
 /// The caller's organisation, required for the rows that act for one.
@@ -1262,7 +1285,7 @@ impl ConsentService for ConsentGrpc {
             .await?;
         let now = Utc::now();
         // A merged patient is one person: every id's relationships.
-        let (relationships, _) = self.consent_of_person(&patient).await?;
+        let relationships = self.relationships_of_person(&patient).await?;
         let relationships = relationships
             .into_iter()
             .filter(|r| query.all || r.period.end.is_none_or(|end| end > now));
@@ -1398,7 +1421,7 @@ impl ConsentService for ConsentGrpc {
         self.check_patient(&grant, &patient, "Directive", Action::Read)
             .await?;
         let now = Utc::now();
-        let (_, directives) = self.consent_of_person(&patient).await?;
+        let directives = self.directives_of_person(&patient).await?;
         let directives = directives.into_iter().filter(|d| {
             query.all || (d.revoked_at.is_none() && d.period.end.is_none_or(|end| end > now))
         });
