@@ -200,18 +200,14 @@ pub fn current_trace_parent() -> String {
 }
 
 /// A span for work done on behalf of a request that sent its context as a
-/// `traceparent` value (e.g. with an audit event), joining that trace; a
-/// root span when there is none.
+/// `traceparent` value (e.g. with an audit event), joining that trace.
 pub fn continued_span(name: &'static str, trace_parent: &str) -> tracing::Span {
     let span = tracing::info_span!("continued", otel.name = name);
-    if !trace_parent.is_empty() {
-        let carrier =
-            std::collections::HashMap::from([("traceparent".to_owned(), trace_parent.to_owned())]);
-        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.extract(&carrier)
-        });
-        let _ = span.set_parent(parent);
-    }
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_owned(), trace_parent.to_owned())]);
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&carrier));
+    let _ = span.set_parent(parent);
     span
 }
 

@@ -229,15 +229,15 @@ fn next_token(page: &Page) -> String {
     page.next.map(PageToken::encode).unwrap_or_default()
 }
 
-/// A span for storing one event, in the trace of the request that made it.
-/// A malformed or oversized `traceparent` is ignored: tracing never refuses.
+/// A span for storing one event, in the trace of the request that made it;
+/// none for an event from an untraced request (no span per event on a
+/// batch's path when tracing is off). A malformed or oversized
+/// `traceparent` is ignored: tracing never refuses.
 fn continued(trace_parent: &str) -> tracing::Span {
     const MAX_TRACE_PARENT: usize = 128;
-    let trace_parent = if trace_parent.len() <= MAX_TRACE_PARENT {
-        trace_parent
-    } else {
-        ""
-    };
+    if trace_parent.is_empty() || trace_parent.len() > MAX_TRACE_PARENT {
+        return tracing::Span::none();
+    }
     sharedcare_kit::telemetry::continued_span("audit store event", trace_parent)
 }
 
