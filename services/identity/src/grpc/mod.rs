@@ -389,14 +389,13 @@ fn patient_fields(p: Patient) -> pb::Patient {
 /// that relationship makes it: staff with `assert_relationships`, or an
 /// application with `consent.write`, acting for the practice itself —
 /// registering the patient with it, or ending its own registration.
-fn check_registration_change(
+fn may_change_registration(
     caller: &Caller,
-    field: &str,
     before: Option<&OdsCode>,
     after: Option<&OdsCode>,
-) -> Result<(), Error> {
+) -> bool {
     if before == after {
-        return Ok(());
+        return true;
     }
     let asserts = match caller.kind {
         PrincipalKind::Staff => caller.has(sharedcare_kit::access::Capability::AssertRelationships),
@@ -404,7 +403,17 @@ fn check_registration_change(
         _ => false,
     };
     let own = |code: Option<&OdsCode>| code.is_none_or(|c| c.as_str() == caller.organisation);
-    if asserts && own(after) && (after.is_some() || own(before)) {
+    asserts && own(after) && (after.is_some() || own(before))
+}
+
+/// [`may_change_registration`], or PERMISSION_DENIED naming `field`.
+fn check_registration_change(
+    caller: &Caller,
+    field: &str,
+    before: Option<&OdsCode>,
+    after: Option<&OdsCode>,
+) -> Result<(), Error> {
+    if may_change_registration(caller, before, after) {
         return Ok(());
     }
     Err(Error::permission_denied(format!(

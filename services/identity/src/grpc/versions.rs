@@ -14,8 +14,8 @@ use sharedcare_proto::{
 };
 
 use super::{
-    IdentityGrpc, check_registration_change, demographics_from_pb, may_see_restricted,
-    patient_access, patient_to_pb, required_id,
+    IdentityGrpc, check_registration_change, demographics_from_pb, may_change_registration,
+    may_see_restricted, patient_access, patient_to_pb, required_id,
 };
 use crate::{
     domain::{Demographics, Patient},
@@ -112,16 +112,16 @@ impl IdentityGrpc {
         found: Patient,
         given: &Demographics,
     ) -> Result<Patient, Error> {
+        let Some(practice) = given.gp_practice.as_ref() else {
+            return Ok(found);
+        };
         // A change may race another: read again and retry, a few times.
         let mut found = found;
         for _ in 0..3 {
-            let Some(practice) = given.gp_practice.as_ref() else {
-                return Ok(found);
-            };
             let current = found.demographics.gp_practice.as_ref();
             if current == Some(practice)
                 || (found.demographics.restricted && !may_see_restricted(caller))
-                || check_registration_change(caller, "", current, Some(practice)).is_err()
+                || !may_change_registration(caller, current, Some(practice))
             {
                 return Ok(found);
             }
