@@ -146,9 +146,14 @@ pub async fn serve(
         None => None,
     };
 
-    // Metrics outermost: they see the status callers get, normalised.
+    // Metrics outermost: they see the status callers get, normalised. Only
+    // where they are served: no work on every RPC for a count nobody reads.
     let layers = ServiceBuilder::new()
-        .layer(RpcMetricsLayer::new(spec.name, spec.access))
+        .option_layer(
+            _metrics
+                .is_some()
+                .then(|| RpcMetricsLayer::new(spec.name, spec.access)),
+        )
         .map_result(record_status)
         .map_result(normalise_status)
         .load_shed()
