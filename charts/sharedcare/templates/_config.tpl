@@ -23,6 +23,8 @@ can mount).
 listen = {{ printf "0.0.0.0:%d" (int $cfg.port) | toJson }}
 max_message_bytes = {{ $cfg.server.maxMessageBytes | int64 }}
 concurrency_limit = {{ $cfg.server.concurrencyLimit | int64 }}
+client_requests_per_second = {{ $cfg.server.clientRequestsPerSecond | int64 }}
+client_burst = {{ $cfg.server.clientBurst | int64 }}
 request_timeout_ms = {{ $cfg.server.requestTimeoutMs | int64 }}
 shutdown_drain_ms = {{ $cfg.server.shutdownDrainMs | int64 }}
 

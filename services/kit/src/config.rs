@@ -182,6 +182,13 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Requests in flight across all connections; beyond it, RESOURCE_EXHAUSTED.
     pub concurrency_limit: usize,
+    /// Requests per second one client (principal) may make of this replica,
+    /// sustained; beyond it, RESOURCE_EXHAUSTED. 0: no limit. The platform's
+    /// own service principals are exempt.
+    pub client_requests_per_second: u32,
+    /// How many requests a client may make at once above its rate (the
+    /// bucket's size); 0 means the same as the rate.
+    pub client_burst: u32,
     /// Longest a request may take before it is cancelled.
     pub request_timeout_ms: u64,
     /// After SIGTERM: how long health reports NOT_SERVING before we stop
@@ -218,6 +225,8 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_message_bytes: 4 * 1024 * 1024,
             concurrency_limit: 256,
+            client_requests_per_second: 1000,
+            client_burst: 2000,
             request_timeout_ms: 30_000,
             shutdown_drain_ms: 0,
         }
@@ -486,6 +495,8 @@ pub const COMMON_DEFAULTS: &str = r#"
 listen = "0.0.0.0:50051"
 max_message_bytes = 4194304
 concurrency_limit = 256
+client_requests_per_second = 1000
+client_burst = 2000
 request_timeout_ms = 30000
 shutdown_drain_ms = 5000
 

@@ -4,6 +4,7 @@
 //! spawning.
 
 pub mod access;
+pub mod admission;
 pub mod auth;
 pub mod client;
 pub mod config;

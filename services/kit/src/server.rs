@@ -1,5 +1,6 @@
 //! Server bootstrap shared by every service: health and reflection, the
-//! auth layer, bounded concurrency (RESOURCE_EXHAUSTED beyond it), a
+//! auth layer, admission (bounded concurrency and per-client rate limits,
+//! RESOURCE_EXHAUSTED beyond them; see `kit::admission`), a
 //! per-request timeout, and graceful shutdown on SIGTERM that reports
 //! NOT_SERVING, waits for load balancers to notice, then drains.
 
@@ -13,6 +14,7 @@ use tower::{BoxError, ServiceBuilder};
 use crate::{
     Error,
     access::AccessTable,
+    admission::{ClientRateLayer, InFlightLayer},
     auth::{AuthLayer, Verifier},
     config::ServerConfig,
     metrics::{MetricsListen, RpcMetricsLayer, Sampler},
@@ -156,11 +158,10 @@ pub async fn serve(
         )
         .map_result(record_status)
         .map_result(normalise_status)
-        .load_shed()
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            cfg.concurrency_limit,
-        ))
+        .map_err(BoxError::from)
+        .layer(InFlightLayer::new(cfg.concurrency_limit))
         .layer(AuthLayer::new(spec.verifier.clone(), spec.access))
+        .option_layer(ClientRateLayer::from_config(cfg))
         .into_inner();
 
     let drain = Duration::from_millis(cfg.shutdown_drain_ms);
@@ -235,15 +236,11 @@ type HttpResponse = http::Response<tonic::body::Body>;
 /// appear in `grpc-message` (percent-encoded: spaces are `%20`).
 const OVERSIZE_MESSAGE: &str = "Error,%20decoded%20message%20length%20too%20large";
 
-/// Answers with the codes gRPC's status-code guide gives: the load shedder's
-/// refusal is RESOURCE_EXHAUSTED (not UNKNOWN), and so is a message larger
-/// than the limit (tonic says OUT_OF_RANGE). Its message is kept.
+/// Answers with the codes gRPC's status-code guide gives: a message larger
+/// than the limit is RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE). Its
+/// message is kept.
 fn normalise_status(result: Result<HttpResponse, BoxError>) -> Result<HttpResponse, BoxError> {
     match result {
-        Err(err) if err.is::<tower::load_shed::error::Overloaded>() => Ok(
-            tonic::Status::resource_exhausted("server is at its concurrency limit; retry later")
-                .into_http(),
-        ),
         Ok(mut response) if is_oversize_refusal(response.headers()) => {
             response.headers_mut().insert(
                 "grpc-status",

@@ -143,6 +143,21 @@ impl Fixture {
     }
 }
 
+/// Versions records has stored.
+async fn stored_versions(store: &SqlStore) -> i64 {
+    use sea_orm::{ConnectionTrait, Statement};
+    let db = store.connection();
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM records_resource_versions",
+        ))
+        .await
+        .expect("count")
+        .expect("a row");
+    row.try_get("", "n").expect("n")
+}
+
 /// Rows in records' audit outbox.
 async fn outbox_rows(store: &SqlStore) -> i64 {
     sharedcare_kit::testing::outbox_rows(&store.connection(), OUTBOX_TABLE).await
@@ -352,9 +367,67 @@ async fn beyond_the_concurrency_limit_requests_are_shed_with_resource_exhausted(
         "{}",
         status.message()
     );
+    // Health tells the truth while the slot is taken: the server is serving.
+    let health = tonic_health::pb::health_client::HealthClient::new(f.server.channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("a health check is never shed");
+    assert_eq!(
+        health.into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     // The first one fails closed in the end: its peers never answered.
     let first = first.await.expect("join").expect_err("peers are silent");
     assert_eq!(first.code(), Code::Unavailable);
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_is_refused_while_others_are_served() {
+    let f = Fixture::with_gates(
+        Arc::new(PermitAll::default()),
+        Arc::new(MemoryAudit::default()),
+        ServerConfig {
+            client_requests_per_second: 2,
+            client_burst: 5,
+            ..ServerConfig::loopback()
+        },
+        OutboxSettings::default(),
+    )
+    .await;
+    let (busy, other) = (f.clinician(), f.clinician());
+    let mut client = f.client();
+    let mut ok = 0;
+    let mut refused = None;
+    for _ in 0..30 {
+        match client
+            .create_record(with_token(create("p-1", OBSERVATION), &busy))
+            .await
+        {
+            Ok(_) => ok += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                refused = Some(status);
+            }
+        }
+    }
+    let refused = refused.expect("30 calls at once are over a burst of 5");
+    assert!(
+        refused.message().contains("rate limit"),
+        "{}",
+        refused.message()
+    );
+    // The burst, and whatever the rate refilled while the calls were made.
+    assert!((5..30).contains(&ok), "{ok} admitted");
+    assert_eq!(
+        stored_versions(&f.store).await,
+        ok,
+        "nothing refused was stored"
+    );
+    // Another client, on the same connection, is served.
+    client
+        .create_record(with_token(create("p-1", OBSERVATION), &other))
+        .await
+        .expect("another client is not limited by the first");
 }
 
 /// consent that permits everything and remembers which categories it was

@@ -26,24 +26,9 @@ const SHORT: &[&str] = &[
     "--json",
 ];
 
-/// Runs `sharedcare <args>`; its JSON report, after checking it succeeded.
+/// Runs `sharedcare <args>` briefly; its JSON report.
 fn bench(args: &[&str], context: impl Fn() -> String) -> Value {
-    let mut command = Command::new(BIN);
-    command.args(args).args(SHORT);
-    for var in CLIENT_VARS {
-        command.env_remove(var);
-    }
-    let output = command.output().expect("run sharedcare bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "bench failed ({})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}\n{}",
-        output.status,
-        context()
-    );
-    serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("the report is not JSON ({e}):\n{stdout}\n{stderr}"))
+    support::bench(&[args, SHORT].concat(), context)
 }
 
 /// The run named `name` over `transport`: calls made, all of them OK.

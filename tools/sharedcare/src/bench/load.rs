@@ -61,7 +61,7 @@ pub struct Measurement {
 pub const STATUS_CODES: usize = 17;
 
 impl Measurement {
-    fn empty(call_timeout: Duration) -> anyhow::Result<Self> {
+    pub(super) fn empty(call_timeout: Duration) -> anyhow::Result<Self> {
         // Latencies up to twice the call timeout (a timed-out call is
         // recorded as long as it took), three significant figures.
         let max_us = u64::try_from(call_timeout.as_micros())
@@ -77,7 +77,7 @@ impl Measurement {
         })
     }
 
-    fn record(&mut self, code: Code, took: Duration) {
+    pub(super) fn record(&mut self, code: Code, took: Duration) {
         self.calls += 1;
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
         self.latency_us.saturating_record(us);

@@ -10,6 +10,7 @@
 //! loopback targets are loaded unless `--allow-remote` says otherwise.
 
 mod echo;
+mod flood;
 mod import;
 mod load;
 mod people;
@@ -64,6 +65,12 @@ pub struct BenchArgs {
     /// calls/s (the default is the closed loop: as fast as answers come).
     #[arg(long, value_parser = rate)]
     pub rate: Option<f64>,
+    /// After each scenario's closed loop, flood its service at this many
+    /// times the OK calls/s it measured (open loop, a task per call, for
+    /// --duration) while probing its health: reports how much was shed
+    /// (RESOURCE_EXHAUSTED), the admitted calls' latency and what health said.
+    #[arg(long, value_parser = factor)]
+    pub overload: Option<f64>,
     /// Records added to the bench patient before the search scenario runs.
     #[arg(long, default_value_t = 100_000)]
     pub seed_records: u64,
@@ -119,6 +126,18 @@ fn rate(text: &str) -> Result<f64, String> {
         .map_err(|_| format!("`{text}` is not a number of calls per second"))?;
     if !value.is_finite() || value <= 0.0 || value > 1e6 {
         return Err("must be more than 0 and at most 1000000 calls per second".into());
+    }
+    Ok(value)
+}
+
+/// How many times capacity a flood offers: more than 1, at most 100.
+fn factor(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if !value.is_finite() || value <= 1.0 || value > 100.0 {
+        return Err("must be more than 1 and at most 100 (times the measured capacity)".into());
     }
     Ok(value)
 }
@@ -226,6 +245,7 @@ pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
         let server = echo::EchoServer::start(echo_tls)?;
         runs.push(measure("echo", echo.clone(), &server.url, &services, &plan).await?);
     }
+    let mut floods = Vec::new();
     if let Some(fixture) = &fixture {
         for scenario in scenarios {
             let url = scenario
@@ -233,13 +253,34 @@ pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow!("{} has no target", scenario.name()))?
                 .to_owned();
             let rpc = Arc::new(scenario.rpc(fixture, &args.data_dir).await?);
-            let mut run = measure(scenario.name(), rpc, &url, &services, &plan).await?;
+            let mut run = measure(scenario.name(), rpc.clone(), &url, &services, &plan).await?;
             run.yardstick = scenario.yardstick().map(|s| s.name().to_owned());
+            if let Some(factor) = args.overload {
+                let capacity =
+                    run.statuses.get("OK").copied().unwrap_or(0) as f64 / run.elapsed_s.max(1e-9);
+                let flood_plan = flood::FloodPlan {
+                    factor,
+                    duration: plan.duration,
+                    call_timeout: plan.call_timeout,
+                };
+                floods.push(
+                    overload(
+                        scenario.name(),
+                        rpc,
+                        &url,
+                        &services,
+                        &plan,
+                        capacity,
+                        &flood_plan,
+                    )
+                    .await?,
+                );
+            }
             runs.push(run);
         }
     }
 
-    let report = Report::new(
+    let mut report = Report::new(
         Settings {
             connections: plan.connections,
             in_flight: plan.in_flight,
@@ -251,6 +292,7 @@ pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
         },
         runs,
     );
+    report.floods = floods;
     if args.json {
         out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -285,6 +327,35 @@ async fn measure(
     let label = format!("{name} {transport}");
     let measurement = load::run(&label, rpc.clone(), &channels, plan).await?;
     Ok(Run::new(name, rpc.method(), url, transport, &measurement))
+}
+
+/// A flood of `url` beyond `capacity`, on fresh connections (and one more
+/// for the health probe).
+async fn overload(
+    name: &str,
+    rpc: Arc<Rpc>,
+    url: &str,
+    services: &Services,
+    plan: &Plan,
+    capacity: f64,
+    flood_plan: &flood::FloodPlan,
+) -> anyhow::Result<flood::Flood> {
+    let channels = (0..plan.connections)
+        .map(|_| services.channel(url))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    eprintln!(
+        "bench: {name}: flooding {url} at {:.0} calls/s ({}× {capacity:.0})",
+        capacity * flood_plan.factor,
+        flood_plan.factor
+    );
+    load::prime(&rpc, &channels, plan.call_timeout)
+        .await
+        .with_context(|| format!("{name} on {url}"))?;
+    let mut flooded =
+        flood::run(rpc, &channels, services.channel(url)?, capacity, flood_plan).await?;
+    flooded.name = name.to_owned();
+    flooded.target = url.to_owned();
+    Ok(flooded)
 }
 
 /// Refuses a URL whose host is not loopback, unless remote load is allowed.

@@ -13,7 +13,12 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::load::Measurement;
+use hdrhistogram::Histogram;
+
+use super::{
+    flood::Flood,
+    load::{Measurement, STATUS_CODES},
+};
 use crate::failure::code_name;
 
 #[derive(Debug, Serialize)]
@@ -21,6 +26,9 @@ pub struct Report {
     pub settings: Settings,
     pub runs: Vec<Run>,
     pub ratios: Vec<Ratio>,
+    /// With `--overload`: each scenario flooded beyond its capacity.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub floods: Vec<Flood>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -64,6 +72,34 @@ pub struct Latency {
     pub mean: f64,
 }
 
+impl Latency {
+    /// Percentiles of a histogram of microseconds, in milliseconds.
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p99_9: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            mean: h.mean() / 1000.0,
+        }
+    }
+}
+
+/// Status name → count, for the codes seen.
+pub fn status_names(counts: &[u64; STATUS_CODES]) -> BTreeMap<&'static str, u64> {
+    counts
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(code, n)| {
+            let code = tonic::Code::from_i32(i32::try_from(code).unwrap_or(2));
+            (code_name(code), *n)
+        })
+        .collect()
+}
+
 /// A run's figures over its echo's, or its yardstick's.
 #[derive(Debug, Serialize)]
 pub struct Ratio {
@@ -86,8 +122,6 @@ impl Run {
         transport: &'static str,
         m: &Measurement,
     ) -> Run {
-        let h = &m.latency_us;
-        let ms = |us: u64| us as f64 / 1000.0;
         let elapsed_s = m.elapsed.as_secs_f64();
         Run {
             name: name.to_owned(),
@@ -101,24 +135,8 @@ impl Run {
             } else {
                 0.0
             },
-            latency_ms: Latency {
-                p50: ms(h.value_at_quantile(0.50)),
-                p90: ms(h.value_at_quantile(0.90)),
-                p99: ms(h.value_at_quantile(0.99)),
-                p99_9: ms(h.value_at_quantile(0.999)),
-                max: ms(h.max()),
-                mean: h.mean() / 1000.0,
-            },
-            statuses: m
-                .statuses
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| **n > 0)
-                .map(|(code, n)| {
-                    let code = tonic::Code::from_i32(i32::try_from(code).unwrap_or(2));
-                    (code_name(code), *n)
-                })
-                .collect(),
+            latency_ms: Latency::of(&m.latency_us),
+            statuses: status_names(&m.statuses),
             yardstick: None,
         }
     }
@@ -167,6 +185,7 @@ impl Report {
             settings,
             runs,
             ratios,
+            floods: Vec::new(),
         }
     }
 
@@ -230,6 +249,10 @@ impl Report {
                 r.name, r.transport, r.calls_per_s, r.p50, r.p90, r.p99, r.p99_9
             ));
         }
+        for flood in &self.floods {
+            lines.push(String::new());
+            lines.extend(flood.table());
+        }
         for run in &self.runs {
             let failed: u64 = run
                 .statuses
@@ -249,7 +272,7 @@ impl Report {
 }
 
 /// `OK 1234, UNAVAILABLE 5`: OK first, then by name.
-fn statuses(counts: &BTreeMap<&'static str, u64>) -> String {
+pub fn statuses(counts: &BTreeMap<&'static str, u64>) -> String {
     let ok = counts.get("OK").map(|n| format!("OK {n}"));
     ok.into_iter()
         .chain(

@@ -163,7 +163,8 @@ impl DevSettings {
 
     /// What every service gets: the shell's settings, then its loopback
     /// port, no shutdown drain (no load balancer to wait for), the data
-    /// dir, identity's URL, the logs.
+    /// dir, identity's URL, the logs, no per-client rate limit (unless the
+    /// shell sets one).
     fn common(&self, port: u16) -> anyhow::Result<Env> {
         let mut env = self.shell.clone();
         let logs = [
@@ -178,6 +179,10 @@ impl DevSettings {
                 "pretty",
             ),
         ];
+        // No per-client rate limit unless the shell sets one: a developer's
+        // one bench client must be able to reach the platform's capacity.
+        env.entry("SHAREDCARE_SERVER__CLIENT_REQUESTS_PER_SECOND".into())
+            .or_insert_with(|| "0".into());
         for (key, given, default) in logs {
             match given {
                 Some(value) => {
@@ -279,6 +284,7 @@ mod tests {
             "http://127.0.0.1:41003"
         );
         assert_eq!(configs.identity.server.shutdown_drain_ms, 0);
+        assert_eq!(configs.records.server.client_requests_per_second, 0);
         // dev is plaintext on loopback: no TLS anywhere.
         assert!(!configs.identity.tls.enabled && !configs.consent.tls.enabled);
         assert!(!configs.records.tls.enabled && !configs.audit.tls.enabled);
@@ -324,6 +330,11 @@ mod tests {
             ),
             // dev's own wiring wins: its ports are what its banner prints.
             ("SHAREDCARE_SERVER__LISTEN".into(), "0.0.0.0:1".into()),
+            // dev's defaults don't: a rate limit can be tried under dev.
+            (
+                "SHAREDCARE_SERVER__CLIENT_REQUESTS_PER_SECOND".into(),
+                "5".into(),
+            ),
         ]);
         let configs = DevSettings {
             log_level: None,
@@ -333,30 +344,30 @@ mod tests {
         }
         .load()
         .expect("valid");
-        for (name, database, telemetry, listen) in [
+        for (name, database, telemetry, server) in [
             (
                 "identity",
                 &configs.identity.database,
                 &configs.identity.telemetry,
-                &configs.identity.server.listen,
+                &configs.identity.server,
             ),
             (
                 "consent",
                 &configs.consent.database,
                 &configs.consent.telemetry,
-                &configs.consent.server.listen,
+                &configs.consent.server,
             ),
             (
                 "records",
                 &configs.records.database,
                 &configs.records.telemetry,
-                &configs.records.server.listen,
+                &configs.records.server,
             ),
             (
                 "audit",
                 &configs.audit.database,
                 &configs.audit.telemetry,
-                &configs.audit.server.listen,
+                &configs.audit.server,
             ),
         ] {
             assert_eq!(
@@ -367,10 +378,12 @@ mod tests {
             let url = database.resolve_url(name).expect("url");
             assert!(url.expose().starts_with("postgres://"), "{name}");
             assert_eq!(telemetry.log_level, "debug", "{name}");
+            assert_eq!(server.client_requests_per_second, 5, "{name}");
             assert_eq!(
                 telemetry.log_format,
                 sharedcare_kit::config::LogFormat::Pretty
             );
+            let listen = server.listen;
             assert_eq!(listen.ip().to_string(), "127.0.0.1", "{name}: {listen}");
             assert_ne!(listen.port(), 1, "{name}: dev's port, not the shell's");
         }

@@ -296,6 +296,27 @@ pub fn audit_verify(
     cli(dev, base_port, Some(auditor), &args)
 }
 
+/// Runs `sharedcare <args>` (a `bench` with `--json`); its JSON report,
+/// after checking it succeeded. `context` is added to a failure's message.
+pub fn bench(args: &[&str], context: impl Fn() -> String) -> serde_json::Value {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    for var in CLIENT_VARS {
+        command.env_remove(var);
+    }
+    let output = command.output().expect("run sharedcare bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench failed ({})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}\n{}",
+        output.status,
+        context()
+    );
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("the report is not JSON ({e}):\n{stdout}\n{stderr}"))
+}
+
 impl Drop for Dev {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
