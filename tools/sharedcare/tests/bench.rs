@@ -160,6 +160,41 @@ fn get_record_against_dev() {
         "about 40 calls in 1 s: {report:#}"
     );
 
+    // A soak, briefly: both scenarios at once, a row a second, dev watched.
+    let pid = dev.pid().to_string();
+    let soak = against_dev(&[
+        "--scenario",
+        "get-record",
+        "--scenario",
+        "create-record",
+        "--rate",
+        "20",
+        "--soak",
+        "0.05",
+        "--soak-interval",
+        "1",
+        "--watch-pid",
+        &pid,
+    ]);
+    let rows = soak["rows"].as_array().expect("rows");
+    assert!(rows.len() >= 2, "{soak:#}");
+    for row in rows {
+        let scenarios = row["scenarios"].as_array().expect("scenarios");
+        assert_eq!(scenarios.len(), 2, "{soak:#}");
+        for window in scenarios {
+            assert_eq!(window["failed"], 0, "{soak:#}");
+            assert!(window["calls_per_s"].as_f64() > Some(0.0), "{soak:#}");
+        }
+        assert!(
+            row["processes"][0]["rss_mib"].as_f64() > Some(0.0),
+            "{soak:#}"
+        );
+    }
+    assert!(
+        soak["processes"][0]["peak_rss_mib"].as_f64() > Some(0.0),
+        "{soak:#}"
+    );
+
     let status = dev.terminate();
     assert!(
         status.success(),

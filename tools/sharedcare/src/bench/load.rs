@@ -42,6 +42,8 @@ pub struct Plan {
     /// Calls started per second over all workers (open loop); `None`: each
     /// worker sends its next call as soon as the last is answered.
     pub rate: Option<f64>,
+    /// A progress line on standard error once a second.
+    pub progress: bool,
 }
 
 /// What one run measured.
@@ -173,7 +175,9 @@ pub async fn run(
         };
         workers.spawn(worker.run());
     }
-    let progress = tokio::spawn(progress(label.to_owned(), shared.clone(), plan.clone()));
+    let progress = plan
+        .progress
+        .then(|| tokio::spawn(progress(label.to_owned(), shared.clone(), plan.clone())));
 
     // The warm-up: calls answered but not measured.
     if !plan.warmup.is_zero() {
@@ -201,9 +205,11 @@ pub async fn run(
         }
     }
     total.elapsed = measured_from.elapsed();
-    progress.abort();
-    let _ = progress.await;
-    finish_progress_line();
+    if let Some(progress) = progress {
+        progress.abort();
+        let _ = progress.await;
+        finish_progress_line();
+    }
     Ok(total)
 }
 

@@ -17,6 +17,7 @@ mod people;
 mod report;
 mod rpc;
 mod scenario;
+mod soak;
 
 use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -71,6 +72,18 @@ pub struct BenchArgs {
     /// (RESOURCE_EXHAUSTED), the admitted calls' latency and what health said.
     #[arg(long, value_parser = factor)]
     pub overload: Option<f64>,
+    /// Soak: run the scenarios all at once, each an open loop at --rate,
+    /// for this many minutes, printing a row every --soak-interval seconds
+    /// (latency per scenario; memory, open files and threads of each
+    /// --watch-pid). No echo run.
+    #[arg(long, requires = "rate", value_parser = minutes)]
+    pub soak: Option<f64>,
+    /// Seconds per soak row.
+    #[arg(long, default_value_t = 60.0, value_parser = seconds)]
+    pub soak_interval: f64,
+    /// A process to watch during a soak (e.g. `sharedcare dev`'s pid); repeat.
+    #[arg(long = "watch-pid")]
+    pub watch_pids: Vec<u32>,
     /// Records added to the bench patient before the search scenario runs.
     #[arg(long, default_value_t = 100_000)]
     pub seed_records: u64,
@@ -130,6 +143,18 @@ fn rate(text: &str) -> Result<f64, String> {
     Ok(value)
 }
 
+/// Minutes of soak: more than 0, at most a day.
+fn minutes(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of minutes"))?;
+    if !value.is_finite() || value <= 0.0 || value > 1440.0 {
+        return Err("must be more than 0 and at most 1440 minutes".into());
+    }
+    Ok(value)
+}
+
 /// How many times capacity a flood offers: more than 1, at most 100.
 fn factor(text: &str) -> Result<f64, String> {
     let value: f64 = text
@@ -170,6 +195,7 @@ impl BenchArgs {
             requests: self.requests,
             call_timeout: Duration::from_secs_f64(self.call_timeout),
             rate: self.rate,
+            progress: true,
         })
     }
 
@@ -234,6 +260,29 @@ pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
         && args.seed_records > 0
     {
         scenario::seed(&services, fixture, args.seed_records).await?;
+    }
+    if let (Some(minutes), Some(fixture)) = (args.soak, &mut fixture) {
+        if args.soak_interval <= 0.0 {
+            bail!("--soak-interval must be more than 0 seconds");
+        }
+        let soaked = soak::run(
+            &services,
+            fixture,
+            &scenarios,
+            &args.data_dir,
+            &plan,
+            &soak::SoakPlan {
+                minutes,
+                rows_to_stderr: args.json,
+                interval: Duration::from_secs_f64(args.soak_interval),
+                pids: args.watch_pids.clone(),
+            },
+        )
+        .await?;
+        if args.json {
+            out!("{}", serde_json::to_string_pretty(&soaked)?);
+        }
+        return Ok(());
     }
     if let Some(dir) = &args.import_dir {
         import::compare(&services, &args.data_dir, dir).await?;

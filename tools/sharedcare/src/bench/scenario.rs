@@ -233,6 +233,23 @@ pub struct Fixture {
     pub tracer_token: Option<String>,
     /// What trace-patient sends; empty until [`seed_patients`].
     pub traces: Arc<[TracePatientRequest]>,
+    /// Client id and secret behind each token, to renew them
+    /// ([`Fixture::renew_tokens`]): clinician, records, tracer.
+    credentials: [(String, String); 3],
+}
+
+impl Fixture {
+    /// Fresh tokens for every principal, for a run longer than a token
+    /// lives (`sharedcare bench --soak`).
+    pub async fn renew_tokens(&mut self, services: &Services) -> anyhow::Result<()> {
+        let [clinician, records, tracer] = self.credentials.clone();
+        self.clinician_token = issue(services, clinician.0, clinician.1).await?;
+        self.records_token = issue(services, records.0, records.1).await?;
+        if self.tracer_token.is_some() {
+            self.tracer_token = Some(issue(services, tracer.0, tracer.1).await?);
+        }
+        Ok(())
+    }
 }
 
 async fn issue(services: &Services, client_id: String, secret: String) -> anyhow::Result<String> {
@@ -244,7 +261,10 @@ async fn issue(services: &Services, client_id: String, secret: String) -> anyhow
 
 /// admin (from dev's bootstrap file), with the bench practice in place,
 /// and the records service's token.
-async fn practice(services: &Services, data_dir: &Path) -> anyhow::Result<(Services, String)> {
+async fn practice(
+    services: &Services,
+    data_dir: &Path,
+) -> anyhow::Result<(Services, String, String)> {
     let credentials = bootstrap::read(&data_dir.join(bootstrap::FILE_NAME))?;
     let admin = services.with_token(
         issue(
@@ -266,7 +286,7 @@ async fn practice(services: &Services, data_dir: &Path) -> anyhow::Result<(Servi
         Err(e) if status_code(&e) == Some(tonic::Code::AlreadyExists) => {}
         Err(e) => return Err(e.context(format!("creating organisation {ods}"))),
     }
-    Ok((admin, records_token))
+    Ok((admin, records_token, credentials.records_secret))
 }
 
 fn principal_args(kind: KindArg, role: &str, name: &str, scopes: &[&str]) -> CreatePrincipalArgs {
@@ -300,7 +320,7 @@ pub async fn importer(
     services: &Services,
     data_dir: &Path,
 ) -> anyhow::Result<(&'static str, Services)> {
-    let (admin, _) = practice(services, data_dir).await?;
+    let (admin, _, _) = practice(services, data_dir).await?;
     let pas = new_pas(services, &admin, "Bench importer").await?;
     Ok((PRACTICE.0, pas))
 }
@@ -312,7 +332,7 @@ pub async fn prepare(
     data_dir: &Path,
     tracer: bool,
 ) -> anyhow::Result<Fixture> {
-    let (admin, records_token) = practice(services, data_dir).await?;
+    let (admin, records_token, records_secret) = practice(services, data_dir).await?;
     let ods = PRACTICE.0;
     let pas = new_pas(services, &admin, "Bench PAS").await?;
     let clinician = principal::create(
@@ -325,9 +345,10 @@ pub async fn prepare(
     let clinician_token = issue(
         services,
         clinician_principal.client_id.clone(),
-        clinician.client_secret,
+        clinician.client_secret.clone(),
     )
     .await?;
+    let mut tracer_credentials = (String::new(), String::new());
 
     let tracer_token = match tracer {
         false => None,
@@ -344,6 +365,7 @@ pub async fn prepare(
                 )
             })?;
             let client_id = created.principal.unwrap_or_default().client_id;
+            tracer_credentials = (client_id.clone(), created.client_secret.clone());
             Some(issue(services, client_id, created.client_secret).await?)
         }
     };
@@ -393,7 +415,16 @@ pub async fn prepare(
          (registered GP {ods}), Observation {}",
         clinician_principal.principal_id, created.record_id
     );
+    let credentials = [
+        (
+            clinician_principal.client_id.clone(),
+            clinician.client_secret,
+        ),
+        (RECORDS_CLIENT_ID.to_owned(), records_secret),
+        tracer_credentials,
+    ];
     Ok(Fixture {
+        credentials,
         patient_id,
         record_id: created.record_id,
         clinician: Actor {

@@ -103,6 +103,10 @@ impl Dev {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn output(&self) -> String {
         let read = |name: &str| std::fs::read_to_string(self.logs.join(name)).unwrap_or_default();
         format!(
