@@ -21,7 +21,7 @@ use std::{
 use futures::future::BoxFuture;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sharedcare_proto::common::v1::PrincipalKind;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{access::Grant, config::ServerConfig};
 
@@ -39,91 +39,79 @@ pub const CLIENT_RATE_MESSAGE: &str = "this client is over its rate limit; retry
 /// its memory follows the clients active now, not every client ever seen.
 const FORGET_IDLE_CLIENTS_EVERY: Duration = Duration::from_secs(60);
 
-/// Bounds requests in flight (health checks aside); see the module docs.
+/// Decides whether a server takes a request on: what it holds while the
+/// request is served (e.g. a slot), or the reason it is refused.
+pub trait Gate: Clone {
+    type Pass: Send + 'static;
+    fn pass<B>(&self, request: &http::Request<B>) -> Result<Self::Pass, &'static str>;
+}
+
+/// A request is served while a slot is held (health checks aside); see the
+/// module docs.
 #[derive(Clone)]
-pub struct InFlightLayer {
+pub struct InFlight {
     permits: Arc<Semaphore>,
 }
 
-impl InFlightLayer {
-    pub fn new(limit: usize) -> Self {
-        InFlightLayer {
+impl InFlight {
+    pub fn layer(limit: usize) -> AdmitLayer<InFlight> {
+        AdmitLayer(InFlight {
             permits: Arc::new(Semaphore::new(limit)),
-        }
+        })
     }
 }
 
-impl<S> tower::Layer<S> for InFlightLayer {
-    type Service = InFlight<S>;
+impl Gate for InFlight {
+    type Pass = Option<OwnedSemaphorePermit>;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        InFlight {
-            inner,
-            permits: self.permits.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct InFlight<S> {
-    inner: S,
-    permits: Arc<Semaphore>,
-}
-
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for InFlight<S>
-where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ResBody: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+    fn pass<B>(&self, request: &http::Request<B>) -> Result<Self::Pass, &'static str> {
         if request.uri().path().starts_with(ALWAYS_ADMITTED) {
-            return Box::pin(self.inner.call(request));
+            return Ok(None);
         }
         match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let answer = self.inner.call(request);
-                Box::pin(async move {
-                    let answered = answer.await;
-                    drop(permit);
-                    answered
-                })
-            }
-            Err(_) => {
-                let refused = tonic::Status::resource_exhausted(IN_FLIGHT_MESSAGE).into_http();
-                Box::pin(std::future::ready(Ok(refused)))
-            }
+            Ok(permit) => Ok(Some(permit)),
+            Err(_) => Err(IN_FLIGHT_MESSAGE),
         }
     }
 }
 
-/// Per-client rate limits, read from `[server]`: `None` when switched off
-/// (`client_requests_per_second = 0`).
+/// Per-client rate limits, read from `[server]`.
 #[derive(Clone)]
-pub struct ClientRateLayer {
+pub struct ClientRate {
     limiter: Arc<DefaultKeyedRateLimiter<String>>,
 }
 
-impl ClientRateLayer {
-    /// Must be called within a Tokio runtime: it starts the task that
-    /// forgets idle clients (it ends when the layer's last clone is gone).
-    pub fn from_config(cfg: &ServerConfig) -> Option<Self> {
+impl ClientRate {
+    /// `None` when switched off (`client_requests_per_second = 0`). Must
+    /// be called within a Tokio runtime: it starts the task that forgets
+    /// idle clients (it ends when the layer's last clone is gone).
+    pub fn layer(cfg: &ServerConfig) -> Option<AdmitLayer<ClientRate>> {
         let rate = NonZeroU32::new(cfg.client_requests_per_second)?;
         let burst = NonZeroU32::new(cfg.client_burst).unwrap_or(rate);
         let limiter = Arc::new(RateLimiter::keyed(
             Quota::per_second(rate).allow_burst(burst),
         ));
         tokio::spawn(forget_idle_clients(Arc::downgrade(&limiter)));
-        Some(ClientRateLayer { limiter })
+        Some(AdmitLayer(ClientRate { limiter }))
+    }
+}
+
+impl Gate for ClientRate {
+    type Pass = ();
+
+    fn pass<B>(&self, request: &http::Request<B>) -> Result<(), &'static str> {
+        // The auth layer (outside this one) put the caller's grant here;
+        // public paths (health, reflection, token issue) have none and are
+        // limited where they are served.
+        match request.extensions().get::<Grant>() {
+            Some(grant)
+                if grant.principal.kind != PrincipalKind::Service
+                    && self.limiter.check_key(&grant.principal.id).is_err() =>
+            {
+                Err(CLIENT_RATE_MESSAGE)
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -140,28 +128,33 @@ async fn forget_idle_clients(limiter: Weak<DefaultKeyedRateLimiter<String>>) {
     }
 }
 
-impl<S> tower::Layer<S> for ClientRateLayer {
-    type Service = ClientRate<S>;
+/// Serves what its gate passes; answers the rest RESOURCE_EXHAUSTED.
+#[derive(Clone)]
+pub struct AdmitLayer<G>(G);
+
+impl<S, G: Gate> tower::Layer<S> for AdmitLayer<G> {
+    type Service = Admit<S, G>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ClientRate {
+        Admit {
             inner,
-            limiter: self.limiter.clone(),
+            gate: self.0.clone(),
         }
     }
 }
 
 #[derive(Clone)]
-pub struct ClientRate<S> {
+pub struct Admit<S, G> {
     inner: S,
-    limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    gate: G,
 }
 
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for ClientRate<S>
+impl<S, G, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Admit<S, G>
 where
     S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    G: Gate,
     ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
@@ -173,18 +166,21 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        // The auth layer (outside this one) put the caller's grant here;
-        // public paths (health, reflection, token issue) have none and are
-        // limited where they are served.
-        let over = request.extensions().get::<Grant>().is_some_and(|grant| {
-            grant.principal.kind != PrincipalKind::Service
-                && self.limiter.check_key(&grant.principal.id).is_err()
-        });
-        if over {
-            let refused = tonic::Status::resource_exhausted(CLIENT_RATE_MESSAGE).into_http();
-            return Box::pin(std::future::ready(Ok(refused)));
+        match self.gate.pass(&request) {
+            Ok(pass) => {
+                let answer = self.inner.call(request);
+                Box::pin(async move {
+                    let answered = answer.await;
+                    // Held until the answer is ready.
+                    drop(pass);
+                    answered
+                })
+            }
+            Err(why) => {
+                let refused = tonic::Status::resource_exhausted(why).into_http();
+                Box::pin(std::future::ready(Ok(refused)))
+            }
         }
-        Box::pin(self.inner.call(request))
     }
 }
 
@@ -262,8 +258,7 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(Response::default())
             }
         });
-        let layer = InFlightLayer::new(1);
-        let mut service = layer.layer(held);
+        let mut service = InFlight::layer(1).layer(held);
         let first = tokio::spawn(service.clone().oneshot(request(
             "/sharedcare.records.v1.RecordsService/GetRecord",
             None,
@@ -311,8 +306,9 @@ mod tests {
             client_burst: 3,
             ..ServerConfig::loopback()
         };
-        let layer = ClientRateLayer::from_config(&cfg).expect("limits on");
-        let mut service = layer.layer(answered());
+        let mut service = ClientRate::layer(&cfg)
+            .expect("limits on")
+            .layer(answered());
         let path = "/sharedcare.records.v1.RecordsService/GetRecord";
         let mut call = async |caller| {
             let response = service
@@ -354,6 +350,6 @@ mod tests {
             client_requests_per_second: 0,
             ..ServerConfig::loopback()
         };
-        assert!(ClientRateLayer::from_config(&cfg).is_none());
+        assert!(ClientRate::layer(&cfg).is_none());
     }
 }

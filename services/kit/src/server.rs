@@ -14,7 +14,7 @@ use tower::{BoxError, ServiceBuilder};
 use crate::{
     Error,
     access::AccessTable,
-    admission::{ClientRateLayer, InFlightLayer},
+    admission::{ClientRate, InFlight},
     auth::{AuthLayer, Verifier},
     config::ServerConfig,
     metrics::{MetricsListen, RpcMetricsLayer, Sampler},
@@ -159,9 +159,9 @@ pub async fn serve(
         .map_result(record_status)
         .map_result(normalise_status)
         .map_err(BoxError::from)
-        .layer(InFlightLayer::new(cfg.concurrency_limit))
+        .layer(InFlight::layer(cfg.concurrency_limit))
         .layer(AuthLayer::new(spec.verifier.clone(), spec.access))
-        .option_layer(ClientRateLayer::from_config(cfg))
+        .option_layer(ClientRate::layer(cfg))
         .into_inner();
 
     let drain = Duration::from_millis(cfg.shutdown_drain_ms);

@@ -440,6 +440,11 @@ impl crate::outbox::BatchSink for MemoryAudit {
 
 /// Rows waiting in a service's audit outbox table (see `crate::outbox`).
 pub async fn outbox_rows(db: &sea_orm::DatabaseConnection, table: &str) -> i64 {
+    table_rows(db, table).await
+}
+
+/// Rows in `table`.
+pub async fn table_rows(db: &sea_orm::DatabaseConnection, table: &str) -> i64 {
     use sea_orm::{ConnectionTrait, Statement};
     let row = db
         .query_one_raw(Statement::from_string(
@@ -447,7 +452,7 @@ pub async fn outbox_rows(db: &sea_orm::DatabaseConnection, table: &str) -> i64 {
             format!("SELECT COUNT(*) AS n FROM {table}"),
         ))
         .await
-        .expect("count the outbox")
+        .unwrap_or_else(|e| panic!("count the rows of {table}: {e}"))
         .expect("a row");
     row.try_get("", "n").expect("n")
 }

@@ -143,21 +143,6 @@ impl Fixture {
     }
 }
 
-/// Versions records has stored.
-async fn stored_versions(store: &SqlStore) -> i64 {
-    use sea_orm::{ConnectionTrait, Statement};
-    let db = store.connection();
-    let row = db
-        .query_one_raw(Statement::from_string(
-            db.get_database_backend(),
-            "SELECT COUNT(*) AS n FROM records_resource_versions",
-        ))
-        .await
-        .expect("count")
-        .expect("a row");
-    row.try_get("", "n").expect("n")
-}
-
 /// Rows in records' audit outbox.
 async fn outbox_rows(store: &SqlStore) -> i64 {
     sharedcare_kit::testing::outbox_rows(&store.connection(), OUTBOX_TABLE).await
@@ -418,11 +403,10 @@ async fn a_client_over_its_rate_is_refused_while_others_are_served() {
     );
     // The burst, and whatever the rate refilled while the calls were made.
     assert!((5..30).contains(&ok), "{ok} admitted");
-    assert_eq!(
-        stored_versions(&f.store).await,
-        ok,
-        "nothing refused was stored"
-    );
+    let stored =
+        sharedcare_kit::testing::table_rows(&f.store.connection(), "records_resource_versions")
+            .await;
+    assert_eq!(stored, ok, "nothing refused was stored");
     // Another client, on the same connection, is served.
     client
         .create_record(with_token(create("p-1", OBSERVATION), &other))
