@@ -6,9 +6,11 @@
 //! Order of a run: the setup a scenario needs (through the real APIs, see
 //! [`scenario`]); the echo server, loaded plaintext and, with a client
 //! certificate, over mutual TLS; then each scenario against its service.
-//! Each load is bounded in time and in count and stops by itself. Only
-//! loopback targets are loaded unless `--allow-remote` says otherwise.
+//! Each load is bounded in time and in count and stops by itself (or at
+//! Ctrl-C). Only loopback targets are loaded unless `--allow-remote` says
+//! otherwise.
 
+mod acks;
 mod echo;
 mod import;
 mod load;
@@ -24,7 +26,8 @@ use clap::Args;
 use sharedcare_kit::tls::{ClientAuth, Tls, TlsConfig};
 
 use crate::{connect::Services, output::out};
-use load::Plan;
+use acks::Acks;
+use load::{Interrupt, Plan};
 use report::{Report, Run, Settings};
 use rpc::Rpc;
 use scenario::Scenario;
@@ -97,6 +100,16 @@ pub struct BenchArgs {
     /// Print the report as JSON (standard output) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Skip the echo runs (no ratios to echo): for load whose figures are
+    /// not the point, e.g. while a test crashes the platform.
+    #[arg(long)]
+    pub no_echo: bool,
+    /// Write one JSON line per acknowledged CreateRecord or GetRecord to
+    /// this file (patient, record id, version, SHA-256 of the resource
+    /// JSON as answered), to check afterwards that nothing acknowledged
+    /// was lost.
+    #[arg(long, value_name = "FILE")]
+    pub acks: Option<PathBuf>,
 }
 
 /// A number of seconds, 0 to an hour.
@@ -174,6 +187,11 @@ impl BenchArgs {
 pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
     let plan = args.plan()?;
     let tls = args.tls()?;
+    let acks = match &args.acks {
+        Some(path) => Some(Arc::new(Acks::create(path)?)),
+        None => None,
+    };
+    let interrupt = Interrupt::listen();
     let services = services.with_tls(tls.clone());
     let mut scenarios: Vec<Scenario> = Vec::new();
     for scenario in &args.scenarios {
@@ -221,22 +239,38 @@ pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
     }
 
     let mut runs = Vec::new();
+    let load = Load {
+        services: &services,
+        plan: &plan,
+        acks: acks.clone(),
+        interrupt: &interrupt,
+    };
     let echo = Arc::new(Rpc::Echo);
-    for echo_tls in std::iter::once(None).chain(tls.clone().map(Some)) {
+    let echoes = std::iter::once(None).chain(tls.clone().map(Some));
+    for echo_tls in echoes.filter(|_| !args.no_echo) {
+        if interrupt.requested() {
+            break;
+        }
         let server = echo::EchoServer::start(echo_tls)?;
-        runs.push(measure("echo", echo.clone(), &server.url, &services, &plan).await?);
+        runs.push(load.measure("echo", echo.clone(), &server.url).await?);
     }
     if let Some(fixture) = &fixture {
         for scenario in scenarios {
+            if interrupt.requested() {
+                break;
+            }
             let url = scenario
                 .target(&services)
                 .ok_or_else(|| anyhow!("{} has no target", scenario.name()))?
                 .to_owned();
             let rpc = Arc::new(scenario.rpc(fixture, &args.data_dir).await?);
-            let mut run = measure(scenario.name(), rpc, &url, &services, &plan).await?;
+            let mut run = load.measure(scenario.name(), rpc, &url).await?;
             run.yardstick = scenario.yardstick().map(|s| s.name().to_owned());
             runs.push(run);
         }
+    }
+    if let Some(acks) = &acks {
+        acks.finish()?;
     }
 
     let report = Report::new(
@@ -261,30 +295,43 @@ pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One run: `plan.connections` fresh connections to `url`, one call on
-/// each to check the scenario works, then the closed loop.
-async fn measure(
-    name: &str,
-    rpc: Arc<Rpc>,
-    url: &str,
-    services: &Services,
-    plan: &Plan,
-) -> anyhow::Result<Run> {
-    let channels = (0..plan.connections)
-        .map(|_| services.channel(url))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let transport = if url.starts_with("https://") {
-        "tls"
-    } else {
-        "plaintext"
-    };
-    eprintln!("bench: {name} ({transport}): {} on {url}", rpc.method());
-    load::prime(&rpc, &channels, plan.call_timeout)
-        .await
-        .with_context(|| format!("{name} on {url}"))?;
-    let label = format!("{name} {transport}");
-    let measurement = load::run(&label, rpc.clone(), &channels, plan).await?;
-    Ok(Run::new(name, rpc.method(), url, transport, &measurement))
+/// What every run of one bench shares.
+struct Load<'a> {
+    services: &'a Services,
+    plan: &'a Plan,
+    acks: Option<Arc<Acks>>,
+    interrupt: &'a Interrupt,
+}
+
+impl Load<'_> {
+    /// One run: `plan.connections` fresh connections to `url`, one call on
+    /// each to check the scenario works, then the closed loop.
+    async fn measure(&self, name: &str, rpc: Arc<Rpc>, url: &str) -> anyhow::Result<Run> {
+        let plan = self.plan;
+        let channels = (0..plan.connections)
+            .map(|_| self.services.channel(url))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let transport = if url.starts_with("https://") {
+            "tls"
+        } else {
+            "plaintext"
+        };
+        eprintln!("bench: {name} ({transport}): {} on {url}", rpc.method());
+        load::prime(&rpc, &channels, plan.call_timeout, self.acks.as_deref())
+            .await
+            .with_context(|| format!("{name} on {url}"))?;
+        let label = format!("{name} {transport}");
+        let measurement = load::run(
+            &label,
+            rpc.clone(),
+            &channels,
+            plan,
+            self.acks.clone(),
+            self.interrupt,
+        )
+        .await?;
+        Ok(Run::new(name, rpc.method(), url, transport, &measurement))
+    }
 }
 
 /// Refuses a URL whose host is not loopback, unless remote load is allowed.
