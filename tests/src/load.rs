@@ -73,15 +73,42 @@ pub struct Loaded {
     pub statuses: BTreeMap<String, u64>,
 }
 
-impl Loaded {
-    /// The calls that did not succeed, by status code.
-    pub fn errors(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.statuses
-            .iter()
-            .filter(|(code, _)| *code != "OK")
-            .map(|(code, n)| (code.as_str(), *n))
+/// Calls that did not succeed, by status code name, summed over loads.
+#[derive(Debug, Clone, Default)]
+pub struct Errors(BTreeMap<String, u64>);
+
+impl Errors {
+    pub fn of(loads: &[Loaded]) -> Self {
+        let mut errors = Errors::default();
+        errors.add(loads);
+        errors
     }
 
+    pub fn add(&mut self, loads: &[Loaded]) {
+        for load in loads {
+            for (code, n) in load.statuses.iter().filter(|(code, _)| *code != "OK") {
+                *self.0.entry(code.clone()).or_default() += n;
+            }
+        }
+    }
+}
+
+/// `DEADLINE_EXCEEDED 1, UNAVAILABLE 12`, or `none`.
+impl std::fmt::Display for Errors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        let counts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(code, n)| format!("{code} {n}"))
+            .collect();
+        f.write_str(&counts.join(", "))
+    }
+}
+
+impl Loaded {
     /// Calls that reached the service or may have: all but the acknowledged
     /// were answered with an error.
     pub fn attempted(&self) -> u64 {

@@ -21,7 +21,7 @@ use sharedcare_kit::testing::TestDatabase;
 use sharedcare_tests::{
     Backend, Service,
     crash::{self, Observer, median_max},
-    load::{Load, Loaded, Scenario},
+    load::{Errors, Load, Loaded, Scenario},
     processes::Processes,
 };
 
@@ -54,7 +54,7 @@ struct Round {
     reads: usize,
     /// From the kill until every killed service was SERVING again.
     to_serving: Duration,
-    errors: Vec<(String, u64)>,
+    loads: Vec<Loaded>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,19 +134,13 @@ async fn crash_rounds(backend: Backend) {
             Ok(checked) => checked,
             Err(e) => fail(&platform, round, format!("killed {victim}: {e}")),
         };
-        let mut errors: Vec<(String, u64)> = Vec::new();
-        for (code, n) in loads.iter().flat_map(Loaded::errors) {
-            match errors.iter_mut().find(|(c, _)| c == code) {
-                Some((_, total)) => *total += n,
-                None => errors.push((code.to_owned(), n)),
-            }
-        }
+        all_acks.extend(loads.iter().flat_map(|l| l.acks.iter().cloned()));
         let round_figures = Round {
             victim,
             writes: checked.writes,
             reads: checked.reads,
             to_serving,
-            errors,
+            loads,
         };
         eprintln!(
             "{test}: round {round}/{rounds}: killed {victim} after {:.2} s of load; SERVING \
@@ -156,11 +150,10 @@ async fn crash_rounds(backend: Backend) {
             to_serving.as_secs_f64(),
             round_figures.writes,
             round_figures.reads,
-            describe(&round_figures.errors),
+            Errors::of(&round_figures.loads),
             checked.entries,
         );
         figures.push(round_figures);
-        all_acks.extend(loads.into_iter().flat_map(|l| l.acks));
     }
 
     // Nothing acknowledged in an earlier round was lost in a later one.
@@ -171,27 +164,12 @@ async fn crash_rounds(backend: Backend) {
     platform.stop().await;
 }
 
-/// `UNAVAILABLE 12, DEADLINE_EXCEEDED 1`, or `none`.
-fn describe(errors: &[(String, u64)]) -> String {
-    if errors.is_empty() {
-        return "none".into();
-    }
-    errors
-        .iter()
-        .map(|(code, n)| format!("{code} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn summarise(test: &str, rounds: &[Round]) {
     let times: Vec<Duration> = rounds.iter().map(|r| r.to_serving).collect();
     let (median, max) = median_max(&times);
-    let mut errors: Vec<(String, u64)> = Vec::new();
-    for (code, n) in rounds.iter().flat_map(|r| &r.errors) {
-        match errors.iter_mut().find(|(c, _)| c == code) {
-            Some((_, total)) => *total += n,
-            None => errors.push((code.clone(), *n)),
-        }
+    let mut errors = Errors::default();
+    for round in rounds {
+        errors.add(&round.loads);
     }
     let killed = |victim: Victim| rounds.iter().filter(|r| r.victim == victim).count();
     eprintln!(
@@ -206,7 +184,7 @@ fn summarise(test: &str, rounds: &[Round]) {
         killed(Victim::All),
         rounds.iter().map(|r| r.writes).sum::<usize>(),
         rounds.iter().map(|r| r.reads).sum::<usize>(),
-        describe(&errors),
+        errors,
         median.as_secs_f64(),
         max.as_secs_f64(),
     );

@@ -31,7 +31,7 @@ use sharedcare_proto::{
 use sharedcare_tests::{
     Backend, Layout, RECORDS_SECRET, Service, allergy,
     crash::{self, Observer, median_max},
-    load::{Load, Loaded, Scenario},
+    load::{Errors, Load, Loaded, Scenario},
     postgres::{PrivatePostgres, server_bin_dir},
     processes::Processes,
 };
@@ -303,7 +303,7 @@ async fn services_ride_out_a_postgres_restart() {
             per_service(&round.recovery),
             checked.writes,
             checked.reads,
-            errors(&round.loads),
+            Errors::of(&round.loads),
         );
         all_acks.extend(round.loads.iter().flat_map(|l| l.acks.clone()));
         figures.push(round);
@@ -337,22 +337,6 @@ fn per_service(times: &[(Service, Duration)]) -> String {
     times
         .iter()
         .map(|(s, t)| format!("{s} {:.2} s", t.as_secs_f64()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The loads' failed calls by status code.
-fn errors(loads: &[Loaded]) -> String {
-    let mut counts: std::collections::BTreeMap<&str, u64> = Default::default();
-    for (code, n) in loads.iter().flat_map(Loaded::errors) {
-        *counts.entry(code).or_default() += n;
-    }
-    if counts.is_empty() {
-        return "none".into();
-    }
-    counts
-        .iter()
-        .map(|(code, n)| format!("{code} {n}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
