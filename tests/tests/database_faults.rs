@@ -240,6 +240,15 @@ async fn services_ride_out_a_postgres_restart() {
                 ),
             }
         }
+        for (service, answer, took) in &outage {
+            if let Err(status) = answer {
+                eprintln!(
+                    "{test}: restart {restart}: {service} while down, after {:.2} s: {}",
+                    took.as_secs_f64(),
+                    status.message()
+                );
+            }
+        }
         tokio::time::sleep(HOLD_DOWN.saturating_sub(down.elapsed())).await;
 
         server.start_again().await;
