@@ -127,25 +127,8 @@ pub struct Observer {
 impl Observer {
     pub async fn new(platform: &Processes) -> Self {
         let admin = platform.admin_token().await;
-        let created =
-            sharedcare_proto::identity::v1::identity_service_client::IdentityServiceClient::new(
-                platform.identity.clone(),
-            )
-            .create_organisation(with_token(
-                sharedcare_proto::identity::v1::CreateOrganisationRequest {
-                    ods_code: BENCH_PRACTICE.into(),
-                    name: "sharedcare bench practice".into(),
-                },
-                &admin,
-            ))
-            .await;
-        if let Err(status) = created {
-            assert_eq!(
-                status.code(),
-                tonic::Code::AlreadyExists,
-                "creating the bench practice: {status:?}"
-            );
-        }
+        // Made here (the bench finds it made) so the reader can work there.
+        platform.organisation(&admin, BENCH_PRACTICE).await;
         let auditor = platform.staff(&admin, "X26", "platform-auditor").await;
         let (reader_id, client_id, secret) = platform
             .credentials(
