@@ -243,6 +243,29 @@ impl Load {
     }
 }
 
+/// What the crash tests load: the bench writing (create-record) and the
+/// bench reading (get-record), beside each other.
+pub struct WritesAndReads {
+    writes: Load,
+    reads: Load,
+}
+
+impl WritesAndReads {
+    /// Both started, and both loading.
+    pub async fn start(platform: &Processes, dir: &Path, label: &str) -> Self {
+        let mut writes = Load::start(platform, Scenario::CreateRecord, dir, label);
+        let mut reads = Load::start(platform, Scenario::GetRecord, dir, label);
+        writes.wait_until_loading().await;
+        reads.wait_until_loading().await;
+        WritesAndReads { writes, reads }
+    }
+
+    /// Both stopped: what each did.
+    pub async fn stop(self) -> Vec<Loaded> {
+        vec![self.writes.stop().await, self.reads.stop().await]
+    }
+}
+
 impl Drop for Load {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -21,7 +21,7 @@ use sharedcare_kit::testing::TestDatabase;
 use sharedcare_tests::{
     Backend, Service,
     crash::{self, Observer, median_max},
-    load::{Errors, Load, Loaded, Scenario},
+    load::{Errors, Loaded, WritesAndReads},
     processes::Processes,
 };
 
@@ -101,10 +101,7 @@ async fn crash_rounds(backend: Backend) {
         let moment = Duration::from_millis(rng.gen_range(200..=2000));
 
         let label = format!("round{round}");
-        let mut writes = Load::start(&platform, Scenario::CreateRecord, files.path(), &label);
-        let mut reads = Load::start(&platform, Scenario::GetRecord, files.path(), &label);
-        writes.wait_until_loading().await;
-        reads.wait_until_loading().await;
+        let load = WritesAndReads::start(&platform, files.path(), &label).await;
         tokio::time::sleep(moment).await;
 
         let killed = Instant::now();
@@ -125,7 +122,7 @@ async fn crash_rounds(backend: Backend) {
         }
         let to_serving = killed.elapsed();
         tokio::time::sleep(LOAD_AFTER_RESTART).await;
-        let loads: Vec<Loaded> = vec![writes.stop().await, reads.stop().await];
+        let loads = load.stop().await;
 
         if let Err(e) = platform.check_running() {
             fail(&platform, round, e);

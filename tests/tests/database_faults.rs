@@ -31,7 +31,7 @@ use sharedcare_proto::{
 use sharedcare_tests::{
     Backend, Layout, RECORDS_SECRET, Service, allergy,
     crash::{self, Observer, median_max},
-    load::{Errors, Load, Loaded, Scenario},
+    load::{Errors, Loaded, WritesAndReads},
     postgres::{PrivatePostgres, server_bin_dir},
     processes::Processes,
 };
@@ -205,10 +205,7 @@ async fn services_ride_out_a_postgres_restart() {
     let mut all_acks = Vec::new();
     for restart in 1..=restarts {
         let label = format!("restart{restart}");
-        let mut writes = Load::start(&platform, Scenario::CreateRecord, files.path(), &label);
-        let mut reads = Load::start(&platform, Scenario::GetRecord, files.path(), &label);
-        writes.wait_until_loading().await;
-        reads.wait_until_loading().await;
+        let load = WritesAndReads::start(&platform, files.path(), &label).await;
         tokio::time::sleep(LOAD_AROUND).await;
 
         server.stop_immediately().await;
@@ -282,7 +279,7 @@ async fn services_ride_out_a_postgres_restart() {
             }
         }
         tokio::time::sleep(LOAD_AROUND).await;
-        let loads = vec![writes.stop().await, reads.stop().await];
+        let loads = load.stop().await;
 
         // No service exited, none was restarted.
         if let Err(e) = platform.check_running() {
