@@ -33,7 +33,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 fn pki(p: &Platform) -> &TestPki {
-    p.pki.as_ref().expect("started with TLS")
+    p.pki().expect("started with TLS")
 }
 
 /// A health check over `channel`, bounded so a refusal cannot hang.

@@ -115,8 +115,24 @@ impl Error {
 
     /// A failure the caller cannot fix. The caller sees only `context`; the
     /// cause goes to our log. Causes must not carry patient data.
-    pub fn internal(context: impl Into<String>, cause: impl fmt::Display) -> Self {
+    ///
+    /// A database error that says the database could not be reached
+    /// ([`crate::db::unreachable`]) is UNAVAILABLE instead: the caller may
+    /// try again once it is back.
+    pub fn internal(context: impl Into<String>, cause: impl fmt::Display + 'static) -> Self {
         let context = context.into();
+        let unreachable = (&cause as &dyn std::any::Any)
+            .downcast_ref::<sea_orm::DbErr>()
+            .is_some_and(crate::db::unreachable);
+        if unreachable {
+            return Self {
+                detail: Some(format!("{context}: {cause}")),
+                ..Self::new(
+                    Code::Unavailable,
+                    format!("{context}: the database cannot be reached; try again"),
+                )
+            };
+        }
         Self {
             detail: Some(format!("{context}: {cause}")),
             ..Self::new(Code::Internal, context)
@@ -154,8 +170,10 @@ impl std::error::Error for Error {}
 
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
-        if let Some(detail) = &err.detail {
-            tracing::error!(error = %detail, "internal error");
+        match (&err.detail, err.code) {
+            (Some(detail), Code::Internal) => tracing::error!(error = %detail, "internal error"),
+            (Some(detail), _) => tracing::warn!(error = %detail, code = ?err.code, "unavailable"),
+            (None, _) => {}
         }
         let mut details = ErrorDetails::new();
         if let Some(field) = &err.field {

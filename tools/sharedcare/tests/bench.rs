@@ -149,6 +149,38 @@ fn get_record_against_dev() {
         );
     }
 
+    // Without echo, every acknowledged write in the log: the measured
+    // calls and the first on each connection.
+    let acks = temp.path().join("acks.jsonl");
+    let acks_arg = acks.to_str().expect("utf-8 path");
+    let report = against_dev(&[
+        "--scenario",
+        "create-record",
+        "--no-echo",
+        "--acks",
+        acks_arg,
+    ]);
+    let runs = report["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 1, "no echo run: {report:#}");
+    assert_all_ok(&report, "create-record", "plaintext");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&acks)
+        .expect("the acknowledgement log")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert_eq!(
+        Some(lines.len() as u64),
+        runs[0]["calls"].as_u64().map(|calls| calls + 2),
+        "{report:#}"
+    );
+    for line in &lines {
+        assert_eq!(
+            (&line["rpc"], &line["version"]),
+            (&"CreateRecord".into(), &1.into())
+        );
+        assert_eq!(line["sha256"].as_str().map(str::len), Some(64), "{line}");
+    }
+
     // Open loop: the calls start on schedule, so no more than the rate
     // allows over the second (plus the calls already due at its end).
     let report = against_dev(&["--scenario", "get-record", "--rate", "40"]);

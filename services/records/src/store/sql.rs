@@ -87,7 +87,7 @@ async fn store_writes(
                     let _ = done.send(result);
                 }
             }
-            Err(_) if writes.len() > 1 => {
+            Err(e) if writes.len() > 1 && retry_alone(&e) => {
                 for (write, done) in writes.iter().zip(answers) {
                     let result = store_group(&db, std::slice::from_ref(write))
                         .await
@@ -102,6 +102,16 @@ async fn store_writes(
             }
         }
     }
+}
+
+/// Whether a group's writes are worth storing one by one after the group
+/// failed: yes when one of them may have been what failed it, so that it
+/// fails only its own caller; not when the database cannot be reached —
+/// each alone would fail the same way, the last caller waiting the
+/// connection timeout once per write before it (every write queued behind
+/// them too).
+fn retry_alone(e: &Error) -> bool {
+    e.code != sharedcare_kit::error::Code::Unavailable
 }
 
 /// Checks each write against what is stored (and the writes before it in
@@ -679,5 +689,30 @@ impl RecordStore for SqlStore {
                 version: row.version,
             }))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::ConnAcquireErr;
+
+    use super::*;
+
+    /// Regression: with PostgreSQL down, a failed group was stored again
+    /// write by write, each waiting out the connection timeout, so the last
+    /// caller (and every write queued behind) waited that many times over —
+    /// 20 s where the database said so in 2.
+    #[test]
+    fn a_group_is_stored_write_by_write_only_when_one_write_may_have_failed_it() {
+        assert!(retry_alone(&Error::internal(
+            "storing a record",
+            "CHECK constraint failed"
+        )));
+        assert!(retry_alone(&Error::failed_precondition("stored first")));
+        let unreachable = DbErr::ConnectionAcquire(ConnAcquireErr::Timeout);
+        assert!(!retry_alone(&Error::internal(
+            "storing a record",
+            unreachable
+        )));
     }
 }

@@ -139,7 +139,7 @@ pub async fn run(
             let call_timeout = plan.call_timeout;
             tasks.spawn(async move {
                 let code = match tokio::time::timeout(call_timeout, rpc.call(channel)).await {
-                    Ok(Ok(())) => Code::Ok,
+                    Ok(Ok(_)) => Code::Ok,
                     Ok(Err(status)) => status.code(),
                     Err(_) => Code::DeadlineExceeded,
                 };

@@ -11,6 +11,10 @@
 //! and a call's latency counts from when it was due, not from when it was
 //! sent — so a slow answer that delays the next call is charged to it too
 //! rather than hidden (no coordinated omission).
+//!
+//! Ctrl-C (SIGINT) during a run ends it as the end of its duration would,
+//! and no later run starts, so the report shows what was measured; at any
+//! other moment (setting up), or a second time, it ends the process.
 
 use std::{
     io::{IsTerminal, Write},
@@ -23,9 +27,10 @@ use std::{
 
 use anyhow::{Context, anyhow};
 use hdrhistogram::Histogram;
+use tokio::sync::watch;
 use tonic::{Code, transport::Channel};
 
-use super::rpc::Rpc;
+use super::{acks::Acks, rpc::Rpc};
 
 /// How one run is shaped.
 #[derive(Debug, Clone)]
@@ -116,13 +121,59 @@ struct Shared {
     budget: Option<u64>,
 }
 
+/// Ctrl-C, as the runs see it: whether a run is under way, and whether
+/// the operator has asked it to end.
+pub struct Interrupt {
+    requested: watch::Sender<bool>,
+    in_run: AtomicBool,
+}
+
+/// What the process exits with after Ctrl-C outside a run (128 + SIGINT).
+const INTERRUPTED_EXIT: i32 = 130;
+
+impl Interrupt {
+    /// Listens for Ctrl-C from now on.
+    pub fn listen() -> Arc<Self> {
+        let interrupt = Arc::new(Interrupt {
+            requested: watch::channel(false).0,
+            in_run: AtomicBool::new(false),
+        });
+        let listening = interrupt.clone();
+        tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                if !listening.in_run.load(Ordering::Acquire) || listening.requested() {
+                    eprintln!("bench: interrupted");
+                    std::process::exit(INTERRUPTED_EXIT);
+                }
+                eprintln!("bench: interrupted: ending the run and reporting what it measured");
+                listening.requested.send_replace(true);
+            }
+        });
+        interrupt
+    }
+
+    /// Whether Ctrl-C has ended a run: no other run starts.
+    pub fn requested(&self) -> bool {
+        *self.requested.borrow()
+    }
+}
+
 /// Sends one call on each connection first, so that connecting is not
 /// measured and a scenario that cannot work at all fails at once with the
 /// server's own words rather than as a table of errors.
-pub async fn prime(rpc: &Rpc, channels: &[Channel], call_timeout: Duration) -> anyhow::Result<()> {
+pub async fn prime(
+    rpc: &Rpc,
+    channels: &[Channel],
+    call_timeout: Duration,
+    acks: Option<&Acks>,
+) -> anyhow::Result<()> {
     for channel in channels {
         match tokio::time::timeout(call_timeout, rpc.call(channel.clone())).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(answer)) => {
+                if let (Some(acks), Some(record)) = (acks, answer) {
+                    acks.acknowledged(rpc.method(), &record);
+                }
+            }
             Ok(Err(status)) => {
                 return Err(crate::failure::GrpcError(status))
                     .with_context(|| format!("the first {} call failed", rpc.method()));
@@ -140,16 +191,21 @@ pub async fn prime(rpc: &Rpc, channels: &[Channel], call_timeout: Duration) -> a
 }
 
 /// Runs `rpc` in a closed loop over `channels` as `plan` says, printing a
-/// progress line to standard error once a second.
+/// progress line to standard error once a second, noting each answered
+/// record in `acks`; Ctrl-C ends it early.
 pub async fn run(
     label: &str,
     rpc: Arc<Rpc>,
     channels: &[Channel],
     plan: &Plan,
+    acks: Option<Arc<Acks>>,
+    interrupt: &Interrupt,
 ) -> anyhow::Result<Measurement> {
     if channels.is_empty() {
         return Err(anyhow!("no connections to load"));
     }
+    interrupt.in_run.store(true, Ordering::Release);
+    let mut interrupted = interrupt.requested.subscribe();
     let shared = Arc::new(Shared {
         measuring: AtomicBool::new(plan.warmup.is_zero()),
         stop: AtomicBool::new(false),
@@ -172,6 +228,7 @@ pub async fn run(
             call_timeout: plan.call_timeout,
             measurement: Measurement::empty(plan.call_timeout)?,
             schedule,
+            acks: acks.clone(),
         };
         workers.spawn(worker.run());
     }
@@ -181,7 +238,10 @@ pub async fn run(
 
     // The warm-up: calls answered but not measured.
     if !plan.warmup.is_zero() {
-        tokio::time::sleep(plan.warmup).await;
+        tokio::select! {
+            () = tokio::time::sleep(plan.warmup) => {}
+            _ = interrupted.wait_for(|stop| *stop) => shared.stop.store(true, Ordering::Release),
+        }
         shared.measuring.store(true, Ordering::Release);
     }
     let measured_from = Instant::now();
@@ -195,6 +255,10 @@ pub async fn run(
                 shared.stop.store(true, Ordering::Release);
                 stopping = true;
             }
+            _ = interrupted.wait_for(|stop| *stop), if !stopping => {
+                shared.stop.store(true, Ordering::Release);
+                stopping = true;
+            }
             joined = workers.join_next() => match joined {
                 Some(result) => {
                     let measurement = result.context("a load worker failed")?;
@@ -205,6 +269,7 @@ pub async fn run(
         }
     }
     total.elapsed = measured_from.elapsed();
+    interrupt.in_run.store(false, Ordering::Release);
     if let Some(progress) = progress {
         progress.abort();
         let _ = progress.await;
@@ -220,6 +285,7 @@ struct Worker {
     call_timeout: Duration,
     measurement: Measurement,
     schedule: Option<Schedule>,
+    acks: Option<Arc<Acks>>,
 }
 
 /// When an open-loop worker's next call is due, and how often.
@@ -252,7 +318,12 @@ impl Worker {
                 match tokio::time::timeout(self.call_timeout, self.rpc.call(self.channel.clone()))
                     .await
                 {
-                    Ok(Ok(())) => Code::Ok,
+                    Ok(Ok(answer)) => {
+                        if let (Some(acks), Some(record)) = (&self.acks, answer) {
+                            acks.acknowledged(self.rpc.method(), &record);
+                        }
+                        Code::Ok
+                    }
                     Ok(Err(status)) => status.code(),
                     Err(_) => Code::DeadlineExceeded,
                 };

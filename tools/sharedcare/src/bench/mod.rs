@@ -6,9 +6,11 @@
 //! Order of a run: the setup a scenario needs (through the real APIs, see
 //! [`scenario`]); the echo server, loaded plaintext and, with a client
 //! certificate, over mutual TLS; then each scenario against its service.
-//! Each load is bounded in time and in count and stops by itself. Only
-//! loopback targets are loaded unless `--allow-remote` says otherwise.
+//! Each load is bounded in time and in count and stops by itself (or at
+//! Ctrl-C). Only loopback targets are loaded unless `--allow-remote` says
+//! otherwise.
 
+mod acks;
 mod echo;
 mod flood;
 mod import;
@@ -26,7 +28,8 @@ use clap::Args;
 use sharedcare_kit::tls::{ClientAuth, Tls, TlsConfig};
 
 use crate::{connect::Services, output::out};
-use load::Plan;
+use acks::Acks;
+use load::{Interrupt, Plan};
 use report::{Report, Run, Settings};
 use rpc::Rpc;
 use scenario::Scenario;
@@ -117,6 +120,16 @@ pub struct BenchArgs {
     /// Print the report as JSON (standard output) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Skip the echo runs (no ratios to echo): for load whose figures are
+    /// not the point, e.g. while a test crashes the platform.
+    #[arg(long)]
+    pub no_echo: bool,
+    /// Write one JSON line per acknowledged CreateRecord or GetRecord to
+    /// this file (patient, record id, version, SHA-256 of the resource
+    /// JSON as answered), to check afterwards that nothing acknowledged
+    /// was lost.
+    #[arg(long, value_name = "FILE")]
+    pub acks: Option<PathBuf>,
 }
 
 /// A number of seconds, 0 to an hour.
@@ -219,6 +232,11 @@ impl BenchArgs {
 pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
     let plan = args.plan()?;
     let tls = args.tls()?;
+    let acks = match &args.acks {
+        Some(path) => Some(Arc::new(Acks::create(path)?)),
+        None => None,
+    };
+    let interrupt = Interrupt::listen();
     let services = services.with_tls(tls.clone());
     let mut scenarios: Vec<Scenario> = Vec::new();
     for scenario in &args.scenarios {
@@ -261,16 +279,26 @@ pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
     {
         scenario::seed(&services, fixture, args.seed_records).await?;
     }
+    if let Some(dir) = &args.import_dir {
+        import::compare(&services, &args.data_dir, dir).await?;
+    }
+
+    let mut runs = Vec::new();
+    let load = Load {
+        services: &services,
+        plan: &plan,
+        acks: acks.clone(),
+        interrupt: &interrupt,
+    };
     if let (Some(minutes), Some(fixture)) = (args.soak, &mut fixture) {
         if args.soak_interval <= 0.0 {
             bail!("--soak-interval must be more than 0 seconds");
         }
         let soaked = soak::run(
-            &services,
             fixture,
             &scenarios,
             &args.data_dir,
-            &plan,
+            &load,
             &soak::SoakPlan {
                 minutes,
                 rows_to_stderr: args.json,
@@ -284,25 +312,27 @@ pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if let Some(dir) = &args.import_dir {
-        import::compare(&services, &args.data_dir, dir).await?;
-    }
-
-    let mut runs = Vec::new();
     let echo = Arc::new(Rpc::Echo);
-    for echo_tls in std::iter::once(None).chain(tls.clone().map(Some)) {
+    let echoes = std::iter::once(None).chain(tls.clone().map(Some));
+    for echo_tls in echoes.filter(|_| !args.no_echo) {
+        if interrupt.requested() {
+            break;
+        }
         let server = echo::EchoServer::start(echo_tls)?;
-        runs.push(measure("echo", echo.clone(), &server.url, &services, &plan).await?);
+        runs.push(load.measure("echo", echo.clone(), &server.url).await?);
     }
     let mut floods = Vec::new();
     if let Some(fixture) = &fixture {
         for scenario in scenarios {
+            if interrupt.requested() {
+                break;
+            }
             let url = scenario
                 .target(&services)
                 .ok_or_else(|| anyhow!("{} has no target", scenario.name()))?
                 .to_owned();
             let rpc = Arc::new(scenario.rpc(fixture, &args.data_dir).await?);
-            let mut run = measure(scenario.name(), rpc.clone(), &url, &services, &plan).await?;
+            let mut run = load.measure(scenario.name(), rpc.clone(), &url).await?;
             run.yardstick = scenario.yardstick().map(|s| s.name().to_owned());
             if let Some(factor) = args.overload {
                 let capacity =
@@ -313,20 +343,15 @@ pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
                     call_timeout: plan.call_timeout,
                 };
                 floods.push(
-                    overload(
-                        scenario.name(),
-                        rpc,
-                        &url,
-                        &services,
-                        &plan,
-                        capacity,
-                        &flood_plan,
-                    )
-                    .await?,
+                    load.overload(scenario.name(), rpc, &url, capacity, &flood_plan)
+                        .await?,
                 );
             }
             runs.push(run);
         }
+    }
+    if let Some(acks) = &acks {
+        acks.finish()?;
     }
 
     let mut report = Report::new(
@@ -352,59 +377,71 @@ pub async fn run(services: &Services, args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One run: `plan.connections` fresh connections to `url`, one call on
-/// each to check the scenario works, then the closed loop.
-async fn measure(
-    name: &str,
-    rpc: Arc<Rpc>,
-    url: &str,
-    services: &Services,
-    plan: &Plan,
-) -> anyhow::Result<Run> {
-    let channels = (0..plan.connections)
-        .map(|_| services.channel(url))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let transport = if url.starts_with("https://") {
-        "tls"
-    } else {
-        "plaintext"
-    };
-    eprintln!("bench: {name} ({transport}): {} on {url}", rpc.method());
-    load::prime(&rpc, &channels, plan.call_timeout)
-        .await
-        .with_context(|| format!("{name} on {url}"))?;
-    let label = format!("{name} {transport}");
-    let measurement = load::run(&label, rpc.clone(), &channels, plan).await?;
-    Ok(Run::new(name, rpc.method(), url, transport, &measurement))
+/// What every run of one bench shares.
+pub struct Load<'a> {
+    services: &'a Services,
+    plan: &'a Plan,
+    acks: Option<Arc<Acks>>,
+    interrupt: &'a Interrupt,
 }
 
-/// A flood of `url` beyond `capacity`, on fresh connections (and one more
-/// for the health probe).
-async fn overload(
-    name: &str,
-    rpc: Arc<Rpc>,
-    url: &str,
-    services: &Services,
-    plan: &Plan,
-    capacity: f64,
-    flood_plan: &flood::FloodPlan,
-) -> anyhow::Result<flood::Flood> {
-    let channels = (0..plan.connections)
-        .map(|_| services.channel(url))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    eprintln!(
-        "bench: {name}: flooding {url} at {:.0} calls/s ({}× {capacity:.0})",
-        capacity * flood_plan.factor,
-        flood_plan.factor
-    );
-    load::prime(&rpc, &channels, plan.call_timeout)
-        .await
-        .with_context(|| format!("{name} on {url}"))?;
-    let mut flooded =
-        flood::run(rpc, &channels, services.channel(url)?, capacity, flood_plan).await?;
-    flooded.name = name.to_owned();
-    flooded.target = url.to_owned();
-    Ok(flooded)
+impl Load<'_> {
+    /// One run: `plan.connections` fresh connections to `url`, one call on
+    /// each to check the scenario works, then the closed loop.
+    async fn measure(&self, name: &str, rpc: Arc<Rpc>, url: &str) -> anyhow::Result<Run> {
+        let plan = self.plan;
+        let channels = (0..plan.connections)
+            .map(|_| self.services.channel(url))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let transport = if url.starts_with("https://") {
+            "tls"
+        } else {
+            "plaintext"
+        };
+        eprintln!("bench: {name} ({transport}): {} on {url}", rpc.method());
+        load::prime(&rpc, &channels, plan.call_timeout, self.acks.as_deref())
+            .await
+            .with_context(|| format!("{name} on {url}"))?;
+        let label = format!("{name} {transport}");
+        let measurement = load::run(
+            &label,
+            rpc.clone(),
+            &channels,
+            plan,
+            self.acks.clone(),
+            self.interrupt,
+        )
+        .await?;
+        Ok(Run::new(name, rpc.method(), url, transport, &measurement))
+    }
+
+    /// A flood of `url` beyond `capacity`, on fresh connections (and one
+    /// more for the health probe).
+    async fn overload(
+        &self,
+        name: &str,
+        rpc: Arc<Rpc>,
+        url: &str,
+        capacity: f64,
+        flood_plan: &flood::FloodPlan,
+    ) -> anyhow::Result<flood::Flood> {
+        let channels = (0..self.plan.connections)
+            .map(|_| self.services.channel(url))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        eprintln!(
+            "bench: {name}: flooding {url} at {:.0} calls/s ({}× {capacity:.0})",
+            capacity * flood_plan.factor,
+            flood_plan.factor
+        );
+        load::prime(&rpc, &channels, self.plan.call_timeout, None)
+            .await
+            .with_context(|| format!("{name} on {url}"))?;
+        let health = self.services.channel(url)?;
+        let mut flooded = flood::run(rpc, &channels, health, capacity, flood_plan).await?;
+        flooded.name = name.to_owned();
+        flooded.target = url.to_owned();
+        Ok(flooded)
+    }
 }
 
 /// Refuses a URL whose host is not loopback, unless remote load is allowed.

@@ -12,7 +12,7 @@ use sharedcare_proto::{
         GetPatientRequest, TracePatientRequest, identity_service_client::IdentityServiceClient,
     },
     records::v1::{
-        CreateRecordRequest, GetRecordRequest, SearchRequest,
+        CreateRecordRequest, GetRecordRequest, Record, SearchRequest,
         records_service_client::RecordsServiceClient,
     },
 };
@@ -37,6 +37,10 @@ use sea_orm::sqlx;
 
 /// `Bearer <token>`, parsed once.
 pub type Authorization = MetadataValue<Ascii>;
+
+/// What a call answered that `--acks` keeps: the record CreateRecord or
+/// GetRecord returned; nothing for the other calls.
+pub type Answer = Option<Record>;
 
 #[derive(Debug)]
 pub enum Rpc {
@@ -189,31 +193,32 @@ impl Rpc {
         }
     }
 
-    /// Sends the call once on `channel`; the answer itself is dropped.
-    pub async fn call(&self, channel: Channel) -> Result<(), Status> {
+    /// Sends the call once on `channel`; of the answer, only the record a
+    /// CreateRecord or GetRecord returned is kept.
+    pub async fn call(&self, channel: Channel) -> Result<Answer, Status> {
         match self {
             Rpc::Echo => HealthClient::new(channel)
                 .check(HealthCheckRequest {
                     service: String::new(),
                 })
                 .await
-                .map(drop),
+                .map(|_| None),
             Rpc::GetRecord { auth, request } => RecordsServiceClient::new(channel)
                 .get_record(bearer(request.clone(), auth))
                 .await
-                .map(drop),
+                .map(|answer| answer.into_inner().record),
             Rpc::CreateRecord { auth, request } => RecordsServiceClient::new(channel)
                 .create_record(bearer(request.clone(), auth))
                 .await
-                .map(drop),
+                .map(|answer| answer.into_inner().record),
             Rpc::Search { auth, request } => RecordsServiceClient::new(channel)
                 .search(bearer(request.clone(), auth))
                 .await
-                .map(drop),
+                .map(|_| None),
             Rpc::GetPatient { auth, request } => IdentityServiceClient::new(channel)
                 .get_patient(bearer(request.clone(), auth))
                 .await
-                .map(drop),
+                .map(|_| None),
             Rpc::TracePatient {
                 auth,
                 requests,
@@ -229,7 +234,7 @@ impl Rpc {
                 IdentityServiceClient::new(channel)
                     .trace_patient(bearer(request.clone(), auth))
                     .await
-                    .map(drop)
+                    .map(|_| None)
             }
             Rpc::AuditAppend { auth, event } => AuditServiceClient::new(channel)
                 .append(bearer(
@@ -239,7 +244,7 @@ impl Rpc {
                     auth,
                 ))
                 .await
-                .map(drop),
+                .map(|_| None),
             Rpc::AuditAppendBatch {
                 auth,
                 event,
@@ -252,10 +257,11 @@ impl Rpc {
                     auth,
                 ))
                 .await
-                .map(drop),
+                .map(|_| None),
             Rpc::SqliteInsert(raw) => raw
                 .insert()
                 .await
+                .map(|()| None)
                 .map_err(|e| Status::internal(format!("sqlite-insert: {e}"))),
         }
     }

@@ -14,10 +14,11 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::{
+    Load,
     load::{self, Plan},
     scenario::{Fixture, Scenario},
 };
-use crate::{connect::Services, output::out};
+use crate::output::out;
 
 const RENEW_TOKENS_EVERY: Duration = Duration::from_secs(600);
 
@@ -76,13 +77,13 @@ pub struct ProcessSummary {
 }
 
 pub async fn run(
-    services: &Services,
     fixture: &mut Fixture,
     scenarios: &[Scenario],
     data_dir: &Path,
-    plan: &Plan,
+    load: &Load<'_>,
     soak: &SoakPlan,
 ) -> anyhow::Result<Soak> {
+    let (services, plan) = (load.services, load.plan);
     let window_plan = Plan {
         warmup: Duration::ZERO,
         duration: soak.interval,
@@ -110,7 +111,7 @@ pub async fn run(
     let total = Duration::from_secs_f64(soak.minutes * 60.0);
     let mut renewed = started;
     let mut rows = Vec::new();
-    while started.elapsed() < total {
+    while started.elapsed() < total && !load.interrupt.requested() {
         if renewed.elapsed() >= RENEW_TOKENS_EVERY {
             fixture.renew_tokens(services).await?;
             renewed = tokio::time::Instant::now();
@@ -119,8 +120,9 @@ pub async fn run(
         for (scenario, channels) in scenarios.iter().zip(&channels) {
             let rpc = Arc::new(scenario.rpc(fixture, data_dir).await?);
             let (name, channels, plan) = (scenario.name(), channels.clone(), window_plan.clone());
+            let (acks, interrupt) = (load.acks.clone(), load.interrupt);
             windows.push(async move {
-                let measured = load::run(name, rpc, &channels, &plan).await?;
+                let measured = load::run(name, rpc, &channels, &plan, acks, interrupt).await?;
                 anyhow::Ok((name, measured))
             });
         }

@@ -189,14 +189,6 @@ impl Dev {
     }
 }
 
-impl Dev {
-    /// SIGKILL: no shutdown, no drain, no flush.
-    pub fn kill(&mut self) {
-        self.child.kill().expect("kill -9 sharedcare dev");
-        self.child.wait().expect("reap sharedcare dev");
-    }
-}
-
 /// Runs the CLI against dev with `token`; its standard output, after
 /// checking that it succeeded.
 pub fn cli(dev: &Dev, base_port: u16, token: Option<&str>, args: &[&str]) -> String {
