@@ -10,7 +10,7 @@
 mod encrypted;
 mod entities;
 mod memory;
-mod migration;
+pub(crate) mod migration;
 mod remote;
 mod sql;
 pub mod storage_server;

@@ -449,6 +449,23 @@ fn search_condition(query: &SearchQuery, after: Option<&SortKey>) -> Condition {
     cond
 }
 
+/// A page of the index entries a search finds, in result order.
+fn search_hits(
+    query: &SearchQuery,
+    after: Option<&SortKey>,
+    limit: usize,
+) -> sea_orm::Select<index::Entity> {
+    index::Entity::find()
+        .select_only()
+        .column(index::Column::RecordId)
+        .column(index::Column::Version)
+        .column(index::Column::SortAt)
+        .filter(search_condition(query, after))
+        .order_by_desc(index::Column::SortAt)
+        .order_by_desc(index::Column::RecordId)
+        .limit(limit as u64)
+}
+
 impl RecordStore for SqlStore {
     fn audit_in_write(&self) -> bool {
         true
@@ -538,15 +555,7 @@ impl RecordStore for SqlStore {
             if query.categories.is_empty() || limit == 0 {
                 return Ok(Vec::new());
             }
-            let hits: Vec<(String, i64, i64)> = index::Entity::find()
-                .select_only()
-                .column(index::Column::RecordId)
-                .column(index::Column::Version)
-                .column(index::Column::SortAt)
-                .filter(search_condition(query, after))
-                .order_by_desc(index::Column::SortAt)
-                .order_by_desc(index::Column::RecordId)
-                .limit(limit as u64)
+            let hits: Vec<(String, i64, i64)> = search_hits(query, after, limit)
                 .into_tuple()
                 .all(&self.db)
                 .await
@@ -694,9 +703,59 @@ impl RecordStore for SqlStore {
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::ConnAcquireErr;
+    use sea_orm::{ConnAcquireErr, ConnectionTrait, QueryTrait, Statement};
 
     use super::*;
+
+    /// Regression (found by the soak): a search for one resource type
+    /// walked every record of the patient, newest first, until enough of
+    /// that type turned up. It must walk only that type's, in result order,
+    /// with no sort of its own.
+    #[tokio::test]
+    async fn a_search_for_one_type_walks_only_that_types_records_in_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = sharedcare_kit::db::sqlite_url(&dir.path().join("records.db"));
+        let store = SqlStore::connect(&url, 1).await.expect("store");
+        let query = SearchQuery {
+            patient_id: PatientId::parse("patient_id", "p-1").expect("id"),
+            resource_types: vec!["Condition".into()],
+            categories: vec![Category::General, Category::MentalHealth],
+            date_from: None,
+            date_to: None,
+            updated_from: None,
+            updated_to: None,
+            codes: vec![],
+            fhir_categories: vec![],
+        };
+        let after = SortKey {
+            at_micros: 1,
+            record_id: "r".into(),
+        };
+        for after in [None, Some(&after)] {
+            let db = store.connection();
+            let select = search_hits(&query, after, 20).build(db.get_database_backend());
+            let plan = db
+                .query_all_raw(Statement {
+                    sql: format!("EXPLAIN QUERY PLAN {}", select.sql),
+                    ..select
+                })
+                .await
+                .expect("plan");
+            let plan: Vec<String> = plan
+                .iter()
+                .map(|row| row.try_get::<String>("", "detail").expect("detail"))
+                .collect();
+            assert!(
+                plan.iter()
+                    .any(|step| step.contains(crate::store::migration::SEARCH_BY_TYPE_INDEX)),
+                "{plan:?}"
+            );
+            assert!(
+                !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+                "no sort of its own: {plan:?}"
+            );
+        }
+    }
 
     /// Regression: with PostgreSQL down, a failed group was stored again
     /// write by write, each waiting out the connection timeout, so the last
