@@ -25,9 +25,12 @@ pub use page_token::page_token;
 pub use proto_request::proto_request;
 pub use token::token;
 
+/// A fuzz target: any bytes in, a panic when a check fails.
+pub type Target = fn(&[u8]);
+
 /// Every target by name: the name is its corpus directory and its cargo
 /// fuzz target.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("fhir_intake", fhir_intake),
     ("nhs_number", nhs_number),
     ("postcode", postcode),

@@ -25,7 +25,7 @@ macro_rules! messages {
         /// Every request message, by its full protobuf name. Append only: a
         /// seed's first byte is its place in this list. The tests check it
         /// against the descriptor set, so a new request cannot be missed.
-        pub const MESSAGES: &[(&str, fn(&[u8]))] = &[
+        pub const MESSAGES: &[(&str, crate::Target)] = &[
             $(($name, round_trip::<$($path)::+>),)*
         ];
     };

@@ -6,7 +6,7 @@
 use std::{panic::AssertUnwindSafe, path::PathBuf};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use sharedcare_fuzz::TARGETS;
+use sharedcare_fuzz::{TARGETS, Target};
 
 /// Generated inputs per target: about a second each in a debug build.
 const GENERATED: usize = 2_000;
@@ -79,7 +79,7 @@ fn random(rng: &mut StdRng) -> Vec<u8> {
     (0..len).map(|_| rng.r#gen()).collect()
 }
 
-fn run(name: &str, target: fn(&[u8]), input: &[u8], what: &str) {
+fn run(name: &str, target: Target, input: &[u8], what: &str) {
     if std::panic::catch_unwind(AssertUnwindSafe(|| target(input))).is_err() {
         panic!(
             "{name} failed on {what}; the input, hex: {}",
