@@ -8,17 +8,26 @@ use sharedcare_identity::domain::{
 };
 use sharedcare_kit::Error;
 
-fn refused_naming(field: &str, e: &Error) {
-    assert_eq!(e.field.as_deref(), Some(field), "{e:?}");
+/// The input as text, parsed with `parse`; `None` when it is not text or
+/// is refused, and then refused naming `field`.
+fn parsed<'a, T>(
+    data: &'a [u8],
+    field: &str,
+    parse: impl Fn(&str, &str) -> Result<T, Error>,
+) -> Option<(&'a str, T)> {
+    let text = std::str::from_utf8(data).ok()?;
+    match parse(field, text) {
+        Ok(value) => Some((text, value)),
+        Err(e) => {
+            assert_eq!(e.field.as_deref(), Some(field), "{e:?}");
+            None
+        }
+    }
 }
 
 pub fn nhs_number(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
+    let Some((text, number)) = parsed(data, "nhs_number", NhsNumber::parse) else {
         return;
-    };
-    let number = match NhsNumber::parse("nhs_number", text) {
-        Ok(number) => number,
-        Err(e) => return refused_naming("nhs_number", &e),
     };
     let digits = number.as_str();
     assert_eq!(digits.len(), 10);
@@ -33,12 +42,8 @@ pub fn nhs_number(data: &[u8]) {
 }
 
 pub fn postcode(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
+    let Some((_, postcode)) = parsed(data, "postcode", Postcode::parse) else {
         return;
-    };
-    let postcode = match Postcode::parse("postcode", text) {
-        Ok(postcode) => postcode,
-        Err(e) => return refused_naming("postcode", &e),
     };
     let written = postcode.to_string();
     assert_eq!(
@@ -54,12 +59,8 @@ pub fn postcode(data: &[u8]) {
 }
 
 pub fn birth_date(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
+    let Some((_, date)) = parsed(data, "birth_date", PartialDate::parse) else {
         return;
-    };
-    let date = match PartialDate::parse("birth_date", text) {
-        Ok(date) => date,
-        Err(e) => return refused_naming("birth_date", &e),
     };
     let key = date.as_key();
     assert_eq!(

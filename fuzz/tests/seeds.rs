@@ -208,6 +208,13 @@ fn protos() {
             .position(|(n, _)| *n == name)
             .expect("a listed message") as u8
     };
+    let full = |name: &str, message: Vec<u8>| {
+        write(
+            "proto_request",
+            &format!("{name}-full"),
+            with_mode(index(name), message),
+        );
+    };
     for (i, (name, _)) in MESSAGES.iter().enumerate() {
         write("proto_request", name, [i as u8]);
     }
@@ -223,11 +230,9 @@ fn protos() {
         }),
         confirm_new_patient: true,
     };
-    let name = "sharedcare.identity.v1.RegisterPatientRequest";
-    write(
-        "proto_request",
-        &format!("{name}-full"),
-        with_mode(index(name), register.encode_to_vec()),
+    full(
+        "sharedcare.identity.v1.RegisterPatientRequest",
+        register.encode_to_vec(),
     );
     let create = records::v1::CreateRecordRequest {
         patient_id: PATIENT.into(),
@@ -236,11 +241,9 @@ fn protos() {
         purpose: 1,
         idempotency_key: "k1".into(),
     };
-    let name = "sharedcare.records.v1.CreateRecordRequest";
-    write(
-        "proto_request",
-        &format!("{name}-full"),
-        with_mode(index(name), create.encode_to_vec()),
+    full(
+        "sharedcare.records.v1.CreateRecordRequest",
+        create.encode_to_vec(),
     );
     let search = records::v1::SearchRequest {
         patient_id: PATIENT.into(),
@@ -251,11 +254,9 @@ fn protos() {
         }),
         ..Default::default()
     };
-    let name = "sharedcare.records.v1.SearchRequest";
-    write(
-        "proto_request",
-        &format!("{name}-full"),
-        with_mode(index(name), search.encode_to_vec()),
+    full(
+        "sharedcare.records.v1.SearchRequest",
+        search.encode_to_vec(),
     );
     let batch = audit::v1::AppendBatchRequest {
         events: vec![audit::v1::AuditEvent {
@@ -264,11 +265,9 @@ fn protos() {
             ..Default::default()
         }],
     };
-    let name = "sharedcare.audit.v1.AppendBatchRequest";
-    write(
-        "proto_request",
-        &format!("{name}-full"),
-        with_mode(index(name), batch.encode_to_vec()),
+    full(
+        "sharedcare.audit.v1.AppendBatchRequest",
+        batch.encode_to_vec(),
     );
 }
 
