@@ -16,17 +16,11 @@ const MAX_BYTES: usize = 1 << 20;
 
 fn map() -> &'static ClassificationMap {
     static MAP: OnceLock<ClassificationMap> = OnceLock::new();
-    MAP.get_or_init(|| match ClassificationMap::builtin() {
-        Ok(map) => map,
-        Err(e) => panic!("the built-in classification map does not load: {e}"),
-    })
+    MAP.get_or_init(|| ClassificationMap::builtin().expect("the built-in classification map"))
 }
 
 fn patient() -> PatientId {
-    match PatientId::parse("patient_id", PATIENT) {
-        Ok(p) => p,
-        Err(e) => panic!("{e}"),
-    }
+    PatientId::parse("patient_id", PATIENT).expect("a valid patient id")
 }
 
 /// The text as a resource for [`PATIENT`]. One accepted is classified and
@@ -53,10 +47,7 @@ pub fn fhir_intake(data: &[u8]) {
     let category = map().classify(&resource);
     let index = extract(resource.resource_type(), resource.as_json());
 
-    let id = match RecordId::parse("id", "rec-1") {
-        Ok(id) => id,
-        Err(e) => panic!("{e}"),
-    };
+    let id = RecordId::parse("id", "rec-1").expect("a valid record id");
     let at = Utc
         .timestamp_opt(1_700_000_000, 0)
         .single()
