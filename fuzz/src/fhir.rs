@@ -4,6 +4,7 @@
 use std::sync::OnceLock;
 
 use chrono::{TimeZone, Utc};
+use serde_json::{Map, Value};
 use sharedcare_records::domain::{
     ClassificationMap, PatientId, RecordId, TokenQuery, ValidResource, extract,
 };
@@ -25,7 +26,8 @@ fn patient() -> PatientId {
 
 /// The text as a resource for [`PATIENT`]. One accepted is classified and
 /// indexed; stamped, it is still valid, of the same type, carries the
-/// server's id, and classifies and indexes the same. Refusals name a field
+/// server's id, version and time and is otherwise the same, and classifies
+/// and indexes the same. Refusals name a field
 /// under `resource_json`. The text is also read as a token query value.
 pub fn fhir_intake(data: &[u8]) {
     let Ok(json) = std::str::from_utf8(data) else {
@@ -67,6 +69,30 @@ pub fn fhir_intake(data: &[u8]) {
     );
     // Stamping is a function of what was sent: stamping twice is stamping once.
     assert_eq!(again.stamp(&id, 3, at), stamped);
+    // And it sets the id, the version and the time, and nothing else.
+    assert_eq!(
+        without_server_members(again.as_json()),
+        without_server_members(resource.as_json()),
+        "{stamped}"
+    );
+    let meta = &again.as_json()["meta"];
+    assert_eq!(meta["versionId"], "3");
+    assert_eq!(meta["lastUpdated"], "2023-11-14T22:13:20.000Z");
+}
+
+/// A resource without `id`, `meta.versionId` and `meta.lastUpdated` (and
+/// without a `meta` left empty by their removal).
+fn without_server_members(resource: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = resource.clone();
+    out.remove("id");
+    if let Some(Value::Object(meta)) = out.get_mut("meta") {
+        meta.remove("versionId");
+        meta.remove("lastUpdated");
+        if meta.is_empty() {
+            out.remove("meta");
+        }
+    }
+    out
 }
 
 /// A token query parses to a system and a non-empty code that write back
