@@ -988,15 +988,11 @@ impl ListQuery {
         let cursors = sharedcare_kit::paging::CursorKey::new(LIST_CURSOR_KEY);
         let after = match cursors.open("page_token", page_token, &query)? {
             None => None,
-            Some(position) => {
-                let refused = || Error::invalid("page_token", "is not a cursor for this request");
-                let (micros, id) = position.split_at_checked(8).ok_or_else(refused)?;
-                let micros = i64::from_be_bytes(micros.try_into().map_err(|_| refused())?);
-                Some((
-                    micros,
-                    String::from_utf8(id.to_vec()).map_err(|_| refused())?,
-                ))
-            }
+            Some(position) => Some(
+                sharedcare_kit::paging::read_time_id_position(&position).ok_or_else(|| {
+                    Error::invalid("page_token", "is not a cursor for this request")
+                })?,
+            ),
         };
         Ok(ListQuery {
             size,
@@ -1026,8 +1022,7 @@ impl ListQuery {
         keyed.truncate(self.size);
         let next = match keyed.last() {
             Some(((micros, id), _)) if more => {
-                let mut position = micros.to_be_bytes().to_vec();
-                position.extend_from_slice(id.as_bytes());
+                let position = sharedcare_kit::paging::time_id_position(*micros, id);
                 self.cursors.issue(&self.query, &position)
             }
             _ => String::new(),

@@ -842,7 +842,9 @@ where
     }
 }
 
-fn bearer_token(headers: &http::HeaderMap) -> Result<String, Error> {
+/// The token of an `authorization: Bearer <token>` header (the scheme in any
+/// case, the token trimmed); UNAUTHENTICATED saying what is wrong otherwise.
+pub fn bearer_token(headers: &http::HeaderMap) -> Result<String, Error> {
     let value = headers
         .get(http::header::AUTHORIZATION)
         .ok_or_else(|| Error::unauthenticated("missing bearer token (authorization metadata)"))?;

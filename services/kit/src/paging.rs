@@ -101,6 +101,24 @@ impl CursorKey {
     }
 }
 
+/// A position in a list sorted by time and then id: the time in
+/// microseconds (big-endian), then the id's bytes. Both lists that page by
+/// (time, id) issue it, and read it back with [`read_time_id_position`].
+pub fn time_id_position(micros: i64, id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + id.len());
+    out.extend_from_slice(&micros.to_be_bytes());
+    out.extend_from_slice(id.as_bytes());
+    out
+}
+
+/// The (time, id) a [`time_id_position`] holds; `None` when `position` is
+/// shorter than a time or its id is not UTF-8.
+pub fn read_time_id_position(position: &[u8]) -> Option<(i64, String)> {
+    let (micros, id) = position.split_first_chunk::<8>()?;
+    let id = String::from_utf8(id.to_vec()).ok()?;
+    Some((i64::from_be_bytes(*micros), id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +157,20 @@ mod tests {
             let err = key.open("page_token", junk, b"query-a").expect_err(junk);
             assert_eq!(err.field.as_deref(), Some("page_token"));
         }
+    }
+
+    #[test]
+    fn a_time_and_id_position_reads_back_and_nothing_else_does() {
+        let position = time_id_position(-5, "rec-é");
+        assert_eq!(
+            read_time_id_position(&position),
+            Some((-5, "rec-é".to_owned()))
+        );
+        assert_eq!(
+            read_time_id_position(&time_id_position(i64::MAX, "")),
+            Some((i64::MAX, String::new()))
+        );
+        assert_eq!(read_time_id_position(&[0; 7]), None);
+        assert_eq!(read_time_id_position(&[0, 0, 0, 0, 0, 0, 0, 0, 0xff]), None);
     }
 }

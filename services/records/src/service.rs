@@ -974,19 +974,14 @@ fn now() -> chrono::DateTime<chrono::Utc> {
 }
 
 fn sort_key_bytes(key: &SortKey) -> Vec<u8> {
-    let mut out = key.at_micros.to_be_bytes().to_vec();
-    out.extend_from_slice(key.record_id.as_bytes());
-    out
+    sharedcare_kit::paging::time_id_position(key.at_micros, &key.record_id)
 }
 
 fn sort_key_from(position: &[u8]) -> Result<SortKey, Error> {
-    let bad = || Error::invalid("page_token", "is not a cursor this service issued");
-    if position.len() < 8 {
-        return Err(bad());
-    }
-    let (at, id) = position.split_at(8);
+    let (at_micros, record_id) = sharedcare_kit::paging::read_time_id_position(position)
+        .ok_or_else(|| Error::invalid("page_token", "is not a cursor this service issued"))?;
     Ok(SortKey {
-        at_micros: i64::from_be_bytes(at.try_into().map_err(|_| bad())?),
-        record_id: String::from_utf8(id.to_vec()).map_err(|_| bad())?,
+        at_micros,
+        record_id,
     })
 }

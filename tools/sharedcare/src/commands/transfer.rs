@@ -25,6 +25,7 @@ use clap::Args;
 use futures::StreamExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use sharedcare_cli::ndjson::{self, LineOutcome, ResourceLine, rewrite_references};
 use sharedcare_proto::{
     consent::v1::{ListCareRelationshipsRequest, RecordCareRelationshipRequest},
     identity::v1::{Demographics, Gender, RegisterPatientRequest},
@@ -184,50 +185,6 @@ fn demographics(patient: &Value) -> Option<Demographics> {
     })
 }
 
-/// The patient a resource belongs to: `subject` or `patient`, as
-/// `Patient/<id>` or `urn:uuid:<id>`.
-fn patient_of(resource: &Value) -> Option<String> {
-    ["subject", "patient"].iter().find_map(|key| {
-        let reference = resource.get(key)?.get("reference")?.as_str()?;
-        reference
-            .strip_prefix("Patient/")
-            .or_else(|| reference.strip_prefix("urn:uuid:"))
-            .map(str::to_owned)
-    })
-}
-
-/// Rewrites every `"reference": "..."` string whose target was imported,
-/// in place: the rest of the text is untouched.
-fn rewrite_references(text: &str, map: &HashMap<String, String>) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("\"reference\"") {
-        let (before, after) = rest.split_at(at + "\"reference\"".len());
-        out.push_str(before);
-        let value_start = after
-            .find(|c: char| !c.is_whitespace() && c != ':')
-            .unwrap_or(after.len());
-        let (gap, value) = after.split_at(value_start);
-        out.push_str(gap);
-        let Some(body) = value.strip_prefix('"') else {
-            rest = value;
-            continue;
-        };
-        // References are ids and type names: no escapes to honour.
-        let Some(end) = body.find('"') else {
-            rest = value;
-            continue;
-        };
-        let reference = &body[..end];
-        out.push('"');
-        out.push_str(map.get(reference).map_or(reference, String::as_str));
-        out.push('"');
-        rest = &body[end + 1..];
-    }
-    out.push_str(rest);
-    out
-}
-
 fn read_lines(dir: &Path, tally: &mut Tally) -> anyhow::Result<Vec<Line>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -249,54 +206,26 @@ fn read_lines(dir: &Path, tally: &mut Tally) -> anyhow::Result<Vec<Line>> {
         for (n, text) in reader.split(b'\n').enumerate() {
             let place = format!("{name}:{}", n + 1);
             let text = text.with_context(|| format!("reading {place}"))?;
-            let Ok(text) = String::from_utf8(text) else {
-                tally.bad("not UTF-8", &place);
-                continue;
-            };
-            let text = text.trim();
-            if text.is_empty() {
-                continue;
+            match ndjson::parse_line(&text) {
+                LineOutcome::Blank => {}
+                LineOutcome::Bad(reason) => tally.bad(reason, &place),
+                LineOutcome::Skipped(reason) => tally.skip(reason, &place),
+                LineOutcome::Resource(ResourceLine {
+                    resource_type,
+                    source_id,
+                    text,
+                    patient,
+                }) => lines.push(Line {
+                    place,
+                    resource_type,
+                    source_id,
+                    text,
+                    patient,
+                }),
             }
-            let value: Value = match serde_json::from_str(text) {
-                Ok(v) => v,
-                Err(e) => {
-                    tally.bad(format!("not valid JSON ({})", e.classify_name()), &place);
-                    continue;
-                }
-            };
-            let Some(resource_type) = value.get("resourceType").and_then(Value::as_str) else {
-                tally.skip("not a FHIR resource (no resourceType)", &place);
-                continue;
-            };
-            let Some(source_id) = value.get("id").and_then(Value::as_str) else {
-                tally.skip("no id (needed to import it once only)", &place);
-                continue;
-            };
-            lines.push(Line {
-                place,
-                resource_type: resource_type.to_owned(),
-                source_id: source_id.to_owned(),
-                patient: patient_of(&value),
-                text: text.to_owned(),
-            });
         }
     }
     Ok(lines)
-}
-
-trait ClassifyName {
-    fn classify_name(&self) -> &'static str;
-}
-
-impl ClassifyName for serde_json::Error {
-    fn classify_name(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "I/O",
-            serde_json::error::Category::Syntax => "syntax error",
-            serde_json::error::Category::Data => "bad data",
-            serde_json::error::Category::Eof => "truncated",
-        }
-    }
 }
 
 /// A progress line on standard error: a bar on a terminal, every tenth
@@ -701,18 +630,5 @@ mod tests {
         }
         assert_eq!(test_nhs_number("a", 0), test_nhs_number("a", 0));
         assert_ne!(test_nhs_number("a", 0), test_nhs_number("a", 1));
-    }
-
-    #[test]
-    fn references_are_rewritten_in_place() {
-        let map = HashMap::from([
-            ("Patient/p1".to_owned(), "Patient/NEW".to_owned()),
-            ("urn:uuid:e1".to_owned(), "Encounter/E".to_owned()),
-        ]);
-        let text = r#"{"a":1.50,"subject":{"reference" : "Patient/p1"},"encounter":{"reference":"urn:uuid:e1"},"x":{"reference":"Practitioner/k"}}"#;
-        assert_eq!(
-            rewrite_references(text, &map),
-            r#"{"a":1.50,"subject":{"reference" : "Patient/NEW"},"encounter":{"reference":"Encounter/E"},"x":{"reference":"Practitioner/k"}}"#
-        );
     }
 }

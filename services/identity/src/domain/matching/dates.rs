@@ -76,9 +76,14 @@ impl PartialDate {
                 let month: u32 = m.parse().map_err(|_| bad())?;
                 PartialDate::year_month(year_of(y)?, month).ok_or_else(bad)
             }
-            [_, _, _] => NaiveDate::parse_from_str(input, "%Y-%m-%d")
-                .map(PartialDate::full)
-                .map_err(|_| bad()),
+            // chrono's %Y also reads a signed year of any length
+            // ("+12345"): the year is four digits here as in the other forms.
+            [y, _, _] => {
+                year_of(y)?;
+                NaiveDate::parse_from_str(input, "%Y-%m-%d")
+                    .map(PartialDate::full)
+                    .map_err(|_| bad())
+            }
             _ => Err(bad()),
         }
     }
@@ -223,6 +228,9 @@ mod tests {
             "1981-02-29",
             "3/4/1980",
             "1980-04-03-01",
+            "+12345-01-01",
+            "+1980-04-03",
+            "12345-01-01",
         ] {
             let err = PartialDate::parse("patient.birth_date", bad).expect_err(bad);
             assert_eq!(err.field.as_deref(), Some("patient.birth_date"), "{bad}");
